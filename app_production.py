@@ -1,0 +1,18 @@
+"""Seed-compatible entry point.
+
+gunicorn -c gunicorn_config.py app_production:app   # production server
+python app_production.py                            # development server
+"""
+
+from __future__ import annotations
+
+from avito_ai.app import create_app
+from avito_ai.cli import main, settings_or_exit
+from avito_ai.observability.logging import configure_logging
+
+if __name__ == "__main__":
+    main(["serve"])
+else:
+    settings = settings_or_exit()
+    configure_logging(settings.log_level, settings.log_format, settings.log_file)
+    app = create_app(settings)

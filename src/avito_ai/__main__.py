@@ -1,0 +1,3 @@
+from avito_ai.cli import main
+
+main()

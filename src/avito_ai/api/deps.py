@@ -1,0 +1,29 @@
+"""Annotated dependencies, so routes declare what they need and tests can swap it."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+from fastapi import Depends, Request
+
+from avito_ai.config import Settings
+from avito_ai.lifespan import ServiceState
+from avito_ai.middleware.request_id import request_id_of
+
+
+def get_state(request: Request) -> ServiceState:
+    state: ServiceState = request.app.state.avito
+    return state
+
+
+def get_settings(request: Request) -> Settings:
+    return get_state(request).settings
+
+
+def get_request_id(request: Request) -> str:
+    return request_id_of(request.scope)
+
+
+StateDep = Annotated[ServiceState, Depends(get_state)]
+SettingsDep = Annotated[Settings, Depends(get_settings)]
+RequestIdDep = Annotated[str, Depends(get_request_id)]

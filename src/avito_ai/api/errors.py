@@ -1,0 +1,175 @@
+"""The ONE place domain errors become HTTP status codes and bodies.
+
+Native routes and forms answer `{"error", "message", "request_id"}`; `/v1/*` answers the
+OpenAI shape `{"error": {"message", "type", "param", "code"}}`. A 500 never shows a stack
+trace: the log line with the same request id does.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from avito_ai.errors import (
+    AvitoError,
+    MethodNotAllowed,
+    NotFound,
+    Overloaded,
+    PayloadTooLarge,
+    RateLimited,
+    Unauthorized,
+    ValidationFailed,
+)
+from avito_ai.middleware.request_id import request_id_of
+
+logger = logging.getLogger("avito_ai.errors")
+
+STATUS_BY_CODE: dict[str, int] = {
+    "validation_error": 400,
+    "unauthorized": 401,
+    "not_found": 404,
+    "method_not_allowed": 405,
+    "payload_too_large": 413,
+    "rate_limit_exceeded": 429,
+    "internal_error": 500,
+    "model_unavailable": 503,
+    "overloaded": 503,
+    "timeout": 504,
+}
+
+OPENAI_TYPE_BY_CODE: dict[str, str] = {
+    "validation_error": "invalid_request_error",
+    "unauthorized": "authentication_error",
+    "not_found": "not_found_error",
+    "method_not_allowed": "invalid_request_error",
+    "payload_too_large": "invalid_request_error",
+    "rate_limit_exceeded": "rate_limit_error",
+    "model_unavailable": "service_unavailable_error",
+    "overloaded": "service_unavailable_error",
+    "timeout": "timeout_error",
+    "internal_error": "server_error",
+}
+
+
+def is_openai_path(path: str) -> bool:
+    return path == "/v1" or path.startswith("/v1/")
+
+
+def error_body(
+    code: str, message: str, request_id: str, *, openai: bool, param: str | None = None
+) -> dict[str, Any]:
+    if openai:
+        return {
+            "error": {
+                "message": message,
+                "type": OPENAI_TYPE_BY_CODE.get(code, "server_error"),
+                "param": param,
+                "code": code,
+            }
+        }
+    return {"error": code, "message": message, "request_id": request_id}
+
+
+def error_headers(error: AvitoError) -> dict[str, str]:
+    if isinstance(error, RateLimited | Overloaded):
+        return {"Retry-After": str(error.retry_after)}
+    if isinstance(error, Unauthorized):
+        return {"WWW-Authenticate": "Bearer"}
+    return {}
+
+
+def error_response(request: Request, error: AvitoError) -> JSONResponse:
+    rid = request_id_of(request.scope)
+    body = error_body(
+        error.code, error.message, rid, openai=is_openai_path(request.url.path), param=error.param
+    )
+    headers = {"X-Request-ID": rid, **error_headers(error)}
+    return JSONResponse(body, status_code=STATUS_BY_CODE.get(error.code, 500), headers=headers)
+
+
+def _field_name(loc: tuple[Any, ...]) -> str:
+    parts = [str(p) for p in loc if p not in ("body", "query", "path", "form", "header")]
+    return ".".join(parts)
+
+
+def validation_failure(exc: RequestValidationError) -> ValidationFailed:
+    """Pydantic's list of problems as one clear message that names the field."""
+    errors = exc.errors()
+    if not errors:
+        return ValidationFailed("Invalid request")
+    first = errors[0]
+    if first.get("type") == "json_invalid":
+        return ValidationFailed(
+            "Malformed JSON body: " + str(first.get("ctx", {}).get("error", ""))
+        )
+    if first.get("type") == "model_attributes_type" or (
+        first.get("type") == "dict_type" and _field_name(tuple(first.get("loc", ()))) == ""
+    ):
+        return ValidationFailed("Request body must be a JSON object")
+    messages = []
+    for err in errors[:3]:
+        field = _field_name(tuple(err.get("loc", ())))
+        messages.append(f"{field}: {err.get('msg')}" if field else str(err.get("msg")))
+    param = _field_name(tuple(first.get("loc", ()))) or None
+    return ValidationFailed("; ".join(messages), param=param)
+
+
+async def _avito_error(request: Request, exc: Exception) -> JSONResponse:
+    assert isinstance(exc, AvitoError)
+    return error_response(request, exc)
+
+
+async def _request_validation(request: Request, exc: Exception) -> JSONResponse:
+    assert isinstance(exc, RequestValidationError)
+    return error_response(request, validation_failure(exc))
+
+
+async def _http_exception(request: Request, exc: Exception) -> JSONResponse:
+    assert isinstance(exc, StarletteHTTPException)
+    error: AvitoError
+    if exc.status_code == 404:
+        error = NotFound(f"Not found: {request.method} {request.url.path}")
+    elif exc.status_code == 405:
+        error = MethodNotAllowed(f"Method {request.method} not allowed for {request.url.path}")
+    elif exc.status_code == 413:
+        error = PayloadTooLarge(str(exc.detail))
+    elif exc.status_code == 401:
+        error = Unauthorized(str(exc.detail))
+    elif exc.status_code < 500:
+        error = ValidationFailed(str(exc.detail))
+    else:
+        error = AvitoError(str(exc.detail))
+    response = error_response(request, error)
+    if exc.status_code == 405 and exc.headers and "Allow" in exc.headers:
+        response.headers["Allow"] = exc.headers["Allow"]
+    return response
+
+
+async def _unhandled(request: Request, exc: Exception) -> JSONResponse:
+    logger.error(
+        "Unhandled error on %s %s",
+        request.method,
+        request.url.path,
+        exc_info=exc,
+        extra={"request_id": request_id_of(request.scope)},
+    )
+    return error_response(request, AvitoError("Internal server error"))
+
+
+def install_error_handlers(app: FastAPI) -> None:
+    app.add_exception_handler(AvitoError, _avito_error)
+    app.add_exception_handler(RequestValidationError, _request_validation)
+    app.add_exception_handler(StarletteHTTPException, _http_exception)
+    app.add_exception_handler(Exception, _unhandled)
+
+
+def sse_error_event(error: AvitoError, request_id: str) -> str:
+    """An error that happens after a stream has begun, as a Server-Sent Event."""
+    body = error_body(error.code, error.message, request_id, openai=False)
+    return f"event: error\ndata: {json.dumps(body, ensure_ascii=False)}\n\n"

@@ -1,0 +1,51 @@
+"""Command line: argv → settings → run. Nothing else in the package touches argv."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Sequence
+
+from avito_ai import __version__
+from avito_ai.config import ConfigError, Settings, load_settings
+from avito_ai.observability.logging import configure_logging
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="avito-ai", description="Avito AI API")
+    parser.add_argument("--version", action="version", version=f"avito-ai {__version__}")
+    sub = parser.add_subparsers(dest="command")
+    serve = sub.add_parser("serve", help="start the development server (uvicorn)")
+    serve.add_argument("--host", help="bind address (default: HOST or 0.0.0.0)")
+    serve.add_argument("--port", type=int, help="port (default: PORT or 8085)")
+    config = sub.add_parser("config", help="print the effective configuration (secrets masked)")
+    config.add_argument("--json", action="store_true", help="print JSON instead of KEY=value")
+    return parser
+
+
+def settings_or_exit(**overrides: object) -> Settings:
+    """Settings from the environment; on a bad value, one line on stderr and exit 2."""
+    try:
+        return load_settings(**{k: v for k, v in overrides.items() if v is not None})
+    except ConfigError as exc:
+        print(f"avito-ai: {exc}", file=sys.stderr)
+        raise SystemExit(2) from None
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    args = _parser().parse_args(argv)
+    command = args.command or "serve"
+    if command == "config":
+        view = settings_or_exit().public_view()
+        if args.json:
+            print(json.dumps(view, indent=2, ensure_ascii=False, default=str))
+        else:
+            for key, value in view.items():
+                print(f"{key}={'' if value is None else value}")
+        return
+    settings = settings_or_exit(host=getattr(args, "host", None), port=getattr(args, "port", None))
+    configure_logging(settings.log_level, settings.log_format, settings.log_file)
+    from avito_ai.server import serve
+
+    serve(settings)

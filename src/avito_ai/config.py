@@ -1,0 +1,142 @@
+"""One Settings object, read from the environment and `.env`.
+
+Nothing is built at import time: callers construct `Settings()` (or `load_settings()`)
+explicitly, so tests and the CLI decide when the environment is read.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+from pydantic import Field, SecretStr, ValidationError, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+LogLevel = Literal["DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"]
+Backend = Literal["transformers", "fake"]
+
+PositiveInt = Annotated[int, Field(gt=0)]
+NonNegativeFloat = Annotated[float, Field(ge=0)]
+
+
+def _default_cache_dir() -> Path:
+    return Path.home() / ".cache" / "avito-ai"
+
+
+class Settings(BaseSettings):
+    """Every variable of the service. Names are the environment variable names."""
+
+    model_config = SettingsConfigDict(
+        env_file=".env",
+        env_file_encoding="utf-8",
+        case_sensitive=False,
+        extra="ignore",
+        validate_default=True,
+    )
+
+    # --- Service ---
+    environment: Literal["development", "staging", "production"] = "production"
+    host: str = "0.0.0.0"
+    port: Annotated[int, Field(ge=1, le=65535)] = 8085
+    graceful_timeout: NonNegativeFloat = 30.0
+    # Peers whose X-Forwarded-For / X-Forwarded-Proto are trusted (comma-separated, or *).
+    forwarded_allow_ips: str = "127.0.0.1"
+
+    # --- Security (seed) ---
+    rate_limit_per_minute: PositiveInt = 10
+    rate_limit_per_hour: PositiveInt = 100
+    max_prompt_length: PositiveInt = 2000
+    allowed_origins: str = "*"
+
+    # --- Model performance (seed) ---
+    max_tokens_avibe: PositiveInt = 256
+    max_tokens_avision: PositiveInt = 200
+    temperature: Annotated[float, Field(ge=0, le=2)] = 0.7
+
+    # --- Models ---
+    avibe_model: str | None = None
+    avision_model: str | None = None
+    avibe_backend: Backend = "transformers"
+    avision_backend: Backend = "transformers"
+    device: str = "auto"
+    dtype: Literal["auto", "bfloat16", "float16", "float32"] = "auto"
+    model_cache_dir: Path = Field(default_factory=_default_cache_dir)
+    max_batch_size: PositiveInt = 16
+    max_queue_size: PositiveInt = 64
+    request_timeout: Annotated[float, Field(gt=0)] = 120.0
+    max_image_size_mb: Annotated[float, Field(gt=0)] = 16.0
+
+    # --- Logging (seed) ---
+    log_level: LogLevel = "INFO"
+    log_file: Path | None = None
+    log_format: Literal["text", "json"] = "text"
+
+    # --- Testing aid: per-token delay of the fake engine (backend "fake" only) ---
+    fake_token_delay: NonNegativeFloat = 0.0
+
+    # --- Secrets (masked by `avito-ai config`) ---
+    api_keys: SecretStr | None = None
+
+    @field_validator("log_level", mode="before")
+    @classmethod
+    def _upper_level(cls, value: Any) -> Any:
+        return value.upper() if isinstance(value, str) else value
+
+    @field_validator("avibe_model", "avision_model", "log_file", "api_keys", mode="before")
+    @classmethod
+    def _empty_is_unset(cls, value: Any) -> Any:
+        return None if isinstance(value, str) and not value.strip() else value
+
+    @field_validator("model_cache_dir", mode="before")
+    @classmethod
+    def _empty_cache_dir_is_default(cls, value: Any) -> Any:
+        return _default_cache_dir() if value is None or str(value).strip() == "" else value
+
+    @field_validator("device")
+    @classmethod
+    def _check_device(cls, value: str) -> str:
+        value = value.strip().lower()
+        if value in ("auto", "cpu", "cuda"):
+            return value
+        if value.startswith("cuda:") and value[5:].isdigit():
+            return value
+        raise ValueError("must be auto, cpu, cuda or cuda:N")
+
+    @property
+    def cors_origins(self) -> list[str]:
+        """`ALLOWED_ORIGINS` as a list: `*` or comma-separated origins."""
+        return [o.strip().rstrip("/") for o in self.allowed_origins.split(",") if o.strip()]
+
+    def public_view(self) -> dict[str, Any]:
+        """The effective configuration keyed by environment variable, secrets masked."""
+        view: dict[str, Any] = {}
+        for name in type(self).model_fields:
+            value = getattr(self, name)
+            if isinstance(value, SecretStr):
+                value = "**********" if value.get_secret_value() else ""
+            elif isinstance(value, Path):
+                value = str(value)
+            view[name.upper()] = value
+        return view
+
+
+class ConfigError(Exception):
+    """Invalid configuration; the message is one line naming the variable."""
+
+
+def format_validation_error(error: ValidationError) -> str:
+    parts = []
+    for item in error.errors():
+        name = ".".join(str(p) for p in item["loc"]).upper() or "configuration"
+        value = item.get("input")
+        shown = f" (got {value!r})" if isinstance(value, str | int | float) else ""
+        parts.append(f"{name}: {item['msg']}{shown}")
+    return "Invalid configuration: " + "; ".join(parts)
+
+
+def load_settings(**overrides: Any) -> Settings:
+    """Read settings from the environment and `.env`; raise ConfigError on a bad value."""
+    try:
+        return Settings(**overrides)
+    except ValidationError as exc:
+        raise ConfigError(format_validation_error(exc)) from None

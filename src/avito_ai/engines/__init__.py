@@ -1,0 +1,1 @@
+"""Model engines behind one protocol (see base.py). Nothing here imports FastAPI."""

@@ -1,0 +1,166 @@
+"""The engine contract every backend implements, and the types that cross it.
+
+Routes and services only ever see these types; an engine never sees HTTP.
+`generate` is an async iterator of `Chunk`s: text deltas, then one final chunk with
+`finish_reason`, token counts and timings. Non-streaming callers collect it.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from enum import StrEnum
+from typing import TYPE_CHECKING, Literal, Protocol, runtime_checkable
+
+if TYPE_CHECKING:
+    from PIL.Image import Image
+
+Role = Literal["avibe", "avision"]
+ROLES: tuple[Role, ...] = ("avibe", "avision")
+FinishReason = Literal["stop", "length", "cancelled"]
+
+
+class EngineState(StrEnum):
+    NOT_CONFIGURED = "not_configured"
+    LOADING = "loading"
+    READY = "ready"
+    FAILED = "failed"
+    STOPPED = "stopped"
+
+
+@dataclass(frozen=True)
+class EngineStatus:
+    role: Role
+    state: EngineState
+    model_id: str | None = None
+    device: str | None = None
+    dtype: str | None = None
+    reason: str | None = None
+
+    def as_dict(self) -> dict[str, str | None]:
+        return {
+            "state": self.state.value,
+            "model": self.model_id,
+            "device": self.device,
+            "dtype": self.dtype,
+            "reason": self.reason,
+        }
+
+
+@dataclass(frozen=True)
+class TextPart:
+    text: str
+
+
+@dataclass(frozen=True)
+class ImagePart:
+    image: Image
+
+
+ContentPart = TextPart | ImagePart
+
+
+@dataclass(frozen=True)
+class ChatMessage:
+    role: Literal["system", "user", "assistant"]
+    content: tuple[ContentPart, ...]
+
+    @classmethod
+    def text(cls, role: Literal["system", "user", "assistant"], text: str) -> ChatMessage:
+        return cls(role=role, content=(TextPart(text),))
+
+    @property
+    def images(self) -> list[Image]:
+        return [p.image for p in self.content if isinstance(p, ImagePart)]
+
+
+@dataclass(frozen=True)
+class SamplingParams:
+    max_tokens: int
+    temperature: float = 0.0  # 0 means greedy
+    top_p: float = 1.0
+    top_k: int = 0  # 0 means no top-k filter
+    repetition_penalty: float = 1.0
+    stop: tuple[str, ...] = ()
+    seed: int | None = None
+
+
+@dataclass
+class GenerationRequest:
+    """One generation. `prompt` (raw text, no chat template) or `messages` (chat)."""
+
+    request_id: str
+    sampling: SamplingParams
+    messages: list[ChatMessage] = field(default_factory=list)
+    prompt: str | None = None
+    enable_thinking: bool = False
+    # time.monotonic() by which the request must be finished; None means no deadline.
+    deadline: float | None = None
+    created: float = field(default_factory=time.monotonic)
+
+
+@dataclass(frozen=True)
+class Timings:
+    queue_s: float  # submitted -> first scheduled
+    ttft_s: float  # submitted -> first token
+    generation_s: float  # first scheduled -> finished
+    total_s: float  # submitted -> finished
+
+
+@dataclass(frozen=True)
+class Chunk:
+    """A text delta; the last chunk of a generation also carries the summary."""
+
+    text: str
+    finish_reason: FinishReason | None = None
+    input_tokens: int | None = None
+    generated_tokens: int | None = None
+    timings: Timings | None = None
+
+    @property
+    def is_final(self) -> bool:
+        return self.finish_reason is not None
+
+
+@runtime_checkable
+class Engine(Protocol):
+    role: Role
+
+    async def start(self) -> None:
+        """Load weights. May take minutes; must not block the event loop."""
+
+    async def stop(self) -> None:
+        """Finish or cancel work and free memory."""
+
+    def status(self) -> EngineStatus: ...
+
+    def generate(self, request: GenerationRequest) -> AsyncIterator[Chunk]:
+        """Stream the answer. Raises errors.Overloaded, ModelUnavailable or Timeout.
+
+        Closing the iterator early (client gone) must stop the work within a step.
+        """
+        ...
+
+
+class NotConfiguredEngine:
+    """Stands in for a role with no model configured: health says so, requests get 503."""
+
+    def __init__(self, role: Role, hint: str) -> None:
+        self.role: Role = role
+        self._hint = hint
+
+    async def start(self) -> None:
+        return None
+
+    async def stop(self) -> None:
+        return None
+
+    def status(self) -> EngineStatus:
+        return EngineStatus(self.role, EngineState.NOT_CONFIGURED, reason=self._hint)
+
+    async def generate(self, request: GenerationRequest) -> AsyncIterator[Chunk]:
+        from avito_ai.errors import ModelUnavailable
+
+        raise ModelUnavailable(self._hint)
+        yield Chunk("")  # pragma: no cover - makes this an async generator

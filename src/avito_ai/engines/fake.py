@@ -1,0 +1,131 @@
+"""A deterministic engine for API tests and UI work. Never a default: AVIBE_BACKEND=fake.
+
+It answers by echoing the last user text ("Echo: ..."), one word per token, so tests can
+predict the text, token counts and finish reasons. `token_delay` slows it down to test
+streaming, timeouts and graceful shutdown.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import AsyncIterator
+
+from avito_ai.engines.base import (
+    Chunk,
+    EngineState,
+    EngineStatus,
+    GenerationRequest,
+    ImagePart,
+    Role,
+    TextPart,
+    Timings,
+)
+from avito_ai.errors import ModelUnavailable, Overloaded, Timeout
+
+
+class FakeEngine:
+    def __init__(
+        self,
+        role: Role,
+        *,
+        token_delay: float = 0.0,
+        load_delay: float = 0.0,
+        max_concurrency: int = 64,
+        fail_reason: str | None = None,
+    ) -> None:
+        self.role: Role = role
+        self.token_delay = token_delay
+        self.load_delay = load_delay
+        self.max_concurrency = max_concurrency
+        self.fail_reason = fail_reason
+        self.active = 0
+        self.cancelled = 0
+        self._state = EngineState.LOADING
+
+    async def start(self) -> None:
+        await asyncio.sleep(self.load_delay)
+        self._state = EngineState.FAILED if self.fail_reason else EngineState.READY
+
+    async def stop(self) -> None:
+        self._state = EngineState.STOPPED
+
+    def status(self) -> EngineStatus:
+        return EngineStatus(
+            self.role,
+            self._state,
+            model_id=f"fake-{self.role}",
+            device="cpu",
+            dtype="float32",
+            reason=self.fail_reason if self._state is EngineState.FAILED else None,
+        )
+
+    @staticmethod
+    def answer_for(request: GenerationRequest) -> tuple[list[str], int]:
+        """The words the fake answers with, and the input token count it reports."""
+        if request.prompt is not None:
+            text, images = request.prompt, 0
+        else:
+            user = [m for m in request.messages if m.role == "user"]
+            parts = user[-1].content if user else ()
+            text = " ".join(p.text for p in parts if isinstance(p, TextPart))
+            images = sum(isinstance(p, ImagePart) for p in parts)
+        words = ["Echo:", *text.split()]
+        if images:
+            words.append(f"[{images} image(s)]")
+        input_tokens = sum(len(m.content) for m in request.messages) + len(text.split())
+        return words, input_tokens
+
+    async def generate(self, request: GenerationRequest) -> AsyncIterator[Chunk]:
+        if self._state is not EngineState.READY:
+            raise ModelUnavailable(f"Model for {self.role} is {self._state.value}")
+        if self.active >= self.max_concurrency:
+            raise Overloaded("Server is overloaded, retry later")
+        self.active += 1
+        started = time.monotonic()
+        words, input_tokens = self.answer_for(request)
+        sampling = request.sampling
+        produced: list[str] = []
+        finish: str = "stop"
+        first: float | None = None
+        try:
+            for i, word in enumerate(words):
+                if len(produced) >= sampling.max_tokens:
+                    finish = "length"
+                    break
+                if request.deadline is not None and time.monotonic() > request.deadline:
+                    raise Timeout("Request timed out")
+                if self.token_delay:
+                    await asyncio.sleep(self.token_delay)
+                piece = word if i == 0 else " " + word
+                joined = "".join(produced) + piece
+                hit = next((s for s in sampling.stop if s in joined), None)
+                if hit is not None:
+                    keep = joined[: joined.index(hit)]
+                    delta = keep[len("".join(produced)) :]
+                    if delta:
+                        yield Chunk(delta)
+                    produced.append(delta)
+                    break
+                produced.append(piece)
+                first = first or time.monotonic()
+                yield Chunk(piece)
+            end = time.monotonic()
+            first = first or end
+            yield Chunk(
+                "",
+                finish_reason="length" if finish == "length" else "stop",
+                input_tokens=input_tokens,
+                generated_tokens=len(produced),
+                timings=Timings(
+                    queue_s=started - request.created,
+                    ttft_s=first - request.created,
+                    generation_s=end - started,
+                    total_s=end - request.created,
+                ),
+            )
+        except GeneratorExit:
+            self.cancelled += 1
+            raise
+        finally:
+            self.active -= 1

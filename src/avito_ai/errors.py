@@ -1,0 +1,66 @@
+"""Domain errors. No HTTP here: `api/errors.py` is the one place that maps them to responses."""
+
+from __future__ import annotations
+
+
+class AvitoError(Exception):
+    """Base of every error the service reports to a client on purpose."""
+
+    code: str = "internal_error"
+
+    def __init__(self, message: str, *, param: str | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        self.param = param
+
+
+class ValidationFailed(AvitoError):
+    code = "validation_error"
+
+
+class PayloadTooLarge(AvitoError):
+    code = "payload_too_large"
+
+
+class Unauthorized(AvitoError):
+    code = "unauthorized"
+
+
+class NotFound(AvitoError):
+    code = "not_found"
+
+
+class MethodNotAllowed(AvitoError):
+    code = "method_not_allowed"
+
+
+class RateLimited(AvitoError):
+    code = "rate_limit_exceeded"
+
+    def __init__(self, message: str, *, retry_after: int = 60) -> None:
+        super().__init__(message)
+        self.retry_after = retry_after
+
+
+class Overloaded(AvitoError):
+    """The queue is full: the client should retry later."""
+
+    code = "overloaded"
+
+    def __init__(self, message: str, *, retry_after: int = 1) -> None:
+        super().__init__(message)
+        self.retry_after = retry_after
+
+
+class ModelUnavailable(AvitoError):
+    """The model for this role is not configured, still loading, failed, or shutting down."""
+
+    code = "model_unavailable"
+
+
+class Timeout(AvitoError):
+    code = "timeout"
+
+
+class ShuttingDown(ModelUnavailable):
+    pass

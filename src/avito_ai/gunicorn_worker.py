@@ -1,0 +1,34 @@
+"""Gunicorn worker: uvicorn-worker's UvicornWorker with our draining server."""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+import sys
+from typing import Any, ClassVar
+
+from gunicorn.arbiter import Arbiter
+from uvicorn_worker import UvicornWorker
+
+from avito_ai.server import DrainingServer
+
+
+class AvitoUvicornWorker(UvicornWorker):  # type: ignore[misc]
+    """Same as UvicornWorker, but readiness turns 503 as soon as SIGTERM arrives."""
+
+    CONFIG_KWARGS: ClassVar[dict[str, Any]] = {
+        "loop": "auto",
+        "http": "auto",
+        "server_header": False,
+    }
+
+    async def _serve(self) -> None:
+        self.config.app = self.wsgi
+        server = DrainingServer(config=self.config)
+        # Under gunicorn the master expects the worker to die by the signal it sent.
+        server.reraise_signals = True
+        loop = asyncio.get_running_loop()
+        loop.add_signal_handler(signal.SIGQUIT, self.handle_exit, signal.SIGQUIT, None)
+        await server.serve(sockets=self.sockets)
+        if not server.started:
+            sys.exit(Arbiter.WORKER_BOOT_ERROR)

@@ -1,0 +1,82 @@
+"""Structured logging with the request id in every line.
+
+The request id lives in a ContextVar set by the request-id middleware. Each request runs
+in its own task under uvicorn, so the value never leaks between requests, and every log
+line written while a request runs (ours, uvicorn's error log, library warnings) carries it.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import logging.handlers
+import sys
+from contextvars import ContextVar
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+request_id_var: ContextVar[str] = ContextVar("request_id", default="-")
+
+TEXT_FORMAT = "%(asctime)s [%(levelname)s] [%(request_id)s] %(name)s: %(message)s"
+_STANDARD_ATTRS = set(vars(logging.makeLogRecord({}))) | {"message", "asctime", "request_id"}
+
+
+class RequestIdFilter(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        if not hasattr(record, "request_id"):
+            record.request_id = request_id_var.get()
+        return True
+
+
+class JsonFormatter(logging.Formatter):
+    """One JSON object per line; `extra=` fields become top-level keys."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        payload: dict[str, Any] = {
+            "timestamp": datetime.fromtimestamp(record.created, UTC).isoformat(),
+            "level": record.levelname,
+            "logger": record.name,
+            "request_id": getattr(record, "request_id", "-"),
+            "message": record.getMessage(),
+        }
+        for key, value in vars(record).items():
+            if key not in _STANDARD_ATTRS and not key.startswith("_"):
+                payload[key] = value
+        if record.exc_info:
+            payload["exc_info"] = self.formatException(record.exc_info)
+        return json.dumps(payload, ensure_ascii=False, default=str)
+
+
+def configure_logging(level: str, fmt: str = "text", log_file: Path | None = None) -> None:
+    """Configure the root logger once per process (idempotent: replaces our handlers).
+
+    LOG_FILE uses WatchedFileHandler: when logrotate renames the file, the next line
+    reopens the path, so logging keeps working without copytruncate or a restart.
+    """
+    formatter: logging.Formatter = (
+        JsonFormatter() if fmt == "json" else logging.Formatter(TEXT_FORMAT)
+    )
+    handlers: list[logging.Handler] = [logging.StreamHandler(sys.stderr)]
+    if log_file is not None:
+        log_file.parent.mkdir(parents=True, exist_ok=True)
+        handlers.append(logging.handlers.WatchedFileHandler(log_file, encoding="utf-8"))
+    root = logging.getLogger()
+    for old in list(root.handlers):
+        if getattr(old, "_avito_ai", False):
+            root.removeHandler(old)
+            old.close()
+    for handler in handlers:
+        handler.setFormatter(formatter)
+        handler.addFilter(RequestIdFilter())
+        handler._avito_ai = True  # type: ignore[attr-defined]
+        root.addHandler(handler)
+    root.setLevel(level)
+    # uvicorn's and gunicorn's own loggers propagate to ours; we write our own access line.
+    for name in ("uvicorn", "uvicorn.error", "gunicorn.error"):
+        lg = logging.getLogger(name)
+        lg.handlers.clear()
+        lg.propagate = True
+    for name in ("uvicorn.access", "gunicorn.access"):
+        logging.getLogger(name).handlers.clear()
+        logging.getLogger(name).propagate = False

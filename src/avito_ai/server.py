@@ -1,0 +1,51 @@
+"""Running the app: a uvicorn Server that drains gracefully and exits 0 on SIGTERM/SIGINT."""
+
+from __future__ import annotations
+
+import signal
+from types import FrameType
+
+import uvicorn
+
+from avito_ai.config import Settings
+from avito_ai.lifespan import begin_drain_all
+
+
+class DrainingServer(uvicorn.Server):
+    """uvicorn.Server that turns readiness 503 the moment a stop signal arrives.
+
+    uvicorn itself stops accepting connections, waits for in-flight requests up to
+    `timeout_graceful_shutdown`, then runs the lifespan shutdown (models released).
+    """
+
+    reraise_signals = False
+
+    def handle_exit(self, sig: int, frame: FrameType | None) -> None:
+        begin_drain_all()
+        super().handle_exit(sig, frame)
+        if not self.reraise_signals and sig in (signal.SIGTERM, signal.SIGINT):
+            # uvicorn re-raises captured signals after shutdown, which would make the
+            # process die "killed by SIGTERM". A clean drain is a clean exit: status 0.
+            self._captured_signals.remove(sig)
+
+
+def uvicorn_config(app: object, settings: Settings) -> uvicorn.Config:
+    return uvicorn.Config(
+        app,  # type: ignore[arg-type]
+        host=settings.host,
+        port=settings.port,
+        log_config=None,  # our logging is configured already
+        access_log=False,  # AccessLogMiddleware writes one line per request
+        proxy_headers=True,
+        forwarded_allow_ips=settings.forwarded_allow_ips,
+        timeout_graceful_shutdown=int(settings.graceful_timeout) or None,
+        timeout_keep_alive=5,
+        server_header=False,
+    )
+
+
+def serve(settings: Settings) -> None:
+    from avito_ai.app import create_app
+
+    app = create_app(settings)
+    DrainingServer(uvicorn_config(app, settings)).run()

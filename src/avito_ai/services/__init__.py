@@ -1,0 +1,1 @@
+"""What the front doors (native API, OpenAI API, forms) share, so routes stay thin."""

@@ -1,0 +1,173 @@
+"""Turn wire requests into GenerationRequests, pick the engine, collect the answer."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+
+from avito_ai.config import Settings
+from avito_ai.engines.base import (
+    ChatMessage,
+    Chunk,
+    ContentPart,
+    Engine,
+    EngineState,
+    GenerationRequest,
+    Role,
+    SamplingParams,
+    TextPart,
+    Timings,
+)
+from avito_ai.errors import ModelUnavailable, ShuttingDown, Timeout, ValidationFailed
+from avito_ai.lifespan import ServiceState
+from avito_ai.schemas.native import SamplingFields
+
+
+def validate_prompt(prompt: object, settings: Settings, *, field: str = "prompt") -> str:
+    """The seed's prompt rules: present, a string, not blank, at most MAX_PROMPT_LENGTH."""
+    if prompt is None:
+        raise ValidationFailed("Prompt is required", param=field)
+    if not isinstance(prompt, str):
+        raise ValidationFailed("Prompt must be a string", param=field)
+    if not prompt.strip():
+        raise ValidationFailed("Prompt must not be empty", param=field)
+    if len(prompt) > settings.max_prompt_length:
+        raise ValidationFailed(
+            f"Prompt too long. Maximum length: {settings.max_prompt_length} characters",
+            param=field,
+        )
+    return prompt
+
+
+def token_cap(role: Role, settings: Settings) -> int:
+    return settings.max_tokens_avibe if role == "avibe" else settings.max_tokens_avision
+
+
+def sampling_params(fields: SamplingFields, role: Role, settings: Settings) -> SamplingParams:
+    cap = token_cap(role, settings)
+    max_tokens = cap if fields.max_tokens is None else fields.max_tokens
+    if not 1 <= max_tokens <= cap:
+        raise ValidationFailed(f"max_tokens must be between 1 and {cap}", param="max_tokens")
+    stop = (fields.stop,) if isinstance(fields.stop, str) else tuple(fields.stop or ())
+    if any(not s for s in stop):
+        raise ValidationFailed("stop strings must not be empty", param="stop")
+    return SamplingParams(
+        max_tokens=max_tokens,
+        temperature=settings.temperature if fields.temperature is None else fields.temperature,
+        top_p=1.0 if fields.top_p is None else fields.top_p,
+        top_k=fields.top_k or 0,
+        repetition_penalty=fields.repetition_penalty or 1.0,
+        stop=stop,
+        seed=fields.seed,
+    )
+
+
+def chat_request(
+    *,
+    request_id: str,
+    role: Role,
+    user_content: list[ContentPart],
+    fields: SamplingFields,
+    settings: Settings,
+) -> GenerationRequest:
+    """A single-turn chat (optional system message) as the native API and forms send it."""
+    messages: list[ChatMessage] = []
+    if fields.system is not None and fields.system.strip():
+        validate_prompt(fields.system, settings, field="system")
+        messages.append(ChatMessage.text("system", fields.system))
+    messages.append(ChatMessage(role="user", content=tuple(user_content)))
+    return GenerationRequest(
+        request_id=request_id,
+        sampling=sampling_params(fields, role, settings),
+        messages=messages,
+        enable_thinking=fields.enable_thinking,
+        deadline=time.monotonic() + settings.request_timeout,
+    )
+
+
+def text_request(
+    prompt: object, fields: SamplingFields, settings: Settings, request_id: str
+) -> GenerationRequest:
+    text = validate_prompt(prompt, settings)
+    return chat_request(
+        request_id=request_id,
+        role="avibe",
+        user_content=[TextPart(text)],
+        fields=fields,
+        settings=settings,
+    )
+
+
+def ready_engine(state: ServiceState, role: Role) -> Engine:
+    """The engine for a role, or ModelUnavailable saying why it cannot answer now."""
+    if state.draining:
+        raise ShuttingDown("Server is shutting down")
+    engine = state.engines[role]
+    status = engine.status()
+    if status.state is EngineState.READY:
+        return engine
+    if status.state is EngineState.NOT_CONFIGURED:
+        raise ModelUnavailable(status.reason or f"{role} is not configured")
+    if status.state is EngineState.LOADING:
+        raise ModelUnavailable(f"Model {role} is still loading, retry shortly")
+    raise ModelUnavailable(
+        f"Model {role} is {status.state.value}" + (f": {status.reason}" if status.reason else "")
+    )
+
+
+@dataclass(frozen=True)
+class Completion:
+    text: str
+    finish_reason: str
+    input_tokens: int
+    generated_tokens: int
+    timings: Timings
+
+    @property
+    def tokens_per_second(self) -> float:
+        gen = self.timings.generation_s
+        return round(self.generated_tokens / gen, 2) if gen > 0 else 0.0
+
+
+async def stream_chunks(engine: Engine, request: GenerationRequest) -> AsyncIterator[Chunk]:
+    """The engine's chunks, bounded by the request deadline even if the engine is stuck."""
+    iterator = engine.generate(request)
+    try:
+        while True:
+            remaining = None if request.deadline is None else request.deadline - time.monotonic()
+            if remaining is not None and remaining <= 0:
+                raise Timeout("Request timed out")
+            try:
+                chunk = await asyncio.wait_for(anext(iterator), timeout=remaining)
+            except StopAsyncIteration:
+                return
+            except TimeoutError:
+                raise Timeout("Request timed out") from None
+            yield chunk
+            if chunk.is_final:
+                return
+    finally:
+        aclose = getattr(iterator, "aclose", None)
+        if aclose is not None:
+            await aclose()
+
+
+async def complete(engine: Engine, request: GenerationRequest) -> Completion:
+    """Collect a whole answer (non-streaming endpoints)."""
+    parts: list[str] = []
+    final: Chunk | None = None
+    async for chunk in stream_chunks(engine, request):
+        parts.append(chunk.text)
+        if chunk.is_final:
+            final = chunk
+    if final is None or final.timings is None:
+        raise ModelUnavailable("The model stopped without finishing the answer")
+    return Completion(
+        text="".join(parts),
+        finish_reason=final.finish_reason or "stop",
+        input_tokens=final.input_tokens or 0,
+        generated_tokens=final.generated_tokens or 0,
+        timings=final.timings,
+    )

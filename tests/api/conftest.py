@@ -1,0 +1,50 @@
+"""The app in process with the fake engine (httpx ASGITransport, lifespan run by hand)."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
+from typing import Any
+
+import httpx
+import pytest
+from fastapi import FastAPI
+
+from avito_ai.app import create_app
+from avito_ai.config import Settings
+from avito_ai.engines.base import Engine, NotConfiguredEngine, Role
+from avito_ai.engines.fake import FakeEngine
+from avito_ai.engines.registry import AVISION_HINT
+
+AppFactory = Callable[..., Any]
+
+
+@asynccontextmanager
+async def running(
+    settings: Settings | None = None, engines: dict[Role, Engine] | None = None
+) -> AsyncIterator[tuple[FastAPI, httpx.AsyncClient]]:
+    settings = settings or Settings(_env_file=None)  # type: ignore[call-arg]
+    engines = engines or {
+        "avibe": FakeEngine("avibe"),
+        "avision": NotConfiguredEngine("avision", AVISION_HINT),
+    }
+    app = create_app(settings, engines)
+    async with app.router.lifespan_context(app):
+        transport = httpx.ASGITransport(app=app, raise_app_exceptions=False)
+        async with httpx.AsyncClient(transport=transport, base_url="http://testserver") as client:
+            # Let background loading tasks run.
+            for _ in range(5):
+                await _yield()
+            yield app, client
+
+
+async def _yield() -> None:
+    import asyncio
+
+    await asyncio.sleep(0)
+
+
+@pytest.fixture
+async def client() -> AsyncIterator[httpx.AsyncClient]:
+    async with running() as (_, c):
+        yield c

@@ -1,0 +1,74 @@
+from __future__ import annotations
+
+import asyncio
+
+from avito_ai.config import Settings
+from avito_ai.engines.base import NotConfiguredEngine
+from avito_ai.engines.fake import FakeEngine
+from avito_ai.engines.registry import AVISION_HINT
+from avito_ai.lifespan import begin_drain_all
+
+from .conftest import running
+
+
+async def test_health_reports_version_uptime_and_models(client) -> None:
+    r = await client.get("/api/health")
+    assert r.status_code == 200
+    body = r.json()
+    assert body["status"] == "healthy"
+    assert body["version"]
+    assert body["uptime_seconds"] >= 0
+    assert body["models"]["avibe"]["state"] == "ready"
+    assert body["models"]["avision"]["state"] == "not_configured"
+    assert "AVISION_MODEL" in body["models"]["avision"]["reason"]
+
+
+async def test_live_answers_while_models_load_and_ready_waits() -> None:
+    slow = FakeEngine("avibe", load_delay=0.5)
+    engines = {"avibe": slow, "avision": NotConfiguredEngine("avision", AVISION_HINT)}
+    async with running(engines=engines) as (_, client):
+        assert (await client.get("/api/health/live")).status_code == 200
+        r = await client.get("/api/health/ready")
+        assert r.status_code == 503
+        assert any("avibe" in p and "loading" in p for p in r.json()["problems"])
+        # A request to the loading model is refused clearly, not queued forever.
+        g = await client.post("/api/v1/text/generate", json={"prompt": "hi"})
+        assert g.status_code == 503
+        assert g.json()["error"] == "model_unavailable"
+        await asyncio.sleep(0.7)
+        assert (await client.get("/api/health/ready")).status_code == 200
+
+
+async def test_ready_names_a_failed_model_and_why() -> None:
+    broken = FakeEngine("avibe", fail_reason="weights not found at /models/x")
+    engines = {"avibe": broken, "avision": NotConfiguredEngine("avision", AVISION_HINT)}
+    async with running(engines=engines) as (_, client):
+        r = await client.get("/api/health/ready")
+        assert r.status_code == 503
+        assert (
+            "avibe (fake-avibe) is failed: weights not found at /models/x" in r.json()["problems"]
+        )
+        assert (await client.get("/api/health")).json()["status"] == "degraded"
+
+
+async def test_ready_checks_that_a_configured_cuda_device_exists() -> None:
+    import torch
+
+    settings = Settings(_env_file=None, device="cuda:7")  # type: ignore[call-arg]
+    async with running(settings=settings) as (_, client):
+        r = await client.get("/api/health/ready")
+        if torch.cuda.device_count() > 7:
+            assert r.status_code == 200
+        else:
+            assert r.status_code == 503
+            assert any("cuda:7" in p for p in r.json()["problems"])
+
+
+async def test_drain_turns_readiness_503_and_refuses_new_work(client) -> None:
+    begin_drain_all()
+    r = await client.get("/api/health/ready")
+    assert r.status_code == 503
+    assert "shutting down" in r.json()["problems"]
+    g = await client.post("/api/v1/text/generate", json={"prompt": "hi"})
+    assert g.status_code == 503
+    assert (await client.get("/api/health/live")).status_code == 200

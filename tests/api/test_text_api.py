@@ -1,0 +1,52 @@
+from __future__ import annotations
+
+import asyncio
+
+from avito_ai.config import Settings
+from avito_ai.engines.base import NotConfiguredEngine
+from avito_ai.engines.fake import FakeEngine
+from avito_ai.engines.registry import AVISION_HINT
+
+from .conftest import running
+
+
+async def test_seed_response_shape(client) -> None:
+    r = await client.post(
+        "/api/v1/text/generate",
+        json={"prompt": "Привет, подскажи рецепт борща", "max_tokens": 256, "temperature": 0.7},
+    )
+    assert r.status_code == 200
+    body = r.json()
+    assert body["success"] is True
+    assert body["data"]["text"] == "Echo: Привет, подскажи рецепт борща"
+    assert body["data"]["generated_tokens"] == 5
+    assert isinstance(body["data"]["input_tokens"], int)
+    for key in ("generation_time", "total_time", "tokens_per_second"):
+        assert isinstance(body["metrics"][key], int | float)
+    assert body["request_id"] == r.headers["X-Request-ID"]
+
+
+async def test_max_tokens_and_stop_reach_the_engine(client) -> None:
+    r = await client.post("/api/v1/text/generate", json={"prompt": "a b c d e", "max_tokens": 2})
+    assert r.json()["data"] == {
+        "text": "Echo: a",
+        "generated_tokens": 2,
+        "input_tokens": r.json()["data"]["input_tokens"],
+        "finish_reason": "length",
+    }
+    r = await client.post("/api/v1/text/generate", json={"prompt": "one two three", "stop": "two"})
+    assert r.json()["data"]["text"] == "Echo: one "
+
+
+async def test_request_timeout_is_504() -> None:
+    settings = Settings(_env_file=None, request_timeout=0.2)  # type: ignore[call-arg]
+    engines = {
+        "avibe": FakeEngine("avibe", token_delay=0.1),
+        "avision": NotConfiguredEngine("avision", AVISION_HINT),
+    }
+    async with running(settings=settings, engines=engines) as (_, client):
+        r = await client.post("/api/v1/text/generate", json={"prompt": "a b c d e f g h"})
+        assert r.status_code == 504
+        assert r.json()["error"] == "timeout"
+        await asyncio.sleep(0)
+        assert engines["avibe"].active == 0  # the abandoned generation was closed

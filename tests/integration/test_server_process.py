@@ -1,0 +1,122 @@
+"""The real server as a process: `python app_production.py` and gunicorn, fake engine."""
+
+from __future__ import annotations
+
+import signal
+import threading
+import time
+import uuid
+from collections.abc import Iterator
+
+import httpx
+import pytest
+
+from tests.servers import ServerProcess, dev_server, gunicorn_server
+
+pytestmark = pytest.mark.integration
+
+FAKE_ENV = {
+    "AVIBE_BACKEND": "fake",
+    "ALLOWED_ORIGINS": "https://ok.example",
+    "LOG_FORMAT": "text",
+}
+STARTERS = {"dev": dev_server, "gunicorn": gunicorn_server}
+
+
+@pytest.fixture(scope="module", params=["dev", "gunicorn"])
+def server(request, tmp_path_factory) -> Iterator[ServerProcess]:
+    tmp = tmp_path_factory.mktemp(request.param)
+    env = {**FAKE_ENV, "LOG_FILE": str(tmp / "app.log")}
+    srv = STARTERS[request.param](env, tmp / "stdout.log")
+    try:
+        srv.wait_ready(60)
+        yield srv
+    finally:
+        srv.stop()
+
+
+def test_health_endpoints(server: ServerProcess) -> None:
+    assert httpx.get(server.url + "/api/health/live").json() == {"status": "alive"}
+    ready = httpx.get(server.url + "/api/health/ready")
+    assert ready.status_code == 200 and ready.json()["ready"] is True
+    health = httpx.get(server.url + "/api/health").json()
+    assert health["status"] == "healthy"
+    assert health["models"]["avibe"]["state"] == "ready"
+    assert health["models"]["avision"]["state"] == "not_configured"
+
+
+def test_request_ids_and_log_file(server: ServerProcess) -> None:
+    rid = f"it-{uuid.uuid4().hex[:8]}"
+    r = httpx.get(server.url + "/api/health", headers={"X-Request-ID": rid})
+    assert r.headers["X-Request-ID"] == rid
+    assert r.headers["X-Response-Time"].endswith("s")
+    generated = httpx.get(server.url + "/api/health", headers={"X-Request-ID": "bad id!"})
+    assert uuid.UUID(generated.headers["X-Request-ID"]).version == 4
+    log_file = server.log_path.parent / "app.log"
+    deadline = time.monotonic() + 5
+    while rid not in log_file.read_text() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    line = next(line for line in log_file.read_text().splitlines() if rid in line)
+    assert f"[{rid}]" in line and '"GET /api/health" 200' in line and "127.0.0.1" in line
+
+
+def test_error_bodies(server: ServerProcess) -> None:
+    r = httpx.post(
+        server.url + "/api/v1/text/generate",
+        content=b"{not json",
+        headers={"Content-Type": "application/json", "X-Request-ID": "err-1"},
+    )
+    assert r.status_code == 400
+    assert r.json() == {
+        "error": "validation_error",
+        "message": r.json()["message"],
+        "request_id": "err-1",
+    }
+    assert httpx.get(server.url + "/missing").json()["error"] == "not_found"
+    assert httpx.put(server.url + "/api/health/live").status_code == 405
+    long = httpx.post(server.url + "/api/v1/text/generate", json={"prompt": "я" * 2001})
+    assert long.json()["message"] == "Prompt too long. Maximum length: 2000 characters"
+
+
+def test_text_generation(server: ServerProcess) -> None:
+    r = httpx.post(server.url + "/api/v1/text/generate", json={"prompt": "Привет"})
+    assert r.status_code == 200
+    assert r.json()["data"]["text"] == "Echo: Привет"
+
+
+def test_cors(server: ServerProcess) -> None:
+    ok = httpx.get(server.url + "/api/health", headers={"Origin": "https://ok.example"})
+    assert ok.headers["access-control-allow-origin"] == "https://ok.example"
+    bad = httpx.get(server.url + "/api/health", headers={"Origin": "https://evil.example"})
+    assert "access-control-allow-origin" not in bad.headers
+
+
+@pytest.mark.parametrize("kind", ["dev", "gunicorn"])
+def test_sigterm_lets_a_slow_request_finish_and_exits_0(kind: str, tmp_path) -> None:
+    env = {**FAKE_ENV, "FAKE_TOKEN_DELAY": "0.3", "GRACEFUL_TIMEOUT": "20"}
+    srv = STARTERS[kind](env, tmp_path / "stdout.log")
+    try:
+        srv.wait_ready(60)
+        result: dict[str, httpx.Response] = {}
+
+        def slow_request() -> None:
+            result["r"] = httpx.post(
+                srv.url + "/api/v1/text/generate",
+                json={"prompt": "one two three four five six seven"},
+                timeout=30,
+            )
+
+        worker = threading.Thread(target=slow_request)
+        worker.start()
+        time.sleep(0.8)  # the request is in flight (8 tokens x 0.3 s)
+        srv.signal(signal.SIGTERM)
+        worker.join(30)
+        assert srv.proc.wait(30) == 0, srv.output()
+        r = result["r"]
+        assert r.status_code == 200
+        assert r.json()["data"]["text"] == "Echo: one two three four five six seven"
+        with pytest.raises(httpx.ConnectError):
+            httpx.get(srv.url + "/api/health/live", timeout=2)
+        assert "Models released" in srv.output()
+    finally:
+        srv.stop()

@@ -1,0 +1,96 @@
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from avito_ai.config import ConfigError, Settings, load_settings
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def test_seed_defaults(monkeypatch) -> None:
+    s = Settings(_env_file=None)  # type: ignore[call-arg]
+    assert (s.rate_limit_per_minute, s.rate_limit_per_hour) == (10, 100)
+    assert s.max_prompt_length == 2000
+    assert s.allowed_origins == "*"
+    assert (s.max_tokens_avibe, s.max_tokens_avision, s.temperature) == (256, 200, 0.7)
+    assert s.log_level == "INFO" and s.log_file is None and s.log_format == "text"
+    assert s.port == 8085
+
+
+def test_environment_and_dotenv(tmp_path, monkeypatch) -> None:
+    env_file = tmp_path / ".env"
+    env_file.write_text("RATE_LIMIT_PER_MINUTE=100\nLOG_LEVEL=debug\nLOG_FILE=\n")
+    monkeypatch.setenv("MAX_PROMPT_LENGTH", "50")
+    s = Settings(_env_file=env_file)  # type: ignore[call-arg]
+    assert s.rate_limit_per_minute == 100
+    assert s.log_level == "DEBUG"
+    assert s.log_file is None
+    assert s.max_prompt_length == 50
+
+
+def test_cors_origins_list() -> None:
+    s = Settings(_env_file=None, allowed_origins="https://a.com/, https://b.com")  # type: ignore[call-arg]
+    assert s.cors_origins == ["https://a.com", "https://b.com"]
+
+
+@pytest.mark.parametrize(
+    ("name", "value"),
+    [
+        ("RATE_LIMIT_PER_MINUTE", "abc"),
+        ("RATE_LIMIT_PER_HOUR", "0"),
+        ("TEMPERATURE", "3"),
+        ("LOG_FORMAT", "xml"),
+        ("DEVICE", "tpu"),
+        ("PORT", "70000"),
+    ],
+)
+def test_invalid_value_names_the_variable(monkeypatch, name, value) -> None:
+    monkeypatch.setenv(name, value)
+    with pytest.raises(ConfigError) as exc:
+        load_settings(_env_file=None)
+    message = str(exc.value)
+    assert name in message and "\n" not in message
+
+
+def run_cli(*args: str, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
+    import os
+
+    return subprocess.run(
+        [sys.executable, "-m", "avito_ai", *args],
+        cwd=ROOT,
+        env={**os.environ, **env},
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+
+
+def test_invalid_value_stops_startup_with_one_line(tmp_path) -> None:
+    r = run_cli("serve", env={"RATE_LIMIT_PER_MINUTE": "abc", "AVIBE_BACKEND": "fake"})
+    assert r.returncode != 0
+    lines = r.stderr.strip().splitlines()
+    assert len(lines) == 1 and "RATE_LIMIT_PER_MINUTE" in lines[0]
+
+
+def test_config_command_prints_effective_config_with_secrets_masked() -> None:
+    r = run_cli("config", env={"API_KEYS": "sk-very-secret", "RATE_LIMIT_PER_MINUTE": "42"})
+    assert r.returncode == 0, r.stderr
+    assert "RATE_LIMIT_PER_MINUTE=42" in r.stdout
+    assert "API_KEYS=**********" in r.stdout
+    assert "sk-very-secret" not in r.stdout
+
+
+def test_env_example_documents_every_variable_and_loads() -> None:
+    example = ROOT / ".env.example"
+    names = {
+        line.split("=", 1)[0].strip()
+        for line in example.read_text().splitlines()
+        if "=" in line and not line.lstrip().startswith("#")
+    }
+    assert names == {name.upper() for name in Settings.model_fields}
+    s = Settings(_env_file=example)  # type: ignore[call-arg]
+    assert s.rate_limit_per_minute == 10 and s.api_keys is None and s.avibe_model is None
