@@ -2,18 +2,24 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from pathlib import Path
+
 from fastapi import FastAPI
 from fastapi.middleware.cors import CORSMiddleware
+from fastapi.staticfiles import StaticFiles
 
 from avito_ai import __version__
 from avito_ai.api.errors import install_error_handlers
-from avito_ai.api.routes import health, text
+from avito_ai.api.routes import health, image, openai, text, web
 from avito_ai.config import Settings
 from avito_ai.engines.base import Engine, Role
 from avito_ai.engines.registry import build_engines
 from avito_ai.lifespan import ServiceState, lifespan
 from avito_ai.middleware.access_log import AccessLogMiddleware
+from avito_ai.middleware.body_limit import BodyLimitMiddleware
 from avito_ai.middleware.request_id import RequestIdMiddleware
+from avito_ai.middleware.security_headers import SecurityHeadersMiddleware
 
 DESCRIPTION = """
 Serves **A-Vibe** (text generation) and **A-Vision** (image understanding).
@@ -21,6 +27,23 @@ Serves **A-Vibe** (text generation) and **A-Vision** (image understanding).
 Every response carries `X-Request-ID` (send your own to trace a call) and `X-Response-Time`.
 Errors answer `{"error": code, "message": ..., "request_id": ...}`.
 """
+
+
+STATIC_DIR = Path(__file__).resolve().parent / "web" / "static"
+# Routes whose bodies may carry an image (multipart, or base64 in JSON).
+UPLOAD_PATHS = ("/api/v1/image/analyze", "/avision", "/v1/chat/completions")
+
+
+def body_limits(settings: Settings) -> Callable[[str], int]:
+    """Bytes a request body may have on a path: JSON 1 MB (MAX_BODY_SIZE_MB), image
+    routes room for one MAX_IMAGE_SIZE_MB image as base64 plus the other fields."""
+    json_limit = int(settings.max_body_size_mb * 1024 * 1024)
+    upload_limit = int(settings.max_image_size_mb * 1024 * 1024 * 4 / 3) + json_limit
+
+    def limit_for(path: str) -> int:
+        return upload_limit if path in UPLOAD_PATHS else json_limit
+
+    return limit_for
 
 
 def create_app(settings: Settings, engines: dict[Role, Engine] | None = None) -> FastAPI:
@@ -35,8 +58,15 @@ def create_app(settings: Settings, engines: dict[Role, Engine] | None = None) ->
     install_error_handlers(app)
     app.include_router(health.router)
     app.include_router(text.router)
+    app.include_router(image.router)
+    app.include_router(openai.router)
+    app.include_router(web.router)
+    app.mount("/static", StaticFiles(directory=STATIC_DIR), name="static")
 
-    # Added last = outermost. Order inside out: CORS, access log, request id.
+    # Added last = outermost. Inside out: body limit, security headers, CORS, access log,
+    # request id — so every response, including a 413, has the id and an access line.
+    app.add_middleware(BodyLimitMiddleware, limit_for=body_limits(settings))
+    app.add_middleware(SecurityHeadersMiddleware)
     origins = settings.cors_origins
     app.add_middleware(
         CORSMiddleware,

@@ -65,6 +65,7 @@ class Settings(BaseSettings):
     max_queue_size: PositiveInt = 64
     request_timeout: Annotated[float, Field(gt=0)] = 120.0
     max_image_size_mb: Annotated[float, Field(gt=0)] = 16.0
+    max_body_size_mb: Annotated[float, Field(gt=0)] = 1.0
 
     # --- Logging (seed) ---
     log_level: LogLevel = "INFO"

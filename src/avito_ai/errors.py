@@ -64,3 +64,9 @@ class Timeout(AvitoError):
 
 class ShuttingDown(ModelUnavailable):
     pass
+
+
+class ClientDisconnected(AvitoError):
+    """The client went away before the answer was ready; nobody reads this response."""
+
+    code = "client_closed_request"

@@ -41,6 +41,7 @@ STATUS_BY_CODE: dict[str, int] = {
     "model_unavailable": 503,
     "overloaded": 503,
     "timeout": 504,
+    "client_closed_request": 499,  # nginx's convention; only the access log sees it
 }
 
 OPENAI_TYPE_BY_CODE: dict[str, str] = {

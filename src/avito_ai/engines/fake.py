@@ -124,7 +124,7 @@ class FakeEngine:
                     total_s=end - request.created,
                 ),
             )
-        except GeneratorExit:
+        except (GeneratorExit, asyncio.CancelledError):
             self.cancelled += 1
             raise
         finally:

@@ -62,3 +62,27 @@ class ErrorResponse(BaseModel):
     error: str
     message: str
     request_id: str
+
+
+ERROR_RESPONSES: dict[int | str, dict[str, object]] = {
+    400: {"model": ErrorResponse, "description": "validation_error"},
+    401: {"model": ErrorResponse, "description": "unauthorized"},
+    413: {"model": ErrorResponse, "description": "payload_too_large"},
+    429: {"model": ErrorResponse, "description": "rate_limit_exceeded"},
+    503: {"model": ErrorResponse, "description": "model_unavailable or overloaded"},
+    504: {"model": ErrorResponse, "description": "timeout"},
+}
+
+
+class ImageAnalyzeJSON(SamplingFields):
+    """JSON variant of image analysis: the image as base64 or a `data:` URI."""
+
+    image: StrictStr
+    prompt: StrictStr | None = None
+
+    model_config = ConfigDict(
+        extra="ignore",
+        json_schema_extra={
+            "examples": [{"image": "data:image/jpeg;base64,/9j/4AAQ...", "prompt": "Что на фото?"}]
+        },
+    )

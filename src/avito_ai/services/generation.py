@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator
 from dataclasses import dataclass
 
 from avito_ai.config import Settings
@@ -131,7 +131,7 @@ class Completion:
         return round(self.generated_tokens / gen, 2) if gen > 0 else 0.0
 
 
-async def stream_chunks(engine: Engine, request: GenerationRequest) -> AsyncIterator[Chunk]:
+async def stream_chunks(engine: Engine, request: GenerationRequest) -> AsyncGenerator[Chunk, None]:
     """The engine's chunks, bounded by the request deadline even if the engine is stuck."""
     iterator = engine.generate(request)
     try:

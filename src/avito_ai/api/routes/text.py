@@ -2,55 +2,41 @@
 
 from __future__ import annotations
 
-from fastapi import APIRouter
+from fastapi import APIRouter, Request
+from fastapi.responses import StreamingResponse
 
 from avito_ai.api.deps import RequestIdDep, SettingsDep, StateDep
-from avito_ai.schemas.native import (
-    ErrorResponse,
-    GenerationData,
-    GenerationMetrics,
-    GenerationResponse,
-    TextGenerateRequest,
-)
-from avito_ai.services.generation import Completion, complete, ready_engine, text_request
+from avito_ai.api.native import generate_native
+from avito_ai.schemas.native import ERROR_RESPONSES, GenerationResponse, TextGenerateRequest
+from avito_ai.services.generation import ready_engine, text_request
 
 router = APIRouter(prefix="/api/v1", tags=["native API"])
-
-
-def native_response(result: Completion, request_id: str) -> GenerationResponse:
-    t = result.timings
-    return GenerationResponse(
-        data=GenerationData(
-            text=result.text,
-            generated_tokens=result.generated_tokens,
-            input_tokens=result.input_tokens,
-            finish_reason=result.finish_reason,
-        ),
-        metrics=GenerationMetrics(
-            generation_time=round(t.generation_s, 3),
-            total_time=round(t.total_s, 3),
-            tokens_per_second=result.tokens_per_second,
-            queue_time=round(t.queue_s, 3),
-            time_to_first_token=round(t.ttft_s, 3),
-        ),
-        request_id=request_id,
-    )
 
 
 @router.post(
     "/text/generate",
     summary="Generate text with A-Vibe",
-    responses={
-        400: {"model": ErrorResponse},
-        429: {"model": ErrorResponse},
-        503: {"model": ErrorResponse},
-        504: {"model": ErrorResponse},
-    },
+    response_model=GenerationResponse,
+    responses={**ERROR_RESPONSES, 200: {"content": {"text/event-stream": {}}}},
+    description="""Seed example:
+
+```bash
+curl -X POST http://localhost:8085/api/v1/text/generate \\
+  -H "Content-Type: application/json" \\
+  -d '{"prompt": "Привет, подскажи рецепт борща", "max_tokens": 256, "temperature": 0.7}'
+```
+
+With `"stream": true` the answer is Server-Sent Events: `event: delta` with `{"text": ...}`
+per piece of text, then `event: done` with the complete response body (or `event: error`).
+""",
 )
 async def generate_text(
-    body: TextGenerateRequest, state: StateDep, settings: SettingsDep, request_id: RequestIdDep
-) -> GenerationResponse:
-    request = text_request(body.prompt, body, settings, request_id)
+    body: TextGenerateRequest,
+    request: Request,
+    state: StateDep,
+    settings: SettingsDep,
+    request_id: RequestIdDep,
+) -> GenerationResponse | StreamingResponse:
+    generation = text_request(body.prompt, body, settings, request_id)
     engine = ready_engine(state, "avibe")
-    result = await complete(engine, request)
-    return native_response(result, request_id)
+    return await generate_native(request, engine, generation, body.stream)

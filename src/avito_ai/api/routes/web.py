@@ -1,0 +1,119 @@
+"""The web page: GET / with two forms; POST /avibe and /avision render answers server-side,
+so the page works without JavaScript. Jinja2 autoescaping escapes input and model output."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from fastapi import APIRouter, Request
+from fastapi.responses import HTMLResponse
+from fastapi.templating import Jinja2Templates
+from starlette.datastructures import UploadFile
+
+from avito_ai.api.deps import RequestIdDep, SettingsDep, StateDep
+from avito_ai.api.errors import STATUS_BY_CODE
+from avito_ai.api.native import disconnect_waiter
+from avito_ai.engines.base import ImagePart, TextPart
+from avito_ai.errors import AvitoError, ValidationFailed
+from avito_ai.lifespan import ServiceState
+from avito_ai.services import generation as gen
+from avito_ai.services.forms import sampling_from_form
+from avito_ai.services.images import decode_image
+from avito_ai.services.streaming import unless_disconnected
+
+TEMPLATES = Jinja2Templates(directory=Path(__file__).resolve().parents[2] / "web" / "templates")
+DEFAULT_QUESTION = "Что изображено на фото?"
+
+router = APIRouter(tags=["web page"])
+
+
+def _page(
+    request: Request, state: ServiceState, request_id: str, status: int = 200, **extra: Any
+) -> HTMLResponse:
+    s = state.settings
+    context: dict[str, Any] = {
+        "models": state.models(),
+        "request_id": request_id,
+        "max_prompt_length": s.max_prompt_length,
+        "max_tokens_avibe": s.max_tokens_avibe,
+        "max_image_size_mb": f"{s.max_image_size_mb:g}",
+        "avibe_answer": None,
+        "avision_answer": None,
+        "error": None,
+        **extra,
+    }
+    return TEMPLATES.TemplateResponse(request, "index.html", context, status_code=status)
+
+
+def _error_page(
+    request: Request, state: ServiceState, request_id: str, exc: AvitoError, **extra: Any
+) -> HTMLResponse:
+    response = _page(
+        request,
+        state,
+        request_id,
+        STATUS_BY_CODE.get(exc.code, 500),
+        error={"code": exc.code, "message": exc.message},
+        **extra,
+    )
+    if hasattr(exc, "retry_after"):
+        response.headers["Retry-After"] = str(exc.retry_after)
+    return response
+
+
+@router.get("/", response_class=HTMLResponse, summary="Web page with the A-Vibe and A-Vision forms")
+async def index(request: Request, state: StateDep, request_id: RequestIdDep) -> HTMLResponse:
+    return _page(request, state, request_id)
+
+
+@router.post("/avibe", response_class=HTMLResponse, summary="A-Vibe form (form data: prompt)")
+async def avibe_form(
+    request: Request, state: StateDep, settings: SettingsDep, request_id: RequestIdDep
+) -> HTMLResponse:
+    form = await request.form()
+    values = {k: v for k, v in form.items() if isinstance(v, str)}
+    prompt = values.get("prompt")
+    try:
+        fields = sampling_from_form(values, [])
+        generation = gen.text_request(prompt, fields, settings, request_id)
+        engine = gen.ready_engine(state, "avibe")
+        answer = await unless_disconnected(
+            gen.complete(engine, generation), disconnect_waiter(request)
+        )
+    except AvitoError as exc:
+        return _error_page(request, state, request_id, exc, prompt=prompt)
+    return _page(request, state, request_id, prompt=prompt, avibe_answer=answer)
+
+
+@router.post(
+    "/avision",
+    response_class=HTMLResponse,
+    summary="A-Vision form (multipart: image, question)",
+)
+async def avision_form(
+    request: Request, state: StateDep, settings: SettingsDep, request_id: RequestIdDep
+) -> HTMLResponse:
+    form = await request.form()
+    values = {k: v for k, v in form.items() if isinstance(v, str)}
+    question = values.get("question") or values.get("prompt") or DEFAULT_QUESTION
+    try:
+        engine = gen.ready_engine(state, "avision")
+        upload = form.get("image")
+        if not isinstance(upload, UploadFile):
+            raise ValidationFailed("Choose an image file to analyze", param="image")
+        image = decode_image(await upload.read(), settings.max_image_size_mb)
+        text = gen.validate_prompt(question, settings, field="question")
+        generation = gen.chat_request(
+            request_id=request_id,
+            role="avision",
+            user_content=[ImagePart(image), TextPart(text)],
+            fields=sampling_from_form(values, []),
+            settings=settings,
+        )
+        answer = await unless_disconnected(
+            gen.complete(engine, generation), disconnect_waiter(request)
+        )
+    except AvitoError as exc:
+        return _error_page(request, state, request_id, exc, question=question)
+    return _page(request, state, request_id, question=question, avision_answer=answer)

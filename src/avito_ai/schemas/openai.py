@@ -1,0 +1,155 @@
+"""OpenAI-compatible wire formats (chat completions, completions, models)."""
+
+from __future__ import annotations
+
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictInt, StrictStr
+
+
+class ImageURL(BaseModel):
+    url: StrictStr
+    detail: str | None = None
+
+
+class TextContentPart(BaseModel):
+    type: Literal["text"]
+    text: StrictStr
+
+
+class ImageContentPart(BaseModel):
+    type: Literal["image_url"]
+    image_url: ImageURL | StrictStr
+
+
+ContentPartIn = Annotated[TextContentPart | ImageContentPart, Field(discriminator="type")]
+
+
+class ChatMessageIn(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+
+    role: Literal["system", "user", "assistant", "developer"]
+    content: StrictStr | list[ContentPartIn] | None = None
+    name: str | None = None
+
+
+class StreamOptions(BaseModel):
+    include_usage: StrictBool = False
+
+
+class OpenAISampling(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+
+    model: StrictStr
+    max_tokens: Annotated[StrictInt | None, Field(ge=1)] = None
+    max_completion_tokens: Annotated[StrictInt | None, Field(ge=1)] = None
+    temperature: Annotated[float | None, Field(ge=0, le=2)] = None
+    top_p: Annotated[float | None, Field(gt=0, le=1)] = None
+    top_k: Annotated[StrictInt | None, Field(ge=0)] = None
+    repetition_penalty: Annotated[float | None, Field(gt=0, le=2)] = None
+    stop: StrictStr | Annotated[list[StrictStr], Field(max_length=4)] | None = None
+    seed: StrictInt | None = None
+    n: Annotated[StrictInt, Field(ge=1, le=1)] = 1
+    stream: StrictBool = False
+    stream_options: StreamOptions | None = None
+    user: str | None = None
+
+
+class ChatCompletionRequest(OpenAISampling):
+    messages: Annotated[list[ChatMessageIn], Field(min_length=1)]
+    enable_thinking: StrictBool = False
+    chat_template_kwargs: dict[str, Any] | None = None
+
+    model_config = ConfigDict(
+        extra="ignore",
+        json_schema_extra={
+            "examples": [
+                {
+                    "model": "avibe",
+                    "messages": [{"role": "user", "content": "Привет! Как дела?"}],
+                    "max_tokens": 64,
+                },
+                {
+                    "model": "avision",
+                    "messages": [
+                        {
+                            "role": "user",
+                            "content": [
+                                {"type": "text", "text": "Что на фото?"},
+                                {
+                                    "type": "image_url",
+                                    "image_url": {"url": "data:image/png;base64,iVBORw0..."},
+                                },
+                            ],
+                        }
+                    ],
+                },
+            ]
+        },
+    )
+
+
+class CompletionRequest(OpenAISampling):
+    prompt: StrictStr | Annotated[list[StrictStr], Field(min_length=1, max_length=1)]
+    echo: StrictBool = False
+
+    model_config = ConfigDict(
+        extra="ignore",
+        json_schema_extra={"examples": [{"model": "avibe", "prompt": "Once upon a time"}]},
+    )
+
+
+class Usage(BaseModel):
+    prompt_tokens: int
+    completion_tokens: int
+    total_tokens: int
+
+
+class AssistantMessage(BaseModel):
+    role: Literal["assistant"] = "assistant"
+    content: str
+
+
+class ChatChoice(BaseModel):
+    index: int = 0
+    message: AssistantMessage
+    finish_reason: str
+    logprobs: None = None
+
+
+class ChatCompletion(BaseModel):
+    id: str
+    object: Literal["chat.completion"] = "chat.completion"
+    created: int
+    model: str
+    choices: list[ChatChoice]
+    usage: Usage
+
+
+class CompletionChoice(BaseModel):
+    index: int = 0
+    text: str
+    finish_reason: str
+    logprobs: None = None
+
+
+class Completion(BaseModel):
+    id: str
+    object: Literal["text_completion"] = "text_completion"
+    created: int
+    model: str
+    choices: list[CompletionChoice]
+    usage: Usage
+
+
+class ModelCard(BaseModel):
+    id: str
+    object: Literal["model"] = "model"
+    created: int
+    owned_by: str = "avito"
+    root: str | None = None
+
+
+class ModelList(BaseModel):
+    object: Literal["list"] = "list"
+    data: list[ModelCard]

@@ -1,0 +1,92 @@
+"""Image checks and decoding for every front door (native, OpenAI, forms).
+
+The type is decided by magic bytes, never by Content-Type or file name; Pillow is
+restricted to the four accepted formats; pixel count is checked from the header before
+any pixel is decoded, so decompression bombs are refused quickly with flat memory.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import io
+import re
+import warnings
+
+from PIL import Image, UnidentifiedImageError
+
+from avito_ai.errors import PayloadTooLarge, ValidationFailed
+
+FORMATS = ("JPEG", "PNG", "WEBP", "GIF")
+# 40 megapixels: more than any phone photo; a bomb declares far more than this.
+MAX_PIXELS = 40_000_000
+_DATA_URI = re.compile(r"^data:(?P<mime>[\w.+-]+/[\w.+-]+)?(?P<params>(;[^,;]*)*?);base64,", re.I)
+
+
+def sniff_format(data: bytes) -> str | None:
+    """JPEG, PNG, WEBP or GIF from the file's first bytes; None for anything else."""
+    if data.startswith(b"\xff\xd8\xff"):
+        return "JPEG"
+    if data.startswith(b"\x89PNG\r\n\x1a\n"):
+        return "PNG"
+    if data[:4] == b"RIFF" and data[8:12] == b"WEBP":
+        return "WEBP"
+    if data[:6] in (b"GIF87a", b"GIF89a"):
+        return "GIF"
+    return None
+
+
+def check_size(size_bytes: int, max_mb: float) -> None:
+    if size_bytes > max_mb * 1024 * 1024:
+        raise PayloadTooLarge(f"Image too large. Maximum size: {max_mb:g} MB", param="image")
+
+
+def decode_image(data: bytes, max_mb: float) -> Image.Image:
+    """Validate and decode an uploaded image into an RGB Pillow image."""
+    check_size(len(data), max_mb)
+    if not data:
+        raise ValidationFailed("Image file is empty", param="image")
+    fmt = sniff_format(data)
+    if fmt is None:
+        raise ValidationFailed(
+            "Unsupported image type: only JPEG, PNG, WEBP and GIF are accepted", param="image"
+        )
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            image = Image.open(io.BytesIO(data), formats=[fmt])
+            width, height = image.size
+            if width <= 0 or height <= 0 or width * height > MAX_PIXELS:
+                raise ValidationFailed(
+                    f"Image dimensions {width}x{height} exceed the limit of "
+                    f"{MAX_PIXELS // 1_000_000} megapixels",
+                    param="image",
+                )
+            image.seek(0)  # first frame of an animation
+            image.load()
+            return image.convert("RGB")
+    except ValidationFailed:
+        raise
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
+        raise ValidationFailed(f"Image refused: {exc}", param="image") from None
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError, EOFError) as exc:
+        raise ValidationFailed(
+            f"Image could not be decoded ({fmt}): file is corrupt or truncated", param="image"
+        ) from exc
+
+
+def decode_base64_image(value: str, max_mb: float, *, param: str = "image") -> Image.Image:
+    """A `data:` URI or bare base64 string → decoded image."""
+    match = _DATA_URI.match(value)
+    payload = value[match.end() :] if match else value
+    # Reject before decoding when the encoded text alone is over the limit.
+    check_size(len(payload) * 3 // 4, max_mb)
+    try:
+        data = base64.b64decode(payload, validate=True)
+    except (binascii.Error, ValueError):
+        raise ValidationFailed("Image is not valid base64", param=param) from None
+    return decode_image(data, max_mb)
+
+
+def is_data_uri(value: str) -> bool:
+    return _DATA_URI.match(value) is not None

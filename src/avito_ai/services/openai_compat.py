@@ -1,0 +1,129 @@
+"""OpenAI wire requests → GenerationRequests: model name → role, messages → chat parts."""
+
+from __future__ import annotations
+
+import time
+
+from avito_ai.config import Settings
+from avito_ai.engines.base import (
+    ChatMessage,
+    ContentPart,
+    GenerationRequest,
+    ImagePart,
+    Role,
+    TextPart,
+)
+from avito_ai.errors import NotFound, ValidationFailed
+from avito_ai.lifespan import ServiceState
+from avito_ai.schemas.native import SamplingFields
+from avito_ai.schemas.openai import ChatCompletionRequest, CompletionRequest, OpenAISampling
+from avito_ai.services.generation import sampling_params, validate_prompt
+from avito_ai.services.images import decode_base64_image, is_data_uri
+
+
+def model_names(state: ServiceState) -> dict[str, Role]:
+    """Every name a client may use: the role, and the configured model id of each role."""
+    names: dict[str, Role] = {}
+    for role, engine in state.engines.items():
+        names[role] = role
+        model_id = engine.status().model_id
+        if model_id:
+            names.setdefault(model_id, role)
+    return names
+
+
+def resolve_role(model: str, state: ServiceState) -> Role:
+    role = model_names(state).get(model)
+    if role is None:
+        raise NotFound(
+            f"The model '{model}' does not exist. Available: {', '.join(model_names(state))}",
+            param="model",
+        )
+    return role
+
+
+def _sampling_fields(body: OpenAISampling) -> SamplingFields:
+    return SamplingFields(
+        max_tokens=body.max_completion_tokens or body.max_tokens,
+        temperature=body.temperature,
+        top_p=body.top_p,
+        top_k=body.top_k,
+        repetition_penalty=body.repetition_penalty,
+        stop=body.stop,
+        seed=body.seed,
+    )
+
+
+def _content(content: object, index: int, settings: Settings) -> tuple[list[ContentPart], int]:
+    """Parts of one message and the number of text characters in it."""
+    if content is None:
+        return [], 0
+    if isinstance(content, str):
+        return [TextPart(content)], len(content)
+    parts: list[ContentPart] = []
+    chars = 0
+    assert isinstance(content, list)
+    for part in content:
+        if part.type == "text":
+            parts.append(TextPart(part.text))
+            chars += len(part.text)
+            continue
+        url = part.image_url if isinstance(part.image_url, str) else part.image_url.url
+        if not is_data_uri(url):
+            raise ValidationFailed(
+                "image_url must be a data: URI (data:image/png;base64,...); "
+                "the server does not fetch images from the network",
+                param=f"messages.{index}.content",
+            )
+        parts.append(
+            ImagePart(decode_base64_image(url, settings.max_image_size_mb, param="image_url"))
+        )
+    return parts, chars
+
+
+def chat_request(
+    body: ChatCompletionRequest, role: Role, settings: Settings, request_id: str
+) -> GenerationRequest:
+    messages: list[ChatMessage] = []
+    total_chars = 0
+    for i, message in enumerate(body.messages):
+        parts, chars = _content(message.content, i, settings)
+        total_chars += chars
+        if role == "avibe" and any(isinstance(p, ImagePart) for p in parts):
+            raise ValidationFailed(
+                "Model avibe does not accept images; use model 'avision'", param="messages"
+            )
+        msg_role = "system" if message.role == "developer" else message.role
+        messages.append(ChatMessage(role=msg_role, content=tuple(parts)))
+    if total_chars > settings.max_prompt_length:
+        raise ValidationFailed(
+            f"Prompt too long. Maximum length: {settings.max_prompt_length} characters",
+            param="messages",
+        )
+    if not any(m.role == "user" and m.content for m in messages):
+        raise ValidationFailed("messages must contain a user message", param="messages")
+    thinking = body.enable_thinking or bool(
+        (body.chat_template_kwargs or {}).get("enable_thinking", False)
+    )
+    return GenerationRequest(
+        request_id=request_id,
+        sampling=sampling_params(_sampling_fields(body), role, settings),
+        messages=messages,
+        enable_thinking=thinking,
+        deadline=time.monotonic() + settings.request_timeout,
+    )
+
+
+def completion_request(
+    body: CompletionRequest, role: Role, settings: Settings, request_id: str
+) -> GenerationRequest:
+    if role != "avibe":
+        raise ValidationFailed("/v1/completions serves text models only", param="model")
+    prompt = body.prompt if isinstance(body.prompt, str) else body.prompt[0]
+    validate_prompt(prompt, settings)
+    return GenerationRequest(
+        request_id=request_id,
+        sampling=sampling_params(_sampling_fields(body), role, settings),
+        prompt=prompt,
+        deadline=time.monotonic() + settings.request_timeout,
+    )

@@ -1,0 +1,362 @@
+"""The API surface against a running server (fake engines): the seed's JSON API, the
+OpenAI API through the official `openai` package, the web forms, and every input check."""
+
+from __future__ import annotations
+
+import base64
+import json
+import time
+from collections.abc import Iterator
+
+import httpx
+import openai
+import pytest
+
+from tests.images import encoded, noisy_png, png_bomb
+from tests.servers import ServerProcess, dev_server
+
+pytestmark = pytest.mark.integration
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory) -> Iterator[ServerProcess]:
+    tmp = tmp_path_factory.mktemp("api")
+    env = {"AVIBE_BACKEND": "fake", "AVISION_BACKEND": "fake", "MAX_IMAGE_SIZE_MB": "2"}
+    srv = dev_server(env, tmp / "stdout.log")
+    try:
+        srv.wait_ready(60)
+        yield srv
+    finally:
+        srv.stop()
+
+
+@pytest.fixture(scope="module")
+def client(server: ServerProcess) -> openai.OpenAI:
+    return openai.OpenAI(base_url=server.url + "/v1", api_key="unused", max_retries=0)
+
+
+def data_uri(data: bytes, mime: str = "image/png") -> str:
+    return f"data:{mime};base64," + base64.b64encode(data).decode()
+
+
+def sse_events(text: str) -> list[tuple[str, dict]]:
+    events = []
+    for block in text.strip().split("\n\n"):
+        lines = dict(line.split(": ", 1) for line in block.splitlines())
+        events.append((lines.get("event", "message"), json.loads(lines["data"])))
+    return events
+
+
+# --- native JSON API -------------------------------------------------------------------
+
+
+def test_seed_text_example(server: ServerProcess) -> None:
+    r = httpx.post(
+        server.url + "/api/v1/text/generate",
+        json={"prompt": "Привет, подскажи рецепт борща", "max_tokens": 256, "temperature": 0.7},
+    )
+    assert r.status_code == 200
+    body = r.json()
+    assert body["success"] is True
+    assert set(body["data"]) >= {"text", "generated_tokens", "input_tokens"}
+    assert set(body["metrics"]) >= {"generation_time", "total_time", "tokens_per_second"}
+    assert body["request_id"] == r.headers["x-request-id"]
+
+
+def test_native_stream_joins_to_the_final_text(server: ServerProcess) -> None:
+    r = httpx.post(
+        server.url + "/api/v1/text/generate",
+        json={"prompt": "Съешь же ещё этих булок", "stream": True},
+    )
+    assert r.headers["content-type"].startswith("text/event-stream")
+    events = sse_events(r.text)
+    deltas = "".join(d["text"] for name, d in events if name == "delta")
+    name, final = events[-1]
+    assert name == "done"
+    assert final["data"]["text"] == deltas == "Echo: Съешь же ещё этих булок"
+    assert final["request_id"] == r.headers["x-request-id"]
+
+
+@pytest.mark.parametrize("fmt", ["PNG", "JPEG", "WEBP", "GIF"])
+def test_image_analyze_multipart(server: ServerProcess, fmt: str) -> None:
+    # The file name and Content-Type lie: the type is decided by the bytes.
+    r = httpx.post(
+        server.url + "/api/v1/image/analyze",
+        files={"image": ("photo.txt", encoded(fmt), "text/plain")},
+        data={"prompt": "Что на фото?", "max_tokens": "20"},
+    )
+    assert r.status_code == 200, r.text
+    assert r.json()["data"]["text"] == "Echo: Что на фото? [1 image(s)]"
+
+
+def test_image_analyze_json_base64(server: ServerProcess) -> None:
+    for image in (data_uri(encoded("JPEG"), "image/jpeg"), base64.b64encode(encoded()).decode()):
+        r = httpx.post(
+            server.url + "/api/v1/image/analyze", json={"image": image, "prompt": "Опиши"}
+        )
+        assert r.status_code == 200, r.text
+        assert r.json()["data"]["text"].endswith("[1 image(s)]")
+
+
+# --- OpenAI API with the official client -------------------------------------------------
+
+
+def test_openai_models(client: openai.OpenAI) -> None:
+    ids = {m.id for m in client.models.list()}
+    assert {"avibe", "avision"} <= ids
+
+
+def test_openai_chat(client: openai.OpenAI) -> None:
+    r = client.chat.completions.create(
+        model="avibe",
+        messages=[
+            {"role": "system", "content": "Ты помощник."},
+            {"role": "user", "content": "Привет"},
+            {"role": "assistant", "content": "Здравствуйте!"},
+            {"role": "user", "content": [{"type": "text", "text": "Как дела?"}]},
+        ],
+        max_tokens=50,
+    )
+    assert r.choices[0].message.content == "Echo: Как дела?"
+    assert r.choices[0].finish_reason == "stop"
+    assert r.usage.completion_tokens == 3
+    assert r.usage.total_tokens == r.usage.prompt_tokens + 3
+
+
+def test_openai_chat_stream_with_usage(client: openai.OpenAI) -> None:
+    stream = client.chat.completions.create(
+        model="avibe",
+        messages=[{"role": "user", "content": "раз два три"}],
+        stream=True,
+        stream_options={"include_usage": True},
+    )
+    chunks = list(stream)
+    text = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
+    assert text == "Echo: раз два три"
+    assert [c.choices[0].finish_reason for c in chunks if c.choices][-1] == "stop"
+    assert chunks[-1].usage is not None and chunks[-1].usage.completion_tokens == 4
+
+
+def test_openai_image_chat(client: openai.OpenAI) -> None:
+    content = [
+        {"type": "text", "text": "Что здесь?"},
+        {"type": "image_url", "image_url": {"url": data_uri(encoded())}},
+    ]
+    r = client.chat.completions.create(
+        model="avision", messages=[{"role": "user", "content": content}]
+    )
+    assert r.choices[0].message.content == "Echo: Что здесь? [1 image(s)]"
+    stream = client.chat.completions.create(
+        model="avision", messages=[{"role": "user", "content": content}], stream=True
+    )
+    assert "".join(c.choices[0].delta.content or "" for c in stream) == r.choices[0].message.content
+
+
+def test_openai_completions(client: openai.OpenAI) -> None:
+    r = client.completions.create(model="avibe", prompt="Жили-были", max_tokens=10)
+    assert r.choices[0].text == "Echo: Жили-были"
+    stream = client.completions.create(model="avibe", prompt="Жили-были", stream=True)
+    assert "".join(c.choices[0].text for c in stream) == r.choices[0].text
+
+
+def test_openai_errors(client: openai.OpenAI) -> None:
+    with pytest.raises(openai.NotFoundError):
+        client.chat.completions.create(model="gpt-4o", messages=[{"role": "user", "content": "x"}])
+    with pytest.raises(openai.BadRequestError) as exc:
+        client.chat.completions.create(
+            model="avision",
+            messages=[
+                {
+                    "role": "user",
+                    "content": [{"type": "image_url", "image_url": {"url": "https://x/y.png"}}],
+                }
+            ],
+        )
+    assert "data: URI" in exc.value.message
+    with pytest.raises(openai.BadRequestError) as exc:
+        client.chat.completions.create(
+            model="avibe", messages=[{"role": "user", "content": "x"}], temperature=3
+        )
+    assert exc.value.body["param"] == "temperature"
+
+
+# --- web forms ---------------------------------------------------------------------------
+
+
+def test_web_page_and_forms(server: ServerProcess) -> None:
+    page = httpx.get(server.url + "/")
+    assert page.status_code == 200
+    assert '<form method="post" action="/avibe">' in page.text
+    assert 'action="/avision" enctype="multipart/form-data"' in page.text
+    assert "script-src 'self'" in page.headers["content-security-policy"]
+    assert page.headers["x-frame-options"] == "DENY"
+    assert page.headers["x-content-type-options"] == "nosniff"
+    css = httpx.get(server.url + "/static/style.css")
+    assert css.status_code == 200
+
+    r = httpx.post(server.url + "/avibe", data={"prompt": "<b>жирный</b> & <script>x()</script>"})
+    assert r.status_code == 200
+    assert "&lt;script&gt;x()&lt;/script&gt;" in r.text and "<script>x()" not in r.text
+    assert "Echo: &lt;b&gt;жирный&lt;/b&gt; &amp;" in r.text
+
+    r = httpx.post(
+        server.url + "/avision",
+        files={"image": ("a.png", encoded(), "image/png")},
+        data={"question": "Что это?"},
+    )
+    assert r.status_code == 200 and "Echo: Что это? [1 image(s)]" in r.text
+
+
+def test_web_form_errors_render_in_the_page(server: ServerProcess) -> None:
+    r = httpx.post(server.url + "/avibe", data={"prompt": "x" * 2001})
+    assert r.status_code == 400
+    assert "Prompt too long. Maximum length: 2000 characters" in r.text
+    assert r.headers["x-request-id"] in r.text
+    r = httpx.post(
+        server.url + "/avision", files={"image": ("a.png", b"not an image", "image/png")}
+    )
+    assert r.status_code == 400 and "Unsupported image type" in r.text
+
+
+# --- input checks ------------------------------------------------------------------------
+
+
+def assert_error(r: httpx.Response, status: int, code: str, fragment: str = "") -> None:
+    assert r.status_code == status, r.text
+    body = r.json()
+    assert body["error"] == code and body["request_id"] == r.headers["x-request-id"]
+    assert fragment in body["message"]
+
+
+@pytest.mark.parametrize(
+    ("payload", "fragment"),
+    [
+        ({}, "Prompt is required"),
+        ({"prompt": ["list"]}, "prompt"),
+        ({"prompt": " \n\t "}, "Prompt must not be empty"),
+        ({"prompt": "я" * 2001}, "Prompt too long. Maximum length: 2000 characters"),
+        ({"prompt": "hi", "max_tokens": 0}, "max_tokens"),
+        ({"prompt": "hi", "max_tokens": 257}, "max_tokens"),
+        ({"prompt": "hi", "temperature": -0.1}, "temperature"),
+        ({"prompt": "hi", "temperature": 2.1}, "temperature"),
+        ({"prompt": "hi", "top_p": 0}, "top_p"),
+        ({"prompt": "hi", "top_p": 1.5}, "top_p"),
+        ({"prompt": "hi", "top_k": -1}, "top_k"),
+        ({"prompt": "hi", "stop": ["1", "2", "3", "4", "5"]}, "stop"),
+    ],
+)
+def test_text_input_checks(server: ServerProcess, payload: dict, fragment: str) -> None:
+    assert_error(
+        httpx.post(server.url + "/api/v1/text/generate", json=payload),
+        400,
+        "validation_error",
+        fragment,
+    )
+
+
+def test_malformed_json(server: ServerProcess) -> None:
+    r = httpx.post(
+        server.url + "/api/v1/text/generate",
+        content=b'{"prompt": "unterminated',
+        headers={"content-type": "application/json"},
+    )
+    assert_error(r, 400, "validation_error", "Malformed JSON")
+
+
+def test_json_body_over_1mb_is_413(server: ServerProcess) -> None:
+    r = httpx.post(server.url + "/api/v1/text/generate", json={"prompt": "x" * 1_100_000})
+    assert_error(r, 413, "payload_too_large")
+
+
+def test_image_over_limit_is_413(server: ServerProcess) -> None:
+    big = noisy_png(2.2)  # MAX_IMAGE_SIZE_MB=2 on this server
+    r = httpx.post(server.url + "/api/v1/image/analyze", files={"image": ("a.png", big)})
+    assert_error(r, 413, "payload_too_large", "Maximum size: 2 MB")
+
+
+def test_chunked_upload_without_content_length_is_cut_at_the_limit(server: ServerProcess) -> None:
+    sent = 0
+
+    def body() -> Iterator[bytes]:
+        nonlocal sent
+        yield b'--b\r\nContent-Disposition: form-data; name="image"; filename="a.png"\r\n\r\n'
+        for _ in range(200):  # would be 12.8 MB; the server stops reading long before
+            sent += 64 * 1024
+            yield b"\0" * (64 * 1024)
+        yield b"\r\n--b--\r\n"
+
+    r = httpx.post(
+        server.url + "/api/v1/image/analyze",
+        content=body(),
+        headers={"content-type": "multipart/form-data; boundary=b"},
+    )
+    assert "content-length" not in r.request.headers
+    assert r.request.headers["transfer-encoding"] == "chunked"
+    assert_error(r, 413, "payload_too_large")
+
+
+def test_declared_content_length_over_limit_is_refused_before_reading(
+    server: ServerProcess,
+) -> None:
+    import socket
+
+    with socket.create_connection(("127.0.0.1", server.port), timeout=5) as sock:
+        sock.sendall(
+            b"POST /api/v1/image/analyze HTTP/1.1\r\nHost: x\r\n"
+            b"Content-Type: multipart/form-data; boundary=b\r\n"
+            b"Content-Length: 500000000\r\n\r\n"
+        )
+        reply = b""
+        while b"payload_too_large" not in reply:
+            data = sock.recv(4096)
+            if not data:
+                break
+            reply += data
+        reply_text = reply.decode()
+    assert reply_text.startswith("HTTP/1.1 413") and "payload_too_large" in reply_text
+
+
+@pytest.mark.parametrize(
+    ("data", "fragment"),
+    [
+        (b"", "empty"),
+        (b"%PDF-1.7 not an image", "Unsupported image type"),
+        (b"<svg xmlns='http://www.w3.org/2000/svg'/>", "Unsupported image type"),
+        (encoded("BMP"), "Unsupported image type"),
+        (encoded("PNG")[:60], "corrupt or truncated"),
+        (encoded("JPEG")[:200], "corrupt or truncated"),
+        (b"\x89PNG\r\n\x1a\n" + b"garbage" * 10, "corrupt or truncated"),
+    ],
+)
+def test_bad_images_are_400(server: ServerProcess, data: bytes, fragment: str) -> None:
+    r = httpx.post(server.url + "/api/v1/image/analyze", files={"image": ("x.png", data)})
+    assert_error(r, 400, "validation_error", fragment)
+
+
+def test_decompression_bomb_is_refused_quickly(server: ServerProcess) -> None:
+    import psutil
+
+    proc = psutil.Process(server.proc.pid)
+    before = proc.memory_info().rss
+    started = time.monotonic()
+    r = httpx.post(server.url + "/api/v1/image/analyze", files={"image": ("b.png", png_bomb())})
+    elapsed = time.monotonic() - started
+    assert_error(r, 400, "validation_error", "exceed")
+    assert elapsed < 5
+    assert proc.memory_info().rss - before < 100 * 1024 * 1024
+
+
+def test_image_checks_also_apply_to_base64(server: ServerProcess) -> None:
+    r = httpx.post(
+        server.url + "/api/v1/image/analyze", json={"image": "!!!not base64!!!", "prompt": "x"}
+    )
+    assert_error(r, 400, "validation_error", "base64")
+    r = httpx.post(
+        server.url + "/api/v1/image/analyze", json={"image": data_uri(png_bomb()), "prompt": "x"}
+    )
+    assert_error(r, 400, "validation_error", "exceed")
+
+
+def test_missing_image_field(server: ServerProcess) -> None:
+    r = httpx.post(server.url + "/api/v1/image/analyze", files={"other": ("a.png", encoded())})
+    assert_error(r, 400, "validation_error", "image")
