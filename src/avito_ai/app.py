@@ -10,14 +10,16 @@ from fastapi.middleware.cors import CORSMiddleware
 from fastapi.staticfiles import StaticFiles
 
 from avito_ai import __version__
-from avito_ai.api.errors import install_error_handlers
+from avito_ai.api.errors import install_error_handlers, scope_error_response
 from avito_ai.api.routes import health, image, openai, text, web
 from avito_ai.config import Settings
 from avito_ai.engines.base import Engine, Role
 from avito_ai.engines.registry import build_engines
 from avito_ai.lifespan import ServiceState, lifespan
 from avito_ai.middleware.access_log import AccessLogMiddleware
+from avito_ai.middleware.auth import ApiKeyMiddleware
 from avito_ai.middleware.body_limit import BodyLimitMiddleware
+from avito_ai.middleware.rate_limit import RateLimitMiddleware
 from avito_ai.middleware.request_id import RequestIdMiddleware
 from avito_ai.middleware.security_headers import SecurityHeadersMiddleware
 
@@ -63,10 +65,22 @@ def create_app(settings: Settings, engines: dict[Role, Engine] | None = None) ->
     app.include_router(web.router)
     app.mount("/static", StaticFiles(directory=STATIC_DIR), name="static")
 
-    # Added last = outermost. Inside out: body limit, security headers, CORS, access log,
-    # request id — so every response, including a 413, has the id and an access line.
+    # Added last = outermost. Inside out: body limit, security headers, rate limit, API
+    # keys, CORS, access log, request id — so every response, 401/413/429 included, has
+    # the id, CORS headers and an access line; keys are checked before limits count them.
     app.add_middleware(BodyLimitMiddleware, limit_for=body_limits(settings))
     app.add_middleware(SecurityHeadersMiddleware)
+    app.add_middleware(
+        RateLimitMiddleware,
+        per_minute=settings.rate_limit_per_minute,
+        per_hour=settings.rate_limit_per_hour,
+        storage_uri=settings.rate_limit_storage_uri,
+        fail_mode=settings.rate_limit_fail_mode,
+        error_responder=scope_error_response,
+    )
+    app.add_middleware(
+        ApiKeyMiddleware, keys=settings.api_key_list(), error_responder=scope_error_response
+    )
     origins = settings.cors_origins
     app.add_middleware(
         CORSMiddleware,

@@ -46,6 +46,11 @@ class Settings(BaseSettings):
     rate_limit_per_minute: PositiveInt = 10
     rate_limit_per_hour: PositiveInt = 100
     max_prompt_length: PositiveInt = 2000
+    # memory:// (one process) or redis://host:port/db (shared by workers and replicas).
+    rate_limit_storage_uri: str = "memory://"
+    # When the rate-limit storage is unreachable: "open" serves requests unlimited,
+    # "closed" refuses them with 503. Either way the answer is fast and logged.
+    rate_limit_fail_mode: Literal["open", "closed"] = "open"
     allowed_origins: str = "*"
 
     # --- Model performance (seed) ---
@@ -77,13 +82,26 @@ class Settings(BaseSettings):
 
     # --- Secrets (masked by `avito-ai config`) ---
     api_keys: SecretStr | None = None
+    api_keys_file: Path | None = None  # one key per line; "#" starts a comment
+
+    def api_key_list(self) -> list[str]:
+        """Keys from API_KEYS and API_KEYS_FILE; empty means no authentication."""
+        keys = []
+        if self.api_keys is not None:
+            keys += [k.strip() for k in self.api_keys.get_secret_value().split(",")]
+        if self.api_keys_file is not None:
+            for line in self.api_keys_file.read_text(encoding="utf-8").splitlines():
+                keys.append(line.split("#", 1)[0].strip())
+        return [k for k in keys if k]
 
     @field_validator("log_level", mode="before")
     @classmethod
     def _upper_level(cls, value: Any) -> Any:
         return value.upper() if isinstance(value, str) else value
 
-    @field_validator("avibe_model", "avision_model", "log_file", "api_keys", mode="before")
+    @field_validator(
+        "avibe_model", "avision_model", "log_file", "api_keys", "api_keys_file", mode="before"
+    )
     @classmethod
     def _empty_is_unset(cls, value: Any) -> Any:
         return None if isinstance(value, str) and not value.strip() else value
@@ -92,6 +110,20 @@ class Settings(BaseSettings):
     @classmethod
     def _empty_cache_dir_is_default(cls, value: Any) -> Any:
         return _default_cache_dir() if value is None or str(value).strip() == "" else value
+
+    @field_validator("api_keys_file")
+    @classmethod
+    def _readable_keys_file(cls, value: Path | None) -> Path | None:
+        if value is not None and not value.is_file():
+            raise ValueError(f"file {value} does not exist")
+        return value
+
+    @field_validator("rate_limit_storage_uri")
+    @classmethod
+    def _known_storage(cls, value: str) -> str:
+        if not value.startswith(("memory://", "redis://", "rediss://", "redis+unix://")):
+            raise ValueError("must be memory:// or a redis:// URI")
+        return value
 
     @field_validator("device")
     @classmethod

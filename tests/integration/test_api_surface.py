@@ -21,7 +21,13 @@ pytestmark = pytest.mark.integration
 @pytest.fixture(scope="module")
 def server(tmp_path_factory) -> Iterator[ServerProcess]:
     tmp = tmp_path_factory.mktemp("api")
-    env = {"AVIBE_BACKEND": "fake", "AVISION_BACKEND": "fake", "MAX_IMAGE_SIZE_MB": "2"}
+    env = {
+        "AVIBE_BACKEND": "fake",
+        "AVISION_BACKEND": "fake",
+        "MAX_IMAGE_SIZE_MB": "2",
+        "RATE_LIMIT_PER_MINUTE": "100000",
+        "RATE_LIMIT_PER_HOUR": "100000",
+    }
     srv = dev_server(env, tmp / "stdout.log")
     try:
         srv.wait_ready(60)

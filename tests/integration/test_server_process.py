@@ -19,6 +19,8 @@ FAKE_ENV = {
     "AVIBE_BACKEND": "fake",
     "ALLOWED_ORIGINS": "https://ok.example",
     "LOG_FORMAT": "text",
+    "RATE_LIMIT_PER_MINUTE": "100000",
+    "RATE_LIMIT_PER_HOUR": "100000",
 }
 STARTERS = {"dev": dev_server, "gunicorn": gunicorn_server}
 

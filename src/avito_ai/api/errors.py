@@ -15,6 +15,7 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.types import Scope
 
 from avito_ai.errors import (
     AvitoError,
@@ -27,6 +28,7 @@ from avito_ai.errors import (
     ValidationFailed,
 )
 from avito_ai.middleware.request_id import request_id_of
+from avito_ai.observability.metrics import REJECTIONS
 
 logger = logging.getLogger("avito_ai.errors")
 
@@ -85,13 +87,33 @@ def error_headers(error: AvitoError) -> dict[str, str]:
     return {}
 
 
+# Refusals counted in avito_rejections_total (by this reason label).
+REJECTION_REASONS: dict[str, str] = {
+    "rate_limit_exceeded": "rate_limit",
+    "overloaded": "overload",
+    "validation_error": "validation",
+    "payload_too_large": "payload_too_large",
+    "unauthorized": "unauthorized",
+    "timeout": "timeout",
+    "model_unavailable": "model_unavailable",
+}
+
+
 def error_response(request: Request, error: AvitoError) -> JSONResponse:
     rid = request_id_of(request.scope)
+    reason = REJECTION_REASONS.get(error.code)
+    if reason is not None:
+        REJECTIONS.labels(reason).inc()
     body = error_body(
         error.code, error.message, rid, openai=is_openai_path(request.url.path), param=error.param
     )
     headers = {"X-Request-ID": rid, **error_headers(error)}
     return JSONResponse(body, status_code=STATUS_BY_CODE.get(error.code, 500), headers=headers)
+
+
+def scope_error_response(scope: Scope, error: AvitoError) -> JSONResponse:
+    """The same mapping for middlewares, which see an ASGI scope instead of a Request."""
+    return error_response(Request(scope), error)
 
 
 def _field_name(loc: tuple[Any, ...]) -> str:

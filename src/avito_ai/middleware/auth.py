@@ -1,0 +1,79 @@
+"""Optional API keys (API_KEYS / API_KEYS_FILE) for the AI endpoints and metrics reset.
+
+Keys arrive as `Authorization: Bearer <key>` or `X-API-Key: <key>`, are compared in
+constant time, and are never logged: the rate limiter sees only a short hash of the key.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+from collections.abc import Callable
+
+from starlette.responses import Response
+from starlette.types import ASGIApp, Receive, Scope, Send
+
+from avito_ai.errors import AvitoError, Unauthorized
+
+ErrorResponder = Callable[[Scope, AvitoError], Response]
+
+PROTECTED_PREFIXES = ("/api/v1/", "/v1/")
+PROTECTED_FORMS = ("/avibe", "/avision")
+
+
+def is_protected(scope: Scope) -> bool:
+    path: str = scope["path"]
+    method: str = scope["method"]
+    if method == "OPTIONS":
+        return False
+    if path.startswith(PROTECTED_PREFIXES) or path == "/v1":
+        return True
+    if path in PROTECTED_FORMS:
+        return method == "POST"
+    return path == "/api/metrics/reset"
+
+
+def presented_key(scope: Scope) -> str | None:
+    for name, value in scope["headers"]:
+        if name == b"authorization":
+            scheme, _, token = value.decode("latin-1").partition(" ")
+            if scheme.lower() == "bearer" and token.strip():
+                return str(token).strip()
+        elif name == b"x-api-key" and value.strip():
+            return str(value.decode("latin-1")).strip()
+    return None
+
+
+def key_id(key: str) -> str:
+    return hashlib.sha256(key.encode()).hexdigest()[:16]
+
+
+class ApiKeyMiddleware:
+    def __init__(self, app: ASGIApp, *, keys: list[str], error_responder: ErrorResponder) -> None:
+        self.app = app
+        self._keys = [k.encode() for k in keys]
+        self.error_responder = error_responder
+
+    def _valid(self, key: str) -> bool:
+        candidate = key.encode()
+        # Compare against every key so timing does not reveal which one nearly matched.
+        matches = [hmac.compare_digest(candidate, k) for k in self._keys]
+        return any(matches)
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or not self._keys:
+            await self.app(scope, receive, send)
+            return
+        key = presented_key(scope)
+        valid = key is not None and self._valid(key)
+        if valid and key is not None:
+            scope.setdefault("state", {})["api_key_id"] = key_id(key)
+        elif is_protected(scope):
+            message = (
+                "Missing API key: send Authorization: Bearer <key> or X-API-Key"
+                if key is None
+                else "Invalid API key"
+            )
+            await self.error_responder(scope, Unauthorized(message))(scope, receive, send)
+            return
+        await self.app(scope, receive, send)

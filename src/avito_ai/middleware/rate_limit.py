@@ -1,0 +1,155 @@
+"""Per-client rate limits (per minute and per hour) with the `limits` library.
+
+The client is the API key when one was presented and valid (set by the auth middleware),
+otherwise the connecting peer's address. That address is already the real client when the
+peer is a trusted proxy (FORWARDED_ALLOW_IPS, handled by uvicorn/gunicorn), so a client
+cannot dodge its limit by sending its own X-Forwarded-For.
+
+Storage is `memory://` (one process) or Redis (shared by workers and replicas); the async
+API keeps the event loop free. A moving window gives exact counts: the 11th request within
+any 60 seconds is refused.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+from collections.abc import Callable
+
+from limits import RateLimitItem, RateLimitItemPerHour, RateLimitItemPerMinute
+from limits.aio.storage import Storage
+from limits.aio.strategies import MovingWindowRateLimiter
+from limits.storage import storage_from_string
+from starlette.datastructures import MutableHeaders
+from starlette.responses import Response
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from avito_ai.errors import AvitoError, ModelUnavailable, RateLimited
+from avito_ai.observability.metrics import RATE_LIMIT_STORAGE_ERRORS
+
+logger = logging.getLogger("avito_ai.rate_limit")
+
+# Probes and scrapes must never fail because of a limit; static assets and docs are cheap.
+EXEMPT_PATHS = frozenset(
+    {"/api/health/live", "/api/health/ready", "/metrics", "/docs", "/redoc", "/openapi.json"}
+)
+EXEMPT_PREFIXES = ("/static/", "/docs/")
+STORAGE_TIMEOUT_S = 0.5
+
+ErrorResponder = Callable[[Scope, AvitoError], Response]
+
+
+def is_exempt(scope: Scope) -> bool:
+    path: str = scope["path"]
+    return scope["method"] == "OPTIONS" or path in EXEMPT_PATHS or path.startswith(EXEMPT_PREFIXES)
+
+
+def make_storage(uri: str) -> Storage:
+    if uri.startswith("memory://"):
+        storage = storage_from_string("async+" + uri)
+    else:
+        storage = storage_from_string(
+            "async+" + uri,
+            implementation="redispy",
+            socket_timeout=STORAGE_TIMEOUT_S,
+            socket_connect_timeout=STORAGE_TIMEOUT_S,
+        )
+    assert isinstance(storage, Storage)
+    return storage
+
+
+def client_key(scope: Scope) -> str:
+    key_id = (scope.get("state") or {}).get("api_key_id")
+    if key_id:
+        return f"key:{key_id}"
+    client = scope.get("client")
+    return f"ip:{client[0]}" if client else "ip:unknown"
+
+
+class RateLimitMiddleware:
+    def __init__(
+        self,
+        app: ASGIApp,
+        *,
+        per_minute: int,
+        per_hour: int,
+        storage_uri: str,
+        fail_mode: str,
+        error_responder: ErrorResponder,
+    ) -> None:
+        self.app = app
+        self.windows: list[tuple[RateLimitItem, str]] = [
+            (RateLimitItemPerMinute(per_minute), f"{per_minute} requests per minute"),
+            (RateLimitItemPerHour(per_hour), f"{per_hour} requests per hour"),
+        ]
+        self.limiter = MovingWindowRateLimiter(make_storage(storage_uri))
+        self.fail_open = fail_mode == "open"
+        self.error_responder = error_responder
+        self.policy = ", ".join(f"{item.amount};w={item.get_expiry()}" for item, _ in self.windows)
+        self._last_storage_warning = 0.0
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or is_exempt(scope):
+            await self.app(scope, receive, send)
+            return
+        key = client_key(scope)
+        try:
+            refusal, state = await self._check(key)
+        except Exception as exc:  # storage unreachable: decided by RATE_LIMIT_FAIL_MODE
+            RATE_LIMIT_STORAGE_ERRORS.inc()
+            self._warn_storage(exc)
+            if not self.fail_open:
+                error = ModelUnavailable("Rate limiting is unavailable; retry shortly")
+                await self.error_responder(scope, error)(scope, receive, send)
+                return
+            await self.app(scope, receive, send)
+            return
+        if refusal is not None:
+            response = self.error_responder(scope, refusal)
+            response.headers["RateLimit-Policy"] = self.policy
+            response.headers["RateLimit"] = state
+            await response(scope, receive, send)
+            return
+
+        async def send_with_headers(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                out = MutableHeaders(scope=message)
+                out["RateLimit-Policy"] = self.policy
+                out["RateLimit"] = state
+            await send(message)
+
+        await self.app(scope, receive, send_with_headers)
+
+    async def _check(self, key: str) -> tuple[RateLimited | None, str]:
+        """Count one request in every window: (refusal or None, `RateLimit` header value).
+
+        Windows are hit in order (minute first): a request refused by the minute window
+        does not use up the hourly budget.
+        """
+        for item, wording in self.windows:
+            if not await self.limiter.hit(item, key):
+                stats = await self.limiter.get_window_stats(item, key)
+                retry = max(1, math.ceil(stats.reset_time - time.time()))
+                refusal = RateLimited(f"Rate limit exceeded: {wording}", retry_after=retry)
+                return refusal, f"limit={item.amount}, remaining=0, reset={retry}"
+        # Report the window with the least room left.
+        tightest: tuple[int, int, int] | None = None
+        for item, _ in self.windows:
+            stats = await self.limiter.get_window_stats(item, key)
+            reset = max(0, math.ceil(stats.reset_time - time.time()))
+            if tightest is None or stats.remaining < tightest[1]:
+                tightest = (item.amount, stats.remaining, reset)
+        assert tightest is not None
+        return None, f"limit={tightest[0]}, remaining={tightest[1]}, reset={tightest[2]}"
+
+    def _warn_storage(self, exc: Exception) -> None:
+        now = time.monotonic()
+        if now - self._last_storage_warning > 10:
+            self._last_storage_warning = now
+            logger.error(
+                "Rate-limit storage unreachable (%s: %s); failing %s",
+                type(exc).__name__,
+                exc,
+                "open: requests are not limited" if self.fail_open else "closed: requests get 503",
+            )

@@ -1,0 +1,130 @@
+"""Rate limits and API keys in process (memory storage)."""
+
+from __future__ import annotations
+
+import logging
+
+import pytest
+
+from avito_ai.config import Settings
+
+from .conftest import running
+
+
+def settings(**kw) -> Settings:
+    return Settings(_env_file=None, **kw)  # type: ignore[call-arg]
+
+
+async def test_seed_check_11th_request_in_a_minute_is_429() -> None:
+    async with running(settings()) as (_, client):
+        statuses = [(await client.get("/api/health")).status_code for _ in range(15)]
+        assert statuses == [200] * 10 + [429] * 5
+        r = await client.get("/api/health")
+        assert r.json() == {
+            "error": "rate_limit_exceeded",
+            "message": "Rate limit exceeded: 10 requests per minute",
+            "request_id": r.headers["X-Request-ID"],
+        }
+        assert 1 <= int(r.headers["Retry-After"]) <= 60
+        assert r.headers["RateLimit-Policy"] == "10;w=60, 100;w=3600"
+        assert r.headers["RateLimit"].startswith("limit=10, remaining=0, reset=")
+
+
+async def test_remaining_counts_down() -> None:
+    async with running(settings()) as (_, client):
+        first = await client.get("/api/health")
+        second = await client.get("/api/health")
+        assert first.headers["RateLimit"].startswith("limit=10, remaining=9")
+        assert second.headers["RateLimit"].startswith("limit=10, remaining=8")
+
+
+async def test_hourly_window_is_enforced_with_its_own_wording() -> None:
+    async with running(settings(rate_limit_per_minute=50, rate_limit_per_hour=3)) as (_, client):
+        statuses = [(await client.get("/api/health")).status_code for _ in range(4)]
+        assert statuses == [200, 200, 200, 429]
+        r = await client.get("/api/health")
+        assert r.json()["message"] == "Rate limit exceeded: 3 requests per hour"
+
+
+async def test_probes_scrapes_and_static_are_exempt() -> None:
+    async with running(settings(rate_limit_per_minute=1)) as (_, client):
+        for _ in range(5):
+            assert (await client.get("/api/health/live")).status_code == 200
+            assert (await client.get("/api/health/ready")).status_code == 200
+            assert (await client.get("/static/style.css")).status_code == 200
+        assert (await client.get("/api/health")).status_code == 200
+        assert (await client.get("/api/health")).status_code == 429
+
+
+KEYED = {"api_keys": "key-one,key-two", "rate_limit_per_minute": 3}
+
+
+@pytest.mark.parametrize(
+    ("path", "payload"),
+    [
+        ("/api/v1/text/generate", {"prompt": "hi"}),
+        (
+            "/v1/chat/completions",
+            {"model": "avibe", "messages": [{"role": "user", "content": "x"}]},
+        ),
+    ],
+)
+async def test_missing_or_wrong_key_is_401(path: str, payload: dict) -> None:
+    async with running(settings(**KEYED)) as (_, client):
+        missing = await client.post(path, json=payload)
+        wrong = await client.post(path, json=payload, headers={"Authorization": "Bearer nope"})
+        for r in (missing, wrong):
+            assert r.status_code == 401
+            body = r.json()
+            if path.startswith("/v1"):
+                assert body["error"]["code"] == "unauthorized"
+                assert body["error"]["type"] == "authentication_error"
+            else:
+                assert body["error"] == "unauthorized"
+                assert body["request_id"] == r.headers["X-Request-ID"]
+        assert "Missing API key" in missing.text and "Invalid API key" in wrong.text
+
+
+async def test_valid_keys_in_either_header_work_and_health_stays_open(caplog) -> None:
+    async with running(settings(**KEYED)) as (_, client):
+        with caplog.at_level(logging.DEBUG):
+            r1 = await client.post(
+                "/api/v1/text/generate",
+                json={"prompt": "hi"},
+                headers={"Authorization": "Bearer key-one"},
+            )
+            r2 = await client.post(
+                "/api/v1/text/generate", json={"prompt": "hi"}, headers={"X-API-Key": "key-two"}
+            )
+        assert r1.status_code == r2.status_code == 200
+        assert "key-one" not in caplog.text and "key-two" not in caplog.text
+        assert (await client.get("/api/health/live")).status_code == 200
+        assert (await client.post("/api/metrics/reset")).status_code == 401
+
+
+async def test_requests_with_a_key_are_limited_per_key() -> None:
+    async with running(settings(**KEYED)) as (_, client):
+
+        async def call(key: str) -> int:
+            r = await client.post(
+                "/api/v1/text/generate", json={"prompt": "hi"}, headers={"X-API-Key": key}
+            )
+            return r.status_code
+
+        assert [await call("key-one") for _ in range(4)] == [200, 200, 200, 429]
+        # Same client address, other key: its own budget.
+        assert [await call("key-two") for _ in range(3)] == [200, 200, 200]
+
+
+async def test_keys_file(tmp_path) -> None:
+    keys = tmp_path / "keys"
+    keys.write_text("# team A\nfile-key-1\n\nfile-key-2  # team B\n")
+    async with running(settings(api_keys_file=str(keys))) as (_, client):
+        ok = await client.post(
+            "/api/v1/text/generate", json={"prompt": "x"}, headers={"X-API-Key": "file-key-2"}
+        )
+        assert ok.status_code == 200
+        bad = await client.post(
+            "/api/v1/text/generate", json={"prompt": "x"}, headers={"X-API-Key": "team"}
+        )
+        assert bad.status_code == 401
