@@ -1,31 +1,70 @@
 """Gunicorn production configuration: `gunicorn -c gunicorn_config.py app_production:app`.
 
-Every value can be overridden from the environment (same names as the service's settings).
+Values come from the environment (the service's own variable names where they exist).
 """
 
 from __future__ import annotations
 
 import os
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Any
 
-_host = os.environ.get("HOST", "0.0.0.0")
-_port = os.environ.get("PORT", "8085")
-bind = os.environ.get("GUNICORN_BIND", f"{_host}:{_port}")
+from dotenv import dotenv_values
 
-# One worker by default: each worker loads its own copy of the models, and one GPU holds
+# The app reads .env itself; the server settings below come from the same file, with the
+# environment taking precedence, so `gunicorn -c gunicorn_config.py` and the app agree.
+_env = {k: v for k, v in {**dotenv_values(".env"), **os.environ}.items() if v}
+
+
+def _get(name: str, default: str) -> str:
+    return _env.get(name) or default
+
+
+bind = _get("GUNICORN_BIND", f"{_get('HOST', '0.0.0.0')}:{_get('PORT', '8085')}")
+
+# One worker by default: every worker loads its own copy of the models, and one GPU holds
 # one copy. Concurrency comes from batching inside the worker, not from more workers.
-workers = int(os.environ.get("WEB_CONCURRENCY", "1"))
+workers = int(_get("WEB_CONCURRENCY", "1"))
 worker_class = "avito_ai.gunicorn_worker.AvitoUvicornWorker"
 
-# Generations can be long; the worker heartbeat is async, so a long request does not
-# trip `timeout`, but model loading at boot can take minutes.
-timeout = int(os.environ.get("GUNICORN_TIMEOUT", "600"))
-graceful_timeout = int(float(os.environ.get("GRACEFUL_TIMEOUT", "30")))
+# The worker heartbeat runs on the event loop, which generation never blocks, so `timeout`
+# only has to cover start-up; model weights load in the background after it.
+timeout = int(_get("GUNICORN_TIMEOUT", "120"))
+# SIGTERM/HUP: in-flight requests (long generations, streams) get this long to finish.
+graceful_timeout = int(float(_get("GRACEFUL_TIMEOUT", "30")))
 keepalive = 5
 
-forwarded_allow_ips = os.environ.get("FORWARDED_ALLOW_IPS", "127.0.0.1")
+# Same setting as the dev server: X-Forwarded-For is trusted only from these peers.
+forwarded_allow_ips = _get("FORWARDED_ALLOW_IPS", "127.0.0.1")
 
 # The application writes one access line per request itself (with the request id).
 accesslog = None
 errorlog = "-"
-loglevel = os.environ.get("LOG_LEVEL", "info").lower()
-capture_output = False
+loglevel = _get("LOG_LEVEL", "info").lower()
+
+# Prometheus multiprocess mode: every worker writes its samples to this folder, so any
+# worker answers /metrics and /api/metrics with the totals of all of them.
+# (Exported to os.environ: prometheus_client reads it there, in every worker.)
+os.environ["PROMETHEUS_MULTIPROC_DIR"] = _env.get("PROMETHEUS_MULTIPROC_DIR") or tempfile.mkdtemp(
+    prefix="avito-ai-metrics-"
+)
+
+
+def on_starting(server: Any) -> None:
+    """A fresh master starts from zero: samples left by a previous run would add up."""
+    folder = Path(os.environ["PROMETHEUS_MULTIPROC_DIR"])
+    folder.mkdir(parents=True, exist_ok=True)
+    for entry in folder.iterdir():
+        if entry.is_dir():
+            shutil.rmtree(entry, ignore_errors=True)
+        else:
+            entry.unlink(missing_ok=True)
+
+
+def child_exit(server: Any, worker: Any) -> None:
+    """A dead worker's live gauges (running requests) must stop counting."""
+    from prometheus_client import multiprocess
+
+    multiprocess.mark_process_dead(worker.pid)

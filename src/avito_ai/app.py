@@ -11,7 +11,7 @@ from fastapi.staticfiles import StaticFiles
 
 from avito_ai import __version__
 from avito_ai.api.errors import install_error_handlers, scope_error_response
-from avito_ai.api.routes import health, image, openai, text, web
+from avito_ai.api.routes import health, image, metrics, openai, text, web
 from avito_ai.config import Settings
 from avito_ai.engines.base import Engine, Role
 from avito_ai.engines.registry import build_engines
@@ -19,6 +19,7 @@ from avito_ai.lifespan import ServiceState, lifespan
 from avito_ai.middleware.access_log import AccessLogMiddleware
 from avito_ai.middleware.auth import ApiKeyMiddleware
 from avito_ai.middleware.body_limit import BodyLimitMiddleware
+from avito_ai.middleware.http_metrics import HttpMetricsMiddleware
 from avito_ai.middleware.rate_limit import RateLimitMiddleware
 from avito_ai.middleware.request_id import RequestIdMiddleware
 from avito_ai.middleware.security_headers import SecurityHeadersMiddleware
@@ -59,6 +60,7 @@ def create_app(settings: Settings, engines: dict[Role, Engine] | None = None) ->
     app.state.avito = state
     install_error_handlers(app)
     app.include_router(health.router)
+    app.include_router(metrics.router)
     app.include_router(text.router)
     app.include_router(image.router)
     app.include_router(openai.router)
@@ -66,8 +68,9 @@ def create_app(settings: Settings, engines: dict[Role, Engine] | None = None) ->
     app.mount("/static", StaticFiles(directory=STATIC_DIR), name="static")
 
     # Added last = outermost. Inside out: body limit, security headers, rate limit, API
-    # keys, CORS, access log, request id — so every response, 401/413/429 included, has
-    # the id, CORS headers and an access line; keys are checked before limits count them.
+    # keys, CORS, HTTP metrics, access log, request id — so every response (401, 413 and
+    # 429 included) has the id, CORS headers, an access line and a metric; keys are
+    # checked before limits count them.
     app.add_middleware(BodyLimitMiddleware, limit_for=body_limits(settings))
     app.add_middleware(SecurityHeadersMiddleware)
     app.add_middleware(
@@ -90,6 +93,7 @@ def create_app(settings: Settings, engines: dict[Role, Engine] | None = None) ->
         allow_headers=["*"],
         expose_headers=["X-Request-ID", "X-Response-Time", "Retry-After"],
     )
+    app.add_middleware(HttpMetricsMiddleware)
     app.add_middleware(AccessLogMiddleware)
     app.add_middleware(RequestIdMiddleware)
     return app

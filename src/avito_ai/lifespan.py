@@ -20,6 +20,8 @@ from fastapi import FastAPI
 from avito_ai.config import Settings
 from avito_ai.engines.base import Engine, EngineState, Role
 from avito_ai.engines.device import cuda_problem
+from avito_ai.observability.app_metrics import Baseline
+from avito_ai.observability.system import prime_cpu_percent
 
 logger = logging.getLogger("avito_ai.lifespan")
 
@@ -40,6 +42,7 @@ class ServiceState:
     started_at: float = field(default_factory=time.time)
     started_monotonic: float = field(default_factory=time.monotonic)
     draining: bool = False
+    metrics_baseline: Baseline = field(default_factory=Baseline)
     _load_tasks: list[asyncio.Task[None]] = field(default_factory=list)
 
     def __post_init__(self) -> None:
@@ -113,6 +116,7 @@ class ServiceState:
 @asynccontextmanager
 async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     state: ServiceState = app.state.avito
+    prime_cpu_percent()
     await state.start_engines()
     logger.info("Avito AI API started; models are loading in the background")
     try:

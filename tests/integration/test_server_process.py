@@ -122,3 +122,20 @@ def test_sigterm_lets_a_slow_request_finish_and_exits_0(kind: str, tmp_path) -> 
         assert "Models released" in srv.output()
     finally:
         srv.stop()
+
+
+def test_log_file_keeps_receiving_lines_after_logrotate_renames_it(server: ServerProcess) -> None:
+    log_file = server.log_path.parent / "app.log"
+    rotated = server.log_path.parent / "app.log.1"
+    httpx.get(server.url + "/api/health", headers={"X-Request-ID": "before-rotation"})
+    deadline = time.monotonic() + 5
+    while "before-rotation" not in log_file.read_text() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    log_file.rename(rotated)  # what logrotate does without copytruncate
+    httpx.get(server.url + "/api/health", headers={"X-Request-ID": "after-rotation"})
+    deadline = time.monotonic() + 5
+    while not (log_file.exists() and "after-rotation" in log_file.read_text()):
+        assert time.monotonic() < deadline, "no line reached the new log file"
+        time.sleep(0.05)
+    assert "before-rotation" in rotated.read_text()
+    assert "after-rotation" not in rotated.read_text()

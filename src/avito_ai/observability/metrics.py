@@ -51,6 +51,12 @@ GENERATION_TOKENS = Counter("avito_generation_tokens_total", "Tokens generated",
 REQUESTS_RUNNING = Gauge(
     "avito_requests_running", "Generations in progress", ["model"], multiprocess_mode="livesum"
 )
+REQUESTS_WAITING = Gauge(
+    "avito_requests_waiting",
+    "Generations submitted that have not produced a token yet (queued or in prefill)",
+    ["model"],
+    multiprocess_mode="livesum",
+)
 REJECTIONS = Counter(
     "avito_rejections_total",
     "Requests refused, by reason (rate_limit, overload, validation, ...)",

@@ -20,8 +20,9 @@ from avito_ai.engines.base import (
     TextPart,
     Timings,
 )
-from avito_ai.errors import ModelUnavailable, ShuttingDown, Timeout, ValidationFailed
+from avito_ai.errors import ModelUnavailable, Timeout, ValidationFailed
 from avito_ai.lifespan import ServiceState
+from avito_ai.observability import metrics
 from avito_ai.schemas.native import SamplingFields
 
 
@@ -100,21 +101,31 @@ def text_request(
     )
 
 
-def ready_engine(state: ServiceState, role: Role) -> Engine:
-    """The engine for a role, or ModelUnavailable saying why it cannot answer now."""
-    if state.draining:
-        raise ShuttingDown("Server is shutting down")
+LOAD_POLL_S = 0.05
+
+
+async def ready_engine(state: ServiceState, role: Role) -> Engine:
+    """The engine for a role once it can answer, or ModelUnavailable saying why not.
+
+    A request that arrives while its model is still loading (a fresh start, a new gunicorn
+    worker after a HUP reload) waits for the load, up to REQUEST_TIMEOUT, instead of
+    failing: readiness keeps load balancers away meanwhile, and a client that did come
+    gets an answer. A model that is not configured or failed to load answers 503 at once.
+    """
     engine = state.engines[role]
-    status = engine.status()
-    if status.state is EngineState.READY:
-        return engine
-    if status.state is EngineState.NOT_CONFIGURED:
-        raise ModelUnavailable(status.reason or f"{role} is not configured")
-    if status.state is EngineState.LOADING:
-        raise ModelUnavailable(f"Model {role} is still loading, retry shortly")
-    raise ModelUnavailable(
-        f"Model {role} is {status.state.value}" + (f": {status.reason}" if status.reason else "")
-    )
+    deadline = time.monotonic() + state.settings.request_timeout
+    while True:
+        status = engine.status()
+        if status.state is EngineState.READY:
+            return engine
+        if status.state is EngineState.NOT_CONFIGURED:
+            raise ModelUnavailable(status.reason or f"{role} is not configured")
+        if status.state is not EngineState.LOADING:
+            reason = f": {status.reason}" if status.reason else ""
+            raise ModelUnavailable(f"Model {role} is {status.state.value}{reason}")
+        if time.monotonic() >= deadline:
+            raise ModelUnavailable(f"Model {role} is still loading, retry shortly")
+        await asyncio.sleep(LOAD_POLL_S)
 
 
 @dataclass(frozen=True)
@@ -131,9 +142,35 @@ class Completion:
         return round(self.generated_tokens / gen, 2) if gen > 0 else 0.0
 
 
+def record_generation(role: str, final: Chunk) -> None:
+    """Per-model Prometheus figures for one finished generation."""
+    t = final.timings
+    generated = final.generated_tokens or 0
+    metrics.MODEL_REQUESTS.labels(role, final.finish_reason or "stop").inc()
+    metrics.PROMPT_TOKENS.labels(role).inc(final.input_tokens or 0)
+    metrics.GENERATION_TOKENS.labels(role).inc(generated)
+    if t is None:
+        return
+    metrics.TIME_TO_FIRST_TOKEN.labels(role).observe(t.ttft_s)
+    metrics.E2E_LATENCY.labels(role).observe(t.total_s)
+    metrics.QUEUE_TIME.labels(role).observe(t.queue_s)
+    if generated > 1:
+        metrics.INTER_TOKEN_LATENCY.labels(role).observe(
+            max(0.0, t.total_s - t.ttft_s) / (generated - 1)
+        )
+
+
 async def stream_chunks(engine: Engine, request: GenerationRequest) -> AsyncGenerator[Chunk, None]:
-    """The engine's chunks, bounded by the request deadline even if the engine is stuck."""
+    """The engine's chunks, bounded by the request deadline even if the engine is stuck.
+
+    Also the one place generation metrics are recorded: waiting until the first chunk,
+    running after it, and the per-model histograms when the final chunk arrives.
+    """
+    role = engine.role
     iterator = engine.generate(request)
+    waiting, running = metrics.REQUESTS_WAITING.labels(role), metrics.REQUESTS_RUNNING.labels(role)
+    waiting.inc()
+    state = "waiting"
     try:
         while True:
             remaining = None if request.deadline is None else request.deadline - time.monotonic()
@@ -145,10 +182,17 @@ async def stream_chunks(engine: Engine, request: GenerationRequest) -> AsyncGene
                 return
             except TimeoutError:
                 raise Timeout("Request timed out") from None
+            if state == "waiting":
+                waiting.dec()
+                running.inc()
+                state = "running"
+            if chunk.is_final:
+                record_generation(role, chunk)
             yield chunk
             if chunk.is_final:
                 return
     finally:
+        (waiting if state == "waiting" else running).dec()
         aclose = getattr(iterator, "aclose", None)
         if aclose is not None:
             await aclose()

@@ -66,7 +66,7 @@ or JSON with the image as base64 or a `data:` URI:
 async def analyze_image(
     request: Request, state: StateDep, settings: SettingsDep, request_id: RequestIdDep
 ) -> GenerationResponse | StreamingResponse:
-    engine = ready_engine(state, "avision")  # 503 before any decoding work
+    engine = await ready_engine(state, "avision")  # 503 before any decoding work
     content_type = request.headers.get("content-type", "")
     if content_type.startswith("multipart/form-data"):
         form = await request.form()

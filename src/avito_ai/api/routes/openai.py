@@ -55,7 +55,7 @@ async def _run(
     stream: bool,
     include_usage: bool,
 ) -> gen.Completion | StreamingResponse:
-    engine = gen.ready_engine(state, role)
+    engine = await gen.ready_engine(state, role)
     if stream:
         chunks = await unless_disconnected(
             open_stream(engine, generation), disconnect_waiter(request)
@@ -86,7 +86,7 @@ async def chat_completions(
     request_id: RequestIdDep,
 ) -> ChatCompletion | StreamingResponse:
     role = resolve_role(body.model, state)
-    gen.ready_engine(state, role)  # 503 before decoding images for an absent model
+    await gen.ready_engine(state, role)  # 503 before decoding images for an absent model
     generation = chat_request(body, role, settings, request_id)
     result = await _run(
         request,

@@ -38,5 +38,5 @@ async def generate_text(
     request_id: RequestIdDep,
 ) -> GenerationResponse | StreamingResponse:
     generation = text_request(body.prompt, body, settings, request_id)
-    engine = ready_engine(state, "avibe")
+    engine = await ready_engine(state, "avibe")
     return await generate_native(request, engine, generation, body.stream)

@@ -77,7 +77,7 @@ async def avibe_form(
     try:
         fields = sampling_from_form(values, [])
         generation = gen.text_request(prompt, fields, settings, request_id)
-        engine = gen.ready_engine(state, "avibe")
+        engine = await gen.ready_engine(state, "avibe")
         answer = await unless_disconnected(
             gen.complete(engine, generation), disconnect_waiter(request)
         )
@@ -98,7 +98,7 @@ async def avision_form(
     values = {k: v for k, v in form.items() if isinstance(v, str)}
     question = values.get("question") or values.get("prompt") or DEFAULT_QUESTION
     try:
-        engine = gen.ready_engine(state, "avision")
+        engine = await gen.ready_engine(state, "avision")
         upload = form.get("image")
         if not isinstance(upload, UploadFile):
             raise ValidationFailed("Choose an image file to analyze", param="image")

