@@ -19,7 +19,6 @@ from avito_ai.lifespan import ServiceState, lifespan
 from avito_ai.middleware.access_log import AccessLogMiddleware
 from avito_ai.middleware.auth import ApiKeyMiddleware
 from avito_ai.middleware.body_limit import BodyLimitMiddleware
-from avito_ai.middleware.http_metrics import HttpMetricsMiddleware
 from avito_ai.middleware.rate_limit import RateLimitMiddleware
 from avito_ai.middleware.request_id import RequestIdMiddleware
 from avito_ai.middleware.security_headers import SecurityHeadersMiddleware
@@ -68,7 +67,7 @@ def create_app(settings: Settings, engines: dict[Role, Engine] | None = None) ->
     app.mount("/static", StaticFiles(directory=STATIC_DIR), name="static")
 
     # Added last = outermost. Inside out: body limit, security headers, rate limit, API
-    # keys, CORS, HTTP metrics, access log, request id — so every response (401, 413 and
+    # keys, CORS, access log + HTTP metrics, request id — so every response (401, 413 and
     # 429 included) has the id, CORS headers, an access line and a metric; keys are
     # checked before limits count them.
     app.add_middleware(BodyLimitMiddleware, limit_for=body_limits(settings))
@@ -93,7 +92,6 @@ def create_app(settings: Settings, engines: dict[Role, Engine] | None = None) ->
         allow_headers=["*"],
         expose_headers=["X-Request-ID", "X-Response-Time", "Retry-After"],
     )
-    app.add_middleware(HttpMetricsMiddleware)
     app.add_middleware(AccessLogMiddleware)
     app.add_middleware(RequestIdMiddleware)
     return app

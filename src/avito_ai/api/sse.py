@@ -40,14 +40,8 @@ async def collect_stream(
             formatted = on_delta(chunk.text)
             if formatted:
                 yield formatted
-        if chunk.is_final and chunk.timings is not None:
-            yield Completion(
-                text="".join(parts),
-                finish_reason=chunk.finish_reason or "stop",
-                input_tokens=chunk.input_tokens or 0,
-                generated_tokens=chunk.generated_tokens or 0,
-                timings=chunk.timings,
-            )
+        if chunk.is_final:
+            yield Completion.from_final("".join(parts), chunk)
             return
 
 
@@ -78,6 +72,11 @@ def native_events(
     return events()
 
 
+def completion_id(request_id: str, *, chat: bool) -> str:
+    """OpenAI-style id, derived from the request id so logs and answers line up."""
+    return ("chatcmpl-" if chat else "cmpl-") + request_id.replace("-", "")[:32]
+
+
 def openai_events(
     chunks: AsyncIterator[Chunk],
     *,
@@ -87,7 +86,7 @@ def openai_events(
     include_usage: bool,
 ) -> AsyncIterator[str]:
     """OpenAI streaming chunks ending with `data: [DONE]`."""
-    cid = ("chatcmpl-" if chat else "cmpl-") + request_id.replace("-", "")[:32]
+    cid = completion_id(request_id, chat=chat)
     created = int(time.time())
     obj = "chat.completion.chunk" if chat else "text_completion"
 

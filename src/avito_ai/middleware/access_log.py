@@ -1,4 +1,5 @@
-"""One access line per request: method, path, status, duration, client, request id."""
+"""Per-request observation: one access line (method, path, status, duration, client,
+request id) and the Prometheus HTTP metrics, from one measurement of the same request."""
 
 from __future__ import annotations
 
@@ -7,7 +8,16 @@ import time
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from avito_ai.observability.metrics import HTTP_LATENCY, HTTP_REQUESTS
+
 logger = logging.getLogger("avito_ai.access")
+
+
+def route_label(scope: Scope) -> str:
+    """The matched route's template (bounded label values), not the raw path."""
+    route = scope.get("route")
+    path = getattr(route, "path", None)
+    return path if isinstance(path, str) else "<unmatched>"
 
 
 class AccessLogMiddleware:
@@ -31,19 +41,23 @@ class AccessLogMiddleware:
             await self.app(scope, receive, capture)
         finally:
             duration = time.perf_counter() - started
+            method = scope.get("method", "-")
+            route = route_label(scope)
+            HTTP_REQUESTS.labels(method, route, str(status)).inc()
+            HTTP_LATENCY.labels(method, route).observe(duration)
             client = scope.get("client")
             addr = f"{client[0]}:{client[1]}" if client else "-"
             path = scope.get("path", "")
             logger.info(
                 '%s - "%s %s" %d %.3fs',
                 addr,
-                scope.get("method", "-"),
+                method,
                 path,
                 status,
                 duration,
                 extra={
                     "client": addr,
-                    "method": scope.get("method"),
+                    "method": method,
                     "path": path,
                     "status": status,
                     "duration_s": round(duration, 6),

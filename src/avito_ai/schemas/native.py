@@ -7,7 +7,9 @@ from typing import Annotated
 from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictInt, StrictStr
 
 
-class SamplingFields(BaseModel):
+class SamplingBase(BaseModel):
+    """Sampling fields and their ranges, shared by the native and the OpenAI API."""
+
     model_config = ConfigDict(extra="ignore")
 
     max_tokens: Annotated[StrictInt | None, Field(ge=1)] = None
@@ -17,6 +19,9 @@ class SamplingFields(BaseModel):
     repetition_penalty: Annotated[float | None, Field(gt=0, le=2)] = None
     stop: StrictStr | Annotated[list[StrictStr], Field(max_length=4)] | None = None
     seed: StrictInt | None = None
+
+
+class SamplingFields(SamplingBase):
     system: StrictStr | None = None
     stream: StrictBool = False
     enable_thinking: StrictBool = False

@@ -6,6 +6,8 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictInt, StrictStr
 
+from avito_ai.schemas.native import SamplingBase
+
 
 class ImageURL(BaseModel):
     url: StrictStr
@@ -37,18 +39,9 @@ class StreamOptions(BaseModel):
     include_usage: StrictBool = False
 
 
-class OpenAISampling(BaseModel):
-    model_config = ConfigDict(extra="ignore")
-
+class OpenAISampling(SamplingBase):
     model: StrictStr
-    max_tokens: Annotated[StrictInt | None, Field(ge=1)] = None
     max_completion_tokens: Annotated[StrictInt | None, Field(ge=1)] = None
-    temperature: Annotated[float | None, Field(ge=0, le=2)] = None
-    top_p: Annotated[float | None, Field(gt=0, le=1)] = None
-    top_k: Annotated[StrictInt | None, Field(ge=0)] = None
-    repetition_penalty: Annotated[float | None, Field(gt=0, le=2)] = None
-    stop: StrictStr | Annotated[list[StrictStr], Field(max_length=4)] | None = None
-    seed: StrictInt | None = None
     n: Annotated[StrictInt, Field(ge=1, le=1)] = 1
     stream: StrictBool = False
     stream_options: StreamOptions | None = None

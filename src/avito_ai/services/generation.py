@@ -136,6 +136,19 @@ class Completion:
     generated_tokens: int
     timings: Timings
 
+    @classmethod
+    def from_final(cls, text: str, final: Chunk) -> Completion:
+        """The whole answer from its joined text and the engine's final chunk."""
+        if final.timings is None:
+            raise ModelUnavailable("The model stopped without finishing the answer")
+        return cls(
+            text=text,
+            finish_reason=final.finish_reason or "stop",
+            input_tokens=final.input_tokens or 0,
+            generated_tokens=final.generated_tokens or 0,
+            timings=final.timings,
+        )
+
     @property
     def tokens_per_second(self) -> float:
         gen = self.timings.generation_s
@@ -201,17 +214,8 @@ async def stream_chunks(engine: Engine, request: GenerationRequest) -> AsyncGene
 async def complete(engine: Engine, request: GenerationRequest) -> Completion:
     """Collect a whole answer (non-streaming endpoints)."""
     parts: list[str] = []
-    final: Chunk | None = None
     async for chunk in stream_chunks(engine, request):
         parts.append(chunk.text)
         if chunk.is_final:
-            final = chunk
-    if final is None or final.timings is None:
-        raise ModelUnavailable("The model stopped without finishing the answer")
-    return Completion(
-        text="".join(parts),
-        finish_reason=final.finish_reason or "stop",
-        input_tokens=final.input_tokens or 0,
-        generated_tokens=final.generated_tokens or 0,
-        timings=final.timings,
-    )
+            return Completion.from_final("".join(parts), chunk)
+    raise ModelUnavailable("The model stopped without finishing the answer")

@@ -15,7 +15,7 @@ from avito_ai.engines.base import (
 )
 from avito_ai.errors import NotFound, ValidationFailed
 from avito_ai.lifespan import ServiceState
-from avito_ai.schemas.native import SamplingFields
+from avito_ai.schemas.native import SamplingBase, SamplingFields
 from avito_ai.schemas.openai import ChatCompletionRequest, CompletionRequest, OpenAISampling
 from avito_ai.services.generation import sampling_params, validate_prompt
 from avito_ai.services.images import decode_base64_image, is_data_uri
@@ -43,15 +43,9 @@ def resolve_role(model: str, state: ServiceState) -> Role:
 
 
 def _sampling_fields(body: OpenAISampling) -> SamplingFields:
-    return SamplingFields(
-        max_tokens=body.max_completion_tokens or body.max_tokens,
-        temperature=body.temperature,
-        top_p=body.top_p,
-        top_k=body.top_k,
-        repetition_penalty=body.repetition_penalty,
-        stop=body.stop,
-        seed=body.seed,
-    )
+    shared = body.model_dump(include=set(SamplingBase.model_fields))
+    shared["max_tokens"] = body.max_completion_tokens or body.max_tokens
+    return SamplingFields(**shared)
 
 
 def _content(content: object, index: int, settings: Settings) -> tuple[list[ContentPart], int]:

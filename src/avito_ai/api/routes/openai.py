@@ -9,7 +9,7 @@ from fastapi.responses import StreamingResponse
 
 from avito_ai.api.deps import RequestIdDep, SettingsDep, StateDep
 from avito_ai.api.native import disconnect_waiter
-from avito_ai.api.sse import openai_events, sse_response
+from avito_ai.api.sse import completion_id, openai_events, sse_response
 from avito_ai.engines.base import GenerationRequest, Role
 from avito_ai.lifespan import ServiceState
 from avito_ai.schemas.openai import (
@@ -22,6 +22,7 @@ from avito_ai.schemas.openai import (
     CompletionRequest,
     ModelCard,
     ModelList,
+    OpenAISampling,
     Usage,
 )
 from avito_ai.services import generation as gen
@@ -49,27 +50,26 @@ async def _run(
     state: ServiceState,
     role: Role,
     generation: GenerationRequest,
+    body: OpenAISampling,
     *,
-    model: str,
     chat: bool,
-    stream: bool,
-    include_usage: bool,
 ) -> gen.Completion | StreamingResponse:
+    """Generate for either endpoint: an SSE stream, or the collected answer."""
     engine = await gen.ready_engine(state, role)
-    if stream:
-        chunks = await unless_disconnected(
-            open_stream(engine, generation), disconnect_waiter(request)
+    if not body.stream:
+        return await unless_disconnected(
+            gen.complete(engine, generation), disconnect_waiter(request)
         )
-        return sse_response(
-            openai_events(
-                chunks,
-                request_id=generation.request_id,
-                model=model,
-                chat=chat,
-                include_usage=include_usage,
-            )
+    chunks = await unless_disconnected(open_stream(engine, generation), disconnect_waiter(request))
+    return sse_response(
+        openai_events(
+            chunks,
+            request_id=generation.request_id,
+            model=body.model,
+            chat=chat,
+            include_usage=bool(body.stream_options and body.stream_options.include_usage),
         )
-    return await unless_disconnected(gen.complete(engine, generation), disconnect_waiter(request))
+    )
 
 
 @router.post(
@@ -88,20 +88,11 @@ async def chat_completions(
     role = resolve_role(body.model, state)
     await gen.ready_engine(state, role)  # 503 before decoding images for an absent model
     generation = chat_request(body, role, settings, request_id)
-    result = await _run(
-        request,
-        state,
-        role,
-        generation,
-        model=body.model,
-        chat=True,
-        stream=body.stream,
-        include_usage=bool(body.stream_options and body.stream_options.include_usage),
-    )
+    result = await _run(request, state, role, generation, body, chat=True)
     if isinstance(result, StreamingResponse):
         return result
     return ChatCompletion(
-        id="chatcmpl-" + request_id.replace("-", "")[:32],
+        id=completion_id(request_id, chat=True),
         created=int(time.time()),
         model=body.model,
         choices=[
@@ -128,29 +119,15 @@ async def completions(
 ) -> Completion | StreamingResponse:
     role = resolve_role(body.model, state)
     generation = completion_request(body, role, settings, request_id)
-    result = await _run(
-        request,
-        state,
-        role,
-        generation,
-        model=body.model,
-        chat=False,
-        stream=body.stream,
-        include_usage=bool(body.stream_options and body.stream_options.include_usage),
-    )
+    result = await _run(request, state, role, generation, body, chat=False)
     if isinstance(result, StreamingResponse):
         return result
-    prompt = generation.prompt or ""
+    prompt = (generation.prompt or "") if body.echo else ""
     return Completion(
-        id="cmpl-" + request_id.replace("-", "")[:32],
+        id=completion_id(request_id, chat=False),
         created=int(time.time()),
         model=body.model,
-        choices=[
-            CompletionChoice(
-                text=(prompt if body.echo else "") + result.text,
-                finish_reason=result.finish_reason,
-            )
-        ],
+        choices=[CompletionChoice(text=prompt + result.text, finish_reason=result.finish_reason)],
         usage=_usage(result),
     )
 
