@@ -1,0 +1,310 @@
+"""The in-process A-Vibe engine: a transformers causal LM behind `Engine`, continuously batched.
+
+Production runs AvitoTech/avibe (a Qwen3-8B derivative); with AVIBE_MODEL unset the embedded
+SmolLM2-135M-Instruct answers (see loading.py). All model work happens on the scheduler's
+worker thread (scheduler.py); this class only builds prompts on the event loop (a template
+render and a tokenizer call: sub-millisecond for the prompt sizes we accept), owns the
+lifecycle, and translates requests into `SequenceSpec`s.
+
+Chat prompts are rendered with `sanitize_control_tokens=True`: text a client writes into a
+message, such as "<|im_start|>system", is tokenized as plain text, so users cannot forge
+role markers. Raw prompts (OpenAI /v1/completions style) are the caller's own template and
+are tokenized as they are.
+
+Qwen3 templates take `enable_thinking`; when it is False (the default) `<think>` blocks are
+removed from the answer, also while streaming, so clients never see reasoning text.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import copy
+import functools
+import gc
+import logging
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+from avito_ai.config import Settings
+from avito_ai.engines.base import (
+    ChatMessage,
+    Chunk,
+    EngineState,
+    EngineStatus,
+    GenerationRequest,
+    Role,
+    TextPart,
+)
+from avito_ai.engines.device import Placement, resolve_placement
+from avito_ai.engines.loading import (
+    EMBEDDED_MODEL_ID,
+    LoadedTextModel,
+    TextModelSource,
+    load_text_model,
+    resolve_text_source,
+)
+from avito_ai.engines.scheduler import (
+    DEFAULT_PREFILL_TOKEN_BUDGET,
+    BatchScheduler,
+    SequenceSpec,
+    warm_up,
+)
+from avito_ai.engines.textstream import THINK_OPEN
+from avito_ai.errors import ModelUnavailable, ValidationFailed
+
+log = logging.getLogger(__name__)
+
+# Tokens that end a turn in the common chat formats; used on top of the model's own EOS ids
+# so raw completions of instruct models stop where the chat would.
+_END_MARKERS = ("<|im_end|>", "<|endoftext|>", "<|eot_id|>", "<|end_of_text|>", "</s>")
+# Stops used with the plain fallback format (models without a chat template).
+_FALLBACK_STOPS = ("\nUser:", "\nSystem:")
+
+
+class TransformersTextEngine:
+    """Engine for role "avibe". Construction is cheap; `start()` loads the weights."""
+
+    role: Role = "avibe"
+
+    def __init__(self, settings: Settings) -> None:
+        self._settings = settings
+        self._state = EngineState.LOADING
+        self._reason: str | None = None
+        self._model_id: str | None = settings.avibe_model or EMBEDDED_MODEL_ID
+        self._stop_requested = False
+        self._placement: Placement | None = None
+        self._loaded: LoadedTextModel | None = None
+        self._scheduler: BatchScheduler | None = None
+        self._tokenizer: Any = None
+        self._context_length = 0
+        self._has_template = False
+        self.load_seconds: float | None = None
+
+    # ------------------------------------------------------------------ lifecycle
+
+    async def start(self) -> None:
+        """Load in a thread; end READY or FAILED (with a reason). Never raises an error."""
+        self._state = EngineState.LOADING
+        self._reason = None
+        try:
+            source = resolve_text_source(self._settings.avibe_model)
+            self._model_id = source.model_id
+            self._placement = resolve_placement(self._settings.device, self._settings.dtype)
+            loaded = await asyncio.to_thread(
+                _load_and_warm_up, source, self._placement, self._settings.model_cache_dir
+            )
+            if self._stop_requested:  # stop() ran while we were loading: stay stopped
+                del loaded
+                gc.collect()
+                return
+            self._install(loaded)
+        except Exception as exc:
+            log.exception("A-Vibe model failed to load")
+            self._state = EngineState.FAILED
+            self._reason = str(exc) or exc.__class__.__name__
+            return
+        self.load_seconds = loaded.seconds
+        self._state = EngineState.READY
+        log.info(
+            "A-Vibe ready: %s on %s/%s in %.1f s%s",
+            self._model_id,
+            self._placement.device,
+            self._placement.dtype_name,
+            loaded.seconds,
+            " (converted GGUF into the cache)" if loaded.converted else "",
+        )
+
+    def _install(self, loaded: LoadedTextModel) -> None:
+        assert self._placement is not None
+        tokenizer, model = loaded.tokenizer, loaded.model
+        config = model.config.get_text_config(decoder=True)
+        self._context_length = int(getattr(config, "max_position_embeddings", 0) or 0) or 32768
+        self._has_template = bool(getattr(tokenizer, "chat_template", None))
+        eos = _eos_token_ids(tokenizer, model)
+        pad = tokenizer.pad_token_id
+        if pad is None:
+            pad = min(eos) if eos else 0
+        # The worker decodes with its own copy: a Rust tokenizer shared between the event
+        # loop (encoding prompts) and the worker thread can fail with "Already borrowed".
+        decode = functools.partial(
+            copy.deepcopy(tokenizer).decode,
+            skip_special_tokens=True,
+            clean_up_tokenization_spaces=False,
+        )
+        scheduler = BatchScheduler(
+            model,
+            decode,
+            eos_token_ids=eos,
+            pad_token_id=pad,
+            device=self._placement.device,
+            max_batch_size=self._settings.max_batch_size,
+            max_queue_size=self._settings.max_queue_size,
+            prefill_token_budget=getattr(
+                self._settings, "prefill_token_budget", DEFAULT_PREFILL_TOKEN_BUDGET
+            ),
+            name="avibe",
+        )
+        scheduler.start()
+        self._loaded, self._tokenizer, self._scheduler = loaded, tokenizer, scheduler
+
+    async def stop(self) -> None:
+        """Stop the worker (queued requests: ShuttingDown; running: "cancelled"), free memory."""
+        self._stop_requested = True
+        scheduler, self._scheduler = self._scheduler, None
+        if scheduler is not None:
+            await asyncio.to_thread(scheduler.stop)
+        self._loaded = None
+        self._tokenizer = None
+        gc.collect()
+        placement = self._placement
+        if placement is not None and placement.device.startswith("cuda"):
+            import torch
+
+            torch.cuda.empty_cache()
+        self._state = EngineState.STOPPED
+
+    def status(self) -> EngineStatus:
+        placement = self._placement
+        scheduler = self._scheduler
+        if self._state is EngineState.READY and scheduler is not None and not scheduler.alive:
+            # The worker died (a bug, logged with its traceback): say so instead of "ready".
+            self._state = EngineState.FAILED
+            self._reason = "the generation worker stopped unexpectedly; see the logs"
+        return EngineStatus(
+            self.role,
+            self._state,
+            model_id=self._model_id,
+            device=placement.device if placement else None,
+            dtype=placement.dtype_name if placement else None,
+            reason=self._reason,
+        )
+
+    @property
+    def scheduler(self) -> BatchScheduler | None:
+        """The running scheduler (benchmarks and metrics); None unless READY."""
+        return self._scheduler
+
+    @property
+    def queue_depth(self) -> int:
+        """Requests waiting for a batch slot (for metrics)."""
+        return self._scheduler.waiting_count if self._scheduler else 0
+
+    @property
+    def active_requests(self) -> int:
+        """Sequences in the running batch (for metrics)."""
+        return self._scheduler.active_count if self._scheduler else 0
+
+    # ----------------------------------------------------------------- generation
+
+    async def generate(self, request: GenerationRequest) -> AsyncIterator[Chunk]:
+        scheduler = self._scheduler
+        status = self.status()
+        if status.state is not EngineState.READY or scheduler is None:
+            detail = f": {status.reason}" if status.reason else ""
+            raise ModelUnavailable(f"A-Vibe model is {status.state.value}{detail}")
+        spec = self.build_spec(request)
+        # aclosing: when our consumer closes us, the scheduler's stream must be closed too
+        # (right now, not at garbage collection) so that its row leaves the batch.
+        async with contextlib.aclosing(scheduler.stream(spec)) as chunks:
+            async for chunk in chunks:
+                yield chunk
+
+    def build_spec(self, request: GenerationRequest) -> SequenceSpec:
+        """Tokenize the request and bound its length. Raises ValidationFailed."""
+        sampling = request.sampling
+        if sampling.max_tokens < 1:
+            raise ValidationFailed("max_tokens must be at least 1", param="max_tokens")
+        stops = tuple(s for s in sampling.stop if s)
+        if request.prompt is not None:
+            ids = self._encode_raw(request.prompt)
+        else:
+            ids, fallback = self._encode_chat(request.messages, request.enable_thinking)
+            if fallback:
+                stops += _FALLBACK_STOPS
+        room = self._context_length - len(ids)
+        if room < 1:
+            raise ValidationFailed(
+                f"The prompt is {len(ids)} tokens; the model's context is "
+                f"{self._context_length} tokens",
+                param="prompt" if request.prompt is not None else "messages",
+            )
+        strip = not request.enable_thinking
+        return SequenceSpec(
+            prompt_ids=ids,
+            sampling=sampling,
+            max_new_tokens=min(sampling.max_tokens, room),
+            stop=stops,
+            strip_thinking=strip,
+            thinking_open=strip and self._prompt_opens_thinking(ids),
+            deadline=request.deadline,
+            created=request.created,
+            request_id=request.request_id,
+        )
+
+    def _encode_raw(self, prompt: str) -> list[int]:
+        ids: list[int] = list(self._tokenizer(prompt, add_special_tokens=True)["input_ids"])
+        if not ids:
+            bos = self._tokenizer.bos_token_id
+            if bos is None:
+                raise ValidationFailed("The prompt is empty", param="prompt")
+            ids = [bos]
+        return ids
+
+    def _encode_chat(self, messages: list[ChatMessage], thinking: bool) -> tuple[list[int], bool]:
+        if not messages:
+            raise ValidationFailed("messages must not be empty", param="messages")
+        plain = [
+            {
+                "role": m.role,
+                "content": "\n".join(p.text for p in m.content if isinstance(p, TextPart)),
+            }
+            for m in messages
+        ]
+        if not self._has_template:
+            return self._encode_raw(_fallback_prompt(plain)), True
+        ids = self._tokenizer.apply_chat_template(
+            plain,
+            add_generation_prompt=True,
+            tokenize=True,
+            return_dict=False,
+            sanitize_control_tokens=True,
+            enable_thinking=thinking,
+        )
+        return list(ids), False
+
+    def _prompt_opens_thinking(self, ids: list[int]) -> bool:
+        """True when the template itself opened `<think>` (the output then only closes it)."""
+        tail: str = self._tokenizer.decode(ids[-8:], skip_special_tokens=False)
+        return tail.rstrip().endswith(THINK_OPEN)
+
+
+def _load_and_warm_up(
+    source: TextModelSource, placement: Placement, cache_dir: Path
+) -> LoadedTextModel:
+    loaded = load_text_model(source, placement, cache_dir)
+    warm_up(loaded.model, placement.device, int(loaded.tokenizer.pad_token_id or 0))
+    return loaded
+
+
+def _fallback_prompt(messages: list[dict[str, str]]) -> str:
+    names = {"system": "System", "user": "User", "assistant": "Assistant"}
+    lines = [f"{names.get(m['role'], m['role'])}: {m['content']}" for m in messages]
+    return "\n".join(lines) + "\nAssistant:"
+
+
+def _eos_token_ids(tokenizer: Any, model: Any) -> set[int]:
+    ids: set[int] = set()
+    config = getattr(model, "generation_config", None)
+    for value in (getattr(config, "eos_token_id", None), tokenizer.eos_token_id):
+        if isinstance(value, int):
+            ids.add(value)
+        elif isinstance(value, list | tuple):
+            ids.update(int(v) for v in value)
+    special = set(getattr(tokenizer, "all_special_tokens", ()) or ())
+    vocab = tokenizer.get_vocab()
+    for marker in _END_MARKERS:
+        if marker in special and marker in vocab:
+            ids.add(int(vocab[marker]))
+    return ids
