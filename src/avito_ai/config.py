@@ -9,11 +9,11 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-from pydantic import Field, SecretStr, ValidationError, field_validator
+from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 LogLevel = Literal["DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"]
-Backend = Literal["transformers", "fake"]
+Backend = Literal["transformers", "openai", "fake"]
 
 PositiveInt = Annotated[int, Field(gt=0)]
 NonNegativeFloat = Annotated[float, Field(ge=0)]
@@ -63,6 +63,17 @@ class Settings(BaseSettings):
     avision_model: str | None = None
     avibe_backend: Backend = "transformers"
     avision_backend: Backend = "transformers"
+    # Remote backend (AVIBE_BACKEND=openai): OpenAI-compatible upstreams such as vLLM or
+    # SGLang. URLs are base URLs (with or without /v1), comma-separated.
+    avibe_upstream_urls: str = ""
+    avision_upstream_urls: str = ""
+    avibe_upstream_model: str | None = None  # empty = the first model the upstream lists
+    avision_upstream_model: str | None = None
+    avibe_upstream_api_key: SecretStr | None = None
+    avision_upstream_api_key: SecretStr | None = None
+    upstream_connect_timeout: Annotated[float, Field(gt=0)] = 5.0
+    upstream_read_timeout: Annotated[float, Field(gt=0)] = 60.0  # longest silence mid-stream
+    upstream_health_interval: Annotated[float, Field(gt=0)] = 5.0
     device: str = "auto"
     dtype: Literal["auto", "bfloat16", "float16", "float32"] = "auto"
     model_cache_dir: Path = Field(default_factory=_default_cache_dir)
@@ -103,7 +114,16 @@ class Settings(BaseSettings):
         return value.upper() if isinstance(value, str) else value
 
     @field_validator(
-        "avibe_model", "avision_model", "log_file", "api_keys", "api_keys_file", mode="before"
+        "avibe_model",
+        "avision_model",
+        "log_file",
+        "api_keys",
+        "api_keys_file",
+        "avibe_upstream_model",
+        "avision_upstream_model",
+        "avibe_upstream_api_key",
+        "avision_upstream_api_key",
+        mode="before",
     )
     @classmethod
     def _empty_is_unset(cls, value: Any) -> Any:
@@ -138,6 +158,20 @@ class Settings(BaseSettings):
             return value
         raise ValueError("must be auto, cpu, cuda or cuda:N")
 
+    def upstream_urls(self, role: str) -> list[str]:
+        raw = self.avibe_upstream_urls if role == "avibe" else self.avision_upstream_urls
+        return [u.strip().rstrip("/") for u in raw.split(",") if u.strip()]
+
+    @model_validator(mode="after")
+    def _remote_needs_upstreams(self) -> Settings:
+        for role in ("avibe", "avision"):
+            backend = self.avibe_backend if role == "avibe" else self.avision_backend
+            if backend == "openai" and not self.upstream_urls(role):
+                raise ValueError(
+                    f"{role.upper()}_BACKEND=openai needs {role.upper()}_UPSTREAM_URLS"
+                )
+        return self
+
     @property
     def cors_origins(self) -> list[str]:
         """`ALLOWED_ORIGINS` as a list: `*` or comma-separated origins."""
@@ -163,7 +197,10 @@ class ConfigError(Exception):
 def format_validation_error(error: ValidationError) -> str:
     parts = []
     for item in error.errors():
-        name = ".".join(str(p) for p in item["loc"]).upper() or "configuration"
+        name = ".".join(str(p) for p in item["loc"]).upper()
+        if not name:  # a rule across several variables: the message names them
+            parts.append(str(item["msg"]).removeprefix("Value error, "))
+            continue
         value = item.get("input")
         shown = f" (got {value!r})" if isinstance(value, str | int | float) else ""
         parts.append(f"{name}: {item['msg']}{shown}")

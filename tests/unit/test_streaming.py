@@ -62,3 +62,15 @@ async def test_errors_before_the_first_token_raise_from_open_stream() -> None:
     await engine.stop()
     with pytest.raises(ModelUnavailable):
         await open_stream(engine, request())
+
+
+async def test_a_cancelled_generation_is_counted_as_cancelled() -> None:
+    from avito_ai.observability.metrics import MODEL_REQUESTS
+
+    counter = MODEL_REQUESTS.labels("avibe", "cancelled")
+    before = counter._value.get()
+    engine = await ready_engine(token_delay=0.01)
+    stream = await open_stream(engine, request())
+    await anext(stream)
+    await stream.aclose()
+    assert counter._value.get() == before + 1

@@ -17,6 +17,10 @@ def build_engine(role: Role, settings: Settings) -> Engine:
         from avito_ai.engines.fake import FakeEngine
 
         return FakeEngine(role, token_delay=settings.fake_token_delay)
+    if backend == "openai":
+        from avito_ai.engines.remote import RemoteEngine
+
+        return RemoteEngine(role, settings)
     if role == "avibe":
         # With AVIBE_MODEL unset the embedded default (SmolLM2-135M-Instruct) serves A-Vibe.
         from avito_ai.engines.transformers_text import TransformersTextEngine

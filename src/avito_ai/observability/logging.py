@@ -77,6 +77,9 @@ def configure_logging(level: str, fmt: str = "text", log_file: Path | None = Non
         lg = logging.getLogger(name)
         lg.handlers.clear()
         lg.propagate = True
+    # httpx logs every request at INFO (the remote backend's health probes, every few
+    # seconds); its warnings still come through.
+    logging.getLogger("httpx").setLevel(max(logging.WARNING, root.level))
     for name in ("uvicorn.access", "gunicorn.access"):
         logging.getLogger(name).handlers.clear()
         logging.getLogger(name).propagate = False

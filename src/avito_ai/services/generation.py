@@ -184,13 +184,18 @@ async def stream_chunks(engine: Engine, request: GenerationRequest) -> AsyncGene
     waiting, running = metrics.REQUESTS_WAITING.labels(role), metrics.REQUESTS_RUNNING.labels(role)
     waiting.inc()
     state = "waiting"
+    finished = False
     try:
         while True:
             remaining = None if request.deadline is None else request.deadline - time.monotonic()
             if remaining is not None and remaining <= 0:
                 raise Timeout("Request timed out")
+            # asyncio.timeout, not wait_for: the engine's generator must run in this task,
+            # so a cancellation (client gone) unwinds it here and now, not in a helper task
+            # that could still be running when we close it.
             try:
-                chunk = await asyncio.wait_for(anext(iterator), timeout=remaining)
+                async with asyncio.timeout(remaining):
+                    chunk = await anext(iterator)
             except StopAsyncIteration:
                 return
             except TimeoutError:
@@ -200,10 +205,15 @@ async def stream_chunks(engine: Engine, request: GenerationRequest) -> AsyncGene
                 running.inc()
                 state = "running"
             if chunk.is_final:
+                finished = True
                 record_generation(role, chunk)
             yield chunk
             if chunk.is_final:
                 return
+    except (GeneratorExit, asyncio.CancelledError):
+        if not finished:  # the client went away: the engine's work for it is cancelled
+            metrics.MODEL_REQUESTS.labels(role, "cancelled").inc()
+        raise
     finally:
         (waiting if state == "waiting" else running).dec()
         aclose = getattr(iterator, "aclose", None)

@@ -1,0 +1,362 @@
+"""A fleet of OpenAI-compatible upstreams (vLLM, SGLang, llama.cpp, another instance of
+this service) behind the same Engine protocol as the in-process backend.
+
+Everything users see stays ours (limits, keys, validation, metrics, request ids); tokens
+come from the upstreams:
+
+* Balancing: least outstanding requests among healthy upstreams.
+* Health: `GET <base>/v1/models` every UPSTREAM_HEALTH_INTERVAL seconds; the engine is
+  ready while at least one upstream answers. An upstream that fails 3 times in a row is
+  ejected until a probe succeeds again.
+* Retries: a connection failure, a timeout or a 5xx/429 *before the first token* moves the
+  request to another upstream (each tried once); after the first token nothing is
+  retried (the client already has part of an answer) and the stream ends with an error.
+* Cancellation: closing our iterator closes the upstream HTTP stream, which vLLM, SGLang
+  and this service treat as an abort, so the upstream stops generating.
+* Timeouts: UPSTREAM_CONNECT_TIMEOUT to connect, UPSTREAM_READ_TIMEOUT of silence
+  mid-stream; the request deadline bounds the whole.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import contextlib
+import io
+import json
+import logging
+import random
+import time
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from typing import Any
+
+import httpx
+
+from avito_ai.config import Settings
+from avito_ai.engines.base import (
+    Chunk,
+    EngineState,
+    EngineStatus,
+    FinishReason,
+    GenerationRequest,
+    ImagePart,
+    Role,
+    TextPart,
+    Timings,
+)
+from avito_ai.errors import ModelUnavailable, Overloaded, Timeout, ValidationFailed
+
+logger = logging.getLogger("avito_ai.engines.remote")
+
+EJECT_AFTER_FAILURES = 3
+FINISH_REASONS: dict[str, FinishReason] = {"stop": "stop", "length": "length"}
+
+
+@dataclass(eq=False)
+class Upstream:
+    base: str  # ends with /v1
+    healthy: bool = False
+    outstanding: int = 0
+    failures: int = 0
+    last_error: str | None = None
+
+    def record_failure(self, error: str) -> None:
+        self.failures += 1
+        self.last_error = error
+        if self.failures >= EJECT_AFTER_FAILURES and self.healthy:
+            self.healthy = False
+            logger.warning(
+                "Upstream %s ejected after %d failures: %s", self.base, self.failures, error
+            )
+
+    def record_success(self) -> None:
+        self.failures = 0
+        self.last_error = None
+        self.healthy = True
+
+
+class _Retryable(Exception):
+    """This upstream could not start the answer; another one may."""
+
+    def __init__(self, message: str, *, overloaded: bool = False) -> None:
+        super().__init__(message)
+        self.overloaded = overloaded
+
+
+def api_base(url: str) -> str:
+    url = url.rstrip("/")
+    return url if url.endswith("/v1") else url + "/v1"
+
+
+def image_data_uri(part: ImagePart) -> str:
+    buf = io.BytesIO()
+    part.image.save(buf, format="PNG")
+    return "data:image/png;base64," + base64.b64encode(buf.getvalue()).decode()
+
+
+def upstream_payload(request: GenerationRequest, model: str) -> tuple[str, dict[str, Any]]:
+    """The OpenAI request (path, JSON body) for one of our GenerationRequests."""
+    s = request.sampling
+    body: dict[str, Any] = {
+        "model": model,
+        "max_tokens": s.max_tokens,
+        "temperature": s.temperature,
+        "top_p": s.top_p,
+        "stream": True,
+        "stream_options": {"include_usage": True},
+    }
+    if s.top_k:
+        body["top_k"] = s.top_k
+    if s.repetition_penalty != 1.0:
+        body["repetition_penalty"] = s.repetition_penalty
+    if s.stop:
+        body["stop"] = list(s.stop)
+    if s.seed is not None:
+        body["seed"] = s.seed
+    if request.prompt is not None:
+        body["prompt"] = request.prompt
+        return "/completions", body
+    messages = []
+    for message in request.messages:
+        if all(isinstance(p, TextPart) for p in message.content):
+            content: Any = "".join(p.text for p in message.content if isinstance(p, TextPart))
+        else:
+            content = [
+                {"type": "text", "text": p.text}
+                if isinstance(p, TextPart)
+                else {"type": "image_url", "image_url": {"url": image_data_uri(p)}}
+                for p in message.content
+            ]
+        messages.append({"role": message.role, "content": content})
+    body["messages"] = messages
+    # Qwen3's chat template thinks by default on vLLM/SGLang; ours is off unless asked.
+    body["chat_template_kwargs"] = {"enable_thinking": request.enable_thinking}
+    return "/chat/completions", body
+
+
+def _error_message(response_body: bytes) -> str:
+    try:
+        data = json.loads(response_body)
+    except ValueError:
+        return response_body[:300].decode(errors="replace")
+    error = data.get("error", data) if isinstance(data, dict) else data
+    if isinstance(error, dict):
+        return str(error.get("message") or error)
+    return str(data.get("message") or error)
+
+
+class RemoteEngine:
+    def __init__(self, role: Role, settings: Settings) -> None:
+        self.role: Role = role
+        self.settings = settings
+        self.upstreams = [Upstream(api_base(u)) for u in settings.upstream_urls(role)]
+        model = (
+            settings.avibe_upstream_model if role == "avibe" else settings.avision_upstream_model
+        )
+        key = (
+            settings.avibe_upstream_api_key
+            if role == "avibe"
+            else settings.avision_upstream_api_key
+        )
+        self.model: str | None = model
+        self._headers = {"Authorization": f"Bearer {key.get_secret_value()}"} if key else {}
+        self._client: httpx.AsyncClient | None = None
+        self._health_task: asyncio.Task[None] | None = None
+        self._state = EngineState.LOADING
+        self._reason: str | None = None
+
+    # --- lifecycle ---------------------------------------------------------------------
+
+    async def start(self) -> None:
+        s = self.settings
+        self._client = httpx.AsyncClient(
+            headers=self._headers,
+            timeout=httpx.Timeout(s.upstream_read_timeout, connect=s.upstream_connect_timeout),
+            limits=httpx.Limits(max_connections=None, max_keepalive_connections=64),
+        )
+        await self.check_health()
+        self._health_task = asyncio.create_task(self._health_loop(), name=f"health-{self.role}")
+
+    async def stop(self) -> None:
+        self._state = EngineState.STOPPED
+        if self._health_task is not None:
+            self._health_task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._health_task
+        if self._client is not None:
+            await self._client.aclose()
+
+    def status(self) -> EngineStatus:
+        state = self._state
+        reason = self._reason
+        if state is not EngineState.STOPPED:
+            if any(u.healthy for u in self.upstreams):
+                state, reason = EngineState.READY, None
+            elif state is EngineState.READY or reason:
+                state = EngineState.FAILED
+                reason = "no upstream answers: " + "; ".join(
+                    f"{u.base} ({u.last_error or 'unhealthy'})" for u in self.upstreams
+                )
+        healthy = sum(u.healthy for u in self.upstreams)
+        return EngineStatus(
+            self.role,
+            state,
+            model_id=self.model,
+            device=f"remote ({healthy}/{len(self.upstreams)} upstreams healthy)",
+            dtype=None,
+            reason=reason,
+        )
+
+    async def _health_loop(self) -> None:
+        while True:
+            await asyncio.sleep(self.settings.upstream_health_interval)
+            try:
+                await self.check_health()
+            except Exception:  # never let the probe loop die
+                logger.exception("Upstream health check failed")
+
+    async def check_health(self) -> None:
+        await asyncio.gather(*(self._probe(u) for u in self.upstreams))
+        if any(u.healthy for u in self.upstreams):
+            self._state = EngineState.READY
+            self._reason = None
+        elif self._state is not EngineState.STOPPED:
+            self._reason = "no upstream answers"
+
+    async def _probe(self, upstream: Upstream) -> None:
+        assert self._client is not None
+        try:
+            r = await self._client.get(
+                upstream.base + "/models", timeout=self.settings.upstream_connect_timeout
+            )
+            r.raise_for_status()
+            models = [m.get("id") for m in r.json().get("data", []) if isinstance(m, dict)]
+        except (httpx.HTTPError, ValueError, AttributeError) as exc:
+            was = upstream.healthy
+            upstream.healthy = False
+            upstream.last_error = f"{type(exc).__name__}: {exc}"[:200]
+            if was:
+                logger.warning("Upstream %s unhealthy: %s", upstream.base, upstream.last_error)
+            return
+        if not upstream.healthy:
+            logger.info(
+                "Upstream %s healthy (models: %s)", upstream.base, ", ".join(map(str, models))
+            )
+        upstream.record_success()
+        if self.model is None and models:
+            self.model = str(models[0])
+
+    # --- generation --------------------------------------------------------------------
+
+    def _candidates(self) -> list[Upstream]:
+        """Healthy upstreams, least outstanding first (random among equals)."""
+        healthy = [u for u in self.upstreams if u.healthy]
+        random.shuffle(healthy)
+        return sorted(healthy, key=lambda u: u.outstanding)
+
+    async def generate(self, request: GenerationRequest) -> AsyncIterator[Chunk]:
+        if self._client is None or self._state is EngineState.STOPPED:
+            raise ModelUnavailable(f"{self.role} upstreams are not connected")
+        if self.model is None:
+            raise ModelUnavailable(f"{self.role}: no upstream has answered yet")
+        path, body = upstream_payload(request, self.model)
+        tried: list[str] = []
+        overloaded = 0
+        for upstream in self._candidates():
+            tried.append(upstream.base)
+            try:
+                async for chunk in self._stream_from(upstream, path, body, request):
+                    yield chunk
+                return
+            except _Retryable as exc:
+                overloaded += exc.overloaded
+                logger.warning("Upstream %s could not start the answer: %s", upstream.base, exc)
+                continue
+        if not tried:
+            raise ModelUnavailable(f"No healthy {self.role} upstream")
+        if overloaded == len(tried):
+            raise Overloaded(f"All {self.role} upstreams are busy, retry later")
+        raise ModelUnavailable(f"No {self.role} upstream could answer (tried {len(tried)})")
+
+    async def _stream_from(
+        self, upstream: Upstream, path: str, body: dict[str, Any], request: GenerationRequest
+    ) -> AsyncIterator[Chunk]:
+        assert self._client is not None
+        started = time.monotonic()
+        first_token: float | None = None
+        pieces = 0
+        usage: dict[str, int] = {}
+        finish: FinishReason = "stop"
+        upstream.outstanding += 1
+        headers = {"X-Request-ID": request.request_id}
+        try:
+            try:
+                async with self._client.stream(
+                    "POST", upstream.base + path, json=body, headers=headers
+                ) as response:
+                    if response.status_code >= 400:
+                        message = _error_message(await response.aread())
+                        self._raise_for_status(upstream, response.status_code, message)
+                    upstream.record_success()
+                    async for line in response.aiter_lines():
+                        if not line.startswith("data:"):
+                            continue
+                        data = line[5:].strip()
+                        if data == "[DONE]":
+                            break
+                        event = json.loads(data)
+                        if "error" in event:
+                            message = f"Upstream error: {_error_message(data.encode())}"
+                            if first_token is None:
+                                upstream.record_failure(message)
+                                raise _Retryable(message)
+                            raise ModelUnavailable(message)
+                        if event.get("usage"):
+                            usage = event["usage"]
+                        for choice in event.get("choices") or []:
+                            text = (
+                                (choice.get("delta") or {}).get("content")
+                                or choice.get("text")
+                                or ""
+                            )
+                            if text:
+                                first_token = first_token or time.monotonic()
+                                pieces += 1
+                                yield Chunk(text)
+                            if choice.get("finish_reason"):
+                                finish = FINISH_REASONS.get(choice["finish_reason"], "stop")
+            except (httpx.TransportError, httpx.TimeoutException) as exc:
+                upstream.record_failure(f"{type(exc).__name__}: {exc}")
+                if first_token is None:
+                    raise _Retryable(f"{type(exc).__name__}: {exc}") from exc
+                if isinstance(exc, httpx.TimeoutException):
+                    raise Timeout("The upstream stopped sending tokens") from exc
+                raise ModelUnavailable("The upstream connection broke mid-answer") from exc
+        finally:
+            upstream.outstanding -= 1
+        end = time.monotonic()
+        first = first_token or end
+        yield Chunk(
+            "",
+            finish_reason=finish,
+            input_tokens=int(usage.get("prompt_tokens", 0)),
+            generated_tokens=int(usage.get("completion_tokens", pieces)),
+            timings=Timings(
+                queue_s=started - request.created,
+                ttft_s=first - request.created,
+                generation_s=end - started,
+                total_s=end - request.created,
+            ),
+        )
+
+    @staticmethod
+    def _raise_for_status(upstream: Upstream, status: int, message: str) -> None:
+        if status >= 500 or status == 429:
+            upstream.record_failure(f"HTTP {status}: {message}")
+            raise _Retryable(f"HTTP {status}: {message}", overloaded=status in (429, 503))
+        if status in (401, 403):
+            raise ModelUnavailable(f"The upstream refused our credentials (HTTP {status})")
+        if status == 404:
+            raise ModelUnavailable(f"The upstream does not serve this model: {message}")
+        raise ValidationFailed(f"Upstream refused the request: {message}")
