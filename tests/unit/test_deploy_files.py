@@ -167,3 +167,24 @@ def test_gunicorn_config_values(monkeypatch) -> None:
     assert cfg["graceful_timeout"] == 12
     assert cfg["worker_class"] == "avito_ai.gunicorn_worker.AvitoUvicornWorker"
     assert callable(cfg["child_exit"]) and callable(cfg["on_starting"])
+
+
+def test_compose_vllm_profile_front_uses_the_remote_backend() -> None:
+    compose = yaml.safe_load((ROOT / "deploy" / "compose.yaml").read_text())
+    front = compose["services"]["front"]
+    assert set(front["environment"]) <= KNOWN_VARS
+    assert front["environment"]["AVIBE_BACKEND"] == "openai"
+    assert "vllm" in compose["services"]["vllm-avibe"]["profiles"]
+
+
+def test_kubernetes_probes_hit_real_routes() -> None:
+    docs = [
+        d for d in yaml.safe_load_all((ROOT / "deploy" / "k8s" / "avito-ai.yaml").read_text()) if d
+    ]
+    container = next(d for d in docs if d["kind"] == "Deployment")["spec"]["template"]["spec"][
+        "containers"
+    ][0]
+    for probe in ("livenessProbe", "readinessProbe"):
+        assert answers_200(container[probe]["httpGet"]["path"])
+    assert container["readinessProbe"]["httpGet"]["path"] == "/api/health/ready"
+    assert {e["name"] for e in container["env"]} <= KNOWN_VARS

@@ -114,6 +114,8 @@ def upstream_payload(request: GenerationRequest, model: str) -> tuple[str, dict[
         body["stop"] = list(s.stop)
     if s.seed is not None:
         body["seed"] = s.seed
+    if s.ignore_eos:
+        body["ignore_eos"] = True  # vLLM, SGLang and this service understand it
     if request.prompt is not None:
         body["prompt"] = request.prompt
         return "/completions", body

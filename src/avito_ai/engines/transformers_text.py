@@ -241,6 +241,7 @@ class TransformersTextEngine:
             deadline=request.deadline,
             created=request.created,
             request_id=request.request_id,
+            ignore_eos=sampling.ignore_eos,
         )
 
     def _encode_raw(self, prompt: str) -> list[int]:

@@ -19,6 +19,9 @@ class SamplingBase(BaseModel):
     repetition_penalty: Annotated[float | None, Field(gt=0, le=2)] = None
     stop: StrictStr | Annotated[list[StrictStr], Field(max_length=4)] | None = None
     seed: StrictInt | None = None
+    ignore_eos: StrictBool = Field(
+        False, description="keep generating until max_tokens (benchmarks), as in vLLM"
+    )
 
 
 class SamplingFields(SamplingBase):

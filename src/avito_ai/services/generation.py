@@ -62,6 +62,7 @@ def sampling_params(fields: SamplingFields, role: Role, settings: Settings) -> S
         repetition_penalty=fields.repetition_penalty or 1.0,
         stop=stop,
         seed=fields.seed,
+        ignore_eos=fields.ignore_eos,
     )
 
 

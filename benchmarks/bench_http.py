@@ -1,0 +1,160 @@
+"""Throughput over HTTP against the embedded model (what a user of the service sees).
+
+    python benchmarks/bench_http.py                 # writes the table to stdout
+    python benchmarks/bench_http.py --markdown docs/benchmarks.md
+
+For 1, 4 and 16 concurrent clients it measures aggregate output tokens/s (64 tokens per
+request, greedy, EOS ignored) for the service as shipped (continuous batching) and for
+the naive design (MAX_BATCH_SIZE=1: one request at a time behind the model), beside the
+model's own `generate()` in one process, single stream, on the same weights and dtype.
+All figures come from one run on one machine, so their ratios are what to read.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import platform
+import sys
+import time
+from pathlib import Path
+
+import httpx
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from tests.servers import ServerProcess, free_port  # noqa: E402
+
+PROMPTS = [
+    "Write a story about a lighthouse keeper.",
+    "Explain how a bicycle works.",
+    "Describe a walk through a forest in autumn.",
+    "Give advice to someone selling a used car.",
+    "What makes a good cup of coffee?",
+    "Tell me about the history of Moscow.",
+    "How do airplanes stay in the air?",
+    "Write a letter to a friend about your holiday.",
+]
+
+
+def start(batch: int, tmp: Path) -> ServerProcess:
+    env = {
+        "MAX_BATCH_SIZE": str(batch),
+        "RATE_LIMIT_PER_MINUTE": "1000000",
+        "RATE_LIMIT_PER_HOUR": "1000000",
+        "LOG_LEVEL": "WARNING",
+    }
+    srv = ServerProcess(
+        [sys.executable, "-m", "avito_ai", "serve"], env, tmp / f"bench-{batch}.log", free_port()
+    )
+    srv.wait_ready(600)
+    return srv
+
+
+async def run_clients(url: str, clients: int, per_client: int, tokens: int) -> float:
+    """Aggregate generated tokens per second of `clients` concurrent request loops."""
+    async with httpx.AsyncClient(timeout=600) as http:
+
+        async def loop(i: int) -> int:
+            total = 0
+            for j in range(per_client):
+                r = await http.post(
+                    url + "/api/v1/text/generate",
+                    json={
+                        "prompt": PROMPTS[(i + j) % len(PROMPTS)],
+                        "max_tokens": tokens,
+                        "temperature": 0,
+                        "ignore_eos": True,
+                    },
+                )
+                r.raise_for_status()
+                total += r.json()["data"]["generated_tokens"]
+            return total
+
+        started = time.perf_counter()
+        counts = await asyncio.gather(*(loop(i) for i in range(clients)))
+        return sum(counts) / (time.perf_counter() - started)
+
+
+def generate_baseline(tokens: int, repeats: int) -> tuple[float, str]:
+    """The model's own generate(), one stream, same loading path and dtype as the server."""
+    import torch
+
+    from avito_ai.config import Settings
+    from avito_ai.engines.device import resolve_placement
+    from avito_ai.engines.loading import load_text_model, resolve_text_source
+
+    settings = Settings()
+    placement = resolve_placement(settings.device, settings.dtype)
+    loaded = load_text_model(resolve_text_source(None), placement, settings.model_cache_dir)
+    model, tok = loaded.model, loaded.tokenizer
+    rates = []
+    for i in range(repeats + 1):
+        ids = tok.apply_chat_template(
+            [{"role": "user", "content": PROMPTS[i % len(PROMPTS)]}],
+            add_generation_prompt=True,
+            return_tensors="pt",
+            return_dict=True,
+        ).to(placement.device)
+        started = time.perf_counter()
+        with torch.inference_mode():
+            out = model.generate(
+                **ids, max_new_tokens=tokens, min_new_tokens=tokens, do_sample=False
+            )
+        elapsed = time.perf_counter() - started
+        if i:  # the first run warms up
+            rates.append((out.shape[1] - ids["input_ids"].shape[1]) / elapsed)
+    return sum(rates) / len(rates), placement.dtype_name
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--tokens", type=int, default=64)
+    parser.add_argument("--concurrency", type=int, nargs="+", default=[1, 4, 16])
+    parser.add_argument("--markdown", type=Path, help="also write the table to this file")
+    args = parser.parse_args()
+    tmp = Path(os.environ.get("TMPDIR", "/tmp")) / "avito-bench"
+    tmp.mkdir(exist_ok=True)
+
+    baseline, dtype = generate_baseline(args.tokens, repeats=3)
+    rows: dict[str, dict[int, float]] = {}
+    for name, batch in (("service (continuous batching)", 16), ("naive (one at a time)", 1)):
+        srv = start(batch, tmp)
+        try:
+            asyncio.run(run_clients(srv.url, 1, 1, 8))  # warm-up
+            rows[name] = {
+                c: asyncio.run(run_clients(srv.url, c, 3 if c == 1 else 2, args.tokens))
+                for c in args.concurrency
+            }
+        finally:
+            srv.stop()
+
+    one = rows["service (continuous batching)"][args.concurrency[0]]
+    lines = [
+        f"Embedded SmolLM2-135M-Instruct, {dtype}, {args.tokens} output tokens per request, "
+        f"greedy; {platform.processor() or platform.machine()}, {os.cpu_count()} cores.",
+        "",
+        "| design | " + " | ".join(f"{c} client{'s' * (c > 1)}" for c in args.concurrency) + " |",
+        "| --- |" + " --- |" * len(args.concurrency),
+        f"| model's own `generate()`, one stream | {baseline:.1f} tok/s |"
+        + " |" * (len(args.concurrency) - 1),
+    ]
+    for name, by_c in rows.items():
+        cells = [f"{v:.1f} tok/s ({v / one:.1f}x)" for v in by_c.values()]
+        lines.append(f"| {name} | " + " | ".join(cells) + " |")
+    lines += [
+        "",
+        f"Service at 1 client: {one / baseline:.0%} of `generate()`. "
+        f"At {args.concurrency[-1]} clients: "
+        f"{rows['service (continuous batching)'][args.concurrency[-1]] / one:.1f}x one client.",
+    ]
+    table = "\n".join(lines)
+    print(table)
+    if args.markdown:
+        args.markdown.write_text(table + "\n")
+
+
+if __name__ == "__main__":
+    main()
