@@ -260,6 +260,8 @@ class BatchScheduler:
     def _run(self) -> None:
         try:
             with torch.inference_mode():
+                # Warm up here, in the thread that runs every forward (see threads.py).
+                warm_up(self._model, str(self._device), self._pad_id)
                 while True:
                     admitted = self._next_work()
                     if admitted is None:
@@ -552,8 +554,23 @@ def warm_up(model: Any, device: str, token_id: int = 0) -> None:
     with torch.inference_mode():
         cache = BatchKVCache()
         ids = torch.full((2, 4), token_id, dtype=torch.long, device=device)
-        model(input_ids=ids, past_key_values=cache, use_cache=True, logits_to_keep=1)
-        model(input_ids=ids[:, :1], past_key_values=cache, use_cache=True, logits_to_keep=1)
+        positions = torch.arange(4, device=device).expand(2, 4)
+        model(
+            input_ids=ids,
+            attention_mask=torch.ones_like(ids),
+            position_ids=positions,
+            past_key_values=cache,
+            use_cache=True,
+            logits_to_keep=1,
+        )
+        model(
+            input_ids=ids[:, :1],
+            attention_mask=torch.ones((2, 5), dtype=torch.long, device=device),
+            position_ids=positions[:, :1] + 4,
+            past_key_values=cache,
+            use_cache=True,
+            logits_to_keep=1,
+        )
 
 
 def _deliver(items: Sequence[tuple[_Ticket, _Item]]) -> None:

@@ -24,7 +24,6 @@ import functools
 import gc
 import logging
 from collections.abc import AsyncIterator
-from pathlib import Path
 from typing import Any
 
 from avito_ai.config import Settings
@@ -41,7 +40,6 @@ from avito_ai.engines.device import Placement, resolve_placement
 from avito_ai.engines.loading import (
     EMBEDDED_MODEL_ID,
     LoadedTextModel,
-    TextModelSource,
     load_text_model,
     resolve_text_source,
 )
@@ -49,9 +47,9 @@ from avito_ai.engines.scheduler import (
     DEFAULT_PREFILL_TOKEN_BUDGET,
     BatchScheduler,
     SequenceSpec,
-    warm_up,
 )
 from avito_ai.engines.textstream import THINK_OPEN
+from avito_ai.engines.threads import run_in_own_thread
 from avito_ai.errors import ModelUnavailable, ValidationFailed
 
 log = logging.getLogger(__name__)
@@ -92,8 +90,10 @@ class TransformersTextEngine:
             source = resolve_text_source(self._settings.avibe_model)
             self._model_id = source.model_id
             self._placement = resolve_placement(self._settings.device, self._settings.dtype)
-            loaded = await asyncio.to_thread(
-                _load_and_warm_up, source, self._placement, self._settings.model_cache_dir
+            placement = self._placement
+            loaded = await run_in_own_thread(
+                lambda: load_text_model(source, placement, self._settings.model_cache_dir),
+                name="avibe-load",
             )
             if self._stop_requested:  # stop() ran while we were loading: stay stopped
                 del loaded
@@ -279,14 +279,6 @@ class TransformersTextEngine:
         """True when the template itself opened `<think>` (the output then only closes it)."""
         tail: str = self._tokenizer.decode(ids[-8:], skip_special_tokens=False)
         return tail.rstrip().endswith(THINK_OPEN)
-
-
-def _load_and_warm_up(
-    source: TextModelSource, placement: Placement, cache_dir: Path
-) -> LoadedTextModel:
-    loaded = load_text_model(source, placement, cache_dir)
-    warm_up(loaded.model, placement.device, int(loaded.tokenizer.pad_token_id or 0))
-    return loaded
 
 
 def _fallback_prompt(messages: list[dict[str, str]]) -> str:

@@ -67,6 +67,7 @@ from avito_ai.engines.base import (
     TextPart,
     Timings,
 )
+from avito_ai.engines.threads import run_in_own_thread
 from avito_ai.errors import ModelUnavailable, Overloaded, ShuttingDown, Timeout, ValidationFailed
 
 if TYPE_CHECKING:
@@ -314,7 +315,7 @@ class TransformersVisionEngine:
         self._state = EngineState.LOADING
         began = time.monotonic()
         try:
-            processor, model, placement = await asyncio.to_thread(self._load)
+            processor, model, placement = await run_in_own_thread(self._load, "avision-load")
         except Exception as exc:  # every failure becomes a readable status, not a crash
             self._reason = self._explain_load_error(exc)
             self._state = EngineState.FAILED
