@@ -51,8 +51,14 @@ SPECIALS = ["<|endoftext|>", "<|im_start|>", "<|im_end|>"]
 THINK_TOKENS = ["<think>", "</think>"]
 
 
-def train_tokenizer(vocab_size: int = 480) -> Any:
-    """Byte-level BPE + Qwen3's special and thinking tokens (a `tokenizers.Tokenizer`)."""
+def bpe_tokenizer(
+    corpus: list[str],
+    specials: list[str],
+    vocab_size: int,
+    plain_tokens: tuple[str, ...] | list[str] = (),
+) -> Any:
+    """A byte-level BPE trained offline on `corpus`, with `specials` appended as special
+    tokens (ids right after the BPE vocabulary) and `plain_tokens` as normal added ones."""
     from tokenizers import AddedToken, Tokenizer, decoders, models, pre_tokenizers, trainers
 
     tok = Tokenizer(models.BPE())
@@ -63,10 +69,16 @@ def train_tokenizer(vocab_size: int = 480) -> Any:
         initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
         show_progress=False,
     )
-    tok.train_from_iterator(CORPUS * 4, trainer=trainer)
-    tok.add_special_tokens(SPECIALS)
-    tok.add_tokens([AddedToken(t, special=False, normalized=False) for t in THINK_TOKENS])
+    tok.train_from_iterator(corpus * 4, trainer=trainer)
+    tok.add_special_tokens(specials)
+    if plain_tokens:
+        tok.add_tokens([AddedToken(t, special=False, normalized=False) for t in plain_tokens])
     return tok
+
+
+def train_tokenizer(vocab_size: int = 480) -> Any:
+    """Byte-level BPE + Qwen3's special and thinking tokens (a `tokenizers.Tokenizer`)."""
+    return bpe_tokenizer(CORPUS, SPECIALS, vocab_size, THINK_TOKENS)
 
 
 def build_tiny_qwen3(folder: Path, *, seed: int = 0, silence_specials: bool = True) -> Path:

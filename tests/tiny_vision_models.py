@@ -27,6 +27,8 @@ import json
 from pathlib import Path
 from typing import Any
 
+from tests.tiny_models import bpe_tokenizer
+
 # Qwen2-VL / Qwen2.5-VL chat template (as shipped with Qwen/Qwen2.5-VL-7B-Instruct).
 QWEN2_5_VL_CHAT_TEMPLATE = (
     "{% set image_count = namespace(value=0) %}{% set video_count = namespace(value=0) %}"
@@ -91,19 +93,7 @@ IDEFICS3_SPECIALS = [
 
 def _train_tokenizer(specials: list[str], vocab_size: int = 320) -> Any:
     """A byte-level BPE with `specials` appended as special added tokens (ids after BPE)."""
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
-
-    tok = Tokenizer(models.BPE())
-    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    tok.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(
-        vocab_size=vocab_size,
-        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
-        show_progress=False,
-    )
-    tok.train_from_iterator(_CORPUS * 4, trainer=trainer)
-    tok.add_special_tokens(specials)
-    return tok
+    return bpe_tokenizer(_CORPUS, specials, vocab_size)
 
 
 def _fast_tokenizer(tok: Any, **special: str) -> Any:

@@ -88,3 +88,31 @@ async def test_unhandled_exception_is_500_without_trace_but_logged_with_id(caplo
     assert "secret internals" not in r.text and "Traceback" not in r.text
     records = [rec for rec in caplog.records if getattr(rec, "request_id", None) == "boom-1"]
     assert any(rec.exc_info and "secret internals" in str(rec.exc_info[1]) for rec in records)
+
+
+async def test_openapi_documents_every_endpoint_with_examples(client) -> None:
+    spec = (await client.get("/openapi.json")).json()
+    paths = spec["paths"]
+    for path in (
+        "/api/v1/text/generate",
+        "/api/v1/image/analyze",
+        "/v1/chat/completions",
+        "/v1/completions",
+        "/v1/models",
+        "/api/health",
+        "/api/health/ready",
+        "/api/health/live",
+        "/api/metrics",
+        "/api/metrics/reset",
+        "/metrics",
+        "/",
+        "/avibe",
+        "/avision",
+    ):
+        assert path in paths, path
+    assert "curl -X POST http://localhost:8085/api/v1/text/generate" in str(
+        paths["/api/v1/text/generate"]
+    )
+    assert "multipart/form-data" in paths["/api/v1/image/analyze"]["post"]["requestBody"]["content"]
+    assert "Привет, подскажи рецепт борща" in str(spec["components"])
+    assert (await client.get("/docs")).status_code == 200
