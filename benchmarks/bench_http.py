@@ -7,7 +7,8 @@ For 1, 4 and 16 concurrent clients it measures aggregate output tokens/s (64 tok
 request, greedy, EOS ignored) for the service as shipped (continuous batching) and for
 the naive design (MAX_BATCH_SIZE=1: one request at a time behind the model), beside the
 model's own `generate()` in one process, single stream, on the same weights and dtype.
-All figures come from one run on one machine, so their ratios are what to read.
+All figures come from one run on one machine, so their ratios are what to read; the
+single-stream pair is measured alternately, request by request.
 """
 
 from __future__ import annotations
@@ -78,58 +79,73 @@ async def run_clients(url: str, clients: int, per_client: int, tokens: int) -> f
         return sum(counts) / (time.perf_counter() - started)
 
 
-def generate_baseline(tokens: int, repeats: int) -> tuple[float, str]:
+class Baseline:
     """The model's own generate(), one stream, same loading path and dtype as the server."""
-    import torch
 
-    from avito_ai.config import Settings
-    from avito_ai.engines.device import resolve_placement
-    from avito_ai.engines.loading import load_text_model, resolve_text_source
+    def __init__(self) -> None:
+        from avito_ai.config import Settings
+        from avito_ai.engines.device import resolve_placement
+        from avito_ai.engines.loading import load_text_model, resolve_text_source
 
-    settings = Settings()
-    placement = resolve_placement(settings.device, settings.dtype)
-    loaded = load_text_model(resolve_text_source(None), placement, settings.model_cache_dir)
-    model, tok = loaded.model, loaded.tokenizer
-    rates = []
-    for i in range(repeats + 1):
-        ids = tok.apply_chat_template(
+        settings = Settings()
+        self.placement = resolve_placement(settings.device, settings.dtype)
+        loaded = load_text_model(
+            resolve_text_source(None), self.placement, settings.model_cache_dir
+        )
+        self.model, self.tokenizer = loaded.model, loaded.tokenizer
+        self.rate(8, 0)  # warm-up
+
+    def rate(self, tokens: int, i: int) -> float:
+        import torch
+
+        ids = self.tokenizer.apply_chat_template(
             [{"role": "user", "content": PROMPTS[i % len(PROMPTS)]}],
             add_generation_prompt=True,
             return_tensors="pt",
             return_dict=True,
-        ).to(placement.device)
+        ).to(self.placement.device)
         started = time.perf_counter()
         with torch.inference_mode():
-            out = model.generate(
+            out = self.model.generate(
                 **ids, max_new_tokens=tokens, min_new_tokens=tokens, do_sample=False
             )
-        elapsed = time.perf_counter() - started
-        if i:  # the first run warms up
-            rates.append((out.shape[1] - ids["input_ids"].shape[1]) / elapsed)
-    return sum(rates) / len(rates), placement.dtype_name
+        return (out.shape[1] - ids["input_ids"].shape[1]) / (time.perf_counter() - started)
+
+
+def median(values: list[float]) -> float:
+    return sorted(values)[len(values) // 2]
 
 
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--tokens", type=int, default=64)
     parser.add_argument("--concurrency", type=int, nargs="+", default=[1, 4, 16])
+    parser.add_argument("--rounds", type=int, default=5, help="alternations, 1 client")
     parser.add_argument("--markdown", type=Path, help="also write the table to this file")
     args = parser.parse_args()
     tmp = Path(os.environ.get("TMPDIR", "/tmp")) / "avito-bench"
     tmp.mkdir(exist_ok=True)
 
-    baseline, dtype = generate_baseline(args.tokens, repeats=3)
+    # Machines are noisy: the single-stream comparison alternates generate() and one HTTP
+    # request, round by round, and takes the median of each.
+    base = Baseline()
+    dtype = base.placement.dtype_name
+    gen_rates: list[float] = []
     rows: dict[str, dict[int, float]] = {}
     for name, batch in (("service (continuous batching)", 16), ("naive (one at a time)", 1)):
         srv = start(batch, tmp)
         try:
             asyncio.run(run_clients(srv.url, 1, 1, 8))  # warm-up
-            rows[name] = {
-                c: asyncio.run(run_clients(srv.url, c, 3 if c == 1 else 2, args.tokens))
-                for c in args.concurrency
-            }
+            singles = []
+            for i in range(args.rounds):
+                gen_rates.append(base.rate(args.tokens, i))
+                singles.append(asyncio.run(run_clients(srv.url, 1, 1, args.tokens)))
+            rows[name] = {args.concurrency[0]: median(singles)}
+            for c in args.concurrency[1:]:
+                rows[name][c] = asyncio.run(run_clients(srv.url, c, 2, args.tokens))
         finally:
             srv.stop()
+    baseline = median(gen_rates)
 
     one = rows["service (continuous batching)"][args.concurrency[0]]
     lines = [
