@@ -187,8 +187,7 @@ def test_a_killed_upstream_costs_no_request_without_tokens(fleet: Fleet) -> None
         codes = list(
             pool.map(lambda _: generate(fleet.front.url, max_tokens=4).status_code, range(6))
         )
-    assert codes == [200] * 6
-    assert "could not start the answer" in fleet.front.output()
+    assert codes == [200] * 6  # (the retry itself: tests/unit/test_remote_engine.py)
 
 
 def test_readiness_follows_upstream_health(fleet: Fleet) -> None:

@@ -149,8 +149,14 @@ def _error_message(response_body: bytes) -> str:
 
 
 class RemoteEngine:
-    def __init__(self, role: Role, settings: Settings) -> None:
+    def __init__(
+        self,
+        role: Role,
+        settings: Settings,
+        transport: httpx.AsyncBaseTransport | None = None,  # tests: httpx.MockTransport
+    ) -> None:
         self.role: Role = role
+        self._transport = transport
         self.settings = settings
         self.upstreams = [Upstream(api_base(u)) for u in settings.upstream_urls(role)]
         model = (
@@ -176,6 +182,7 @@ class RemoteEngine:
             headers=self._headers,
             timeout=httpx.Timeout(s.upstream_read_timeout, connect=s.upstream_connect_timeout),
             limits=httpx.Limits(max_connections=None, max_keepalive_connections=64),
+            transport=self._transport,
         )
         await self.check_health()
         self._health_task = asyncio.create_task(self._health_loop(), name=f"health-{self.role}")

@@ -1,0 +1,172 @@
+"""The remote engine's decisions with scripted upstreams (httpx.MockTransport)."""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Callable
+
+import httpx
+import pytest
+from PIL import Image
+
+from avito_ai.config import Settings
+from avito_ai.engines.base import (
+    ChatMessage,
+    GenerationRequest,
+    ImagePart,
+    SamplingParams,
+    TextPart,
+)
+from avito_ai.engines.remote import RemoteEngine, upstream_payload
+from avito_ai.errors import ModelUnavailable, Overloaded, ValidationFailed
+
+A, B = "http://a.test", "http://b.test"
+
+
+def sse(*texts: str, usage: tuple[int, int] = (7, 2)) -> bytes:
+    events = [
+        {"choices": [{"index": 0, "delta": {"content": t}, "finish_reason": None}]} for t in texts
+    ]
+    events.append({"choices": [{"index": 0, "delta": {}, "finish_reason": "length"}]})
+    events.append(
+        {"choices": [], "usage": {"prompt_tokens": usage[0], "completion_tokens": usage[1]}}
+    )
+    return "".join(f"data: {json.dumps(e)}\n\n" for e in events).encode() + b"data: [DONE]\n\n"
+
+
+def engine(
+    handler: Callable[[httpx.Request], httpx.Response], urls: str = f"{A},{B}"
+) -> RemoteEngine:
+    settings = Settings(  # type: ignore[call-arg]
+        _env_file=None, avibe_backend="openai", avibe_upstream_urls=urls
+    )
+    return RemoteEngine("avibe", settings, transport=httpx.MockTransport(handler))
+
+
+def request() -> GenerationRequest:
+    return GenerationRequest(
+        request_id="r-1",
+        sampling=SamplingParams(max_tokens=2, temperature=0),
+        messages=[ChatMessage.text("user", "Привет")],
+        deadline=time.monotonic() + 30,
+    )
+
+
+async def collect(e: RemoteEngine) -> tuple[str, list]:
+    chunks = [c async for c in e.generate(request())]
+    return "".join(c.text for c in chunks), chunks
+
+
+def models_or(handler: Callable[[httpx.Request], httpx.Response]):
+    def route(req: httpx.Request) -> httpx.Response:
+        if req.url.path == "/v1/models":
+            return httpx.Response(200, json={"data": [{"id": "avibe-upstream"}]})
+        return handler(req)
+
+    return route
+
+
+async def test_a_refused_connection_before_the_first_token_is_retried_elsewhere() -> None:
+    seen: list[str] = []
+
+    def chat(req: httpx.Request) -> httpx.Response:
+        seen.append(req.url.host)
+        if req.url.host == "a.test":
+            raise httpx.ConnectError("connection refused", request=req)
+        body = json.loads(req.content)
+        assert body["model"] == "avibe-upstream" and body["stream"] is True
+        assert req.headers["X-Request-ID"] == "r-1"
+        return httpx.Response(200, content=sse("Пар", "иж"))
+
+    e = engine(models_or(chat))
+    await e.start()
+    e.upstreams[1].outstanding = 5  # make A the first choice
+    text, chunks = await collect(e)
+    await e.stop()
+    assert seen == ["a.test", "b.test"]
+    assert text == "Париж"
+    final = chunks[-1]
+    assert (final.finish_reason, final.input_tokens, final.generated_tokens) == ("length", 7, 2)
+    assert e.upstreams[0].failures == 1
+
+
+async def test_5xx_before_the_first_token_is_retried_and_all_busy_means_overloaded() -> None:
+    e = engine(models_or(lambda req: httpx.Response(503, json={"error": {"message": "busy"}})))
+    await e.start()
+    with pytest.raises(Overloaded):
+        await collect(e)
+    await e.stop()
+
+
+async def test_a_client_error_is_not_retried() -> None:
+    calls = []
+
+    def bad(req: httpx.Request) -> httpx.Response:
+        calls.append(req.url.host)
+        return httpx.Response(400, json={"error": {"message": "context too long"}})
+
+    e = engine(models_or(bad))
+    await e.start()
+    with pytest.raises(ValidationFailed, match="context too long"):
+        await collect(e)
+    await e.stop()
+    assert len(calls) == 1
+
+
+async def test_a_broken_stream_after_the_first_token_is_not_retried() -> None:
+    calls = []
+
+    class Broken(httpx.AsyncByteStream):
+        async def __aiter__(self):
+            yield b'data: {"choices": [{"index": 0, "delta": {"content": "Hi"}}]}\n\n'
+            raise httpx.ReadError("connection reset")
+
+    def chat(req: httpx.Request) -> httpx.Response:
+        calls.append(req.url.host)
+        return httpx.Response(200, stream=Broken())
+
+    e = engine(models_or(chat))
+    await e.start()
+    got = []
+    with pytest.raises(ModelUnavailable):
+        async for chunk in e.generate(request()):
+            got.append(chunk.text)
+    await e.stop()
+    assert got == ["Hi"] and len(calls) == 1
+
+
+async def test_readiness_follows_probes_and_ejected_upstreams_come_back() -> None:
+    up = {"a.test": False, "b.test": False}
+
+    def route(req: httpx.Request) -> httpx.Response:
+        if not up[req.url.host]:
+            raise httpx.ConnectError("down", request=req)
+        return httpx.Response(200, json={"data": [{"id": "m"}]})
+
+    e = engine(route)
+    await e.start()
+    status = e.status()
+    assert status.state.value == "failed" and "no upstream answers" in (status.reason or "")
+    up["b.test"] = True
+    await e.check_health()
+    assert e.status().state.value == "ready"
+    assert e.status().device == "remote (1/2 upstreams healthy)"
+    await e.stop()
+
+
+def test_payload_carries_images_and_the_thinking_switch() -> None:
+    image = Image.new("RGB", (4, 4), "red")
+    req = GenerationRequest(
+        request_id="x",
+        sampling=SamplingParams(max_tokens=5, temperature=0.5, top_k=3, stop=("\n",), seed=1),
+        messages=[ChatMessage("user", (ImagePart(image), TextPart("что это?")))],
+    )
+    path, body = upstream_payload(req, "avision")
+    assert path == "/chat/completions"
+    parts = body["messages"][0]["content"]
+    assert parts[0]["image_url"]["url"].startswith("data:image/png;base64,")
+    assert parts[1] == {"type": "text", "text": "что это?"}
+    assert body["chat_template_kwargs"] == {"enable_thinking": False}
+    assert (body["top_k"], body["stop"], body["seed"]) == (3, ["\n"], 1)
+    assert body["stream_options"] == {"include_usage": True}
