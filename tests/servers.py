@@ -99,3 +99,15 @@ def gunicorn_server(env: dict[str, str], log_path: Path, workers: int = 1) -> Se
     env = {**env, "WEB_CONCURRENCY": str(workers)}
     cmd = [str(BIN / "gunicorn"), "-c", "gunicorn_config.py", "app_production:app"]
     return ServerProcess(cmd, env, log_path, port)
+
+
+def wait_workers(srv: ServerProcess, count: int, timeout: float = 60.0) -> set[str]:
+    """Pids of gunicorn workers booted so far, once at least `count` have booted."""
+    import re
+
+    deadline = time.monotonic() + timeout
+    while True:
+        pids = set(re.findall(r"Booting worker with pid: (\d+)", srv.output()))
+        if len(pids) >= count or time.monotonic() > deadline:
+            return pids
+        time.sleep(0.1)

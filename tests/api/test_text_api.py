@@ -50,3 +50,21 @@ async def test_request_timeout_is_504() -> None:
         assert r.json()["error"] == "timeout"
         await asyncio.sleep(0)
         assert engines["avibe"].active == 0  # the abandoned generation was closed
+
+
+async def test_a_full_queue_answers_503_overloaded_with_retry_after_at_once() -> None:
+    engines = {
+        "avibe": FakeEngine("avibe", max_concurrency=0),
+        "avision": NotConfiguredEngine("avision", AVISION_HINT),
+    }
+    async with running(engines=engines) as (_, client):
+        r = await client.post("/api/v1/text/generate", json={"prompt": "hi"})
+        assert r.status_code == 503
+        assert r.json()["error"] == "overloaded"
+        assert int(r.headers["Retry-After"]) >= 1
+        o = await client.post(
+            "/v1/chat/completions",
+            json={"model": "avibe", "messages": [{"role": "user", "content": "hi"}]},
+        )
+        assert o.status_code == 503 and o.json()["error"]["code"] == "overloaded"
+        assert "Retry-After" in o.headers

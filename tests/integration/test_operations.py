@@ -12,7 +12,7 @@ from collections.abc import Iterator
 import httpx
 import pytest
 
-from tests.servers import ServerProcess, gunicorn_server
+from tests.servers import ServerProcess, gunicorn_server, wait_workers
 
 pytestmark = pytest.mark.integration
 
@@ -36,13 +36,14 @@ def cluster(tmp_path_factory) -> Iterator[ServerProcess]:
     )
     try:
         srv.wait_ready(60)
+        wait_workers(srv, 3)  # every worker up, so requests spread over all of them
         yield srv
     finally:
         srv.stop()
 
 
 def worker_pids(srv: ServerProcess) -> set[str]:
-    return set(re.findall(r"Booting worker with pid: (\d+)", srv.output()))
+    return wait_workers(srv, 0)
 
 
 def test_counts_aggregate_across_workers_in_both_views(cluster: ServerProcess) -> None:
@@ -122,7 +123,7 @@ def test_hup_reload_fails_no_request(tmp_path) -> None:
     srv = gunicorn_server({**ENV, "FAKE_TOKEN_DELAY": "0.02"}, tmp_path / "out.log", 2)
     try:
         srv.wait_ready(60)
-        before = worker_pids(srv)
+        before = wait_workers(srv, 2)
         results: list[int | str] = []
         stop = threading.Event()
 
