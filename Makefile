@@ -26,8 +26,8 @@ serve: install
 	$(BIN)/avito-ai serve
 
 lint: install
-	$(BIN)/ruff check src tests app_production.py gunicorn_config.py
-	$(BIN)/ruff format --check src tests app_production.py gunicorn_config.py
+	$(BIN)/ruff check src tests app_production.py gunicorn_config.py config.py
+	$(BIN)/ruff format --check src tests app_production.py gunicorn_config.py config.py
 
 typecheck: install
 	$(BIN)/mypy

@@ -88,3 +88,27 @@ def test_env_example_loads_as_the_defaults() -> None:
     s = Settings(_env_file=ROOT / ".env.example")  # type: ignore[call-arg]
     assert s.rate_limit_per_minute == 10 and s.api_keys is None and s.avibe_model is None
     assert s.model_dump() == Settings(_env_file=None).model_dump()  # type: ignore[call-arg]
+
+
+def test_seed_configuration_check_command() -> None:
+    import os
+
+    command = [sys.executable, "-c", "from config import config; print(config.environment)"]
+    ok = subprocess.run(
+        command,
+        cwd=ROOT,
+        env={**os.environ, "ENVIRONMENT": "staging"},
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert ok.returncode == 0 and ok.stdout.strip() == "staging"
+    bad = subprocess.run(
+        command,
+        cwd=ROOT,
+        env={**os.environ, "RATE_LIMIT_PER_MINUTE": "abc"},
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert bad.returncode == 2 and "RATE_LIMIT_PER_MINUTE" in bad.stderr
