@@ -44,7 +44,6 @@ from avito_ai.engines.loading import (
     resolve_text_source,
 )
 from avito_ai.engines.scheduler import (
-    DEFAULT_PREFILL_TOKEN_BUDGET,
     BatchScheduler,
     SequenceSpec,
 )
@@ -141,9 +140,6 @@ class TransformersTextEngine:
             device=self._placement.device,
             max_batch_size=self._settings.max_batch_size,
             max_queue_size=self._settings.max_queue_size,
-            prefill_token_budget=getattr(
-                self._settings, "prefill_token_budget", DEFAULT_PREFILL_TOKEN_BUDGET
-            ),
             name="avibe",
         )
         scheduler.start()
