@@ -65,10 +65,25 @@ def start_upstream(kind: str, tmp: Path, port: int | None = None) -> ServerProce
     while time.monotonic() < deadline:
         try:
             if httpx.get(srv.url + "/v1/models", timeout=1).status_code == 200:
-                return srv
+                break
         except httpx.HTTPError:
             time.sleep(0.2)
-    raise RuntimeError(srv.output())
+    else:
+        raise RuntimeError(srv.output())
+    # The upstream itself must answer before our front can be judged in front of it.
+    # (Seen here: llama-cpp-python 0.3.36 built on this machine segfaults, exit 139, on
+    # its second plain completion, with no request from this service involved.)
+    try:
+        for _ in range(2):
+            httpx.post(
+                srv.url + "/v1/chat/completions",
+                json={"messages": [{"role": "user", "content": QUESTION}], "max_tokens": 8},
+                timeout=60,
+            ).raise_for_status()
+    except httpx.HTTPError:
+        code = srv.stop()
+        pytest.skip(f"llama-cpp-python's own server fails plain chat completions (exit {code})")
+    return srv
 
 
 @pytest.fixture(scope="module", params=["avito", "llama_cpp"])
