@@ -3,12 +3,6 @@
 from __future__ import annotations
 
 import os
-
-# Tests never read the developer's .env or talk to a model hub.
-os.environ.setdefault("HF_HUB_OFFLINE", "1")
-os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
-
-
 import shutil
 import subprocess
 import time
@@ -17,6 +11,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+
+# Tests never talk to a model hub (server processes they start inherit this too).
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 
 
 @dataclass
