@@ -125,7 +125,13 @@ def test_answers_and_usage_pass_through(fleet: Fleet) -> None:
     assert r.status_code == 200, r.text
     data = r.json()["data"]
     assert "Paris" in data["text"]
-    assert data["input_tokens"] > 5 and 0 < data["generated_tokens"] <= 24
+    assert 0 < data["generated_tokens"] <= 24
+    if fleet.kind == "llama_cpp":
+        # Its streams carry no usage: generated tokens are counted from the stream and
+        # the prompt's token count is unknown (docs/remote.md).
+        assert data["input_tokens"] == 0
+    else:
+        assert data["input_tokens"] > 5
     assert r.json()["metrics"]["time_to_first_token"] > 0
     if fleet.kind == "avito":  # the upstream's own answer, greedy: identical
         direct = generate(fleet.upstreams[0].url).json()["data"]
