@@ -67,6 +67,8 @@ from avito_ai.engines.base import (
     TextPart,
     Timings,
 )
+from avito_ai.engines.sampling import apply_top_k, apply_top_p
+from avito_ai.engines.textstream import partial_suffix_len
 from avito_ai.engines.threads import run_in_own_thread
 from avito_ai.errors import ModelUnavailable, Overloaded, ShuttingDown, Timeout, ValidationFailed
 
@@ -169,7 +171,7 @@ class _TextTracker:
             text = text[:cut]
             self.hit_stop = True
         elif not final:
-            text = text[: len(text) - self._stop_prefix_len(text)]
+            text = text[: len(text) - partial_suffix_len(text, self._stop)]
         if len(text) <= len(self.emitted):
             return ""
         if not text.startswith(self.emitted):  # pragma: no cover - non prefix-stable tokenizer
@@ -181,16 +183,6 @@ class _TextTracker:
     def _first_stop(self, text: str) -> int | None:
         found = [i for i in (text.find(s) for s in self._stop) if i >= 0]
         return min(found) if found else None
-
-    def _stop_prefix_len(self, text: str) -> int:
-        """Length of the longest tail of `text` that is a proper prefix of a stop string."""
-        best = 0
-        for s in self._stop:
-            for n in range(min(len(s) - 1, len(text)), best, -1):
-                if text.endswith(s[:n]):
-                    best = n
-                    break
-        return best
 
 
 def _stepper_class() -> type[Any]:
@@ -258,17 +250,10 @@ def _sampler_class() -> type[Any]:
 
         def __call__(self, input_ids: torch.Tensor, scores: torch.Tensor) -> torch.Tensor:
             scores = scores.float() / self.temperature
-            if 0 < self.top_k < scores.shape[-1]:
-                kth = torch.topk(scores, self.top_k, dim=-1).values[..., -1:]
-                scores = scores.masked_fill(scores < kth, -math.inf)
+            if self.top_k > 0:
+                scores = apply_top_k(scores, self.top_k)
             if self.top_p < 1.0:
-                sorted_scores, order = torch.sort(scores, dim=-1, descending=True)
-                cumulative = sorted_scores.softmax(dim=-1).cumsum(dim=-1)
-                # Drop a token when the tokens ranked above it already reach top_p.
-                drop_sorted = (cumulative - sorted_scores.softmax(dim=-1)) >= self.top_p
-                drop_sorted[..., 0] = False  # always keep the most likely token
-                drop = torch.zeros_like(drop_sorted).scatter(-1, order, drop_sorted)
-                scores = scores.masked_fill(drop, -math.inf)
+                scores = apply_top_p(scores, self.top_p)
             probs = scores.softmax(dim=-1)
             chosen = torch.multinomial(probs, 1, generator=self.generator)
             forced = torch.full_like(scores, -math.inf)
