@@ -366,3 +366,21 @@ def test_image_checks_also_apply_to_base64(server: ServerProcess) -> None:
 def test_missing_image_field(server: ServerProcess) -> None:
     r = httpx.post(server.url + "/api/v1/image/analyze", files={"other": ("a.png", encoded())})
     assert_error(r, 400, "validation_error", "image")
+
+
+@pytest.mark.parametrize(
+    ("field", "value", "fragment"),
+    [
+        ("max_tokens", "ten", "max_tokens: must be an integer"),
+        ("top_p", "x", "top_p: must be a number"),
+    ],
+)
+def test_multipart_fields_are_parsed_and_named(
+    server: ServerProcess, field, value, fragment
+) -> None:
+    r = httpx.post(
+        server.url + "/api/v1/image/analyze",
+        files={"image": ("a.png", encoded())},
+        data={"prompt": "x", field: value},
+    )
+    assert_error(r, 400, "validation_error", fragment)

@@ -9,29 +9,29 @@ from pydantic import ValidationError
 from avito_ai.errors import ValidationFailed
 from avito_ai.schemas.native import SamplingFields
 
-_INT_FIELDS = ("max_tokens", "top_k", "seed")
-_FLOAT_FIELDS = ("temperature", "top_p", "repetition_penalty")
-_BOOL_FIELDS = ("stream", "enable_thinking")
+# field -> (parser, what the value must be)
+_NUMBER_FIELDS: dict[str, tuple[type[int] | type[float], str]] = {
+    "max_tokens": (int, "an integer"),
+    "top_k": (int, "an integer"),
+    "seed": (int, "an integer"),
+    "temperature": (float, "a number"),
+    "top_p": (float, "a number"),
+    "repetition_penalty": (float, "a number"),
+}
+_BOOL_FIELDS = ("stream", "enable_thinking", "ignore_eos")
 _TRUE = {"1", "true", "yes", "on"}
 _FALSE = {"0", "false", "no", "off", ""}
 
 
 def sampling_from_form(values: Mapping[str, str], stops: Sequence[str]) -> SamplingFields:
     data: dict[str, object] = {}
-    for name in _INT_FIELDS:
+    for name, (parse, kind) in _NUMBER_FIELDS.items():
         raw = values.get(name, "").strip()
         if raw:
             try:
-                data[name] = int(raw)
+                data[name] = parse(raw)
             except ValueError:
-                raise ValidationFailed(f"{name}: must be an integer", param=name) from None
-    for name in _FLOAT_FIELDS:
-        raw = values.get(name, "").strip()
-        if raw:
-            try:
-                data[name] = float(raw)
-            except ValueError:
-                raise ValidationFailed(f"{name}: must be a number", param=name) from None
+                raise ValidationFailed(f"{name}: must be {kind}", param=name) from None
     for name in _BOOL_FIELDS:
         raw = values.get(name, "").strip().lower()
         if raw not in _TRUE | _FALSE:
