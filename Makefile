@@ -28,6 +28,8 @@ serve: install
 lint: install
 	$(BIN)/ruff check src tests app_production.py gunicorn_config.py config.py
 	$(BIN)/ruff format --check src tests app_production.py gunicorn_config.py config.py
+	# The layering (pyproject.toml [tool.importlinter]): api -> services -> engines.
+	$(BIN)/lint-imports
 
 typecheck: install
 	$(BIN)/mypy

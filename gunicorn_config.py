@@ -1,6 +1,6 @@
 """Gunicorn production configuration: `gunicorn -c gunicorn_config.py app_production:app`.
 
-Values come from the environment (the service's own variable names where they exist).
+Values come from the service's own settings (environment over `.env`, see `.env.example`).
 """
 
 from __future__ import annotations
@@ -11,44 +11,39 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-from dotenv import dotenv_values
+from avito_ai.cli import settings_or_exit
 
-# The app reads .env itself; the server settings below come from the same file, with the
-# environment taking precedence, so `gunicorn -c gunicorn_config.py` and the app agree.
-_env = {k: v for k, v in {**dotenv_values(".env"), **os.environ}.items() if v}
+# The same loader as the app (environment over .env, validated): a bad value stops the
+# master with one line naming the variable, before any worker starts.
+_settings = settings_or_exit()
 
-
-def _get(name: str, default: str) -> str:
-    return _env.get(name) or default
-
-
-bind = _get("GUNICORN_BIND", f"{_get('HOST', '0.0.0.0')}:{_get('PORT', '8085')}")
+bind = _settings.gunicorn_bind or f"{_settings.host}:{_settings.port}"
 
 # One worker by default: every worker loads its own copy of the models, and one GPU holds
 # one copy. Concurrency comes from batching inside the worker, not from more workers.
-workers = int(_get("WEB_CONCURRENCY", "1"))
+workers = _settings.web_concurrency
 worker_class = "avito_ai.gunicorn_worker.AvitoUvicornWorker"
 
 # The worker heartbeat runs on the event loop, which generation never blocks, so `timeout`
 # only has to cover start-up; model weights load in the background after it.
-timeout = int(_get("GUNICORN_TIMEOUT", "120"))
+timeout = _settings.gunicorn_timeout
 # SIGTERM/HUP: in-flight requests (long generations, streams) get this long to finish.
-graceful_timeout = int(float(_get("GRACEFUL_TIMEOUT", "30")))
+graceful_timeout = int(_settings.graceful_timeout)
 keepalive = 5
 
 # Same setting as the dev server: X-Forwarded-For is trusted only from these peers.
-forwarded_allow_ips = _get("FORWARDED_ALLOW_IPS", "127.0.0.1")
+forwarded_allow_ips = _settings.forwarded_allow_ips
 
 # The application writes one access line per request itself (with the request id).
 accesslog = None
 errorlog = "-"
-loglevel = _get("LOG_LEVEL", "info").lower()
+loglevel = _settings.log_level.lower()
 
 # Prometheus multiprocess mode: every worker writes its samples to this folder, so any
 # worker answers /metrics and /api/metrics with the totals of all of them.
 # (Exported to os.environ: prometheus_client reads it there, in every worker.)
-os.environ["PROMETHEUS_MULTIPROC_DIR"] = _env.get("PROMETHEUS_MULTIPROC_DIR") or tempfile.mkdtemp(
-    prefix="avito-ai-metrics-"
+os.environ["PROMETHEUS_MULTIPROC_DIR"] = str(
+    _settings.prometheus_multiproc_dir or tempfile.mkdtemp(prefix="avito-ai-metrics-")
 )
 
 

@@ -28,7 +28,7 @@ sys.path.insert(0, str(ROOT))  # tests.tiny_models, for --qwen3-8b-random's toke
 
 from avito_ai.config import Settings  # noqa: E402
 from avito_ai.engines.base import ChatMessage, GenerationRequest, SamplingParams  # noqa: E402
-from avito_ai.engines.transformers_text import TransformersTextEngine  # noqa: E402
+from avito_ai.engines.transformers.text import TransformersTextEngine  # noqa: E402
 
 PROMPTS = [
     "What is the capital of France?",
@@ -80,9 +80,9 @@ def build_qwen3_8b_random(device: str) -> tuple[Any, Any]:
 async def start_in_memory(engine: TransformersTextEngine, model: Any, tokenizer: Any) -> None:
     """Bench-only: serve an already built model (the engine's own loading path is skipped)."""
     from avito_ai.engines.base import EngineState
-    from avito_ai.engines.device import resolve_placement
-    from avito_ai.engines.loading import LoadedTextModel, TextModelSource
-    from avito_ai.engines.scheduler import warm_up
+    from avito_ai.engines.transformers.device import resolve_placement
+    from avito_ai.engines.transformers.loading import LoadedTextModel, TextModelSource
+    from avito_ai.engines.transformers.scheduler import warm_up
 
     settings = engine._settings
     engine._placement = resolve_placement(settings.device, settings.dtype)

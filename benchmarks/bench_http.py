@@ -84,8 +84,8 @@ class Baseline:
 
     def __init__(self) -> None:
         from avito_ai.config import Settings
-        from avito_ai.engines.device import resolve_placement
-        from avito_ai.engines.loading import load_text_model, resolve_text_source
+        from avito_ai.engines.transformers.device import resolve_placement
+        from avito_ai.engines.transformers.loading import load_text_model, resolve_text_source
 
         settings = Settings()
         self.placement = resolve_placement(settings.device, settings.dtype)

@@ -6,15 +6,74 @@ import os
 import shutil
 import subprocess
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import pytest
+from pydantic_settings import BaseSettings, PydanticBaseSettingsSource
+
+from avito_ai.config import Settings
+from avito_ai.engines.base import Engine, NotConfiguredEngine, Role
+from avito_ai.engines.fake import FakeEngine
+from avito_ai.engines.registry import AVISION_HINT
 
 # Tests never talk to a model hub (server processes they start inherit this too).
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+
+
+SETTINGS_VARS = frozenset(name.upper() for name in Settings.model_fields)
+
+
+class IsolatedSettings(Settings):
+    """Settings from the values given and the defaults only: no .env, no environment."""
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        return (init_settings,)
+
+
+def isolated_settings(**values: Any) -> Settings:
+    return IsolatedSettings(**values)
+
+
+def engine_set(
+    avibe: Engine | None = None, avision: Engine | None = None, **fake: Any
+) -> dict[Role, Engine]:
+    """The engines of an API test: a fake A-Vibe (`fake` are its options) and, unless
+    given, an A-Vision that is not configured (as with AVISION_MODEL unset)."""
+    return {
+        "avibe": avibe or FakeEngine("avibe", **fake),
+        "avision": avision or NotConfiguredEngine("avision", AVISION_HINT),
+    }
+
+
+@pytest.fixture
+def make_settings() -> Callable[..., Settings]:
+    return isolated_settings
+
+
+@pytest.fixture
+def fake_engines() -> Callable[..., dict[Role, Engine]]:
+    return engine_set
+
+
+@pytest.fixture
+def clean_environment(monkeypatch: pytest.MonkeyPatch) -> dict[str, str]:
+    """No service variable in this process's environment; returns the rest (for children)."""
+    for name in list(os.environ):
+        if name.upper() in SETTINGS_VARS:
+            monkeypatch.delenv(name)
+    return dict(os.environ)
 
 
 @dataclass

@@ -15,13 +15,14 @@ from avito_ai.api.routes import health, image, metrics, openai, text, web
 from avito_ai.config import Settings
 from avito_ai.engines.base import Engine, Role
 from avito_ai.engines.registry import build_engines
-from avito_ai.lifespan import ServiceState, lifespan
+from avito_ai.lifespan import lifespan
 from avito_ai.middleware.access_log import AccessLogMiddleware
 from avito_ai.middleware.auth import ApiKeyMiddleware
 from avito_ai.middleware.body_limit import BodyLimitMiddleware
 from avito_ai.middleware.rate_limit import RateLimitMiddleware
 from avito_ai.middleware.request_id import RequestIdMiddleware
 from avito_ai.middleware.security_headers import SecurityHeadersMiddleware
+from avito_ai.services.state import ServiceState
 
 DESCRIPTION = """
 Serves **A-Vibe** (text generation) and **A-Vision** (image understanding).

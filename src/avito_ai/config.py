@@ -6,6 +6,7 @@ explicitly, so tests and the CLI decide when the environment is read.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -14,6 +15,7 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 
 LogLevel = Literal["DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"]
 Backend = Literal["transformers", "openai", "fake"]
+Role = Literal["avibe", "avision"]
 
 PositiveInt = Annotated[int, Field(gt=0)]
 NonNegativeFloat = Annotated[float, Field(ge=0)]
@@ -21,6 +23,19 @@ NonNegativeFloat = Annotated[float, Field(ge=0)]
 
 def _default_cache_dir() -> Path:
     return Path.home() / ".cache" / "avito-ai"
+
+
+@dataclass(frozen=True)
+class RoleSettings:
+    """The settings of one model role (`AVIBE_*` or `AVISION_*`), under common names."""
+
+    role: Role
+    backend: Backend
+    model: str | None
+    max_tokens: int
+    upstream_urls: list[str]
+    upstream_model: str | None
+    upstream_api_key: SecretStr | None
 
 
 class Settings(BaseSettings):
@@ -32,6 +47,8 @@ class Settings(BaseSettings):
         case_sensitive=False,
         extra="ignore",
         validate_default=True,
+        # VAR= (empty) in the environment or .env means "not set": the default applies.
+        env_ignore_empty=True,
     )
 
     # --- Service ---
@@ -91,6 +108,13 @@ class Settings(BaseSettings):
     log_file: Path | None = None
     log_format: Literal["text", "json"] = "text"
 
+    # --- Gunicorn (read by gunicorn_config.py through load_settings) ---
+    web_concurrency: PositiveInt = 1  # workers; each loads its own copy of the models
+    gunicorn_bind: str | None = None  # None: HOST:PORT
+    gunicorn_timeout: PositiveInt = 120
+    # Shared metrics folder of the workers; None: a fresh temp folder per master.
+    prometheus_multiproc_dir: Path | None = None
+
     # --- Testing aid: per-token delay of the fake engine (backend "fake" only) ---
     fake_token_delay: NonNegativeFloat = 0.0
 
@@ -112,27 +136,6 @@ class Settings(BaseSettings):
     @classmethod
     def _upper_level(cls, value: Any) -> Any:
         return value.upper() if isinstance(value, str) else value
-
-    @field_validator(
-        "avibe_model",
-        "avision_model",
-        "log_file",
-        "api_keys",
-        "api_keys_file",
-        "avibe_upstream_model",
-        "avision_upstream_model",
-        "avibe_upstream_api_key",
-        "avision_upstream_api_key",
-        mode="before",
-    )
-    @classmethod
-    def _empty_is_unset(cls, value: Any) -> Any:
-        return None if isinstance(value, str) and not value.strip() else value
-
-    @field_validator("model_cache_dir", mode="before")
-    @classmethod
-    def _empty_cache_dir_is_default(cls, value: Any) -> Any:
-        return _default_cache_dir() if value is None or str(value).strip() == "" else value
 
     @field_validator("api_keys_file")
     @classmethod
@@ -158,15 +161,23 @@ class Settings(BaseSettings):
             return value
         raise ValueError("must be auto, cpu, cuda or cuda:N")
 
-    def upstream_urls(self, role: str) -> list[str]:
-        raw = self.avibe_upstream_urls if role == "avibe" else self.avision_upstream_urls
-        return [u.strip().rstrip("/") for u in raw.split(",") if u.strip()]
+    def role(self, role: Role) -> RoleSettings:
+        """One role's settings: `settings.role("avibe").model` is AVIBE_MODEL."""
+        urls = getattr(self, f"{role}_upstream_urls")
+        return RoleSettings(
+            role=role,
+            backend=getattr(self, f"{role}_backend"),
+            model=getattr(self, f"{role}_model"),
+            max_tokens=getattr(self, f"max_tokens_{role}"),
+            upstream_urls=[u.strip().rstrip("/") for u in urls.split(",") if u.strip()],
+            upstream_model=getattr(self, f"{role}_upstream_model"),
+            upstream_api_key=getattr(self, f"{role}_upstream_api_key"),
+        )
 
     @model_validator(mode="after")
     def _remote_needs_upstreams(self) -> Settings:
         for role in ("avibe", "avision"):
-            backend = self.avibe_backend if role == "avibe" else self.avision_backend
-            if backend == "openai" and not self.upstream_urls(role):
+            if self.role(role).backend == "openai" and not self.role(role).upstream_urls:
                 raise ValueError(
                     f"{role.upper()}_BACKEND=openai needs {role.upper()}_UPSTREAM_URLS"
                 )

@@ -8,7 +8,7 @@ from types import FrameType
 import uvicorn
 
 from avito_ai.config import Settings
-from avito_ai.lifespan import begin_drain_all
+from avito_ai.services.state import begin_drain_all
 
 
 class DrainingServer(uvicorn.Server):

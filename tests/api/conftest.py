@@ -12,9 +12,8 @@ from fastapi import FastAPI
 
 from avito_ai.app import create_app
 from avito_ai.config import Settings
-from avito_ai.engines.base import Engine, NotConfiguredEngine, Role
-from avito_ai.engines.fake import FakeEngine
-from avito_ai.engines.registry import AVISION_HINT
+from avito_ai.engines.base import Engine, Role
+from tests.conftest import engine_set, isolated_settings
 
 AppFactory = Callable[..., Any]
 
@@ -23,11 +22,8 @@ AppFactory = Callable[..., Any]
 async def running(
     settings: Settings | None = None, engines: dict[Role, Engine] | None = None
 ) -> AsyncIterator[tuple[FastAPI, httpx.AsyncClient]]:
-    settings = settings or Settings(_env_file=None)  # type: ignore[call-arg]
-    engines = engines or {
-        "avibe": FakeEngine("avibe"),
-        "avision": NotConfiguredEngine("avision", AVISION_HINT),
-    }
+    settings = settings or isolated_settings()
+    engines = engines or engine_set()
     app = create_app(settings, engines)
     async with app.router.lifespan_context(app):
         transport = httpx.ASGITransport(app=app, raise_app_exceptions=False)

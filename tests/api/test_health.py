@@ -2,11 +2,8 @@ from __future__ import annotations
 
 import asyncio
 
-from avito_ai.config import Settings
-from avito_ai.engines.base import NotConfiguredEngine
-from avito_ai.engines.fake import FakeEngine
-from avito_ai.engines.registry import AVISION_HINT
-from avito_ai.lifespan import begin_drain_all
+from avito_ai.services.state import begin_drain_all
+from tests.conftest import engine_set
 
 from .conftest import running
 
@@ -24,8 +21,7 @@ async def test_health_reports_version_uptime_and_models(client) -> None:
 
 
 async def test_live_answers_while_models_load_and_requests_wait_for_the_load() -> None:
-    slow = FakeEngine("avibe", load_delay=0.5)
-    engines = {"avibe": slow, "avision": NotConfiguredEngine("avision", AVISION_HINT)}
+    engines = engine_set(load_delay=0.5)
     async with running(engines=engines) as (_, client):
         assert (await client.get("/api/health/live")).status_code == 200
         r = await client.get("/api/health/ready")
@@ -39,13 +35,11 @@ async def test_live_answers_while_models_load_and_requests_wait_for_the_load() -
         assert (await client.get("/api/health/ready")).status_code == 200
 
 
-async def test_a_request_stops_waiting_for_a_load_at_its_timeout() -> None:
-    settings = Settings(_env_file=None, request_timeout=0.3)  # type: ignore[call-arg]
-    engines = {
-        "avibe": FakeEngine("avibe", load_delay=5),
-        "avision": NotConfiguredEngine("avision", AVISION_HINT),
-    }
-    async with running(settings=settings, engines=engines) as (_, client):
+async def test_a_request_stops_waiting_for_a_load_at_its_timeout(
+    make_settings, fake_engines
+) -> None:
+    settings = make_settings(request_timeout=0.3)
+    async with running(settings=settings, engines=fake_engines(load_delay=5)) as (_, client):
         g = await client.post("/api/v1/text/generate", json={"prompt": "hi"})
         assert g.status_code == 503
         assert g.json()["error"] == "model_unavailable"
@@ -53,8 +47,7 @@ async def test_a_request_stops_waiting_for_a_load_at_its_timeout() -> None:
 
 
 async def test_ready_names_a_failed_model_and_why() -> None:
-    broken = FakeEngine("avibe", fail_reason="weights not found at /models/x")
-    engines = {"avibe": broken, "avision": NotConfiguredEngine("avision", AVISION_HINT)}
+    engines = engine_set(fail_reason="weights not found at /models/x")
     async with running(engines=engines) as (_, client):
         r = await client.get("/api/health/ready")
         assert r.status_code == 503
@@ -67,11 +60,10 @@ async def test_ready_names_a_failed_model_and_why() -> None:
         assert "weights not found at /models/x" in g.json()["message"]
 
 
-async def test_ready_checks_that_a_configured_cuda_device_exists() -> None:
+async def test_ready_checks_that_a_configured_cuda_device_exists(make_settings) -> None:
     import torch
 
-    settings = Settings(_env_file=None, device="cuda:7")  # type: ignore[call-arg]
-    async with running(settings=settings) as (_, client):
+    async with running(settings=make_settings(device="cuda:7")) as (_, client):
         r = await client.get("/api/health/ready")
         if torch.cuda.device_count() > 7:
             assert r.status_code == 200

@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 from avito_ai.config import Settings
+from tests.conftest import isolated_settings
 
 from .conftest import running
 
@@ -18,7 +19,7 @@ SEED_APPLICATION = {
 
 
 def settings() -> Settings:
-    return Settings(_env_file=None, rate_limit_per_minute=1000)  # type: ignore[call-arg]
+    return isolated_settings(rate_limit_per_minute=1000)
 
 
 async def test_json_metrics_have_the_seed_shape_and_count_requests() -> None:

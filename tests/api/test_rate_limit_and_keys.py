@@ -7,12 +7,13 @@ import logging
 import pytest
 
 from avito_ai.config import Settings
+from tests.conftest import isolated_settings
 
 from .conftest import running
 
 
 def settings(**kw) -> Settings:
-    return Settings(_env_file=None, **kw)  # type: ignore[call-arg]
+    return isolated_settings(**kw)
 
 
 async def test_seed_check_11th_request_in_a_minute_is_429() -> None:

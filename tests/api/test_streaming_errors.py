@@ -5,10 +5,10 @@ from __future__ import annotations
 import json
 from collections.abc import AsyncIterator
 
-from avito_ai.engines.base import Chunk, GenerationRequest, NotConfiguredEngine
+from avito_ai.engines.base import Chunk, GenerationRequest
 from avito_ai.engines.fake import FakeEngine
-from avito_ai.engines.registry import AVISION_HINT
 from avito_ai.errors import Timeout
+from tests.conftest import engine_set
 
 from .conftest import running
 
@@ -20,10 +20,7 @@ class FailsMidStream(FakeEngine):
 
 
 def engines() -> dict:
-    return {
-        "avibe": FailsMidStream("avibe"),
-        "avision": NotConfiguredEngine("avision", AVISION_HINT),
-    }
+    return engine_set(FailsMidStream("avibe"))
 
 
 async def test_native_stream_ends_with_an_error_event() -> None:

@@ -2,11 +2,6 @@ from __future__ import annotations
 
 import asyncio
 
-from avito_ai.config import Settings
-from avito_ai.engines.base import NotConfiguredEngine
-from avito_ai.engines.fake import FakeEngine
-from avito_ai.engines.registry import AVISION_HINT
-
 from .conftest import running
 
 
@@ -38,13 +33,9 @@ async def test_max_tokens_and_stop_reach_the_engine(client) -> None:
     assert r.json()["data"]["text"] == "Echo: one "
 
 
-async def test_request_timeout_is_504() -> None:
-    settings = Settings(_env_file=None, request_timeout=0.2)  # type: ignore[call-arg]
-    engines = {
-        "avibe": FakeEngine("avibe", token_delay=0.1),
-        "avision": NotConfiguredEngine("avision", AVISION_HINT),
-    }
-    async with running(settings=settings, engines=engines) as (_, client):
+async def test_request_timeout_is_504(make_settings, fake_engines) -> None:
+    engines = fake_engines(token_delay=0.1)
+    async with running(settings=make_settings(request_timeout=0.2), engines=engines) as (_, client):
         r = await client.post("/api/v1/text/generate", json={"prompt": "a b c d e f g h"})
         assert r.status_code == 504
         assert r.json()["error"] == "timeout"
@@ -52,12 +43,8 @@ async def test_request_timeout_is_504() -> None:
         assert engines["avibe"].active == 0  # the abandoned generation was closed
 
 
-async def test_a_full_queue_answers_503_overloaded_with_retry_after_at_once() -> None:
-    engines = {
-        "avibe": FakeEngine("avibe", max_concurrency=0),
-        "avision": NotConfiguredEngine("avision", AVISION_HINT),
-    }
-    async with running(engines=engines) as (_, client):
+async def test_a_full_queue_answers_503_overloaded_with_retry_after_at_once(fake_engines) -> None:
+    async with running(engines=fake_engines(max_concurrency=0)) as (_, client):
         r = await client.post("/api/v1/text/generate", json={"prompt": "hi"})
         assert r.status_code == 503
         assert r.json()["error"] == "overloaded"

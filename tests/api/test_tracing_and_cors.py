@@ -4,7 +4,7 @@ import uuid
 
 import pytest
 
-from avito_ai.config import Settings
+from tests.conftest import isolated_settings
 
 from .conftest import running
 
@@ -30,9 +30,7 @@ async def test_generated_id_is_in_body_and_header(client) -> None:
 
 
 async def test_cors_list_allows_listed_origin_only() -> None:
-    settings = Settings(  # type: ignore[call-arg]
-        _env_file=None, allowed_origins="https://a.example, https://b.example"
-    )
+    settings = isolated_settings(allowed_origins="https://a.example, https://b.example")
     async with running(settings=settings) as (_, client):
         ok = await client.get("/api/health", headers={"Origin": "https://b.example"})
         assert ok.headers["Access-Control-Allow-Origin"] == "https://b.example"

@@ -30,13 +30,14 @@ from avito_ai.engines.base import (
     GenerationRequest,
     SamplingParams,
 )
-from avito_ai.engines.loading import (
+from avito_ai.engines.transformers.loading import (
     EMBEDDED_MODEL_ID,
     load_text_model,
     resolve_text_source,
 )
-from avito_ai.engines.transformers_text import TransformersTextEngine
+from avito_ai.engines.transformers.text import TransformersTextEngine
 from avito_ai.errors import ModelUnavailable, Overloaded, Timeout
+from tests.conftest import isolated_settings
 from tests.tiny_models import build_tiny_qwen3
 
 DEVICE = os.environ.get("AVIBE_TEST_DEVICE", "cpu")
@@ -45,7 +46,7 @@ DEVICE = os.environ.get("AVIBE_TEST_DEVICE", "cpu")
 def settings_for(model: str | None, **overrides: Any) -> Settings:
     values: dict[str, Any] = {"avibe_model": model, "device": DEVICE, "dtype": "float32"}
     values.update(overrides)
-    return Settings(_env_file=None, **values)  # type: ignore[call-arg]
+    return isolated_settings(**values)
 
 
 def chat(text: str, max_tokens: int = 24, **kwargs: Any) -> GenerationRequest:
@@ -292,7 +293,7 @@ async def test_embedded_batching_does_not_change_greedy_answers(
 
 
 async def test_embedded_model_loads_from_its_cache_quickly(smol: TransformersTextEngine) -> None:
-    from avito_ai.engines.device import resolve_placement
+    from avito_ai.engines.transformers.device import resolve_placement
 
     settings = settings_for(None)
     began = time.monotonic()

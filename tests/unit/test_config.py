@@ -10,8 +10,12 @@ from avito_ai.config import ConfigError, Settings, load_settings
 
 ROOT = Path(__file__).resolve().parents[2]
 
+# Every test here reads the environment (or starts a child that does): none of the
+# service's variables from the machine running the tests may leak in.
+pytestmark = pytest.mark.usefixtures("clean_environment")
 
-def test_seed_defaults(monkeypatch) -> None:
+
+def test_seed_defaults() -> None:
     s = Settings(_env_file=None)  # type: ignore[call-arg]
     assert (s.rate_limit_per_minute, s.rate_limit_per_hour) == (10, 100)
     assert s.max_prompt_length == 2000
@@ -23,13 +27,28 @@ def test_seed_defaults(monkeypatch) -> None:
 
 def test_environment_and_dotenv(tmp_path, monkeypatch) -> None:
     env_file = tmp_path / ".env"
-    env_file.write_text("RATE_LIMIT_PER_MINUTE=100\nLOG_LEVEL=debug\nLOG_FILE=\n")
+    env_file.write_text("RATE_LIMIT_PER_MINUTE=100\nLOG_LEVEL=debug\nLOG_FILE=\nAVIBE_MODEL=\n")
+    monkeypatch.setenv("TEMPERATURE", "")  # empty means unset: the default applies
     monkeypatch.setenv("MAX_PROMPT_LENGTH", "50")
     s = Settings(_env_file=env_file)  # type: ignore[call-arg]
     assert s.rate_limit_per_minute == 100
     assert s.log_level == "DEBUG"
     assert s.log_file is None
     assert s.max_prompt_length == 50
+    assert s.avibe_model is None and s.temperature == 0.7
+
+
+def test_role_settings(make_settings) -> None:
+    s = make_settings(
+        avision_model="/models/avision",
+        avision_backend="openai",
+        avision_upstream_urls="http://a:8000/, http://b:8000",
+        max_tokens_avision=77,
+    )
+    avision = s.role("avision")
+    assert (avision.model, avision.backend, avision.max_tokens) == ("/models/avision", "openai", 77)
+    assert avision.upstream_urls == ["http://a:8000", "http://b:8000"]
+    assert s.role("avibe").model is None and s.role("avibe").backend == "transformers"
 
 
 def test_cors_origins_list() -> None:

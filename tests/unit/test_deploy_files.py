@@ -18,15 +18,12 @@ import yaml
 from avito_ai.app import create_app
 from avito_ai.config import Settings
 from avito_ai.engines.fake import FakeEngine
+from tests.conftest import engine_set, isolated_settings
 
 ROOT = Path(__file__).resolve().parents[2]
 SEED_CMD = ["gunicorn", "-c", "gunicorn_config.py", "app_production:app"]
-# Read by gunicorn_config.py, by libraries (torch, huggingface_hub, prometheus_client).
+# Read by libraries (torch, huggingface_hub), not by the service's settings.
 EXTERNAL_VARS = {
-    "WEB_CONCURRENCY",
-    "GUNICORN_BIND",
-    "GUNICORN_TIMEOUT",
-    "PROMETHEUS_MULTIPROC_DIR",
     "CUDA_VISIBLE_DEVICES",
     "HF_HOME",
 }
@@ -41,8 +38,8 @@ def answers_200(path: str) -> bool:
     from fastapi.testclient import TestClient
 
     app = create_app(
-        Settings(_env_file=None),  # type: ignore[call-arg]
-        {"avibe": FakeEngine("avibe"), "avision": FakeEngine("avision")},
+        isolated_settings(),
+        engine_set(avision=FakeEngine("avision")),
     )
     with TestClient(app) as client:
         return client.get(path).status_code == 200
@@ -122,7 +119,7 @@ def test_systemd_unit_keys() -> None:
     assert svc["ExecReload"] == "/bin/kill -HUP $MAINPID"
     assert svc["ExecStart"].endswith(" ".join(SEED_CMD[1:])) and "/gunicorn " in svc["ExecStart"]
     assert svc["EnvironmentFile"].lstrip("-").endswith("/.env")
-    graceful = Settings(_env_file=None).graceful_timeout  # type: ignore[call-arg]
+    graceful = isolated_settings().graceful_timeout
     assert int(svc["TimeoutStopSec"]) > graceful
     for key in ("NoNewPrivileges", "ProtectHome", "PrivateTmp"):
         assert svc[key] == "true"
@@ -154,9 +151,11 @@ def test_systemd_analyze_verify(tmp_path) -> None:
     assert not problems, r.stdout + r.stderr
 
 
-def test_gunicorn_config_values(monkeypatch) -> None:
+def test_gunicorn_config_values(monkeypatch, tmp_path) -> None:
     import runpy
 
+    # gunicorn_config.py exports this for prometheus_client; monkeypatch restores it after.
+    monkeypatch.setenv("PROMETHEUS_MULTIPROC_DIR", str(tmp_path))
     monkeypatch.setenv("WEB_CONCURRENCY", "3")
     monkeypatch.setenv("PORT", "9999")
     monkeypatch.setenv("GRACEFUL_TIMEOUT", "12")
@@ -167,6 +166,16 @@ def test_gunicorn_config_values(monkeypatch) -> None:
     assert cfg["graceful_timeout"] == 12
     assert cfg["worker_class"] == "avito_ai.gunicorn_worker.AvitoUvicornWorker"
     assert callable(cfg["child_exit"]) and callable(cfg["on_starting"])
+
+
+def test_gunicorn_config_refuses_a_bad_value(monkeypatch, tmp_path) -> None:
+    import runpy
+
+    monkeypatch.setenv("PROMETHEUS_MULTIPROC_DIR", str(tmp_path))
+    monkeypatch.setenv("WEB_CONCURRENCY", "zero")
+    with pytest.raises(SystemExit) as exit_info:
+        runpy.run_path(str(ROOT / "gunicorn_config.py"))
+    assert exit_info.value.code == 2
 
 
 def test_compose_vllm_profile_front_uses_the_remote_backend() -> None:

@@ -6,7 +6,7 @@ from __future__ import annotations
 import torch
 from transformers import DynamicCache
 
-from avito_ai.engines.kvcache import BatchKVCache
+from avito_ai.engines.transformers.kvcache import BatchKVCache
 
 
 def kv(batch: int, length: int, start: float = 0.0) -> tuple[torch.Tensor, torch.Tensor]:
@@ -64,3 +64,22 @@ def test_merge_into_an_empty_cache_adopts_the_other() -> None:
     other.update(k, v, 0)
     empty.merge(other, 0, 0)
     assert empty.length == 4
+
+
+def test_crop_follows_dynamic_cache() -> None:
+    """`crop(-n)` drops the last n tokens like DynamicCache; a positive value is refused."""
+    import pytest
+
+    ours, theirs = BatchKVCache(), DynamicCache()
+    k, v = kv(2, 9)
+    for cache in (ours, theirs):
+        cache.update(k, v, 0)
+        cache.crop(-4)
+    assert ours.get_seq_length() == theirs.get_seq_length() == 5
+    assert torch.equal(ours.layers[0].keys, theirs.layers[0].keys)
+    k2, v2 = kv(2, 1, start=700.0)
+    a, _ = ours.update(k2, v2, 0)  # the next token lands right after the kept ones
+    b, _ = theirs.update(k2, v2, 0)
+    assert torch.equal(a, b)
+    with pytest.raises(ValueError):
+        ours.crop(3)

@@ -10,7 +10,6 @@ import httpx
 import pytest
 from PIL import Image
 
-from avito_ai.config import Settings
 from avito_ai.engines.base import (
     ChatMessage,
     GenerationRequest,
@@ -18,8 +17,9 @@ from avito_ai.engines.base import (
     SamplingParams,
     TextPart,
 )
-from avito_ai.engines.remote import RemoteEngine, upstream_payload
+from avito_ai.engines.remote.fleet import RemoteEngine, upstream_payload
 from avito_ai.errors import ModelUnavailable, Overloaded, ValidationFailed
+from tests.conftest import isolated_settings
 
 A, B = "http://a.test", "http://b.test"
 
@@ -38,9 +38,7 @@ def sse(*texts: str, usage: tuple[int, int] = (7, 2)) -> bytes:
 def engine(
     handler: Callable[[httpx.Request], httpx.Response], urls: str = f"{A},{B}"
 ) -> RemoteEngine:
-    settings = Settings(  # type: ignore[call-arg]
-        _env_file=None, avibe_backend="openai", avibe_upstream_urls=urls
-    )
+    settings = isolated_settings(avibe_backend="openai", avibe_upstream_urls=urls)
     return RemoteEngine("avibe", settings, transport=httpx.MockTransport(handler))
 
 

@@ -7,7 +7,7 @@ from collections import Counter
 import torch
 
 from avito_ai.engines.base import SamplingParams
-from avito_ai.engines.sampling import (
+from avito_ai.engines.transformers.sampling import (
     RowSampler,
     apply_repetition_penalty,
     apply_top_k,

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import copy
 import threading
 import time
 from collections.abc import AsyncIterator, Sequence
@@ -21,7 +22,8 @@ import pytest
 import torch
 
 from avito_ai.engines.base import Chunk, SamplingParams
-from avito_ai.engines.scheduler import BatchScheduler, SequenceSpec
+from avito_ai.engines.transformers.scheduler import BatchScheduler, SequenceSpec
+from avito_ai.engines.transformers.textstream import detokenizer_factory
 from avito_ai.errors import Overloaded, ShuttingDown, Timeout
 from tests.tiny_models import train_tokenizer
 
@@ -47,6 +49,9 @@ class ScriptedLM:
         self.delay = delay
         self.scripts: dict[tuple[int, ...], list[int]] = {}
         self.batch_sizes: list[int] = []
+        self.prefills: list[tuple[int, int]] = []  # (rows, tokens) of each multi-token call
+        self.gate = threading.Event()  # cleared: the next forward waits (the worker is held)
+        self.gate.set()
         self.calls = 0
         self.lock = threading.Lock()
 
@@ -70,6 +75,7 @@ class ScriptedLM:
         use_cache: bool,
         logits_to_keep: int,
     ) -> Any:
+        self.gate.wait(10)
         batch, q = input_ids.shape
         real = torch.ones_like(input_ids) if attention_mask is None else attention_mask[:, -q:]
         keys = input_ids.to(torch.float32)[:, None, :, None]
@@ -84,6 +90,8 @@ class ScriptedLM:
         with self.lock:
             self.calls += 1
             self.batch_sizes.append(batch)
+            if q > 1:
+                self.prefills.append((batch, q))
         if self.delay:
             time.sleep(self.delay)
         return SimpleNamespace(logits=logits)
@@ -126,12 +134,9 @@ def make(tokenizer: Any) -> Any:
     ) -> Harness:
         vocab = len(tokenizer) + VOCAB_PAD
         model = ScriptedLM(vocab, tokenizer.eos_token_id, len(tokenizer) + 1, delay=delay)
-        decode = lambda ids: tokenizer.decode(  # noqa: E731
-            ids, skip_special_tokens=True, clean_up_tokenization_spaces=False
-        )
         scheduler = BatchScheduler(
             model,
-            decode,
+            detokenizer_factory(copy.deepcopy(tokenizer)),
             eos_token_ids=[tokenizer.eos_token_id],
             pad_token_id=tokenizer.pad_token_id,
             device="cpu",
@@ -336,10 +341,28 @@ async def test_deadline_passed_while_queued(make: Any) -> None:
 
 
 async def test_prefill_budget_splits_a_burst_but_serves_everyone(make: Any) -> None:
-    h = make(batch=8, budget=16, delay=0.001)
+    budget = 24
+    h = make(batch=9, budget=budget, delay=0.01)
+    running = h.scheduler.stream(h.spec("Long:", "x " * 300))
+    await running.__anext__()
+    h.model.gate.clear()  # hold the worker, so that the whole burst is waiting at once
     specs = [h.spec(f"burst {i} " + "w " * 6, f"reply {i}") for i in range(8)]
-    results = await asyncio.gather(*(collect(h.scheduler.stream(s)) for s in specs))
+    length = len(specs[0].prompt_ids)
+    assert all(len(s.prompt_ids) == length for s in specs) and length > 4  # warm-up is 4
+    burst = asyncio.gather(*(collect(h.scheduler.stream(s)) for s in specs))
+    for _ in range(1000):  # up to ~5 s
+        if h.scheduler.waiting_count == 8:
+            break
+        await asyncio.sleep(0.005)
+    h.model.gate.set()
+    assert h.scheduler.waiting_count == 8
+    results = await burst
+    await running.aclose()
     assert [r[0] for r in results] == [f"reply {i}" for i in range(8)]
+    rows = [n for n, q in h.model.prefills if q == length]
+    assert sum(rows) == 8
+    # Without the budget the 8 waiting prompts would be prefilled in one call.
+    assert max(rows) == budget // length and len(rows) > 1
 
 
 async def test_stop_ends_waiting_and_running_requests(make: Any) -> None:

@@ -3,15 +3,19 @@
 from __future__ import annotations
 
 import random
+from collections.abc import Callable
 from typing import Any
 
 import pytest
 
-from avito_ai.engines.textstream import (
+from avito_ai.engines.transformers.textstream import (
+    Detokenizer,
     IncrementalDetokenizer,
     StopMatcher,
+    StreamDetokenizer,
     TextPipeline,
     ThinkFilter,
+    detokenizer_factory,
     partial_suffix_len,
 )
 from tests.tiny_models import train_tokenizer
@@ -30,39 +34,51 @@ def decoder(tokenizer: Any) -> Any:
     )
 
 
+@pytest.fixture(params=["decode-stream", "window"])
+def new_detok(request: pytest.FixtureRequest, tokenizer: Any) -> Callable[[], Detokenizer]:
+    """Both detokenizers: tokenizers' DecodeStream (fast tokenizers) and the fallback."""
+    if request.param == "decode-stream":
+        return lambda: StreamDetokenizer(tokenizer.backend_tokenizer)
+    return lambda: IncrementalDetokenizer(decoder(tokenizer))
+
+
+def test_fast_tokenizers_get_decode_stream(tokenizer: Any) -> None:
+    assert isinstance(detokenizer_factory(tokenizer)(), StreamDetokenizer)
+
+
 def test_partial_suffix_len() -> None:
     assert partial_suffix_len("abc <thi", ("<think>",)) == 4
     assert partial_suffix_len("abc", ("<think>",)) == 0
     assert partial_suffix_len("x STO", ("STOP", "TOP!")) == 3
 
 
-def test_random_token_streams_join_to_the_full_decode(tokenizer: Any) -> None:
+def test_random_token_streams_join_to_the_full_decode(tokenizer: Any, new_detok: Any) -> None:
     """Arbitrary ids (byte tokens included) must never lose or garble text."""
     decode = decoder(tokenizer)
     rng = random.Random(0)
     vocab = len(tokenizer)
     for _ in range(200):
         ids = [rng.randrange(vocab) for _ in range(rng.randrange(1, 40))]
-        detok = IncrementalDetokenizer(decode)
+        detok = new_detok()
         parts = [detok.push(t) for t in ids]
         parts.append(detok.flush())
         # Exactly the full decode, except a half character left at the very end.
         assert "".join(parts) == decode(ids).rstrip("\ufffd")
 
 
-def test_a_character_cut_by_the_end_is_dropped(tokenizer: Any) -> None:
+def test_a_character_cut_by_the_end_is_dropped(tokenizer: Any, new_detok: Any) -> None:
     ids = tokenizer("Щука", add_special_tokens=False)["input_ids"]
     raw = tokenizer.backend_tokenizer.decode
     byte_level = [t for t in range(len(tokenizer)) if raw([t]) == "\ufffd"]
-    detok = IncrementalDetokenizer(decoder(tokenizer))
+    detok = new_detok()
     parts = [detok.push(t) for t in [*ids, byte_level[0]]] + [detok.flush()]
     assert "".join(parts) == "Щука"
 
 
-def test_cyrillic_text_streams_without_broken_characters(tokenizer: Any) -> None:
-    text = "Продаю велосипед в хорошем состоянии — ёлка, щука, съезд. Париж!"
+def test_cyrillic_text_streams_without_broken_characters(tokenizer: Any, new_detok: Any) -> None:
+    text = "Продаю велосипед в хорошем состоянии — ёлка, щука, съезд. Париж! 😀"
     ids = tokenizer(text, add_special_tokens=False)["input_ids"]
-    detok = IncrementalDetokenizer(decoder(tokenizer))
+    detok = new_detok()
     parts = [detok.push(t) for t in ids] + [detok.flush()]
     assert "".join(parts) == text
     assert all("\ufffd" not in p for p in parts)
@@ -112,7 +128,7 @@ def test_stop_matcher_at_every_split(
 
 def test_pipeline_holds_back_a_possible_stop_prefix(tokenizer: Any) -> None:
     ids = tokenizer("Paris. ST", add_special_tokens=False)["input_ids"]
-    pipe = TextPipeline(decoder(tokenizer), stop=("STOP",))
+    pipe = TextPipeline(IncrementalDetokenizer(decoder(tokenizer)), stop=("STOP",))
     emitted = "".join(pipe.push(t) for t in ids)
     assert emitted == "Paris. "  # "ST" may still become "STOP"
     assert pipe.finish() == "ST"  # the answer ended: it was text after all

@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+from collections.abc import Awaitable, Callable
 from typing import Annotated
 
 from fastapi import Depends, Request
 
 from avito_ai.config import Settings
-from avito_ai.lifespan import ServiceState
 from avito_ai.middleware.request_id import request_id_of
+from avito_ai.services.state import ServiceState
 
 
 def get_state(request: Request) -> ServiceState:
@@ -22,6 +23,16 @@ def get_settings(request: Request) -> Settings:
 
 def get_request_id(request: Request) -> str:
     return request_id_of(request.scope)
+
+
+def disconnect_waiter(request: Request) -> Callable[[], Awaitable[None]]:
+    """Waits until the client closes the connection (the body has been read already)."""
+
+    async def wait() -> None:
+        while (await request.receive())["type"] != "http.disconnect":
+            pass
+
+    return wait
 
 
 StateDep = Annotated[ServiceState, Depends(get_state)]

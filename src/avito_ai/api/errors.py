@@ -7,7 +7,6 @@ trace: the log line with the same request id does.
 
 from __future__ import annotations
 
-import json
 import logging
 from typing import Any
 
@@ -29,6 +28,7 @@ from avito_ai.errors import (
 )
 from avito_ai.middleware.request_id import request_id_of
 from avito_ai.observability.metrics import REJECTIONS
+from avito_ai.services.validation import validation_failed
 
 logger = logging.getLogger("avito_ai.errors")
 
@@ -116,33 +116,6 @@ def scope_error_response(scope: Scope, error: AvitoError) -> JSONResponse:
     return error_response(Request(scope), error)
 
 
-def _field_name(loc: tuple[Any, ...]) -> str:
-    parts = [str(p) for p in loc if p not in ("body", "query", "path", "form", "header")]
-    return ".".join(parts)
-
-
-def validation_failure(exc: RequestValidationError) -> ValidationFailed:
-    """Pydantic's list of problems as one clear message that names the field."""
-    errors = exc.errors()
-    if not errors:
-        return ValidationFailed("Invalid request")
-    first = errors[0]
-    if first.get("type") == "json_invalid":
-        return ValidationFailed(
-            "Malformed JSON body: " + str(first.get("ctx", {}).get("error", ""))
-        )
-    if first.get("type") == "model_attributes_type" or (
-        first.get("type") == "dict_type" and _field_name(tuple(first.get("loc", ()))) == ""
-    ):
-        return ValidationFailed("Request body must be a JSON object")
-    messages = []
-    for err in errors[:3]:
-        field = _field_name(tuple(err.get("loc", ())))
-        messages.append(f"{field}: {err.get('msg')}" if field else str(err.get("msg")))
-    param = _field_name(tuple(first.get("loc", ()))) or None
-    return ValidationFailed("; ".join(messages), param=param)
-
-
 async def _avito_error(request: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, AvitoError)
     return error_response(request, exc)
@@ -150,7 +123,7 @@ async def _avito_error(request: Request, exc: Exception) -> JSONResponse:
 
 async def _request_validation(request: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, RequestValidationError)
-    return error_response(request, validation_failure(exc))
+    return error_response(request, validation_failed(exc.errors()))
 
 
 async def _http_exception(request: Request, exc: Exception) -> JSONResponse:
@@ -190,9 +163,3 @@ def install_error_handlers(app: FastAPI) -> None:
     app.add_exception_handler(RequestValidationError, _request_validation)
     app.add_exception_handler(StarletteHTTPException, _http_exception)
     app.add_exception_handler(Exception, _unhandled)
-
-
-def sse_error_event(error: AvitoError, request_id: str) -> str:
-    """An error that happens after a stream has begun, as a Server-Sent Event."""
-    body = error_body(error.code, error.message, request_id, openai=False)
-    return f"event: error\ndata: {json.dumps(body, ensure_ascii=False)}\n\n"

@@ -2,19 +2,18 @@
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable
-
 from fastapi import Request
 from fastapi.responses import StreamingResponse
 
+from avito_ai.api.deps import disconnect_waiter
 from avito_ai.api.sse import native_events, sse_response
 from avito_ai.engines.base import Engine, GenerationRequest
 from avito_ai.schemas.native import GenerationData, GenerationMetrics, GenerationResponse
-from avito_ai.services.generation import Completion, complete
+from avito_ai.services.generation import Answer, complete
 from avito_ai.services.streaming import open_stream, unless_disconnected
 
 
-def native_response(result: Completion, request_id: str) -> GenerationResponse:
+def native_response(result: Answer, request_id: str) -> GenerationResponse:
     t = result.timings
     return GenerationResponse(
         data=GenerationData(
@@ -32,16 +31,6 @@ def native_response(result: Completion, request_id: str) -> GenerationResponse:
         ),
         request_id=request_id,
     )
-
-
-def disconnect_waiter(request: Request) -> Callable[[], Awaitable[None]]:
-    """Waits until the client closes the connection (the body has been read already)."""
-
-    async def wait() -> None:
-        while (await request.receive())["type"] != "http.disconnect":
-            pass
-
-    return wait
 
 
 async def generate_native(

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import logging
-import time
 from collections.abc import AsyncIterator, Callable
 from typing import Any
 
@@ -13,7 +12,8 @@ from fastapi.responses import StreamingResponse
 from avito_ai.api.errors import error_body
 from avito_ai.engines.base import Chunk
 from avito_ai.errors import AvitoError
-from avito_ai.services.generation import Completion
+from avito_ai.services.generation import Answer
+from avito_ai.services.openai_compat import StreamChunks
 
 logger = logging.getLogger("avito_ai.sse")
 
@@ -25,14 +25,22 @@ def event(data: Any, name: str | None = None) -> str:
     return (f"event: {name}\n" if name else "") + f"data: {payload}\n\n"
 
 
+def failure_body(exc: Exception, request_id: str, *, openai: bool) -> dict[str, Any]:
+    """The error body of a failure after the stream began (the 200 is already sent)."""
+    if not isinstance(exc, AvitoError):
+        logger.error("Stream failed", exc_info=exc, extra={"request_id": request_id})
+        exc = AvitoError("Internal server error")
+    return error_body(exc.code, exc.message, request_id, openai=openai)
+
+
 def sse_response(events: AsyncIterator[str]) -> StreamingResponse:
     return StreamingResponse(events, media_type="text/event-stream", headers=SSE_HEADERS)
 
 
 async def collect_stream(
     chunks: AsyncIterator[Chunk], on_delta: Callable[[str], str | None]
-) -> AsyncIterator[str | Completion]:
-    """Yield formatted delta events, then the Completion summary as the last item."""
+) -> AsyncIterator[str | Answer]:
+    """Yield formatted delta events, then the Answer summary as the last item."""
     parts: list[str] = []
     async for chunk in chunks:
         if chunk.text:
@@ -41,14 +49,14 @@ async def collect_stream(
             if formatted:
                 yield formatted
         if chunk.is_final:
-            yield Completion.from_final("".join(parts), chunk)
+            yield Answer.from_final("".join(parts), chunk)
             return
 
 
 def native_events(
     chunks: AsyncIterator[Chunk],
     request_id: str,
-    final: Callable[[Completion], dict[str, Any]],
+    final: Callable[[Answer], dict[str, Any]],
 ) -> AsyncIterator[str]:
     """`event: delta` per text delta, then `event: done` with the full response body,
     or `event: error` with the native error body if generation fails mid-stream."""
@@ -56,89 +64,35 @@ def native_events(
     async def events() -> AsyncIterator[str]:
         try:
             async for item in collect_stream(chunks, lambda t: event({"text": t}, "delta")):
-                if isinstance(item, Completion):
+                if isinstance(item, Answer):
                     yield event(final(item), "done")
                 else:
                     yield item
-        except AvitoError as exc:
-            yield event(error_body(exc.code, exc.message, request_id, openai=False), "error")
-        except Exception:
-            logger.exception("Stream failed")
-            yield event(
-                error_body("internal_error", "Internal server error", request_id, openai=False),
-                "error",
-            )
+        except Exception as exc:
+            yield event(failure_body(exc, request_id, openai=False), "error")
 
     return events()
 
 
-def completion_id(request_id: str, *, chat: bool) -> str:
-    """OpenAI-style id, derived from the request id so logs and answers line up."""
-    return ("chatcmpl-" if chat else "cmpl-") + request_id.replace("-", "")[:32]
-
-
 def openai_events(
-    chunks: AsyncIterator[Chunk],
-    *,
-    request_id: str,
-    model: str,
-    chat: bool,
-    include_usage: bool,
+    chunks: AsyncIterator[Chunk], frames: StreamChunks, *, include_usage: bool
 ) -> AsyncIterator[str]:
     """OpenAI streaming chunks ending with `data: [DONE]`."""
-    cid = completion_id(request_id, chat=chat)
-    created = int(time.time())
-    obj = "chat.completion.chunk" if chat else "text_completion"
-
-    def frame(choice: dict[str, Any] | None, usage: dict[str, int] | None = None) -> str:
-        body: dict[str, Any] = {
-            "id": cid,
-            "object": obj,
-            "created": created,
-            "model": model,
-            "choices": [choice] if choice is not None else [],
-        }
-        if usage is not None:
-            body["usage"] = usage
-        return event(body)
-
-    def delta(text: str) -> str:
-        if chat:
-            return frame({"index": 0, "delta": {"content": text}, "finish_reason": None})
-        return frame({"index": 0, "text": text, "finish_reason": None, "logprobs": None})
 
     async def events() -> AsyncIterator[str]:
-        if chat:
-            yield frame(
-                {"index": 0, "delta": {"role": "assistant", "content": ""}, "finish_reason": None}
-            )
+        opening = frames.opening()
+        if opening is not None:
+            yield event(opening)
         try:
-            async for item in collect_stream(chunks, delta):
-                if not isinstance(item, Completion):
+            async for item in collect_stream(chunks, lambda text: event(frames.delta(text))):
+                if not isinstance(item, Answer):
                     yield item
                     continue
-                last = (
-                    {"index": 0, "delta": {}, "finish_reason": item.finish_reason}
-                    if chat
-                    else {"index": 0, "text": "", "finish_reason": item.finish_reason}
-                )
-                yield frame(last)
+                yield event(frames.finish(item))
                 if include_usage:
-                    yield frame(
-                        None,
-                        {
-                            "prompt_tokens": item.input_tokens,
-                            "completion_tokens": item.generated_tokens,
-                            "total_tokens": item.input_tokens + item.generated_tokens,
-                        },
-                    )
-        except AvitoError as exc:
-            yield event(error_body(exc.code, exc.message, request_id, openai=True))
-        except Exception:
-            logger.exception("Stream failed")
-            yield event(
-                error_body("internal_error", "Internal server error", request_id, openai=True)
-            )
+                    yield event(frames.usage(item))
+        except Exception as exc:
+            yield event(failure_body(exc, frames.request_id, openai=True))
         yield event("[DONE]")
 
     return events()

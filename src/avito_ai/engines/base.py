@@ -13,11 +13,11 @@ from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import TYPE_CHECKING, Literal, Protocol, runtime_checkable
 
+from avito_ai.config import Role as Role  # the roles, re-exported with the contract
+
 if TYPE_CHECKING:
     from PIL.Image import Image
 
-Role = Literal["avibe", "avision"]
-ROLES: tuple[Role, ...] = ("avibe", "avision")
 FinishReason = Literal["stop", "length", "cancelled"]
 
 
@@ -122,6 +122,36 @@ class Chunk:
     @property
     def is_final(self) -> bool:
         return self.finish_reason is not None
+
+
+def final_chunk(
+    reason: FinishReason,
+    *,
+    input_tokens: int,
+    generated_tokens: int,
+    created: float,
+    scheduled: float,
+    first_token: float | None,
+    finished: float,
+) -> Chunk:
+    """The summary chunk that ends every generation, from its moments (time.monotonic()).
+
+    `created`: the request was submitted; `scheduled`: work on it began; `first_token`: the
+    first token was produced (None: no token, so "first token" is the end).
+    """
+    first = finished if first_token is None else first_token
+    return Chunk(
+        "",
+        finish_reason=reason,
+        input_tokens=input_tokens,
+        generated_tokens=generated_tokens,
+        timings=Timings(
+            queue_s=scheduled - created,
+            ttft_s=first - created,
+            generation_s=finished - scheduled,
+            total_s=finished - created,
+        ),
+    )
 
 
 @runtime_checkable

@@ -19,7 +19,7 @@ from avito_ai.engines.base import (
     ImagePart,
     Role,
     TextPart,
-    Timings,
+    final_chunk,
 )
 from avito_ai.errors import ModelUnavailable, Overloaded, Timeout
 
@@ -110,19 +110,14 @@ class FakeEngine:
                 produced.append(piece)
                 first = first or time.monotonic()
                 yield Chunk(piece)
-            end = time.monotonic()
-            first = first or end
-            yield Chunk(
-                "",
-                finish_reason="length" if finish == "length" else "stop",
+            yield final_chunk(
+                "length" if finish == "length" else "stop",
                 input_tokens=input_tokens,
                 generated_tokens=len(produced),
-                timings=Timings(
-                    queue_s=started - request.created,
-                    ttft_s=first - request.created,
-                    generation_s=end - started,
-                    total_s=end - request.created,
-                ),
+                created=request.created,
+                scheduled=started,
+                first_token=first,
+                finished=time.monotonic(),
             )
         except (GeneratorExit, asyncio.CancelledError):
             self.cancelled += 1

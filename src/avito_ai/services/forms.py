@@ -8,6 +8,7 @@ from pydantic import ValidationError
 
 from avito_ai.errors import ValidationFailed
 from avito_ai.schemas.native import SamplingFields
+from avito_ai.services.validation import validation_failed
 
 # field -> (parser, what the value must be)
 _NUMBER_FIELDS: dict[str, tuple[type[int] | type[float], str]] = {
@@ -44,6 +45,4 @@ def sampling_from_form(values: Mapping[str, str], stops: Sequence[str]) -> Sampl
     try:
         return SamplingFields.model_validate(data)
     except ValidationError as exc:
-        err = exc.errors()[0]
-        field = ".".join(str(p) for p in err["loc"])
-        raise ValidationFailed(f"{field}: {err['msg']}", param=field) from None
+        raise validation_failed(exc.errors()) from None

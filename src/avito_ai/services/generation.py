@@ -21,9 +21,9 @@ from avito_ai.engines.base import (
     Timings,
 )
 from avito_ai.errors import ModelUnavailable, Timeout, ValidationFailed
-from avito_ai.lifespan import ServiceState
 from avito_ai.observability import metrics
 from avito_ai.schemas.native import SamplingFields
+from avito_ai.services.state import ServiceState
 
 
 def validate_prompt(prompt: object, settings: Settings, *, field: str = "prompt") -> str:
@@ -42,12 +42,8 @@ def validate_prompt(prompt: object, settings: Settings, *, field: str = "prompt"
     return prompt
 
 
-def token_cap(role: Role, settings: Settings) -> int:
-    return settings.max_tokens_avibe if role == "avibe" else settings.max_tokens_avision
-
-
 def sampling_params(fields: SamplingFields, role: Role, settings: Settings) -> SamplingParams:
-    cap = token_cap(role, settings)
+    cap = settings.role(role).max_tokens
     max_tokens = cap if fields.max_tokens is None else fields.max_tokens
     if not 1 <= max_tokens <= cap:
         raise ValidationFailed(f"max_tokens must be between 1 and {cap}", param="max_tokens")
@@ -130,7 +126,7 @@ async def ready_engine(state: ServiceState, role: Role) -> Engine:
 
 
 @dataclass(frozen=True)
-class Completion:
+class Answer:
     text: str
     finish_reason: str
     input_tokens: int
@@ -138,7 +134,7 @@ class Completion:
     timings: Timings
 
     @classmethod
-    def from_final(cls, text: str, final: Chunk) -> Completion:
+    def from_final(cls, text: str, final: Chunk) -> Answer:
         """The whole answer from its joined text and the engine's final chunk."""
         if final.timings is None:
             raise ModelUnavailable("The model stopped without finishing the answer")
@@ -222,11 +218,11 @@ async def stream_chunks(engine: Engine, request: GenerationRequest) -> AsyncGene
             await aclose()
 
 
-async def complete(engine: Engine, request: GenerationRequest) -> Completion:
+async def complete(engine: Engine, request: GenerationRequest) -> Answer:
     """Collect a whole answer (non-streaming endpoints)."""
     parts: list[str] = []
     async for chunk in stream_chunks(engine, request):
         parts.append(chunk.text)
         if chunk.is_final:
-            return Completion.from_final("".join(parts), chunk)
+            return Answer.from_final("".join(parts), chunk)
     raise ModelUnavailable("The model stopped without finishing the answer")

@@ -1,8 +1,11 @@
-"""OpenAI wire requests → GenerationRequests: model name → role, messages → chat parts."""
+"""The OpenAI front door's serving layer: wire requests → GenerationRequests (model name →
+role, messages → chat parts), and answers → OpenAI responses and stream chunks."""
 
 from __future__ import annotations
 
 import time
+from dataclasses import dataclass, field
+from typing import Any
 
 from avito_ai.config import Settings
 from avito_ai.engines.base import (
@@ -14,11 +17,23 @@ from avito_ai.engines.base import (
     TextPart,
 )
 from avito_ai.errors import NotFound, ValidationFailed
-from avito_ai.lifespan import ServiceState
 from avito_ai.schemas.native import SamplingBase, SamplingFields
-from avito_ai.schemas.openai import ChatCompletionRequest, CompletionRequest, OpenAISampling
-from avito_ai.services.generation import sampling_params, validate_prompt
+from avito_ai.schemas.openai import (
+    AssistantMessage,
+    ChatChoice,
+    ChatCompletion,
+    ChatCompletionRequest,
+    Completion,
+    CompletionChoice,
+    CompletionRequest,
+    ModelCard,
+    ModelList,
+    OpenAISampling,
+    Usage,
+)
+from avito_ai.services.generation import Answer, sampling_params, validate_prompt
 from avito_ai.services.images import decode_base64_image, is_data_uri
+from avito_ai.services.state import ServiceState
 
 
 def model_names(state: ServiceState) -> dict[str, Role]:
@@ -121,3 +136,97 @@ def completion_request(
         prompt=prompt,
         deadline=time.monotonic() + settings.request_timeout,
     )
+
+
+# ------------------------------------------------------------------ responses
+
+
+def completion_id(request_id: str, *, chat: bool) -> str:
+    """OpenAI-style id, derived from the request id so logs and answers line up."""
+    return ("chatcmpl-" if chat else "cmpl-") + request_id.replace("-", "")[:32]
+
+
+def usage(answer: Answer) -> Usage:
+    return Usage(
+        prompt_tokens=answer.input_tokens,
+        completion_tokens=answer.generated_tokens,
+        total_tokens=answer.input_tokens + answer.generated_tokens,
+    )
+
+
+def chat_completion(answer: Answer, request_id: str, model: str) -> ChatCompletion:
+    return ChatCompletion(
+        id=completion_id(request_id, chat=True),
+        created=int(time.time()),
+        model=model,
+        choices=[
+            ChatChoice(
+                message=AssistantMessage(content=answer.text), finish_reason=answer.finish_reason
+            )
+        ],
+        usage=usage(answer),
+    )
+
+
+def text_completion(answer: Answer, request_id: str, model: str, echo: str = "") -> Completion:
+    """A /v1/completions answer; `echo` is the prompt when the client asked for it back."""
+    return Completion(
+        id=completion_id(request_id, chat=False),
+        created=int(time.time()),
+        model=model,
+        choices=[CompletionChoice(text=echo + answer.text, finish_reason=answer.finish_reason)],
+        usage=usage(answer),
+    )
+
+
+@dataclass
+class StreamChunks:
+    """The bodies of one streamed answer's chunks (`chat.completion.chunk` or
+    `text_completion`), with the same id, model and creation time in each."""
+
+    request_id: str
+    model: str
+    chat: bool
+    created: int = field(default_factory=lambda: int(time.time()))
+
+    def _body(self, choice: dict[str, Any] | None, **extra: Any) -> dict[str, Any]:
+        return {
+            "id": completion_id(self.request_id, chat=self.chat),
+            "object": "chat.completion.chunk" if self.chat else "text_completion",
+            "created": self.created,
+            "model": self.model,
+            "choices": [] if choice is None else [choice],
+            **extra,
+        }
+
+    def opening(self) -> dict[str, Any] | None:
+        """Chat streams open with the assistant role; text streams have no opening."""
+        if not self.chat:
+            return None
+        return self._body(
+            {"index": 0, "delta": {"role": "assistant", "content": ""}, "finish_reason": None}
+        )
+
+    def delta(self, text: str) -> dict[str, Any]:
+        if self.chat:
+            return self._body({"index": 0, "delta": {"content": text}, "finish_reason": None})
+        return self._body({"index": 0, "text": text, "finish_reason": None, "logprobs": None})
+
+    def finish(self, answer: Answer) -> dict[str, Any]:
+        if self.chat:
+            return self._body({"index": 0, "delta": {}, "finish_reason": answer.finish_reason})
+        return self._body({"index": 0, "text": "", "finish_reason": answer.finish_reason})
+
+    def usage(self, answer: Answer) -> dict[str, Any]:
+        return self._body(None, usage=usage(answer).model_dump())
+
+
+def model_list(state: ServiceState) -> ModelList:
+    """Every name a client may use, for every configured role."""
+    created = int(state.started_at)
+    cards = [
+        ModelCard(id=name, created=created, root=state.engines[role].status().model_id or role)
+        for name, role in model_names(state).items()
+        if state.engines[role].status().state.value != "not_configured"
+    ]
+    return ModelList(data=cards)

@@ -15,6 +15,7 @@ from avito_ai.schemas.native import ERROR_RESPONSES, GenerationResponse, ImageAn
 from avito_ai.services.forms import sampling_from_form
 from avito_ai.services.generation import chat_request, ready_engine, validate_prompt
 from avito_ai.services.images import decode_base64_image, decode_image
+from avito_ai.services.validation import validation_failed
 
 router = APIRouter(prefix="/api/v1", tags=["native API"])
 
@@ -83,11 +84,7 @@ async def analyze_image(
         try:
             body = ImageAnalyzeJSON.model_validate_json(await request.body())
         except ValidationError as exc:
-            err = exc.errors()[0]
-            field = ".".join(str(p) for p in err["loc"])
-            if err["type"] == "json_invalid":
-                raise ValidationFailed("Malformed JSON body") from None
-            raise ValidationFailed(f"{field}: {err['msg']}", param=field or None) from None
+            raise validation_failed(exc.errors()) from None
         fields, prompt = body, body.prompt
         image = decode_base64_image(body.image, settings.max_image_size_mb)
     else:

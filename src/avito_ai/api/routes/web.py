@@ -11,15 +11,14 @@ from fastapi.responses import HTMLResponse
 from fastapi.templating import Jinja2Templates
 from starlette.datastructures import UploadFile
 
-from avito_ai.api.deps import RequestIdDep, SettingsDep, StateDep
+from avito_ai.api.deps import RequestIdDep, SettingsDep, StateDep, disconnect_waiter
 from avito_ai.api.errors import STATUS_BY_CODE
-from avito_ai.api.native import disconnect_waiter
 from avito_ai.engines.base import ImagePart, TextPart
 from avito_ai.errors import AvitoError, ValidationFailed
-from avito_ai.lifespan import ServiceState
 from avito_ai.services import generation as gen
 from avito_ai.services.forms import sampling_from_form
 from avito_ai.services.images import decode_image
+from avito_ai.services.state import ServiceState
 from avito_ai.services.streaming import unless_disconnected
 
 TEMPLATES = Jinja2Templates(directory=Path(__file__).resolve().parents[2] / "web" / "templates")

@@ -43,11 +43,11 @@ from avito_ai.engines.base import (
     ImagePart,
     Role,
     TextPart,
-    Timings,
+    final_chunk,
 )
 from avito_ai.errors import ModelUnavailable, Overloaded, Timeout, ValidationFailed
 
-logger = logging.getLogger("avito_ai.engines.remote")
+logger = logging.getLogger(__name__)
 
 EJECT_AFTER_FAILURES = 3
 FINISH_REASONS: dict[str, FinishReason] = {"stop": "stop", "length": "length"}
@@ -158,16 +158,10 @@ class RemoteEngine:
         self.role: Role = role
         self._transport = transport
         self.settings = settings
-        self.upstreams = [Upstream(api_base(u)) for u in settings.upstream_urls(role)]
-        model = (
-            settings.avibe_upstream_model if role == "avibe" else settings.avision_upstream_model
-        )
-        key = (
-            settings.avibe_upstream_api_key
-            if role == "avibe"
-            else settings.avision_upstream_api_key
-        )
-        self.model: str | None = model
+        own = settings.role(role)
+        self.upstreams = [Upstream(api_base(u)) for u in own.upstream_urls]
+        key = own.upstream_api_key
+        self.model: str | None = own.upstream_model
         self._headers = {"Authorization": f"Bearer {key.get_secret_value()}"} if key else {}
         self._client: httpx.AsyncClient | None = None
         self._health_task: asyncio.Task[None] | None = None
@@ -344,19 +338,14 @@ class RemoteEngine:
                 raise ModelUnavailable("The upstream connection broke mid-answer") from exc
         finally:
             upstream.outstanding -= 1
-        end = time.monotonic()
-        first = first_token or end
-        yield Chunk(
-            "",
-            finish_reason=finish,
+        yield final_chunk(
+            finish,
             input_tokens=int(usage.get("prompt_tokens", 0)),
             generated_tokens=int(usage.get("completion_tokens", pieces)),
-            timings=Timings(
-                queue_s=started - request.created,
-                ttft_s=first - request.created,
-                generation_s=end - started,
-                total_s=end - request.created,
-            ),
+            created=request.created,
+            scheduled=started,
+            first_token=first_token,
+            finished=time.monotonic(),
         )
 
     @staticmethod

@@ -2,9 +2,10 @@
 
 Three small state machines, chained per sequence by `TextPipeline`:
 
-1. `IncrementalDetokenizer` - token ids -> text deltas. It never emits half of a multi-byte
-   character (it holds back while the decoded tail is U+FFFD) and only re-decodes a short
-   window per token, so the cost per step does not grow with the answer length.
+1. a detokenizer - token ids -> text deltas, never half of a multi-byte character.
+   `StreamDetokenizer` wraps tokenizers' `DecodeStream` (fast tokenizers: one Rust call per
+   token, no Python decode under the GIL); `IncrementalDetokenizer` is the fallback for
+   slow tokenizers (it re-decodes a short window per token). `detokenizer_factory` picks.
 2. `ThinkFilter` - drops `<think>...</think>` blocks (reasoning models) unless the client
    asked for thinking; holds back text that could be the start of a tag.
 3. `StopMatcher` - cuts the answer before the first stop string; holds back text that could
@@ -18,6 +19,7 @@ thinking and stop strings, and minus a trailing half character when max_tokens c
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+from typing import Any, Protocol
 
 THINK_OPEN = "<think>"
 THINK_CLOSE = "</think>"
@@ -33,6 +35,69 @@ def partial_suffix_len(text: str, needles: Sequence[str]) -> int:
                 best = k
                 break
     return best
+
+
+class Detokenizer(Protocol):
+    def push(self, token_id: int) -> str:
+        """Add one token; return the text that became final (often "")."""
+        ...
+
+    def flush(self) -> str:
+        """Whatever is still held back, at the end of the sequence."""
+        ...
+
+
+class StreamDetokenizer:
+    """tokenizers' `DecodeStream`: the same prefix/read-offset scheme, done in Rust.
+
+    `step` returns None while the pending bytes do not form whole characters yet, so a
+    character split across byte-level tokens is emitted once, whole. `flush` decodes the
+    whole answer once and releases what `DecodeStream` still held (it can hold text after
+    a stray invalid byte), minus a trailing half character, as the fallback does.
+    """
+
+    __slots__ = ("_emitted", "_ids", "_step", "_tokenizer")
+
+    def __init__(self, tokenizer: Any) -> None:
+        from tokenizers.decoders import DecodeStream
+
+        self._tokenizer = tokenizer  # a tokenizers.Tokenizer (the Rust object)
+        self._step = DecodeStream(skip_special_tokens=True).step
+        self._ids: list[int] = []
+        self._emitted = 0  # characters released so far
+
+    def push(self, token_id: int) -> str:
+        self._ids.append(token_id)
+        text: str | None = self._step(self._tokenizer, token_id)
+        if not text:
+            return ""
+        self._emitted += len(text)
+        return text
+
+    def flush(self) -> str:
+        full: str = self._tokenizer.decode(self._ids, skip_special_tokens=True)
+        tail = full[self._emitted :].rstrip(_REPLACEMENT)
+        self._emitted += len(tail)
+        return tail
+
+
+def detokenizer_factory(tokenizer: Any) -> Callable[[], Detokenizer]:
+    """A new detokenizer per sequence for a transformers tokenizer.
+
+    The caller passes a tokenizer of its own (a deep copy): a Rust tokenizer shared between
+    the event loop (encoding prompts) and the worker thread can fail with "Already borrowed".
+    """
+    backend = getattr(tokenizer, "backend_tokenizer", None)
+    if backend is not None:
+        return lambda: StreamDetokenizer(backend)
+
+    def decode(ids: list[int]) -> str:
+        text: str = tokenizer.decode(
+            ids, skip_special_tokens=True, clean_up_tokenization_spaces=False
+        )
+        return text
+
+    return lambda: IncrementalDetokenizer(decode)
 
 
 class IncrementalDetokenizer:
@@ -164,13 +229,13 @@ class TextPipeline:
 
     def __init__(
         self,
-        decode: Callable[[list[int]], str],
+        detokenizer: Detokenizer,
         *,
         stop: Sequence[str] = (),
         strip_thinking: bool = False,
         thinking_open: bool = False,
     ) -> None:
-        self._detok = IncrementalDetokenizer(decode)
+        self._detok = detokenizer
         self._think = ThinkFilter(inside=thinking_open) if strip_thinking else None
         self._stop = StopMatcher(stop)
 

@@ -95,7 +95,13 @@ class GrowingLayer(DynamicLayer):  # type: ignore[no-untyped-call]
         super().reset()
 
     def crop(self, tokens_to_remove: int) -> None:
-        if tokens_to_remove < 0 and self._kbuf is not None:
+        """transformers' contract (5.x): `crop(-n)` drops the last n tokens; a positive value
+        (the old "keep n tokens" meaning) is refused, as DynamicLayer refuses it."""
+        if tokens_to_remove > 0:
+            raise ValueError(
+                f"crop({tokens_to_remove}): pass a negative number of tokens to remove"
+            )
+        if self._kbuf is not None:
             self._set_length(max(0, self._length + tokens_to_remove))
 
     def batch_select_indices(self, indices: torch.Tensor) -> None:

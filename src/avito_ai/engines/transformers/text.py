@@ -20,7 +20,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import copy
-import functools
 import gc
 import logging
 from collections.abc import AsyncIterator
@@ -36,26 +35,25 @@ from avito_ai.engines.base import (
     Role,
     TextPart,
 )
-from avito_ai.engines.device import Placement, resolve_placement
-from avito_ai.engines.loading import (
+from avito_ai.engines.transformers.device import Placement, resolve_placement
+from avito_ai.engines.transformers.loading import (
     EMBEDDED_MODEL_ID,
     LoadedTextModel,
+    eos_token_ids,
     load_text_model,
+    pad_token_id,
     resolve_text_source,
 )
-from avito_ai.engines.scheduler import (
+from avito_ai.engines.transformers.scheduler import (
     BatchScheduler,
     SequenceSpec,
 )
-from avito_ai.engines.textstream import THINK_OPEN
-from avito_ai.engines.threads import run_in_own_thread
+from avito_ai.engines.transformers.textstream import THINK_OPEN, detokenizer_factory
+from avito_ai.engines.transformers.threads import run_in_own_thread
 from avito_ai.errors import ModelUnavailable, ValidationFailed
 
 log = logging.getLogger(__name__)
 
-# Tokens that end a turn in the common chat formats; used on top of the model's own EOS ids
-# so raw completions of instruct models stop where the chat would.
-_END_MARKERS = ("<|im_end|>", "<|endoftext|>", "<|eot_id|>", "<|end_of_text|>", "</s>")
 # Stops used with the plain fallback format (models without a chat template).
 _FALLBACK_STOPS = ("\nUser:", "\nSystem:")
 
@@ -69,7 +67,7 @@ class TransformersTextEngine:
         self._settings = settings
         self._state = EngineState.LOADING
         self._reason: str | None = None
-        self._model_id: str | None = settings.avibe_model or EMBEDDED_MODEL_ID
+        self._model_id: str | None = settings.role("avibe").model or EMBEDDED_MODEL_ID
         self._stop_requested = False
         self._placement: Placement | None = None
         self._loaded: LoadedTextModel | None = None
@@ -77,7 +75,6 @@ class TransformersTextEngine:
         self._tokenizer: Any = None
         self._context_length = 0
         self._has_template = False
-        self.load_seconds: float | None = None
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -86,7 +83,7 @@ class TransformersTextEngine:
         self._state = EngineState.LOADING
         self._reason = None
         try:
-            source = resolve_text_source(self._settings.avibe_model)
+            source = resolve_text_source(self._settings.role("avibe").model)
             self._model_id = source.model_id
             self._placement = resolve_placement(self._settings.device, self._settings.dtype)
             placement = self._placement
@@ -104,7 +101,6 @@ class TransformersTextEngine:
             self._state = EngineState.FAILED
             self._reason = str(exc) or exc.__class__.__name__
             return
-        self.load_seconds = loaded.seconds
         self._state = EngineState.READY
         log.info(
             "A-Vibe ready: %s on %s/%s in %.1f s%s",
@@ -121,22 +117,12 @@ class TransformersTextEngine:
         config = model.config.get_text_config(decoder=True)
         self._context_length = int(getattr(config, "max_position_embeddings", 0) or 0) or 32768
         self._has_template = bool(getattr(tokenizer, "chat_template", None))
-        eos = _eos_token_ids(tokenizer, model)
-        pad = tokenizer.pad_token_id
-        if pad is None:
-            pad = min(eos) if eos else 0
-        # The worker decodes with its own copy: a Rust tokenizer shared between the event
-        # loop (encoding prompts) and the worker thread can fail with "Already borrowed".
-        decode = functools.partial(
-            copy.deepcopy(tokenizer).decode,
-            skip_special_tokens=True,
-            clean_up_tokenization_spaces=False,
-        )
+        eos = eos_token_ids(tokenizer, model)
         scheduler = BatchScheduler(
             model,
-            decode,
+            detokenizer_factory(copy.deepcopy(tokenizer)),
             eos_token_ids=eos,
-            pad_token_id=pad,
+            pad_token_id=pad_token_id(tokenizer, eos),
             device=self._placement.device,
             max_batch_size=self._settings.max_batch_size,
             max_queue_size=self._settings.max_queue_size,
@@ -181,16 +167,6 @@ class TransformersTextEngine:
     def scheduler(self) -> BatchScheduler | None:
         """The running scheduler (benchmarks and metrics); None unless READY."""
         return self._scheduler
-
-    @property
-    def queue_depth(self) -> int:
-        """Requests waiting for a batch slot (for metrics)."""
-        return self._scheduler.waiting_count if self._scheduler else 0
-
-    @property
-    def active_requests(self) -> int:
-        """Sequences in the running batch (for metrics)."""
-        return self._scheduler.active_count if self._scheduler else 0
 
     # ----------------------------------------------------------------- generation
 
@@ -281,19 +257,3 @@ def _fallback_prompt(messages: list[dict[str, str]]) -> str:
     names = {"system": "System", "user": "User", "assistant": "Assistant"}
     lines = [f"{names.get(m['role'], m['role'])}: {m['content']}" for m in messages]
     return "\n".join(lines) + "\nAssistant:"
-
-
-def _eos_token_ids(tokenizer: Any, model: Any) -> set[int]:
-    ids: set[int] = set()
-    config = getattr(model, "generation_config", None)
-    for value in (getattr(config, "eos_token_id", None), tokenizer.eos_token_id):
-        if isinstance(value, int):
-            ids.add(value)
-        elif isinstance(value, list | tuple):
-            ids.update(int(v) for v in value)
-    special = set(getattr(tokenizer, "all_special_tokens", ()) or ())
-    vocab = tokenizer.get_vocab()
-    for marker in _END_MARKERS:
-        if marker in special and marker in vocab:
-            ids.add(int(vocab[marker]))
-    return ids

