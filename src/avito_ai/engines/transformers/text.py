@@ -30,12 +30,12 @@ from avito_ai.engines.base import (
     ChatMessage,
     Chunk,
     EngineState,
-    EngineStatus,
     GenerationRequest,
     Role,
     TextPart,
 )
-from avito_ai.engines.transformers.device import Placement, resolve_placement
+from avito_ai.engines.transformers.device import resolve_placement
+from avito_ai.engines.transformers.lifecycle import InProcessEngine
 from avito_ai.engines.transformers.loading import (
     EMBEDDED_MODEL_ID,
     LoadedTextModel,
@@ -50,7 +50,7 @@ from avito_ai.engines.transformers.scheduler import (
 )
 from avito_ai.engines.transformers.textstream import THINK_OPEN, detokenizer_factory
 from avito_ai.engines.transformers.threads import run_in_own_thread
-from avito_ai.errors import ModelUnavailable, ValidationFailed
+from avito_ai.errors import ValidationFailed
 
 log = logging.getLogger(__name__)
 
@@ -58,18 +58,16 @@ log = logging.getLogger(__name__)
 _FALLBACK_STOPS = ("\nUser:", "\nSystem:")
 
 
-class TransformersTextEngine:
+class TransformersTextEngine(InProcessEngine):
     """Engine for role "avibe". Construction is cheap; `start()` loads the weights."""
 
     role: Role = "avibe"
+    title = "A-Vibe"
 
     def __init__(self, settings: Settings) -> None:
+        super().__init__(settings.role("avibe").model or EMBEDDED_MODEL_ID)
         self._settings = settings
-        self._state = EngineState.LOADING
-        self._reason: str | None = None
-        self._model_id: str | None = settings.role("avibe").model or EMBEDDED_MODEL_ID
         self._stop_requested = False
-        self._placement: Placement | None = None
         self._loaded: LoadedTextModel | None = None
         self._scheduler: BatchScheduler | None = None
         self._tokenizer: Any = None
@@ -98,8 +96,7 @@ class TransformersTextEngine:
             self._install(loaded)
         except Exception as exc:
             log.exception("A-Vibe model failed to load")
-            self._state = EngineState.FAILED
-            self._reason = str(exc) or exc.__class__.__name__
+            self._fail(str(exc) or exc.__class__.__name__)
             return
         self._state = EngineState.READY
         log.info(
@@ -139,29 +136,10 @@ class TransformersTextEngine:
             await asyncio.to_thread(scheduler.stop)
         self._loaded = None
         self._tokenizer = None
-        gc.collect()
-        placement = self._placement
-        if placement is not None and placement.device.startswith("cuda"):
-            import torch
+        await self._released()
 
-            torch.cuda.empty_cache()
-        self._state = EngineState.STOPPED
-
-    def status(self) -> EngineStatus:
-        placement = self._placement
-        scheduler = self._scheduler
-        if self._state is EngineState.READY and scheduler is not None and not scheduler.alive:
-            # The worker died (a bug, logged with its traceback): say so instead of "ready".
-            self._state = EngineState.FAILED
-            self._reason = "the generation worker stopped unexpectedly; see the logs"
-        return EngineStatus(
-            self.role,
-            self._state,
-            model_id=self._model_id,
-            device=placement.device if placement else None,
-            dtype=placement.dtype_name if placement else None,
-            reason=self._reason,
-        )
+    def _worker_alive(self) -> bool:
+        return self._scheduler is not None and self._scheduler.alive
 
     @property
     def scheduler(self) -> BatchScheduler | None:
@@ -171,11 +149,9 @@ class TransformersTextEngine:
     # ----------------------------------------------------------------- generation
 
     async def generate(self, request: GenerationRequest) -> AsyncIterator[Chunk]:
+        self._ensure_ready()
         scheduler = self._scheduler
-        status = self.status()
-        if status.state is not EngineState.READY or scheduler is None:
-            detail = f": {status.reason}" if status.reason else ""
-            raise ModelUnavailable(f"A-Vibe model is {status.state.value}{detail}")
+        assert scheduler is not None  # READY means a running scheduler
         spec = self.build_spec(request)
         # aclosing: when our consumer closes us, the scheduler's stream must be closed too
         # (right now, not at garbage collection) so that its row leaves the batch.

@@ -48,7 +48,6 @@ from avito_ai.config import Settings
 from avito_ai.engines.base import (
     Chunk,
     EngineState,
-    EngineStatus,
     FinishReason,
     GenerationRequest,
     ImagePart,
@@ -56,10 +55,11 @@ from avito_ai.engines.base import (
     TextPart,
 )
 from avito_ai.engines.bridge import Ticket, WorkerBridge
+from avito_ai.engines.transformers.lifecycle import InProcessEngine
 from avito_ai.engines.transformers.sequence import Sequence, SequenceSpec, generation_failure
 from avito_ai.engines.transformers.textstream import detokenizer_factory
 from avito_ai.engines.transformers.threads import run_in_own_thread
-from avito_ai.errors import AvitoError, ModelUnavailable, ShuttingDown, Timeout, ValidationFailed
+from avito_ai.errors import AvitoError, Timeout, ValidationFailed
 
 if TYPE_CHECKING:
     import torch
@@ -71,18 +71,16 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 
-class TransformersVisionEngine:
+class TransformersVisionEngine(InProcessEngine):
     """A-Vision on transformers, one request at a time on a dedicated worker thread."""
 
     role: Role = "avision"
+    title = "A-Vision"
 
     def __init__(self, settings: Settings) -> None:
         # Cheap on purpose: nothing is imported or loaded until start().
+        super().__init__(settings.role("avision").model)
         self._settings = settings
-        self._model_id = settings.role("avision").model
-        self._state = EngineState.LOADING
-        self._reason: str | None = None
-        self._placement: Placement | None = None
         self._loaded: LoadedVisionModel | None = None
         self._eos: frozenset[int] = frozenset()
         self._new_detokenizer: Callable[[], Any] | None = None
@@ -104,9 +102,7 @@ class TransformersVisionEngine:
         try:
             loaded, placement = await run_in_own_thread(self._load, "avision-load")
         except Exception as exc:  # every failure becomes a readable status, not a crash
-            self._reason = str(exc) or type(exc).__name__
-            self._state = EngineState.FAILED
-            log.error("avision: %s", self._reason)
+            self._fail(str(exc) or type(exc).__name__)
             return
         if self._state is EngineState.STOPPED:  # stop() came while we were loading
             del loaded
@@ -139,34 +135,13 @@ class TransformersVisionEngine:
 
     async def stop(self) -> None:
         """Cancel running work (it ends "cancelled"), end the worker, drop the weights."""
-        was_ready = self._state is EngineState.READY
-        self._state = EngineState.STOPPED
-        self._reason = "shutting down"
+        self._state = EngineState.STOPPED  # a load still running ends here, unused
         await asyncio.to_thread(self._bridge.stop)
         self._loaded = None
-        if was_ready:
-            await asyncio.to_thread(self._free_memory)
+        await self._released()
 
-    def _free_memory(self) -> None:
-        gc.collect()
-        if self._placement is not None and self._placement.device.startswith("cuda"):
-            import torch
-
-            torch.cuda.empty_cache()
-
-    def status(self) -> EngineStatus:
-        placement = self._placement
-        if self._state is EngineState.READY and not self._bridge.alive:
-            self._state = EngineState.FAILED
-            self._reason = "the generation worker stopped unexpectedly; see the logs"
-        return EngineStatus(
-            self.role,
-            self._state,
-            model_id=self._model_id,
-            device=placement.device if placement else None,
-            dtype=placement.dtype_name if placement else None,
-            reason=self._reason if self._state is not EngineState.READY else None,
-        )
+    def _worker_alive(self) -> bool:
+        return self._bridge.alive
 
     @property
     def waiting_count(self) -> int:
@@ -181,11 +156,7 @@ class TransformersVisionEngine:
     # ---------------------------------------------------------------- generation (loop side)
 
     async def generate(self, request: GenerationRequest) -> AsyncIterator[Chunk]:
-        if self._state is not EngineState.READY:
-            if self._state is EngineState.STOPPED:
-                raise ShuttingDown("A-Vision is shutting down")
-            reason = f": {self._reason}" if self._reason else ""
-            raise ModelUnavailable(f"A-Vision model is {self._state.value}{reason}")
+        self._ensure_ready()
         deadline = request.deadline
         if deadline is None:
             deadline = request.created + self._settings.request_timeout
