@@ -43,7 +43,7 @@ test: install lint typecheck redis-server
 	$(BIN)/pytest -q
 
 unit: install
-	$(BIN)/pytest -q tests/unit tests/api
+	$(BIN)/pytest -q -m "not integration"
 
 clean:
 	rm -rf $(VENV) .mypy_cache .pytest_cache .ruff_cache

@@ -57,26 +57,51 @@ async def test_reset_zeroes_the_view_but_not_prometheus() -> None:
         assert line in after  # counters stay monotonic
 
 
-async def test_prometheus_exposes_http_and_model_metrics() -> None:
+def samples(text: str) -> dict[tuple[str, frozenset[tuple[str, str]]], float]:
+    """Every sample of a /metrics page, by name and labels."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    return {
+        (s.name, frozenset(s.labels.items())): s.value
+        for family in text_string_to_metric_families(text)
+        for s in family.samples
+    }
+
+
+def value(
+    page: dict[tuple[str, frozenset[tuple[str, str]]], float], name: str, **labels: str
+) -> float:
+    return page.get((name, frozenset(labels.items())), 0.0)
+
+
+async def test_prometheus_counts_http_and_model_metrics() -> None:
+    """Earlier tests in this process filled the same registry: compare before and after."""
     async with running(settings()) as (_, client):
+        before = samples((await client.get("/metrics")).text)
         await client.post("/api/v1/text/generate", json={"prompt": "a b c"})
         await client.get("/no-such-route")
         await client.post("/api/v1/text/generate", json={"prompt": "x", "top_k": -1})
         r = await client.get("/metrics")
         assert r.headers["content-type"].startswith("text/plain")
-        text = r.text
-        for name in (
-            'avito_http_requests_total{method="POST",route="/api/v1/text/generate",status="200"}',
-            'avito_http_requests_total{method="GET",route="<unmatched>",status="404"}',
-            "avito_http_request_duration_seconds_bucket",
-            'avito_time_to_first_token_seconds_count{model="avibe"}',
-            'avito_inter_token_latency_seconds_count{model="avibe"}',
-            'avito_e2e_request_latency_seconds_count{model="avibe"}',
-            'avito_request_queue_time_seconds_count{model="avibe"}',
-            'avito_prompt_tokens_total{model="avibe"}',
-            'avito_generation_tokens_total{model="avibe"}',
-            'avito_requests_running{model="avibe"}',
-            'avito_requests_waiting{model="avibe"}',
-            'avito_rejections_total{reason="validation"}',
+        after = samples(r.text)
+
+        def grew(name: str, by: float = 1, **labels: str) -> bool:
+            return value(after, name, **labels) - value(before, name, **labels) == by
+
+        route = "/api/v1/text/generate"
+        assert grew("avito_http_requests_total", method="POST", route=route, status="200")
+        assert grew("avito_http_requests_total", method="POST", route=route, status="400")
+        assert grew("avito_http_requests_total", method="GET", route="<unmatched>", status="404")
+        assert grew("avito_http_request_duration_seconds_count", method="POST", route=route, by=2)
+        for histogram in (
+            "avito_time_to_first_token_seconds_count",
+            "avito_inter_token_latency_seconds_count",
+            "avito_e2e_request_latency_seconds_count",
+            "avito_request_queue_time_seconds_count",
         ):
-            assert name in text, name
+            assert grew(histogram, model="avibe"), histogram
+        assert grew("avito_prompt_tokens_total", model="avibe", by=4)  # fake: parts + words
+        assert grew("avito_generation_tokens_total", model="avibe", by=4)  # "Echo:" a b c
+        assert grew("avito_rejections_total", reason="validation")
+        assert value(after, "avito_requests_running", model="avibe") == 0
+        assert value(after, "avito_requests_waiting", model="avibe") == 0

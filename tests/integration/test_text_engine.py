@@ -40,6 +40,9 @@ from avito_ai.errors import ModelUnavailable, Overloaded, Timeout
 from tests.conftest import isolated_settings
 from tests.tiny_models import build_tiny_qwen3
 
+# Loads real models (tiny or embedded) in this process: integration, not unit.
+pytestmark = pytest.mark.integration
+
 DEVICE = os.environ.get("AVIBE_TEST_DEVICE", "cpu")
 
 

@@ -36,6 +36,9 @@ from avito_ai.errors import ModelUnavailable, Overloaded, Timeout, ValidationFai
 from tests.conftest import isolated_settings
 from tests.tiny_vision_models import BUILDERS
 
+# Loads real models (tiny or embedded) in this process: integration, not unit.
+pytestmark = pytest.mark.integration
+
 FAMILIES = sorted(BUILDERS)
 LONG = 1500  # tokens: several seconds of decoding, only ever cut short by the tests
 

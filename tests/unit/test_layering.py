@@ -1,0 +1,38 @@
+"""The service starts and answers without the transformers backend's heavy libraries when
+that backend is not used (the import contract in pyproject.toml checks the source)."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[2]
+
+SCRIPT = """
+import sys
+from fastapi.testclient import TestClient
+from avito_ai.app import create_app
+from avito_ai.config import Settings
+
+settings = Settings(_env_file=None, avibe_backend="fake", avision_backend="fake")
+with TestClient(create_app(settings)) as client:
+    r = client.post("/api/v1/text/generate", json={"prompt": "hello there"})
+    assert r.status_code == 200, r.text
+    assert client.get("/api/health/ready").status_code == 200
+heavy = sorted(m for m in ("torch", "transformers", "tokenizers") if m in sys.modules)
+print(",".join(heavy) or "none")
+"""
+
+
+def test_fake_backends_serve_without_torch_or_transformers(clean_environment) -> None:
+    result = subprocess.run(
+        [sys.executable, "-c", SCRIPT],
+        cwd=ROOT,
+        env=clean_environment,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip().splitlines()[-1] == "none"
