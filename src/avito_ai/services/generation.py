@@ -42,11 +42,16 @@ def validate_prompt(prompt: object, settings: Settings, *, field: str = "prompt"
     return prompt
 
 
-def sampling_params(fields: SamplingFields, role: Role, settings: Settings) -> SamplingParams:
+def sampling_params(
+    fields: SamplingFields, role: Role, settings: Settings, *, max_tokens_field: str = "max_tokens"
+) -> SamplingParams:
+    """`max_tokens_field`: the name the client used for max_tokens (named in the error)."""
     cap = settings.role(role).max_tokens
     max_tokens = cap if fields.max_tokens is None else fields.max_tokens
     if not 1 <= max_tokens <= cap:
-        raise ValidationFailed(f"max_tokens must be between 1 and {cap}", param="max_tokens")
+        raise ValidationFailed(
+            f"{max_tokens_field} must be between 1 and {cap}", param=max_tokens_field
+        )
     stop = (fields.stop,) if isinstance(fields.stop, str) else tuple(fields.stop or ())
     if any(not s for s in stop):
         raise ValidationFailed("stop strings must not be empty", param="stop")

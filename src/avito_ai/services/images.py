@@ -36,20 +36,23 @@ def sniff_format(data: bytes) -> str | None:
     return None
 
 
-def check_size(size_bytes: int, max_mb: float) -> None:
+def check_size(size_bytes: int, max_mb: float, *, param: str = "image") -> None:
     if size_bytes > max_mb * 1024 * 1024:
-        raise PayloadTooLarge(f"Image too large. Maximum size: {max_mb:g} MB", param="image")
+        raise PayloadTooLarge(f"Image too large. Maximum size: {max_mb:g} MB", param=param)
 
 
-def decode_image(data: bytes, max_mb: float) -> Image.Image:
-    """Validate and decode an uploaded image into an RGB Pillow image."""
-    check_size(len(data), max_mb)
+def decode_image(data: bytes, max_mb: float, *, param: str = "image") -> Image.Image:
+    """Validate and decode an uploaded image into an RGB Pillow image.
+
+    `param` is the request field that carried it, named in every error.
+    """
+    check_size(len(data), max_mb, param=param)
     if not data:
-        raise ValidationFailed("Image file is empty", param="image")
+        raise ValidationFailed("Image file is empty", param=param)
     fmt = sniff_format(data)
     if fmt is None:
         raise ValidationFailed(
-            "Unsupported image type: only JPEG, PNG, WEBP and GIF are accepted", param="image"
+            "Unsupported image type: only JPEG, PNG, WEBP and GIF are accepted", param=param
         )
     try:
         with warnings.catch_warnings():
@@ -60,7 +63,7 @@ def decode_image(data: bytes, max_mb: float) -> Image.Image:
                 raise ValidationFailed(
                     f"Image dimensions {width}x{height} exceed the limit of "
                     f"{MAX_PIXELS // 1_000_000} megapixels",
-                    param="image",
+                    param=param,
                 )
             image.seek(0)  # first frame of an animation
             image.load()
@@ -68,10 +71,10 @@ def decode_image(data: bytes, max_mb: float) -> Image.Image:
     except ValidationFailed:
         raise
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
-        raise ValidationFailed(f"Image refused: {exc}", param="image") from None
+        raise ValidationFailed(f"Image refused: {exc}", param=param) from None
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError, EOFError) as exc:
         raise ValidationFailed(
-            f"Image could not be decoded ({fmt}): file is corrupt or truncated", param="image"
+            f"Image could not be decoded ({fmt}): file is corrupt or truncated", param=param
         ) from exc
 
 
@@ -79,13 +82,18 @@ def decode_base64_image(value: str, max_mb: float, *, param: str = "image") -> I
     """A `data:` URI or bare base64 string → decoded image."""
     match = _DATA_URI.match(value)
     payload = value[match.end() :] if match else value
-    # Reject before decoding when the encoded text alone is over the limit.
-    check_size(len(payload) * 3 // 4, max_mb)
+    # Line breaks as `base64` (76 columns) and many encoders write them are not an error.
+    payload = "".join(payload.split())
+    # Reject before decoding when the encoded text alone is over the limit (its exact
+    # decoded size: 3 bytes per 4 characters, less the padding).
+    check_size(
+        len(payload) * 3 // 4 - (len(payload) - len(payload.rstrip("="))), max_mb, param=param
+    )
     try:
         data = base64.b64decode(payload, validate=True)
     except (binascii.Error, ValueError):
         raise ValidationFailed("Image is not valid base64", param=param) from None
-    return decode_image(data, max_mb)
+    return decode_image(data, max_mb, param=param)
 
 
 def is_data_uri(value: str) -> bool:

@@ -14,6 +14,7 @@ from avito_ai.engines.base import (
     GenerationRequest,
     ImagePart,
     Role,
+    SamplingParams,
     TextPart,
 )
 from avito_ai.errors import NotFound, ValidationFailed
@@ -57,10 +58,11 @@ def resolve_role(model: str, state: ServiceState) -> Role:
     return role
 
 
-def _sampling_fields(body: OpenAISampling) -> SamplingFields:
+def _sampling(body: OpenAISampling, role: Role, settings: Settings) -> SamplingParams:
     shared = body.model_dump(include=set(SamplingBase.model_fields))
     shared["max_tokens"] = body.max_completion_tokens or body.max_tokens
-    return SamplingFields(**shared)
+    field = "max_completion_tokens" if body.max_completion_tokens else "max_tokens"
+    return sampling_params(SamplingFields(**shared), role, settings, max_tokens_field=field)
 
 
 def _content(content: object, index: int, settings: Settings) -> tuple[list[ContentPart], int]:
@@ -116,7 +118,7 @@ def chat_request(
     )
     return GenerationRequest(
         request_id=request_id,
-        sampling=sampling_params(_sampling_fields(body), role, settings),
+        sampling=_sampling(body, role, settings),
         messages=messages,
         enable_thinking=thinking,
         deadline=time.monotonic() + settings.request_timeout,
@@ -132,7 +134,7 @@ def completion_request(
     validate_prompt(prompt, settings)
     return GenerationRequest(
         request_id=request_id,
-        sampling=sampling_params(_sampling_fields(body), role, settings),
+        sampling=_sampling(body, role, settings),
         prompt=prompt,
         deadline=time.monotonic() + settings.request_timeout,
     )
