@@ -4,6 +4,7 @@
     python benchmarks/bench_engine.py --dtype float32 --concurrency 1 4 16
     python benchmarks/bench_engine.py --model /path/to/folder
     python benchmarks/bench_engine.py --qwen3-8b-random --device cuda   # GPU, no download
+    python benchmarks/bench_engine.py --detokenizers          # DecodeStream against the window
 
 Every request generates exactly `--tokens` tokens (EOS ignored), greedy, so the numbers
 compare like with like. The baseline is transformers' `generate()` on one stream (prefill
@@ -154,6 +155,68 @@ async def engine_run(engine: TransformersTextEngine, clients: int, tokens: int) 
     return sum(counts) / elapsed
 
 
+def detokenizer_factories(engine: TransformersTextEngine) -> dict[str, Any]:
+    """The detokenizer the engine picked (DecodeStream for fast tokenizers) and the fallback."""
+    import copy
+
+    from avito_ai.engines.transformers.textstream import IncrementalDetokenizer
+
+    scheduler = engine.scheduler
+    assert scheduler is not None and engine._loaded is not None
+    tokenizer = copy.deepcopy(engine._loaded.tokenizer)
+
+    def decode(ids: list[int]) -> str:
+        text: str = tokenizer.decode(
+            ids, skip_special_tokens=True, clean_up_tokenization_spaces=False
+        )
+        return text
+
+    return {
+        "DecodeStream": scheduler.new_detokenizer,
+        "window (fallback)": lambda: IncrementalDetokenizer(decode),
+    }
+
+
+def detokenizer_cost(factories: dict[str, Any], tokenizer: Any, tokens: int = 4000) -> None:
+    """Microseconds per token of each detokenizer alone, on mixed Russian/English text."""
+    text = (
+        "Продаю велосипед в хорошем состоянии, торг уместен. Bicycle for sale, barely used! "
+        "Доставка по Москве 🚲 — звоните после 18:00. "
+    )
+    ids: list[int] = []
+    while len(ids) < tokens:
+        ids += list(tokenizer(text, add_special_tokens=False)["input_ids"])
+    ids = ids[:tokens]
+    for name, make in factories.items():
+        best = float("inf")
+        for _ in range(3):
+            detok = make()
+            began = time.perf_counter()
+            for token in ids:
+                detok.push(token)
+            detok.flush()
+            best = min(best, time.perf_counter() - began)
+        print(f"{name:<28}{best / len(ids) * 1e6:>10.1f} us/token alone")
+
+
+async def compare_detokenizers(engine: TransformersTextEngine, args: argparse.Namespace) -> None:
+    """The engine with each detokenizer, alternating run by run; best of --repeats."""
+    factories = detokenizer_factories(engine)
+    assert engine._loaded is not None and engine.scheduler is not None
+    detokenizer_cost(factories, engine._loaded.tokenizer)
+    await engine_run(engine, 1, 8)  # warm the engine path
+    rates: dict[str, dict[int, float]] = {name: {} for name in factories}
+    for clients in args.concurrency:
+        for _ in range(args.repeats):
+            for name, make in factories.items():
+                engine.scheduler.new_detokenizer = make
+                rate = await engine_run(engine, clients, args.tokens)
+                rates[name][clients] = max(rates[name].get(clients, 0.0), rate)
+    print(f"\n{'detokenizer':<28}" + "".join(f"{f'{c} client(s)':>14}" for c in args.concurrency))
+    for name, by_clients in rates.items():
+        print(f"{name:<28}" + "".join(f"{v:>10.1f} t/s" for v in by_clients.values()))
+
+
 async def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--model", default=None, help="AVIBE_MODEL (default: embedded)")
@@ -163,6 +226,7 @@ async def main() -> None:
     parser.add_argument("--concurrency", type=int, nargs="+", default=[1, 4, 16])
     parser.add_argument("--repeats", type=int, default=2)
     parser.add_argument("--qwen3-8b-random", action="store_true")
+    parser.add_argument("--detokenizers", action="store_true", help="compare detokenizers")
     args = parser.parse_args()
 
     settings = Settings(
@@ -191,6 +255,9 @@ async def main() -> None:
     if engine.scheduler is None:
         return
     try:
+        if args.detokenizers:
+            await compare_detokenizers(engine, args)
+            return
         base = baseline(engine, args.tokens, args.repeats)
         print(f"\n{'setup':<28}{'tok/s':>10}{'per stream':>12}{'x base':>9}{'x 1 client':>12}")
         print(f"{'generate() 1 stream':<28}{base:>10.1f}{base:>12.1f}{1.0:>9.2f}{'':>12}")

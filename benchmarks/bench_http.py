@@ -2,6 +2,7 @@
 
     python benchmarks/bench_http.py                 # writes the table to stdout
     python benchmarks/bench_http.py --markdown docs/benchmarks.md
+    python benchmarks/bench_http.py --compare ../old-checkout   # this tree against another
 
 For 1, 4 and 16 concurrent clients it measures aggregate output tokens/s (64 tokens per
 request, greedy, EOS ignored) for the service as shipped (continuous batching) and for
@@ -9,6 +10,10 @@ the naive design (MAX_BATCH_SIZE=1: one request at a time behind the model), bes
 model's own `generate()` in one process, single stream, on the same weights and dtype.
 All figures come from one run on one machine, so their ratios are what to read; the
 single-stream pair is measured alternately, request by request.
+
+`--compare DIR` instead serves this tree and the service code of another checkout (its
+`src/`, e.g. a `git worktree` of an older commit) side by side with the same settings,
+alternating between the two round by round, and reports the median of each.
 """
 
 from __future__ import annotations
@@ -40,15 +45,19 @@ PROMPTS = [
 ]
 
 
-def start(batch: int, tmp: Path) -> ServerProcess:
+def start(batch: int, tmp: Path, source: Path | None = None) -> ServerProcess:
     env = {
         "MAX_BATCH_SIZE": str(batch),
         "RATE_LIMIT_PER_MINUTE": "1000000",
         "RATE_LIMIT_PER_HOUR": "1000000",
         "LOG_LEVEL": "WARNING",
     }
+    name = f"bench-{batch}"
+    if source is not None:  # ahead of this tree's editable install on sys.path
+        env["PYTHONPATH"] = str(source.resolve() / "src")
+        name += "-" + source.resolve().name
     srv = ServerProcess(
-        [sys.executable, "-m", "avito_ai", "serve"], env, tmp / f"bench-{batch}.log", free_port()
+        [sys.executable, "-m", "avito_ai", "serve"], env, tmp / f"{name}.log", free_port()
     )
     srv.wait_ready(600)
     return srv
@@ -116,15 +125,57 @@ def median(values: list[float]) -> float:
     return sorted(values)[len(values) // 2]
 
 
+def compare(other: Path, args: argparse.Namespace, tmp: Path) -> str:
+    """This tree and `other` side by side, alternating round by round; medians."""
+    trees = {"this tree": None, str(other): other}
+    servers = {name: start(16, tmp, source) for name, source in trees.items()}
+    rates: dict[str, dict[int, list[float]]] = {name: {} for name in trees}
+    try:
+        for srv in servers.values():
+            asyncio.run(run_clients(srv.url, 1, 1, 8))  # warm-up
+        for _ in range(args.rounds):
+            for c in args.concurrency:
+                for name, srv in servers.items():
+                    per_client = 1 if c == 1 else 2
+                    rate = asyncio.run(run_clients(srv.url, c, per_client, args.tokens))
+                    rates[name].setdefault(c, []).append(rate)
+    finally:
+        for srv in servers.values():
+            srv.stop()
+    header = " | ".join(f"{c} client{'s' * (c > 1)}" for c in args.concurrency)
+    lines = [
+        f"{args.tokens} output tokens per request, greedy, MAX_BATCH_SIZE=16; median of "
+        f"{args.rounds} alternating rounds; {platform.processor() or platform.machine()}, "
+        f"{os.cpu_count()} cores.",
+        "",
+        f"| service code | {header} |",
+        "| --- |" + " --- |" * len(args.concurrency),
+    ]
+    mine = {c: median(v) for c, v in rates["this tree"].items()}
+    for name, by_c in rates.items():
+        cells = []
+        for c, values in by_c.items():
+            cell = f"{median(values):.1f} tok/s"
+            if name != "this tree":
+                cell += f" (this tree: {mine[c] / median(values):.2f}x)"
+            cells.append(cell)
+        lines.append(f"| {name} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--tokens", type=int, default=64)
     parser.add_argument("--concurrency", type=int, nargs="+", default=[1, 4, 16])
     parser.add_argument("--rounds", type=int, default=5, help="alternations, 1 client")
     parser.add_argument("--markdown", type=Path, help="also write the table to this file")
+    parser.add_argument("--compare", type=Path, help="another checkout to serve side by side")
     args = parser.parse_args()
     tmp = Path(os.environ.get("TMPDIR", "/tmp")) / "avito-bench"
     tmp.mkdir(exist_ok=True)
+    if args.compare is not None:
+        print(compare(args.compare, args, tmp))
+        return
 
     # Machines are noisy: the single-stream comparison alternates generate() and one HTTP
     # request, round by round, and takes the median of each.

@@ -82,7 +82,8 @@ class BatchScheduler:
         name: str = "text",
     ) -> None:
         self._model = model
-        self._new_detokenizer = new_detokenizer
+        # Public so a benchmark can compare detokenizers on the same running scheduler.
+        self.new_detokenizer = new_detokenizer
         self._eos = frozenset(int(t) for t in eos_token_ids)
         self._pad_id = int(pad_token_id)
         self._device = torch.device(device)
@@ -240,7 +241,7 @@ class BatchScheduler:
         return torch.tensor(pads, dtype=torch.long, device=self._device)
 
     def _sequence(self, spec: SequenceSpec) -> Sequence:
-        return Sequence(spec, self._new_detokenizer, eos_token_ids=self._eos, device=self._device)
+        return Sequence(spec, self.new_detokenizer, eos_token_ids=self._eos, device=self._device)
 
     def _prefill(self, tickets: list[Ticket[SequenceSpec]]) -> None:
         """Prefill new sequences together, sample their first token, join the batch."""
