@@ -180,7 +180,7 @@ class TransformersVisionEngine(InProcessEngine):
                             self._serve(ticket)
                         finally:
                             self._running = None
-                        bridge.flush()
+                    bridge.flush()  # also the Timeout of a ticket that expired in the queue
         except BaseException:  # pragma: no cover - a bug in the worker itself
             log.exception("avision worker crashed")
         finally:
