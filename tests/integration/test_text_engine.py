@@ -36,7 +36,7 @@ from avito_ai.engines.transformers.loading import (
     resolve_text_source,
 )
 from avito_ai.engines.transformers.text import TransformersTextEngine
-from avito_ai.errors import ModelUnavailable, Overloaded, Timeout
+from avito_ai.errors import ModelUnavailable, Overloaded, ShuttingDown, Timeout
 from tests.conftest import isolated_settings
 from tests.tiny_models import build_tiny_qwen3
 
@@ -246,6 +246,23 @@ async def test_tiny_queue_full_cancel_and_timeout(tiny_folder: Path) -> None:
     assert engine.status().state is EngineState.STOPPED
     with pytest.raises(ModelUnavailable):
         await engine.generate(chat("stopped")).__anext__()
+
+
+async def test_tiny_says_shutting_down_while_it_stops(tiny_folder: Path) -> None:
+    """Readiness during a drain says "stopped: shutting down", never "failed"."""
+    engine = await started(settings_for(str(tiny_folder)))
+    running = engine.generate(chat("long", max_tokens=100_000))
+    await running.__anext__()
+    stopper = asyncio.ensure_future(engine.stop())
+    await asyncio.sleep(0)  # stop() runs up to waiting for the worker
+    during = engine.status()
+    assert (during.state, during.reason) == (EngineState.STOPPED, "shutting down")
+    with pytest.raises(ShuttingDown):
+        await engine.generate(chat("late", 3)).__anext__()
+    last = [c async for c in running][-1]
+    await asyncio.wait_for(stopper, 10)
+    assert last.finish_reason == "cancelled"
+    assert engine.status().state is EngineState.STOPPED
 
 
 async def test_bad_model_settings_fail_with_a_reason(tmp_path: Path) -> None:

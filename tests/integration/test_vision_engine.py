@@ -229,6 +229,25 @@ async def test_stop_strings(engine: TransformersVisionEngine) -> None:
     assert final.finish_reason == "length"
 
 
+async def test_eos_ends_the_answer_unless_ignore_eos(
+    engines: dict[str, TransformersVisionEngine],
+) -> None:
+    """Random weights rarely say EOS, so the greedy first token is made the EOS here."""
+    engine = engines["qwen2_5_vl"]
+    inputs = engine._prepare_inputs(ask(max_tokens=6))
+    out = engine._loaded.model.generate(**inputs, max_new_tokens=1, do_sample=False)
+    first = int(out[0, -1])
+    saved = engine._eos
+    engine._eos = saved | {first}
+    try:
+        _, stopped = await collect(engine, ask(max_tokens=6))
+        assert (stopped.finish_reason, stopped.generated_tokens) == ("stop", 1)
+        _, forced = await collect(engine, ask(max_tokens=6, ignore_eos=True))
+        assert (forced.finish_reason, forced.generated_tokens) == ("length", 6)
+    finally:
+        engine._eos = saved
+
+
 async def test_multi_image_turn_and_history(engine: TransformersVisionEngine) -> None:
     _, one = await collect(engine, ask(images=1, max_tokens=4))
     request = GenerationRequest(

@@ -38,6 +38,13 @@ def test_environment_and_dotenv(tmp_path, monkeypatch) -> None:
     assert s.avibe_model is None and s.temperature == 0.7
 
 
+def test_blank_values_mean_the_default(monkeypatch) -> None:
+    monkeypatch.setenv("AVISION_MODEL", "   ")
+    monkeypatch.setenv("MAX_TOKENS_AVIBE", " ")
+    s = Settings(_env_file=None)  # type: ignore[call-arg]
+    assert s.avision_model is None and s.max_tokens_avibe == 256
+
+
 def test_role_settings(make_settings) -> None:
     s = make_settings(
         avision_model="/models/avision",

@@ -245,7 +245,7 @@ def test_chat_request_refuses_images_for_avibe() -> None:
     assert "avision" in error.message
 
 
-def test_chat_request_refuses_an_image_url_that_is_not_a_data_uri_naming_the_message() -> None:
+def test_chat_request_refuses_an_image_url_that_is_not_a_data_uri_naming_the_part() -> None:
     body = chat(
         "avision",
         messages=[
@@ -254,21 +254,22 @@ def test_chat_request_refuses_an_image_url_that_is_not_a_data_uri_naming_the_mes
         ],
     )
     error = refused(chat_request, body, "avision", isolated_settings(), REQUEST_ID)
-    assert error.param == "messages.1.content"
+    assert error.param == "messages.1.content.1.image_url"
     assert "data: URI" in error.message
 
 
 def test_chat_request_refuses_bad_base64_in_image_url() -> None:
     body = chat("avision", messages=[image_message("data:image/png;base64,@@@")])
     error = refused(chat_request, body, "avision", isolated_settings(), REQUEST_ID)
-    assert error.param == "image_url"
+    assert error.param == "messages.0.content.1.image_url"
     assert "base64" in error.message
 
 
 def test_chat_request_applies_the_image_size_limit() -> None:
     body = chat("avision", messages=[image_message(data_uri("PNG", (64, 64)))])
-    with pytest.raises(PayloadTooLarge):
+    with pytest.raises(PayloadTooLarge) as too_big:
         chat_request(body, "avision", isolated_settings(max_image_size_mb=0.0001), REQUEST_ID)
+    assert too_big.value.param == "messages.0.content.1.image_url"
 
 
 def test_prompt_length_limit_counts_the_text_of_all_messages() -> None:

@@ -25,7 +25,7 @@ import logging
 import threading
 import time
 from collections import deque
-from collections.abc import AsyncGenerator, Callable, Sequence
+from collections.abc import AsyncGenerator, Callable, Iterable, Sequence
 from typing import Generic, TypeVar
 
 from avito_ai.engines.base import Chunk
@@ -40,7 +40,7 @@ Item = Chunk | BaseException
 class Ticket(Generic[P]):
     """One request in flight: its payload for the worker, its queue back to the consumer."""
 
-    __slots__ = ("cancelled", "created", "deadline", "done", "loop", "payload", "queue")
+    __slots__ = ("cancelled", "deadline", "done", "loop", "payload", "queue")
 
     def __init__(
         self,
@@ -48,12 +48,10 @@ class Ticket(Generic[P]):
         loop: asyncio.AbstractEventLoop,
         *,
         deadline: float | None,
-        created: float,
     ) -> None:
         self.payload = payload
         self.loop = loop
         self.deadline = deadline  # time.monotonic(); None means none
-        self.created = created
         self.queue: asyncio.Queue[Item] = asyncio.Queue()
         # Written by the consumer when it goes away; read by the worker between steps.
         self.cancelled = False
@@ -110,9 +108,7 @@ class WorkerBridge(Generic[P]):
 
     # ------------------------------------------------------------- consumer side
 
-    async def stream(
-        self, payload: P, *, deadline: float | None, created: float
-    ) -> AsyncGenerator[Chunk, None]:
+    async def stream(self, payload: P, *, deadline: float | None) -> AsyncGenerator[Chunk, None]:
         """Queue `payload` and yield its chunks; the last one has finish_reason set.
 
         Raises Overloaded (queue full) or ShuttingDown at the first `__anext__`, before any
@@ -120,7 +116,7 @@ class WorkerBridge(Generic[P]):
         the generator, cancelling its task or raising out of it withdraws the ticket.
         """
         loop = asyncio.get_running_loop()
-        ticket = Ticket(payload, loop, deadline=deadline, created=created)
+        ticket = Ticket(payload, loop, deadline=deadline)
         self._submit(ticket)
         try:
             while True:
@@ -195,6 +191,19 @@ class WorkerBridge(Generic[P]):
         if final:
             ticket.done = True
         self._outbox.append((ticket, item))
+
+    def end(self, ticket: Ticket[P], chunks: Sequence[Chunk]) -> None:
+        """Send the chunks that end an answer; the last one is the final summary."""
+        *text, final = chunks
+        for chunk in text:
+            self.send(ticket, chunk)
+        self.send(ticket, final, final=True)
+
+    def fail(self, tickets: Iterable[Ticket[P]], error: BaseException) -> None:
+        """End every ticket not ended yet with `error`."""
+        for ticket in tickets:
+            if not ticket.done:
+                self.send(ticket, error, final=True)
 
     def flush(self) -> None:
         """Hand the collected items to their event loops: one wake-up per loop."""

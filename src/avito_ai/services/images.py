@@ -20,6 +20,7 @@ from avito_ai.errors import PayloadTooLarge, ValidationFailed
 FORMATS = ("JPEG", "PNG", "WEBP", "GIF")
 # 40 megapixels: more than any phone photo; a bomb declares far more than this.
 MAX_PIXELS = 40_000_000
+_WRAPPING = re.compile(r"[ \t\r\n]+")
 _DATA_URI = re.compile(r"^data:(?P<mime>[\w.+-]+/[\w.+-]+)?(?P<params>(;[^,;]*)*?);base64,", re.I)
 
 
@@ -83,7 +84,7 @@ def decode_base64_image(value: str, max_mb: float, *, param: str = "image") -> I
     match = _DATA_URI.match(value)
     payload = value[match.end() :] if match else value
     # Line breaks as `base64` (76 columns) and many encoders write them are not an error.
-    payload = "".join(payload.split())
+    payload = _WRAPPING.sub("", payload)
     # Reject before decoding when the encoded text alone is over the limit (its exact
     # decoded size: 3 bytes per 4 characters, less the padding).
     check_size(

@@ -74,21 +74,20 @@ def _content(content: object, index: int, settings: Settings) -> tuple[list[Cont
     parts: list[ContentPart] = []
     chars = 0
     assert isinstance(content, list)
-    for part in content:
+    for j, part in enumerate(content):
         if part.type == "text":
             parts.append(TextPart(part.text))
             chars += len(part.text)
             continue
         url = part.image_url if isinstance(part.image_url, str) else part.image_url.url
+        field = f"messages.{index}.content.{j}.image_url"
         if not is_data_uri(url):
             raise ValidationFailed(
                 "image_url must be a data: URI (data:image/png;base64,...); "
                 "the server does not fetch images from the network",
-                param=f"messages.{index}.content",
+                param=field,
             )
-        parts.append(
-            ImagePart(decode_base64_image(url, settings.max_image_size_mb, param="image_url"))
-        )
+        parts.append(ImagePart(decode_base64_image(url, settings.max_image_size_mb, param=field)))
     return parts, chars
 
 

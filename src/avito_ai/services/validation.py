@@ -16,29 +16,49 @@ _SOURCES = ("body", "query", "path", "form", "header")
 
 
 def field_name(loc: Sequence[Any]) -> str:
-    """The field as a client wrote it: `messages.0.content`, without where FastAPI found it
-    (`body`) and without pydantic's union branch tags (`stop.str`, `stop.list[str]`)."""
-    return ".".join(str(p) for p in loc if p not in _SOURCES and not _is_branch_tag(p))
+    """The field as a client wrote it (`messages.0.content.1.image_url.url`): without where
+    FastAPI found it (`body`) and without the tags pydantic adds for union branches: type
+    names (`str`, `list[str]`, `function-after[...]`), model class names (`ImageURL`) and a
+    discriminator value repeated before the field of the same name (`text.text`)."""
+    parts: list[str] = []
+    for part in loc:
+        if part in _SOURCES or _is_branch_tag(part):
+            continue
+        name = str(part)
+        if parts and parts[-1] == name and isinstance(part, str):
+            continue  # `content.0.text.text`: the tag, then the field
+        parts.append(name)
+    return ".".join(parts)
 
 
 def _is_branch_tag(part: Any) -> bool:
-    return isinstance(part, str) and (part in _SCALAR_TAGS or "[" in part or "-" in part)
+    if not isinstance(part, str):
+        return False
+    return part in _SCALAR_TAGS or "[" in part or "-" in part or part[:1].isupper()
 
 
 _SCALAR_TAGS = frozenset({"str", "int", "float", "bool", "bytes", "none", "list", "dict"})
 
 
 def _relevant(errors: Sequence[Any]) -> list[Any]:
-    """For a union field (several errors, one per branch), drop the branches whose only
-    complaint is the value's type: the branch that matched the type says what is wrong."""
-    by_field: dict[str, list[Any]] = {}
-    for err in errors:
-        by_field.setdefault(field_name(err.get("loc", ())), []).append(err)
-    kept: list[Any] = []
-    for group in by_field.values():
-        specific = [e for e in group if not str(e.get("type", "")).endswith("_type")]
-        kept += specific if len(group) > 1 and specific else group
-    return kept
+    """Drop the union branches that only say "wrong type" where another branch got as far
+    or further into the value: that branch says what is really wrong (`stop: ["a", 5]` is
+    a list whose item 1 is not a string, not "a value that should be a string")."""
+    names = [field_name(err.get("loc", ())) for err in errors]
+
+    def only_type(i: int) -> bool:
+        return str(errors[i].get("type", "")).endswith("_type")
+
+    def superseded(i: int) -> bool:
+        if not only_type(i):
+            return False
+        return any(
+            names[j].startswith(names[i] + ".") or (names[j] == names[i] and not only_type(j))
+            for j in range(len(errors))
+            if j != i
+        )
+
+    return [err for i, err in enumerate(errors) if not superseded(i)]
 
 
 def validation_failed(errors: Sequence[Any]) -> ValidationFailed:

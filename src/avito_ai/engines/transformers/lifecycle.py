@@ -8,10 +8,12 @@ logged with its traceback) instead of claiming to be ready.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import gc
 import logging
+from collections.abc import AsyncGenerator, AsyncIterator
 
-from avito_ai.engines.base import EngineState, EngineStatus, Role
+from avito_ai.engines.base import Chunk, EngineState, EngineStatus, Role
 from avito_ai.engines.transformers.device import Placement
 from avito_ai.errors import ModelUnavailable, ShuttingDown
 
@@ -47,6 +49,8 @@ class InProcessEngine:
         )
 
     def _fail(self, reason: str) -> None:
+        if self._state is EngineState.STOPPED:  # a load that ends after stop(): stay stopped
+            return
         self._state, self._reason = EngineState.FAILED, reason
         log.error("%s: %s", self.title, reason)
 
@@ -60,9 +64,21 @@ class InProcessEngine:
         detail = f": {status.reason}" if status.reason else ""
         raise ModelUnavailable(f"{self.title} model is {status.state.value}{detail}")
 
+    @staticmethod
+    async def _relay(stream: AsyncGenerator[Chunk, None]) -> AsyncIterator[Chunk]:
+        """Yield a worker stream's chunks. aclosing: when our consumer closes us, the worker
+        stream is closed right now (not at garbage collection), so its ticket is withdrawn
+        and the worker stops spending compute on it within a step."""
+        async with contextlib.aclosing(stream) as chunks:
+            async for chunk in chunks:
+                yield chunk
+
+    def _stopping(self) -> None:
+        """First thing in stop(): readiness says why from now on, new requests get 503."""
+        self._state, self._reason = EngineState.STOPPED, "shutting down"
+
     async def _released(self) -> None:
         """After the weights are dropped: give their memory back (CUDA caches too)."""
-        self._state, self._reason = EngineState.STOPPED, "shutting down"
         await asyncio.to_thread(_free_memory, self._placement)
 
 

@@ -127,10 +127,6 @@ class BatchScheduler:
         return self._bridge.alive
 
     @property
-    def max_queue_size(self) -> int:
-        return self._bridge.max_queue_size
-
-    @property
     def active_count(self) -> int:
         return len(self._rows)
 
@@ -140,7 +136,7 @@ class BatchScheduler:
 
     def stream(self, spec: SequenceSpec) -> AsyncGenerator[Chunk, None]:
         """Submit `spec` and yield its chunks (see `WorkerBridge.stream`)."""
-        return self._bridge.stream(spec, deadline=spec.deadline, created=spec.created)
+        return self._bridge.stream(spec, deadline=spec.deadline)
 
     # --------------------------------------------------------------- worker side
 
@@ -180,9 +176,7 @@ class BatchScheduler:
                 self._prefill(admitted)
             except Exception as exc:
                 log.exception("%s prefill failed", self._name)
-                for ticket in admitted:
-                    if not ticket.done:
-                        self._bridge.send(ticket, generation_failure(exc), final=True)
+                self._bridge.fail(admitted, generation_failure(exc))
             self._bridge.flush()  # first tokens out now, not after the next decode step
         if not self._rows:
             return
@@ -190,8 +184,7 @@ class BatchScheduler:
             self._decode_step()
         except Exception as exc:
             log.exception("%s decode step failed; dropping the batch", self._name)
-            for row in self._rows:
-                self._bridge.send(row.ticket, generation_failure(exc), final=True)
+            self._bridge.fail([row.ticket for row in self._rows], generation_failure(exc))
             self._clear_batch()
             return
         # Finished rows leave now, before their final chunks are delivered: their memory is
@@ -273,9 +266,8 @@ class BatchScheduler:
             self._merge(rows, cache, longest, chosen, positions)
         except Exception as exc:
             # (Out of memory, typically.) The running batch may be half merged: end it all.
-            for row in [*self._rows, *rows]:
-                if not row.ticket.done:
-                    self._bridge.send(row.ticket, generation_failure(exc), final=True)
+            tickets = [row.ticket for row in [*self._rows, *rows]]
+            self._bridge.fail(tickets, generation_failure(exc))
             self._clear_batch()
             raise
         now = time.monotonic()
@@ -351,10 +343,7 @@ class BatchScheduler:
             self._finish(row, finish, now)
 
     def _finish(self, row: _Row, reason: FinishReason, now: float) -> None:
-        *chunks, final = row.seq.finish(reason, now)
-        for chunk in chunks:
-            self._bridge.send(row.ticket, chunk)
-        self._bridge.send(row.ticket, final, final=True)
+        self._bridge.end(row.ticket, row.seq.finish(reason, now))
 
     def _shutdown(self) -> None:
         """Worker exit: end every request so no consumer waits forever, free the cache."""

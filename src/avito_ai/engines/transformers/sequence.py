@@ -56,7 +56,9 @@ class Sequence:
         *,
         eos_token_ids: frozenset[int],
         device: torch.device | str,
+        scheduled_at: float | None = None,
     ) -> None:
+        """`scheduled_at`: when work on it began (default: now)."""
         self.spec = spec
         self._eos = frozenset() if spec.ignore_eos else eos_token_ids
         self.sampler = RowSampler(
@@ -69,7 +71,7 @@ class Sequence:
             thinking_open=spec.thinking_open,
         )
         self.generated = 0
-        self.scheduled_at = time.monotonic()
+        self.scheduled_at = time.monotonic() if scheduled_at is None else scheduled_at
         self.first_token_at: float | None = None
 
     def accept(self, token: int, now: float) -> tuple[str, FinishReason | None]:

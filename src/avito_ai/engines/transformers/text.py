@@ -18,7 +18,6 @@ removed from the answer, also while streaming, so clients never see reasoning te
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import copy
 import gc
 import logging
@@ -48,7 +47,7 @@ from avito_ai.engines.transformers.scheduler import (
     BatchScheduler,
     SequenceSpec,
 )
-from avito_ai.engines.transformers.textstream import THINK_OPEN, detokenizer_factory
+from avito_ai.engines.transformers.textstream import detokenizer_factory, prompt_opens_thinking
 from avito_ai.engines.transformers.threads import run_in_own_thread
 from avito_ai.errors import ValidationFailed
 
@@ -67,7 +66,6 @@ class TransformersTextEngine(InProcessEngine):
     def __init__(self, settings: Settings) -> None:
         super().__init__(settings.role("avibe").model or EMBEDDED_MODEL_ID)
         self._settings = settings
-        self._stop_requested = False
         self._loaded: LoadedTextModel | None = None
         self._scheduler: BatchScheduler | None = None
         self._tokenizer: Any = None
@@ -78,6 +76,8 @@ class TransformersTextEngine(InProcessEngine):
 
     async def start(self) -> None:
         """Load in a thread; end READY or FAILED (with a reason). Never raises an error."""
+        if self._state is EngineState.STOPPED:
+            return
         self._state = EngineState.LOADING
         self._reason = None
         try:
@@ -89,7 +89,7 @@ class TransformersTextEngine(InProcessEngine):
                 lambda: load_text_model(source, placement, self._settings.model_cache_dir),
                 name="avibe-load",
             )
-            if self._stop_requested:  # stop() ran while we were loading: stay stopped
+            if self._state is EngineState.STOPPED:  # stop() came during the load: stay so
                 del loaded
                 gc.collect()
                 return
@@ -130,7 +130,7 @@ class TransformersTextEngine(InProcessEngine):
 
     async def stop(self) -> None:
         """Stop the worker (queued requests: ShuttingDown; running: "cancelled"), free memory."""
-        self._stop_requested = True
+        self._stopping()
         scheduler, self._scheduler = self._scheduler, None
         if scheduler is not None:
             await asyncio.to_thread(scheduler.stop)
@@ -153,11 +153,8 @@ class TransformersTextEngine(InProcessEngine):
         scheduler = self._scheduler
         assert scheduler is not None  # READY means a running scheduler
         spec = self.build_spec(request)
-        # aclosing: when our consumer closes us, the scheduler's stream must be closed too
-        # (right now, not at garbage collection) so that its row leaves the batch.
-        async with contextlib.aclosing(scheduler.stream(spec)) as chunks:
-            async for chunk in chunks:
-                yield chunk
+        async for chunk in self._relay(scheduler.stream(spec)):
+            yield chunk
 
     def build_spec(self, request: GenerationRequest) -> SequenceSpec:
         """Tokenize the request and bound its length. Raises ValidationFailed."""
@@ -185,7 +182,7 @@ class TransformersTextEngine(InProcessEngine):
             max_new_tokens=min(sampling.max_tokens, room),
             stop=stops,
             strip_thinking=strip,
-            thinking_open=strip and self._prompt_opens_thinking(ids),
+            thinking_open=strip and prompt_opens_thinking(self._tokenizer, ids),
             deadline=request.deadline,
             created=request.created,
             request_id=request.request_id,
@@ -222,11 +219,6 @@ class TransformersTextEngine(InProcessEngine):
             enable_thinking=thinking,
         )
         return list(ids), False
-
-    def _prompt_opens_thinking(self, ids: list[int]) -> bool:
-        """True when the template itself opened `<think>` (the output then only closes it)."""
-        tail: str = self._tokenizer.decode(ids[-8:], skip_special_tokens=False)
-        return tail.rstrip().endswith(THINK_OPEN)
 
 
 def _fallback_prompt(messages: list[dict[str, str]]) -> str:

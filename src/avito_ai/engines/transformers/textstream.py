@@ -26,6 +26,12 @@ THINK_CLOSE = "</think>"
 _REPLACEMENT = "\ufffd"
 
 
+def prompt_opens_thinking(tokenizer: Any, prompt_ids: Sequence[int]) -> bool:
+    """True when the chat template itself opened `<think>`: the answer then only closes it."""
+    tail: str = tokenizer.decode(list(prompt_ids[-8:]), skip_special_tokens=False)
+    return tail.rstrip().endswith(THINK_OPEN)
+
+
 def partial_suffix_len(text: str, needles: Sequence[str]) -> int:
     """Length of the longest suffix of `text` that is a proper prefix of one of `needles`."""
     best = 0

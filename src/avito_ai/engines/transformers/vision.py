@@ -35,7 +35,6 @@ several GB of activations. The processor's own size limits apply on top.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import copy
 import gc
 import logging
@@ -57,7 +56,7 @@ from avito_ai.engines.base import (
 from avito_ai.engines.bridge import Ticket, WorkerBridge
 from avito_ai.engines.transformers.lifecycle import InProcessEngine
 from avito_ai.engines.transformers.sequence import Sequence, SequenceSpec, generation_failure
-from avito_ai.engines.transformers.textstream import detokenizer_factory
+from avito_ai.engines.transformers.textstream import detokenizer_factory, prompt_opens_thinking
 from avito_ai.engines.transformers.threads import run_in_own_thread
 from avito_ai.errors import AvitoError, Timeout, ValidationFailed
 
@@ -135,7 +134,7 @@ class TransformersVisionEngine(InProcessEngine):
 
     async def stop(self) -> None:
         """Cancel running work (it ends "cancelled"), end the worker, drop the weights."""
-        self._state = EngineState.STOPPED  # a load still running ends here, unused
+        self._stopping()  # a load still running ends unused
         await asyncio.to_thread(self._bridge.stop)
         self._loaded = None
         await self._released()
@@ -160,10 +159,8 @@ class TransformersVisionEngine(InProcessEngine):
         deadline = request.deadline
         if deadline is None:
             deadline = request.created + self._settings.request_timeout
-        stream = self._bridge.stream(request, deadline=deadline, created=request.created)
-        async with contextlib.aclosing(stream) as chunks:
-            async for chunk in chunks:
-                yield chunk
+        async for chunk in self._relay(self._bridge.stream(request, deadline=deadline)):
+            yield chunk
 
     # ---------------------------------------------------------------- generation (worker side)
 
@@ -176,13 +173,14 @@ class TransformersVisionEngine(InProcessEngine):
                 while bridge.wait_for_work():
                     for ticket in bridge.take(1):
                         self._running = ticket
-                        try:
-                            self._serve(ticket)
-                        finally:
-                            self._running = None
+                        self._serve(ticket)
+                        self._running = None
                     bridge.flush()  # also the Timeout of a ticket that expired in the queue
         except BaseException:  # pragma: no cover - a bug in the worker itself
             log.exception("avision worker crashed")
+            if self._running is not None:  # its consumer must not wait for its deadline
+                bridge.fail([self._running], RuntimeError("The A-Vision worker stopped"))
+                self._running = None
         finally:
             bridge.close()
             bridge.flush()
@@ -193,38 +191,46 @@ class TransformersVisionEngine(InProcessEngine):
         request = ticket.payload
         try:
             inputs = self._prepare_inputs(request)
-            sampling = request.sampling
-            spec = SequenceSpec(
-                prompt_ids=[int(t) for t in inputs["input_ids"][0].tolist()],
-                sampling=sampling,
-                max_new_tokens=sampling.max_tokens,
-                stop=sampling.stop,
-                strip_thinking=not request.enable_thinking,
-                deadline=ticket.deadline,
-                created=ticket.created,
-                request_id=request.request_id,
-                ignore_eos=sampling.ignore_eos,
-            )
-            assert self._new_detokenizer is not None and self._placement is not None
-            seq = Sequence(
-                spec, self._new_detokenizer, eos_token_ids=self._eos, device=self._placement.device
-            )
-            seq.scheduled_at = scheduled
+            seq = self._sequence(request, inputs, ticket.deadline, scheduled)
             reason = self._generate(ticket, inputs, seq)
+            if reason == "timeout":
+                self._bridge.fail([ticket], Timeout("Request timed out"))
+            else:
+                self._bridge.end(ticket, seq.finish(reason, time.monotonic()))
         except AvitoError as exc:  # the request's own fault (bad image, template): 4xx
-            self._bridge.send(ticket, exc, final=True)
-            return
+            self._bridge.fail([ticket], exc)
         except Exception as exc:
             log.exception("avision generation failed")
-            self._bridge.send(ticket, generation_failure(exc), final=True)
-            return
-        if reason == "timeout":
-            self._bridge.send(ticket, Timeout("Request timed out"), final=True)
-            return
-        *chunks, final = seq.finish(reason, time.monotonic())
-        for chunk in chunks:
-            self._bridge.send(ticket, chunk)
-        self._bridge.send(ticket, final, final=True)
+            self._bridge.fail([ticket], generation_failure(exc))
+
+    def _sequence(
+        self, request: GenerationRequest, inputs: Any, deadline: float | None, scheduled: float
+    ) -> Sequence:
+        assert self._loaded is not None and self._new_detokenizer is not None
+        assert self._placement is not None
+        sampling = request.sampling
+        prompt_ids = [int(t) for t in inputs["input_ids"][0].tolist()]
+        strip = not request.enable_thinking
+        spec = SequenceSpec(
+            prompt_ids=prompt_ids,
+            sampling=sampling,
+            max_new_tokens=sampling.max_tokens,
+            stop=sampling.stop,
+            strip_thinking=strip,
+            thinking_open=strip
+            and prompt_opens_thinking(self._loaded.processor.tokenizer, prompt_ids),
+            deadline=deadline,
+            created=request.created,
+            request_id=request.request_id,
+            ignore_eos=sampling.ignore_eos,
+        )
+        return Sequence(
+            spec,
+            self._new_detokenizer,
+            eos_token_ids=self._eos,
+            device=self._placement.device,
+            scheduled_at=scheduled,
+        )
 
     def _prepare_inputs(self, request: GenerationRequest) -> Any:
         """Chat template + image preprocessing, on the worker (CPU-heavy for big images)."""
@@ -322,7 +328,10 @@ class TransformersVisionEngine(InProcessEngine):
             top_p=1.0,
             top_k=50,
             repetition_penalty=1.0,  # applied by the RowSampler, with the prompt's history
-            eos_token_id=None if seq.spec.ignore_eos else sorted(self._eos) or None,
+            eos_token_id=sorted(self._eos) or None,
+            # ignore_eos: generate() would fill an unset eos_token_id from the checkpoint, so
+            # EOS is masked out instead, until max_new_tokens (as benchmarks want).
+            min_new_tokens=seq.spec.max_new_tokens if seq.spec.ignore_eos else None,
             pad_token_id=min(self._eos) if self._eos else None,
         )
         self._loaded.model.generate(  # type: ignore[union-attr]
