@@ -159,7 +159,7 @@ def detokenizer_factories(engine: TransformersTextEngine) -> dict[str, Any]:
     """The detokenizer the engine picked (DecodeStream for fast tokenizers) and the fallback."""
     import copy
 
-    from avito_ai.engines.transformers.textstream import IncrementalDetokenizer
+    from avito_ai.engines.textstream import IncrementalDetokenizer
 
     scheduler = engine.scheduler
     assert scheduler is not None and engine._loaded is not None

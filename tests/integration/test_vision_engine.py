@@ -30,7 +30,8 @@ from avito_ai.engines.base import (
     SamplingParams,
     TextPart,
 )
-from avito_ai.engines.transformers.textstream import TextPipeline, detokenizer_factory
+from avito_ai.engines.textstream import TextPipeline
+from avito_ai.engines.transformers.detokenize import detokenizer_factory
 from avito_ai.engines.transformers.vision import TransformersVisionEngine
 from avito_ai.errors import ModelUnavailable, Overloaded, Timeout, ValidationFailed
 from tests.conftest import isolated_settings

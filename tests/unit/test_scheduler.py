@@ -22,8 +22,8 @@ import pytest
 import torch
 
 from avito_ai.engines.base import Chunk, SamplingParams
+from avito_ai.engines.transformers.detokenize import detokenizer_factory
 from avito_ai.engines.transformers.scheduler import BatchScheduler, SequenceSpec
-from avito_ai.engines.transformers.textstream import detokenizer_factory
 from avito_ai.errors import Overloaded, ShuttingDown, Timeout
 from tests.tiny_models import train_tokenizer
 

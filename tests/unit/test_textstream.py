@@ -8,16 +8,15 @@ from typing import Any
 
 import pytest
 
-from avito_ai.engines.transformers.textstream import (
+from avito_ai.engines.textstream import (
     Detokenizer,
     IncrementalDetokenizer,
     StopMatcher,
-    StreamDetokenizer,
     TextPipeline,
     ThinkFilter,
-    detokenizer_factory,
     partial_suffix_len,
 )
+from avito_ai.engines.transformers.detokenize import StreamDetokenizer, detokenizer_factory
 from tests.tiny_models import train_tokenizer
 
 

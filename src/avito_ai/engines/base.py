@@ -37,10 +37,12 @@ class EngineStatus:
     device: str | None = None
     dtype: str | None = None
     reason: str | None = None
+    engine: str | None = None  # the backend serving it: openvino, transformers, openai, fake
 
     def as_dict(self) -> dict[str, str | None]:
         return {
             "state": self.state.value,
+            "engine": self.engine,
             "model": self.model_id,
             "device": self.device,
             "dtype": self.dtype,

@@ -58,6 +58,7 @@ class FakeEngine:
             device="cpu",
             dtype="float32",
             reason=self.fail_reason if self._state is EngineState.FAILED else None,
+            engine="fake",
         )
 
     @staticmethod

@@ -209,6 +209,7 @@ class RemoteEngine:
             device=f"remote ({healthy}/{len(self.upstreams)} upstreams healthy)",
             dtype=None,
             reason=reason,
+            engine="openai",
         )
 
     async def _health_loop(self) -> None:

@@ -23,6 +23,17 @@ class Placement:
         ]
 
 
+def free_memory(placement: Placement | None) -> None:
+    """After weights are dropped: collect them, and give CUDA's cached blocks back."""
+    import gc
+
+    gc.collect()
+    if placement is not None and placement.device.startswith("cuda"):
+        import torch
+
+        torch.cuda.empty_cache()
+
+
 def cuda_problem(device: str) -> str | None:
     """Why a configured CUDA device cannot be used, or None when it can (or none is asked)."""
     if not device.startswith("cuda"):

@@ -36,10 +36,10 @@ import torch
 
 from avito_ai.engines.base import Chunk, FinishReason
 from avito_ai.engines.bridge import Ticket, WorkerBridge
+from avito_ai.engines.textstream import Detokenizer
 from avito_ai.engines.transformers.kvcache import BatchKVCache
 from avito_ai.engines.transformers.sampling import sample_tokens
 from avito_ai.engines.transformers.sequence import Sequence, SequenceSpec, generation_failure
-from avito_ai.engines.transformers.textstream import Detokenizer
 from avito_ai.errors import Timeout
 
 log = logging.getLogger(__name__)

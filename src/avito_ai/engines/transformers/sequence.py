@@ -15,8 +15,8 @@ from dataclasses import dataclass, field
 import torch
 
 from avito_ai.engines.base import Chunk, FinishReason, SamplingParams, final_chunk
+from avito_ai.engines.textstream import Detokenizer, TextPipeline
 from avito_ai.engines.transformers.sampling import RowSampler
-from avito_ai.engines.transformers.textstream import Detokenizer, TextPipeline
 from avito_ai.errors import ModelUnavailable
 
 

@@ -33,8 +33,9 @@ from avito_ai.engines.base import (
     Role,
     TextPart,
 )
-from avito_ai.engines.transformers.device import resolve_placement
-from avito_ai.engines.transformers.lifecycle import InProcessEngine
+from avito_ai.engines.lifecycle import InProcessEngine
+from avito_ai.engines.transformers.detokenize import detokenizer_factory, prompt_opens_thinking
+from avito_ai.engines.transformers.device import Placement, free_memory, resolve_placement
 from avito_ai.engines.transformers.loading import (
     EMBEDDED_MODEL_ID,
     LoadedTextModel,
@@ -47,7 +48,6 @@ from avito_ai.engines.transformers.scheduler import (
     BatchScheduler,
     SequenceSpec,
 )
-from avito_ai.engines.transformers.textstream import detokenizer_factory, prompt_opens_thinking
 from avito_ai.engines.transformers.threads import run_in_own_thread
 from avito_ai.errors import ValidationFailed
 
@@ -62,9 +62,11 @@ class TransformersTextEngine(InProcessEngine):
 
     role: Role = "avibe"
     title = "A-Vibe"
+    engine = "transformers"
 
     def __init__(self, settings: Settings) -> None:
         super().__init__(settings.role("avibe").model or EMBEDDED_MODEL_ID)
+        self._placement: Placement | None = None
         self._settings = settings
         self._loaded: LoadedTextModel | None = None
         self._scheduler: BatchScheduler | None = None
@@ -83,8 +85,10 @@ class TransformersTextEngine(InProcessEngine):
         try:
             source = resolve_text_source(self._settings.role("avibe").model)
             self._model_id = source.model_id
-            self._placement = resolve_placement(self._settings.device, self._settings.dtype)
-            placement = self._placement
+            self._placement = placement = resolve_placement(
+                self._settings.device, self._settings.dtype
+            )
+            self._device, self._dtype = placement.device, placement.dtype_name
             loaded = await run_in_own_thread(
                 lambda: load_text_model(source, placement, self._settings.model_cache_dir),
                 name="avibe-load",
@@ -136,7 +140,7 @@ class TransformersTextEngine(InProcessEngine):
             await asyncio.to_thread(scheduler.stop)
         self._loaded = None
         self._tokenizer = None
-        await self._released()
+        await asyncio.to_thread(free_memory, self._placement)
 
     def _worker_alive(self) -> bool:
         return self._scheduler is not None and self._scheduler.alive

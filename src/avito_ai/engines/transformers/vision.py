@@ -54,9 +54,10 @@ from avito_ai.engines.base import (
     TextPart,
 )
 from avito_ai.engines.bridge import Ticket, WorkerBridge
-from avito_ai.engines.transformers.lifecycle import InProcessEngine
+from avito_ai.engines.lifecycle import InProcessEngine
+from avito_ai.engines.transformers.detokenize import detokenizer_factory, prompt_opens_thinking
+from avito_ai.engines.transformers.device import Placement, free_memory
 from avito_ai.engines.transformers.sequence import Sequence, SequenceSpec, generation_failure
-from avito_ai.engines.transformers.textstream import detokenizer_factory, prompt_opens_thinking
 from avito_ai.engines.transformers.threads import run_in_own_thread
 from avito_ai.errors import AvitoError, Timeout, ValidationFailed
 
@@ -64,7 +65,6 @@ if TYPE_CHECKING:
     import torch
     from PIL.Image import Image
 
-    from avito_ai.engines.transformers.device import Placement
     from avito_ai.engines.transformers.loading import LoadedVisionModel
 
 log = logging.getLogger(__name__)
@@ -75,10 +75,12 @@ class TransformersVisionEngine(InProcessEngine):
 
     role: Role = "avision"
     title = "A-Vision"
+    engine = "transformers"
 
     def __init__(self, settings: Settings) -> None:
         # Cheap on purpose: nothing is imported or loaded until start().
         super().__init__(settings.role("avision").model)
+        self._placement: Placement | None = None
         self._settings = settings
         self._loaded: LoadedVisionModel | None = None
         self._eos: frozenset[int] = frozenset()
@@ -111,6 +113,7 @@ class TransformersVisionEngine(InProcessEngine):
 
         tokenizer = loaded.processor.tokenizer
         self._loaded, self._placement = loaded, placement
+        self._device, self._dtype = placement.device, placement.dtype_name
         self._eos = frozenset(eos_token_ids(tokenizer, loaded.model))
         self._new_detokenizer = detokenizer_factory(copy.deepcopy(tokenizer))
         self._bridge.start(self._run)
@@ -137,7 +140,7 @@ class TransformersVisionEngine(InProcessEngine):
         self._stopping()  # a load still running ends unused
         await asyncio.to_thread(self._bridge.stop)
         self._loaded = None
-        await self._released()
+        await asyncio.to_thread(free_memory, self._placement)
 
     def _worker_alive(self) -> bool:
         return self._bridge.alive

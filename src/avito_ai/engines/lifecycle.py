@@ -1,20 +1,17 @@
-"""What the two in-process engines share around their worker: state, status, release.
+"""What the in-process engines (transformers, OpenVINO) share around their worker.
 
-Both load in the background (LOADING, then READY or FAILED with a readable reason), run
-their model on one worker thread, and report FAILED if that thread ever dies (a bug,
-logged with its traceback) instead of claiming to be ready.
+Each loads in the background (LOADING, then READY or FAILED with a readable reason), runs
+its model on one worker thread, and reports FAILED if that thread ever dies (a bug, logged
+with its traceback) instead of claiming to be ready.
 """
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
-import gc
 import logging
 from collections.abc import AsyncGenerator, AsyncIterator
 
 from avito_ai.engines.base import Chunk, EngineState, EngineStatus, Role
-from avito_ai.engines.transformers.device import Placement
 from avito_ai.errors import ModelUnavailable, ShuttingDown
 
 log = logging.getLogger(__name__)
@@ -25,12 +22,14 @@ class InProcessEngine:
 
     role: Role
     title: str  # "A-Vibe", "A-Vision": how messages name the model
+    engine: str  # the backend, as /api/health names it
 
     def __init__(self, model_id: str | None) -> None:
         self._state = EngineState.LOADING
         self._reason: str | None = None
         self._model_id = model_id
-        self._placement: Placement | None = None
+        self._device: str | None = None  # where it runs, once known
+        self._dtype: str | None = None
 
     def _worker_alive(self) -> bool:
         raise NotImplementedError
@@ -38,14 +37,14 @@ class InProcessEngine:
     def status(self) -> EngineStatus:
         if self._state is EngineState.READY and not self._worker_alive():
             self._fail("the generation worker stopped unexpectedly; see the logs")
-        placement = self._placement
         return EngineStatus(
             self.role,
             self._state,
             model_id=self._model_id,
-            device=placement.device if placement else None,
-            dtype=placement.dtype_name if placement else None,
+            device=self._device,
+            dtype=self._dtype,
             reason=None if self._state is EngineState.READY else self._reason,
+            engine=self.engine,
         )
 
     def _fail(self, reason: str) -> None:
@@ -76,15 +75,3 @@ class InProcessEngine:
     def _stopping(self) -> None:
         """First thing in stop(): readiness says why from now on, new requests get 503."""
         self._state, self._reason = EngineState.STOPPED, "shutting down"
-
-    async def _released(self) -> None:
-        """After the weights are dropped: give their memory back (CUDA caches too)."""
-        await asyncio.to_thread(_free_memory, self._placement)
-
-
-def _free_memory(placement: Placement | None) -> None:
-    gc.collect()
-    if placement is not None and placement.device.startswith("cuda"):
-        import torch
-
-        torch.cuda.empty_cache()

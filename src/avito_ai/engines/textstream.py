@@ -2,10 +2,10 @@
 
 Three small state machines, chained per sequence by `TextPipeline`:
 
-1. a detokenizer - token ids -> text deltas, never half of a multi-byte character.
-   `StreamDetokenizer` wraps tokenizers' `DecodeStream` (fast tokenizers: one Rust call per
-   token, no Python decode under the GIL); `IncrementalDetokenizer` is the fallback for
-   slow tokenizers (it re-decodes a short window per token). `detokenizer_factory` picks.
+1. a detokenizer - token ids -> text deltas, never half of a multi-byte character. Each
+   backend brings the fastest its tokenizer allows (transformers/detokenize.py,
+   openvino/detokenize.py); `IncrementalDetokenizer` here works with any `decode`
+   function (it re-decodes a short window per token).
 2. `ThinkFilter` - drops `<think>...</think>` blocks (reasoning models) unless the client
    asked for thinking; holds back text that could be the start of a tag.
 3. `StopMatcher` - cuts the answer before the first stop string; holds back text that could
@@ -19,17 +19,11 @@ thinking and stop strings, and minus a trailing half character when max_tokens c
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from typing import Any, Protocol
+from typing import Protocol
 
 THINK_OPEN = "<think>"
 THINK_CLOSE = "</think>"
-_REPLACEMENT = "\ufffd"
-
-
-def prompt_opens_thinking(tokenizer: Any, prompt_ids: Sequence[int]) -> bool:
-    """True when the chat template itself opened `<think>`: the answer then only closes it."""
-    tail: str = tokenizer.decode(list(prompt_ids[-8:]), skip_special_tokens=False)
-    return tail.rstrip().endswith(THINK_OPEN)
+REPLACEMENT = "\ufffd"
 
 
 def partial_suffix_len(text: str, needles: Sequence[str]) -> int:
@@ -53,59 +47,6 @@ class Detokenizer(Protocol):
         ...
 
 
-class StreamDetokenizer:
-    """tokenizers' `DecodeStream`: the same prefix/read-offset scheme, done in Rust.
-
-    `step` returns None while the pending bytes do not form whole characters yet, so a
-    character split across byte-level tokens is emitted once, whole. `flush` decodes the
-    whole answer once and releases what `DecodeStream` still held (it can hold text after
-    a stray invalid byte), minus a trailing half character, as the fallback does.
-    """
-
-    __slots__ = ("_emitted", "_ids", "_step", "_tokenizer")
-
-    def __init__(self, tokenizer: Any) -> None:
-        from tokenizers.decoders import DecodeStream
-
-        self._tokenizer = tokenizer  # a tokenizers.Tokenizer (the Rust object)
-        self._step = DecodeStream(skip_special_tokens=True).step
-        self._ids: list[int] = []
-        self._emitted = 0  # characters released so far
-
-    def push(self, token_id: int) -> str:
-        self._ids.append(token_id)
-        text: str | None = self._step(self._tokenizer, token_id)
-        if not text:
-            return ""
-        self._emitted += len(text)
-        return text
-
-    def flush(self) -> str:
-        full: str = self._tokenizer.decode(self._ids, skip_special_tokens=True)
-        tail = full[self._emitted :].rstrip(_REPLACEMENT)
-        self._emitted += len(tail)
-        return tail
-
-
-def detokenizer_factory(tokenizer: Any) -> Callable[[], Detokenizer]:
-    """A new detokenizer per sequence for a transformers tokenizer.
-
-    The caller passes a tokenizer of its own (a deep copy): a Rust tokenizer shared between
-    the event loop (encoding prompts) and the worker thread can fail with "Already borrowed".
-    """
-    backend = getattr(tokenizer, "backend_tokenizer", None)
-    if backend is not None:
-        return lambda: StreamDetokenizer(backend)
-
-    def decode(ids: list[int]) -> str:
-        text: str = tokenizer.decode(
-            ids, skip_special_tokens=True, clean_up_tokenization_spaces=False
-        )
-        return text
-
-    return lambda: IncrementalDetokenizer(decode)
-
-
 class IncrementalDetokenizer:
     """Token ids -> text deltas, safe for multi-byte characters.
 
@@ -127,7 +68,7 @@ class IncrementalDetokenizer:
         self.ids.append(token_id)
         prefix_text = self._decode(self.ids[self._prefix : self._read])
         new_text = self._decode(self.ids[self._prefix :])
-        if len(new_text) <= len(prefix_text) or new_text.endswith(_REPLACEMENT):
+        if len(new_text) <= len(prefix_text) or new_text.endswith(REPLACEMENT):
             return ""
         self._prefix, self._read = self._read, len(self.ids)
         return new_text[len(prefix_text) :]
@@ -142,7 +83,7 @@ class IncrementalDetokenizer:
         new_text = self._decode(self.ids[self._prefix :])
         self._prefix = self._read = len(self.ids)
         tail = new_text[len(prefix_text) :] if len(new_text) > len(prefix_text) else ""
-        return tail.rstrip(_REPLACEMENT)
+        return tail.rstrip(REPLACEMENT)
 
 
 class ThinkFilter:
