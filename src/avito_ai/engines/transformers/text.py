@@ -31,13 +31,14 @@ from avito_ai.engines.base import (
     EngineState,
     GenerationRequest,
     Role,
-    TextPart,
 )
 from avito_ai.engines.lifecycle import InProcessEngine
+from avito_ai.engines.models import EMBEDDED_MODEL_ID
+from avito_ai.engines.prompts import FALLBACK_STOPS, fallback_prompt, plain_messages
+from avito_ai.engines.threads import run_in_own_thread
 from avito_ai.engines.transformers.detokenize import detokenizer_factory, prompt_opens_thinking
 from avito_ai.engines.transformers.device import Placement, free_memory, resolve_placement
 from avito_ai.engines.transformers.loading import (
-    EMBEDDED_MODEL_ID,
     LoadedTextModel,
     eos_token_ids,
     load_text_model,
@@ -48,13 +49,9 @@ from avito_ai.engines.transformers.scheduler import (
     BatchScheduler,
     SequenceSpec,
 )
-from avito_ai.engines.transformers.threads import run_in_own_thread
 from avito_ai.errors import ValidationFailed
 
 log = logging.getLogger(__name__)
-
-# Stops used with the plain fallback format (models without a chat template).
-_FALLBACK_STOPS = ("\nUser:", "\nSystem:")
 
 
 class TransformersTextEngine(InProcessEngine):
@@ -171,7 +168,7 @@ class TransformersTextEngine(InProcessEngine):
         else:
             ids, fallback = self._encode_chat(request.messages, request.enable_thinking)
             if fallback:
-                stops += _FALLBACK_STOPS
+                stops += FALLBACK_STOPS
         room = self._context_length - len(ids)
         if room < 1:
             raise ValidationFailed(
@@ -203,17 +200,9 @@ class TransformersTextEngine(InProcessEngine):
         return ids
 
     def _encode_chat(self, messages: list[ChatMessage], thinking: bool) -> tuple[list[int], bool]:
-        if not messages:
-            raise ValidationFailed("messages must not be empty", param="messages")
-        plain = [
-            {
-                "role": m.role,
-                "content": "\n".join(p.text for p in m.content if isinstance(p, TextPart)),
-            }
-            for m in messages
-        ]
+        plain = plain_messages(messages)
         if not self._has_template:
-            return self._encode_raw(_fallback_prompt(plain)), True
+            return self._encode_raw(fallback_prompt(plain)), True
         ids = self._tokenizer.apply_chat_template(
             plain,
             add_generation_prompt=True,
@@ -223,9 +212,3 @@ class TransformersTextEngine(InProcessEngine):
             enable_thinking=thinking,
         )
         return list(ids), False
-
-
-def _fallback_prompt(messages: list[dict[str, str]]) -> str:
-    names = {"system": "System", "user": "User", "assistant": "Assistant"}
-    lines = [f"{names.get(m['role'], m['role'])}: {m['content']}" for m in messages]
-    return "\n".join(lines) + "\nAssistant:"

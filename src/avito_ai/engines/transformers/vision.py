@@ -55,10 +55,10 @@ from avito_ai.engines.base import (
 )
 from avito_ai.engines.bridge import Ticket, WorkerBridge
 from avito_ai.engines.lifecycle import InProcessEngine
+from avito_ai.engines.threads import run_in_own_thread
 from avito_ai.engines.transformers.detokenize import detokenizer_factory, prompt_opens_thinking
 from avito_ai.engines.transformers.device import Placement, free_memory
 from avito_ai.engines.transformers.sequence import Sequence, SequenceSpec, generation_failure
-from avito_ai.engines.transformers.threads import run_in_own_thread
 from avito_ai.errors import AvitoError, Timeout, ValidationFailed
 
 if TYPE_CHECKING:
@@ -127,8 +127,9 @@ class TransformersVisionEngine(InProcessEngine):
         )
 
     def _load(self) -> tuple[LoadedVisionModel, Placement]:
+        from avito_ai.engines.models import ModelLoadError
         from avito_ai.engines.transformers.device import resolve_placement
-        from avito_ai.engines.transformers.loading import ModelLoadError, load_vision_model
+        from avito_ai.engines.transformers.loading import load_vision_model
 
         if not self._model_id:
             raise ModelLoadError("AVISION_MODEL is not set")

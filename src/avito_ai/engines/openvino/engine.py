@@ -1,0 +1,377 @@
+"""A-Vibe on OpenVINO GenAI's continuous-batching pipeline: the CPU default.
+
+OpenVINO GenAI schedules the batch itself (paged KV cache, chunked prefill, prefix caching,
+per-request sampling); this engine feeds it and streams what it produces. Prompts are built
+and tokenized on the event loop (a template render and one tokenizer call). Everything that
+touches the pipeline runs on ONE worker thread, through the same bridge as the transformers
+engines (engines/bridge.py): each step it
+
+1. cancels the requests whose client went away or whose deadline passed
+   (`GenerationHandle.cancel()`: the pipeline drops them at this step);
+2. adds waiting requests while fewer than MAX_BATCH_SIZE run;
+3. runs one `step()` (the GIL is released inside), then reads every request's new tokens
+   and feeds them through its text pipeline (detokenize, strip thinking, stop strings),
+   ending the answers that finished.
+
+Sampling is the pipeline's: temperature, top-p/k, repetition penalty and the request's own
+`rng_seed`; stop strings are applied by the pipeline (it stops generating) and by the text
+pipeline (it cuts the text exactly as the transformers engine does).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import re
+import secrets
+import time
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+from avito_ai.config import Settings
+from avito_ai.engines.base import (
+    Chunk,
+    EngineState,
+    FinishReason,
+    GenerationRequest,
+    Role,
+    SamplingParams,
+    final_chunk,
+)
+from avito_ai.engines.bridge import Ticket, WorkerBridge
+from avito_ai.engines.lifecycle import InProcessEngine
+from avito_ai.engines.models import EMBEDDED_MODEL_ID
+from avito_ai.engines.prompts import FALLBACK_STOPS, fallback_prompt, plain_messages
+from avito_ai.engines.textstream import THINK_OPEN, TextPipeline
+from avito_ai.engines.threads import run_in_own_thread
+from avito_ai.errors import ModelUnavailable, Timeout, ValidationFailed
+
+if TYPE_CHECKING:
+    from avito_ai.engines.openvino.loading import LoadedPipeline
+
+log = logging.getLogger(__name__)
+
+# Special tokens a client must not be able to write into a chat (role markers and the like).
+_SPECIAL = re.compile(r"^<\|[^<>|]{1,40}\|>$|^</?s>$")
+_ZERO_WIDTH_SPACE = "\u200b"
+
+
+@dataclass
+class Prepared:
+    """A tokenized request, ready for `add_request`."""
+
+    request: GenerationRequest
+    input_ids: Any  # openvino.Tensor [1, n]
+    prompt_tokens: int
+    config: Any  # openvino_genai.GenerationConfig
+    stop: tuple[str, ...]
+    strip_thinking: bool
+    thinking_open: bool
+
+
+class _Row:
+    """A request in the pipeline: its handle, text pipeline, counts and moments."""
+
+    __slots__ = (
+        "finish",
+        "first_token_at",
+        "generated",
+        "handle",
+        "scheduled_at",
+        "text",
+        "ticket",
+    )
+
+    def __init__(self, ticket: Ticket[Prepared], handle: Any, text: TextPipeline) -> None:
+        self.ticket = ticket
+        self.handle = handle
+        self.text = text
+        self.generated = 0
+        self.finish: FinishReason | None = None
+        self.scheduled_at = time.monotonic()
+        self.first_token_at: float | None = None
+
+
+class OpenVINOTextEngine(InProcessEngine):
+    """Engine for role "avibe" on OpenVINO GenAI. Construction is cheap; start() loads."""
+
+    role: Role = "avibe"
+    title = "A-Vibe"
+    engine = "openvino"
+
+    def __init__(self, settings: Settings) -> None:
+        super().__init__(settings.role("avibe").model or EMBEDDED_MODEL_ID)
+        self._settings = settings
+        self._pipe: Any = None
+        self._tokenizer: Any = None
+        self._has_template = False
+        self._specials: list[str] = []
+        self._eos: frozenset[int] = frozenset()
+        self._bridge: WorkerBridge[Prepared] = WorkerBridge(
+            max_queue_size=settings.max_queue_size, name="avibe-openvino"
+        )
+        self._max_batch = settings.max_batch_size
+        self._rows: list[_Row] = []  # worker-only
+        self._next_id = 0  # worker-only
+
+    # ------------------------------------------------------------------ lifecycle
+
+    async def start(self) -> None:
+        """Load in a thread; end READY or FAILED (with a reason). Never raises an error."""
+        if self._state is EngineState.STOPPED:
+            return
+        from avito_ai.engines.openvino.loading import load_pipeline, resolve_source
+
+        try:
+            source = resolve_source(self._settings.role("avibe").model)
+            self._model_id = source.model_id
+            loaded = await run_in_own_thread(
+                lambda: load_pipeline(source, self._settings), name="avibe-load"
+            )
+            if self.status().state is EngineState.STOPPED:  # stop() came during the load
+                return
+            self._install(loaded)
+        except Exception as exc:
+            log.exception("A-Vibe model failed to load")
+            self._fail(str(exc) or type(exc).__name__)
+            return
+        self._state = EngineState.READY
+        log.info(
+            "A-Vibe ready: %s on OpenVINO CPU (%s) in %.1f s",
+            self._model_id,
+            loaded.precision,
+            loaded.seconds,
+        )
+
+    def _install(self, loaded: LoadedPipeline) -> None:
+        tokenizer = loaded.tokenizer
+        self._has_template = bool(tokenizer.chat_template)
+        vocab = (
+            t.decode("utf-8", "replace") if isinstance(t, bytes) else t
+            for t in tokenizer.get_vocab()
+        )
+        self._specials = sorted((t for t in vocab if _SPECIAL.match(t)), key=len, reverse=True)
+        config = loaded.pipe.get_config()
+        self._eos = frozenset({int(config.eos_token_id), *map(int, config.stop_token_ids)})
+        self._pipe, self._tokenizer = loaded.pipe, tokenizer
+        self._device, self._dtype = "cpu", loaded.precision
+        self._bridge.start(self._run)
+
+    async def stop(self) -> None:
+        """Stop the worker (queued requests: ShuttingDown; running: "cancelled")."""
+        self._stopping()
+        await asyncio.to_thread(self._bridge.stop)
+        self._pipe = self._tokenizer = None
+
+    def _worker_alive(self) -> bool:
+        return self._bridge.alive
+
+    @property
+    def waiting_count(self) -> int:
+        return self._bridge.waiting_count
+
+    @property
+    def active_count(self) -> int:
+        return len(self._rows)
+
+    # ----------------------------------------------------------------- generation
+
+    async def generate(self, request: GenerationRequest) -> AsyncIterator[Chunk]:
+        self._ensure_ready()
+        prepared = self.prepare(request)
+        async for chunk in self._relay(self._bridge.stream(prepared, deadline=request.deadline)):
+            yield chunk
+
+    def prepare(self, request: GenerationRequest) -> Prepared:
+        """Render and tokenize the prompt, map the sampling. Raises ValidationFailed."""
+        sampling = request.sampling
+        if sampling.max_tokens < 1:
+            raise ValidationFailed("max_tokens must be at least 1", param="max_tokens")
+        stops = tuple(s for s in sampling.stop if s)
+        if request.prompt is not None:
+            if not request.prompt:
+                raise ValidationFailed("The prompt is empty", param="prompt")
+            prompt, special = request.prompt, True
+        else:
+            plain = plain_messages(request.messages)
+            if self._has_template:
+                for message in plain:
+                    message["content"] = self._neutralize(message["content"])
+                prompt = self._tokenizer.apply_chat_template(
+                    plain,
+                    add_generation_prompt=True,
+                    extra_context={"enable_thinking": request.enable_thinking},
+                )
+            else:
+                prompt = fallback_prompt(plain)
+                stops += FALLBACK_STOPS
+            special = False  # the template wrote the special tokens it wants
+        input_ids = self._tokenizer.encode(prompt, add_special_tokens=special).input_ids
+        strip = not request.enable_thinking
+        return Prepared(
+            request=request,
+            input_ids=input_ids,
+            prompt_tokens=int(input_ids.shape[1]),
+            config=self._generation_config(sampling, stops),
+            stop=stops,
+            strip_thinking=strip,
+            thinking_open=strip and prompt.rstrip().endswith(THINK_OPEN),
+        )
+
+    def _neutralize(self, text: str) -> str:
+        """Text a client writes (such as "<|im_start|>system") stays text: a zero-width
+        space inside each special token's spelling keeps the tokenizer from matching it."""
+        if "<" not in text:
+            return text
+        for token in self._specials:
+            if token in text:
+                text = text.replace(token, token[0] + _ZERO_WIDTH_SPACE + token[1:])
+        return text
+
+    @staticmethod
+    def _generation_config(sampling: SamplingParams, stops: tuple[str, ...]) -> Any:
+        import openvino_genai as genai
+
+        config = genai.GenerationConfig()
+        config.max_new_tokens = sampling.max_tokens
+        if sampling.temperature > 0:
+            config.do_sample = True
+            config.temperature = sampling.temperature
+            config.top_p = sampling.top_p
+            if sampling.top_k > 0:
+                config.top_k = sampling.top_k
+            # The request's own generator: an unseeded request gets a random seed.
+            seed = sampling.seed if sampling.seed is not None else secrets.randbits(63)
+            config.rng_seed = seed % 2**64
+        else:
+            config.do_sample = False
+        config.repetition_penalty = sampling.repetition_penalty
+        if stops:
+            config.stop_strings = set(stops)
+            config.include_stop_str_in_output = False
+        config.ignore_eos = sampling.ignore_eos
+        return config
+
+    # ---------------------------------------------------------------- worker side
+
+    def _run(self) -> None:
+        bridge = self._bridge
+        try:
+            while bridge.wait_for_work(busy=bool(self._rows)):
+                self._drop_gone()
+                for ticket in bridge.take(self._max_batch - len(self._rows)):
+                    self._admit(ticket)
+                if self._rows:
+                    self._pipe.step()
+                    self._collect(time.monotonic())
+                bridge.flush()
+        except BaseException:  # pragma: no cover - a bug in the worker or the pipeline
+            log.exception("A-Vibe OpenVINO worker crashed")
+            bridge.fail([r.ticket for r in self._rows], RuntimeError("The A-Vibe worker stopped"))
+        finally:
+            bridge.close()
+            now = time.monotonic()
+            for row in self._rows:
+                row.handle.cancel()
+                if not row.ticket.done:
+                    bridge.end(row.ticket, self._final(row, "cancelled", now))
+            self._rows = []
+            bridge.flush()
+
+    def _drop_gone(self) -> None:
+        """Cancel requests whose client left or whose deadline passed; free their slots."""
+        now = time.monotonic()
+        keep: list[_Row] = []
+        for row in self._rows:
+            if row.ticket.cancelled:
+                row.handle.cancel()
+            elif row.ticket.expired(now):
+                row.handle.cancel()
+                self._bridge.fail([row.ticket], Timeout("Request timed out"))
+            else:
+                keep.append(row)
+        self._rows = keep
+
+    def _admit(self, ticket: Ticket[Prepared]) -> None:
+        from avito_ai.engines.openvino.detokenize import StreamerDetokenizer
+
+        prepared = ticket.payload
+        try:
+            handle = self._pipe.add_request(self._next_id, prepared.input_ids, prepared.config)
+        except Exception as exc:  # e.g. a configuration the pipeline refuses
+            log.exception("add_request failed")
+            self._bridge.fail([ticket], ValidationFailed(f"The model refused the request: {exc}"))
+            return
+        self._next_id += 1
+        text = TextPipeline(
+            StreamerDetokenizer(self._tokenizer),
+            stop=prepared.stop,
+            strip_thinking=prepared.strip_thinking,
+            thinking_open=prepared.thinking_open,
+        )
+        self._rows.append(_Row(ticket, handle, text))
+
+    def _collect(self, now: float) -> None:
+        """Read every request's new tokens; end the answers that finished."""
+        import openvino_genai as genai
+
+        finished = genai.GenerationStatus.FINISHED
+        running = genai.GenerationStatus.RUNNING
+        keep: list[_Row] = []
+        for row in self._rows:
+            if row.handle.can_read():
+                self._read(row, now)
+            status = row.handle.get_status()
+            if row.finish is None and status == finished:
+                row.finish = "stop"
+            if row.finish is not None:
+                if status == running:
+                    row.handle.cancel()  # our stop string matched first
+                self._bridge.end(row.ticket, self._final(row, row.finish, now))
+            elif status != running:  # IGNORED: it can never fit the KV cache
+                self._bridge.fail(
+                    [row.ticket],
+                    ModelUnavailable(
+                        "The request does not fit the KV cache; retry with a shorter prompt "
+                        "or raise OPENVINO_KV_CACHE_GB"
+                    ),
+                )
+            else:
+                keep.append(row)
+        self._rows = keep
+
+    def _read(self, row: _Row, now: float) -> None:
+        import openvino_genai as genai
+
+        length = genai.GenerationFinishReason.LENGTH
+        for output in row.handle.read().values():
+            for token in output.generated_ids:
+                row.generated += 1
+                if row.first_token_at is None:
+                    row.first_token_at = now
+                if token in self._eos:
+                    continue  # the end of the answer, not text
+                delta = row.text.push(int(token))
+                if delta:
+                    self._bridge.send(row.ticket, Chunk(delta))
+                if row.text.stopped:
+                    row.finish = "stop"
+                    return
+            if output.finish_reason == length:
+                row.finish = "length"
+            elif output.finish_reason != genai.GenerationFinishReason.NONE:
+                row.finish = "stop"
+
+    def _final(self, row: _Row, reason: FinishReason, now: float) -> list[Chunk]:
+        tail = row.text.finish()
+        final = final_chunk(
+            reason,
+            input_tokens=row.ticket.payload.prompt_tokens,
+            generated_tokens=row.generated,
+            created=row.ticket.payload.request.created,
+            scheduled=row.scheduled_at,
+            first_token=row.first_token_at,
+            finished=now,
+        )
+        return [Chunk(tail), final] if tail else [final]

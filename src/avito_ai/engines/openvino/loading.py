@@ -1,0 +1,100 @@
+"""What OpenVINO GenAI can serve, and getting it into a continuous-batching pipeline.
+
+`AVIBE_MODEL` may be unset (the embedded SmolLM2 GGUF), a `.gguf` file (OpenVINO GenAI reads
+GGUF directly: no conversion, no cache) or an OpenVINO IR folder exported with
+`optimum-cli export openvino --model <hub id or folder> <out>`. OpenVINO loads local files
+only; a transformers checkpoint folder or a hub id gets a reason that says what to do.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from avito_ai.config import Settings
+from avito_ai.engines.models import EMBEDDED_MODEL_ID, ModelLoadError, embedded_gguf_path
+
+IR_FILES = ("openvino_model.xml", "openvino_language_model.xml")
+_WHAT_TO_DO = (
+    "re-download it, export the model to an OpenVINO IR folder "
+    "(`optimum-cli export openvino --model <model> <folder>`), "
+    "or serve it with AVIBE_BACKEND=transformers"
+)
+
+
+@dataclass(frozen=True)
+class ModelSource:
+    path: str  # the .gguf file or the IR folder
+    model_id: str  # what status() reports
+
+
+@dataclass
+class LoadedPipeline:
+    pipe: Any  # openvino_genai.ContinuousBatchingPipeline
+    tokenizer: Any  # openvino_genai.Tokenizer
+    precision: str  # the CPU's inference precision (f32, bf16)
+    seconds: float
+
+
+def resolve_source(spec: str | None) -> ModelSource:
+    """Classify an AVIBE_MODEL value for OpenVINO. Raises ModelLoadError with a reason."""
+    if spec is None or not spec.strip():
+        return ModelSource(str(embedded_gguf_path()), EMBEDDED_MODEL_ID)
+    spec = spec.strip()
+    path = Path(spec).expanduser()
+    if spec.lower().endswith(".gguf"):
+        if not path.is_file():
+            raise ModelLoadError(f"GGUF file {spec} does not exist: check AVIBE_MODEL")
+        return ModelSource(str(path.resolve()), spec)
+    if path.is_dir():
+        if any((path / name).is_file() for name in IR_FILES):
+            return ModelSource(str(path.resolve()), spec)
+        if (path / "config.json").is_file():
+            raise ModelLoadError(
+                f"{spec} is a transformers checkpoint, not an OpenVINO IR folder: export it "
+                f"(`optimum-cli export openvino --model {spec} {spec}-ov`) and point AVIBE_MODEL "
+                "there, or serve it with AVIBE_BACKEND=transformers"
+            )
+        raise ModelLoadError(f"{spec} holds no OpenVINO model ({' or '.join(IR_FILES)})")
+    if path.exists():
+        raise ModelLoadError(f"{spec} is neither a .gguf file nor an OpenVINO IR folder")
+    raise ModelLoadError(
+        f"model {spec} not found: OpenVINO serves local files only (a .gguf file or an "
+        "OpenVINO IR folder); for a hub id use AVIBE_BACKEND=transformers"
+    )
+
+
+def load_pipeline(source: ModelSource, settings: Settings) -> LoadedPipeline:
+    """Build the continuous-batching pipeline. Blocking: run it in a thread."""
+    import openvino as ov
+    import openvino_genai as genai
+
+    started = time.monotonic()
+    scheduler = genai.SchedulerConfig()
+    scheduler.cache_size = settings.openvino_kv_cache_gb
+    scheduler.max_num_seqs = settings.max_batch_size
+    # Chunked prefill: a long prompt is prefilled a chunk per step, beside the running
+    # streams' decode tokens, so it never stalls them for the whole prompt.
+    scheduler.dynamic_split_fuse = True
+    scheduler.max_num_batched_tokens = settings.openvino_max_batched_tokens
+    scheduler.enable_prefix_caching = True
+    properties: dict[str, Any] = {}
+    if settings.openvino_threads:
+        properties["INFERENCE_NUM_THREADS"] = settings.openvino_threads
+    try:
+        pipe = genai.ContinuousBatchingPipeline(source.path, scheduler, "CPU", properties)
+    except Exception as exc:
+        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:300]
+        raise ModelLoadError(
+            f"cannot load {source.path}: {first}. The file may be truncated, or its "
+            f"architecture is one OpenVINO GenAI cannot serve; {_WHAT_TO_DO}"
+        ) from exc
+    hint = ov.Core().get_property("CPU", "INFERENCE_PRECISION_HINT")
+    precision = hint.to_string() if hasattr(hint, "to_string") else str(hint)
+    # Warm up here, not in the first client's request: the first inference compiles kernels.
+    warm = genai.GenerationConfig()
+    warm.max_new_tokens = 2
+    pipe.generate(["Hello"], [warm])
+    return LoadedPipeline(pipe, pipe.get_tokenizer(), precision, time.monotonic() - started)
