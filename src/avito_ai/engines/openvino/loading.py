@@ -71,7 +71,14 @@ def load_pipeline(source: ModelSource, settings: Settings) -> LoadedPipeline:
     import openvino as ov
     import openvino_genai as genai
 
+    from avito_ai.engines.openvino.gguf_check import GGUFProblem, check_gguf
+
     started = time.monotonic()
+    if source.path.lower().endswith(".gguf"):
+        try:  # before OpenVINO reads it: a truncated file would crash the process
+            check_gguf(Path(source.path))
+        except (GGUFProblem, OSError) as exc:
+            raise ModelLoadError(f"cannot load {source.path}: {exc}; {_WHAT_TO_DO}") from exc
     scheduler = genai.SchedulerConfig()
     scheduler.cache_size = settings.openvino_kv_cache_gb
     scheduler.max_num_seqs = settings.max_batch_size
