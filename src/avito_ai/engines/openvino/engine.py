@@ -248,8 +248,11 @@ class OpenVINOTextEngine(InProcessEngine):
             config.do_sample = False
         config.repetition_penalty = sampling.repetition_penalty
         if stops:
+            # The pipeline stops generating at a stop string; the text pipeline cuts the
+            # text right before it (the pipeline would drop whole tokens, " Paris" with its
+            # space, where the answer must end exactly before "Paris").
             config.stop_strings = set(stops)
-            config.include_stop_str_in_output = False
+            config.include_stop_str_in_output = True
         config.ignore_eos = sampling.ignore_eos
         return config
 
