@@ -36,3 +36,24 @@ def test_fake_backends_serve_without_torch_or_transformers(clean_environment) ->
     )
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip().splitlines()[-1] == "none"
+
+
+def test_a_backend_whose_extra_is_missing_stops_start_with_one_line(monkeypatch, capsys) -> None:
+    """A light install (no torch) asked for the transformers engine: exit 2, one line
+    naming the extra to install."""
+    import pytest
+
+    from avito_ai.cli import settings_or_exit
+    from avito_ai.engines import registry
+
+    real = registry._installed
+    monkeypatch.setattr(registry, "_installed", lambda m: m not in {"torch"} and real(m))
+    monkeypatch.setenv("AVIBE_BACKEND", "transformers")
+    with pytest.raises(SystemExit) as stopped:
+        settings_or_exit()
+    assert stopped.value.code == 2
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert len(lines) == 1 and "pip install 'avito-ai[transformers]'" in lines[0]
+    monkeypatch.setenv("AVIBE_BACKEND", "auto")  # auto on a CPU: OpenVINO, nothing missing
+    assert settings_or_exit().avibe_backend == "auto"
+    assert registry.backend_for("avibe", settings_or_exit()) == "openvino"

@@ -25,7 +25,7 @@ import logging
 import re
 import secrets
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -42,8 +42,9 @@ from avito_ai.engines.base import (
 from avito_ai.engines.bridge import Ticket, WorkerBridge
 from avito_ai.engines.lifecycle import InProcessEngine
 from avito_ai.engines.models import EMBEDDED_MODEL_ID
+from avito_ai.engines.openvino.detokenize import detokenizer_factory
 from avito_ai.engines.prompts import FALLBACK_STOPS, fallback_prompt, plain_messages
-from avito_ai.engines.textstream import THINK_OPEN, TextPipeline
+from avito_ai.engines.textstream import THINK_OPEN, Detokenizer, TextPipeline
 from avito_ai.engines.threads import run_in_own_thread
 from avito_ai.errors import ModelUnavailable, Timeout, ValidationFailed
 
@@ -108,6 +109,7 @@ class OpenVINOTextEngine(InProcessEngine):
         self._has_template = False
         self._specials: list[str] = []
         self._eos: frozenset[int] = frozenset()
+        self._new_detokenizer: Callable[[], Detokenizer] | None = None
         self._bridge: WorkerBridge[Prepared] = WorkerBridge(
             max_queue_size=settings.max_queue_size, name="avibe-openvino"
         )
@@ -154,6 +156,7 @@ class OpenVINOTextEngine(InProcessEngine):
         self._specials = sorted((t for t in vocab if _SPECIAL.match(t)), key=len, reverse=True)
         config = loaded.pipe.get_config()
         self._eos = frozenset({int(config.eos_token_id), *map(int, config.stop_token_ids)})
+        self._new_detokenizer = detokenizer_factory(tokenizer)
         self._pipe, self._tokenizer = loaded.pipe, tokenizer
         self._device, self._dtype = "cpu", loaded.precision
         self._bridge.start(self._run)
@@ -297,8 +300,6 @@ class OpenVINOTextEngine(InProcessEngine):
         self._rows = keep
 
     def _admit(self, ticket: Ticket[Prepared]) -> None:
-        from avito_ai.engines.openvino.detokenize import StreamerDetokenizer
-
         prepared = ticket.payload
         try:
             handle = self._pipe.add_request(self._next_id, prepared.input_ids, prepared.config)
@@ -307,8 +308,9 @@ class OpenVINOTextEngine(InProcessEngine):
             self._bridge.fail([ticket], ValidationFailed(f"The model refused the request: {exc}"))
             return
         self._next_id += 1
+        assert self._new_detokenizer is not None  # set before the worker starts
         text = TextPipeline(
-            StreamerDetokenizer(self._tokenizer),
+            self._new_detokenizer(),
             stop=prepared.stop,
             strip_thinking=prepared.strip_thinking,
             thinking_open=prepared.thinking_open,
