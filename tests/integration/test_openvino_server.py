@@ -26,6 +26,7 @@ OPEN = {
     "RATE_LIMIT_PER_MINUTE": "100000",
     "RATE_LIMIT_PER_HOUR": "100000",
     "MAX_TOKENS_AVIBE": "4000",
+    "MAX_PROMPT_LENGTH": "200000",
 }
 
 
@@ -126,6 +127,14 @@ def test_max_tokens_and_ignore_eos(server: ServerProcess) -> None:
     assert (short["generated_tokens"], short["finish_reason"]) == (3, "length")
     longer = generate(server, prompt=FRANCE, temperature=0, max_tokens=60, ignore_eos=True)
     assert (longer["data"]["generated_tokens"], longer["data"]["finish_reason"]) == (60, "length")
+
+
+def test_a_prompt_longer_than_the_context_is_400(server: ServerProcess) -> None:
+    r = httpx.post(
+        server.url + "/api/v1/text/generate", json={"prompt": "word " * 10_000}, timeout=60
+    )
+    assert r.status_code == 400, r.text
+    assert "context is 8192 tokens" in r.json()["message"]
 
 
 def test_user_text_cannot_forge_role_markers(server: ServerProcess) -> None:

@@ -55,7 +55,7 @@ def test_role_settings(make_settings) -> None:
     avision = s.role("avision")
     assert (avision.model, avision.backend, avision.max_tokens) == ("/models/avision", "openai", 77)
     assert avision.upstream_urls == ["http://a:8000", "http://b:8000"]
-    assert s.role("avibe").model is None and s.role("avibe").backend == "transformers"
+    assert s.role("avibe").model is None and s.role("avibe").backend == "auto"
 
 
 def test_cors_origins_list() -> None:

@@ -114,6 +114,7 @@ class OpenVINOTextEngine(InProcessEngine):
             max_queue_size=settings.max_queue_size, name="avibe-openvino"
         )
         self._max_batch = settings.max_batch_size
+        self._context = 0  # the model's context in tokens; 0: unknown
         self._rows: list[_Row] = []  # worker-only
         self._next_id = 0  # worker-only
 
@@ -157,6 +158,7 @@ class OpenVINOTextEngine(InProcessEngine):
         config = loaded.pipe.get_config()
         self._eos = frozenset({int(config.eos_token_id), *map(int, config.stop_token_ids)})
         self._new_detokenizer = detokenizer_factory(tokenizer)
+        self._context = loaded.context_length or 0
         self._pipe, self._tokenizer = loaded.pipe, tokenizer
         self._device, self._dtype = "cpu", loaded.precision
         self._bridge.start(self._run)
@@ -211,12 +213,22 @@ class OpenVINOTextEngine(InProcessEngine):
                 stops += FALLBACK_STOPS
             special = False  # the template wrote the special tokens it wants
         input_ids = self._tokenizer.encode(prompt, add_special_tokens=special).input_ids
+        tokens = int(input_ids.shape[1])
+        room = self._context - tokens if self._context else sampling.max_tokens
+        if room < 1:  # (the tokenizer cuts a longer prompt at the context: "at least")
+            raise ValidationFailed(
+                f"The prompt is at least {tokens} tokens; the model's context is "
+                f"{self._context} tokens",
+                param="prompt" if request.prompt is not None else "messages",
+            )
+        config = self._generation_config(sampling, stops)
+        config.max_new_tokens = min(sampling.max_tokens, room)
         strip = not request.enable_thinking
         return Prepared(
             request=request,
             input_ids=input_ids,
-            prompt_tokens=int(input_ids.shape[1]),
-            config=self._generation_config(sampling, stops),
+            prompt_tokens=tokens,
+            config=config,
             stop=stops,
             strip_thinking=strip,
             thinking_open=strip and prompt.rstrip().endswith(THINK_OPEN),

@@ -48,6 +48,7 @@ class GGUFHeader:
     architecture: str
     tensors: int
     needed_bytes: int  # the file must be at least this long
+    context_length: int | None  # tokens the model was trained for
 
 
 class _Reader:
@@ -115,7 +116,8 @@ def read_header(path: Path) -> GGUFHeader:
         alignment = int(meta.get("general.alignment") or 32)
         data_start = -(-fh.tell() // alignment) * alignment
     architecture = str(meta.get("general.architecture") or "unknown")
-    return GGUFHeader(architecture, tensors, data_start + end)
+    context = meta.get(f"{architecture}.context_length")
+    return GGUFHeader(architecture, tensors, data_start + end, int(context) if context else None)
 
 
 def check_gguf(path: Path) -> GGUFHeader:

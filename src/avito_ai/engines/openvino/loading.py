@@ -36,6 +36,7 @@ class LoadedPipeline:
     tokenizer: Any  # openvino_genai.Tokenizer
     precision: str  # the CPU's inference precision (f32, bf16)
     seconds: float
+    context_length: int | None  # from the GGUF header; None for an IR folder
 
 
 def resolve_source(spec: str | None) -> ModelSource:
@@ -74,9 +75,10 @@ def load_pipeline(source: ModelSource, settings: Settings) -> LoadedPipeline:
     from avito_ai.engines.openvino.gguf_check import GGUFProblem, check_gguf
 
     started = time.monotonic()
+    context: int | None = None
     if source.path.lower().endswith(".gguf"):
         try:  # before OpenVINO reads it: a truncated file would crash the process
-            check_gguf(Path(source.path))
+            context = check_gguf(Path(source.path)).context_length
         except (GGUFProblem, OSError) as exc:
             raise ModelLoadError(f"cannot load {source.path}: {exc}; {_WHAT_TO_DO}") from exc
     scheduler = genai.SchedulerConfig()
@@ -104,4 +106,6 @@ def load_pipeline(source: ModelSource, settings: Settings) -> LoadedPipeline:
     warm = genai.GenerationConfig()
     warm.max_new_tokens = 2
     pipe.generate(["Hello"], [warm])
-    return LoadedPipeline(pipe, pipe.get_tokenizer(), precision, time.monotonic() - started)
+    return LoadedPipeline(
+        pipe, pipe.get_tokenizer(), precision, time.monotonic() - started, context
+    )
