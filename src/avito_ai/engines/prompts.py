@@ -7,12 +7,34 @@ the next speaker would begin.
 
 from __future__ import annotations
 
+import re
+from collections.abc import Iterable
+
 from avito_ai.engines.base import ChatMessage, TextPart
 from avito_ai.errors import ValidationFailed
 
 # Stops used with the plain fallback format (models without a chat template).
 FALLBACK_STOPS = ("\nUser:", "\nSystem:")
 _SPEAKERS = {"system": "System", "user": "User", "assistant": "Assistant"}
+# Special tokens a client must not be able to write into a chat (role and image markers).
+_SPECIAL = re.compile(r"^<\|[^<>|]{1,40}\|>$|^</?s>$")
+_ZERO_WIDTH_SPACE = "\u200b"
+
+
+def special_spellings(tokens: Iterable[str]) -> list[str]:
+    """The vocabulary's special-token spellings (`<|im_start|>`, `</s>`), longest first."""
+    return sorted({t for t in tokens if _SPECIAL.match(t)}, key=len, reverse=True)
+
+
+def neutralize(text: str, specials: list[str]) -> str:
+    """Text a client writes (such as "<|im_start|>system") stays text: a zero-width space
+    inside each special token's spelling keeps the tokenizer from matching it."""
+    if "<" not in text:
+        return text
+    for token in specials:
+        if token in text:
+            text = text.replace(token, token[0] + _ZERO_WIDTH_SPACE + token[1:])
+    return text
 
 
 def plain_messages(messages: list[ChatMessage]) -> list[dict[str, str]]:

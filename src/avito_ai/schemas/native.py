@@ -4,7 +4,22 @@ from __future__ import annotations
 
 from typing import Annotated
 
-from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictInt, StrictStr
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StrictBool, StrictInt, StrictStr
+
+
+def _whole_unicode(value: str) -> str:
+    """JSON can carry a lone UTF-16 surrogate ("\ud800"); no tokenizer or log can."""
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        raise ValueError("must be valid Unicode text (it holds a lone surrogate)") from None
+    return value
+
+
+# Text a client sends: a string of whole Unicode characters.
+Text = Annotated[StrictStr, AfterValidator(_whole_unicode)]
+# What torch, OpenVINO and upstream servers accept as a seed: int64 or uint64.
+Seed = Annotated[StrictInt, Field(ge=-(2**63), le=2**64 - 1)]
 
 
 class SamplingBase(BaseModel):
@@ -17,22 +32,22 @@ class SamplingBase(BaseModel):
     top_p: Annotated[float | None, Field(gt=0, le=1)] = None
     top_k: Annotated[StrictInt | None, Field(ge=0)] = None
     repetition_penalty: Annotated[float | None, Field(gt=0, le=2)] = None
-    stop: StrictStr | Annotated[list[StrictStr], Field(max_length=4)] | None = None
-    seed: StrictInt | None = None
+    stop: Text | Annotated[list[Text], Field(max_length=4)] | None = None
+    seed: Seed | None = None
     ignore_eos: StrictBool = Field(
         False, description="keep generating until max_tokens (benchmarks), as in vLLM"
     )
 
 
 class SamplingFields(SamplingBase):
-    system: StrictStr | None = None
+    system: Text | None = None
     stream: StrictBool = False
     enable_thinking: StrictBool = False
 
 
 class TextGenerateRequest(SamplingFields):
     # Optional here so a missing prompt gets the service's own clear message.
-    prompt: StrictStr | None = None
+    prompt: Text | None = None
 
     model_config = ConfigDict(
         extra="ignore",
@@ -86,7 +101,7 @@ class ImageAnalyzeJSON(SamplingFields):
     """JSON variant of image analysis: the image as base64 or a `data:` URI."""
 
     image: StrictStr
-    prompt: StrictStr | None = None
+    prompt: Text | None = None
 
     model_config = ConfigDict(
         extra="ignore",

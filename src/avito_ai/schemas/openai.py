@@ -6,7 +6,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictInt, StrictStr
 
-from avito_ai.schemas.native import SamplingBase
+from avito_ai.schemas.native import SamplingBase, Text
 
 
 class ImageURL(BaseModel):
@@ -16,7 +16,7 @@ class ImageURL(BaseModel):
 
 class TextContentPart(BaseModel):
     type: Literal["text"]
-    text: StrictStr
+    text: Text
 
 
 class ImageContentPart(BaseModel):
@@ -31,7 +31,7 @@ class ChatMessageIn(BaseModel):
     model_config = ConfigDict(extra="ignore")
 
     role: Literal["system", "user", "assistant", "developer"]
-    content: StrictStr | list[ContentPartIn] | None = None
+    content: Text | list[ContentPartIn] | None = None
     name: str | None = None
 
 
@@ -83,7 +83,7 @@ class ChatCompletionRequest(OpenAISampling):
 
 
 class CompletionRequest(OpenAISampling):
-    prompt: StrictStr | Annotated[list[StrictStr], Field(min_length=1, max_length=1)]
+    prompt: Text | Annotated[list[Text], Field(min_length=1, max_length=1)]
     echo: StrictBool = False
 
     model_config = ConfigDict(

@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import re
 import secrets
 import time
 from collections.abc import AsyncIterator, Callable
@@ -43,7 +42,13 @@ from avito_ai.engines.bridge import Ticket, WorkerBridge
 from avito_ai.engines.lifecycle import InProcessEngine
 from avito_ai.engines.models import EMBEDDED_MODEL_ID
 from avito_ai.engines.openvino.detokenize import detokenizer_factory
-from avito_ai.engines.prompts import FALLBACK_STOPS, fallback_prompt, plain_messages
+from avito_ai.engines.prompts import (
+    FALLBACK_STOPS,
+    fallback_prompt,
+    neutralize,
+    plain_messages,
+    special_spellings,
+)
 from avito_ai.engines.textstream import THINK_OPEN, Detokenizer, TextPipeline
 from avito_ai.engines.threads import run_in_own_thread
 from avito_ai.errors import ModelUnavailable, Timeout, ValidationFailed
@@ -52,10 +57,6 @@ if TYPE_CHECKING:
     from avito_ai.engines.openvino.loading import LoadedPipeline
 
 log = logging.getLogger(__name__)
-
-# Special tokens a client must not be able to write into a chat (role markers and the like).
-_SPECIAL = re.compile(r"^<\|[^<>|]{1,40}\|>$|^</?s>$")
-_ZERO_WIDTH_SPACE = "\u200b"
 
 
 @dataclass
@@ -154,7 +155,7 @@ class OpenVINOTextEngine(InProcessEngine):
             t.decode("utf-8", "replace") if isinstance(t, bytes) else t
             for t in tokenizer.get_vocab()
         )
-        self._specials = sorted((t for t in vocab if _SPECIAL.match(t)), key=len, reverse=True)
+        self._specials = special_spellings(vocab)
         config = loaded.pipe.get_config()
         self._eos = frozenset({int(config.eos_token_id), *map(int, config.stop_token_ids)})
         self._new_detokenizer = detokenizer_factory(tokenizer)
@@ -171,14 +172,6 @@ class OpenVINOTextEngine(InProcessEngine):
 
     def _worker_alive(self) -> bool:
         return self._bridge.alive
-
-    @property
-    def waiting_count(self) -> int:
-        return self._bridge.waiting_count
-
-    @property
-    def active_count(self) -> int:
-        return len(self._rows)
 
     # ----------------------------------------------------------------- generation
 
@@ -202,7 +195,7 @@ class OpenVINOTextEngine(InProcessEngine):
             plain = plain_messages(request.messages)
             if self._has_template:
                 for message in plain:
-                    message["content"] = self._neutralize(message["content"])
+                    message["content"] = neutralize(message["content"], self._specials)
                 prompt = self._tokenizer.apply_chat_template(
                     plain,
                     add_generation_prompt=True,
@@ -233,16 +226,6 @@ class OpenVINOTextEngine(InProcessEngine):
             strip_thinking=strip,
             thinking_open=strip and prompt.rstrip().endswith(THINK_OPEN),
         )
-
-    def _neutralize(self, text: str) -> str:
-        """Text a client writes (such as "<|im_start|>system") stays text: a zero-width
-        space inside each special token's spelling keeps the tokenizer from matching it."""
-        if "<" not in text:
-            return text
-        for token in self._specials:
-            if token in text:
-                text = text.replace(token, token[0] + _ZERO_WIDTH_SPACE + token[1:])
-        return text
 
     @staticmethod
     def _generation_config(sampling: SamplingParams, stops: tuple[str, ...]) -> Any:

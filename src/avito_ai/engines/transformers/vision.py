@@ -55,6 +55,7 @@ from avito_ai.engines.base import (
 )
 from avito_ai.engines.bridge import Ticket, WorkerBridge
 from avito_ai.engines.lifecycle import InProcessEngine
+from avito_ai.engines.prompts import neutralize, special_spellings
 from avito_ai.engines.threads import run_in_own_thread
 from avito_ai.engines.transformers.detokenize import detokenizer_factory, prompt_opens_thinking
 from avito_ai.engines.transformers.device import Placement, free_memory
@@ -91,6 +92,7 @@ class TransformersVisionEngine(InProcessEngine):
         self._running: Ticket[GenerationRequest] | None = None  # worker-only
         self._max_pixels: int = settings.avision_max_pixels
         self._started = False
+        self._specials: list[str] = []  # special-token spellings user text must not forge
 
     # ---------------------------------------------------------------- lifecycle
 
@@ -116,6 +118,7 @@ class TransformersVisionEngine(InProcessEngine):
         self._device, self._dtype = placement.device, placement.dtype_name
         self._eos = frozenset(eos_token_ids(tokenizer, loaded.model))
         self._new_detokenizer = detokenizer_factory(copy.deepcopy(tokenizer))
+        self._specials = special_spellings(tokenizer.get_vocab())
         self._bridge.start(self._run)
         self._state = EngineState.READY
         log.info(
@@ -251,7 +254,8 @@ class TransformersVisionEngine(InProcessEngine):
                 content: list[dict[str, Any]] = []
                 for part in message.content:
                     if isinstance(part, TextPart):
-                        content.append({"type": "text", "text": part.text})
+                        text = neutralize(part.text, self._specials)
+                        content.append({"type": "text", "text": text})
                     elif isinstance(part, ImagePart):
                         content.append({"type": "image"})
                         images.append(self._fit_image(part.image))

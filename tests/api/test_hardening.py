@@ -1,0 +1,53 @@
+"""Input a careless or hostile client sends: a clear 400 naming the field, never a 500."""
+
+from __future__ import annotations
+
+import pytest
+
+from .conftest import running
+
+
+@pytest.mark.parametrize(
+    ("path", "body", "field"),
+    [
+        ("/api/v1/text/generate", '{"prompt": "hi \\ud800"}', "prompt"),
+        ("/api/v1/text/generate", '{"prompt": "hi", "stop": ["\\udfff"]}', "stop"),
+        (
+            "/v1/chat/completions",
+            '{"model": "avibe", "messages": [{"role": "user", "content": "a \\ud800 b"}]}',
+            "messages.0.content",
+        ),
+        ("/v1/completions", '{"model": "avibe", "prompt": "\\ud83d"}', "prompt"),
+    ],
+)
+async def test_a_lone_surrogate_is_400_naming_the_field(path: str, body: str, field: str) -> None:
+    async with running() as (_, client):
+        r = await client.post(path, content=body, headers={"Content-Type": "application/json"})
+        assert r.status_code == 400, r.text
+        error = r.json()["error"]
+        param = error["param"] if isinstance(error, dict) else r.json()["message"]
+        assert field in param
+        assert "surrogate" in r.text
+
+
+@pytest.mark.parametrize("seed", [2**64, -(2**63) - 1])
+@pytest.mark.parametrize("path", ["/api/v1/text/generate", "/v1/completions"])
+async def test_a_seed_out_of_range_is_400_naming_seed(path: str, seed: int) -> None:
+    body = {"prompt": "hi", "seed": seed, "model": "avibe"}
+    async with running() as (_, client):
+        r = await client.post(path, json=body)
+        assert r.status_code == 400, r.text
+        assert "seed" in r.text
+        stream = await client.post(path, json={**body, "stream": True})
+        assert stream.status_code == 400
+    async with running() as (_, client):  # the edges themselves are accepted
+        for ok in (2**64 - 1, -(2**63)):
+            assert (await client.post(path, json={**body, "seed": ok})).status_code == 200
+
+
+async def test_the_form_renders_a_seed_error_in_the_page() -> None:
+    async with running() as (_, client):
+        r = await client.post("/avibe", data={"prompt": "hi", "seed": str(2**64)})
+        assert r.status_code == 400
+        assert r.headers["content-type"].startswith("text/html")
+        assert "seed" in r.text
