@@ -62,6 +62,22 @@ def test_request_ids_and_log_file(server: ServerProcess) -> None:
     assert f"[{rid}]" in line and '"GET /api/health" 200' in line and "127.0.0.1" in line
 
 
+def test_a_url_cannot_forge_log_lines_or_paint_the_terminal(server: ServerProcess) -> None:
+    marker = uuid.uuid4().hex[:8]
+    forged = f"2026-01-01 00:00:00,000 [INFO] [-] avito_ai.fake: {marker}"
+    for path in (f"/api/health%0a{forged}", f"/api/health%0d%0a{forged}", "/x%1b[31mred"):
+        with httpx.Client() as http:  # the raw path, as a client would send it
+            http.send(http.build_request("GET", server.url + path))
+    log_file = server.log_path.parent / "app.log"
+    deadline = time.monotonic() + 5
+    while marker not in log_file.read_text() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    text = log_file.read_text()
+    assert marker in text  # logged, escaped, on the access line itself
+    assert not any(line.startswith("2026-01-01") for line in text.splitlines())
+    assert "\x1b" not in text and "\\x1b[31m" in text
+
+
 def test_error_bodies(server: ServerProcess) -> None:
     r = httpx.post(
         server.url + "/api/v1/text/generate",

@@ -22,6 +22,30 @@ TEXT_FORMAT = "%(asctime)s [%(levelname)s] [%(request_id)s] %(name)s: %(message)
 _STANDARD_ATTRS = set(vars(logging.makeLogRecord({}))) | {"message", "asctime", "request_id"}
 
 
+# Control characters in a logged value (a URL path with %0a, a prompt with ESC) would forge
+# log lines or paint the terminal: they are written as escapes instead.
+_CONTROLS = {c: f"\\x{c:02x}" for c in (*range(32), 127)} | {
+    ord("\n"): "\\n",
+    ord("\r"): "\\r",
+    ord("\t"): "\\t",
+    0x85: "\\x85",
+    0x2028: "\\u2028",
+    0x2029: "\\u2029",
+}
+
+
+def escape_controls(text: str) -> str:
+    return text.translate(_CONTROLS)
+
+
+class TextFormatter(logging.Formatter):
+    """The text format, one line per record (a traceback still follows on its own lines)."""
+
+    def formatMessage(self, record: logging.LogRecord) -> str:
+        record.message = escape_controls(record.message)
+        return super().formatMessage(record)
+
+
 class RequestIdFilter(logging.Filter):
     def filter(self, record: logging.LogRecord) -> bool:
         if not hasattr(record, "request_id"):
@@ -38,7 +62,7 @@ class JsonFormatter(logging.Formatter):
             "level": record.levelname,
             "logger": record.name,
             "request_id": getattr(record, "request_id", "-"),
-            "message": record.getMessage(),
+            "message": escape_controls(record.getMessage()),
         }
         for key, value in vars(record).items():
             if key not in _STANDARD_ATTRS and not key.startswith("_"):
@@ -55,7 +79,7 @@ def configure_logging(level: str, fmt: str = "text", log_file: Path | None = Non
     reopens the path, so logging keeps working without copytruncate or a restart.
     """
     formatter: logging.Formatter = (
-        JsonFormatter() if fmt == "json" else logging.Formatter(TEXT_FORMAT)
+        JsonFormatter() if fmt == "json" else TextFormatter(TEXT_FORMAT)
     )
     handlers: list[logging.Handler] = [logging.StreamHandler(sys.stderr)]
     if log_file is not None:
