@@ -17,7 +17,7 @@ from avito_ai.engines.base import Engine, Role
 from avito_ai.engines.registry import build_engines
 from avito_ai.lifespan import lifespan
 from avito_ai.middleware.access_log import AccessLogMiddleware
-from avito_ai.middleware.auth import ApiKeyMiddleware
+from avito_ai.middleware.auth import ApiKeyMiddleware, AuthRefusalMiddleware
 from avito_ai.middleware.body_limit import BodyLimitMiddleware
 from avito_ai.middleware.rate_limit import RateLimitMiddleware
 from avito_ai.middleware.request_id import RequestIdMiddleware
@@ -67,12 +67,13 @@ def create_app(settings: Settings, engines: dict[Role, Engine] | None = None) ->
     app.include_router(web.router)
     app.mount("/static", StaticFiles(directory=STATIC_DIR), name="static")
 
-    # Added last = outermost. Inside out: body limit, security headers, rate limit, API
-    # keys, CORS, access log + HTTP metrics, request id — so every response (401, 413 and
-    # 429 included) has the id, CORS headers, an access line and a metric; keys are
-    # checked before limits count them.
+    # Added last = outermost. Inside out: body limit, the 401 for a refused key, rate limit,
+    # API keys (who is the client), CORS, security headers, access log + HTTP metrics,
+    # request id — so every response (401, 413 and 429 included) has the id, CORS and
+    # security headers, an access line and a metric; a request with a wrong key counts
+    # against its address's limit before it is refused.
     app.add_middleware(BodyLimitMiddleware, limit_for=body_limits(settings))
-    app.add_middleware(SecurityHeadersMiddleware)
+    app.add_middleware(AuthRefusalMiddleware, error_responder=scope_error_response)
     app.add_middleware(
         RateLimitMiddleware,
         per_minute=settings.rate_limit_per_minute,
@@ -93,6 +94,7 @@ def create_app(settings: Settings, engines: dict[Role, Engine] | None = None) ->
         allow_headers=["*"],
         expose_headers=["X-Request-ID", "X-Response-Time", "Retry-After"],
     )
+    app.add_middleware(SecurityHeadersMiddleware)
     app.add_middleware(AccessLogMiddleware)
     app.add_middleware(RequestIdMiddleware)
     return app

@@ -86,6 +86,24 @@ async def test_missing_or_wrong_key_is_401(path: str, payload: dict) -> None:
         assert "Missing API key" in missing.text and "Invalid API key" in wrong.text
 
 
+async def test_wrong_keys_count_against_the_address_limit() -> None:
+    """Guessing keys costs the guesser: the 4th wrong key in a minute is 429, not 401."""
+    async with running(settings(**KEYED)) as (_, client):
+        wrong = {"Authorization": "Bearer guess"}
+        codes = [
+            (await client.post("/api/v1/text/generate", json={"prompt": "hi"}, headers=wrong))
+            for _ in range(4)
+        ]
+        assert [r.status_code for r in codes] == [401, 401, 401, 429]
+        for r in codes:  # every refusal carries the same headers as any response
+            assert r.headers["X-Content-Type-Options"] == "nosniff"
+            assert r.headers["X-Request-ID"]
+        good = await client.post(
+            "/api/v1/text/generate", json={"prompt": "hi"}, headers={"X-API-Key": "key-one"}
+        )
+        assert good.status_code == 200  # a valid key has its own budget
+
+
 async def test_valid_keys_in_either_header_work_and_health_stays_open(caplog) -> None:
     async with running(settings(**KEYED)) as (_, client):
         with caplog.at_level(logging.DEBUG):

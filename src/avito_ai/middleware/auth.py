@@ -74,6 +74,24 @@ class ApiKeyMiddleware:
                 if key is None
                 else "Invalid API key"
             )
-            await self.error_responder(scope, Unauthorized(message))(scope, receive, send)
+            # Refused further in, after the rate limit has counted the attempt against the
+            # client's address: guessing keys costs the guesser its budget.
+            scope.setdefault("state", {})["auth_refusal"] = Unauthorized(message)
+        await self.app(scope, receive, send)
+
+
+class AuthRefusalMiddleware:
+    """Answers 401 for a request the API-key middleware refused (inside the rate limit)."""
+
+    def __init__(self, app: ASGIApp, *, error_responder: ErrorResponder) -> None:
+        self.app = app
+        self.error_responder = error_responder
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        refusal = (
+            (scope.get("state") or {}).get("auth_refusal") if scope["type"] == "http" else None
+        )
+        if refusal is not None:
+            await self.error_responder(scope, refusal)(scope, receive, send)
             return
         await self.app(scope, receive, send)

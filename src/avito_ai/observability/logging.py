@@ -78,9 +78,7 @@ def configure_logging(level: str, fmt: str = "text", log_file: Path | None = Non
     LOG_FILE uses WatchedFileHandler: when logrotate renames the file, the next line
     reopens the path, so logging keeps working without copytruncate or a restart.
     """
-    formatter: logging.Formatter = (
-        JsonFormatter() if fmt == "json" else TextFormatter(TEXT_FORMAT)
-    )
+    formatter: logging.Formatter = JsonFormatter() if fmt == "json" else TextFormatter(TEXT_FORMAT)
     handlers: list[logging.Handler] = [logging.StreamHandler(sys.stderr)]
     if log_file is not None:
         log_file.parent.mkdir(parents=True, exist_ok=True)
