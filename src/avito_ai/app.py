@@ -80,6 +80,7 @@ def create_app(settings: Settings, engines: dict[Role, Engine] | None = None) ->
         per_hour=settings.rate_limit_per_hour,
         storage_uri=settings.rate_limit_storage_uri,
         fail_mode=settings.rate_limit_fail_mode,
+        ipv6_prefix=settings.rate_limit_ipv6_prefix,
         error_responder=scope_error_response,
     )
     app.add_middleware(

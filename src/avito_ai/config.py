@@ -75,6 +75,8 @@ class Settings(BaseSettings):
     # When the rate-limit storage is unreachable: "open" serves requests unlimited,
     # "closed" refuses them with 503. Either way the answer is fast and logged.
     rate_limit_fail_mode: Literal["open", "closed"] = "open"
+    # IPv6 clients are limited by network prefix: whoever has one address has the subnet.
+    rate_limit_ipv6_prefix: Annotated[int, Field(ge=32, le=128)] = 64
     allowed_origins: str = "*"
 
     # --- Model performance (seed) ---

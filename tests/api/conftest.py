@@ -20,18 +20,20 @@ AppFactory = Callable[..., Any]
 
 @asynccontextmanager
 async def running(
-    settings: Settings | None = None, engines: dict[Role, Engine] | None = None
+    settings: Settings | None = None,
+    engines: dict[Role, Engine] | None = None,
+    client: tuple[str, int] = ("127.0.0.1", 123),
 ) -> AsyncIterator[tuple[FastAPI, httpx.AsyncClient]]:
     settings = settings or isolated_settings()
     engines = engines or engine_set()
     app = create_app(settings, engines)
     async with app.router.lifespan_context(app):
-        transport = httpx.ASGITransport(app=app, raise_app_exceptions=False)
-        async with httpx.AsyncClient(transport=transport, base_url="http://testserver") as client:
+        transport = httpx.ASGITransport(app=app, raise_app_exceptions=False, client=client)
+        async with httpx.AsyncClient(transport=transport, base_url="http://testserver") as http:
             # Let background loading tasks run.
             for _ in range(5):
                 await _yield()
-            yield app, client
+            yield app, http
 
 
 async def _yield() -> None:

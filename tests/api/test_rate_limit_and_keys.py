@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 
+import httpx
 import pytest
 
 from avito_ai.config import Settings
@@ -147,3 +148,25 @@ async def test_keys_file(tmp_path) -> None:
             "/api/v1/text/generate", json={"prompt": "x"}, headers={"X-API-Key": "team"}
         )
         assert bad.status_code == 401
+
+
+async def test_ipv6_clients_are_limited_by_their_64_prefix() -> None:
+    from avito_ai.middleware.rate_limit import client_key
+
+    def key(address: str, prefix: int = 64) -> str:
+        return client_key({"client": (address, 1)}, prefix)
+
+    assert key("2001:db8:1:2::1") == key("2001:db8:1:2:ffff::9") == "ip:2001:db8:1:2::/64"
+    assert key("2001:db8:1:3::1") != key("2001:db8:1:2::1")
+    assert key("2001:db8:1:2::1", 128) != key("2001:db8:1:2::2", 128)
+    assert key("::ffff:10.0.0.7") == key("10.0.0.7") == "ip:10.0.0.7"
+    limited = settings(rate_limit_per_minute=2)
+    async with running(limited, client=("2001:db8::1", 1)) as (app, first):
+        assert (await first.get("/api/health")).status_code == 200
+        assert (await first.get("/api/health")).status_code == 200
+        transport = httpx.ASGITransport(app=app, client=("2001:db8::ffff:2", 1))
+        async with httpx.AsyncClient(transport=transport, base_url="http://t") as neighbour:
+            assert (await neighbour.get("/api/health")).status_code == 429  # same /64
+        transport = httpx.ASGITransport(app=app, client=("2001:db8:0:1::2", 1))
+        async with httpx.AsyncClient(transport=transport, base_url="http://t") as other:
+            assert (await other.get("/api/health")).status_code == 200  # another /64

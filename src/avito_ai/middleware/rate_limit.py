@@ -12,6 +12,7 @@ any 60 seconds is refused.
 
 from __future__ import annotations
 
+import ipaddress
 import logging
 import math
 import time
@@ -59,12 +60,24 @@ def make_storage(uri: str) -> Storage:
     return storage
 
 
-def client_key(scope: Scope) -> str:
+def client_key(scope: Scope, ipv6_prefix: int = 64) -> str:
+    """Who is limited: the API key, else the address; an IPv6 address by its network
+    prefix (/64 by default), since anyone with one address has all 2^64 of its subnet."""
     key_id = (scope.get("state") or {}).get("api_key_id")
     if key_id:
         return f"key:{key_id}"
     client = scope.get("client")
-    return f"ip:{client[0]}" if client else "ip:unknown"
+    if not client:
+        return "ip:unknown"
+    try:
+        address = ipaddress.ip_address(client[0])
+    except ValueError:
+        return f"ip:{client[0]}"
+    if isinstance(address, ipaddress.IPv6Address):
+        if address.ipv4_mapped is not None:  # ::ffff:a.b.c.d is the IPv4 client a.b.c.d
+            return f"ip:{address.ipv4_mapped}"
+        return f"ip:{ipaddress.ip_network(f'{address}/{ipv6_prefix}', strict=False)}"
+    return f"ip:{address}"
 
 
 class RateLimitMiddleware:
@@ -77,8 +90,10 @@ class RateLimitMiddleware:
         storage_uri: str,
         fail_mode: str,
         error_responder: ErrorResponder,
+        ipv6_prefix: int = 64,
     ) -> None:
         self.app = app
+        self.ipv6_prefix = ipv6_prefix
         self.windows: list[tuple[RateLimitItem, str]] = [
             (RateLimitItemPerMinute(per_minute), f"{per_minute} requests per minute"),
             (RateLimitItemPerHour(per_hour), f"{per_hour} requests per hour"),
@@ -93,7 +108,7 @@ class RateLimitMiddleware:
         if scope["type"] != "http" or is_exempt(scope):
             await self.app(scope, receive, send)
             return
-        key = client_key(scope)
+        key = client_key(scope, self.ipv6_prefix)
         try:
             refusal, state = await self._check(key)
         except Exception as exc:  # storage unreachable: decided by RATE_LIMIT_FAIL_MODE
