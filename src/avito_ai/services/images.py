@@ -71,8 +71,11 @@ def decode_image(data: bytes, max_mb: float, *, param: str = "image") -> Image.I
             return image.convert("RGB")
     except ValidationFailed:
         raise
-    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
-        raise ValidationFailed(f"Image refused: {exc}", param=param) from None
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning):
+        raise ValidationFailed(
+            f"Image refused: it declares more than {MAX_PIXELS // 1_000_000} megapixels",
+            param=param,
+        ) from None
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError, EOFError) as exc:
         raise ValidationFailed(
             f"Image could not be decoded ({fmt}): file is corrupt or truncated", param=param

@@ -11,6 +11,7 @@ from avito_ai.config import Settings
 from avito_ai.engines.base import (
     ChatMessage,
     ContentPart,
+    EngineState,
     GenerationRequest,
     ImagePart,
     Role,
@@ -37,10 +38,16 @@ from avito_ai.services.images import decode_base64_image, is_data_uri
 from avito_ai.services.state import ServiceState
 
 
-def model_names(state: ServiceState) -> dict[str, Role]:
-    """Every name a client may use: the role, and the configured model id of each role."""
+def model_names(state: ServiceState, *, configured: bool = False) -> dict[str, Role]:
+    """Every name a client may use: the role, and the configured model id of each role.
+
+    `configured`: only the roles that have a model (what a client is offered); a request
+    for a role without one still resolves, and gets 503 saying what to set.
+    """
     names: dict[str, Role] = {}
     for role, engine in state.engines.items():
+        if configured and engine.status().state is EngineState.NOT_CONFIGURED:
+            continue
         names[role] = role
         model_id = engine.status().model_id
         if model_id:
@@ -51,10 +58,8 @@ def model_names(state: ServiceState) -> dict[str, Role]:
 def resolve_role(model: str, state: ServiceState) -> Role:
     role = model_names(state).get(model)
     if role is None:
-        raise NotFound(
-            f"The model '{model}' does not exist. Available: {', '.join(model_names(state))}",
-            param="model",
-        )
+        offered = ", ".join(model_names(state, configured=True))
+        raise NotFound(f"The model '{model}' does not exist. Available: {offered}", param="model")
     return role
 
 
@@ -227,7 +232,6 @@ def model_list(state: ServiceState) -> ModelList:
     created = int(state.started_at)
     cards = [
         ModelCard(id=name, created=created, root=state.engines[role].status().model_id or role)
-        for name, role in model_names(state).items()
-        if state.engines[role].status().state.value != "not_configured"
+        for name, role in model_names(state, configured=True).items()
     ]
     return ModelList(data=cards)

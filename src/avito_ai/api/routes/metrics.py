@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from datetime import UTC, datetime
 from typing import Any
 
@@ -24,13 +25,17 @@ def _gpu_index(device: str) -> int:
 async def metrics(state: StateDep, request: Request) -> dict[str, Any]:
     placements = [s.device for s in (e.status() for e in state.engines.values()) if s.device]
     gpu_device = next((d for d in placements if d.startswith("cuda")), "cuda:0")
-    return {
-        "timestamp": datetime.now(UTC).isoformat(timespec="seconds"),
-        "uptime_seconds": int(state.uptime_seconds),
-        "system": system_metrics(),
-        "gpu": gpu_metrics(_gpu_index(gpu_device)),
-        "application": application_view(state.metrics_baseline),
-    }
+
+    def gather() -> dict[str, Any]:  # psutil, NVML and the workers' metric files: blocking
+        return {
+            "timestamp": datetime.now(UTC).isoformat(timespec="seconds"),
+            "uptime_seconds": int(state.uptime_seconds),
+            "system": system_metrics(),
+            "gpu": gpu_metrics(_gpu_index(gpu_device)),
+            "application": application_view(state.metrics_baseline),
+        }
+
+    return await asyncio.to_thread(gather)
 
 
 @router.post("/api/metrics/reset", summary="Reset the application metrics (all workers)")
