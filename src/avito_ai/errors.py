@@ -52,6 +52,16 @@ class Overloaded(AvitoError):
         self.retry_after = retry_after
 
 
+class RateLimitUnavailable(AvitoError):
+    """The rate-limit storage (Redis) is unreachable and RATE_LIMIT_FAIL_MODE=closed."""
+
+    code = "rate_limit_unavailable"
+
+    def __init__(self, message: str, *, retry_after: int = 1) -> None:
+        super().__init__(message)
+        self.retry_after = retry_after
+
+
 class ModelUnavailable(AvitoError):
     """The model for this role is not configured, still loading, failed, or shutting down."""
 

@@ -51,3 +51,25 @@ async def test_the_form_renders_a_seed_error_in_the_page() -> None:
         assert r.status_code == 400
         assert r.headers["content-type"].startswith("text/html")
         assert "seed" in r.text
+
+
+@pytest.mark.parametrize(
+    ("extra", "field"),
+    [
+        ({"tools": [{"type": "function", "function": {"name": "f"}}]}, "tools"),
+        ({"response_format": {"type": "json_object"}}, "response_format"),
+        ({"logprobs": True}, "logprobs"),
+        ({"n": 2}, "n"),
+        ({"temperature": True}, "temperature"),
+        ({"temperature": "0.5"}, "temperature"),
+        ({"max_tokens": "10"}, "max_tokens"),
+    ],
+)
+async def test_unsupported_or_mistyped_openai_fields_are_refused(extra: dict, field: str) -> None:
+    body = {"model": "avibe", "messages": [{"role": "user", "content": "hi"}], **extra}
+    async with running() as (_, client):
+        r = await client.post("/v1/chat/completions", json=body)
+        assert r.status_code == 400, r.text
+        assert r.json()["error"]["param"] == field
+        ok = await client.post("/v1/chat/completions", json={**body, **dict.fromkeys(extra)})
+        assert ok.status_code == 200 or field in ("n", "temperature", "max_tokens")

@@ -39,6 +39,7 @@ async def test_request_timeout_is_504(make_settings, fake_engines) -> None:
         r = await client.post("/api/v1/text/generate", json={"prompt": "a b c d e f g h"})
         assert r.status_code == 504
         assert r.json()["error"] == "timeout"
+        assert r.headers["x-should-retry"] == "false"  # the OpenAI SDKs would retry twice
         await asyncio.sleep(0)
         assert engines["avibe"].active == 0  # the abandoned generation was closed
 

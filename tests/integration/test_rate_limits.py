@@ -131,7 +131,8 @@ def test_redis_stopped_mid_run(redis_server, tmp_path, mode, status) -> None:
             assert "Rate-limit storage unreachable" in srv.output()
             if mode == "closed":
                 r = httpx.get(srv.url + "/api/health")
-                assert r.json()["error"] == "model_unavailable"
+                assert r.json()["error"] == "rate_limit_unavailable"
+                assert r.headers["Retry-After"] == "1"
         finally:
             redis_server.start()
         # Back to normal once Redis returns.

@@ -23,6 +23,8 @@ from avito_ai.errors import (
     Overloaded,
     PayloadTooLarge,
     RateLimited,
+    RateLimitUnavailable,
+    Timeout,
     Unauthorized,
     ValidationFailed,
 )
@@ -42,6 +44,7 @@ STATUS_BY_CODE: dict[str, int] = {
     "internal_error": 500,
     "model_unavailable": 503,
     "overloaded": 503,
+    "rate_limit_unavailable": 503,
     "timeout": 504,
     "client_closed_request": 499,  # nginx's convention; only the access log sees it
 }
@@ -55,6 +58,7 @@ OPENAI_TYPE_BY_CODE: dict[str, str] = {
     "rate_limit_exceeded": "rate_limit_error",
     "model_unavailable": "service_unavailable_error",
     "overloaded": "service_unavailable_error",
+    "rate_limit_unavailable": "service_unavailable_error",
     "timeout": "timeout_error",
     "internal_error": "server_error",
 }
@@ -80,10 +84,14 @@ def error_body(
 
 
 def error_headers(error: AvitoError) -> dict[str, str]:
-    if isinstance(error, RateLimited | Overloaded):
+    if isinstance(error, RateLimited | Overloaded | RateLimitUnavailable):
         return {"Retry-After": str(error.retry_after)}
     if isinstance(error, Unauthorized):
         return {"WWW-Authenticate": "Bearer"}
+    if isinstance(error, Timeout):
+        # The request already ran for REQUEST_TIMEOUT: the OpenAI SDKs would send it twice
+        # more and generate three times. They honour this header.
+        return {"x-should-retry": "false"}
     return {}
 
 
@@ -91,6 +99,7 @@ def error_headers(error: AvitoError) -> dict[str, str]:
 REJECTION_REASONS: dict[str, str] = {
     "rate_limit_exceeded": "rate_limit",
     "overloaded": "overload",
+    "rate_limit_unavailable": "rate_limit_unavailable",
     "validation_error": "validation",
     "payload_too_large": "payload_too_large",
     "unauthorized": "unauthorized",

@@ -26,7 +26,7 @@ from starlette.datastructures import MutableHeaders
 from starlette.responses import Response
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from avito_ai.errors import AvitoError, ModelUnavailable, RateLimited
+from avito_ai.errors import AvitoError, RateLimited, RateLimitUnavailable
 from avito_ai.observability.metrics import RATE_LIMIT_STORAGE_ERRORS
 
 logger = logging.getLogger("avito_ai.rate_limit")
@@ -115,7 +115,7 @@ class RateLimitMiddleware:
             RATE_LIMIT_STORAGE_ERRORS.inc()
             self._warn_storage(exc)
             if not self.fail_open:
-                error = ModelUnavailable("Rate limiting is unavailable; retry shortly")
+                error = RateLimitUnavailable("Rate limiting is unavailable; retry shortly")
                 await self.error_responder(scope, error)(scope, receive, send)
                 return
             await self.app(scope, receive, send)

@@ -4,7 +4,16 @@ from __future__ import annotations
 
 from typing import Annotated
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StrictBool, StrictInt, StrictStr
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    StrictBool,
+    StrictFloat,
+    StrictInt,
+    StrictStr,
+)
 
 
 def _whole_unicode(value: str) -> str:
@@ -28,10 +37,11 @@ class SamplingBase(BaseModel):
     model_config = ConfigDict(extra="ignore")
 
     max_tokens: Annotated[StrictInt | None, Field(ge=1)] = None
-    temperature: Annotated[float | None, Field(ge=0, le=2)] = None
-    top_p: Annotated[float | None, Field(gt=0, le=1)] = None
+    # Strict, as the integers are: a number, not true or "0.5" (an integer is a number).
+    temperature: Annotated[StrictFloat | None, Field(ge=0, le=2)] = None
+    top_p: Annotated[StrictFloat | None, Field(gt=0, le=1)] = None
     top_k: Annotated[StrictInt | None, Field(ge=0)] = None
-    repetition_penalty: Annotated[float | None, Field(gt=0, le=2)] = None
+    repetition_penalty: Annotated[StrictFloat | None, Field(gt=0, le=2)] = None
     stop: Text | Annotated[list[Text], Field(max_length=4)] | None = None
     seed: Seed | None = None
     ignore_eos: StrictBool = Field(

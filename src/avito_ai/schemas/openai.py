@@ -4,9 +4,11 @@ from __future__ import annotations
 
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictInt, StrictStr
+from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictInt, StrictStr, field_validator
 
 from avito_ai.schemas.native import SamplingBase, Text
+
+UNSUPPORTED = ("tools", "tool_choice", "functions", "response_format", "logprobs", "top_logprobs")
 
 
 class ImageURL(BaseModel):
@@ -46,6 +48,20 @@ class OpenAISampling(SamplingBase):
     stream: StrictBool = False
     stream_options: StreamOptions | None = None
     user: str | None = None
+    # Parts of the OpenAI API this server does not implement: refused, never ignored.
+    tools: Any = Field(None, json_schema_extra={"deprecated": True})
+    tool_choice: Any = Field(None, json_schema_extra={"deprecated": True})
+    functions: Any = Field(None, json_schema_extra={"deprecated": True})
+    response_format: Any = Field(None, json_schema_extra={"deprecated": True})
+    logprobs: Any = Field(None, json_schema_extra={"deprecated": True})
+    top_logprobs: Any = Field(None, json_schema_extra={"deprecated": True})
+
+    @field_validator(*UNSUPPORTED)
+    @classmethod
+    def _refuse_unsupported(cls, value: Any) -> Any:
+        if value is not None and value is not False and value != []:
+            raise ValueError("not supported by this server")
+        return value
 
 
 class ChatCompletionRequest(OpenAISampling):

@@ -77,5 +77,6 @@ def validation_failed(errors: Sequence[Any]) -> ValidationFailed:
     messages = []
     for err in errors[:3]:
         name = field_name(err.get("loc", ()))
-        messages.append(f"{name}: {err.get('msg')}" if name else str(err.get("msg")))
+        text = str(err.get("msg")).removeprefix("Value error, ")
+        messages.append(f"{name}: {text}" if name else text)
     return ValidationFailed("; ".join(messages), param=field_name(first.get("loc", ())) or None)
