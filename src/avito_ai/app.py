@@ -19,6 +19,7 @@ from avito_ai.lifespan import lifespan
 from avito_ai.middleware.access_log import AccessLogMiddleware
 from avito_ai.middleware.auth import ApiKeyMiddleware, AuthRefusalMiddleware
 from avito_ai.middleware.body_limit import BodyLimitMiddleware
+from avito_ai.middleware.head import HeadAsGetMiddleware
 from avito_ai.middleware.rate_limit import RateLimitMiddleware
 from avito_ai.middleware.request_id import RequestIdMiddleware
 from avito_ai.middleware.security_headers import SecurityHeadersMiddleware
@@ -72,6 +73,7 @@ def create_app(settings: Settings, engines: dict[Role, Engine] | None = None) ->
     # request id — so every response (401, 413 and 429 included) has the id, CORS and
     # security headers, an access line and a metric; a request with a wrong key counts
     # against its address's limit before it is refused.
+    app.add_middleware(HeadAsGetMiddleware)
     app.add_middleware(BodyLimitMiddleware, limit_for=body_limits(settings))
     app.add_middleware(AuthRefusalMiddleware, error_responder=scope_error_response)
     app.add_middleware(

@@ -73,3 +73,22 @@ async def test_unsupported_or_mistyped_openai_fields_are_refused(extra: dict, fi
         assert r.json()["error"]["param"] == field
         ok = await client.post("/v1/chat/completions", json={**body, **dict.fromkeys(extra)})
         assert ok.status_code == 200 or field in ("n", "temperature", "max_tokens")
+
+
+async def test_head_answers_like_get_without_a_body() -> None:
+    async with running() as (_, client):
+        for path in ("/api/health", "/api/health/live", "/", "/openapi.json"):
+            get, head = await client.get(path), await client.head(path)
+            assert head.status_code == get.status_code == 200, path
+            assert head.content == b""
+            assert head.headers["content-type"] == get.headers["content-type"]
+
+
+async def test_the_vision_form_answers_503_before_reading_an_upload() -> None:
+    async with running() as (_, client):  # A-Vision not configured
+        r = await client.post(
+            "/avision", files={"image": ("big.png", b"x" * 5_000_000, "image/png")}
+        )
+        assert r.status_code == 503
+        assert r.headers["content-type"].startswith("text/html")
+        assert "AVISION_MODEL" in r.text

@@ -93,11 +93,14 @@ async def avibe_form(
 async def avision_form(
     request: Request, state: StateDep, settings: SettingsDep, request_id: RequestIdDep
 ) -> HTMLResponse:
+    try:  # 503 before reading a body of up to MAX_IMAGE_SIZE_MB for a model that is absent
+        engine = await gen.ready_engine(state, "avision")
+    except AvitoError as exc:
+        return _error_page(request, state, request_id, exc)
     form = await request.form()
     values = {k: v for k, v in form.items() if isinstance(v, str)}
     question = values.get("question") or values.get("prompt") or DEFAULT_QUESTION
     try:
-        engine = await gen.ready_engine(state, "avision")
         upload = form.get("image")
         if not isinstance(upload, UploadFile):
             raise ValidationFailed("Choose an image file to analyze", param="image")
