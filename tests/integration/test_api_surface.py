@@ -163,6 +163,10 @@ def test_openai_completions(client: openai.OpenAI) -> None:
     assert r.choices[0].text == "Echo: Жили-были"
     stream = client.completions.create(model="avibe", prompt="Жили-были", stream=True)
     assert "".join(c.choices[0].text for c in stream) == r.choices[0].text
+    echoed = client.completions.create(model="avibe", prompt="Жили-были", echo=True)
+    assert echoed.choices[0].text == "Жили-были" + r.choices[0].text
+    stream = client.completions.create(model="avibe", prompt="Жили-были", echo=True, stream=True)
+    assert "".join(c.choices[0].text for c in stream) == echoed.choices[0].text
 
 
 def test_openai_errors(client: openai.OpenAI) -> None:

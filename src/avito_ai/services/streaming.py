@@ -8,7 +8,8 @@ is in hand. Later errors travel inside the stream (the caller formats them as ev
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Awaitable, Callable
+import contextlib
+from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable
 from typing import TypeVar
 
 from avito_ai.engines.base import Chunk, Engine, GenerationRequest
@@ -18,7 +19,7 @@ from avito_ai.services.generation import stream_chunks
 T = TypeVar("T")
 
 
-async def open_stream(engine: Engine, request: GenerationRequest) -> AsyncIterator[Chunk]:
+async def open_stream(engine: Engine, request: GenerationRequest) -> AsyncGenerator[Chunk, None]:
     """Start generating and wait for the first chunk; raise here if that fails."""
     iterator = stream_chunks(engine, request)
     try:
@@ -27,7 +28,7 @@ async def open_stream(engine: Engine, request: GenerationRequest) -> AsyncIterat
         await iterator.aclose()
         raise
 
-    async def rest() -> AsyncIterator[Chunk]:
+    async def rest() -> AsyncGenerator[Chunk, None]:
         try:
             yield first
             if first.is_final:
@@ -39,6 +40,15 @@ async def open_stream(engine: Engine, request: GenerationRequest) -> AsyncIterat
             await iterator.aclose()
 
     return rest()
+
+
+async def preceded_by(text: str, chunks: AsyncGenerator[Chunk, None]) -> AsyncIterator[Chunk]:
+    """`text` as a first delta, then the engine's chunks (an echoed prompt). Closing this
+    closes `chunks` at once, so the engine stops working for a client that left."""
+    async with contextlib.aclosing(chunks) as inner:
+        yield Chunk(text)
+        async for chunk in inner:
+            yield chunk
 
 
 async def unless_disconnected(

@@ -22,7 +22,7 @@ from avito_ai.schemas.openai import (
 from avito_ai.services import generation as gen
 from avito_ai.services import openai_compat as oa
 from avito_ai.services.state import ServiceState
-from avito_ai.services.streaming import open_stream, unless_disconnected
+from avito_ai.services.streaming import open_stream, preceded_by, unless_disconnected
 
 router = APIRouter(prefix="/v1", tags=["OpenAI-compatible API"])
 
@@ -35,6 +35,7 @@ async def _run(
     body: OpenAISampling,
     *,
     chat: bool,
+    echo: str = "",
 ) -> gen.Answer | StreamingResponse:
     """Generate for either endpoint: an SSE stream, or the collected answer."""
     engine = await gen.ready_engine(state, role)
@@ -42,7 +43,9 @@ async def _run(
         return await unless_disconnected(
             gen.complete(engine, generation), disconnect_waiter(request)
         )
-    chunks = await unless_disconnected(open_stream(engine, generation), disconnect_waiter(request))
+    opened = await unless_disconnected(open_stream(engine, generation), disconnect_waiter(request))
+    # With echo the prompt comes back first, as in the whole answer.
+    chunks = preceded_by(echo, opened) if echo else opened
     return sse_response(
         openai_events(
             chunks,
@@ -89,10 +92,10 @@ async def completions(
 ) -> Completion | StreamingResponse:
     role = oa.resolve_role(body.model, state)
     generation = oa.completion_request(body, role, settings, request_id)
-    result = await _run(request, state, role, generation, body, chat=False)
+    echo = (generation.prompt or "") if body.echo else ""
+    result = await _run(request, state, role, generation, body, chat=False, echo=echo)
     if isinstance(result, StreamingResponse):
         return result
-    echo = (generation.prompt or "") if body.echo else ""
     return oa.text_completion(result, request_id, body.model, echo)
 
 
