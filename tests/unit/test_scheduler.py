@@ -72,7 +72,7 @@ class ScriptedLM:
         input_ids: torch.Tensor,
         attention_mask: torch.Tensor | None,
         position_ids: torch.Tensor,
-        past_key_values: Any,
+        cache: Any,
         use_cache: bool,
         logits_to_keep: int,
     ) -> Any:
@@ -83,7 +83,7 @@ class ScriptedLM:
         real = torch.ones_like(input_ids) if attention_mask is None else attention_mask[:, -q:]
         keys = input_ids.to(torch.float32)[:, None, :, None]
         values = real.to(torch.float32)[:, None, :, None]
-        all_keys, all_values = past_key_values.update(keys, values, 0)
+        all_keys, all_values = cache.update(keys, values, 0)
         logits = torch.full((batch, 1, self.vocab_size), -1e4)
         for row in range(batch):
             flags = all_values[row, 0, :, 0].tolist()

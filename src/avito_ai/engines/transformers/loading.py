@@ -119,8 +119,17 @@ def load_text_model(
     return LoadedTextModel(model, tokenizer, source, time.monotonic() - started, converted)
 
 
+def quiet_transformers() -> None:
+    """No progress bars in service logs (a bar per load, redrawn with \r)."""
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()  # type: ignore[no-untyped-call]
+
+
 def _load_pretrained(location: str, placement: Placement, **kwargs: Any) -> tuple[Any, Any]:
     from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    quiet_transformers()
 
     tokenizer = AutoTokenizer.from_pretrained(location, **kwargs)
     model_kwargs: dict[str, Any] = {"dtype": placement.torch_dtype, **kwargs}
@@ -222,6 +231,8 @@ def _load_vision(source: str, placement: Placement) -> LoadedVisionModel:
 
     from transformers import AutoModelForImageTextToText, AutoProcessor
 
+    quiet_transformers()
+
     processor: Any = AutoProcessor.from_pretrained(  # type: ignore[no-untyped-call]
         location, local_files_only=True
     )
@@ -292,6 +303,8 @@ def ensure_converted_gguf(gguf: Path, cache_dir: Path) -> tuple[Path, bool]:
 def _convert(gguf: Path, out: Path) -> None:
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    quiet_transformers()
 
     tokenizer = AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
     # float32 keeps the dequantized values exactly; DTYPE is applied when loading the cache.

@@ -64,7 +64,7 @@ class BatchScheduler:
     """Runs `model` over many concurrent sequences; see the module docstring.
 
     `model` is a transformers causal LM (anything accepting input_ids, attention_mask,
-    position_ids, past_key_values, use_cache, logits_to_keep); `new_detokenizer` makes a
+    position_ids, cache, use_cache, logits_to_keep); `new_detokenizer` makes a
     detokenizer per sequence (textstream.py); `eos_token_ids` end a sequence with "stop".
     """
 
@@ -254,7 +254,7 @@ class BatchScheduler:
             input_ids=ids.to(self._device),
             attention_mask=mask.to(self._device) if min(lengths) < longest else None,
             position_ids=positions.to(self._device),
-            past_key_values=cache,
+            cache=cache,
             use_cache=True,
             logits_to_keep=1,
         )
@@ -316,7 +316,7 @@ class BatchScheduler:
             input_ids=inputs[:, None],
             attention_mask=mask,
             position_ids=positions[:, None],
-            past_key_values=cache,
+            cache=cache,
             use_cache=True,
             logits_to_keep=1,
         )
@@ -367,7 +367,7 @@ def warm_up(model: Any, device: str, token_id: int = 0) -> None:
             input_ids=ids,
             attention_mask=torch.ones_like(ids),
             position_ids=positions,
-            past_key_values=cache,
+            cache=cache,
             use_cache=True,
             logits_to_keep=1,
         )
@@ -375,7 +375,7 @@ def warm_up(model: Any, device: str, token_id: int = 0) -> None:
             input_ids=ids[:, :1],
             attention_mask=torch.ones((2, 5), dtype=torch.long, device=device),
             position_ids=positions[:, :1] + 4,
-            past_key_values=cache,
+            cache=cache,
             use_cache=True,
             logits_to_keep=1,
         )
