@@ -10,7 +10,11 @@ from fastapi.middleware.cors import CORSMiddleware
 from fastapi.staticfiles import StaticFiles
 
 from avito_ai import __version__
-from avito_ai.api.errors import install_error_handlers, scope_error_response
+from avito_ai.api.errors import (
+    install_error_handlers,
+    scope_error_response,
+    scope_unhandled_response,
+)
 from avito_ai.api.routes import health, image, metrics, openai, text, web
 from avito_ai.config import Settings
 from avito_ai.engines.base import Engine, Role
@@ -19,6 +23,7 @@ from avito_ai.lifespan import lifespan
 from avito_ai.middleware.access_log import AccessLogMiddleware
 from avito_ai.middleware.auth import ApiKeyMiddleware, AuthRefusalMiddleware
 from avito_ai.middleware.body_limit import BodyLimitMiddleware
+from avito_ai.middleware.catch_all import CatchAllMiddleware
 from avito_ai.middleware.head import HeadAsGetMiddleware
 from avito_ai.middleware.rate_limit import RateLimitMiddleware
 from avito_ai.middleware.request_id import RequestIdMiddleware
@@ -73,6 +78,7 @@ def create_app(settings: Settings, engines: dict[Role, Engine] | None = None) ->
     # request id — so every response (401, 413 and 429 included) has the id, CORS and
     # security headers, an access line and a metric; a request with a wrong key counts
     # against its address's limit before it is refused.
+    app.add_middleware(CatchAllMiddleware, on_error=scope_unhandled_response)
     app.add_middleware(HeadAsGetMiddleware)
     app.add_middleware(BodyLimitMiddleware, limit_for=body_limits(settings))
     app.add_middleware(AuthRefusalMiddleware, error_responder=scope_error_response)

@@ -73,7 +73,9 @@ async def test_openai_paths_get_openai_error_shape(client) -> None:
 
 
 async def test_unhandled_exception_is_500_without_trace_but_logged_with_id(caplog) -> None:
-    async with running() as (app, client):
+    import httpx
+
+    async with running() as (app, _):
         router = APIRouter()
 
         @router.get("/boom")
@@ -81,9 +83,19 @@ async def test_unhandled_exception_is_500_without_trace_but_logged_with_id(caplo
             raise RuntimeError("secret internals")
 
         app.include_router(router)
-        with caplog.at_level(logging.ERROR):
-            r = await client.get("/boom", headers={"X-Request-ID": "boom-1"})
+        # raise_app_exceptions: nothing may escape the app (a server would drop the
+        # connection, and the client's next request on it would fail).
+        transport = httpx.ASGITransport(app=app, raise_app_exceptions=True)
+        async with httpx.AsyncClient(transport=transport, base_url="http://t") as client:
+            with caplog.at_level(logging.ERROR):
+                r = await client.get(
+                    "/boom", headers={"X-Request-ID": "boom-1", "Origin": "https://a.example"}
+                )
+            assert (await client.get("/api/health/live")).status_code == 200
     body = assert_error(r, 500, "internal_error")
+    assert r.headers["X-Content-Type-Options"] == "nosniff"
+    assert r.headers["X-Response-Time"].endswith("s")
+    assert r.headers["Access-Control-Allow-Origin"] == "*"
     assert body["request_id"] == "boom-1"
     assert "secret internals" not in r.text and "Traceback" not in r.text
     records = [rec for rec in caplog.records if getattr(rec, "request_id", None) == "boom-1"]

@@ -157,12 +157,18 @@ async def _http_exception(request: Request, exc: Exception) -> JSONResponse:
 
 
 async def _unhandled(request: Request, exc: Exception) -> JSONResponse:
+    return scope_unhandled_response(request.scope, exc)
+
+
+def scope_unhandled_response(scope: Scope, exc: Exception) -> JSONResponse:
+    """A 500 with no trace in the body; the trace goes to the log under the request id."""
+    request = Request(scope)
     logger.error(
         "Unhandled error on %s %s",
         request.method,
         request.url.path,
         exc_info=exc,
-        extra={"request_id": request_id_of(request.scope)},
+        extra={"request_id": request_id_of(scope)},
     )
     return error_response(request, AvitoError("Internal server error"))
 
