@@ -73,7 +73,8 @@ def decode_image(data: bytes, max_mb: float, *, param: str = "image") -> Image.I
         raise
     except (Image.DecompressionBombError, Image.DecompressionBombWarning):
         raise ValidationFailed(
-            f"Image refused: it declares more than {MAX_PIXELS // 1_000_000} megapixels",
+            f"Image refused: its dimensions exceed the limit of {MAX_PIXELS // 1_000_000} "
+            "megapixels",
             param=param,
         ) from None
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError, EOFError) as exc:
