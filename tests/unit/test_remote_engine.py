@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import time
 from collections.abc import Callable
@@ -163,8 +164,62 @@ def test_payload_carries_images_and_the_thinking_switch() -> None:
     path, body = upstream_payload(req, "avision")
     assert path == "/chat/completions"
     parts = body["messages"][0]["content"]
-    assert parts[0]["image_url"]["url"].startswith("data:image/png;base64,")
+    assert parts[0]["image_url"]["url"].startswith("data:image/jpeg;base64,")
     assert parts[1] == {"type": "text", "text": "что это?"}
     assert body["chat_template_kwargs"] == {"enable_thinking": False}
     assert (body["top_k"], body["stop"], body["seed"]) == (3, ["\n"], 1)
     assert body["stream_options"] == {"include_usage": True}
+
+
+def test_big_images_go_upstream_scaled_to_avision_max_pixels_as_jpeg() -> None:
+    import base64
+    import io
+
+    photo = Image.effect_noise((4000, 3000), 60).convert("RGB")  # 12 MP, incompressible
+    req = GenerationRequest(
+        request_id="big",
+        sampling=SamplingParams(max_tokens=5),
+        messages=[ChatMessage("user", (ImagePart(photo), TextPart("что это?")))],
+    )
+    _, body = upstream_payload(req, "avision", max_pixels=1003520)
+    url = body["messages"][0]["content"][0]["image_url"]["url"]
+    sent = Image.open(io.BytesIO(base64.b64decode(url.split(",", 1)[1])))
+    assert sent.size[0] * sent.size[1] <= 1003520
+    assert abs(sent.size[0] / sent.size[1] - 4 / 3) < 0.01
+    assert len(url) < 2_000_000  # a full-size PNG of it was ~39 MB
+
+
+async def test_a_malformed_upstream_event_is_retried_not_a_500() -> None:
+    def chat(req: httpx.Request) -> httpx.Response:
+        if req.url.host == "a.test":
+            return httpx.Response(200, content=b"data: {not json\n\n")
+        return httpx.Response(200, content=sse("ok"))
+
+    e = engine(models_or(chat))
+    await e.start()
+    e.upstreams[1].outstanding = 5  # make A the first choice
+    text, _ = await collect(e)
+    await e.stop()
+    assert text == "ok"
+    assert e.upstreams[0].failures == 1
+
+
+async def test_closing_the_answer_closes_the_upstream_stream() -> None:
+    closed: list[bool] = []
+
+    class Stream(httpx.AsyncByteStream):
+        async def __aiter__(self):  # type: ignore[override]
+            yield sse("a").split(b"\n\n")[0] + b"\n\n"  # one whole event, then silence
+            await asyncio.sleep(30)
+            yield b""
+
+        async def aclose(self) -> None:
+            closed.append(True)
+
+    e = engine(models_or(lambda req: httpx.Response(200, stream=Stream())))
+    await e.start()
+    answer = e.generate(request())
+    await anext(answer)
+    await answer.aclose()  # the client went away
+    await e.stop()
+    assert closed == [True]

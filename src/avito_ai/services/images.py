@@ -7,11 +7,16 @@ any pixel is decoded, so decompression bombs are refused quickly with flat memor
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import binascii
+import concurrent.futures
+import functools
 import io
 import re
 import warnings
+from collections.abc import Callable
+from typing import Any, TypeVar
 
 from PIL import Image, UnidentifiedImageError
 
@@ -99,6 +104,18 @@ def decode_base64_image(value: str, max_mb: float, *, param: str = "image") -> I
     except (binascii.Error, ValueError):
         raise ValidationFailed("Image is not valid base64", param=param) from None
     return decode_image(data, max_mb, param=param)
+
+
+# Image decoding is CPU work (0.25 s for a 24 MP JPEG): never on the event loop, and at most
+# this many at once, so a burst of uploads cannot hold a decoded copy of each in memory.
+_POOL = concurrent.futures.ThreadPoolExecutor(max_workers=2, thread_name_prefix="image-decode")
+T = TypeVar("T")
+
+
+async def off_loop(fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
+    """Run image work `fn(*args, **kwargs)` in the bounded image pool."""
+    loop = asyncio.get_running_loop()
+    return await loop.run_in_executor(_POOL, functools.partial(fn, *args, **kwargs))
 
 
 def is_data_uri(value: str) -> bool:

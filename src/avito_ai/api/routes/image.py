@@ -14,7 +14,7 @@ from avito_ai.errors import ValidationFailed
 from avito_ai.schemas.native import ERROR_RESPONSES, GenerationResponse, ImageAnalyzeJSON
 from avito_ai.services.forms import sampling_from_form
 from avito_ai.services.generation import chat_request, ready_engine, validate_prompt
-from avito_ai.services.images import decode_base64_image, decode_image
+from avito_ai.services.images import decode_base64_image, decode_image, off_loop
 from avito_ai.services.validation import validation_failed
 
 router = APIRouter(prefix="/api/v1", tags=["native API"])
@@ -79,14 +79,14 @@ async def analyze_image(
         values = {k: v for k, v in form.items() if isinstance(v, str)}
         fields = sampling_from_form(values, [s for s in form.getlist("stop") if isinstance(s, str)])
         prompt: object = values.get("prompt")
-        image = decode_image(await upload.read(), settings.max_image_size_mb)
+        image = await off_loop(decode_image, await upload.read(), settings.max_image_size_mb)
     elif "json" in content_type:
         try:
             body = ImageAnalyzeJSON.model_validate_json(await request.body())
         except ValidationError as exc:
             raise validation_failed(exc.errors()) from None
         fields, prompt = body, body.prompt
-        image = decode_base64_image(body.image, settings.max_image_size_mb)
+        image = await off_loop(decode_base64_image, body.image, settings.max_image_size_mb)
     else:
         raise ValidationFailed("Send multipart/form-data with an 'image' file, or JSON")
     text = (

@@ -21,6 +21,7 @@ from avito_ai.schemas.openai import (
 )
 from avito_ai.services import generation as gen
 from avito_ai.services import openai_compat as oa
+from avito_ai.services.images import off_loop
 from avito_ai.services.state import ServiceState
 from avito_ai.services.streaming import open_stream, preceded_by, unless_disconnected
 
@@ -70,7 +71,8 @@ async def chat_completions(
 ) -> ChatCompletion | StreamingResponse:
     role = oa.resolve_role(body.model, state)
     await gen.ready_engine(state, role)  # 503 before decoding images for an absent model
-    generation = oa.chat_request(body, role, settings, request_id)
+    # Off the loop: it decodes the images of the messages.
+    generation = await off_loop(oa.chat_request, body, role, settings, request_id)
     result = await _run(request, state, role, generation, body, chat=True)
     if isinstance(result, StreamingResponse):
         return result

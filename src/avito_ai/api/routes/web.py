@@ -17,7 +17,7 @@ from avito_ai.engines.base import ImagePart, TextPart
 from avito_ai.errors import AvitoError, ValidationFailed
 from avito_ai.services import generation as gen
 from avito_ai.services.forms import sampling_from_form
-from avito_ai.services.images import decode_image
+from avito_ai.services.images import decode_image, off_loop
 from avito_ai.services.state import ServiceState
 from avito_ai.services.streaming import unless_disconnected
 
@@ -104,7 +104,7 @@ async def avision_form(
         upload = form.get("image")
         if not isinstance(upload, UploadFile):
             raise ValidationFailed("Choose an image file to analyze", param="image")
-        image = decode_image(await upload.read(), settings.max_image_size_mb)
+        image = await off_loop(decode_image, await upload.read(), settings.max_image_size_mb)
         text = gen.validate_prompt(question, settings, field="question")
         generation = gen.chat_request(
             request_id=request_id,

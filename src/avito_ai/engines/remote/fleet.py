@@ -25,13 +25,15 @@ import contextlib
 import io
 import json
 import logging
+import math
 import random
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator, AsyncIterator
 from dataclasses import dataclass
 from typing import Any
 
 import httpx
+from PIL import Image
 
 from avito_ai.config import Settings
 from avito_ai.engines.base import (
@@ -89,13 +91,24 @@ def api_base(url: str) -> str:
     return url if url.endswith("/v1") else url + "/v1"
 
 
-def image_data_uri(part: ImagePart) -> str:
+def image_data_uri(part: ImagePart, max_pixels: int = 1003520) -> str:
+    """The image as the upstream gets it: at most `max_pixels` (AVISION_MAX_PIXELS, what
+    the model would see anyway) and JPEG, not a full-size PNG (a 24 MP photo was a 39 MB
+    request body and seconds of encoding)."""
+    image = part.image.convert("RGB") if part.image.mode != "RGB" else part.image
+    width, height = image.size
+    if width * height > max_pixels:
+        scale = math.sqrt(max_pixels / (width * height))
+        size = (max(1, int(width * scale)), max(1, int(height * scale)))
+        image = image.resize(size, Image.Resampling.BICUBIC)
     buf = io.BytesIO()
-    part.image.save(buf, format="PNG")
-    return "data:image/png;base64," + base64.b64encode(buf.getvalue()).decode()
+    image.save(buf, format="JPEG", quality=92)
+    return "data:image/jpeg;base64," + base64.b64encode(buf.getvalue()).decode()
 
 
-def upstream_payload(request: GenerationRequest, model: str) -> tuple[str, dict[str, Any]]:
+def upstream_payload(
+    request: GenerationRequest, model: str, max_pixels: int = 1003520
+) -> tuple[str, dict[str, Any]]:
     """The OpenAI request (path, JSON body) for one of our GenerationRequests."""
     s = request.sampling
     body: dict[str, Any] = {
@@ -127,7 +140,7 @@ def upstream_payload(request: GenerationRequest, model: str) -> tuple[str, dict[
             content = [
                 {"type": "text", "text": p.text}
                 if isinstance(p, TextPart)
-                else {"type": "image_url", "image_url": {"url": image_data_uri(p)}}
+                else {"type": "image_url", "image_url": {"url": image_data_uri(p, max_pixels)}}
                 for p in message.content
             ]
         messages.append({"role": message.role, "content": content})
@@ -264,14 +277,21 @@ class RemoteEngine:
             raise ModelUnavailable(f"{self.role} upstreams are not connected")
         if self.model is None:
             raise ModelUnavailable(f"{self.role}: no upstream has answered yet")
-        path, body = upstream_payload(request, self.model)
+        # Off the loop: images are scaled and encoded here.
+        path, body = await asyncio.to_thread(
+            upstream_payload, request, self.model, self.settings.avision_max_pixels
+        )
         tried: list[str] = []
         overloaded = 0
         for upstream in self._candidates():
             tried.append(upstream.base)
             try:
-                async for chunk in self._stream_from(upstream, path, body, request):
-                    yield chunk
+                # aclosing: a client that leaves closes the upstream stream now (vLLM and
+                # SGLang abort the request), not when the generator is collected.
+                stream = self._stream_from(upstream, path, body, request)
+                async with contextlib.aclosing(stream) as chunks:
+                    async for chunk in chunks:
+                        yield chunk
                 return
             except _Retryable as exc:
                 overloaded += exc.overloaded
@@ -285,7 +305,7 @@ class RemoteEngine:
 
     async def _stream_from(
         self, upstream: Upstream, path: str, body: dict[str, Any], request: GenerationRequest
-    ) -> AsyncIterator[Chunk]:
+    ) -> AsyncGenerator[Chunk, None]:
         assert self._client is not None
         started = time.monotonic()
         first_token: float | None = None
@@ -309,7 +329,12 @@ class RemoteEngine:
                         data = line[5:].strip()
                         if data == "[DONE]":
                             break
-                        event = json.loads(data)
+                        try:
+                            event = json.loads(data)
+                        except ValueError:
+                            event = {"error": f"malformed event from the upstream: {data[:100]}"}
+                        if not isinstance(event, dict):
+                            event = {"error": "malformed event from the upstream"}
                         if "error" in event:
                             message = f"Upstream error: {_error_message(data.encode())}"
                             if first_token is None:
