@@ -41,6 +41,8 @@ Errors answer `{"error": code, "message": ..., "request_id": ...}`.
 STATIC_DIR = Path(__file__).resolve().parent / "web" / "static"
 # Routes whose bodies may carry an image (multipart, or base64 in JSON).
 UPLOAD_PATHS = ("/api/v1/image/analyze", "/avision", "/v1/chat/completions")
+# Of those, the ones where a text-only JSON body is common: it gets the JSON cap.
+JSON_IMAGE_PATHS = ("/v1/chat/completions",)
 
 
 def body_limits(settings: Settings) -> Callable[[str], int]:
@@ -57,6 +59,7 @@ def body_limits(settings: Settings) -> Callable[[str], int]:
 
 def create_app(settings: Settings, engines: dict[Role, Engine] | None = None) -> FastAPI:
     state = ServiceState(settings=settings, engines=engines or build_engines(settings))
+    json_limit = int(settings.max_body_size_mb * 1024 * 1024)
     app = FastAPI(
         title="Avito AI API",
         version=__version__,
@@ -80,7 +83,11 @@ def create_app(settings: Settings, engines: dict[Role, Engine] | None = None) ->
     # against its address's limit before it is refused.
     app.add_middleware(CatchAllMiddleware, on_error=scope_unhandled_response)
     app.add_middleware(HeadAsGetMiddleware)
-    app.add_middleware(BodyLimitMiddleware, limit_for=body_limits(settings))
+    app.add_middleware(
+        BodyLimitMiddleware,
+        limit_for=body_limits(settings),
+        text_limit_for=lambda path: json_limit if path in JSON_IMAGE_PATHS else None,
+    )
     app.add_middleware(AuthRefusalMiddleware, error_responder=scope_error_response)
     app.add_middleware(
         RateLimitMiddleware,

@@ -92,3 +92,26 @@ async def test_the_vision_form_answers_503_before_reading_an_upload() -> None:
         assert r.status_code == 503
         assert r.headers["content-type"].startswith("text/html")
         assert "AVISION_MODEL" in r.text
+
+
+async def test_a_flood_of_empty_chat_messages_is_refused_before_any_work() -> None:
+    """600,000 `{"role": "system"}` (12 MB) once held the event loop for 19 s."""
+    import json
+    import time
+
+    flood = [{"role": "system"}] * 600_000 + [{"role": "user", "content": "hi"}]
+    body = json.dumps({"model": "avibe", "messages": flood})
+    async with running() as (_, client):
+        began = time.monotonic()
+        r = await client.post(
+            "/v1/chat/completions", content=body, headers={"Content-Type": "application/json"}
+        )
+        assert r.status_code == 413, r.text
+        assert "without images" in r.json()["error"]["message"]
+        assert time.monotonic() - began < 2
+        few = {"model": "avibe", "messages": [{"role": "system"}, {"role": "user", "content": "x"}]}
+        r = await client.post("/v1/chat/completions", json=few)
+        assert r.status_code == 400 and r.json()["error"]["param"] == "messages.0.content"
+        many = [{"role": "user", "content": "x"}] * 300
+        r = await client.post("/v1/chat/completions", json={"model": "avibe", "messages": many})
+        assert r.status_code == 400 and r.json()["error"]["param"] == "messages"

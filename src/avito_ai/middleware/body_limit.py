@@ -8,6 +8,8 @@ from collections.abc import Callable
 from starlette.exceptions import HTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+_IMAGE_PART = b'"image_url"'
+
 
 class BodyLimitMiddleware:
     """`limit_for(path)` gives the byte limit of a route; over it the app sees a 413
@@ -15,9 +17,17 @@ class BodyLimitMiddleware:
     from body parsing while it turns other exceptions into a generic 400.) The error
     mapping in api/errors.py gives it the `payload_too_large` body."""
 
-    def __init__(self, app: ASGIApp, limit_for: Callable[[str], int]) -> None:
+    def __init__(
+        self,
+        app: ASGIApp,
+        limit_for: Callable[[str], int],
+        text_limit_for: Callable[[str], int | None] = lambda path: None,
+    ) -> None:
         self.app = app
         self.limit_for = limit_for
+        # Routes that take images in JSON (OpenAI chat): a body past this many bytes must
+        # have shown an image part by then, else it is text only and gets the text cap.
+        self.text_limit_for = text_limit_for
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -36,14 +46,27 @@ class BodyLimitMiddleware:
                     return
                 break
         received = 0
+        text_limit = self.text_limit_for(scope["path"])
+        seen_image = text_limit is None
+        tail = b""
 
         async def counting_receive() -> Message:
-            nonlocal received
+            nonlocal received, seen_image, tail
             msg = await receive()
             if msg["type"] == "http.request":
-                received += len(msg.get("body", b""))
+                body = msg.get("body", b"")
+                received += len(body)
                 if received > limit:
                     raise HTTPException(413, detail=message)
+                if not seen_image:
+                    seen_image = _IMAGE_PART in tail + body
+                    tail = body[-len(_IMAGE_PART) :]
+                    if not seen_image and text_limit is not None and received > text_limit:
+                        raise HTTPException(
+                            413,
+                            detail="Request body too large for a request without images. "
+                            f"Maximum size: {text_limit / 1048576:g} MB",
+                        )
             return msg
 
         await self.app(scope, counting_receive, send)

@@ -8,6 +8,10 @@ from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictInt, Strict
 
 from avito_ai.schemas.native import SamplingBase, Text
 
+# Bounds checked while the body is parsed, before any work: a 12 MB body of 600,000 empty
+# messages once held the event loop for 19 s.
+MAX_MESSAGES = 256
+MAX_PARTS = 32
 UNSUPPORTED = ("tools", "tool_choice", "functions", "response_format", "logprobs", "top_logprobs")
 
 
@@ -33,7 +37,8 @@ class ChatMessageIn(BaseModel):
     model_config = ConfigDict(extra="ignore")
 
     role: Literal["system", "user", "assistant", "developer"]
-    content: Text | list[ContentPartIn] | None = None
+    # Required: a message without content is a mistake (tool calls are not supported).
+    content: Text | Annotated[list[ContentPartIn], Field(min_length=1, max_length=MAX_PARTS)]
     name: str | None = None
 
 
@@ -65,7 +70,7 @@ class OpenAISampling(SamplingBase):
 
 
 class ChatCompletionRequest(OpenAISampling):
-    messages: Annotated[list[ChatMessageIn], Field(min_length=1)]
+    messages: Annotated[list[ChatMessageIn], Field(min_length=1, max_length=MAX_MESSAGES)]
     enable_thinking: StrictBool = False
     chat_template_kwargs: dict[str, Any] | None = None
 
