@@ -300,15 +300,25 @@ def test_prompt_length_limit_counts_text_parts_but_not_images() -> None:
     [
         [{"role": "system", "content": "Be brief"}],
         [{"role": "assistant", "content": "Hello"}],
-        [{"role": "system", "content": "Be brief"}, {"role": "user", "content": None}],
-        [{"role": "user", "content": []}],
     ],
-    ids=["system-only", "assistant-only", "user-without-content", "user-empty-parts"],
+    ids=["system-only", "assistant-only"],
 )
 def test_chat_request_without_a_user_message_is_refused(messages: list[dict[str, Any]]) -> None:
     error = refused(chat_request, chat(messages=messages), "avibe", isolated_settings(), "r")
     assert error.param == "messages"
     assert "user message" in error.message
+
+
+@pytest.mark.parametrize("content", [None, []], ids=["without-content", "empty-parts"])
+def test_a_message_without_content_is_refused_by_the_schema(content: Any) -> None:
+    from pydantic import ValidationError
+
+    from avito_ai.services.validation import validation_failed
+
+    messages = [{"role": "system", "content": "Be brief"}, {"role": "user", "content": content}]
+    with pytest.raises(ValidationError) as info:
+        chat(messages=messages)
+    assert validation_failed(info.value.errors()).param == "messages.1.content"
 
 
 @pytest.mark.parametrize(
