@@ -2,14 +2,16 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import socket
 import subprocess
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
+from typing import Any
 
 import httpx
 
@@ -86,6 +88,23 @@ class ServerProcess:
                 self.proc.wait()
         self._log.close()
         return self.proc.returncode
+
+
+@contextlib.contextmanager
+def serving(srv: ServerProcess, ready_within: float = 60.0) -> Iterator[ServerProcess]:
+    """The server once ready; stopped afterwards whatever happens."""
+    try:
+        srv.wait_ready(ready_within)
+        yield srv
+    finally:
+        srv.stop()
+
+
+def openai_client(srv: ServerProcess) -> Any:
+    """The official `openai` client on the server's /v1, without retries."""
+    import openai
+
+    return openai.OpenAI(base_url=srv.url + "/v1", api_key="unused", max_retries=0)
 
 
 def dev_server(env: dict[str, str], log_path: Path) -> ServerProcess:

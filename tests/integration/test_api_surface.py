@@ -13,7 +13,7 @@ import openai
 import pytest
 
 from tests.images import encoded, noisy_png, png_bomb
-from tests.servers import ServerProcess, dev_server
+from tests.servers import ServerProcess, dev_server, openai_client, serving
 
 pytestmark = pytest.mark.integration
 
@@ -28,17 +28,13 @@ def server(tmp_path_factory) -> Iterator[ServerProcess]:
         "RATE_LIMIT_PER_MINUTE": "100000",
         "RATE_LIMIT_PER_HOUR": "100000",
     }
-    srv = dev_server(env, tmp / "stdout.log")
-    try:
-        srv.wait_ready(60)
+    with serving(dev_server(env, tmp / "stdout.log")) as srv:
         yield srv
-    finally:
-        srv.stop()
 
 
 @pytest.fixture(scope="module")
 def client(server: ServerProcess) -> openai.OpenAI:
-    return openai.OpenAI(base_url=server.url + "/v1", api_key="unused", max_retries=0)
+    return openai_client(server)
 
 
 def data_uri(data: bytes, mime: str = "image/png") -> str:

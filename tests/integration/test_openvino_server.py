@@ -17,7 +17,7 @@ import openai
 import pytest
 
 from tests.ggufs import THINKING_TEMPLATE, truncated, unsupported_architecture, with_chat_template
-from tests.servers import ServerProcess, dev_server
+from tests.servers import ServerProcess, dev_server, openai_client, serving
 
 pytestmark = pytest.mark.integration
 
@@ -38,17 +38,13 @@ def start(tmp: Path, name: str, **env: str) -> ServerProcess:
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
-    srv = start(tmp_path_factory.mktemp("ov"), "main", MAX_BATCH_SIZE="8")
-    try:
-        srv.wait_ready(120)
+    with serving(start(tmp_path_factory.mktemp("ov"), "main", MAX_BATCH_SIZE="8"), 120) as srv:
         yield srv
-    finally:
-        srv.stop()
 
 
 @pytest.fixture(scope="module")
 def client(server: ServerProcess) -> openai.OpenAI:
-    return openai.OpenAI(base_url=server.url + "/v1", api_key="unused", max_retries=0)
+    return openai_client(server)
 
 
 def generate(server: ServerProcess, **body: object) -> dict:
@@ -171,18 +167,10 @@ def test_a_client_that_leaves_stops_its_generation(server: ServerProcess) -> Non
 
 @pytest.fixture(scope="module")
 def one_slot(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
-    srv = start(
-        tmp_path_factory.mktemp("ov1"),
-        "one",
-        MAX_BATCH_SIZE="1",
-        MAX_QUEUE_SIZE="1",
-        REQUEST_TIMEOUT="4",
-    )
-    try:
-        srv.wait_ready(120)
+    tmp = tmp_path_factory.mktemp("ov1")
+    one = start(tmp, "one", MAX_BATCH_SIZE="1", MAX_QUEUE_SIZE="1", REQUEST_TIMEOUT="4")
+    with serving(one, 120) as srv:
         yield srv
-    finally:
-        srv.stop()
 
 
 def test_a_full_queue_answers_503_at_once(one_slot: ServerProcess) -> None:
