@@ -56,6 +56,7 @@ def start(tmp: Path, name: str, source: Path | None = None, **env: str) -> Serve
         "RATE_LIMIT_PER_MINUTE": "1000000",
         "RATE_LIMIT_PER_HOUR": "1000000",
         "MAX_PROMPT_LENGTH": "100000",
+        "MAX_PROMPT_TOKENS": "100000",
         "MAX_TOKENS_AVIBE": "4096",
         "LOG_LEVEL": "WARNING",
         **env,

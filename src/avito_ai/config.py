@@ -70,6 +70,9 @@ class Settings(BaseSettings):
     rate_limit_per_minute: PositiveInt = 10
     rate_limit_per_hour: PositiveInt = 100
     max_prompt_length: PositiveInt = 2000
+    # The same bound in tokens, on the rendered A-Vibe prompt (chat template included):
+    # characters undercount text the tokenizer splits finely (an emoji can be 3 tokens).
+    max_prompt_tokens: PositiveInt = 4096
     # memory:// (one process) or redis://host:port/db (shared by workers and replicas).
     rate_limit_storage_uri: str = "memory://"
     # When the rate-limit storage is unreachable: "open" serves requests unlimited,

@@ -27,6 +27,7 @@ OPEN = {
     "RATE_LIMIT_PER_HOUR": "100000",
     "MAX_TOKENS_AVIBE": "4000",
     "MAX_PROMPT_LENGTH": "200000",
+    "MAX_PROMPT_TOKENS": "100000",
 }
 
 
@@ -168,7 +169,14 @@ def test_a_client_that_leaves_stops_its_generation(server: ServerProcess) -> Non
 @pytest.fixture(scope="module")
 def one_slot(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
     tmp = tmp_path_factory.mktemp("ov1")
-    one = start(tmp, "one", MAX_BATCH_SIZE="1", MAX_QUEUE_SIZE="1", REQUEST_TIMEOUT="4")
+    one = start(
+        tmp,
+        "one",
+        MAX_BATCH_SIZE="1",
+        MAX_QUEUE_SIZE="1",
+        REQUEST_TIMEOUT="4",
+        MAX_PROMPT_TOKENS="200",
+    )
     with serving(one, 120) as srv:
         yield srv
 
@@ -196,6 +204,16 @@ def test_a_full_queue_answers_503_at_once(one_slot: ServerProcess) -> None:
             assert third.status_code == 503
             assert third.json()["error"] == "overloaded" and "Retry-After" in third.headers
         queued.join(30)
+
+
+def test_the_prompt_is_bounded_in_tokens_not_only_characters(one_slot: ServerProcess) -> None:
+    """120 emoji are 120 characters and about 360 tokens: over MAX_PROMPT_TOKENS=200."""
+    r = httpx.post(one_slot.url + "/api/v1/text/generate", json={"prompt": "🚲" * 120}, timeout=30)
+    assert r.status_code == 400, r.text
+    assert "MAX_PROMPT_TOKENS" in r.json()["message"]
+    assert r.json()["message"].startswith("The prompt is ")
+    ok = httpx.post(one_slot.url + "/api/v1/text/generate", json={"prompt": "hi", "max_tokens": 2})
+    assert ok.status_code == 200
 
 
 def test_a_request_past_its_deadline_is_504(one_slot: ServerProcess) -> None:

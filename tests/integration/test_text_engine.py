@@ -36,7 +36,13 @@ from avito_ai.engines.transformers.loading import (
     resolve_text_source,
 )
 from avito_ai.engines.transformers.text import TransformersTextEngine
-from avito_ai.errors import ModelUnavailable, Overloaded, ShuttingDown, Timeout
+from avito_ai.errors import (
+    ModelUnavailable,
+    Overloaded,
+    ShuttingDown,
+    Timeout,
+    ValidationFailed,
+)
 from tests.conftest import isolated_settings
 from tests.tiny_models import build_tiny_qwen3
 
@@ -246,6 +252,16 @@ async def test_tiny_queue_full_cancel_and_timeout(tiny_folder: Path) -> None:
     assert engine.status().state is EngineState.STOPPED
     with pytest.raises(ModelUnavailable):
         await engine.generate(chat("stopped")).__anext__()
+
+
+async def test_tiny_prompt_token_limit(tiny_folder: Path) -> None:
+    engine = await started(settings_for(str(tiny_folder), max_prompt_tokens=40))
+    try:  # the chat template alone is ~25 tokens here
+        with pytest.raises(ValidationFailed, match="MAX_PROMPT_TOKENS"):
+            engine.build_spec(chat("Продаю велосипед в хорошем состоянии, торг уместен. " * 3))
+        assert engine.build_spec(chat("Hi")).prompt_ids
+    finally:
+        await engine.stop()
 
 
 async def test_tiny_says_shutting_down_while_it_stops(tiny_folder: Path) -> None:

@@ -37,6 +37,15 @@ def neutralize(text: str, specials: list[str]) -> str:
     return text
 
 
+def check_prompt_tokens(tokens: int, limit: int, *, raw: bool) -> None:
+    """MAX_PROMPT_TOKENS, counted on the prompt as the model gets it. Raises ValidationFailed."""
+    if tokens > limit:
+        raise ValidationFailed(
+            f"The prompt is {tokens} tokens; the limit is {limit} (MAX_PROMPT_TOKENS)",
+            param="prompt" if raw else "messages",
+        )
+
+
 def plain_messages(messages: list[ChatMessage]) -> list[dict[str, str]]:
     """The text of each message (images are not for text models). Raises ValidationFailed."""
     if not messages:

@@ -44,6 +44,7 @@ from avito_ai.engines.models import EMBEDDED_MODEL_ID
 from avito_ai.engines.openvino.detokenize import detokenizer_factory
 from avito_ai.engines.prompts import (
     FALLBACK_STOPS,
+    check_prompt_tokens,
     fallback_prompt,
     neutralize,
     plain_messages,
@@ -207,6 +208,9 @@ class OpenVINOTextEngine(InProcessEngine):
             special = False  # the template wrote the special tokens it wants
         input_ids = self._tokenizer.encode(prompt, add_special_tokens=special).input_ids
         tokens = int(input_ids.shape[1])
+        check_prompt_tokens(
+            tokens, self._settings.max_prompt_tokens, raw=request.prompt is not None
+        )
         room = self._context - tokens if self._context else sampling.max_tokens
         if room < 1:  # (the tokenizer cuts a longer prompt at the context: "at least")
             raise ValidationFailed(

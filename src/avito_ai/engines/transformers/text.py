@@ -34,7 +34,12 @@ from avito_ai.engines.base import (
 )
 from avito_ai.engines.lifecycle import InProcessEngine
 from avito_ai.engines.models import EMBEDDED_MODEL_ID
-from avito_ai.engines.prompts import FALLBACK_STOPS, fallback_prompt, plain_messages
+from avito_ai.engines.prompts import (
+    FALLBACK_STOPS,
+    check_prompt_tokens,
+    fallback_prompt,
+    plain_messages,
+)
 from avito_ai.engines.threads import run_in_own_thread
 from avito_ai.engines.transformers.detokenize import detokenizer_factory, prompt_opens_thinking
 from avito_ai.engines.transformers.device import Placement, free_memory, resolve_placement
@@ -169,6 +174,9 @@ class TransformersTextEngine(InProcessEngine):
             ids, fallback = self._encode_chat(request.messages, request.enable_thinking)
             if fallback:
                 stops += FALLBACK_STOPS
+        check_prompt_tokens(
+            len(ids), self._settings.max_prompt_tokens, raw=request.prompt is not None
+        )
         room = self._context_length - len(ids)
         if room < 1:
             raise ValidationFailed(
