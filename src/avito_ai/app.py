@@ -87,6 +87,7 @@ def create_app(settings: Settings, engines: dict[Role, Engine] | None = None) ->
         BodyLimitMiddleware,
         limit_for=body_limits(settings),
         text_limit_for=lambda path: json_limit if path in JSON_IMAGE_PATHS else None,
+        read_timeout=settings.body_read_timeout,
     )
     app.add_middleware(AuthRefusalMiddleware, error_responder=scope_error_response)
     app.add_middleware(

@@ -118,6 +118,8 @@ class Settings(BaseSettings):
     request_timeout: Annotated[float, Field(gt=0)] = 120.0
     max_image_size_mb: Annotated[float, Field(gt=0)] = 16.0
     max_body_size_mb: Annotated[float, Field(gt=0)] = 1.0
+    # Longest pause in a request body before 408 (slow or stalled clients).
+    body_read_timeout: Annotated[float, Field(gt=0)] = 30.0
     # Images are scaled down (aspect kept) to at most this many pixels before the vision
     # processor sees them: 1280*28*28, about 1280 image tokens for Qwen2.5-VL.
     avision_max_pixels: PositiveInt = 1003520

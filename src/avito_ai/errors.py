@@ -18,6 +18,12 @@ class ValidationFailed(AvitoError):
     code = "validation_error"
 
 
+class RequestTimeout(AvitoError):
+    """The client stopped sending its request body (a slow or stalled upload)."""
+
+    code = "request_timeout"
+
+
 class PayloadTooLarge(AvitoError):
     code = "payload_too_large"
 

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import pytest
 
+from tests.conftest import isolated_settings
+
 from .conftest import running
 
 
@@ -115,3 +117,24 @@ async def test_a_flood_of_empty_chat_messages_is_refused_before_any_work() -> No
         many = [{"role": "user", "content": "x"}] * 300
         r = await client.post("/v1/chat/completions", json={"model": "avibe", "messages": many})
         assert r.status_code == 400 and r.json()["error"]["param"] == "messages"
+
+
+async def test_a_stalled_upload_is_408_after_the_read_timeout() -> None:
+    import asyncio
+    import time
+
+    async def stalling():
+        yield b'{"prompt": "a long'
+        await asyncio.sleep(30)  # the client stops sending
+        yield b' story"}'
+
+    async with running(isolated_settings(body_read_timeout=0.3)) as (_, client):
+        began = time.monotonic()
+        r = await client.post(
+            "/api/v1/text/generate",
+            content=stalling(),
+            headers={"Content-Type": "application/json"},
+        )
+        assert r.status_code == 408, r.text
+        assert r.json()["error"] == "request_timeout"
+        assert time.monotonic() - began < 5

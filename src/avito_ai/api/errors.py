@@ -24,6 +24,7 @@ from avito_ai.errors import (
     PayloadTooLarge,
     RateLimited,
     RateLimitUnavailable,
+    RequestTimeout,
     Timeout,
     Unauthorized,
     ValidationFailed,
@@ -40,6 +41,7 @@ STATUS_BY_CODE: dict[str, int] = {
     "not_found": 404,
     "method_not_allowed": 405,
     "payload_too_large": 413,
+    "request_timeout": 408,
     "rate_limit_exceeded": 429,
     "internal_error": 500,
     "model_unavailable": 503,
@@ -55,6 +57,7 @@ OPENAI_TYPE_BY_CODE: dict[str, str] = {
     "not_found": "not_found_error",
     "method_not_allowed": "invalid_request_error",
     "payload_too_large": "invalid_request_error",
+    "request_timeout": "invalid_request_error",
     "rate_limit_exceeded": "rate_limit_error",
     "model_unavailable": "service_unavailable_error",
     "overloaded": "service_unavailable_error",
@@ -144,6 +147,8 @@ async def _http_exception(request: Request, exc: Exception) -> JSONResponse:
         error = MethodNotAllowed(f"Method {request.method} not allowed for {request.url.path}")
     elif exc.status_code == 413:
         error = PayloadTooLarge(str(exc.detail))
+    elif exc.status_code == 408:
+        error = RequestTimeout(str(exc.detail))
     elif exc.status_code == 401:
         error = Unauthorized(str(exc.detail))
     elif exc.status_code < 500:

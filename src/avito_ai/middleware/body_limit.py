@@ -3,6 +3,7 @@ for chunked or length-less bodies. Nothing is read whole before the check."""
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Callable
 
 from starlette.exceptions import HTTPException
@@ -22,9 +23,13 @@ class BodyLimitMiddleware:
         app: ASGIApp,
         limit_for: Callable[[str], int],
         text_limit_for: Callable[[str], int | None] = lambda path: None,
+        read_timeout: float = 30.0,
     ) -> None:
         self.app = app
         self.limit_for = limit_for
+        # Longest wait for the next piece of a body: a client that stops sending mid-upload
+        # gets 408 instead of holding a connection and a request slot for ever.
+        self.read_timeout = read_timeout
         # Routes that take images in JSON (OpenAI chat): a body past this many bytes must
         # have shown an image part by then, else it is text only and gets the text cap.
         self.text_limit_for = text_limit_for
@@ -52,7 +57,13 @@ class BodyLimitMiddleware:
 
         async def counting_receive() -> Message:
             nonlocal received, seen_image, tail
-            msg = await receive()
+            try:
+                async with asyncio.timeout(self.read_timeout):
+                    msg = await receive()
+            except TimeoutError:
+                raise HTTPException(
+                    408, detail=f"No request body for {self.read_timeout:g} s; send it whole"
+                ) from None
             if msg["type"] == "http.request":
                 body = msg.get("body", b"")
                 received += len(body)
