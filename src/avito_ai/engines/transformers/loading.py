@@ -37,9 +37,8 @@ from pathlib import Path
 from typing import Any, Literal
 
 from avito_ai.engines.models import (
-    EMBEDDED_MODEL_ID,
     ModelLoadError,
-    embedded_gguf_path,
+    gguf_location,
 )
 from avito_ai.engines.transformers.device import Placement
 
@@ -71,14 +70,13 @@ class LoadedTextModel:
 
 def resolve_text_source(spec: str | None) -> TextModelSource:
     """Classify an AVIBE_MODEL value. Raises ModelLoadError with a readable reason."""
-    if spec is None or not spec.strip():
-        return TextModelSource("embedded", str(embedded_gguf_path()), EMBEDDED_MODEL_ID)
+    found = gguf_location(spec)
+    if found is not None:
+        kind, file, model_id = found
+        return TextModelSource(kind, str(file), model_id)
+    assert spec is not None  # unset is the embedded model
     spec = spec.strip()
     path = Path(spec).expanduser()
-    if spec.lower().endswith(".gguf"):
-        if not path.is_file():
-            raise ModelLoadError(f"GGUF file {spec} does not exist")
-        return TextModelSource("gguf", str(path.resolve()), spec)
     if path.is_dir():
         if not (path / "config.json").is_file():
             raise ModelLoadError(f"model folder {spec} has no config.json")
