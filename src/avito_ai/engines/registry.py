@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import importlib.util
 from typing import Literal
 
@@ -31,6 +32,7 @@ def backend_for(role: Role, settings: Settings) -> InProcess:
     return "transformers" if _wants_cuda(settings.device) else "openvino"
 
 
+@functools.cache  # the machine's GPUs do not change while the process runs
 def _wants_cuda(device: str) -> bool:
     if device.startswith("cuda"):
         return True
@@ -56,18 +58,22 @@ def missing_extra(settings: Settings) -> str | None:
     """One line naming the extra to install when a configured backend's libraries are
     missing (a light install asked to run transformers, say); None when all is there."""
     for role in ("avibe", "avision"):
-        if role == "avision" and settings.role(role).model is None:
-            continue  # not configured: nothing to load
-        backend = backend_for(role, settings)
-        if backend not in _EXTRAS:
-            continue
-        modules, extra = _EXTRAS[backend]
-        absent = [m for m in modules if not _installed(m)]
-        if absent:
-            return (
-                f"{role.upper()}_BACKEND={backend} needs {', '.join(absent)}: pip install '{extra}'"
-            )
+        problem = _missing_for(role, backend_for(role, settings), settings)
+        if problem is not None:
+            return problem
     return None
+
+
+def _missing_for(role: Role, backend: InProcess, settings: Settings) -> str | None:
+    if role == "avision" and settings.role(role).model is None:
+        return None  # not configured: nothing to load
+    if backend not in _EXTRAS:
+        return None
+    modules, extra = _EXTRAS[backend]
+    absent = [m for m in modules if not _installed(m)]
+    if not absent:
+        return None
+    return f"{role.upper()}_BACKEND={backend} needs {', '.join(absent)}: pip install '{extra}'"
 
 
 def build_engine(role: Role, settings: Settings) -> Engine:
@@ -82,7 +88,7 @@ def build_engine(role: Role, settings: Settings) -> Engine:
         return RemoteEngine(role, settings)
     if role == "avision" and settings.role(role).model is None:
         return NotConfiguredEngine("avision", AVISION_HINT)
-    problem = missing_extra(settings)
+    problem = _missing_for(role, backend, settings)
     if problem is not None:
         raise ConfigError(problem)
     if backend == "openvino":
