@@ -29,6 +29,9 @@ class AvitoUvicornWorker(UvicornWorker):  # type: ignore[misc]
         server.reraise_signals = True
         loop = asyncio.get_running_loop()
         loop.add_signal_handler(signal.SIGQUIT, self.handle_exit, signal.SIGQUIT, None)
-        await server.serve(sockets=self.sockets)
+        # The plain sockets, not gunicorn's wrappers: uvloop closes the descriptor itself and
+        # then the object, expecting EBADF, which the wrapper logged as "Error while closing
+        # socket" on every reload and stop.
+        await server.serve(sockets=[getattr(s, "sock", s) for s in self.sockets])
         if not server.started:
             sys.exit(Arbiter.WORKER_BOOT_ERROR)

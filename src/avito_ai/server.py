@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import asyncio
 import signal
+import socket
 from types import FrameType
 
 import uvicorn
@@ -27,6 +29,29 @@ class DrainingServer(uvicorn.Server):
             # uvicorn re-raises captured signals after shutdown, which would make the
             # process die "killed by SIGTERM". A clean drain is a clean exit: status 0.
             self._captured_signals.remove(sig)
+
+    async def shutdown(self, sockets: list[socket.socket] | None = None) -> None:
+        for server in self.servers:
+            server.close()  # stop accepting; the other workers keep the listening socket
+        await self._hear_out_fresh_connections()
+        await super().shutdown(sockets)
+
+    async def _hear_out_fresh_connections(self) -> None:
+        """Wait briefly for connections accepted just before the stop to send their request.
+
+        uvicorn closes every connection without a request in progress as idle. One accepted a
+        moment ago has its request still in flight: closing it would drop the client with no
+        answer (a HUP reload under load did). Idle keep-alive connections are not waited for.
+        """
+        deadline = asyncio.get_running_loop().time() + FRESH_CONNECTION_GRACE
+        while asyncio.get_running_loop().time() < deadline:
+            if not any(getattr(c, "cycle", True) is None for c in self.server_state.connections):
+                return
+            await asyncio.sleep(0.01)
+
+
+# How long a connection accepted just before a stop has to deliver its request headers.
+FRESH_CONNECTION_GRACE = 1.0
 
 
 def uvicorn_config(app: object, settings: Settings) -> uvicorn.Config:
