@@ -58,6 +58,41 @@ async def test_probes_scrapes_and_static_are_exempt() -> None:
         assert (await client.get("/api/health")).status_code == 429
 
 
+async def test_a_newcomer_browsing_the_page_spends_no_budget() -> None:
+    """The page and the metrics it links are free; the form's POSTs and the API count."""
+    async with running(settings(rate_limit_per_minute=3)) as (_, client):
+        for _ in range(20):
+            assert (await client.get("/")).status_code == 200
+            assert (await client.get("/api/metrics")).status_code == 200
+            assert (await client.head("/")).status_code == 200
+        statuses = [
+            (await client.post("/avibe", data={"prompt": "hi"})).status_code for _ in range(4)
+        ]
+        assert statuses == [200, 200, 200, 429]
+
+
+async def test_form_refusals_are_pages_not_json() -> None:
+    async with running(settings(rate_limit_per_minute=1)) as (_, client):
+        assert (await client.post("/avibe", data={"prompt": "hi"})).status_code == 200
+        r = await client.post("/avibe", data={"prompt": "hi"})
+        assert r.status_code == 429
+        assert r.headers["content-type"].startswith("text/html")
+        assert "Rate limit exceeded: 1 requests per minute" in r.text
+        assert "<form" in r.text  # the page itself, so the user can try again
+        assert r.headers["Retry-After"]
+        assert r.headers["X-Request-ID"] in r.text
+        api = await client.post("/api/v1/text/generate", json={"prompt": "hi"})
+        assert api.status_code == 429 and api.json()["error"] == "rate_limit_exceeded"
+
+
+async def test_an_oversized_form_is_a_413_page() -> None:
+    async with running(settings(max_body_size_mb=0.01)) as (_, client):
+        r = await client.post("/avibe", data={"prompt": "x" * 20_000})
+        assert r.status_code == 413
+        assert r.headers["content-type"].startswith("text/html")
+        assert "payload_too_large" in r.text and "<form" in r.text
+
+
 KEYED = {"api_keys": "key-one,key-two", "rate_limit_per_minute": 3}
 
 

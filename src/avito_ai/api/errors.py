@@ -12,7 +12,7 @@ from typing import Any
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse
+from fastapi.responses import JSONResponse, Response
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import Scope
 
@@ -111,34 +111,44 @@ REJECTION_REASONS: dict[str, str] = {
 }
 
 
-def error_response(request: Request, error: AvitoError) -> JSONResponse:
+# The web page's forms: a browser posted them, so their refusals (429, 413, 503, 400...)
+# come back as the page with the error in it, not as JSON.
+FORM_PATHS = frozenset({"/avibe", "/avision"})
+
+
+def error_response(request: Request, error: AvitoError) -> Response:
     rid = request_id_of(request.scope)
     reason = REJECTION_REASONS.get(error.code)
     if reason is not None:
         REJECTIONS.labels(reason).inc()
+    status = STATUS_BY_CODE.get(error.code, 500)
+    headers = {"X-Request-ID": rid, **error_headers(error)}
+    if request.method == "POST" and request.url.path in FORM_PATHS and status != 500:
+        from avito_ai.api.routes.web import error_page  # the page imports this module
+
+        return error_page(request, error, status, headers)
     body = error_body(
         error.code, error.message, rid, openai=is_openai_path(request.url.path), param=error.param
     )
-    headers = {"X-Request-ID": rid, **error_headers(error)}
-    return JSONResponse(body, status_code=STATUS_BY_CODE.get(error.code, 500), headers=headers)
+    return JSONResponse(body, status_code=status, headers=headers)
 
 
-def scope_error_response(scope: Scope, error: AvitoError) -> JSONResponse:
+def scope_error_response(scope: Scope, error: AvitoError) -> Response:
     """The same mapping for middlewares, which see an ASGI scope instead of a Request."""
     return error_response(Request(scope), error)
 
 
-async def _avito_error(request: Request, exc: Exception) -> JSONResponse:
+async def _avito_error(request: Request, exc: Exception) -> Response:
     assert isinstance(exc, AvitoError)
     return error_response(request, exc)
 
 
-async def _request_validation(request: Request, exc: Exception) -> JSONResponse:
+async def _request_validation(request: Request, exc: Exception) -> Response:
     assert isinstance(exc, RequestValidationError)
     return error_response(request, validation_failed(exc.errors()))
 
 
-async def _http_exception(request: Request, exc: Exception) -> JSONResponse:
+async def _http_exception(request: Request, exc: Exception) -> Response:
     assert isinstance(exc, StarletteHTTPException)
     error: AvitoError
     if exc.status_code == 404:
@@ -161,11 +171,11 @@ async def _http_exception(request: Request, exc: Exception) -> JSONResponse:
     return response
 
 
-async def _unhandled(request: Request, exc: Exception) -> JSONResponse:
+async def _unhandled(request: Request, exc: Exception) -> Response:
     return scope_unhandled_response(request.scope, exc)
 
 
-def scope_unhandled_response(scope: Scope, exc: Exception) -> JSONResponse:
+def scope_unhandled_response(scope: Scope, exc: Exception) -> Response:
     """A 500 with no trace in the body; the trace goes to the log under the request id."""
     request = Request(scope)
     logger.error(

@@ -36,6 +36,9 @@ EXEMPT_PATHS = frozenset(
     {"/api/health/live", "/api/health/ready", "/metrics", "/docs", "/redoc", "/openapi.json"}
 )
 EXEMPT_PREFIXES = ("/static/", "/docs/")
+# Reading the page and the metrics costs no model time: a newcomer opening the page a few
+# times must not spend the budget meant for generations. (Their POSTs are counted.)
+EXEMPT_READS = frozenset({"/", "/api/metrics", "/favicon.ico"})
 STORAGE_TIMEOUT_S = 0.5
 
 ErrorResponder = Callable[[Scope, AvitoError], Response]
@@ -43,7 +46,13 @@ ErrorResponder = Callable[[Scope, AvitoError], Response]
 
 def is_exempt(scope: Scope) -> bool:
     path: str = scope["path"]
-    return scope["method"] == "OPTIONS" or path in EXEMPT_PATHS or path.startswith(EXEMPT_PREFIXES)
+    method: str = scope["method"]
+    return (
+        method == "OPTIONS"
+        or path in EXEMPT_PATHS
+        or path.startswith(EXEMPT_PREFIXES)
+        or (method in ("GET", "HEAD") and path in EXEMPT_READS)
+    )
 
 
 def make_storage(uri: str) -> Storage:

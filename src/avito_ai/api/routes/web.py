@@ -12,9 +12,10 @@ from fastapi.templating import Jinja2Templates
 from starlette.datastructures import UploadFile
 
 from avito_ai.api.deps import RequestIdDep, SettingsDep, StateDep, disconnect_waiter
-from avito_ai.api.errors import STATUS_BY_CODE
+from avito_ai.api.errors import STATUS_BY_CODE, error_headers
 from avito_ai.engines.base import ImagePart, TextPart
 from avito_ai.errors import AvitoError, ValidationFailed
+from avito_ai.middleware.request_id import request_id_of
 from avito_ai.services import generation as gen
 from avito_ai.services.forms import sampling_from_form
 from avito_ai.services.images import decode_image, off_loop
@@ -56,8 +57,24 @@ def _error_page(
         error={"code": exc.code, "message": exc.message},
         **extra,
     )
-    if hasattr(exc, "retry_after"):
-        response.headers["Retry-After"] = str(exc.retry_after)
+    response.headers.update(error_headers(exc))
+    return response
+
+
+def error_page(
+    request: Request, exc: AvitoError, status: int, headers: dict[str, str]
+) -> HTMLResponse:
+    """A refusal before the form was read (429, 413, 401, 408, 503): the page, with the error
+    where the answer would be. The form's fields are not echoed: its body was never read."""
+    state: ServiceState = request.app.state.avito
+    response = _page(
+        request,
+        state,
+        request_id_of(request.scope),
+        status,
+        error={"code": exc.code, "message": exc.message},
+    )
+    response.headers.update(headers)
     return response
 
 
