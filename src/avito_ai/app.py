@@ -15,6 +15,7 @@ from avito_ai.api.errors import (
     scope_error_response,
     scope_unhandled_response,
 )
+from avito_ai.api.openapi import install_openapi
 from avito_ai.api.routes import health, image, metrics, openai, text, web
 from avito_ai.config import Settings
 from avito_ai.engines.base import Engine, Role
@@ -68,6 +69,7 @@ def create_app(settings: Settings, engines: dict[Role, Engine] | None = None) ->
     )
     app.state.avito = state
     install_error_handlers(app)
+    install_openapi(app, settings)
     app.include_router(health.router)
     app.include_router(metrics.router)
     app.include_router(text.router)

@@ -32,7 +32,7 @@ async def test_a_lone_surrogate_is_400_naming_the_field(path: str, body: str, fi
         assert "surrogate" in r.text
 
 
-@pytest.mark.parametrize("seed", [2**64, -(2**63) - 1])
+@pytest.mark.parametrize("seed", [2**53, 2**64, -(2**53)])
 @pytest.mark.parametrize("path", ["/api/v1/text/generate", "/v1/completions"])
 async def test_a_seed_out_of_range_is_400_naming_seed(path: str, seed: int) -> None:
     body = {"prompt": "hi", "seed": seed, "model": "avibe"}
@@ -43,13 +43,13 @@ async def test_a_seed_out_of_range_is_400_naming_seed(path: str, seed: int) -> N
         stream = await client.post(path, json={**body, "stream": True})
         assert stream.status_code == 400
     async with running() as (_, client):  # the edges themselves are accepted
-        for ok in (2**64 - 1, -(2**63)):
+        for ok in (2**53 - 1, -(2**53) + 1):  # JSON-safe integers
             assert (await client.post(path, json={**body, "seed": ok})).status_code == 200
 
 
 async def test_the_form_renders_a_seed_error_in_the_page() -> None:
     async with running() as (_, client):
-        r = await client.post("/avibe", data={"prompt": "hi", "seed": str(2**64)})
+        r = await client.post("/avibe", data={"prompt": "hi", "seed": str(2**53)})
         assert r.status_code == 400
         assert r.headers["content-type"].startswith("text/html")
         assert "seed" in r.text
@@ -138,3 +138,29 @@ async def test_a_stalled_upload_is_408_after_the_read_timeout() -> None:
         assert r.status_code == 408, r.text
         assert r.json()["error"] == "request_timeout"
         assert time.monotonic() - began < 5
+
+
+async def test_a_one_value_form_field_sent_twice_is_refused() -> None:
+    async with running() as (_, client):
+        r = await client.post(
+            "/avibe",
+            content="prompt=a&prompt=b",
+            headers={"Content-Type": "application/x-www-form-urlencoded"},
+        )
+        assert r.status_code == 400 and "prompt: send it once" in r.text
+        assert r.headers["content-type"].startswith("text/html")
+        ok = await client.post(
+            "/avibe",
+            content="prompt=a&stop=x&stop=y",
+            headers={"Content-Type": "application/x-www-form-urlencoded"},
+        )
+        assert ok.status_code == 200  # stop may repeat: one stop string per field
+
+
+async def test_a_whole_float_is_an_integer_as_json_schema_says() -> None:
+    async with running() as (_, client):
+        ok = await client.post("/api/v1/text/generate", json={"prompt": "hi", "max_tokens": 5.0})
+        assert ok.status_code == 200 and ok.json()["data"]["generated_tokens"] <= 5
+        for bad in (5.5, "5", True):
+            r = await client.post("/api/v1/text/generate", json={"prompt": "hi", "max_tokens": bad})
+            assert r.status_code == 400 and "max_tokens" in r.text, bad

@@ -345,8 +345,16 @@ def test_max_tokens_over_the_role_cap_is_refused() -> None:
 
 
 def test_empty_stop_string_is_refused() -> None:
-    error = refused(chat_request, chat(stop=["ok", ""]), "avibe", isolated_settings(), "r")
-    assert error.param == "stop"
+    from pydantic import ValidationError
+
+    from avito_ai.services.validation import validation_failed
+
+    for stop in (["ok", ""], ""):
+        with pytest.raises(ValidationError) as info:
+            chat(stop=stop)
+        error = validation_failed(info.value.errors())
+        assert error.param is not None and error.param.startswith("stop"), error.param
+        assert "must not be empty" in error.message
 
 
 @pytest.mark.parametrize(
@@ -383,10 +391,14 @@ def test_completion_request_prefers_max_completion_tokens() -> None:
     assert completion_request(body, "avibe", isolated_settings(), "r").sampling.max_tokens == 3
 
 
-def test_completion_request_refuses_the_vision_model() -> None:
+def test_completion_request_refuses_the_vision_model_as_openai_does() -> None:
+    from avito_ai.errors import NotFound
+
     body = CompletionRequest(model="avision", prompt="hi")
-    error = refused(completion_request, body, "avision", isolated_settings(), REQUEST_ID)
-    assert error.param == "model"
+    with pytest.raises(NotFound) as exc:  # 404, like a chat-only model on OpenAI's endpoint
+        completion_request(body, "avision", isolated_settings(), REQUEST_ID)
+    assert exc.value.param == "model"
+    assert "/v1/chat/completions" in exc.value.message
 
 
 @pytest.mark.parametrize(

@@ -7,6 +7,7 @@ from typing import Annotated
 from pydantic import (
     AfterValidator,
     BaseModel,
+    BeforeValidator,
     ConfigDict,
     Field,
     StrictBool,
@@ -25,10 +26,39 @@ def _whole_unicode(value: str) -> str:
     return value
 
 
+def _json_integer(value: object) -> object:
+    """JSON has one number type: 10.0 is the integer 10 (as JSON Schema says). Strings and
+    booleans stay refused, and 10.5 is still not an integer."""
+    if isinstance(value, float) and value.is_integer():
+        return int(value)
+    return value
+
+
+# For integer fields, after their bounds: strict (no "10", no true), but 10.0 is 10.
+# (Bounds placed after it would leave the JSON schema with "ge" instead of "minimum".)
+WholeNumber = BeforeValidator(_json_integer)
+
+
+def _not_empty(value: str) -> str:
+    if not value:
+        raise ValueError("must not be empty")
+    return value
+
+
 # Text a client sends: a string of whole Unicode characters.
 Text = Annotated[StrictStr, AfterValidator(_whole_unicode)]
-# What torch, OpenVINO and upstream servers accept as a seed: int64 or uint64.
-Seed = Annotated[StrictInt, Field(ge=-(2**63), le=2**64 - 1)]
+# A stop string: an empty one would stop before the first character.
+StopText = Annotated[Text, AfterValidator(_not_empty), Field(json_schema_extra={"minLength": 1})]
+# A seed is an integer JSON carries exactly everywhere (|seed| < 2^53, JavaScript's safe
+# integers): past that, clients and validators that read JSON numbers as doubles change it.
+MAX_SEED = 2**53 - 1
+Seed = Annotated[StrictInt, Field(ge=-MAX_SEED, le=MAX_SEED), WholeNumber]
+
+# A small real PNG, so the documented examples are requests the server answers.
+EXAMPLE_IMAGE = (
+    "data:image/png;base64,iVBORw0KGgoAAAANSUhEUgAAACAAAAAgCAIAAAD8GO2jAAAAKklEQVR42u3NMQEAAAQ"
+    "AMATRP4pYSvBtBZbTHZ8qngkEAoFAIBAIBIIrC+AFAUQz669uAAAAAElFTkSuQmCC"
+)
 
 
 class SamplingBase(BaseModel):
@@ -36,13 +66,14 @@ class SamplingBase(BaseModel):
 
     model_config = ConfigDict(extra="ignore")
 
-    max_tokens: Annotated[StrictInt | None, Field(ge=1)] = None
+    max_tokens: Annotated[StrictInt, Field(ge=1), WholeNumber] | None = None
     # Strict, as the integers are: a number, not true or "0.5" (an integer is a number).
     temperature: Annotated[StrictFloat | None, Field(ge=0, le=2)] = None
     top_p: Annotated[StrictFloat | None, Field(gt=0, le=1)] = None
-    top_k: Annotated[StrictInt | None, Field(ge=0)] = None
+    # 0 is off; anything past the vocabulary is the same as off.
+    top_k: Annotated[StrictInt, Field(ge=0, le=2**31 - 1), WholeNumber] | None = None
     repetition_penalty: Annotated[StrictFloat | None, Field(gt=0, le=2)] = None
-    stop: Text | Annotated[list[Text], Field(max_length=4)] | None = None
+    stop: StopText | Annotated[list[StopText], Field(max_length=4)] | None = None
     seed: Seed | None = None
     ignore_eos: StrictBool = Field(
         False, description="keep generating until max_tokens (benchmarks), as in vLLM"
@@ -97,16 +128,6 @@ class ErrorResponse(BaseModel):
     request_id: str
 
 
-ERROR_RESPONSES: dict[int | str, dict[str, object]] = {
-    400: {"model": ErrorResponse, "description": "validation_error"},
-    401: {"model": ErrorResponse, "description": "unauthorized"},
-    413: {"model": ErrorResponse, "description": "payload_too_large"},
-    429: {"model": ErrorResponse, "description": "rate_limit_exceeded"},
-    503: {"model": ErrorResponse, "description": "model_unavailable or overloaded"},
-    504: {"model": ErrorResponse, "description": "timeout"},
-}
-
-
 class ImageAnalyzeJSON(SamplingFields):
     """JSON variant of image analysis: the image as base64 or a `data:` URI."""
 
@@ -115,7 +136,5 @@ class ImageAnalyzeJSON(SamplingFields):
 
     model_config = ConfigDict(
         extra="ignore",
-        json_schema_extra={
-            "examples": [{"image": "data:image/jpeg;base64,/9j/4AAQ...", "prompt": "Что на фото?"}]
-        },
+        json_schema_extra={"examples": [{"image": EXAMPLE_IMAGE, "prompt": "Что на фото?"}]},
     )

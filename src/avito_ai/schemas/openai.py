@@ -4,15 +4,28 @@ from __future__ import annotations
 
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictInt, StrictStr, field_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    StrictBool,
+    StrictInt,
+    StrictStr,
+    field_validator,
+)
 
-from avito_ai.schemas.native import SamplingBase, Text
+from avito_ai.schemas.native import EXAMPLE_IMAGE, SamplingBase, Text, WholeNumber
 
 # Bounds checked while the body is parsed, before any work: a 12 MB body of 600,000 empty
 # messages once held the event loop for 19 s.
 MAX_MESSAGES = 256
 MAX_PARTS = 32
 UNSUPPORTED = ("tools", "tool_choice", "functions", "response_format", "logprobs", "top_logprobs")
+_UNSUPPORTED_SCHEMA: dict[str, Any] = {
+    "description": "not supported by this server: leave it out (null, false or [] pass)",
+    "deprecated": True,
+    "anyOf": [{"type": "null"}, {"const": False}, {"type": "array", "maxItems": 0}],
+}
 
 
 class ImageURL(BaseModel):
@@ -48,18 +61,19 @@ class StreamOptions(BaseModel):
 
 class OpenAISampling(SamplingBase):
     model: StrictStr
-    max_completion_tokens: Annotated[StrictInt | None, Field(ge=1)] = None
-    n: Annotated[StrictInt, Field(ge=1, le=1)] = 1
+    max_completion_tokens: Annotated[StrictInt, Field(ge=1), WholeNumber] | None = None
+    n: Annotated[StrictInt, Field(ge=1, le=1), WholeNumber] = 1
     stream: StrictBool = False
     stream_options: StreamOptions | None = None
     user: str | None = None
-    # Parts of the OpenAI API this server does not implement: refused, never ignored.
-    tools: Any = Field(None, json_schema_extra={"deprecated": True})
-    tool_choice: Any = Field(None, json_schema_extra={"deprecated": True})
-    functions: Any = Field(None, json_schema_extra={"deprecated": True})
-    response_format: Any = Field(None, json_schema_extra={"deprecated": True})
-    logprobs: Any = Field(None, json_schema_extra={"deprecated": True})
-    top_logprobs: Any = Field(None, json_schema_extra={"deprecated": True})
+    # Parts of the OpenAI API this server does not implement: refused, never ignored. Only
+    # their "off" values (null, false, []) are accepted, and the schema says so.
+    tools: Any = Field(None, json_schema_extra=_UNSUPPORTED_SCHEMA)
+    tool_choice: Any = Field(None, json_schema_extra=_UNSUPPORTED_SCHEMA)
+    functions: Any = Field(None, json_schema_extra=_UNSUPPORTED_SCHEMA)
+    response_format: Any = Field(None, json_schema_extra=_UNSUPPORTED_SCHEMA)
+    logprobs: Any = Field(None, json_schema_extra=_UNSUPPORTED_SCHEMA)
+    top_logprobs: Any = Field(None, json_schema_extra=_UNSUPPORTED_SCHEMA)
 
     @field_validator(*UNSUPPORTED)
     @classmethod
@@ -70,7 +84,21 @@ class OpenAISampling(SamplingBase):
 
 
 class ChatCompletionRequest(OpenAISampling):
-    messages: Annotated[list[ChatMessageIn], Field(min_length=1, max_length=MAX_MESSAGES)]
+    messages: Annotated[
+        list[ChatMessageIn],
+        Field(
+            min_length=1,
+            max_length=MAX_MESSAGES,
+            description="at least one message from the user",
+            json_schema_extra={
+                "contains": {
+                    "type": "object",
+                    "required": ["role"],
+                    "properties": {"role": {"const": "user"}},
+                }
+            },
+        ),
+    ]
     enable_thinking: StrictBool = False
     chat_template_kwargs: dict[str, Any] | None = None
 
@@ -92,7 +120,7 @@ class ChatCompletionRequest(OpenAISampling):
                                 {"type": "text", "text": "Что на фото?"},
                                 {
                                     "type": "image_url",
-                                    "image_url": {"url": "data:image/png;base64,iVBORw0..."},
+                                    "image_url": {"url": EXAMPLE_IMAGE},
                                 },
                             ],
                         }

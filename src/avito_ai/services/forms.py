@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 
 from pydantic import ValidationError
 
@@ -22,6 +22,24 @@ _NUMBER_FIELDS: dict[str, tuple[type[int] | type[float], str]] = {
 _BOOL_FIELDS = ("stream", "enable_thinking", "ignore_eos")
 _TRUE = {"1", "true", "yes", "on"}
 _FALSE = {"0", "false", "no", "off", ""}
+
+
+# Form fields that hold one value; `stop` may repeat (one stop string per field).
+_SCALARS = frozenset({"prompt", "question", "system", "image", *_NUMBER_FIELDS, *_BOOL_FIELDS})
+
+
+def form_values(items: Iterable[tuple[str, object]]) -> dict[str, str]:
+    """The text fields of a form, refusing a one-value field sent twice (which value would
+    be meant?). Files and unknown fields pass through untouched."""
+    values: dict[str, str] = {}
+    seen: set[str] = set()
+    for key, value in items:
+        if key in seen and key in _SCALARS:
+            raise ValidationFailed(f"{key}: send it once", param=key)
+        seen.add(key)
+        if isinstance(value, str):
+            values.setdefault(key, value)
+    return values
 
 
 def sampling_from_form(values: Mapping[str, str], stops: Sequence[str]) -> SamplingFields:

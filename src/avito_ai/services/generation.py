@@ -53,8 +53,6 @@ def sampling_params(
             f"{max_tokens_field} must be between 1 and {cap}", param=max_tokens_field
         )
     stop = (fields.stop,) if isinstance(fields.stop, str) else tuple(fields.stop or ())
-    if any(not s for s in stop):
-        raise ValidationFailed("stop strings must not be empty", param="stop")
     return SamplingParams(
         max_tokens=max_tokens,
         temperature=settings.temperature if fields.temperature is None else fields.temperature,

@@ -133,7 +133,12 @@ def completion_request(
     body: CompletionRequest, role: Role, settings: Settings, request_id: str
 ) -> GenerationRequest:
     if role != "avibe":
-        raise ValidationFailed("/v1/completions serves text models only", param="model")
+        # 404, as OpenAI answers a chat-only model on this endpoint.
+        raise NotFound(
+            f"The model '{body.model}' is not served on /v1/completions (text models only); "
+            "use /v1/chat/completions",
+            param="model",
+        )
     prompt = body.prompt if isinstance(body.prompt, str) else body.prompt[0]
     validate_prompt(prompt, settings)
     return GenerationRequest(

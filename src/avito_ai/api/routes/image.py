@@ -9,10 +9,11 @@ from starlette.datastructures import UploadFile
 
 from avito_ai.api.deps import RequestIdDep, SettingsDep, StateDep
 from avito_ai.api.native import generate_native
+from avito_ai.api.openapi import errors
 from avito_ai.engines.base import ImagePart, TextPart
 from avito_ai.errors import ValidationFailed
-from avito_ai.schemas.native import ERROR_RESPONSES, GenerationResponse, ImageAnalyzeJSON
-from avito_ai.services.forms import sampling_from_form
+from avito_ai.schemas.native import GenerationResponse, ImageAnalyzeJSON
+from avito_ai.services.forms import form_values, sampling_from_form
 from avito_ai.services.generation import chat_request, ready_engine, validate_prompt
 from avito_ai.services.images import decode_base64_image, decode_image, off_loop
 from avito_ai.services.validation import validation_failed
@@ -43,7 +44,7 @@ _MULTIPART_SCHEMA = {
     "/image/analyze",
     summary="Analyze an image with A-Vision",
     response_model=GenerationResponse,
-    responses={**ERROR_RESPONSES, 200: {"content": {"text/event-stream": {}}}},
+    responses={**errors(400, 503, 504), 200: {"content": {"text/event-stream": {}}}},
     openapi_extra={
         "requestBody": {
             "required": True,
@@ -76,7 +77,7 @@ async def analyze_image(
             raise ValidationFailed(
                 "image file is required (multipart field 'image')", param="image"
             )
-        values = {k: v for k, v in form.items() if isinstance(v, str)}
+        values = form_values(form.multi_items())
         fields = sampling_from_form(values, [s for s in form.getlist("stop") if isinstance(s, str)])
         prompt: object = values.get("prompt")
         image = await off_loop(decode_image, await upload.read(), settings.max_image_size_mb)
@@ -89,9 +90,10 @@ async def analyze_image(
         image = await off_loop(decode_base64_image, body.image, settings.max_image_size_mb)
     else:
         raise ValidationFailed("Send multipart/form-data with an 'image' file, or JSON")
+    # No question, or only whitespace: the default one.
     text = (
         DEFAULT_IMAGE_PROMPT
-        if prompt is None or prompt == ""
+        if prompt is None or (isinstance(prompt, str) and not prompt.strip())
         else validate_prompt(prompt, settings)
     )
     generation = chat_request(

@@ -9,6 +9,7 @@ from fastapi import APIRouter, Request
 from fastapi.responses import StreamingResponse
 
 from avito_ai.api.deps import RequestIdDep, SettingsDep, StateDep, disconnect_waiter
+from avito_ai.api.openapi import errors
 from avito_ai.api.sse import openai_events, sse_response
 from avito_ai.engines.base import GenerationRequest, Role
 from avito_ai.schemas.openai import (
@@ -60,7 +61,7 @@ async def _run(
     "/chat/completions",
     summary="Chat completion (OpenAI-compatible)",
     response_model=ChatCompletion,
-    responses={200: {"content": {"text/event-stream": {}}}},
+    responses={**errors(400, 404, 503, 504), 200: {"content": {"text/event-stream": {}}}},
 )
 async def chat_completions(
     body: ChatCompletionRequest,
@@ -83,7 +84,7 @@ async def chat_completions(
     "/completions",
     summary="Text completion (OpenAI-compatible)",
     response_model=Completion,
-    responses={200: {"content": {"text/event-stream": {}}}},
+    responses={**errors(400, 404, 503, 504), 200: {"content": {"text/event-stream": {}}}},
 )
 async def completions(
     body: CompletionRequest,

@@ -7,7 +7,8 @@ from fastapi.responses import StreamingResponse
 
 from avito_ai.api.deps import RequestIdDep, SettingsDep, StateDep
 from avito_ai.api.native import generate_native
-from avito_ai.schemas.native import ERROR_RESPONSES, GenerationResponse, TextGenerateRequest
+from avito_ai.api.openapi import errors
+from avito_ai.schemas.native import GenerationResponse, TextGenerateRequest
 from avito_ai.services.generation import ready_engine, text_request
 
 router = APIRouter(prefix="/api/v1", tags=["native API"])
@@ -17,7 +18,7 @@ router = APIRouter(prefix="/api/v1", tags=["native API"])
     "/text/generate",
     summary="Generate text with A-Vibe",
     response_model=GenerationResponse,
-    responses={**ERROR_RESPONSES, 200: {"content": {"text/event-stream": {}}}},
+    responses={**errors(400, 503, 504), 200: {"content": {"text/event-stream": {}}}},
     description="""Seed example:
 
 ```bash

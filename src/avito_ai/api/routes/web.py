@@ -13,11 +13,12 @@ from starlette.datastructures import UploadFile
 
 from avito_ai.api.deps import RequestIdDep, SettingsDep, StateDep, disconnect_waiter
 from avito_ai.api.errors import STATUS_BY_CODE, error_headers
+from avito_ai.api.openapi import errors
 from avito_ai.engines.base import ImagePart, TextPart
 from avito_ai.errors import AvitoError, ValidationFailed
 from avito_ai.middleware.request_id import request_id_of
 from avito_ai.services import generation as gen
-from avito_ai.services.forms import sampling_from_form
+from avito_ai.services.forms import form_values, sampling_from_form
 from avito_ai.services.images import decode_image, off_loop
 from avito_ai.services.state import ServiceState
 from avito_ai.services.streaming import unless_disconnected
@@ -83,12 +84,37 @@ async def index(request: Request, state: StateDep, request_id: RequestIdDep) -> 
     return _page(request, state, request_id)
 
 
-@router.post("/avibe", response_class=HTMLResponse, summary="A-Vibe form (form data: prompt)")
+_SAMPLING_FORM_FIELDS: dict[str, Any] = {
+    "max_tokens": {"type": "integer", "minimum": 1},
+    "temperature": {"type": "number", "minimum": 0, "maximum": 2},
+}
+
+
+@router.post(
+    "/avibe",
+    response_class=HTMLResponse,
+    summary="A-Vibe form (form data: prompt)",
+    responses=errors(400, 503, 504),
+    openapi_extra={
+        "requestBody": {
+            "required": True,
+            "content": {
+                "application/x-www-form-urlencoded": {
+                    "schema": {
+                        "type": "object",
+                        "required": ["prompt"],
+                        "properties": {"prompt": {"type": "string"}, **_SAMPLING_FORM_FIELDS},
+                    }
+                }
+            },
+        }
+    },
+)
 async def avibe_form(
     request: Request, state: StateDep, settings: SettingsDep, request_id: RequestIdDep
 ) -> HTMLResponse:
     form = await request.form()
-    values = {k: v for k, v in form.items() if isinstance(v, str)}
+    values = form_values(form.multi_items())
     prompt = values.get("prompt")
     try:
         fields = sampling_from_form(values, [])
@@ -106,6 +132,25 @@ async def avibe_form(
     "/avision",
     response_class=HTMLResponse,
     summary="A-Vision form (multipart: image, question)",
+    responses=errors(400, 503, 504),
+    openapi_extra={
+        "requestBody": {
+            "required": True,
+            "content": {
+                "multipart/form-data": {
+                    "schema": {
+                        "type": "object",
+                        "required": ["image"],
+                        "properties": {
+                            "image": {"type": "string", "format": "binary"},
+                            "question": {"type": "string"},
+                            **_SAMPLING_FORM_FIELDS,
+                        },
+                    }
+                }
+            },
+        }
+    },
 )
 async def avision_form(
     request: Request, state: StateDep, settings: SettingsDep, request_id: RequestIdDep
@@ -115,8 +160,10 @@ async def avision_form(
     except AvitoError as exc:
         return _error_page(request, state, request_id, exc)
     form = await request.form()
-    values = {k: v for k, v in form.items() if isinstance(v, str)}
-    question = values.get("question") or values.get("prompt") or DEFAULT_QUESTION
+    values = form_values(form.multi_items())
+    question = values.get("question") or values.get("prompt") or ""
+    if not question.strip():
+        question = DEFAULT_QUESTION
     try:
         upload = form.get("image")
         if not isinstance(upload, UploadFile):
