@@ -30,6 +30,8 @@ timeout = _settings.gunicorn_timeout
 # SIGTERM/HUP: in-flight requests (long generations, streams) get this long to finish.
 graceful_timeout = int(_settings.graceful_timeout)
 keepalive = 5
+# Per worker: open connections plus running requests before uvicorn answers 503.
+worker_connections = _settings.max_connections
 
 # Same setting as the dev server: X-Forwarded-For is trusted only from these peers.
 forwarded_allow_ips = _settings.forwarded_allow_ips

@@ -63,6 +63,11 @@ class Settings(BaseSettings):
     host: str = "0.0.0.0"
     port: Annotated[int, Field(ge=1, le=65535)] = 8085
     graceful_timeout: NonNegativeFloat = 30.0
+    # Slow clients: a connection that has not sent a whole request head this long after it
+    # opened (or after its last answer, with keep-alive) is closed.
+    header_read_timeout: Annotated[float, Field(gt=0)] = 10.0
+    # Open connections plus running requests per process; past it uvicorn answers 503.
+    max_connections: Annotated[int, Field(ge=16)] = 1000
     # Peers whose X-Forwarded-For / X-Forwarded-Proto are trusted (comma-separated, or *).
     forwarded_allow_ips: str = "127.0.0.1"
 

@@ -10,6 +10,7 @@ from typing import Any, ClassVar
 from gunicorn.arbiter import Arbiter
 from uvicorn_worker import UvicornWorker
 
+from avito_ai.cli import settings_or_exit
 from avito_ai.server import DrainingServer
 
 
@@ -24,7 +25,11 @@ class AvitoUvicornWorker(UvicornWorker):  # type: ignore[misc]
 
     async def _serve(self) -> None:
         self.config.app = self.wsgi
-        server = DrainingServer(config=self.config)
+        # gunicorn's worker_connections (MAX_CONNECTIONS) bounds uvicorn as it bounds
+        # gunicorn's own async workers: past it, new requests get 503.
+        self.config.limit_concurrency = self.cfg.worker_connections
+        settings = settings_or_exit()
+        server = DrainingServer(self.config, settings.header_read_timeout)
         # Under gunicorn the master expects the worker to die by the signal it sent.
         server.reraise_signals = True
         loop = asyncio.get_running_loop()

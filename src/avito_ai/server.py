@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import signal
 import socket
+import time
 from types import FrameType
 
 import uvicorn
@@ -14,13 +15,46 @@ from avito_ai.services.state import begin_drain_all
 
 
 class DrainingServer(uvicorn.Server):
-    """uvicorn.Server that turns readiness 503 the moment a stop signal arrives.
+    """uvicorn.Server that turns readiness 503 the moment a stop signal arrives, and closes
+    connections that take too long to send a request head.
 
     uvicorn itself stops accepting connections, waits for in-flight requests up to
     `timeout_graceful_shutdown`, then runs the lifespan shutdown (models released).
     """
 
     reraise_signals = False
+
+    def __init__(self, config: uvicorn.Config, header_read_timeout: float = 10.0) -> None:
+        super().__init__(config)
+        self.header_read_timeout = header_read_timeout
+        # connection -> (what it was doing, since when): see _close_stalled.
+        self._waiting: dict[object, tuple[object, float]] = {}
+
+    async def on_tick(self, counter: int) -> bool:
+        if counter % 10 == 0:  # once a second
+            self._close_stalled(time.monotonic())
+        return await super().on_tick(counter)
+
+    def _close_stalled(self, now: float) -> None:
+        """uvicorn bounds idle keep-alive connections but not a request head sent slowly:
+        one byte every few seconds held a connection for ever (slowloris). A connection
+        waiting for its next request head longer than `header_read_timeout` is closed.
+        Requests in progress are bounded elsewhere (BODY_READ_TIMEOUT, REQUEST_TIMEOUT)."""
+        waiting: dict[object, tuple[object, float]] = {}
+        for connection in self.server_state.connections:
+            cycle = getattr(connection, "cycle", None)
+            if cycle is not None and not cycle.response_complete:
+                continue  # a request is being served
+            previous = self._waiting.get(connection)
+            # Waiting since the last look, unless another request came and went meanwhile.
+            since = previous[1] if previous is not None and previous[0] is cycle else now
+            if now - since >= self.header_read_timeout:
+                transport = getattr(connection, "transport", None)
+                if transport is not None:
+                    transport.close()
+                continue
+            waiting[connection] = (cycle, since)
+        self._waiting = waiting
 
     def handle_exit(self, sig: int, frame: FrameType | None) -> None:
         begin_drain_all()
@@ -65,6 +99,7 @@ def uvicorn_config(app: object, settings: Settings) -> uvicorn.Config:
         forwarded_allow_ips=settings.forwarded_allow_ips,
         timeout_graceful_shutdown=int(settings.graceful_timeout) or None,
         timeout_keep_alive=5,
+        limit_concurrency=settings.max_connections,
         server_header=False,
     )
 
@@ -73,4 +108,4 @@ def serve(settings: Settings) -> None:
     from avito_ai.app import create_app
 
     app = create_app(settings)
-    DrainingServer(uvicorn_config(app, settings)).run()
+    DrainingServer(uvicorn_config(app, settings), settings.header_read_timeout).run()

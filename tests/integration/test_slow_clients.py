@@ -1,0 +1,109 @@
+"""Slow and greedy clients against real server processes: a request head sent slowly is cut
+off after HEADER_READ_TIMEOUT, and MAX_CONNECTIONS bounds what one process holds open."""
+
+from __future__ import annotations
+
+import socket
+import time
+from collections.abc import Iterator
+
+import httpx
+import pytest
+
+from tests.servers import ServerProcess, dev_server, gunicorn_server, serving
+
+pytestmark = pytest.mark.integration
+
+ENV = {
+    "AVIBE_BACKEND": "fake",
+    "HEADER_READ_TIMEOUT": "1",
+    "MAX_CONNECTIONS": "16",
+    "RATE_LIMIT_PER_MINUTE": "100000",
+    "RATE_LIMIT_PER_HOUR": "100000",
+}
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
+    log = tmp_path_factory.mktemp("slow") / "server.log"
+    with serving(dev_server(ENV, log)) as srv:
+        yield srv
+
+
+def connect(srv: ServerProcess) -> socket.socket:
+    sock = socket.create_connection(("127.0.0.1", srv.port), timeout=10)
+    return sock
+
+
+def closed_within(sock: socket.socket, seconds: float) -> bool:
+    """Whether the server closes the connection (EOF or reset) within `seconds`."""
+    sock.settimeout(seconds)
+    try:
+        while sock.recv(4096):
+            pass
+        return True
+    except ConnectionResetError:
+        return True
+    except TimeoutError:
+        return False
+
+
+def test_a_request_head_trickled_in_is_cut_off(server: ServerProcess) -> None:
+    sock = connect(server)
+    began = time.monotonic()
+    sock.sendall(b"GET /api/health/live HTTP/1.1\r\nHost: x\r\n")  # never finished
+    assert closed_within(sock, 8)
+    assert time.monotonic() - began < 8
+    sock.close()
+
+
+def test_a_silent_connection_is_cut_off(server: ServerProcess) -> None:
+    sock = connect(server)
+    assert closed_within(sock, 8)
+    sock.close()
+
+
+def test_a_kept_alive_connection_that_trickles_its_next_head_is_cut_off(
+    server: ServerProcess,
+) -> None:
+    sock = connect(server)
+    sock.sendall(b"GET /api/health/live HTTP/1.1\r\nHost: x\r\n\r\n")
+    assert b"200 OK" in sock.recv(4096)
+    for _ in range(3):  # a byte every half second keeps uvicorn's keep-alive timer off
+        sock.sendall(b"G")
+        time.sleep(0.5)
+    assert closed_within(sock, 8)
+    sock.close()
+
+
+def test_a_slow_but_honest_client_is_served(server: ServerProcess) -> None:
+    sock = connect(server)
+    for part in (b"GET /api/health/live HTTP/1.1\r\n", b"Host: x\r\n", b"\r\n"):
+        sock.sendall(part)
+        time.sleep(0.2)
+    sock.settimeout(5)
+    assert b"200 OK" in sock.recv(4096)
+    sock.close()
+
+
+def test_past_max_connections_new_requests_get_503(server: ServerProcess) -> None:
+    held = [connect(server) for _ in range(16)]
+    try:
+        time.sleep(0.3)
+        r = httpx.get(server.url + "/api/health/live", timeout=5)
+        assert r.status_code == 503
+    finally:
+        for sock in held:
+            sock.close()
+    time.sleep(0.3)
+    assert httpx.get(server.url + "/api/health/live", timeout=5).status_code == 200
+
+
+def test_gunicorn_workers_cut_off_slow_heads_too(tmp_path) -> None:
+    srv = gunicorn_server(ENV, tmp_path / "gunicorn.log", 1)
+    with serving(srv):
+        sock = connect(srv)
+        sock.sendall(b"GET /api/health/live HTTP/1.1\r\n")
+        assert closed_within(sock, 8)
+        sock.close()
+        assert httpx.get(srv.url + "/api/health/live", timeout=5).status_code == 200
