@@ -10,7 +10,7 @@ PIP := $(BIN)/pip install --disable-pip-version-check -q
 
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
-.PHONY: serve test install install-transformers lint typecheck unit redis-server bench clean
+.PHONY: serve test install install-transformers lint typecheck unit redis-server nginx bench clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -46,12 +46,17 @@ lint: $(TEST_STAMP)
 typecheck: $(TEST_STAMP)
 	$(BIN)/mypy
 
-# The tests start their own Redis (on a free port) and stop it afterwards.
+# The tests start their own Redis and nginx (on free ports) and stop them afterwards.
 redis-server:
 	@command -v redis-server >/dev/null || \
 		($(SUDO) apt-get update -qq && $(SUDO) apt-get install -y -qq redis-server)
 
-test: $(TEST_STAMP) lint typecheck redis-server
+nginx:
+	@command -v nginx >/dev/null || [ -x /usr/sbin/nginx ] || \
+		($(SUDO) apt-get update -qq && $(SUDO) apt-get install -y -qq nginx-light || \
+		 $(SUDO) apt-get install -y -qq nginx)
+
+test: $(TEST_STAMP) lint typecheck redis-server nginx
 	$(BIN)/pytest -q
 
 unit: $(TEST_STAMP)

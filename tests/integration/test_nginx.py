@@ -1,0 +1,201 @@
+"""deploy/nginx.conf with Debian's nginx in front of a real server.
+
+The shipped file is used as it is, but for its ports and two timeouts shortened (10 s and
+30 s would make slow tests): streams arrive unbuffered, the client's address is the one
+nginx saw (a forged X-Forwarded-For changes nothing), bodies over client_max_body_size and
+clients that stall are stopped by nginx.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import socket
+import subprocess
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+
+from tests.servers import ROOT, ServerProcess, dev_server, free_port, serving
+
+pytestmark = pytest.mark.integration
+
+NGINX = shutil.which("nginx") or "/usr/sbin/nginx"
+SHORT_TIMEOUT_S = 2
+
+ENV = {
+    "AVIBE_BACKEND": "fake",
+    "FAKE_TOKEN_DELAY": "0.25",
+    "RATE_LIMIT_PER_MINUTE": "5",
+    "RATE_LIMIT_PER_HOUR": "1000",
+}
+
+
+def site_config(listen: int, upstream: int) -> str:
+    text = (ROOT / "deploy" / "nginx.conf").read_text()
+    replaced = {
+        "listen 80;": f"listen 127.0.0.1:{listen};",
+        "server 127.0.0.1:8085;": f"server 127.0.0.1:{upstream};",
+        "client_header_timeout 10s;": f"client_header_timeout {SHORT_TIMEOUT_S}s;",
+        "client_body_timeout 30s;": f"client_body_timeout {SHORT_TIMEOUT_S}s;",
+    }
+    for old, new in replaced.items():
+        assert old in text, f"deploy/nginx.conf no longer has {old!r}"
+        text = text.replace(old, new)
+    return text
+
+
+class Nginx:
+    def __init__(self, folder: Path, upstream: int) -> None:
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.folder = folder
+        (folder / "site.conf").write_text(site_config(self.port, upstream))
+        user = "user root;\n" if os.geteuid() == 0 else ""  # workers must reach folder
+        (folder / "nginx.conf").write_text(
+            f"{user}daemon off;\nworker_processes 1;\npid {folder}/nginx.pid;\n"
+            f"error_log {folder}/error.log info;\nevents {{ worker_connections 256; }}\n"
+            f"http {{\n  access_log {folder}/access.log;\n"
+            f"  client_body_temp_path {folder}/body;\n  proxy_temp_path {folder}/proxy;\n"
+            f"  fastcgi_temp_path {folder}/fastcgi;\n  uwsgi_temp_path {folder}/uwsgi;\n"
+            f"  scgi_temp_path {folder}/scgi;\n  include {folder}/site.conf;\n}}\n"
+        )
+        self.proc = subprocess.Popen(
+            [NGINX, "-p", str(folder), "-c", str(folder / "nginx.conf"), "-e", "stderr"],
+            stdout=subprocess.DEVNULL,
+            stderr=open(folder / "stderr.log", "wb"),  # noqa: SIM115 - lives with the process
+        )
+
+    def wait_up(self) -> None:
+        deadline = time.monotonic() + 20
+        while time.monotonic() < deadline:
+            assert self.proc.poll() is None, (self.folder / "stderr.log").read_text()
+            try:
+                with socket.create_connection(("127.0.0.1", self.port), timeout=1):
+                    return
+            except OSError:
+                time.sleep(0.1)
+        raise AssertionError("nginx did not start")
+
+    def stop(self) -> None:
+        self.proc.terminate()
+        try:
+            self.proc.wait(10)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+
+
+@pytest.fixture(scope="module")
+def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Nginx, ServerProcess]]:
+    if not Path(NGINX).exists():
+        pytest.fail("nginx is not installed: `make nginx` (make test does it)")
+    folder = tmp_path_factory.mktemp("nginx")
+    with serving(dev_server(ENV, folder / "service.log")) as service:
+        nginx = Nginx(folder, service.port)
+        try:
+            nginx.wait_up()
+            yield nginx, service
+        finally:
+            nginx.stop()
+
+
+def test_the_config_file_passes_nginx_t(stack: tuple[Nginx, ServerProcess]) -> None:
+    nginx, _ = stack
+    check = subprocess.run(
+        [
+            NGINX,
+            "-t",
+            "-p",
+            str(nginx.folder),
+            "-c",
+            str(nginx.folder / "nginx.conf"),
+            "-e",
+            "stderr",
+        ],
+        capture_output=True,
+        text=True,
+    )
+    assert check.returncode == 0, check.stderr
+
+
+def test_a_stream_arrives_token_by_token(stack: tuple[Nginx, ServerProcess]) -> None:
+    nginx, _ = stack
+    arrivals: list[tuple[float, str]] = []
+    body = {"prompt": "раз два три", "stream": True}
+    with httpx.stream("POST", nginx.url + "/api/v1/text/generate", json=body, timeout=30) as r:
+        assert r.status_code == 200
+        for line in r.iter_lines():
+            if line.startswith("event: "):
+                arrivals.append((time.monotonic(), line))
+    deltas = [t for t, line in arrivals if line == "event: delta"]
+    done = [t for t, line in arrivals if line == "event: done"]
+    assert len(deltas) >= 3 and done
+    # Buffered, every event would arrive together at the end; here they are ~0.25 s apart.
+    assert done[0] - deltas[0] > 0.4, arrivals
+
+
+def test_the_client_address_is_the_one_nginx_saw(stack: tuple[Nginx, ServerProcess]) -> None:
+    """A forged X-Forwarded-For neither dodges the limit nor reaches the logs."""
+    nginx, service = stack
+    statuses = []
+    for i in range(8):
+        r = httpx.get(
+            nginx.url + "/api/health",
+            headers={"X-Forwarded-For": f"203.0.113.{i}", "X-Request-ID": f"xff-{i}"},
+            timeout=10,
+        )
+        statuses.append(r.status_code)
+        assert r.headers["X-Request-ID"] == f"xff-{i}"
+    assert 429 in statuses  # one client (127.0.0.1), whatever the header said
+    lines = [line for line in service.output().splitlines() if "[xff-" in line]
+    assert lines and all("203.0.113." not in line for line in lines), lines
+    assert all("127.0.0.1" in line for line in lines), lines
+
+
+def test_a_body_over_client_max_body_size_is_refused_by_nginx(
+    stack: tuple[Nginx, ServerProcess],
+) -> None:
+    nginx, _ = stack
+    r = httpx.post(
+        nginx.url + "/api/v1/image/analyze",
+        content=b"x" * (25 * 1024 * 1024),
+        headers={"Content-Type": "application/json"},
+        timeout=30,
+    )
+    assert r.status_code == 413
+
+
+def read_until_closed(sock: socket.socket, seconds: float) -> bytes | None:
+    """What the peer sent before closing, or None if it kept the connection open."""
+    sock.settimeout(seconds)
+    data = b""
+    try:
+        while chunk := sock.recv(4096):
+            data += chunk
+    except ConnectionResetError:
+        pass
+    except TimeoutError:
+        return None
+    return data
+
+
+def test_a_client_that_stalls_its_head_or_body_is_dropped(
+    stack: tuple[Nginx, ServerProcess],
+) -> None:
+    nginx, _ = stack
+    head = socket.create_connection(("127.0.0.1", nginx.port))
+    head.sendall(b"GET /api/health HTTP/1.1\r\nHost: x\r\n")  # never finished
+    body = socket.create_connection(("127.0.0.1", nginx.port))
+    body.sendall(
+        b"POST /api/v1/text/generate HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+        b'Content-Length: 100\r\n\r\n{"prompt":'
+    )
+    assert read_until_closed(head, SHORT_TIMEOUT_S + 5) == b""  # closed without an answer
+    answer = read_until_closed(body, SHORT_TIMEOUT_S + 5)
+    assert answer is not None, "nginx kept a stalled upload open"
+    assert answer == b"" or answer.startswith(b"HTTP/1.1 408"), answer
+    head.close()
+    body.close()
