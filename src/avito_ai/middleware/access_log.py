@@ -5,12 +5,26 @@ from __future__ import annotations
 
 import logging
 import time
+from typing import Any
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from avito_ai.observability.metrics import HTTP_LATENCY, HTTP_REQUESTS
 
 logger = logging.getLogger("avito_ai.access")
+
+# The label children per (method, route, status): `labels()` validates and locks on every
+# call, and the set is bounded (routes are templates). Metrics are never cleared, so a
+# cached child stays the one that is exported.
+_counted: dict[tuple[str, str, str], tuple[Any, Any]] = {}
+
+
+def _children(method: str, route: str, status: str) -> tuple[Any, Any]:
+    children = _counted.get((method, route, status))
+    if children is None:
+        children = (HTTP_REQUESTS.labels(method, route, status), HTTP_LATENCY.labels(method, route))
+        _counted[(method, route, status)] = children
+    return children
 
 
 def route_label(scope: Scope) -> str:
@@ -43,8 +57,9 @@ class AccessLogMiddleware:
             duration = time.perf_counter() - started
             method = scope.get("method", "-")
             route = route_label(scope)
-            HTTP_REQUESTS.labels(method, route, str(status)).inc()
-            HTTP_LATENCY.labels(method, route).observe(duration)
+            requests, latency = _children(method, route, str(status))
+            requests.inc()
+            latency.observe(duration)
             client = scope.get("client")
             addr = f"{client[0]}:{client[1]}" if client else "-"
             path = scope.get("path", "")

@@ -6,7 +6,6 @@ import re
 import time
 import uuid
 
-from starlette.datastructures import MutableHeaders
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from avito_ai.observability.logging import request_id_var
@@ -48,11 +47,17 @@ class RequestIdMiddleware:
         request_id_var.set(rid)
         started = time.perf_counter()
 
+        rid_bytes = rid.encode()
+
         async def send_with_headers(message: Message) -> None:
             if message["type"] == "http.response.start":
-                headers = MutableHeaders(scope=message)
-                headers["X-Request-ID"] = rid
-                headers["X-Response-Time"] = f"{time.perf_counter() - started:.3f}s"
+                # Replaces any X-Request-ID set further in (error responses carry one).
+                took = f"{time.perf_counter() - started:.3f}s".encode()
+                message["headers"] = [
+                    *(h for h in message.get("headers", ()) if h[0].lower() != b"x-request-id"),
+                    (b"x-request-id", rid_bytes),
+                    (b"x-response-time", took),
+                ]
             await send(message)
 
         await self.app(scope, receive, send_with_headers)

@@ -4,26 +4,36 @@ from __future__ import annotations
 
 from typing import Any
 
-from fastapi import APIRouter
+from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse
 
 from avito_ai import __version__
 from avito_ai.api.deps import StateDep
+from avito_ai.services.state import ServiceState
 
 router = APIRouter(prefix="/api/health", tags=["health"])
 
 
-@router.get("", summary="Basic health: status, version, uptime and each model's state")
-async def health(state: StateDep) -> dict[str, Any]:
+@router.get(
+    "",
+    summary="Basic health: status, version, uptime and each model's state",
+    response_model=dict[str, Any],
+)
+async def health(request: Request) -> JSONResponse:
+    # The state straight from the app and a ready response: this is the probe load
+    # balancers hit most, and it is rate-limited, so it is kept cheap (docs/benchmarks.md).
+    state: ServiceState = request.app.state.avito
     problems = state.readiness_problems()
     status = "draining" if state.draining else ("healthy" if not problems else "degraded")
-    return {
-        "status": status,
-        "version": __version__,
-        "environment": state.settings.environment,
-        "uptime_seconds": round(state.uptime_seconds, 3),
-        "models": state.models(),
-    }
+    return JSONResponse(
+        {
+            "status": status,
+            "version": __version__,
+            "environment": state.settings.environment,
+            "uptime_seconds": round(state.uptime_seconds, 3),
+            "models": state.models(),
+        }
+    )
 
 
 @router.get(
