@@ -16,7 +16,7 @@ pytestmark = pytest.mark.integration
 
 ENV = {
     "AVIBE_BACKEND": "fake",
-    "HEADER_READ_TIMEOUT": "1",
+    "HEADER_READ_TIMEOUT": "2",
     "MAX_CONNECTIONS": "16",
     "RATE_LIMIT_PER_MINUTE": "100000",
     "RATE_LIMIT_PER_HOUR": "100000",
