@@ -10,7 +10,7 @@ PIP := $(BIN)/pip install --disable-pip-version-check -q
 
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
-.PHONY: serve test install install-transformers lint typecheck unit redis-server nginx bench clean
+.PHONY: serve test install install-transformers lint typecheck unit redis-server nginx chromium bench clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -46,7 +46,7 @@ lint: $(TEST_STAMP)
 typecheck: $(TEST_STAMP)
 	$(BIN)/mypy
 
-# The tests start their own Redis and nginx (on free ports) and stop them afterwards.
+# The tests start their own Redis, nginx and Chromium, and stop them afterwards.
 redis-server:
 	@command -v redis-server >/dev/null || \
 		($(SUDO) apt-get update -qq && $(SUDO) apt-get install -y -qq redis-server)
@@ -56,7 +56,13 @@ nginx:
 		($(SUDO) apt-get update -qq && $(SUDO) apt-get install -y -qq nginx-light || \
 		 $(SUDO) apt-get install -y -qq nginx)
 
-test: $(TEST_STAMP) lint typecheck redis-server nginx
+# A real browser for the page tests, driven by Playwright (its own browser download cannot
+# work offline, so Debian's chromium is used through executable_path).
+chromium:
+	@command -v chromium >/dev/null || \
+		($(SUDO) apt-get update -qq && $(SUDO) apt-get install -y -qq chromium)
+
+test: $(TEST_STAMP) lint typecheck redis-server nginx chromium
 	$(BIN)/pytest -q
 
 unit: $(TEST_STAMP)

@@ -16,7 +16,7 @@ from avito_ai.api.errors import (
     scope_unhandled_response,
 )
 from avito_ai.api.openapi import install_openapi
-from avito_ai.api.routes import health, image, metrics, openai, text, web
+from avito_ai.api.routes import docs, health, image, metrics, openai, text, web
 from avito_ai.config import Settings
 from avito_ai.engines.base import Engine, Role
 from avito_ai.engines.registry import build_engines
@@ -66,6 +66,9 @@ def create_app(settings: Settings, engines: dict[Role, Engine] | None = None) ->
         version=__version__,
         description=DESCRIPTION,
         lifespan=lifespan,
+        # Served by api/routes/docs.py from vendored files, not from a CDN.
+        docs_url=None,
+        redoc_url=None,
     )
     app.state.avito = state
     install_error_handlers(app)
@@ -76,6 +79,7 @@ def create_app(settings: Settings, engines: dict[Role, Engine] | None = None) ->
     app.include_router(image.router)
     app.include_router(openai.router)
     app.include_router(web.router)
+    app.include_router(docs.router)
     app.mount("/static", StaticFiles(directory=STATIC_DIR), name="static")
 
     # Added last = outermost. Inside out: body limit, the 401 for a refused key, rate limit,

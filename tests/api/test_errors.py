@@ -128,3 +128,20 @@ async def test_openapi_documents_every_endpoint_with_examples(client) -> None:
     assert "multipart/form-data" in paths["/api/v1/image/analyze"]["post"]["requestBody"]["content"]
     assert "Привет, подскажи рецепт борща" in str(spec["components"])
     assert (await client.get("/docs")).status_code == 200
+
+
+async def test_docs_pages_load_only_the_services_own_files(client) -> None:
+    """No CDN: /docs and /redoc reference /static files, and their CSP says scripts come
+    from the service only (tests/integration/test_docs_offline.py renders them offline)."""
+    import re
+
+    for path in ("/docs", "/redoc"):
+        r = await client.get(path)
+        assert r.status_code == 200
+        csp = r.headers["content-security-policy"]
+        assert "script-src 'self';" in csp and "https:" not in csp and "unsafe-eval" not in csp
+        assert "<script>" not in r.text  # no inline script
+        urls = re.findall(r'(?:src|href)="([^"]+)"', r.text)
+        assert urls and all(u.startswith("/static/") for u in urls), urls
+        for url in urls:
+            assert (await client.get(url)).status_code == 200, url
