@@ -45,10 +45,16 @@ class DrainingServer(uvicorn.Server):
             cycle = getattr(connection, "cycle", None)
             if cycle is not None and not cycle.response_complete:
                 continue  # a request is being served
+            allowance = self.header_read_timeout
+            if cycle is not None and getattr(cycle, "more_body", False):
+                # Answered before its body was read (413, 429, 401): the client may still be
+                # uploading, and uvicorn discards the rest. Closing now would reset the
+                # connection mid-upload, and a reset can lose the answer.
+                allowance = max(EARLY_ANSWER_ALLOWANCE_S, allowance)
             previous = self._waiting.get(connection)
             # Waiting since the last look, unless another request came and went meanwhile.
             since = previous[1] if previous is not None and previous[0] is cycle else now
-            if now - since >= self.header_read_timeout:
+            if now - since >= allowance:
                 transport = getattr(connection, "transport", None)
                 if transport is not None:
                     transport.close()
@@ -84,6 +90,8 @@ class DrainingServer(uvicorn.Server):
             await asyncio.sleep(0.01)
 
 
+# How long a client answered before its upload ended may go on sending the rest.
+EARLY_ANSWER_ALLOWANCE_S = 60.0
 # How long a connection accepted just before a stop has to deliver its request headers.
 FRESH_CONNECTION_GRACE = 1.0
 

@@ -107,3 +107,26 @@ def test_gunicorn_workers_cut_off_slow_heads_too(tmp_path) -> None:
         assert closed_within(sock, 8)
         sock.close()
         assert httpx.get(srv.url + "/api/health/live", timeout=5).status_code == 200
+
+
+def test_a_client_refused_mid_upload_can_finish_sending_and_read_the_answer(
+    server: ServerProcess,
+) -> None:
+    """A 413 answered from Content-Length before the body: the client keeps uploading past
+    HEADER_READ_TIMEOUT without being reset, then reads its 413."""
+    sock = connect(server)
+    size = 3 * 1024 * 1024  # over the 1 MB JSON cap
+    sock.sendall(
+        b"POST /api/v1/text/generate HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+        + f"Content-Length: {size}\r\n\r\n".encode()
+    )
+    chunk = b"x" * 65536
+    began = time.monotonic()
+    sent = 0
+    while time.monotonic() - began < 4 and sent < size:  # 4 s > HEADER_READ_TIMEOUT (2 s)
+        sock.sendall(chunk)
+        sent += len(chunk)
+        time.sleep(0.1)
+    sock.settimeout(5)
+    assert b" 413 " in sock.recv(65536).split(b"\r\n", 1)[0]
+    sock.close()

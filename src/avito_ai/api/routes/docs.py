@@ -13,7 +13,13 @@ router = APIRouter(include_in_schema=False)
 
 
 def _page(request: Request, template: str) -> HTMLResponse:
-    context = {"title": request.app.title, "openapi_url": request.app.openapi_url}
+    # Behind a proxy that mounts the service under a prefix (root_path), links carry it.
+    root = str(request.scope.get("root_path", "")).rstrip("/")
+    context = {
+        "title": request.app.title,
+        "root": root,
+        "openapi_url": root + str(request.app.openapi_url),
+    }
     return TEMPLATES.TemplateResponse(request, template, context)
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import time
 from datetime import UTC, datetime
 from typing import Any
 
@@ -21,21 +22,50 @@ def _gpu_index(device: str) -> int:
     return int(device.split(":", 1)[1]) if device.startswith("cuda:") else 0
 
 
+# /api/metrics is free to read (no rate limit: the page and dashboards poll it). The host's
+# figures (psutil, NVML) are gathered at most once per this many seconds for all readers;
+# the application's counters are read fresh every time, so a reset shows at once.
+HOST_TTL_S = 1.0
+
+
+class _HostSnapshot:
+    def __init__(self) -> None:
+        self.value: tuple[dict[str, Any], dict[str, Any]] | None = None
+        self.taken = 0.0
+        self.lock = asyncio.Lock()
+
+
+def _host_snapshot(request: Request) -> _HostSnapshot:
+    snapshot: _HostSnapshot | None = getattr(request.app.state, "host_metrics", None)
+    if snapshot is None:
+        snapshot = request.app.state.host_metrics = _HostSnapshot()
+    return snapshot
+
+
+def _host_figures(gpu_index: int) -> tuple[dict[str, Any], dict[str, Any]]:
+    return system_metrics(), gpu_metrics(gpu_index)
+
+
 @router.get("/api/metrics", summary="System, GPU and application metrics (JSON)")
 async def metrics(state: StateDep, request: Request) -> dict[str, Any]:
     placements = [s.device for s in (e.status() for e in state.engines.values()) if s.device]
-    gpu_device = next((d for d in placements if d.startswith("cuda")), "cuda:0")
-
-    def gather() -> dict[str, Any]:  # psutil, NVML and the workers' metric files: blocking
-        return {
-            "timestamp": datetime.now(UTC).isoformat(timespec="seconds"),
-            "uptime_seconds": int(state.uptime_seconds),
-            "system": system_metrics(),
-            "gpu": gpu_metrics(_gpu_index(gpu_device)),
-            "application": application_view(state.metrics_baseline),
-        }
-
-    return await asyncio.to_thread(gather)
+    gpu_index = _gpu_index(next((d for d in placements if d.startswith("cuda")), "cuda:0"))
+    snapshot = _host_snapshot(request)
+    async with snapshot.lock:  # a burst of readers waits for one gathering
+        if snapshot.value is None or time.monotonic() - snapshot.taken >= HOST_TTL_S:
+            # psutil and NVML block: off the event loop.
+            snapshot.value = await asyncio.to_thread(_host_figures, gpu_index)
+            snapshot.taken = time.monotonic()
+        system, gpu = snapshot.value
+    # The workers' metric files: blocking reads too.
+    application = await asyncio.to_thread(application_view, state.metrics_baseline)
+    return {
+        "timestamp": datetime.now(UTC).isoformat(timespec="seconds"),
+        "uptime_seconds": int(state.uptime_seconds),
+        "system": system,
+        "gpu": gpu,
+        "application": application,
+    }
 
 
 @router.post("/api/metrics/reset", summary="Reset the application metrics (all workers)")
