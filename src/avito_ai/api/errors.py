@@ -8,7 +8,7 @@ trace: the log line with the same request id does.
 from __future__ import annotations
 
 import logging
-from typing import Any
+from typing import Any, Literal
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
@@ -115,6 +115,16 @@ REJECTION_REASONS: dict[str, str] = {
 # come back as the page with the error in it, not as JSON.
 FORM_PATHS = frozenset({"/avibe", "/avision"})
 
+ErrorFamily = Literal["page", "openai", "native"]
+
+
+def error_family(path: str, method: str) -> ErrorFamily:
+    """The shape of an error answer: the page (form posts), OpenAI JSON or native JSON.
+    The OpenAPI document (api/openapi.py) documents the same choice."""
+    if method == "POST" and path in FORM_PATHS:
+        return "page"
+    return "openai" if is_openai_path(path) else "native"
+
 
 def error_response(request: Request, error: AvitoError) -> Response:
     rid = request_id_of(request.scope)
@@ -122,14 +132,13 @@ def error_response(request: Request, error: AvitoError) -> Response:
     if reason is not None:
         REJECTIONS.labels(reason).inc()
     status = STATUS_BY_CODE.get(error.code, 500)
-    headers = {"X-Request-ID": rid, **error_headers(error)}
-    if request.method == "POST" and request.url.path in FORM_PATHS and status != 500:
+    family = error_family(request.url.path, request.method)
+    if family == "page" and status != 500:
         from avito_ai.api.routes.web import error_page  # the page imports this module
 
-        return error_page(request, error, status, headers)
-    body = error_body(
-        error.code, error.message, rid, openai=is_openai_path(request.url.path), param=error.param
-    )
+        return error_page(request, error)
+    headers = {"X-Request-ID": rid, **error_headers(error)}
+    body = error_body(error.code, error.message, rid, openai=family == "openai", param=error.param)
     return JSONResponse(body, status_code=status, headers=headers)
 
 

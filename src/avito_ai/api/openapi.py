@@ -16,7 +16,7 @@ from typing import Any
 from fastapi import FastAPI
 from fastapi.openapi.utils import get_openapi
 
-from avito_ai.api.errors import FORM_PATHS, is_openai_path
+from avito_ai.api.errors import error_family
 from avito_ai.config import Settings
 from avito_ai.middleware.auth import is_protected
 from avito_ai.middleware.rate_limit import is_exempt
@@ -115,11 +115,11 @@ def _document_refusals(path: str, method: str, operation: dict[str, Any]) -> Non
 
 
 def _error_content(path: str, method: str) -> dict[str, Any]:
-    if method == "POST" and path in FORM_PATHS:
+    family = error_family(path, method)
+    if family == "page":
         return {"text/html": {"schema": {"type": "string"}}}
-    if is_openai_path(path):
-        return {"application/json": {"schema": OPENAI_ERROR_REF}}
-    return {"application/json": {"schema": NATIVE_ERROR_REF}}
+    ref = OPENAI_ERROR_REF if family == "openai" else NATIVE_ERROR_REF
+    return {"application/json": {"schema": ref}}
 
 
 def _settings_bounds(schemas: dict[str, Any], paths: dict[str, Any], settings: Settings) -> None:

@@ -42,6 +42,11 @@ def validate_prompt(prompt: object, settings: Settings, *, field: str = "prompt"
     return prompt
 
 
+def question_or_default(question: str | None, default: str) -> str:
+    """The question asked about an image: none, or only whitespace, means `default`."""
+    return question if question is not None and question.strip() else default
+
+
 def sampling_params(
     fields: SamplingFields, role: Role, settings: Settings, *, max_tokens_field: str = "max_tokens"
 ) -> SamplingParams:

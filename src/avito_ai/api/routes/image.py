@@ -14,7 +14,12 @@ from avito_ai.engines.base import ImagePart, TextPart
 from avito_ai.errors import ValidationFailed
 from avito_ai.schemas.native import GenerationResponse, ImageAnalyzeJSON
 from avito_ai.services.forms import form_values, sampling_from_form
-from avito_ai.services.generation import chat_request, ready_engine, validate_prompt
+from avito_ai.services.generation import (
+    chat_request,
+    question_or_default,
+    ready_engine,
+    validate_prompt,
+)
 from avito_ai.services.images import decode_base64_image, decode_image, off_loop
 from avito_ai.services.validation import validation_failed
 
@@ -79,7 +84,7 @@ async def analyze_image(
             )
         values = form_values(form.multi_items())
         fields = sampling_from_form(values, [s for s in form.getlist("stop") if isinstance(s, str)])
-        prompt: object = values.get("prompt")
+        prompt: str | None = values.get("prompt")
         image = await off_loop(decode_image, await upload.read(), settings.max_image_size_mb)
     elif "json" in content_type:
         try:
@@ -90,12 +95,7 @@ async def analyze_image(
         image = await off_loop(decode_base64_image, body.image, settings.max_image_size_mb)
     else:
         raise ValidationFailed("Send multipart/form-data with an 'image' file, or JSON")
-    # No question, or only whitespace: the default one.
-    text = (
-        DEFAULT_IMAGE_PROMPT
-        if prompt is None or (isinstance(prompt, str) and not prompt.strip())
-        else validate_prompt(prompt, settings)
-    )
+    text = validate_prompt(question_or_default(prompt, DEFAULT_IMAGE_PROMPT), settings)
     generation = chat_request(
         request_id=request_id,
         role="avision",

@@ -47,13 +47,15 @@ def _page(
     return TEMPLATES.TemplateResponse(request, "index.html", context, status_code=status)
 
 
-def _error_page(
-    request: Request, state: ServiceState, request_id: str, exc: AvitoError, **extra: Any
-) -> HTMLResponse:
+def error_page(request: Request, exc: AvitoError, **extra: Any) -> HTMLResponse:
+    """The page with the error where the answer would be: for a form's own refusal (`extra`
+    echoes its fields), and for one made before the form was read (429, 413, 401, 408, 503,
+    from api/errors.py: nothing to echo)."""
+    state: ServiceState = request.app.state.avito
     response = _page(
         request,
         state,
-        request_id,
+        request_id_of(request.scope),
         STATUS_BY_CODE.get(exc.code, 500),
         error={"code": exc.code, "message": exc.message},
         **extra,
@@ -62,21 +64,10 @@ def _error_page(
     return response
 
 
-def error_page(
-    request: Request, exc: AvitoError, status: int, headers: dict[str, str]
-) -> HTMLResponse:
-    """A refusal before the form was read (429, 413, 401, 408, 503): the page, with the error
-    where the answer would be. The form's fields are not echoed: its body was never read."""
-    state: ServiceState = request.app.state.avito
-    response = _page(
-        request,
-        state,
-        request_id_of(request.scope),
-        status,
-        error={"code": exc.code, "message": exc.message},
-    )
-    response.headers.update(headers)
-    return response
+def _form_body(media_type: str, required: str, properties: dict[str, Any]) -> dict[str, Any]:
+    """`openapi_extra` documenting a form the route reads itself."""
+    schema = {"type": "object", "required": [required], "properties": properties}
+    return {"requestBody": {"required": True, "content": {media_type: {"schema": schema}}}}
 
 
 @router.get("/", response_class=HTMLResponse, summary="Web page with the A-Vibe and A-Vision forms")
@@ -95,20 +86,11 @@ _SAMPLING_FORM_FIELDS: dict[str, Any] = {
     response_class=HTMLResponse,
     summary="A-Vibe form (form data: prompt)",
     responses=errors(400, 503, 504),
-    openapi_extra={
-        "requestBody": {
-            "required": True,
-            "content": {
-                "application/x-www-form-urlencoded": {
-                    "schema": {
-                        "type": "object",
-                        "required": ["prompt"],
-                        "properties": {"prompt": {"type": "string"}, **_SAMPLING_FORM_FIELDS},
-                    }
-                }
-            },
-        }
-    },
+    openapi_extra=_form_body(
+        "application/x-www-form-urlencoded",
+        "prompt",
+        {"prompt": {"type": "string"}, **_SAMPLING_FORM_FIELDS},
+    ),
 )
 async def avibe_form(
     request: Request, state: StateDep, settings: SettingsDep, request_id: RequestIdDep
@@ -124,7 +106,7 @@ async def avibe_form(
             gen.complete(engine, generation), disconnect_waiter(request)
         )
     except AvitoError as exc:
-        return _error_page(request, state, request_id, exc, prompt=prompt)
+        return error_page(request, exc, prompt=prompt)
     return _page(request, state, request_id, prompt=prompt, avibe_answer=answer)
 
 
@@ -133,24 +115,15 @@ async def avibe_form(
     response_class=HTMLResponse,
     summary="A-Vision form (multipart: image, question)",
     responses=errors(400, 503, 504),
-    openapi_extra={
-        "requestBody": {
-            "required": True,
-            "content": {
-                "multipart/form-data": {
-                    "schema": {
-                        "type": "object",
-                        "required": ["image"],
-                        "properties": {
-                            "image": {"type": "string", "format": "binary"},
-                            "question": {"type": "string"},
-                            **_SAMPLING_FORM_FIELDS,
-                        },
-                    }
-                }
-            },
-        }
-    },
+    openapi_extra=_form_body(
+        "multipart/form-data",
+        "image",
+        {
+            "image": {"type": "string", "format": "binary"},
+            "question": {"type": "string"},
+            **_SAMPLING_FORM_FIELDS,
+        },
+    ),
 )
 async def avision_form(
     request: Request, state: StateDep, settings: SettingsDep, request_id: RequestIdDep
@@ -158,12 +131,12 @@ async def avision_form(
     try:  # 503 before reading a body of up to MAX_IMAGE_SIZE_MB for a model that is absent
         engine = await gen.ready_engine(state, "avision")
     except AvitoError as exc:
-        return _error_page(request, state, request_id, exc)
+        return error_page(request, exc)
     form = await request.form()
     values = form_values(form.multi_items())
-    question = values.get("question") or values.get("prompt") or ""
-    if not question.strip():
-        question = DEFAULT_QUESTION
+    question = gen.question_or_default(
+        values.get("question") or values.get("prompt"), DEFAULT_QUESTION
+    )
     try:
         upload = form.get("image")
         if not isinstance(upload, UploadFile):
@@ -181,5 +154,5 @@ async def avision_form(
             gen.complete(engine, generation), disconnect_waiter(request)
         )
     except AvitoError as exc:
-        return _error_page(request, state, request_id, exc, question=question)
+        return error_page(request, exc, question=question)
     return _page(request, state, request_id, question=question, avision_answer=answer)
