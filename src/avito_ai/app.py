@@ -16,6 +16,7 @@ from avito_ai.api.errors import (
     scope_unhandled_response,
 )
 from avito_ai.api.openapi import install_openapi
+from avito_ai.api.probes import ProbeFastPath
 from avito_ai.api.routes import docs, health, image, metrics, openai, text, web
 from avito_ai.config import Settings
 from avito_ai.engines.base import Engine, Role
@@ -82,11 +83,12 @@ def create_app(settings: Settings, engines: dict[Role, Engine] | None = None) ->
     app.include_router(docs.router)
     app.mount("/static", StaticFiles(directory=STATIC_DIR), name="static")
 
-    # Added last = outermost. Inside out: body limit, the 401 for a refused key, rate limit,
-    # API keys (who is the client), CORS, security headers, access log + HTTP metrics,
-    # request id — so every response (401, 413 and 429 included) has the id, CORS and
-    # security headers, an access line and a metric; a request with a wrong key counts
-    # against its address's limit before it is refused.
+    # Added last = outermost. Inside out: the probes' shortcut (api/probes.py), body limit,
+    # the 401 for a refused key, rate limit, API keys (who is the client), CORS, security
+    # headers, access log + HTTP metrics, request id — so every response (401, 413 and 429
+    # included) has the id, CORS and security headers, an access line and a metric; a
+    # request with a wrong key counts against its address's limit before it is refused.
+    app.add_middleware(ProbeFastPath, state=state, routes=health.router.routes)
     app.add_middleware(CatchAllMiddleware, on_error=scope_unhandled_response)
     app.add_middleware(HeadAsGetMiddleware)
     app.add_middleware(

@@ -2,6 +2,8 @@ from __future__ import annotations
 
 import asyncio
 
+import httpx
+
 from avito_ai.services.state import begin_drain_all
 from tests.conftest import engine_set
 
@@ -82,3 +84,46 @@ async def test_drain_turns_readiness_503_but_accepted_requests_are_served(client
     g = await client.post("/api/v1/text/generate", json={"prompt": "hi"})
     assert g.status_code == 200
     assert (await client.get("/api/health/live")).status_code == 200
+
+
+async def test_probe_shortcut_answers_as_the_routes_do_with_every_layer_around_it() -> None:
+    """GET /api/health and /live skip the router (api/probes.py); nothing else may change:
+    the same bodies as the routes, the request id, security and rate-limit headers, the
+    access metric under the route's template, HEAD, and 405 for other methods."""
+    from avito_ai.api.probes import ProbeFastPath
+
+    async with running() as (app, client):
+        fast = await client.get("/api/health")
+        # With a root path the shortcut steps aside and the route itself answers.
+        async with running() as (_, behind_proxy):
+            transport = behind_proxy._transport
+            assert isinstance(transport, httpx.ASGITransport)
+            transport.root_path = "/prefix"
+            routed = await behind_proxy.get("/prefix/api/health")
+        assert fast.status_code == routed.status_code == 200
+        assert fast.json().keys() == routed.json().keys()
+        assert fast.json()["models"] == routed.json()["models"]
+        assert fast.headers["content-type"] == routed.headers["content-type"]
+        for name in ("x-request-id", "x-content-type-options", "ratelimit", "ratelimit-policy"):
+            assert name in fast.headers, name
+        live = await client.get("/api/health/live")
+        assert live.json() == {"status": "alive"} and "x-request-id" in live.headers
+        head = await client.head("/api/health")
+        assert head.status_code == 200 and head.content == b""
+        assert (await client.post("/api/health")).status_code == 405
+
+        metrics = (await client.get("/metrics")).text
+        assert 'avito_http_requests_total{method="GET",route="/api/health",status="200"}' in (
+            metrics
+        )
+        assert any(isinstance(layer, ProbeFastPath) for layer in _layers(app.middleware_stack)), (
+            "the shortcut is not installed: this test would prove nothing"
+        )
+
+
+def _layers(app: object) -> list[object]:
+    found = []
+    while app is not None:
+        found.append(app)
+        app = getattr(app, "app", None)
+    return found

@@ -4,12 +4,11 @@ from __future__ import annotations
 
 from typing import Any
 
-from fastapi import APIRouter, Request
+from fastapi import APIRouter
 from fastapi.responses import JSONResponse
 
-from avito_ai import __version__
 from avito_ai.api.deps import StateDep
-from avito_ai.services.state import ServiceState
+from avito_ai.api.probes import LIVE_BODY, health_body
 
 router = APIRouter(prefix="/api/health", tags=["health"])
 
@@ -19,21 +18,10 @@ router = APIRouter(prefix="/api/health", tags=["health"])
     summary="Basic health: status, version, uptime and each model's state",
     response_model=dict[str, Any],
 )
-async def health(request: Request) -> JSONResponse:
-    # The state straight from the app and a ready response: this is the probe load
-    # balancers hit most, and it is rate-limited, so it is kept cheap (docs/benchmarks.md).
-    state: ServiceState = request.app.state.avito
-    problems = state.readiness_problems()
-    status = "draining" if state.draining else ("healthy" if not problems else "degraded")
-    return JSONResponse(
-        {
-            "status": status,
-            "version": __version__,
-            "environment": state.settings.environment,
-            "uptime_seconds": round(state.uptime_seconds, 3),
-            "models": state.models(),
-        }
-    )
+async def health(state: StateDep) -> JSONResponse:
+    # Usually answered by api/probes.py before routing; this is the documented route and
+    # the fallback (e.g. behind a root path).
+    return JSONResponse(health_body(state))
 
 
 @router.get(
@@ -47,6 +35,16 @@ async def ready(state: StateDep) -> JSONResponse:
     return JSONResponse(body, status_code=503 if problems else 200)
 
 
+@router.get(
+    "/models",
+    summary="Each model's state (loading, ready, failed, not_configured), always 200",
+)
+async def models(state: StateDep) -> dict[str, Any]:
+    """What the web page's badges show, read every few seconds: free (no rate limit) and a
+    200 whatever the state, unlike /ready, whose 503 is meant for load balancers."""
+    return {"models": state.models()}
+
+
 @router.get("/live", summary="Liveness: the process answers")
 async def live() -> dict[str, str]:
-    return {"status": "alive"}
+    return LIVE_BODY
