@@ -10,7 +10,7 @@ PIP := $(BIN)/pip install --disable-pip-version-check -q
 
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
-.PHONY: serve test install install-transformers lint typecheck unit redis-server nginx chromium bench clean
+.PHONY: serve test install install-transformers lint typecheck unit screenshots redis-server nginx chromium bench clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -67,6 +67,10 @@ test: $(TEST_STAMP) lint typecheck redis-server nginx chromium
 
 unit: $(TEST_STAMP)
 	$(BIN)/pytest -q -m "not integration"
+
+# Refresh the README's screenshots (docs/*.png) from the browser tests' own pages.
+screenshots: $(TEST_STAMP) chromium
+	SCREENSHOTS_DIR=docs $(BIN)/pytest -q tests/integration/test_web_console.py -k "second_turn or dashboard"
 
 clean:
 	rm -rf $(VENV) .mypy_cache .pytest_cache .ruff_cache

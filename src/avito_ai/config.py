@@ -141,8 +141,9 @@ class Settings(BaseSettings):
     # Shared metrics folder of the workers; None: a fresh temp folder per master.
     prometheus_multiproc_dir: Path | None = None
 
-    # --- Testing aid: per-token delay of the fake engine (backend "fake" only) ---
+    # --- Testing aids: per-token and load delays of the fake engine (backend "fake" only) ---
     fake_token_delay: NonNegativeFloat = 0.0
+    fake_load_delay: NonNegativeFloat = 0.0
 
     # --- Secrets (masked by `avito-ai config`) ---
     api_keys: SecretStr | None = None

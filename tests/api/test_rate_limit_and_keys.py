@@ -59,16 +59,33 @@ async def test_probes_scrapes_and_static_are_exempt() -> None:
 
 
 async def test_a_newcomer_browsing_the_page_spends_no_budget() -> None:
-    """The page and the metrics it links are free; the form's POSTs and the API count."""
+    """The page, its scripts, the dashboard and what they poll are free; the form's POSTs
+    and the API count."""
     async with running(settings(rate_limit_per_minute=3)) as (_, client):
         for _ in range(20):
             assert (await client.get("/")).status_code == 200
             assert (await client.get("/api/metrics")).status_code == 200
             assert (await client.head("/")).status_code == 200
+            assert (await client.get("/static/app.js")).status_code == 200
+            assert (await client.get("/api/health/models")).status_code == 200
+            assert (await client.get("/dashboard")).status_code == 200
+            assert (await client.get("/api/metrics/dashboard")).status_code == 200
         statuses = [
             (await client.post("/avibe", data={"prompt": "hi"})).status_code for _ in range(4)
         ]
         assert statuses == [200, 200, 200, 429]
+
+
+async def test_form_refusals_read_plainly_and_keep_the_settings() -> None:
+    async with running(settings(rate_limit_per_minute=1)) as (_, client):
+        form = {"prompt": "hi", "max_tokens": "7", "temperature": "0.3", "enable_thinking": "true"}
+        answered = await client.post("/avibe", data=form)
+        assert answered.status_code == 200
+        for echoed in ('value="7"', 'value="0.3"', "checked"):  # as set, not reset
+            assert echoed in answered.text, echoed
+        r = await client.post("/avibe", data=form)
+        assert r.status_code == 429 and "Слишком много запросов" in r.text
+        assert f"Повторите через {r.headers['retry-after']} с." in r.text
 
 
 async def test_form_refusals_are_pages_not_json() -> None:

@@ -3,18 +3,16 @@ under the page's CSP, with no console errors (Chromium driven by Playwright)."""
 
 from __future__ import annotations
 
-import os
-import shutil
 from collections.abc import Iterator
 from typing import Any
 
 import pytest
 
+from tests.browser import browser, open_tab
 from tests.servers import ServerProcess, dev_server, serving
 
 pytestmark = pytest.mark.integration
-
-CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
+__all__ = ["browser"]  # the fixture, imported
 
 
 @pytest.fixture(scope="module")
@@ -24,42 +22,13 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
         yield srv
 
 
-@pytest.fixture(scope="module")
-def browser() -> Iterator[Any]:
-    from playwright.sync_api import sync_playwright
-
-    if not os.path.exists(CHROMIUM):
-        pytest.fail("chromium is not installed: `make chromium` (make test does it)")
-    with sync_playwright() as playwright:
-        instance = playwright.chromium.launch(executable_path=CHROMIUM, args=["--no-sandbox"])
-        try:
-            yield instance
-        finally:
-            instance.close()
-
-
 def open_offline(
     browser: Any, server: ServerProcess, path: str
 ) -> tuple[Any, list[str], list[str]]:
     """The page with the network cut off outside the service: (page, outside requests
     attempted, console errors)."""
-    context = browser.new_context()
-    page = context.new_page()
-    outside: list[str] = []
-    errors: list[str] = []
-
-    def route(r: Any) -> None:
-        if r.request.url.startswith(server.url):
-            r.continue_()
-        else:
-            outside.append(r.request.url)
-            r.abort()
-
-    page.route("**/*", route)
-    page.on("console", lambda m: errors.append(m.text) if m.type == "error" else None)
-    page.on("pageerror", lambda e: errors.append(str(e)))
-    page.goto(server.url + path)
-    return page, outside, errors
+    tab = open_tab(browser, server.url, path)
+    return tab.page, tab.outside, tab.errors
 
 
 def test_swagger_ui_renders_every_operation_offline(browser: Any, server: ServerProcess) -> None:

@@ -73,6 +73,25 @@ def test_counts_aggregate_across_workers_in_both_views(cluster: ServerProcess) -
     assert "avito_requests_running" in prom
 
 
+def test_the_dashboard_figures_are_every_workers(cluster: ServerProcess) -> None:
+    """/dashboard's source: each worker, asked on its own connection, answers the same
+    cumulative totals, so the charts do not jump with the worker that answered."""
+    before = fresh(cluster.url + "/api/metrics/dashboard").json()
+    n = 9
+    for i in range(n):
+        fresh(cluster.url + "/api/v1/text/generate", "POST", json={"prompt": f"d{i} x"})
+    fresh(cluster.url + "/api/v1/text/generate", "POST", json={"prompt": ""})  # a 400
+    for _ in range(6):
+        now = fresh(cluster.url + "/api/metrics/dashboard").json()
+        assert now["requests"] - before["requests"] == n + 1
+        assert now["tokens"] - before["tokens"] == 3 * n
+        assert now["errors"].get("400", 0) - before["errors"].get("400", 0) == 1
+        assert now["ttft"]["total"] - before["ttft"]["total"] == n
+        assert now["latency"]["total"] - before["latency"]["total"] == n
+        assert now["latency"]["counts"][-1] <= now["latency"]["total"]
+        assert now["running"] == 0 and now["gpu"] == {"available": False}
+
+
 def test_reset_is_seen_by_every_worker(cluster: ServerProcess) -> None:
     fresh(cluster.url + "/api/v1/text/generate", "POST", json={"prompt": "before reset"})
     assert fresh(cluster.url + "/api/metrics/reset", "POST").status_code == 200

@@ -81,7 +81,9 @@ def build_engine(role: Role, settings: Settings) -> Engine:
     if backend == "fake":
         from avito_ai.engines.fake import FakeEngine
 
-        return FakeEngine(role, token_delay=settings.fake_token_delay)
+        return FakeEngine(
+            role, token_delay=settings.fake_token_delay, load_delay=settings.fake_load_delay
+        )
     if backend == "openai":
         from avito_ai.engines.remote.fleet import RemoteEngine
 

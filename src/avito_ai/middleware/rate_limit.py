@@ -33,12 +33,23 @@ logger = logging.getLogger("avito_ai.rate_limit")
 
 # Probes and scrapes must never fail because of a limit; static assets and docs are cheap.
 EXEMPT_PATHS = frozenset(
-    {"/api/health/live", "/api/health/ready", "/metrics", "/docs", "/redoc", "/openapi.json"}
+    {
+        "/api/health/live",
+        "/api/health/ready",
+        "/api/health/models",
+        "/metrics",
+        "/docs",
+        "/redoc",
+        "/openapi.json",
+    }
 )
 EXEMPT_PREFIXES = ("/static/", "/docs/")
-# Reading the page and the metrics costs no model time: a newcomer opening the page a few
-# times must not spend the budget meant for generations. (Their POSTs are counted.)
-EXEMPT_READS = frozenset({"/", "/api/metrics", "/favicon.ico"})
+# Reading the page, the dashboard and the metrics costs no model time: a newcomer opening
+# the page a few times, or a dashboard polling, must not spend the budget meant for
+# generations. (Their POSTs are counted.)
+EXEMPT_READS = frozenset(
+    {"/", "/dashboard", "/api/metrics", "/api/metrics/dashboard", "/favicon.ico"}
+)
 STORAGE_TIMEOUT_S = 0.5
 
 ErrorResponder = Callable[[Scope, AvitoError], Response]

@@ -5,11 +5,12 @@ from __future__ import annotations
 from starlette.datastructures import MutableHeaders
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-# The page uses no inline script or style, so a strict policy holds. /docs and /redoc run
+# The page uses no inline script or style, so a strict policy holds (blob: images are the
+# preview of an image chosen for A-Vision, shown before it is uploaded). /docs and /redoc run
 # vendored Swagger UI and ReDoc from the service too (no CDN, no inline script); both set
 # inline styles at run time, and ReDoc starts a web worker from a blob: URL.
 PAGE_CSP = (
-    "default-src 'self'; img-src 'self' data:; style-src 'self'; script-src 'self'; "
+    "default-src 'self'; img-src 'self' data: blob:; style-src 'self'; script-src 'self'; "
     "form-action 'self'; frame-ancestors 'none'; base-uri 'none'; object-src 'none'"
 )
 DOCS_CSP = (

@@ -14,6 +14,7 @@ import tempfile
 from collections.abc import Iterable
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Any
 
 from prometheus_client import REGISTRY, CollectorRegistry, generate_latest
 from prometheus_client.metrics_core import Metric
@@ -27,6 +28,8 @@ UNCOUNTED_ROUTES = frozenset(
         "/api/metrics/reset",
         "/api/health/live",
         "/api/health/ready",
+        "/api/health/models",
+        "/api/metrics/dashboard",
         "/static",
     }
 )
@@ -144,4 +147,74 @@ def application_view(baseline: Baseline) -> dict[str, object]:
         "avision_requests": int(t.avision_requests),
         "avg_response_time": f"{avg:.3f}s",
         "total_tokens_generated": int(t.total_tokens_generated),
+    }
+
+
+# ---------------------------------------------------------------- the live dashboard
+
+_BUCKETS = {
+    "avito_e2e_request_latency_seconds_bucket": "latency",
+    "avito_time_to_first_token_seconds_bucket": "ttft",
+}
+
+
+def dashboard_totals() -> dict[str, Any]:
+    """Cumulative figures of all workers at this instant, for /dashboard: it polls them and
+    draws rates and percentiles from the differences between two readings (as Prometheus'
+    rate() and histogram_quantile() do), so the server keeps no history and a reset or a
+    worker restart costs one point at most.
+
+    requests, errors by status: HTTP requests to the application (probes, scrapes and static
+    files left out); latency, ttft: generation end-to-end and time-to-first-token histograms
+    as cumulative bucket counts by upper bound; tokens: generated tokens; running, waiting:
+    generations now; cancelled: generations that ended because the client went away."""
+    requests = 0.0
+    tokens = 0.0
+    cancelled = 0.0
+    running = 0.0
+    waiting = 0.0
+    errors: dict[str, float] = {}
+    buckets: dict[str, dict[str, float]] = {"latency": {}, "ttft": {}}
+    for metric in collect():
+        for sample in metric.samples:
+            name, labels, value = sample.name, sample.labels, sample.value
+            if name == "avito_http_requests_total":
+                if labels.get("route") in UNCOUNTED_ROUTES:
+                    continue
+                requests += value
+                if int(labels.get("status", "500")) >= 400:
+                    errors[labels["status"]] = errors.get(labels["status"], 0.0) + value
+            elif name in _BUCKETS:
+                series = buckets[_BUCKETS[name]]
+                series[labels["le"]] = series.get(labels["le"], 0.0) + value
+            elif name == "avito_generation_tokens_total":
+                tokens += value
+            elif (
+                name == "avito_model_requests_total" and labels.get("finish_reason") == "cancelled"
+            ):
+                cancelled += value
+            elif name == "avito_requests_running":
+                running += value
+            elif name == "avito_requests_waiting":
+                waiting += value
+    return {
+        "requests": int(requests),
+        "errors": {status: int(count) for status, count in sorted(errors.items())},
+        "latency": _histogram(buckets["latency"]),
+        "ttft": _histogram(buckets["ttft"]),
+        "tokens": int(tokens),
+        "cancelled": int(cancelled),
+        "running": int(running),
+        "waiting": int(waiting),
+    }
+
+
+def _histogram(by_bound: dict[str, float]) -> dict[str, Any]:
+    """{"le": finite upper bounds ascending, "counts": cumulative counts at them, "total":
+    the count of all (the +Inf bucket; JSON has no infinity)}."""
+    finite = sorted((float(le), count) for le, count in by_bound.items() if le != "+Inf")
+    return {
+        "le": [le for le, _ in finite],
+        "counts": [int(count) for _, count in finite],
+        "total": int(by_bound.get("+Inf", 0.0)),
     }

@@ -12,8 +12,14 @@ from fastapi.responses import Response
 from prometheus_client import CONTENT_TYPE_LATEST
 
 from avito_ai.api.deps import StateDep
-from avito_ai.observability.app_metrics import application_view, current_totals, prometheus_text
+from avito_ai.observability.app_metrics import (
+    application_view,
+    current_totals,
+    dashboard_totals,
+    prometheus_text,
+)
 from avito_ai.observability.system import gpu_metrics, system_metrics
+from avito_ai.services.state import ServiceState
 
 router = APIRouter(tags=["monitoring"])
 
@@ -46,8 +52,10 @@ def _host_figures(gpu_index: int) -> tuple[dict[str, Any], dict[str, Any]]:
     return system_metrics(), gpu_metrics(gpu_index)
 
 
-@router.get("/api/metrics", summary="System, GPU and application metrics (JSON)")
-async def metrics(state: StateDep, request: Request) -> dict[str, Any]:
+async def host_figures(
+    state: ServiceState, request: Request
+) -> tuple[dict[str, Any], dict[str, Any]]:
+    """(system, gpu) of this host, gathered at most once per HOST_TTL_S for all readers."""
     placements = [s.device for s in (e.status() for e in state.engines.values()) if s.device]
     gpu_index = _gpu_index(next((d for d in placements if d.startswith("cuda")), "cuda:0"))
     snapshot = _host_snapshot(request)
@@ -56,7 +64,12 @@ async def metrics(state: StateDep, request: Request) -> dict[str, Any]:
             # psutil and NVML block: off the event loop.
             snapshot.value = await asyncio.to_thread(_host_figures, gpu_index)
             snapshot.taken = time.monotonic()
-        system, gpu = snapshot.value
+        return snapshot.value
+
+
+@router.get("/api/metrics", summary="System, GPU and application metrics (JSON)")
+async def metrics(state: StateDep, request: Request) -> dict[str, Any]:
+    system, gpu = await host_figures(state, request)
     # The workers' metric files: blocking reads too.
     application = await asyncio.to_thread(application_view, state.metrics_baseline)
     return {
@@ -65,6 +78,38 @@ async def metrics(state: StateDep, request: Request) -> dict[str, Any]:
         "system": system,
         "gpu": gpu,
         "application": application,
+    }
+
+
+def _number(value: Any) -> float | None:
+    """NVML's figures as numbers ("45.00%" → 45.0, "12.3" → 12.3)."""
+    try:
+        return float(str(value).rstrip("%"))
+    except ValueError:
+        return None
+
+
+@router.get(
+    "/api/metrics/dashboard",
+    summary="Cumulative figures of all workers now, for the live dashboard (/dashboard)",
+)
+async def dashboard_figures(state: StateDep, request: Request) -> dict[str, Any]:
+    """The dashboard reads this every few seconds and draws rates and percentiles from two
+    readings. Free to read (no rate limit), like /api/metrics."""
+    _, gpu = await host_figures(state, request)
+    totals = await asyncio.to_thread(dashboard_totals)
+    return {
+        "time": time.time(),
+        **totals,
+        "gpu": {
+            "available": True,
+            "name": gpu.get("gpu_name"),
+            "utilization_percent": _number(gpu.get("gpu_utilization")),
+            "memory_used_gb": _number(gpu.get("gpu_memory_used_gb")),
+            "memory_total_gb": _number(gpu.get("gpu_memory_total_gb")),
+        }
+        if gpu.get("available")
+        else {"available": False},
     }
 
 

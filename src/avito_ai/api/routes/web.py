@@ -1,25 +1,37 @@
 """The web page: GET / with two forms; POST /avibe and /avision render answers server-side,
-so the page works without JavaScript. Jinja2 autoescaping escapes input and model output."""
+so the page works without JavaScript. Jinja2 autoescaping escapes input and model output.
+
+When JavaScript runs, static/app.js turns the same page into a streaming chat and image
+analysis over the OpenAI API; the page hands it its limits and wording in a JSON block
+(data, not script: the CSP allows no inline script). GET /dashboard: live charts."""
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Any
 
 from fastapi import APIRouter, Request
 from fastapi.responses import HTMLResponse
 from fastapi.templating import Jinja2Templates
+from markupsafe import Markup
 from starlette.datastructures import UploadFile
 
 from avito_ai.api.deps import RequestIdDep, SettingsDep, StateDep, disconnect_waiter
 from avito_ai.api.errors import STATUS_BY_CODE, error_headers
 from avito_ai.api.openapi import errors
 from avito_ai.engines.base import ImagePart, TextPart
-from avito_ai.errors import AvitoError, ValidationFailed
+from avito_ai.errors import (
+    AvitoError,
+    Overloaded,
+    RateLimited,
+    RateLimitUnavailable,
+    ValidationFailed,
+)
 from avito_ai.middleware.request_id import request_id_of
 from avito_ai.services import generation as gen
 from avito_ai.services.forms import form_values, sampling_from_form
-from avito_ai.services.images import decode_image, off_loop
+from avito_ai.services.images import FORMATS, decode_image, off_loop
 from avito_ai.services.state import ServiceState
 from avito_ai.services.streaming import unless_disconnected
 
@@ -27,6 +39,40 @@ TEMPLATES = Jinja2Templates(directory=Path(__file__).resolve().parents[2] / "web
 DEFAULT_QUESTION = "Что изображено на фото?"
 
 router = APIRouter(tags=["web page"])
+
+# What a person reads for each error code, in the forms and in the page's scripts alike.
+ERROR_TITLES: dict[str, str] = {
+    "rate_limit_exceeded": "Слишком много запросов",
+    "payload_too_large": "Слишком большой запрос",
+    "model_unavailable": "Модель недоступна",
+    "overloaded": "Сервер перегружен",
+    "rate_limit_unavailable": "Проверка лимитов недоступна",
+    "validation_error": "Проверьте запрос",
+    "unauthorized": "Нужен API-ключ",
+    "timeout": "Время ожидания истекло",
+    "request_timeout": "Запрос пришёл не целиком",
+    "not_found": "Не найдено",
+    "method_not_allowed": "Метод не поддерживается",
+    "internal_error": "Внутренняя ошибка",
+}
+IMAGE_TYPES = [f"image/{name.lower()}" for name in FORMATS]
+
+
+def _page_config(state: ServiceState) -> Markup:
+    """The limits and wording app.js needs, as JSON inside <script type="application/json">
+    (`<` escaped so the data cannot close the element)."""
+    s = state.settings
+    config = {
+        "maxImageBytes": int(s.max_image_size_mb * 1024 * 1024),
+        "maxImageMb": f"{s.max_image_size_mb:g}",
+        "imageTypes": IMAGE_TYPES,
+        "maxPromptLength": s.max_prompt_length,
+        "maxTokensAvibe": s.max_tokens_avibe,
+        "maxTokensAvision": s.max_tokens_avision,
+        "defaultQuestion": DEFAULT_QUESTION,
+        "errorTitles": ERROR_TITLES,
+    }
+    return Markup(json.dumps(config, ensure_ascii=False).replace("<", "\\u003c"))
 
 
 def _page(
@@ -38,13 +84,33 @@ def _page(
         "request_id": request_id,
         "max_prompt_length": s.max_prompt_length,
         "max_tokens_avibe": s.max_tokens_avibe,
+        "max_tokens_avision": s.max_tokens_avision,
+        "default_temperature": s.temperature,
         "max_image_size_mb": f"{s.max_image_size_mb:g}",
+        "image_types": ",".join(IMAGE_TYPES),
+        "page_config": _page_config(state),
+        "avibe_form": {},
+        "avision_form": {},
         "avibe_answer": None,
         "avision_answer": None,
         "error": None,
         **extra,
     }
     return TEMPLATES.TemplateResponse(request, "index.html", context, status_code=status)
+
+
+def _error_view(exc: AvitoError) -> dict[str, Any]:
+    retry = (
+        exc.retry_after
+        if isinstance(exc, RateLimited | Overloaded | RateLimitUnavailable)
+        else None
+    )
+    return {
+        "code": exc.code,
+        "title": ERROR_TITLES.get(exc.code, "Ошибка"),
+        "message": exc.message,
+        "retry_after": retry,
+    }
 
 
 def error_page(request: Request, exc: AvitoError, **extra: Any) -> HTMLResponse:
@@ -57,7 +123,7 @@ def error_page(request: Request, exc: AvitoError, **extra: Any) -> HTMLResponse:
         state,
         request_id_of(request.scope),
         STATUS_BY_CODE.get(exc.code, 500),
-        error={"code": exc.code, "message": exc.message},
+        error=_error_view(exc),
         **extra,
     )
     response.headers.update(error_headers(exc))
@@ -73,6 +139,11 @@ def _form_body(media_type: str, required: str, properties: dict[str, Any]) -> di
 @router.get("/", response_class=HTMLResponse, summary="Web page with the A-Vibe and A-Vision forms")
 async def index(request: Request, state: StateDep, request_id: RequestIdDep) -> HTMLResponse:
     return _page(request, state, request_id)
+
+
+@router.get("/dashboard", response_class=HTMLResponse, summary="Live dashboard (charts)")
+async def dashboard(request: Request, state: StateDep) -> HTMLResponse:
+    return TEMPLATES.TemplateResponse(request, "dashboard.html", {"models": state.models()})
 
 
 _SAMPLING_FORM_FIELDS: dict[str, Any] = {
@@ -106,8 +177,8 @@ async def avibe_form(
             gen.complete(engine, generation), disconnect_waiter(request)
         )
     except AvitoError as exc:
-        return error_page(request, exc, prompt=prompt)
-    return _page(request, state, request_id, prompt=prompt, avibe_answer=answer)
+        return error_page(request, exc, prompt=prompt, avibe_form=values)
+    return _page(request, state, request_id, prompt=prompt, avibe_form=values, avibe_answer=answer)
 
 
 @router.post(
@@ -154,5 +225,7 @@ async def avision_form(
             gen.complete(engine, generation), disconnect_waiter(request)
         )
     except AvitoError as exc:
-        return error_page(request, exc, question=question)
-    return _page(request, state, request_id, question=question, avision_answer=answer)
+        return error_page(request, exc, question=question, avision_form=values)
+    return _page(
+        request, state, request_id, question=question, avision_form=values, avision_answer=answer
+    )

@@ -1,0 +1,495 @@
+// The web console: turns the page's two forms into a streaming chat (A-Vibe) and a
+// streaming image analysis (A-Vision) over the service's OpenAI API. Without JavaScript
+// the forms post as before. No inline script (strict CSP): the page hands its limits and
+// wording over in <script type="application/json" id="page-config">.
+(function () {
+  "use strict";
+
+  document.documentElement.classList.add("js");
+  const config = JSON.parse(document.getElementById("page-config").textContent);
+  const $ = (id) => document.getElementById(id);
+
+  // ------------------------------------------------------------------ storage
+  const store = {
+    get(key) {
+      try { return window.localStorage.getItem("avito." + key); } catch (e) { return null; }
+    },
+    set(key, value) {
+      try { window.localStorage.setItem("avito." + key, value); } catch (e) { /* private mode */ }
+    },
+  };
+
+  function authHeaders() {
+    const key = store.get("apiKey");
+    return key ? { Authorization: "Bearer " + key } : {};
+  }
+
+  // Settings stay as the user set them (across answers and reloads).
+  for (const id of ["max_tokens", "temperature", "enable_thinking"]) {
+    const input = $(id);
+    const saved = store.get("setting." + id);
+    if (saved !== null) {
+      if (input.type === "checkbox") input.checked = saved === "true";
+      else input.value = saved;
+    }
+    input.addEventListener("change", () => {
+      store.set("setting." + id, input.type === "checkbox" ? String(input.checked) : input.value);
+    });
+  }
+  const keyInput = $("api-key");
+  keyInput.value = store.get("apiKey") || "";
+  keyInput.addEventListener("change", () => store.set("apiKey", keyInput.value.trim()));
+
+  // ------------------------------------------------------------------ errors
+  function describe(code, message, status) {
+    const title = config.errorTitles[code] || (status ? "Ошибка " + status : "Ошибка");
+    return message ? title + ": " + message : title;
+  }
+
+  class ShownError extends Error {
+    constructor(text, requestId, code) {
+      super(text);
+      this.requestId = requestId || "";
+      this.code = code || "";
+    }
+  }
+
+  // Native errors are {"error": code, "message": ...}; OpenAI's {"error": {code, message}}.
+  async function errorFrom(response) {
+    let code = "";
+    let message = "";
+    try {
+      const body = await response.json();
+      if (body.error && typeof body.error === "object") {
+        code = body.error.code || "";
+        message = body.error.message || "";
+      } else {
+        code = body.error || "";
+        message = body.message || "";
+      }
+    } catch (e) {
+      message = response.statusText;
+    }
+    let text = describe(code, message, response.status);
+    const retry = response.headers.get("Retry-After");
+    if (retry) text += " Повторите через " + retry + " с.";
+    if (response.status === 401) text += " Укажите ключ внизу страницы.";
+    return new ShownError(text, response.headers.get("X-Request-ID"), code);
+  }
+
+  function showStatus(element, text, kind, requestId) {
+    element.textContent = text;
+    element.className = "status" + (kind ? " " + kind : "");
+    if (requestId) {
+      const small = document.createElement("small");
+      small.textContent = " request id " + requestId;
+      element.appendChild(small);
+    }
+  }
+
+  // ------------------------------------------------------------------ streaming
+  // Server-sent events from a fetch body: yields each `data:` payload, parsed.
+  async function* events(response) {
+    const reader = response.body.getReader();
+    const decoder = new TextDecoder();
+    let buffer = "";
+    for (;;) {
+      const { value, done } = await reader.read();
+      if (done) return;
+      buffer += decoder.decode(value, { stream: true }).replace(/\r\n/g, "\n");
+      let end;
+      while ((end = buffer.indexOf("\n\n")) >= 0) {
+        const block = buffer.slice(0, end);
+        buffer = buffer.slice(end + 2);
+        const data = block
+          .split("\n")
+          .filter((line) => line.startsWith("data:"))
+          .map((line) => line.slice(5).replace(/^ /, ""))
+          .join("\n");
+        if (!data) continue;
+        if (data === "[DONE]") return;
+        yield JSON.parse(data);
+      }
+    }
+  }
+
+  async function streamChat(model, messages, params, signal, onText) {
+    const started = performance.now();
+    const response = await fetch("/v1/chat/completions", {
+      method: "POST",
+      headers: { "Content-Type": "application/json", ...authHeaders() },
+      body: JSON.stringify({
+        model: model,
+        messages: messages,
+        stream: true,
+        stream_options: { include_usage: true },
+        ...params,
+      }),
+      signal: signal,
+    });
+    if (!response.ok) throw await errorFrom(response);
+    const requestId = response.headers.get("X-Request-ID");
+    const result = { text: "", usage: null, finish: null, firstToken: null, requestId: requestId };
+    for await (const chunk of events(response)) {
+      if (chunk.error) {
+        const failure = chunk.error;
+        throw new ShownError(describe(failure.code, failure.message), requestId, failure.code);
+      }
+      const choice = chunk.choices && chunk.choices[0];
+      if (choice) {
+        const piece = choice.delta && choice.delta.content;
+        if (piece) {
+          if (result.firstToken === null) result.firstToken = performance.now() - started;
+          result.text += piece;
+          onText(result.text);
+        }
+        if (choice.finish_reason) result.finish = choice.finish_reason;
+      }
+      if (chunk.usage) result.usage = chunk.usage;
+    }
+    result.elapsed = (performance.now() - started) / 1000;
+    return result;
+  }
+
+  // ------------------------------------------------------------------ Markdown
+  // marked turns the model's Markdown into HTML; DOMPurify removes anything active from it
+  // (scripts, handlers, styles; images too: the page loads nothing from elsewhere).
+  const PURIFY = { FORBID_TAGS: ["style", "img", "form", "input", "video", "audio"], FORBID_ATTR: ["style"] };
+
+  function renderMarkdown(element, text) {
+    const thinking = /^\s*<think>([\s\S]*?)(<\/think>|$)([\s\S]*)$/.exec(text);
+    let answer = text;
+    element.replaceChildren();
+    if (thinking) {
+      const details = document.createElement("details");
+      details.className = "thinking";
+      const summary = document.createElement("summary");
+      summary.textContent = "Рассуждения";
+      const body = document.createElement("div");
+      body.textContent = thinking[1].trim();
+      details.append(summary, body);
+      element.appendChild(details);
+      answer = thinking[3];
+    }
+    const body = document.createElement("div");
+    body.className = "markdown";
+    if (window.marked && window.DOMPurify) {
+      body.innerHTML = window.DOMPurify.sanitize(window.marked.parse(answer), PURIFY);
+      for (const pre of body.querySelectorAll("pre")) addCopyButton(pre);
+    } else {
+      body.textContent = answer;
+    }
+    element.appendChild(body);
+  }
+
+  function addCopyButton(pre) {
+    const button = document.createElement("button");
+    button.type = "button";
+    button.className = "copy";
+    button.textContent = "Копировать";
+    button.addEventListener("click", async () => {
+      try {
+        await navigator.clipboard.writeText(pre.querySelector("code")?.textContent ?? pre.textContent);
+        button.textContent = "Скопировано";
+      } catch (e) {
+        button.textContent = "Не удалось";
+      }
+      setTimeout(() => { button.textContent = "Копировать"; }, 1500);
+    });
+    pre.appendChild(button);
+  }
+
+  // One render per animation frame, however fast tokens arrive.
+  function throttledRender(element) {
+    let pending = null;
+    return (text) => {
+      if (pending === null) {
+        requestAnimationFrame(() => { renderMarkdown(element, pending); pending = null; });
+      }
+      pending = text;
+    };
+  }
+
+  function figures(result, stopped) {
+    const tokens = result.usage ? result.usage.completion_tokens : null;
+    const parts = [];
+    if (stopped) parts.push("остановлено");
+    parts.push(result.elapsed.toFixed(2) + " с");
+    if (result.firstToken !== null) parts.push("первый токен " + (result.firstToken / 1000).toFixed(2) + " с");
+    if (tokens !== null) {
+      parts.push("токенов: " + tokens);
+      if (result.elapsed > 0) parts.push((tokens / result.elapsed).toFixed(1) + " ток/с");
+    }
+    if (result.requestId) parts.push("request id " + result.requestId);
+    return parts.join(" · ");
+  }
+
+  function numberOr(input, fallback) {
+    const value = Number(input.value);
+    return input.value !== "" && Number.isFinite(value) ? value : fallback;
+  }
+
+  // ------------------------------------------------------------------ A-Vibe chat
+  const chat = $("chat");
+  const avibeForm = $("avibe-form");
+  const prompt = $("prompt");
+  const avibeSend = $("avibe-send");
+  const avibeStop = $("avibe-stop");
+  const avibeNew = $("avibe-new");
+  const avibeStatus = $("avibe-status");
+  let history = [];
+  let avibeController = null;
+
+  $("avibe-answer")?.remove(); // a no-JS answer from a previous submit: the chat replaces it
+  chat.hidden = false;
+  avibeNew.hidden = false;
+
+  function bubble(role, text) {
+    const article = document.createElement("article");
+    article.className = "message " + role;
+    const body = document.createElement("div");
+    body.className = "body";
+    if (role === "user") body.textContent = text;
+    article.appendChild(body);
+    const meta = document.createElement("small");
+    meta.className = "meta";
+    article.appendChild(meta);
+    chat.appendChild(article);
+    article.scrollIntoView({ block: "end" });
+    return { article: article, body: body, meta: meta };
+  }
+
+  function busy(form, sending, stop, on) {
+    sending.disabled = on;
+    stop.hidden = !on;
+    form.classList.toggle("busy", on);
+  }
+
+  avibeForm.addEventListener("submit", async (event) => {
+    event.preventDefault();
+    const text = prompt.value.trim();
+    if (!text || avibeController) return;
+    showStatus(avibeStatus, "");
+    const turn = history.concat([{ role: "user", content: text }]);
+    bubble("user", text);
+    const answer = bubble("assistant", "");
+    answer.article.classList.add("streaming");
+    prompt.value = "";
+    avibeController = new AbortController();
+    busy(avibeForm, avibeSend, avibeStop, true);
+    const params = {
+      max_tokens: numberOr($("max_tokens"), config.maxTokensAvibe),
+      temperature: numberOr($("temperature"), 0.7),
+      enable_thinking: $("enable_thinking").checked,
+    };
+    let shown = "";
+    const render = throttledRender(answer.body);
+    const started = performance.now();
+    try {
+      const result = await streamChat("avibe", turn, params, avibeController.signal, (t) => {
+        shown = t;
+        render(t);
+      });
+      renderMarkdown(answer.body, result.text);
+      answer.meta.textContent = figures(result, false);
+      history = turn.concat([{ role: "assistant", content: result.text }]);
+    } catch (error) {
+      if (error.name === "AbortError") {
+        // Stopped: the server saw the connection close and cancelled the generation. The
+        // part shown stays in the conversation, as in other chat UIs.
+        renderMarkdown(answer.body, shown);
+        answer.meta.textContent = figures({ elapsed: (performance.now() - started) / 1000, firstToken: null, usage: null }, true);
+        if (shown) history = turn.concat([{ role: "assistant", content: shown }]);
+      } else {
+        answer.article.remove();
+        chat.lastElementChild?.remove(); // the question goes back into the box
+        prompt.value = text;
+        showStatus(avibeStatus, error.message || String(error), "error", error.requestId);
+      }
+    } finally {
+      answer.article.classList.remove("streaming");
+      avibeController = null;
+      busy(avibeForm, avibeSend, avibeStop, false);
+    }
+  });
+
+  prompt.addEventListener("keydown", (event) => {
+    if (event.key === "Enter" && (event.ctrlKey || event.metaKey)) avibeForm.requestSubmit();
+  });
+  avibeStop.addEventListener("click", () => avibeController?.abort());
+  avibeNew.addEventListener("click", () => {
+    avibeController?.abort();
+    history = [];
+    chat.replaceChildren();
+    showStatus(avibeStatus, "");
+    prompt.focus();
+  });
+
+  // ------------------------------------------------------------------ A-Vision
+  const visionForm = $("avision-form");
+  const imageInput = $("image");
+  const dropzone = $("dropzone");
+  const preview = $("preview");
+  const imageInfo = $("image-info");
+  const visionSend = $("avision-send");
+  const visionStop = $("avision-stop");
+  const visionStatus = $("avision-status");
+  const visionLive = $("avision-live");
+  let chosen = null;
+  let previewUrl = null;
+  let visionController = null;
+  visionForm.classList.toggle("available", $("avision-notice").hidden); // until the first poll
+
+  function formatSize(bytes) {
+    return bytes >= 1024 * 1024 ? (bytes / 1024 / 1024).toFixed(1) + " MB" : Math.ceil(bytes / 1024) + " KB";
+  }
+
+  // The server's own limits, checked before anything is uploaded.
+  function choose(file) {
+    if (previewUrl) URL.revokeObjectURL(previewUrl);
+    previewUrl = null;
+    chosen = null;
+    preview.hidden = true;
+    if (!file) { showStatus(imageInfo, ""); return; }
+    if (!config.imageTypes.includes(file.type)) {
+      imageInput.value = "";
+      showStatus(imageInfo, "Этот файл не подходит (" + (file.type || "неизвестный тип") + "): нужен JPEG, PNG, WEBP или GIF.", "error");
+      return;
+    }
+    if (file.size > config.maxImageBytes) {
+      imageInput.value = "";
+      showStatus(imageInfo, "Изображение слишком большое: " + formatSize(file.size) + ", можно до " + config.maxImageMb + " MB.", "error");
+      return;
+    }
+    chosen = file;
+    previewUrl = URL.createObjectURL(file);
+    preview.src = previewUrl;
+    preview.hidden = false;
+    showStatus(imageInfo, (file.name || "изображение") + " · " + formatSize(file.size));
+  }
+
+  function useFiles(files) {
+    const file = files && files[0];
+    if (!file) return;
+    try { // keep the form's own field in step, so the no-JS path would send the same
+      const transfer = new DataTransfer();
+      transfer.items.add(file);
+      imageInput.files = transfer.files;
+    } catch (e) { /* older browsers: the chosen file is still used */ }
+    choose(file);
+  }
+
+  imageInput.addEventListener("change", () => choose(imageInput.files[0]));
+  for (const name of ["dragenter", "dragover"]) {
+    dropzone.addEventListener(name, (event) => { event.preventDefault(); dropzone.classList.add("over"); });
+  }
+  for (const name of ["dragleave", "drop"]) {
+    dropzone.addEventListener(name, () => dropzone.classList.remove("over"));
+  }
+  dropzone.addEventListener("drop", (event) => { event.preventDefault(); useFiles(event.dataTransfer.files); });
+  document.addEventListener("paste", (event) => {
+    const files = Array.from(event.clipboardData?.files || []).filter((f) => f.type.startsWith("image/"));
+    if (files.length) { event.preventDefault(); useFiles(files); }
+  });
+
+  function dataUrl(file) {
+    return new Promise((resolve, reject) => {
+      const reader = new FileReader();
+      reader.onload = () => resolve(reader.result);
+      reader.onerror = () => reject(new ShownError("Не удалось прочитать файл"));
+      reader.readAsDataURL(file);
+    });
+  }
+
+  visionForm.addEventListener("submit", async (event) => {
+    event.preventDefault();
+    if (visionController) return;
+    if (!chosen) {
+      showStatus(imageInfo, "Выберите изображение.", "error");
+      return;
+    }
+    if (!visionForm.classList.contains("available")) {
+      showStatus(visionStatus, $("avision-notice").textContent, "error");
+      return;
+    }
+    showStatus(visionStatus, "");
+    $("avision-answer")?.remove();
+    visionLive.hidden = false;
+    visionLive.replaceChildren();
+    const body = document.createElement("div");
+    const meta = document.createElement("small");
+    visionLive.append(body, meta);
+    visionLive.classList.add("streaming");
+    visionController = new AbortController();
+    busy(visionForm, visionSend, visionStop, true);
+    const question = $("question").value.trim() || config.defaultQuestion;
+    let shown = "";
+    const render = throttledRender(body);
+    const started = performance.now();
+    try {
+      const content = [
+        { type: "image_url", image_url: { url: await dataUrl(chosen) } },
+        { type: "text", text: question },
+      ];
+      const result = await streamChat(
+        "avision",
+        [{ role: "user", content: content }],
+        { max_tokens: config.maxTokensAvision },
+        visionController.signal,
+        (t) => { shown = t; render(t); },
+      );
+      renderMarkdown(body, result.text);
+      meta.textContent = figures(result, false);
+    } catch (error) {
+      if (error.name === "AbortError") {
+        renderMarkdown(body, shown);
+        meta.textContent = figures({ elapsed: (performance.now() - started) / 1000, firstToken: null, usage: null }, true);
+      } else {
+        visionLive.hidden = true;
+        showStatus(visionStatus, error.message || String(error), "error", error.requestId);
+      }
+    } finally {
+      visionLive.classList.remove("streaming");
+      visionController = null;
+      busy(visionForm, visionSend, visionStop, false);
+    }
+  });
+  visionStop.addEventListener("click", () => visionController?.abort());
+
+  // ------------------------------------------------------------------ live model badges
+  // /api/health/models is free to read (no rate limit) and names each model's state.
+  const STATE_WORDS = { ready: "готова", loading: "загружается", failed: "ошибка", not_configured: "не настроена" };
+
+  function applyModels(models) {
+    for (const [role, model] of Object.entries(models)) {
+      const badge = document.querySelector('.model[data-role="' + role + '"]');
+      if (!badge) continue;
+      badge.className = "model " + model.state;
+      badge.textContent = role + ": " + (STATE_WORDS[model.state] || model.state) + (model.model ? " (" + model.model + ")" : "");
+      badge.title = model.reason || "";
+    }
+    const vision = models.avision;
+    if (vision) {
+      const notice = $("avision-notice");
+      const available = vision.state !== "not_configured";
+      notice.hidden = available && vision.state !== "failed";
+      notice.textContent = vision.state === "failed"
+        ? "A-Vision не загрузилась: " + (vision.reason || "")
+        : "A-Vision не настроена: " + (vision.reason || "");
+      visionForm.classList.toggle("available", vision.state === "ready" || vision.state === "loading");
+      visionSend.disabled = !(vision.state === "ready" || vision.state === "loading") || visionController !== null;
+    }
+    return Object.values(models).some((m) => m.state === "loading");
+  }
+
+  async function pollModels() {
+    let loading = false;
+    try {
+      const response = await fetch("/api/health/models", { cache: "no-store" });
+      const body = await response.json();
+      if (body.models) loading = applyModels(body.models);
+    } catch (e) { /* the service is restarting: try again */ }
+    setTimeout(pollModels, loading ? 1000 : 5000);
+  }
+  pollModels();
+})();

@@ -1,0 +1,340 @@
+"""The web console in a real browser (Chromium via Playwright) against running servers.
+
+`real`: the embedded SmolLM2 through OpenVINO for A-Vibe and a tiny random-weight
+Qwen2.5-VL for A-Vision (its answers are noise: this proves the path, not the answers).
+`slow`: the fake engine at 50 ms a token, so Stop lands mid-generation every time.
+`limited`: two requests a minute, to see 429 as a person would.
+
+Every request the pages make outside the service is blocked and fails the test.
+`make screenshots` runs this module with SCREENSHOTS_DIR=docs to refresh the README's images.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from tests.browser import Tab, browser, open_tab
+from tests.images import encoded, noisy_png
+from tests.servers import ServerProcess, dev_server, serving
+from tests.tiny_vision_models import build_tiny_qwen2_5_vl
+
+pytestmark = pytest.mark.integration
+__all__ = ["browser"]  # the fixture, imported
+
+CHAT = "/v1/chat/completions"
+
+
+def screenshot(tab: Tab, name: str) -> None:
+    folder = os.environ.get("SCREENSHOTS_DIR")
+    if folder:
+        tab.page.screenshot(path=str(Path(folder) / name), full_page=True)
+
+
+@pytest.fixture(scope="module")
+def real(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
+    root = tmp_path_factory.mktemp("console")
+    vision = build_tiny_qwen2_5_vl(root / "qwen2_5_vl")
+    env = {
+        "AVISION_MODEL": str(vision),
+        "RATE_LIMIT_PER_MINUTE": "1000",
+        "RATE_LIMIT_PER_HOUR": "10000",
+        "MAX_IMAGE_SIZE_MB": "1",
+        "MAX_TOKENS_AVIBE": "300",
+        "MAX_TOKENS_AVISION": "24",
+    }
+    with serving(dev_server(env, root / "server.log"), ready_within=180) as srv:
+        yield srv
+
+
+@pytest.fixture(scope="module")
+def slow(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
+    log = tmp_path_factory.mktemp("console-slow") / "server.log"
+    env = {"AVIBE_BACKEND": "fake", "FAKE_TOKEN_DELAY": "0.05", "RATE_LIMIT_PER_MINUTE": "1000"}
+    with serving(dev_server(env, log)) as srv:
+        yield srv
+
+
+@pytest.fixture(scope="module")
+def limited(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
+    log = tmp_path_factory.mktemp("console-limited") / "server.log"
+    with serving(dev_server({"AVIBE_BACKEND": "fake", "RATE_LIMIT_PER_MINUTE": "2"}, log)) as srv:
+        yield srv
+
+
+def wait_until(tab: Tab, expression: str, timeout: float = 30.0) -> None:
+    """Poll a JavaScript expression until it is truthy. (Playwright's wait_for_function
+    evaluates its predicate with eval inside the page, which the page's CSP refuses.)"""
+    deadline = time.monotonic() + timeout
+    while not tab.page.evaluate(expression):
+        assert time.monotonic() < deadline, f"not true within {timeout} s: {expression}"
+        tab.page.wait_for_timeout(50)
+
+
+def chat_bodies(tab: Tab) -> list[dict[str, Any]]:
+    """The JSON bodies the page posts to the chat endpoint, as they are sent."""
+    bodies: list[dict[str, Any]] = []
+    tab.page.on(
+        "request",
+        lambda r: bodies.append(r.post_data_json) if r.url.endswith(CHAT) else None,
+    )
+    return bodies
+
+
+def ask(tab: Tab, text: str) -> str:
+    """Send a chat turn and wait for its figures line; the answer's text."""
+    page = tab.page
+    done = page.locator(".message.assistant .meta:not(:empty)").count()
+    page.fill("#prompt", text)
+    page.click("#avibe-send")
+    wait_until(
+        tab,
+        f"document.querySelectorAll('.message.assistant .meta:not(:empty)').length > {done}",
+        timeout=60,
+    )
+    return str(page.locator(".message.assistant .body").last.inner_text())
+
+
+def dashboard_figures(server: ServerProcess) -> dict[str, Any]:
+    body: dict[str, Any] = httpx.get(server.url + "/api/metrics/dashboard").json()
+    return body
+
+
+def test_page_loads_clean_with_everything_from_the_service(
+    browser: Any, real: ServerProcess
+) -> None:
+    tab = open_tab(browser, real.url)
+    wait_until(
+        tab, "document.querySelector('.model[data-role=avision]').textContent.includes('готова')"
+    )
+    assert tab.page.locator("#avision-notice").is_hidden()
+    assert tab.page.locator("#chat").count() == 1 and tab.page.locator("#avibe-new").is_visible()
+    assert tab.outside == [] and tab.errors == [], (tab.outside, tab.errors)
+
+
+def test_badges_follow_the_models_without_a_reload(
+    browser: Any, tmp_path_factory: pytest.TempPathFactory
+) -> None:
+    log = tmp_path_factory.mktemp("console-loading") / "server.log"
+    env = {"AVIBE_BACKEND": "fake", "FAKE_LOAD_DELAY": "4"}
+    server = dev_server(env, log)
+    try:
+        server.wait_live()
+        tab = open_tab(browser, server.url)
+        badge = tab.page.locator('.model[data-role="avibe"]')
+        assert "loading" in str(badge.get_attribute("class"))
+        # A-Vision is not configured: the section says why before any upload.
+        notice = tab.page.locator("#avision-notice")
+        assert notice.is_visible() and "AVISION_MODEL" in notice.inner_text()
+        assert tab.page.locator("#avision-send").is_disabled()
+        wait_until(
+            tab, "document.querySelector('.model[data-role=avibe]').classList.contains('ready')", 20
+        )
+        assert "готова" in badge.inner_text()
+        assert tab.errors == [], tab.errors
+    finally:
+        server.stop()
+
+
+def test_an_answer_streams_in_and_shows_its_figures(browser: Any, real: ServerProcess) -> None:
+    tab = open_tab(browser, real.url)
+    page = tab.page
+    page.fill("#prompt", "Write a long story about a cat who travels around the world.")
+    page.click("#avibe-send")
+    lengths: list[int] = []
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        streaming = page.locator(".message.assistant.streaming").count() > 0
+        lengths.append(len(page.locator(".message.assistant .body").last.inner_text()))
+        if not streaming and page.locator(".message.assistant .meta:not(:empty)").count():
+            break
+        page.wait_for_timeout(30)
+    growth = sorted(set(lengths))
+    # Seen at several sizes while it was being generated, never shrinking.
+    assert len(growth) >= 4 and lengths == sorted(lengths), lengths
+    meta = page.locator(".message.assistant .meta").last.inner_text()
+    assert "ток/с" in meta and "токенов:" in meta and "request id" in meta, meta
+    assert tab.outside == [] and tab.errors == [], (tab.outside, tab.errors)
+
+
+def test_a_second_turn_sends_the_history_and_new_chat_clears_it(
+    browser: Any, real: ServerProcess
+) -> None:
+    tab = open_tab(browser, real.url)
+    bodies = chat_bodies(tab)
+    tab.page.click(".settings summary")
+    tab.page.fill("#max_tokens", "60")
+    first = ask(tab, "What is the capital of France?")
+    second = ask(tab, "And what is the capital of Italy?")
+    assert first.strip() and second.strip()
+    assert [m["role"] for m in bodies[1]["messages"]] == ["user", "assistant", "user"]
+    assert bodies[1]["messages"][0]["content"] == "What is the capital of France?"
+    assert bodies[1]["messages"][1]["content"].strip()
+    assert bodies[1]["max_tokens"] == 60 and bodies[1]["stream"] is True
+    screenshot(tab, "console-chat.png")
+
+    # The settings outlive the page; New chat forgets the conversation.
+    tab.page.reload()
+    assert tab.page.input_value("#max_tokens") == "60"
+    tab.page.click("#avibe-new")
+    assert tab.page.locator(".message").count() == 0
+    ask(tab, "Hello")
+    assert [m["role"] for m in bodies[-1]["messages"]] == ["user"]
+    assert tab.outside == [] and tab.errors == [], (tab.outside, tab.errors)
+
+
+def test_stop_cancels_the_generation_on_the_server(browser: Any, slow: ServerProcess) -> None:
+    before = dashboard_figures(slow)["cancelled"]
+    tab = open_tab(browser, slow.url)
+    page = tab.page
+    # The fake engine echoes the prompt at 50 ms a token: this one takes ~10 s.
+    page.fill("#prompt", " ".join(["word"] * 200))
+    page.click("#avibe-send")
+    wait_until(tab, "document.querySelector('.message.assistant .body').textContent.length > 20")
+    assert dashboard_figures(slow)["running"] == 1
+    page.click("#avibe-stop")
+    page.wait_for_selector(".message.assistant .meta:has-text('остановлено')")
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        figures = dashboard_figures(slow)
+        if figures["cancelled"] == before + 1 and figures["running"] == 0:
+            break
+        time.sleep(0.1)
+    assert figures["cancelled"] == before + 1 and figures["running"] == 0, figures
+    assert page.locator("#avibe-send").is_enabled()
+    assert tab.errors == [], tab.errors
+
+
+def test_an_image_shows_a_preview_and_gets_a_streamed_answer(
+    browser: Any, real: ServerProcess
+) -> None:
+    tab = open_tab(browser, real.url)
+    page = tab.page
+    bodies = chat_bodies(tab)
+    page.set_input_files(
+        "#image", files=[{"name": "red.png", "mimeType": "image/png", "buffer": encoded("PNG")}]
+    )
+    wait_until(tab, "document.getElementById('preview').naturalWidth === 64")
+    assert str(page.get_attribute("#preview", "src")).startswith("blob:")
+    page.fill("#question", "What colour is it?")
+    page.click("#avision-send")
+    page.wait_for_selector("#avision-live small:not(:empty)", timeout=60_000)
+    assert "токенов:" in page.inner_text("#avision-live small")
+    content = bodies[0]["messages"][0]["content"]
+    assert bodies[0]["model"] == "avision"
+    assert content[0]["image_url"]["url"].startswith("data:image/png;base64,")
+    assert content[1] == {"type": "text", "text": "What colour is it?"}
+    assert tab.outside == [] and tab.errors == [], (tab.outside, tab.errors)
+
+
+def test_a_too_large_or_wrong_file_is_refused_before_upload(
+    browser: Any, real: ServerProcess
+) -> None:
+    tab = open_tab(browser, real.url)  # MAX_IMAGE_SIZE_MB=1
+    page = tab.page
+    bodies = chat_bodies(tab)
+    big = noisy_png(1.3)
+    page.set_input_files(
+        "#image", files=[{"name": "big.png", "mimeType": "image/png", "buffer": big}]
+    )
+    info = page.locator("#image-info")
+    assert "слишком большое" in info.inner_text() and "до 1 MB" in info.inner_text()
+    assert "error" in str(info.get_attribute("class")) and page.locator("#preview").is_hidden()
+    page.set_input_files(
+        "#image", files=[{"name": "a.txt", "mimeType": "text/plain", "buffer": b"hi"}]
+    )
+    assert "не подходит" in info.inner_text()
+    page.click("#avision-send")  # nothing chosen: the browser's own "select a file"
+    page.wait_for_timeout(300)
+    assert bodies == [] and tab.errors == [], (bodies, tab.errors)
+
+
+def test_rate_limit_reads_as_a_message_with_the_wait(browser: Any, limited: ServerProcess) -> None:
+    tab = open_tab(browser, limited.url)  # two requests a minute
+    ask(tab, "one")
+    ask(tab, "two")
+    tab.page.fill("#prompt", "three")
+    tab.page.click("#avibe-send")
+    status = tab.page.locator("#avibe-status.error")
+    status.wait_for()
+    text = status.inner_text()
+    assert "Слишком много запросов" in text and "Повторите через" in text, text
+    assert tab.page.input_value("#prompt") == "three"  # the question is not lost
+
+    # The same without JavaScript: the form's answer page says it as plainly.
+    plain = open_tab(browser, limited.url, java_script_enabled=False)
+    plain.page.fill("#prompt", "four")
+    plain.page.click("#avibe-form button[type=submit]")
+    alert = plain.page.locator("#page-error").inner_text()
+    assert "Слишком много запросов" in alert and "Повторите через" in alert, alert
+    # The browser logs the 429 of the request itself as a console error; nothing else.
+    assert [e for e in tab.errors if "429" not in e] == [], tab.errors
+
+
+def test_the_forms_still_work_without_javascript(browser: Any, real: ServerProcess) -> None:
+    tab = open_tab(browser, real.url, java_script_enabled=False)
+    page = tab.page
+    assert page.locator("#chat").is_hidden()
+    page.fill("#prompt", "What is the capital of France?")
+    page.click(".settings summary")
+    page.fill("#max_tokens", "20")
+    page.click("#avibe-form button[type=submit]")
+    assert page.locator("#avibe-answer pre").inner_text().strip()
+    assert page.input_value("#max_tokens") == "20"  # the settings stay as set
+    page.set_input_files(
+        "#image",
+        files=[
+            {"name": "blue.jpg", "mimeType": "image/jpeg", "buffer": encoded("JPEG", color="blue")}
+        ],
+    )
+    page.click("#avision-form button[type=submit]")
+    assert "токенов:" in page.locator("#avision-answer small").inner_text()
+    assert tab.outside == [] and tab.errors == [], (tab.outside, tab.errors)
+
+
+def test_the_dashboard_draws_live_charts_from_the_traffic(
+    browser: Any, real: ServerProcess
+) -> None:
+    tab = open_tab(browser, real.url, "/dashboard")
+    page = tab.page
+    wait_until(tab, "window.avitoDashboard && window.avitoDashboard.times.length >= 1")
+
+    # For the README's screenshot, a longer, busier stretch than the test needs.
+    rounds = 12 if os.environ.get("SCREENSHOTS_DIR") else 3
+
+    def traffic() -> None:
+        for _ in range(rounds):
+            httpx.post(
+                real.url + "/api/v1/text/generate",
+                json={"prompt": "Count from one to ten.", "max_tokens": 40},
+                timeout=60,
+            )
+            time.sleep(0.5)
+
+    senders = [threading.Thread(target=traffic) for _ in range(2 if rounds > 3 else 1)]
+    for sender in senders:
+        sender.start()
+    # Waiting inside Playwright: the page's requests pass through this process's route
+    # handler (which blocks the outside ones), served only while Playwright is called.
+    while any(sender.is_alive() for sender in senders):
+        page.wait_for_timeout(100)
+    wait_until(
+        tab,
+        """(() => {
+          const s = window.avitoDashboard.series;
+          const any = (xs) => (xs || []).some((v) => v > 0);
+          return any(s.rps['запросов/с']) && any(s.tps['токенов/с']) && any(s.latency.p50)
+            && any(s.ttft.p95);
+        })()""",
+        timeout=20,
+    )
+    assert page.locator("canvas").count() >= 6
+    screenshot(tab, "dashboard.png")
+    assert tab.outside == [] and tab.errors == [], (tab.outside, tab.errors)
