@@ -190,6 +190,39 @@ def test_a_second_turn_sends_the_history_and_new_chat_clears_it(
     assert tab.outside == [] and tab.errors == [], (tab.outside, tab.errors)
 
 
+def test_answers_render_as_markdown_with_nothing_active(browser: Any, slow: ServerProcess) -> None:
+    """The fake engine echoes the prompt, so the "model" here writes hostile HTML."""
+    tab = open_tab(browser, slow.url)
+    hostile = (
+        '**bold** <img src=x onerror="window.pwned=1"> <script>window.pwned=2</script>'
+        ' <a href="javascript:window.pwned=3">link</a> <b style="color:red">styled</b>'
+        " [click](javascript:window.pwned=4) ![pixel](http://tracker.example/p.png)\n\n"
+        "```\nprint('hi')\n```"
+    )
+    ask(tab, hostile)
+    answer = tab.page.locator(".message.assistant .body").last
+    assert answer.locator("strong").first.inner_text() == "bold"
+    assert answer.locator("img, script, b, [style], [onerror]").count() == 0
+    assert "<script>window.pwned=2</script>" in answer.inner_text()  # shown, as text
+    assert answer.locator("a[href^='javascript']").count() == 0
+    assert "[pixel]" in answer.inner_text()  # an image shows as its description
+    assert answer.locator("pre code").inner_text().strip() == "print('hi')"
+    assert answer.locator("pre button.copy").count() == 1
+    assert tab.page.evaluate("window.pwned === undefined")
+    assert tab.outside == [] and tab.errors == [], (tab.outside, tab.errors)
+
+
+def test_the_page_fits_a_phone(browser: Any, slow: ServerProcess) -> None:
+    tab = open_tab(browser, slow.url, viewport={"width": 390, "height": 844}, is_mobile=True)
+    ask(tab, "A long line: " + "word " * 80)
+    page = tab.page
+    assert page.evaluate("document.documentElement.scrollWidth <= window.innerWidth")
+    # The two sections stack: A-Vision is below A-Vibe, not beside it.
+    vibe, vision = (page.locator(s).bounding_box() for s in ("#avibe", "#avision"))
+    assert vibe is not None and vision is not None and vision["y"] >= vibe["y"] + vibe["height"]
+    assert tab.errors == [], tab.errors
+
+
 def test_stop_cancels_the_generation_on_the_server(browser: Any, slow: ServerProcess) -> None:
     before = dashboard_figures(slow)["cancelled"]
     tab = open_tab(browser, slow.url)

@@ -1,7 +1,7 @@
 """A deterministic engine for API tests and UI work. Never a default: AVIBE_BACKEND=fake.
 
-It answers by echoing the last user text ("Echo: ..."), one word per token, so tests can
-predict the text, token counts and finish reasons. `token_delay` slows it down to test
+It answers by echoing the last user text ("Echo: ..."), one space-separated word per token
+(line breaks kept), so tests can predict the text, token counts and finish reasons. `token_delay` slows it down to test
 streaming, timeouts and graceful shutdown.
 """
 
@@ -71,7 +71,8 @@ class FakeEngine:
             parts = user[-1].content if user else ()
             text = " ".join(p.text for p in parts if isinstance(p, TextPart))
             images = sum(isinstance(p, ImagePart) for p in parts)
-        words = ["Echo:", *text.split()]
+        # Split on spaces only: line breaks stay inside words, so Markdown survives the echo.
+        words = ["Echo:", *(word for word in text.strip(" ").split(" ") if word)]
         if images:
             words.append(f"[{images} image(s)]")
         input_tokens = sum(len(m.content) for m in request.messages) + len(text.split())

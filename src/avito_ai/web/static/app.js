@@ -152,8 +152,19 @@
   }
 
   // ------------------------------------------------------------------ Markdown
-  // marked turns the model's Markdown into HTML; DOMPurify removes anything active from it
-  // (scripts, handlers, styles; images too: the page loads nothing from elsewhere).
+  // marked turns the model's Markdown into HTML, showing any raw HTML the model writes as
+  // text and an image as its description (the page loads nothing from elsewhere); DOMPurify
+  // then removes anything active that is left (javascript: links, for one).
+  const escapeHtml = (text) =>
+    String(text).replace(/[&<>"']/g, (c) => ({ "&": "&amp;", "<": "&lt;", ">": "&gt;", '"': "&quot;", "'": "&#39;" })[c]);
+  if (window.marked) {
+    window.marked.use({
+      renderer: {
+        html: (token) => escapeHtml(token.text),
+        image: (token) => escapeHtml("[" + (token.text || "image") + "]"),
+      },
+    });
+  }
   const PURIFY = { FORBID_TAGS: ["style", "img", "form", "input", "video", "audio"], FORBID_ATTR: ["style"] };
 
   function renderMarkdown(element, text) {
