@@ -1,8 +1,8 @@
 """A deterministic engine for API tests and UI work. Never a default: AVIBE_BACKEND=fake.
 
 It answers by echoing the last user text ("Echo: ..."), one space-separated word per token
-(line breaks kept), so tests can predict the text, token counts and finish reasons. `token_delay` slows it down to test
-streaming, timeouts and graceful shutdown.
+(line breaks kept), so tests can predict the text, token counts and finish reasons.
+`token_delay` slows it down to test streaming, timeouts and graceful shutdown.
 """
 
 from __future__ import annotations
