@@ -192,7 +192,7 @@ def test_openai_errors(client: openai.OpenAI) -> None:
 def test_web_page_and_forms(server: ServerProcess) -> None:
     page = httpx.get(server.url + "/")
     assert page.status_code == 200
-    assert '<form method="post" action="/avibe">' in page.text
+    assert '<form method="post" action="/avibe"' in page.text
     assert 'action="/avision" enctype="multipart/form-data"' in page.text
     assert "script-src 'self'" in page.headers["content-security-policy"]
     assert page.headers["x-frame-options"] == "DENY"
