@@ -50,7 +50,10 @@ os.environ["PROMETHEUS_MULTIPROC_DIR"] = str(
 
 
 def on_starting(server: Any) -> None:
-    """A fresh master starts from zero: samples left by a previous run would add up."""
+    """A fresh master starts from zero: samples left by a previous run would add up.
+    Engine processes (AVIBE_BACKEND=vllm|sglang|command) start here, in the master, once:
+    one engine per host however many workers, and a HUP reload (which re-reads this file
+    but does not call this hook) keeps them running."""
     folder = Path(os.environ["PROMETHEUS_MULTIPROC_DIR"])
     folder.mkdir(parents=True, exist_ok=True)
     for entry in folder.iterdir():
@@ -58,6 +61,17 @@ def on_starting(server: Any) -> None:
             shutil.rmtree(entry, ignore_errors=True)
         else:
             entry.unlink(missing_ok=True)
+    from avito_ai.engines.process.supervisor import start_engine_processes
+
+    # Exports ENGINE_STATE_DIR before any worker is forked: workers read their engine there.
+    start_engine_processes(_settings)
+
+
+def on_exit(server: Any) -> None:
+    """After the workers drained and exited: stop the engines (SIGTERM, then SIGKILL)."""
+    from avito_ai.engines.process.supervisor import stop_engine_processes
+
+    stop_engine_processes()
 
 
 def child_exit(server: Any, worker: Any) -> None:

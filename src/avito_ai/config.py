@@ -21,7 +21,9 @@ from pydantic import (
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 LogLevel = Literal["DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"]
-Backend = Literal["auto", "openvino", "transformers", "openai", "fake"]
+Backend = Literal["auto", "openvino", "transformers", "openai", "fake", "vllm", "sglang", "command"]
+# Backends that run an engine server as a child process (engines/process/).
+PROCESS_BACKENDS = ("vllm", "sglang", "command")
 Role = Literal["avibe", "avision"]
 
 PositiveInt = Annotated[int, Field(gt=0)]
@@ -110,6 +112,37 @@ class Settings(BaseSettings):
     upstream_connect_timeout: Annotated[float, Field(gt=0)] = 5.0
     upstream_read_timeout: Annotated[float, Field(gt=0)] = 60.0  # longest silence mid-stream
     upstream_health_interval: Annotated[float, Field(gt=0)] = 5.0
+    # Engine processes (AVIBE_BACKEND=vllm|sglang|command): the service starts one engine
+    # server per role on a loopback port, watches it, restarts it, and sends it the
+    # requests through the remote backend above (docs/engines.md).
+    vllm_command: str = "vllm"  # its own environment, e.g. .venv-vllm/bin/vllm
+    sglang_command: str = "python3 -m sglang.launch_server"  # e.g. .venv-sglang/bin/python ...
+    # backend "command": any OpenAI-compatible server; {port} and {model} are filled in.
+    avibe_engine_command: str | None = None
+    avision_engine_command: str | None = None
+    avibe_engine_health_path: str = "/health"  # backend "command" only; vLLM/SGLang: /health
+    avision_engine_health_path: str = "/health"
+    avibe_engine_port: Annotated[int, Field(ge=0, le=65535)] = 0  # 0: a free port
+    avision_engine_port: Annotated[int, Field(ge=0, le=65535)] = 0
+    avibe_engine_args: str = ""  # passed through verbatim (shell-style quoting)
+    avision_engine_args: str = ""
+    # Share of GPU memory per engine; unset: 0.9 for one engine, 0.55/0.35 when both share.
+    avibe_gpu_memory: Annotated[float, Field(gt=0, le=1)] | None = None
+    avision_gpu_memory: Annotated[float, Field(gt=0, le=1)] | None = None
+    avibe_max_model_len: PositiveInt | None = None  # unset: the model's own
+    avision_max_model_len: PositiveInt | None = None
+    avibe_tensor_parallel_size: PositiveInt = 1
+    avision_tensor_parallel_size: PositiveInt = 1
+    # EAGLE-3 draft for A-Vibe (e.g. AvitoTech/avibe-eagle): speculative decoding is on
+    # when set. Tokens drafted per step: the avibe-eagle card's 5.
+    avibe_draft_model: str | None = None
+    avibe_speculative_tokens: Annotated[int, Field(ge=1, le=16)] = 5
+    # Images one A-Vision request may carry (checked here, and the engine's own limit).
+    avision_max_images: Annotated[int, Field(ge=1, le=32)] = 4
+    engine_stop_timeout: Annotated[float, Field(gt=0)] = 30.0  # SIGTERM, then SIGKILL
+    # Where the engine supervisor writes each engine's state for the workers; unset: a
+    # fresh temp folder per master (exported to the workers' environment).
+    engine_state_dir: Path | None = None
     device: str = "auto"
     dtype: Literal["auto", "bfloat16", "float16", "float32"] = "auto"
     model_cache_dir: Path = Field(default_factory=_default_cache_dir)
@@ -212,11 +245,19 @@ class Settings(BaseSettings):
     @model_validator(mode="after")
     def _remote_needs_upstreams(self) -> Settings:
         for role in ("avibe", "avision"):
-            if self.role(role).backend == "openai" and not self.role(role).upstream_urls:
-                raise ValueError(
-                    f"{role.upper()}_BACKEND=openai needs {role.upper()}_UPSTREAM_URLS"
-                )
+            backend = self.role(role).backend
+            name = role.upper()
+            if backend == "openai" and not self.role(role).upstream_urls:
+                raise ValueError(f"{name}_BACKEND=openai needs {name}_UPSTREAM_URLS")
+            if backend == "command" and not getattr(self, f"{role}_engine_command"):
+                raise ValueError(f"{name}_BACKEND=command needs {name}_ENGINE_COMMAND")
+            if backend in ("vllm", "sglang") and not self.role(role).model:
+                raise ValueError(f"{name}_BACKEND={backend} needs {name}_MODEL")
         return self
+
+    def engine_processes(self) -> list[Role]:
+        """The roles served by an engine process this service starts."""
+        return [r for r in ("avibe", "avision") if self.role(r).backend in PROCESS_BACKENDS]
 
     @property
     def cors_origins(self) -> list[str]:

@@ -69,9 +69,16 @@ class RateLimitUnavailable(AvitoError):
 
 
 class ModelUnavailable(AvitoError):
-    """The model for this role is not configured, still loading, failed, or shutting down."""
+    """The model for this role is not configured, still loading, failed, or shutting down.
+    `retry_after`: when it is expected back (an engine process restarting), if known."""
 
     code = "model_unavailable"
+
+    def __init__(
+        self, message: str, *, param: str | None = None, retry_after: int | None = None
+    ) -> None:
+        super().__init__(message, param=param)
+        self.retry_after = retry_after
 
 
 class Timeout(AvitoError):

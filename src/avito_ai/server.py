@@ -113,7 +113,19 @@ def uvicorn_config(app: object, settings: Settings) -> uvicorn.Config:
 
 
 def serve(settings: Settings) -> None:
+    """The development server. Engine processes (AVIBE_BACKEND=vllm|sglang|command) start
+    first and stop last: after the server drained its own requests."""
     from avito_ai.app import create_app
+    from avito_ai.engines.process.supervisor import (
+        start_engine_processes,
+        stop_engine_processes,
+    )
 
-    app = create_app(settings)
-    DrainingServer(uvicorn_config(app, settings), settings.header_read_timeout).run()
+    try:
+        folder = start_engine_processes(settings)
+        if folder is not None:  # where the engines' states are, for this process's app
+            settings = settings.model_copy(update={"engine_state_dir": folder})
+        app = create_app(settings)
+        DrainingServer(uvicorn_config(app, settings), settings.header_read_timeout).run()
+    finally:
+        stop_engine_processes()

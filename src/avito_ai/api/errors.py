@@ -19,6 +19,7 @@ from starlette.types import Scope
 from avito_ai.errors import (
     AvitoError,
     MethodNotAllowed,
+    ModelUnavailable,
     NotFound,
     Overloaded,
     PayloadTooLarge,
@@ -88,6 +89,8 @@ def error_body(
 
 def error_headers(error: AvitoError) -> dict[str, str]:
     if isinstance(error, RateLimited | Overloaded | RateLimitUnavailable):
+        return {"Retry-After": str(error.retry_after)}
+    if isinstance(error, ModelUnavailable) and error.retry_after is not None:
         return {"Retry-After": str(error.retry_after)}
     if isinstance(error, Unauthorized):
         return {"WWW-Authenticate": "Bearer"}

@@ -11,7 +11,7 @@ import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from enum import StrEnum
-from typing import TYPE_CHECKING, Literal, Protocol, runtime_checkable
+from typing import TYPE_CHECKING, Any, Literal, Protocol, runtime_checkable
 
 from avito_ai.config import Role as Role  # the roles, re-exported with the contract
 
@@ -38,6 +38,8 @@ class EngineStatus:
     dtype: str | None = None
     reason: str | None = None
     engine: str | None = None  # the backend serving it: openvino, transformers, openai, fake
+    # Seconds after which a failed model may be back (an engine process restarting).
+    retry_after: int | None = None
 
     def as_dict(self) -> dict[str, str | None]:
         return {
@@ -154,6 +156,14 @@ def final_chunk(
             total_s=finished - created,
         ),
     )
+
+
+@runtime_checkable
+class ReportsEngineFigures(Protocol):
+    """An engine served by a separate engine process (vLLM, SGLang) that can report that
+    process's state and key figures (running, waiting, KV cache, speculative acceptance)."""
+
+    async def engine_figures(self) -> dict[str, Any]: ...
 
 
 @runtime_checkable

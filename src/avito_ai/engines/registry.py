@@ -14,7 +14,7 @@ AVISION_HINT = (
     "in the local Hugging Face cache"
 )
 
-InProcess = Literal["openvino", "transformers", "openai", "fake"]
+InProcess = Literal["openvino", "transformers", "openai", "fake", "vllm", "sglang", "command"]
 # What each in-process backend needs installed, and the extra that brings it.
 _EXTRAS: dict[str, tuple[tuple[str, ...], str]] = {
     "openvino": (("openvino_genai",), "avito-ai[openvino]"),
@@ -88,6 +88,10 @@ def build_engine(role: Role, settings: Settings) -> Engine:
         from avito_ai.engines.remote.fleet import RemoteEngine
 
         return RemoteEngine(role, settings)
+    if backend in ("vllm", "sglang", "command"):
+        from avito_ai.engines.process.engine import ProcessEngine
+
+        return ProcessEngine(role, settings)
     if role == "avision" and settings.role(role).model is None:
         return NotConfiguredEngine("avision", AVISION_HINT)
     problem = _missing_for(role, backend, settings)

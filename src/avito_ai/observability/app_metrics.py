@@ -218,3 +218,54 @@ def _histogram(by_bound: dict[str, float]) -> dict[str, Any]:
         "counts": [int(count) for _, count in finite],
         "total": int(by_bound.get("+Inf", 0.0)),
     }
+
+
+# ---------------------------------------------------------------- engine processes
+
+_ENGINE_GAUGES = {
+    "running": ("avito_engine_requests_running", "Requests the engine process is running"),
+    "waiting": ("avito_engine_requests_waiting", "Requests waiting inside the engine process"),
+    "kv_cache_usage": ("avito_engine_kv_cache_usage", "KV-cache use of the engine (0-1)"),
+    "spec_acceptance_rate": (
+        "avito_engine_spec_acceptance_rate",
+        "Draft tokens accepted / drafted (vLLM, EAGLE-3), since the engine started",
+    ),
+    "spec_accept_length": (
+        "avito_engine_spec_accept_length",
+        "Mean tokens accepted per speculative step (SGLang)",
+    ),
+    "restarts": ("avito_engine_restarts", "Times the engine process was restarted"),
+}
+
+
+def engine_metrics_text(views: dict[str, dict[str, Any]]) -> bytes:
+    """The engine processes' key figures (read from their own /metrics by the workers)
+    as Prometheus gauges, labelled by model role and engine; `avito_engine_up` is 1 while
+    the engine is ready."""
+    if not views:
+        return b""
+    from prometheus_client.core import GaugeMetricFamily
+
+    families = {
+        key: GaugeMetricFamily(name, doc, labels=["model", "engine"])
+        for key, (name, doc) in _ENGINE_GAUGES.items()
+    }
+    up = GaugeMetricFamily(
+        "avito_engine_up", "1 while the engine process is ready", labels=["model", "engine"]
+    )
+    for role, view in views.items():
+        labels = [role, str(view.get("engine"))]
+        up.add_metric(labels, 1.0 if view.get("state") == "ready" else 0.0)
+        for key, family in families.items():
+            value = view.get(key)
+            if isinstance(value, int | float):
+                family.add_metric(labels, float(value))
+
+    class _Engines:
+        def collect(self) -> Iterable[Metric]:
+            yield up
+            yield from (f for f in families.values() if f.samples)
+
+    registry = CollectorRegistry()
+    registry.register(_Engines())
+    return generate_latest(registry)

@@ -127,7 +127,9 @@ async def ready_engine(state: ServiceState, role: Role) -> Engine:
             raise ModelUnavailable(status.reason or f"{role} is not configured")
         if status.state is not EngineState.LOADING:
             reason = f": {status.reason}" if status.reason else ""
-            raise ModelUnavailable(f"Model {role} is {status.state.value}{reason}")
+            raise ModelUnavailable(
+                f"Model {role} is {status.state.value}{reason}", retry_after=status.retry_after
+            )
         if time.monotonic() >= deadline:
             raise ModelUnavailable(f"Model {role} is still loading, retry shortly")
         await asyncio.sleep(LOAD_POLL_S)

@@ -117,6 +117,13 @@ def chat_request(
         )
     if not any(m.role == "user" and m.content for m in messages):
         raise ValidationFailed("messages must contain a user message", param="messages")
+    images = sum(isinstance(p, ImagePart) for m in messages for p in m.content)
+    if images > settings.avision_max_images:
+        raise ValidationFailed(
+            f"Too many images: {images}; at most {settings.avision_max_images} per request "
+            "(AVISION_MAX_IMAGES)",
+            param="messages",
+        )
     thinking = body.enable_thinking or bool(
         (body.chat_template_kwargs or {}).get("enable_thinking", False)
     )

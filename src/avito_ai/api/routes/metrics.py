@@ -12,10 +12,12 @@ from fastapi.responses import Response
 from prometheus_client import CONTENT_TYPE_LATEST
 
 from avito_ai.api.deps import StateDep
+from avito_ai.engines.base import ReportsEngineFigures
 from avito_ai.observability.app_metrics import (
     application_view,
     current_totals,
     dashboard_totals,
+    engine_metrics_text,
     prometheus_text,
 )
 from avito_ai.observability.system import gpu_metrics, system_metrics
@@ -72,13 +74,17 @@ async def metrics(state: StateDep, request: Request) -> dict[str, Any]:
     system, gpu = await host_figures(state, request)
     # The workers' metric files: blocking reads too.
     application = await asyncio.to_thread(application_view, state.metrics_baseline)
-    return {
+    body = {
         "timestamp": datetime.now(UTC).isoformat(timespec="seconds"),
         "uptime_seconds": int(state.uptime_seconds),
         "system": system,
         "gpu": gpu,
         "application": application,
     }
+    engines = await engine_views(state)
+    if engines:  # engine processes (vLLM, SGLang): their own figures
+        body["engines"] = engines
+    return body
 
 
 def _number(value: Any) -> float | None:
@@ -119,6 +125,18 @@ async def reset_metrics(state: StateDep) -> dict[str, Any]:
     return {"success": True, "application": application_view(state.metrics_baseline)}
 
 
+async def engine_views(state: ServiceState) -> dict[str, dict[str, Any]]:
+    """Each engine process's state and key figures, by role (none without engine processes)."""
+    views: dict[str, dict[str, Any]] = {}
+    for role, engine in state.engines.items():
+        if isinstance(engine, ReportsEngineFigures):
+            views[role] = await engine.engine_figures()
+    return views
+
+
 @router.get("/metrics", summary="Prometheus metrics", response_class=Response)
-async def prometheus() -> Response:
-    return Response(prometheus_text(), media_type=CONTENT_TYPE_LATEST)
+async def prometheus(state: StateDep) -> Response:
+    text = await asyncio.to_thread(prometheus_text)
+    return Response(
+        text + engine_metrics_text(await engine_views(state)), media_type=CONTENT_TYPE_LATEST
+    )

@@ -1,0 +1,171 @@
+"""Command lines of the engine servers, built from the service's settings.
+
+Only flags both engines document are used; anything else goes in `<ROLE>_ENGINE_ARGS`,
+appended verbatim. vLLM 0.33 (`vllm serve`) and SGLang 0.5.23 (`sglang.launch_server`).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shlex
+import sys
+from dataclasses import dataclass
+from typing import Literal
+
+from avito_ai.config import Role, Settings
+
+Kind = Literal["vllm", "sglang", "command"]
+# Both engines answer GET /health with 200 once the model is loaded and serving.
+HEALTH_PATH = "/health"
+# Set in the child's environment: a supervised engine must not supervise engines itself
+# (the stand-in engine is this service; a stray .env could otherwise recurse).
+CHILD_MARKER = "AVITO_AI_ENGINE_PARENT"
+
+
+@dataclass(frozen=True)
+class EngineSpec:
+    role: Role
+    kind: Kind
+    argv: list[str]
+    port: int
+    served_model: str | None  # what requests name as `model`; None: what the engine lists
+    health_path: str
+    metrics_path: str = "/metrics"
+
+
+def memory_share(role: Role, settings: Settings) -> float:
+    """GPU memory for this role's engine: as set, else 0.9 alone, 0.55/0.35 when both
+    engines share the GPU (A-Vibe's KV cache needs the larger part)."""
+    own: float | None = getattr(settings, f"{role}_gpu_memory")
+    if own is not None:
+        return own
+    if len(settings.engine_processes()) == 1:
+        return 0.9
+    return 0.55 if role == "avibe" else 0.35
+
+
+def served_name(role: Role, settings: Settings) -> str:
+    return settings.role(role).upstream_model or str(settings.role(role).model)
+
+
+def vllm_argv(role: Role, settings: Settings, port: int) -> list[str]:
+    model = str(settings.role(role).model)
+    argv = [
+        *shlex.split(settings.vllm_command),
+        "serve",
+        model,
+        "--host",
+        "127.0.0.1",
+        "--port",
+        str(port),
+        "--served-model-name",
+        served_name(role, settings),
+        "--dtype",
+        settings.dtype,
+        "--gpu-memory-utilization",
+        f"{memory_share(role, settings):g}",
+        "--tensor-parallel-size",
+        str(getattr(settings, f"{role}_tensor_parallel_size")),
+    ]
+    max_len = getattr(settings, f"{role}_max_model_len")
+    if max_len:
+        argv += ["--max-model-len", str(max_len)]
+    if role == "avibe" and settings.avibe_draft_model:
+        speculative = {
+            "method": "eagle3",
+            "model": settings.avibe_draft_model,
+            "num_speculative_tokens": settings.avibe_speculative_tokens,
+        }
+        argv += ["--speculative-config", json.dumps(speculative, separators=(",", ":"))]
+    if role == "avision":
+        argv += ["--limit-mm-per-prompt", json.dumps({"image": settings.avision_max_images})]
+    return argv + shlex.split(getattr(settings, f"{role}_engine_args"))
+
+
+def sglang_argv(role: Role, settings: Settings, port: int) -> list[str]:
+    argv = [
+        *shlex.split(settings.sglang_command),
+        "--model-path",
+        str(settings.role(role).model),
+        "--host",
+        "127.0.0.1",
+        "--port",
+        str(port),
+        "--served-model-name",
+        served_name(role, settings),
+        "--dtype",
+        settings.dtype,
+        "--mem-fraction-static",
+        f"{memory_share(role, settings):g}",
+        "--tp-size",
+        str(getattr(settings, f"{role}_tensor_parallel_size")),
+        "--enable-metrics",  # SGLang serves /metrics only when asked
+    ]
+    max_len = getattr(settings, f"{role}_max_model_len")
+    if max_len:
+        argv += ["--context-length", str(max_len)]
+    if role == "avibe" and settings.avibe_draft_model:
+        steps = settings.avibe_speculative_tokens
+        argv += [
+            "--speculative-algorithm",
+            "EAGLE3",
+            "--speculative-draft-model-path",
+            settings.avibe_draft_model,
+            "--speculative-num-steps",
+            str(steps),
+            "--speculative-eagle-topk",
+            "1",
+            "--speculative-num-draft-tokens",
+            str(steps + 1),
+        ]
+    return argv + shlex.split(getattr(settings, f"{role}_engine_args"))
+
+
+def command_argv(role: Role, settings: Settings, port: int) -> list[str]:
+    template: str = getattr(settings, f"{role}_engine_command")
+    model = settings.role(role).model or ""
+    argv = [
+        part.format(port=port, model=model, python=sys.executable) for part in shlex.split(template)
+    ]
+    return argv + shlex.split(getattr(settings, f"{role}_engine_args"))
+
+
+def engine_spec(role: Role, settings: Settings, port: int) -> EngineSpec:
+    kind: Kind = settings.role(role).backend  # type: ignore[assignment]
+    if kind == "vllm":
+        return EngineSpec(
+            role,
+            kind,
+            vllm_argv(role, settings, port),
+            port,
+            served_name(role, settings),
+            HEALTH_PATH,
+        )
+    if kind == "sglang":
+        return EngineSpec(
+            role,
+            kind,
+            sglang_argv(role, settings, port),
+            port,
+            served_name(role, settings),
+            HEALTH_PATH,
+        )
+    return EngineSpec(
+        role,
+        "command",
+        command_argv(role, settings, port),
+        port,
+        settings.role(role).upstream_model,
+        getattr(settings, f"{role}_engine_health_path"),
+    )
+
+
+def child_environment(settings_vars: frozenset[str]) -> dict[str, str]:
+    """The engine's environment: ours (CUDA_VISIBLE_DEVICES, HF_HOME, PATH...), without
+    this service's own settings, which mean nothing to vLLM and would make a stand-in
+    engine (this service) configure itself like its parent."""
+    env = {k: v for k, v in os.environ.items() if k.upper() not in settings_vars}
+    env[CHILD_MARKER] = str(os.getpid())
+    env.setdefault("PYTHONUNBUFFERED", "1")  # log lines as they happen
+    return env

@@ -1,0 +1,339 @@
+"""Starts and watches the engine servers, one per role and host.
+
+It runs in the process that outlives worker reloads: the gunicorn master (gunicorn_config.py
+hooks) or the development server (`avito-ai serve`), never in a worker, so a HUP reload
+keeps the engines running. Per engine, one thread:
+
+* spawns the command (commands.py) in its own process group, with the parent-death signal
+  set: if this process dies, even by SIGKILL, the kernel sends the engine SIGTERM;
+* forwards its output to the service log line by line, prefixed `[avibe vllm]`;
+* probes its health endpoint; the state goes starting → loading weights → ready;
+* on exit: crashed, then restarting after a backoff (1 s doubling to 30 s, back to 1 s
+  once an engine ran a minute);
+* writes the state to `<ENGINE_STATE_DIR>/engine-<role>.json` (atomically) for the
+  workers, which answer readiness and requests from it (engine.py).
+
+On stop (after the service drained its own requests): SIGTERM to the engine's process
+group, SIGKILL after ENGINE_STOP_TIMEOUT.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import http.client
+import json
+import logging
+import os
+import re
+import signal
+import socket
+import subprocess
+import tempfile
+import threading
+import time
+from collections import deque
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import IO
+
+from avito_ai.config import ConfigError, Role, Settings
+from avito_ai.engines.process.commands import (
+    CHILD_MARKER,
+    EngineSpec,
+    child_environment,
+    engine_spec,
+)
+
+logger = logging.getLogger("avito_ai.engine")
+
+STATE_DIR_VAR = "ENGINE_STATE_DIR"
+BACKOFF_FIRST_S = 1.0
+BACKOFF_MAX_S = 30.0
+STABLE_AFTER_S = 60.0  # an engine that ran this long restarts after the first backoff again
+PROBE_EVERY_S = 0.5  # until ready
+PROBE_READY_EVERY_S = 2.0  # then
+# Log lines that mean the engine is reading its weights (vLLM, SGLang, transformers).
+WEIGHTS = re.compile(
+    r"load(ing)?[ _](model[ _])?weights|safetensors checkpoint|checkpoint shards|"
+    r"load weight begin|Loading model",
+    re.IGNORECASE,
+)
+PR_SET_PDEATHSIG = 1
+
+
+@dataclass
+class EngineRecord:
+    """What the workers read. `state`: starting, loading weights, ready, not responding,
+    crashed, restarting, stopped."""
+
+    role: str
+    kind: str
+    state: str
+    port: int
+    served_model: str | None
+    pid: int | None = None
+    restarts: int = 0
+    since: float = 0.0
+    reason: str | None = None
+    retry_after: int | None = None
+    metrics_path: str = "/metrics"
+
+    @classmethod
+    def read(cls, path: Path) -> EngineRecord | None:
+        try:
+            return cls(**json.loads(path.read_text()))
+        except (OSError, ValueError, TypeError):
+            return None
+
+
+def state_dir(settings: Settings) -> Path:
+    """ENGINE_STATE_DIR, or a fresh folder; exported to this process's environment so the
+    workers forked from it (and their settings) find the same one."""
+    folder = settings.engine_state_dir or Path(tempfile.mkdtemp(prefix="avito-ai-engines-"))
+    folder.mkdir(parents=True, exist_ok=True)
+    os.environ[STATE_DIR_VAR] = str(folder)
+    return folder
+
+
+def state_path(folder: Path, role: Role) -> Path:
+    return folder / f"engine-{role}.json"
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+_libc: ctypes.CDLL | None = None
+with contextlib.suppress(OSError):
+    _libc = ctypes.CDLL("libc.so.6", use_errno=True)
+
+
+def _die_with_parent() -> None:  # runs in the child between fork and exec
+    if _libc is not None:
+        _libc.prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
+
+
+class EngineSupervisor:
+    def __init__(self, role: Role, settings: Settings, folder: Path) -> None:
+        self.role: Role = role
+        self.settings = settings
+        port = getattr(settings, f"{role}_engine_port") or free_port()
+        self.spec: EngineSpec = engine_spec(role, settings, port)
+        self.path = state_path(folder, role)
+        self.prefix = f"[{role} {self.spec.kind}]"
+        self.state = EngineRecord(
+            role,
+            self.spec.kind,
+            "starting",
+            port,
+            self.spec.served_model,
+            since=time.time(),
+            metrics_path=self.spec.metrics_path,
+        )
+        self._proc: subprocess.Popen[bytes] | None = None
+        self._stopping = threading.Event()
+        self._tail: deque[str] = deque(maxlen=20)
+        self._thread = threading.Thread(target=self._run, name=f"engine-{role}", daemon=True)
+        self._lock = threading.Lock()
+
+    # --- state -------------------------------------------------------------------------
+
+    def _set(self, state: str, **fields: object) -> None:
+        with self._lock:
+            changed = state != self.state.state
+            self.state.state = state
+            self.state.reason = None
+            self.state.retry_after = None
+            for name, value in fields.items():
+                setattr(self.state, name, value)
+            if changed:
+                self.state.since = time.time()
+            tmp = self.path.with_suffix(".tmp")
+            tmp.write_text(json.dumps(asdict(self.state)))
+            os.replace(tmp, self.path)
+        if changed:
+            logger.info(
+                "%s engine %s%s",
+                self.prefix,
+                state,
+                f": {fields['reason']}" if fields.get("reason") else "",
+            )
+
+    # --- lifecycle ---------------------------------------------------------------------
+
+    def start(self) -> None:
+        self._set("starting")
+        logger.info(
+            "%s starting on 127.0.0.1:%d: %s", self.prefix, self.spec.port, " ".join(self.spec.argv)
+        )
+        self._thread.start()
+
+    def stop(self) -> None:
+        """SIGTERM to the engine's process group, SIGKILL after ENGINE_STOP_TIMEOUT."""
+        self._stopping.set()
+        proc = self._proc
+        if proc is not None and proc.poll() is None:
+            logger.info("%s stopping (pid %d)", self.prefix, proc.pid)
+            self._signal(proc, signal.SIGTERM)
+            try:
+                proc.wait(self.settings.engine_stop_timeout)
+            except subprocess.TimeoutExpired:
+                logger.warning(
+                    "%s did not stop in %.0f s: SIGKILL",
+                    self.prefix,
+                    self.settings.engine_stop_timeout,
+                )
+                self._signal(proc, signal.SIGKILL)
+                proc.wait()
+        self._thread.join(timeout=5)
+        self._set("stopped", pid=None)
+
+    @staticmethod
+    def _signal(proc: subprocess.Popen[bytes], sig: int) -> None:
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(proc.pid, sig)  # the engine and the processes it started
+        with contextlib.suppress(ProcessLookupError):
+            proc.send_signal(sig)
+
+    def _run(self) -> None:
+        backoff = BACKOFF_FIRST_S
+        while not self._stopping.is_set():
+            started = time.monotonic()
+            try:
+                proc = self._spawn()
+            except OSError as exc:  # the executable is missing, say: that is a crash too
+                code, ran = None, 0.0
+                self._tail.append(f"could not start {self.spec.argv[0]}: {exc}")
+            else:
+                code = self._watch(proc)
+                ran = time.monotonic() - started
+            if self._stopping.is_set():
+                return
+            if ran >= STABLE_AFTER_S:
+                backoff = BACKOFF_FIRST_S
+            last = self._tail[-1] if self._tail else "no output"
+            self.state.restarts += 1
+            self._set(
+                "crashed",
+                pid=None,
+                reason=f"exited with {code} after {ran:.0f} s ({last}); "
+                f"restarting in {backoff:.0f} s",
+                retry_after=max(1, round(backoff)),
+            )
+            logger.error(
+                "%s crashed (exit %s after %.0f s); restarting in %.0f s",
+                self.prefix,
+                code,
+                ran,
+                backoff,
+            )
+            if self._stopping.wait(backoff):
+                return
+            backoff = min(backoff * 2, BACKOFF_MAX_S)
+
+    def _spawn(self) -> subprocess.Popen[bytes]:
+        from avito_ai.config import Settings as _Settings
+
+        self._tail.clear()
+        env = child_environment(frozenset(name.upper() for name in _Settings.model_fields))
+        proc = subprocess.Popen(
+            self.spec.argv,
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            env=env,
+            start_new_session=True,  # its own process group: stopped as a whole
+            preexec_fn=_die_with_parent,  # one prctl call between fork and exec
+        )
+        self._proc = proc
+        self._set("restarting" if self.state.restarts else "starting", pid=proc.pid)
+        assert proc.stdout is not None
+        threading.Thread(
+            target=self._pump, args=(proc.stdout,), name=f"engine-{self.role}-log", daemon=True
+        ).start()
+        return proc
+
+    def _pump(self, stream: IO[bytes]) -> None:
+        """The engine's output into our log, one line at a time."""
+        for raw in iter(stream.readline, b""):
+            line = raw.decode(errors="replace").rstrip()
+            if not line:
+                continue
+            self._tail.append(line[:300])
+            logger.info("%s %s", self.prefix, line)
+            if WEIGHTS.search(line) and self.state.state in ("starting", "restarting"):
+                self._set("loading weights")
+        stream.close()
+
+    def _watch(self, proc: subprocess.Popen[bytes]) -> int | None:
+        """Until the engine exits: its state from its health endpoint. Its exit code."""
+        while True:
+            code = proc.poll()
+            if code is not None:
+                return code
+            if self._stopping.is_set():
+                return None
+            healthy = self._healthy()
+            current = self.state.state
+            if healthy:
+                if current != "ready":
+                    self._set("ready")
+            elif current == "ready":
+                self._set("not responding", reason="its health endpoint stopped answering 200")
+            elif healthy is False and current in ("starting", "restarting"):
+                self._set("loading weights")  # listening, not serving yet
+            self._stopping.wait(PROBE_READY_EVERY_S if healthy else PROBE_EVERY_S)
+
+    def _healthy(self) -> bool | None:
+        """True: 200; False: it answers something else; None: nothing listens yet."""
+        connection = http.client.HTTPConnection("127.0.0.1", self.spec.port, timeout=2)
+        try:
+            connection.request("GET", self.spec.health_path)
+            return connection.getresponse().status == 200
+        except (ConnectionRefusedError, TimeoutError):
+            return None
+        except (OSError, http.client.HTTPException):
+            return False
+        finally:
+            connection.close()
+
+
+def _exit_wording(code: int | None) -> str:
+    if code is None:
+        return "could not start"
+    if code < 0:
+        with contextlib.suppress(ValueError):
+            return f"killed by {signal.Signals(-code).name}"
+    return f"exited with status {code}"
+
+
+_SUPERVISORS: list[EngineSupervisor] = []
+
+
+def start_engine_processes(settings: Settings) -> Path | None:
+    """Start an engine per role that asks for one; the folder of their states (None: no
+    role asked). Idempotent: a second call (a reloaded config) starts nothing."""
+    roles = settings.engine_processes()
+    if not roles:
+        return None
+    if _SUPERVISORS:
+        return _SUPERVISORS[0].path.parent
+    if os.environ.get(CHILD_MARKER):
+        raise ConfigError(
+            "this service runs as an engine of another one and may not start engines itself: "
+            f"unset {', '.join(r.upper() + '_BACKEND' for r in roles)} in its environment or .env"
+        )
+    folder = state_dir(settings)
+    for role in roles:
+        supervisor = EngineSupervisor(role, settings, folder)
+        supervisor.start()
+        _SUPERVISORS.append(supervisor)
+    return folder
+
+
+def stop_engine_processes() -> None:
+    while _SUPERVISORS:
+        _SUPERVISORS.pop().stop()
