@@ -62,7 +62,9 @@ def on_starting(server: Any) -> None:
         else:
             entry.unlink(missing_ok=True)
     from avito_ai.engines.process.supervisor import start_engine_processes
+    from avito_ai.observability.logging import configure_master_logging
 
+    configure_master_logging(_settings.log_level, _settings.log_format, _settings.log_file)
     # Exports ENGINE_STATE_DIR before any worker is forked: workers read their engine there.
     start_engine_processes(_settings)
 

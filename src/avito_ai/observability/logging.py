@@ -72,27 +72,42 @@ class JsonFormatter(logging.Formatter):
         return json.dumps(payload, ensure_ascii=False, default=str)
 
 
+def _attach(logger: logging.Logger, fmt: str, log_file: Path | None) -> None:
+    """Our handlers (stderr, and LOG_FILE) on `logger`, replacing ours from before."""
+    formatter: logging.Formatter = JsonFormatter() if fmt == "json" else TextFormatter(TEXT_FORMAT)
+    handlers: list[logging.Handler] = [logging.StreamHandler(sys.stderr)]
+    if log_file is not None:
+        log_file.parent.mkdir(parents=True, exist_ok=True)
+        handlers.append(logging.handlers.WatchedFileHandler(log_file, encoding="utf-8"))
+    for old in list(logger.handlers):
+        if getattr(old, "_avito_ai", False):
+            logger.removeHandler(old)
+            old.close()
+    for handler in handlers:
+        handler.setFormatter(formatter)
+        handler.addFilter(RequestIdFilter())
+        handler._avito_ai = True  # type: ignore[attr-defined]
+        logger.addHandler(handler)
+
+
+def configure_master_logging(level: str, fmt: str = "text", log_file: Path | None = None) -> None:
+    """The gunicorn master logs through gunicorn's own handlers; what the service's code
+    logs there (the engine supervisor and its engines' output) gets ours, in our format."""
+    for name in ("avito_ai.engine",):
+        logger = logging.getLogger(name)
+        _attach(logger, fmt, log_file)
+        logger.setLevel(level)
+        logger.propagate = False
+
+
 def configure_logging(level: str, fmt: str = "text", log_file: Path | None = None) -> None:
     """Configure the root logger once per process (idempotent: replaces our handlers).
 
     LOG_FILE uses WatchedFileHandler: when logrotate renames the file, the next line
     reopens the path, so logging keeps working without copytruncate or a restart.
     """
-    formatter: logging.Formatter = JsonFormatter() if fmt == "json" else TextFormatter(TEXT_FORMAT)
-    handlers: list[logging.Handler] = [logging.StreamHandler(sys.stderr)]
-    if log_file is not None:
-        log_file.parent.mkdir(parents=True, exist_ok=True)
-        handlers.append(logging.handlers.WatchedFileHandler(log_file, encoding="utf-8"))
     root = logging.getLogger()
-    for old in list(root.handlers):
-        if getattr(old, "_avito_ai", False):
-            root.removeHandler(old)
-            old.close()
-    for handler in handlers:
-        handler.setFormatter(formatter)
-        handler.addFilter(RequestIdFilter())
-        handler._avito_ai = True  # type: ignore[attr-defined]
-        root.addHandler(handler)
+    _attach(root, fmt, log_file)
     root.setLevel(level)
     # uvicorn's and gunicorn's own loggers propagate to ours; we write our own access line.
     for name in ("uvicorn", "uvicorn.error", "gunicorn.error"):

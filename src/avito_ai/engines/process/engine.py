@@ -31,6 +31,7 @@ from avito_ai.errors import ModelUnavailable
 logger = logging.getLogger(__name__)
 
 FIRST_LOAD = ("starting", "loading weights")
+DOWN_RETRY_AFTER_S = 2
 FIGURES_TTL_S = 1.0
 # The engine's own metrics, by engine: (figure, metric names to sum, first found wins).
 # `command` engines may be any of them, or this service (the stand-in engine).
@@ -168,8 +169,14 @@ class ProcessEngine:
             )
         if not any(u.healthy for u in self._remote.upstreams):
             await self._remote.check_health()  # ready since the last probe: look now
-        async for chunk in self._remote.generate(request):
-            yield chunk
+        try:
+            async for chunk in self._remote.generate(request):
+                yield chunk
+        except ModelUnavailable as exc:
+            # The engine went away between two looks of the supervisor (it restarts it).
+            if exc.retry_after is None:
+                exc.retry_after = DOWN_RETRY_AFTER_S
+            raise
 
     async def engine_figures(self) -> dict[str, Any]:
         """The engine's state and key figures from its own /metrics (cached a second)."""

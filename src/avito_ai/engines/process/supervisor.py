@@ -53,6 +53,7 @@ BACKOFF_MAX_S = 30.0
 STABLE_AFTER_S = 60.0  # an engine that ran this long restarts after the first backoff again
 PROBE_EVERY_S = 0.5  # until ready
 PROBE_READY_EVERY_S = 2.0  # then
+EXIT_CHECK_EVERY_S = 0.1  # a crash shows in the state within this
 # Log lines that mean the engine is reading its weights (vLLM, SGLang, transformers).
 WEIGHTS = re.compile(
     r"load(ing)?[ _](model[ _])?weights|safetensors checkpoint|checkpoint shards|"
@@ -214,21 +215,21 @@ class EngineSupervisor:
                 return
             if ran >= STABLE_AFTER_S:
                 backoff = BACKOFF_FIRST_S
-            last = self._tail[-1] if self._tail else "no output"
             self.state.restarts += 1
+            how = _exit_wording(code)
             self._set(
                 "crashed",
                 pid=None,
-                reason=f"exited with {code} after {ran:.0f} s ({last}); "
-                f"restarting in {backoff:.0f} s",
+                reason=f"{how} after {ran:.0f} s; restarting in {backoff:.0f} s",
                 retry_after=max(1, round(backoff)),
             )
             logger.error(
-                "%s crashed (exit %s after %.0f s); restarting in %.0f s",
+                "%s %s after %.0f s; restarting in %.0f s. Its last lines:\n%s",
                 self.prefix,
-                code,
+                how,
                 ran,
                 backoff,
+                "\n".join(self._tail) or "(no output)",
             )
             if self._stopping.wait(backoff):
                 return
@@ -270,22 +271,26 @@ class EngineSupervisor:
 
     def _watch(self, proc: subprocess.Popen[bytes]) -> int | None:
         """Until the engine exits: its state from its health endpoint. Its exit code."""
+        next_probe = 0.0
         while True:
             code = proc.poll()
             if code is not None:
                 return code
             if self._stopping.is_set():
                 return None
-            healthy = self._healthy()
-            current = self.state.state
-            if healthy:
-                if current != "ready":
-                    self._set("ready")
-            elif current == "ready":
-                self._set("not responding", reason="its health endpoint stopped answering 200")
-            elif healthy is False and current in ("starting", "restarting"):
-                self._set("loading weights")  # listening, not serving yet
-            self._stopping.wait(PROBE_READY_EVERY_S if healthy else PROBE_EVERY_S)
+            if time.monotonic() >= next_probe:
+                healthy = self._healthy()
+                current = self.state.state
+                if healthy:
+                    if current != "ready":
+                        self._set("ready")
+                elif current == "ready":
+                    self._set("not responding", reason="its health endpoint stopped answering 200")
+                elif healthy is False and current in ("starting", "restarting"):
+                    self._set("loading weights")  # listening, not serving yet
+                wait = PROBE_READY_EVERY_S if healthy else PROBE_EVERY_S
+                next_probe = time.monotonic() + wait
+            self._stopping.wait(EXIT_CHECK_EVERY_S)
 
     def _healthy(self) -> bool | None:
         """True: 200; False: it answers something else; None: nothing listens yet."""

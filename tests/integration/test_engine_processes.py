@@ -1,0 +1,223 @@
+"""Engine processes, supervised, with a stand-in for vLLM: this service itself (the OpenAI
+API on the embedded model) started as the child through AVIBE_BACKEND=command. vLLM and
+SGLang cannot run on these machines; their command lines are checked in
+tests/unit/test_engine_processes.py."""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import psutil
+import pytest
+
+from tests.servers import ServerProcess, dev_server, gunicorn_server, openai_client, wait_workers
+
+pytestmark = pytest.mark.integration
+
+STAND_IN = {
+    "AVIBE_BACKEND": "command",
+    # The child gets none of our settings (it would configure itself like its parent):
+    # its own go on its command line.
+    "AVIBE_ENGINE_COMMAND": "env RATE_LIMIT_PER_MINUTE=100000 RATE_LIMIT_PER_HOUR=100000 "
+    "{python} -m avito_ai serve --host 127.0.0.1 --port {port}",
+    "AVIBE_ENGINE_HEALTH_PATH": "/api/health/ready",
+    "RATE_LIMIT_PER_MINUTE": "100000",
+    "RATE_LIMIT_PER_HOUR": "100000",
+    "ENGINE_STOP_TIMEOUT": "10",
+}
+CHAT = {
+    "model": "avibe",
+    "messages": [{"role": "user", "content": "What is the capital of France?"}],
+}
+
+
+def engine_pid(srv: ServerProcess) -> int | None:
+    """The engine's pid, as readiness reports it ("command pid 123 on 127.0.0.1:port")."""
+    device = httpx.get(srv.url + "/api/health/ready").json()["models"]["avibe"]["device"]
+    found = re.search(r"pid (\d+)", device or "")
+    return int(found.group(1)) if found else None
+
+
+def wait_ready(srv: ServerProcess, timeout: float = 90) -> list[str]:
+    """Readiness until 200; the engine states it reported meanwhile."""
+    seen: list[str] = []
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        r = httpx.get(srv.url + "/api/health/ready")
+        if r.status_code == 200:
+            return seen
+        reason = r.json()["models"]["avibe"]["reason"] or ""
+        if not seen or seen[-1] != reason:
+            seen.append(reason)
+        time.sleep(0.1)
+    raise AssertionError(f"not ready in {timeout} s; saw {seen}\n{srv.output()[-3000:]}")
+
+
+def gone(pid: int, within: float = 15) -> bool:
+    deadline = time.monotonic() + within
+    while time.monotonic() < deadline:
+        if not psutil.pid_exists(pid) or psutil.Process(pid).status() == psutil.STATUS_ZOMBIE:
+            return True
+        time.sleep(0.1)
+    return False
+
+
+def stand_ins(port: int) -> list[psutil.Process]:
+    """Every process running the stand-in engine on this port."""
+    found = []
+    for proc in psutil.process_iter(["cmdline"]):
+        cmdline = proc.info["cmdline"] or []
+        if "avito_ai" in cmdline and str(port) in cmdline and "serve" in cmdline:
+            found.append(proc)
+    return found
+
+
+@pytest.fixture(scope="module")
+def dev(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
+    srv = dev_server(STAND_IN, tmp_path_factory.mktemp("engines") / "server.log")
+    try:
+        srv.wait_live()
+        yield srv
+    finally:
+        srv.stop()
+
+
+def test_readiness_waits_for_the_engine_then_requests_go_through_it(dev: ServerProcess) -> None:
+    seen = wait_ready(dev)
+    assert seen and all(s.startswith("command engine ") for s in seen), seen
+    assert any(s in ("command engine starting", "command engine loading weights") for s in seen)
+    answer = openai_client(dev).chat.completions.create(**CHAT, max_tokens=16, temperature=0)
+    assert "Paris" in (answer.choices[0].message.content or "")
+    assert engine_pid(dev) is not None
+
+
+def test_engine_output_goes_to_the_service_log_line_by_line(dev: ServerProcess) -> None:
+    log = dev.output()
+    assert re.search(r"avito_ai\.engine: \[avibe command\] .*Uvicorn running on", log), log[-2000:]
+    assert "[avibe command] engine ready" in log
+
+
+def test_metrics_include_the_engines_own_figures(dev: ServerProcess) -> None:
+    openai_client(dev).chat.completions.create(**CHAT, max_tokens=4)
+    prometheus = httpx.get(dev.url + "/metrics").text
+    assert 'avito_engine_up{engine="command",model="avibe"} 1.0' in prometheus
+    assert 'avito_engine_requests_running{engine="command",model="avibe"} 0.0' in prometheus
+    engines = httpx.get(dev.url + "/api/metrics").json()["engines"]
+    assert engines["avibe"]["state"] == "ready" and engines["avibe"]["waiting"] == 0
+
+
+def test_a_killed_engine_is_restarted_and_requests_fail_fast_meanwhile(dev: ServerProcess) -> None:
+    old = engine_pid(dev)
+    assert old is not None
+    os.kill(old, signal.SIGKILL)
+    refusals: list[httpx.Response] = []
+    took: list[float] = []
+    deadline = time.monotonic() + 90
+    while time.monotonic() < deadline:
+        started = time.monotonic()
+        r = httpx.post(dev.url + "/v1/chat/completions", json={**CHAT, "max_tokens": 4}, timeout=30)
+        took.append(time.monotonic() - started)
+        if r.status_code == 200 and refusals:
+            break
+        if r.status_code == 503:
+            refusals.append(r)
+        time.sleep(0.2)
+    assert refusals, "the engine came back before any request saw it down"
+    assert all(r.json()["error"]["code"] == "model_unavailable" for r in refusals)
+    assert all(int(r.headers["retry-after"]) >= 1 for r in refusals)
+    assert max(took[: len(refusals)]) < 2.0, took  # fast: no request waited for the engine
+    new = engine_pid(dev)
+    assert new is not None and new != old and gone(old)
+    assert re.search(r"\[avibe command\] killed by SIGKILL after \d+ s; restarting", dev.output())
+
+
+def test_sigterm_drains_the_service_first_then_stops_the_engine(dev: ServerProcess) -> None:
+    pid = engine_pid(dev)
+    assert pid is not None
+    chunks: list[str] = []
+    finish: list[str | None] = []
+
+    def stream() -> None:
+        body = {**CHAT, "messages": [{"role": "user", "content": "Tell me a long story."}]}
+        for chunk in openai_client(dev).chat.completions.create(
+            **body, max_tokens=120, stream=True, extra_body={"ignore_eos": True}
+        ):
+            if chunk.choices:
+                chunks.append(chunk.choices[0].delta.content or "")
+                if chunk.choices[0].finish_reason:
+                    finish.append(chunk.choices[0].finish_reason)
+
+    reader = threading.Thread(target=stream)
+    reader.start()
+    deadline = time.monotonic() + 30
+    while not chunks and time.monotonic() < deadline:
+        time.sleep(0.02)
+    dev.signal(signal.SIGTERM)
+    reader.join(60)
+    assert finish == ["length"], (finish, len(chunks))  # the stream in flight completed
+    assert dev.proc.wait(30) == 0
+    assert gone(pid), "the engine outlived the service"
+    log = dev.output()
+    assert log.index(f"Finished server process [{dev.proc.pid}]") < log.index(
+        "[avibe command] stopping"
+    )
+
+
+def test_a_killed_service_takes_its_engine_with_it(tmp_path: Path) -> None:
+    srv = dev_server(STAND_IN, tmp_path / "server.log")
+    try:
+        srv.wait_live()
+        wait_ready(srv)
+        pid = engine_pid(srv)
+        assert pid is not None
+        srv.proc.kill()  # SIGKILL: no handler runs; the kernel's parent-death signal does
+        assert gone(pid), "orphaned engine"
+    finally:
+        srv.stop()
+
+
+def test_one_engine_for_all_gunicorn_workers_and_it_survives_a_reload(tmp_path: Path) -> None:
+    env: dict[str, Any] = {**STAND_IN, "PROMETHEUS_MULTIPROC_DIR": str(tmp_path / "prom")}
+    srv = gunicorn_server(env, tmp_path / "server.log", workers=2)
+    try:
+        srv.wait_live()
+        wait_ready(srv)
+        wait_workers(srv, 2)
+        pid = engine_pid(srv)
+        assert pid is not None
+        port = int(re.findall(r"\[avibe command\] starting on 127\.0\.0\.1:(\d+)", srv.output())[0])
+        assert [p.pid for p in stand_ins(port)] == [pid]
+        assert psutil.Process(pid).ppid() == srv.proc.pid  # the master's child
+
+        def answers() -> set[int]:
+            codes = set()
+            for _ in range(6):  # own connections: both workers answer
+                r = httpx.post(
+                    srv.url + "/v1/chat/completions",
+                    json={**CHAT, "max_tokens": 4},
+                    headers={"Connection": "close"},
+                    timeout=30,
+                )
+                codes.add(r.status_code)
+            return codes
+
+        assert answers() == {200}
+        booted = len(wait_workers(srv, 0))
+        srv.signal(signal.SIGHUP)
+        wait_workers(srv, booted + 2)
+        wait_ready(srv)
+        assert engine_pid(srv) == pid and [p.pid for p in stand_ins(port)] == [pid]
+        assert answers() == {200}
+        srv.signal(signal.SIGTERM)
+        assert srv.proc.wait(60) == 0
+        assert gone(pid)
+    finally:
+        srv.stop()
