@@ -10,7 +10,7 @@ PIP := $(BIN)/pip install --disable-pip-version-check -q
 
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
-.PHONY: serve test install install-transformers lint typecheck unit screenshots redis-server nginx chromium bench clean
+.PHONY: serve test install install-transformers vllm-env sglang-env lint typecheck unit screenshots redis-server nginx chromium bench clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -33,6 +33,18 @@ install: $(SERVE_STAMP)
 
 install-transformers: $(SERVE_STAMP)
 	$(PIP) -e '.[transformers]'
+
+# Engine processes (AVIBE_BACKEND=vllm|sglang, docs/engines.md): each engine in its own
+# environment, beside the service's (vLLM pins torch 2.14.0; SGLang torch 2.14.1 and
+# transformers 5.19). Then VLLM_COMMAND=$(CURDIR)/.venv-vllm/bin/vllm, or
+# SGLANG_COMMAND="$(CURDIR)/.venv-sglang/bin/python -m sglang.launch_server". NVIDIA hosts.
+vllm-env:
+	$(PYTHON) -m venv .venv-vllm
+	.venv-vllm/bin/pip install --disable-pip-version-check -q vllm==0.33.0
+
+sglang-env:
+	$(PYTHON) -m venv .venv-sglang
+	.venv-sglang/bin/pip install --disable-pip-version-check -q "sglang[all]==0.5.23"
 
 serve: $(SERVE_STAMP)
 	$(BIN)/avito-ai serve

@@ -197,3 +197,37 @@ def test_kubernetes_probes_hit_real_routes() -> None:
         assert answers_200(container[probe]["httpGet"]["path"])
     assert container["readinessProbe"]["httpGet"]["path"] == "/api/health/ready"
     assert {e["name"] for e in container["env"]} <= KNOWN_VARS
+
+
+def test_vllm_image_runs_the_service_with_engine_processes() -> None:
+    text = (ROOT / "deploy" / "Dockerfile.vllm").read_text()
+    assert "FROM vllm/vllm-openai:v0.33.0" in text
+    cmd = re.search(r"^CMD (\[.*\])$", text, re.M)
+    assert cmd and json.loads(cmd.group(1))[1:] == SEED_CMD[1:]
+    assert json.loads(cmd.group(1))[0] == "/opt/avito-ai/.venv/bin/gunicorn"  # its own env
+    env = dict(re.findall(r"^\s+([A-Z][A-Z0-9_]*)=(\S+?)(?: \\)?$", text, re.M))
+    assert set(env) <= KNOWN_VARS | IMAGE_VARS, set(env) - KNOWN_VARS - IMAGE_VARS
+    settings = isolated_settings(**{k.lower(): v for k, v in env.items() if k in SETTINGS_VARS})
+    assert settings.engine_processes() == ["avibe", "avision"]
+    assert re.search(r"^USER (?!root)\w+", text, re.M)
+
+
+def test_engine_variants_in_compose_and_kubernetes() -> None:
+    compose = yaml.safe_load((ROOT / "deploy" / "compose.yaml").read_text())
+    service = compose["services"]["avito-ai-vllm"]
+    assert service["build"]["dockerfile"] == "deploy/Dockerfile.vllm"
+    values = {k.lower(): v for k, v in service["environment"].items()}
+    assert set(service["environment"]) <= KNOWN_VARS
+    assert isolated_settings(**values).engine_processes() == ["avibe", "avision"]
+    docs = [
+        d
+        for d in yaml.safe_load_all((ROOT / "deploy" / "k8s" / "avito-ai-vllm.yaml").read_text())
+        if d
+    ]
+    container = next(d for d in docs if d["kind"] == "Deployment")["spec"]["template"]["spec"][
+        "containers"
+    ][0]
+    env = {e["name"]: e["value"] for e in container["env"]}
+    assert set(env) <= KNOWN_VARS and env["AVIBE_DRAFT_MODEL"] == "AvitoTech/avibe-eagle"
+    assert container["readinessProbe"]["httpGet"]["path"] == "/api/health/ready"
+    assert container["resources"]["limits"]["nvidia.com/gpu"] == 1
