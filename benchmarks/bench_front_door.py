@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import json
 import statistics
 import sys
 import tempfile
@@ -50,10 +51,12 @@ async def one(client: httpx.AsyncClient, url: str, tokens: int) -> tuple[float, 
         async for line in response.aiter_lines():
             if not line.startswith("data: ") or line == "data: [DONE]":
                 continue
-            if first is None and '"content":"' in line and '"content":""' not in line:
+            event = json.loads(line[6:])
+            choices = event.get("choices") or [{}]
+            if first is None and (choices[0].get("delta") or {}).get("content"):
                 first = time.perf_counter() - started
-            if '"usage":{' in line and '"completion_tokens"' in line:
-                generated = int(line.split('"completion_tokens":')[1].split(",")[0].split("}")[0])
+            if event.get("usage"):
+                generated = int(event["usage"]["completion_tokens"])
     return first or 0.0, generated
 
 

@@ -221,3 +221,66 @@ def test_one_engine_for_all_gunicorn_workers_and_it_survives_a_reload(tmp_path: 
         assert gone(pid)
     finally:
         srv.stop()
+
+
+STUBBORN_ENGINE = """
+import http.server, signal, sys
+signal.signal(signal.SIGTERM, signal.SIG_IGN)  # an engine that does not stop when asked
+class Health(http.server.BaseHTTPRequestHandler):
+    def do_GET(self):
+        self.send_response(200); self.end_headers(); self.wfile.write(b"ok")
+    def log_message(self, *args):
+        pass
+print("serving", flush=True)
+http.server.HTTPServer(("127.0.0.1", int(sys.argv[1])), Health).serve_forever()
+"""
+
+
+def test_an_engine_deaf_to_sigterm_is_killed_after_the_stop_timeout(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    from avito_ai.engines.process.supervisor import EngineRecord, EngineSupervisor
+    from tests.conftest import isolated_settings
+
+    script = tmp_path / "stubborn.py"
+    script.write_text(STUBBORN_ENGINE)
+    settings = isolated_settings(
+        avibe_backend="command",
+        avibe_engine_command=f"{{python}} {script} {{port}}",
+        engine_stop_timeout=1.0,
+    )
+    supervisor = EngineSupervisor("avibe", settings, tmp_path)
+    supervisor.start()
+    deadline = time.monotonic() + 20
+    while supervisor.state.state != "ready" and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert supervisor.state.state == "ready"
+    pid = supervisor.state.pid
+    assert pid is not None
+    started = time.monotonic()
+    with caplog.at_level("INFO", logger="avito_ai.engine"):
+        supervisor.stop()
+    assert 1.0 <= time.monotonic() - started < 10
+    assert gone(pid, within=2)
+    assert "did not stop in 1 s: SIGKILL" in caplog.text
+    record = EngineRecord.read(tmp_path / "engine-avibe.json")
+    assert record is not None and record.state == "stopped"
+
+
+def test_an_engine_that_cannot_start_reads_as_crashed_not_loading(tmp_path: Path) -> None:
+    from avito_ai.engines.process.supervisor import EngineSupervisor
+    from tests.conftest import isolated_settings
+
+    settings = isolated_settings(
+        avibe_backend="vllm", avibe_model="m", vllm_command=str(tmp_path / "no-such-vllm")
+    )
+    supervisor = EngineSupervisor("avibe", settings, tmp_path)
+    supervisor.start()
+    try:
+        deadline = time.monotonic() + 5
+        while supervisor.state.state != "crashed" and time.monotonic() < deadline:
+            time.sleep(0.02)
+        assert supervisor.state.state == "crashed"
+        assert "could not start" in str(supervisor.state.reason)
+    finally:
+        supervisor.stop()
