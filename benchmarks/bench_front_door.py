@@ -16,6 +16,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import os
 import statistics
 import sys
 import tempfile
@@ -81,13 +82,23 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--tokens", type=int, default=64)
+    parser.add_argument(
+        "--pin",
+        action="store_true",
+        help="engine on CPU 1 with one thread, service and clients on CPU 0: on a CPU-only "
+        "machine this keeps the engine's compute apart from the front door's, as a GPU does",
+    )
     args = parser.parse_args()
+    if args.pin:
+        os.sched_setaffinity(0, {0})  # this process, and the service it starts
     tmp = Path(tempfile.mkdtemp(prefix="bench-front-door-"))
     engine_port = free_port()
     env = {
         "AVIBE_BACKEND": "command",
-        "AVIBE_ENGINE_COMMAND": "env RATE_LIMIT_PER_MINUTE=1000000 RATE_LIMIT_PER_HOUR=1000000 "
-        "LOG_LEVEL=WARNING {python} -m avito_ai serve --host 127.0.0.1 --port {port}",
+        "AVIBE_ENGINE_COMMAND": ("taskset -c 1 " if args.pin else "")
+        + "env RATE_LIMIT_PER_MINUTE=1000000 RATE_LIMIT_PER_HOUR=1000000 LOG_LEVEL=WARNING "
+        + ("OPENVINO_THREADS=1 " if args.pin else "")
+        + "{python} -m avito_ai serve --host 127.0.0.1 --port {port}",
         "AVIBE_ENGINE_HEALTH_PATH": "/api/health/ready",
         "AVIBE_ENGINE_PORT": str(engine_port),
         "RATE_LIMIT_PER_MINUTE": "1000000",
@@ -116,7 +127,10 @@ def main() -> None:
             table.append((clients, d_rate, s_rate, d_ttft, s_ttft))
     finally:
         service.stop()
-    print(f"stand-in engine, {args.tokens} tokens per answer, {args.rounds} rounds, medians\n")
+    pinned = ", engine pinned to CPU 1, service and clients to CPU 0" if args.pin else ""
+    print(
+        f"stand-in engine, {args.tokens} tokens per answer, {args.rounds} rounds, medians{pinned}\n"
+    )
     print(
         "| clients | direct tok/s | through the service tok/s | ratio | TTFT direct | TTFT added |"
     )
