@@ -54,6 +54,7 @@ STABLE_AFTER_S = 60.0  # an engine that ran this long restarts after the first b
 PROBE_EVERY_S = 0.5  # until ready
 PROBE_READY_EVERY_S = 2.0  # then
 EXIT_CHECK_EVERY_S = 0.1  # a crash shows in the state within this
+MISSES_BEFORE_DOWN = 3  # failed health checks in a row before a ready engine is "not responding"
 # Log lines that mean the engine is reading its weights (vLLM, SGLang, transformers).
 WEIGHTS = re.compile(
     r"load(ing)?[ _](model[ _])?weights|safetensors checkpoint|checkpoint shards|"
@@ -272,6 +273,7 @@ class EngineSupervisor:
     def _watch(self, proc: subprocess.Popen[bytes]) -> int | None:
         """Until the engine exits: its state from its health endpoint. Its exit code."""
         next_probe = 0.0
+        misses = 0
         while True:
             code = proc.poll()
             if code is not None:
@@ -279,12 +281,15 @@ class EngineSupervisor:
             if self._stopping.is_set():
                 return None
             if time.monotonic() >= next_probe:
-                healthy = self._healthy()
                 current = self.state.state
+                # A busy engine may answer its health check slowly: give it time once ready,
+                # and several misses before calling it down.
+                healthy = self._healthy(timeout=5.0 if current == "ready" else 2.0)
+                misses = 0 if healthy else misses + 1
                 if healthy:
                     if current != "ready":
                         self._set("ready")
-                elif current == "ready":
+                elif current == "ready" and misses >= MISSES_BEFORE_DOWN:
                     self._set("not responding", reason="its health endpoint stopped answering 200")
                 elif healthy is False and current in ("starting", "restarting"):
                     self._set("loading weights")  # listening, not serving yet
@@ -292,9 +297,9 @@ class EngineSupervisor:
                 next_probe = time.monotonic() + wait
             self._stopping.wait(EXIT_CHECK_EVERY_S)
 
-    def _healthy(self) -> bool | None:
+    def _healthy(self, timeout: float) -> bool | None:
         """True: 200; False: it answers something else; None: nothing listens yet."""
-        connection = http.client.HTTPConnection("127.0.0.1", self.spec.port, timeout=2)
+        connection = http.client.HTTPConnection("127.0.0.1", self.spec.port, timeout=timeout)
         try:
             connection.request("GET", self.spec.health_path)
             return connection.getresponse().status == 200
