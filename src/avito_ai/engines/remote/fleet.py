@@ -277,10 +277,11 @@ class RemoteEngine:
             raise ModelUnavailable(f"{self.role} upstreams are not connected")
         if self.model is None:
             raise ModelUnavailable(f"{self.role}: no upstream has answered yet")
-        # Off the loop: images are scaled and encoded here.
-        path, body = await asyncio.to_thread(
-            upstream_payload, request, self.model, self.settings.avision_max_pixels
-        )
+        args = (request, self.model, self.settings.avision_max_pixels)
+        if any(isinstance(p, ImagePart) for m in request.messages for p in m.content):
+            path, body = await asyncio.to_thread(upstream_payload, *args)  # scaled, encoded
+        else:  # text: microseconds, not worth a thread hop under load
+            path, body = upstream_payload(*args)
         tried: list[str] = []
         overloaded = 0
         for upstream in self._candidates():
