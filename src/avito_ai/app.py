@@ -108,7 +108,9 @@ def create_app(settings: Settings, engines: dict[Role, Engine] | None = None) ->
         error_responder=scope_error_response,
     )
     app.add_middleware(
-        ApiKeyMiddleware, keys=settings.api_key_list(), error_responder=scope_error_response
+        ApiKeyMiddleware,
+        policies=settings.api_key_policies(),
+        error_responder=scope_error_response,
     )
     origins = settings.cors_origins
     app.add_middleware(

@@ -20,6 +20,8 @@ from pydantic import (
 )
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from avito_ai.clients import KeyPolicy, key_id, parse_key_line
+
 LogLevel = Literal["DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"]
 Backend = Literal["auto", "openvino", "transformers", "openai", "fake", "vllm", "sglang", "command"]
 # Backends that run an engine server as a child process (engines/process/).
@@ -178,19 +180,42 @@ class Settings(BaseSettings):
     fake_token_delay: NonNegativeFloat = 0.0
     fake_load_delay: NonNegativeFloat = 0.0
 
+    # --- Fair admission (services/admission.py) ---
+    # Tokens (prompt + generated) per client per minute and per day; 0: no budget. Keys
+    # may carry their own (API_KEYS_FILE fields). Counted in RATE_LIMIT_STORAGE_URI.
+    tokens_per_minute: Annotated[int, Field(ge=0)] = 0
+    tokens_per_day: Annotated[int, Field(ge=0)] = 0
+    # Requests of one client generating at once (per worker); the rest wait. 0: no limit.
+    client_concurrency: Annotated[int, Field(ge=0)] = 0
+    # Requests generating at once per model before the fair queue holds the rest;
+    # 0: the engine's own (MAX_BATCH_SIZE in process, 1 for A-Vision, 256 for remote).
+    avibe_max_concurrency: Annotated[int, Field(ge=0)] = 0
+    avision_max_concurrency: Annotated[int, Field(ge=0)] = 0
+
     # --- Secrets (masked by `avito-ai config`) ---
     api_keys: SecretStr | None = None
     api_keys_file: Path | None = None  # one key per line; "#" starts a comment
 
     def api_key_list(self) -> list[str]:
         """Keys from API_KEYS and API_KEYS_FILE; empty means no authentication."""
-        keys = []
+        return [policy.key for policy in self.api_key_policies()]
+
+    def api_key_policies(self) -> list[KeyPolicy]:
+        """Each key with its name, budgets, concurrency and priority (avito_ai/clients.py
+        documents the file's format). Read again by every new worker: a HUP reload picks up
+        an edited file."""
+        policies: list[KeyPolicy] = []
         if self.api_keys is not None:
-            keys += [k.strip() for k in self.api_keys.get_secret_value().split(",")]
+            for key in (k.strip() for k in self.api_keys.get_secret_value().split(",")):
+                if key:
+                    policies.append(KeyPolicy(key=key, name=f"key-{key_id(key)[:8]}"))
         if self.api_keys_file is not None:
-            for line in self.api_keys_file.read_text(encoding="utf-8").splitlines():
-                keys.append(line.split("#", 1)[0].strip())
-        return [k for k in keys if k]
+            lines = self.api_keys_file.read_text(encoding="utf-8").splitlines()
+            for number, line in enumerate(lines, 1):
+                policy = parse_key_line(line, where=f"API_KEYS_FILE line {number}")
+                if policy is not None:
+                    policies.append(policy)
+        return policies
 
     @field_validator("log_level", mode="before")
     @classmethod
@@ -210,6 +235,10 @@ class Settings(BaseSettings):
     def _readable_keys_file(cls, value: Path | None) -> Path | None:
         if value is not None and not value.is_file():
             raise ValueError(f"file {value} does not exist")
+        if value is not None:
+            lines = value.read_text(encoding="utf-8").splitlines()
+            for number, line in enumerate(lines, 1):
+                parse_key_line(line, where=f"line {number}")  # ValueError names the field
         return value
 
     @field_validator("rate_limit_storage_uri")

@@ -34,6 +34,7 @@ def test_vllm_command_line_with_eagle3_as_the_card_says() -> None:
         "--dtype", "float16",
         "--gpu-memory-utilization", "0.9",
         "--tensor-parallel-size", "1",
+        "--scheduling-policy", "priority",
         "--speculative-config",
         '{"method":"eagle3","model":"AvitoTech/avibe-eagle","num_speculative_tokens":5}',
     ]  # fmt: skip
@@ -54,8 +55,9 @@ def test_both_models_on_one_gpu_share_its_memory_and_vision_keeps_its_image_limi
     vision = engine_spec("avision", settings, 2).argv
     assert vibe[vibe.index("--gpu-memory-utilization") + 1] == "0.55"
     assert vision[vision.index("--gpu-memory-utilization") + 1] == "0.35"
-    assert vision[-9:] == [
+    assert vision[-11:] == [
         "--tensor-parallel-size", "2",
+        "--scheduling-policy", "priority",
         "--max-model-len", "16384",
         "--limit-mm-per-prompt", '{"image": 2}',
         "--enforce-eager", "--chat-template", "/x y/t.jinja",

@@ -103,6 +103,9 @@ class GenerationRequest:
     # time.monotonic() by which the request must be finished; None means no deadline.
     deadline: float | None = None
     created: float = field(default_factory=time.monotonic)
+    # Priority class rank (0 interactive, 1 batch): engines that schedule by priority
+    # (vLLM with --scheduling-policy priority) get it; the others ignore it.
+    priority: int = 0
 
 
 @dataclass(frozen=True)

@@ -6,13 +6,13 @@ constant time, and are never logged: the rate limiter sees only a short hash of 
 
 from __future__ import annotations
 
-import hashlib
 import hmac
 from collections.abc import Callable
 
 from starlette.responses import Response
 from starlette.types import ASGIApp, Receive, Scope, Send
 
+from avito_ai.clients import KeyPolicy, key_id
 from avito_ai.errors import AvitoError, Unauthorized
 
 ErrorResponder = Callable[[Scope, AvitoError], Response]
@@ -44,30 +44,31 @@ def presented_key(scope: Scope) -> str | None:
     return None
 
 
-def key_id(key: str) -> str:
-    return hashlib.sha256(key.encode()).hexdigest()[:16]
-
-
 class ApiKeyMiddleware:
-    def __init__(self, app: ASGIApp, *, keys: list[str], error_responder: ErrorResponder) -> None:
+    def __init__(
+        self, app: ASGIApp, *, policies: list[KeyPolicy], error_responder: ErrorResponder
+    ) -> None:
         self.app = app
-        self._keys = [k.encode() for k in keys]
+        self._policies = policies
+        self._keys = [p.key.encode() for p in policies]
         self.error_responder = error_responder
 
-    def _valid(self, key: str) -> bool:
+    def _match(self, key: str) -> KeyPolicy | None:
         candidate = key.encode()
         # Compare against every key so timing does not reveal which one nearly matched.
         matches = [hmac.compare_digest(candidate, k) for k in self._keys]
-        return any(matches)
+        return next((p for p, hit in zip(self._policies, matches, strict=True) if hit), None)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http" or not self._keys:
             await self.app(scope, receive, send)
             return
         key = presented_key(scope)
-        valid = key is not None and self._valid(key)
-        if valid and key is not None:
-            scope.setdefault("state", {})["api_key_id"] = key_id(key)
+        policy = self._match(key) if key is not None else None
+        if policy is not None and key is not None:
+            state = scope.setdefault("state", {})
+            state["api_key_id"] = key_id(key)
+            state["api_key_policy"] = policy
         elif is_protected(scope):
             message = (
                 "Missing API key: send Authorization: Bearer <key> or X-API-Key"

@@ -26,6 +26,7 @@ from limits.storage import MemoryStorage, storage_from_string
 from starlette.responses import Response
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from avito_ai.clients import CURRENT, DEFAULT_CLASS, Client, KeyPolicy
 from avito_ai.errors import AvitoError, RateLimited, RateLimitUnavailable
 from avito_ai.observability.metrics import RATE_LIMIT_STORAGE_ERRORS
 
@@ -154,6 +155,32 @@ def client_key(scope: Scope, ipv6_prefix: int = 64) -> str:
     return f"ip:{address}"
 
 
+def identify(scope: Scope, key: str) -> None:
+    """The request's client for the layers further in (clients.CURRENT): its key's policy
+    and name when it presented a valid key, else its address; and the X-Priority it asked
+    for (whether it may is checked where the request is admitted)."""
+    state = scope.get("state") or {}
+    policy: KeyPolicy | None = state.get("api_key_policy")
+    requested = None
+    for name, value in scope["headers"]:
+        if name == b"x-priority":
+            requested = value.decode("latin-1").strip().lower()
+    client = Client(
+        id=key,
+        name=policy.name if policy else "anonymous",
+        policy=policy,
+        priority=policy.priority if policy else DEFAULT_CLASS,
+        requested_priority=requested,
+    )
+    CURRENT.set(client)
+    scope.setdefault("state", {})["client"] = client
+
+
+def budget_headers(budget: dict[str, int]) -> list[tuple[bytes, bytes]]:
+    """What is left of the client's token budgets, as OpenAI names it."""
+    return [(f"x-ratelimit-{name}".encode(), str(value).encode()) for name, value in budget.items()]
+
+
 class RateLimitMiddleware:
     def __init__(
         self,
@@ -180,10 +207,16 @@ class RateLimitMiddleware:
         self._last_storage_warning = 0.0
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http" or is_exempt(scope):
+        if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
         key = client_key(scope, self.ipv6_prefix)
+        if is_exempt(scope):
+            if scope["path"] == "/api/metrics":  # shows the client its own usage
+                identify(scope, key)
+            await self.app(scope, receive, send)
+            return
+        identify(scope, key)
         try:
             refusal, state = await self._check(key)
         except Exception as exc:  # storage unreachable: decided by RATE_LIMIT_FAIL_MODE
@@ -206,8 +239,10 @@ class RateLimitMiddleware:
 
         async def send_with_headers(message: Message) -> None:
             if message["type"] == "http.response.start":
-                # Appended, not set: nothing further in writes these two.
-                message["headers"] = [*message.get("headers", ()), *ours]
+                # Appended, not set: nothing further in writes these.
+                client = (scope.get("state") or {}).get("client")
+                extra = budget_headers(client.budget) if client and client.budget else ()
+                message["headers"] = [*message.get("headers", ()), *ours, *extra]
             await send(message)
 
         await self.app(scope, receive, send_with_headers)

@@ -62,6 +62,11 @@ REJECTIONS = Counter(
     "Requests refused, by reason (rate_limit, overload, validation, ...)",
     ["reason"],
 )
+CLIENT_TOKENS = Counter(
+    "avito_client_tokens_total",
+    "Tokens used (prompt + generated) by client: an API key's name, or anonymous",
+    ["client"],
+)
 RATE_LIMIT_STORAGE_ERRORS = Counter(
     "avito_rate_limit_storage_errors_total",
     "Rate-limit checks that could not reach the storage (e.g. Redis down)",

@@ -3,10 +3,14 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import dataclasses
 import time
 from collections.abc import AsyncGenerator
 from dataclasses import dataclass
+from typing import Any
 
+from avito_ai.clients import CURRENT, PRIORITY_CLASSES, Client
 from avito_ai.config import Settings
 from avito_ai.engines.base import (
     ChatMessage,
@@ -23,6 +27,7 @@ from avito_ai.engines.base import (
 from avito_ai.errors import ModelUnavailable, Timeout, ValidationFailed
 from avito_ai.observability import metrics
 from avito_ai.schemas.native import SamplingFields
+from avito_ai.services.admission import Governor, governor_for, priority_of
 from avito_ai.services.state import ServiceState
 
 
@@ -183,18 +188,59 @@ def record_generation(role: str, final: Chunk) -> None:
 async def stream_chunks(engine: Engine, request: GenerationRequest) -> AsyncGenerator[Chunk, None]:
     """The engine's chunks, bounded by the request deadline even if the engine is stuck.
 
-    Also the one place generation metrics are recorded: waiting until the first chunk,
-    running after it, and the per-model histograms when the final chunk arrives.
+    Also the one place generation metrics are recorded (waiting until the first chunk,
+    running after it, the per-model histograms when the final chunk arrives), and where
+    fair admission applies (services/admission.py): the client's token budgets are
+    checked, a place in the model's fair queue is awaited, the tokens used are counted.
     """
     role = engine.role
-    iterator = engine.generate(request)
+    governor = governor_for(engine)
+    client = CURRENT.get()
     waiting, running = metrics.REQUESTS_WAITING.labels(role), metrics.REQUESTS_RUNNING.labels(role)
+    async with contextlib.AsyncExitStack() as stack:
+        if governor is not None:
+            priority = priority_of(client)
+            client.budget.update(await governor.budgets.check(client))
+            request = dataclasses.replace(request, priority=PRIORITY_CLASSES[priority])
+            place = governor.admissions[role].place(
+                client.id, priority, governor.concurrency_for(client)
+            )
+            waiting.inc()
+            try:
+                async with asyncio.timeout(_remaining(request)):
+                    await stack.enter_async_context(place)
+            except TimeoutError:
+                raise Timeout("Request timed out waiting for its turn") from None
+            finally:
+                waiting.dec()
+        chunks = _generate(engine, request, waiting, running, governor, client)
+        # aclosing: a client that leaves closes the engine's generator now, in this task.
+        async with contextlib.aclosing(chunks):
+            async for chunk in chunks:
+                yield chunk
+
+
+def _remaining(request: GenerationRequest) -> float | None:
+    return None if request.deadline is None else request.deadline - time.monotonic()
+
+
+async def _generate(
+    engine: Engine,
+    request: GenerationRequest,
+    waiting: Any,
+    running: Any,
+    governor: Governor | None,
+    client: Client,
+) -> AsyncGenerator[Chunk, None]:
+    role = engine.role
+    iterator = engine.generate(request)
     waiting.inc()
     state = "waiting"
     finished = False
+    spent = 0
     try:
         while True:
-            remaining = None if request.deadline is None else request.deadline - time.monotonic()
+            remaining = _remaining(request)
             if remaining is not None and remaining <= 0:
                 raise Timeout("Request timed out")
             # asyncio.timeout, not wait_for: the engine's generator must run in this task,
@@ -214,6 +260,9 @@ async def stream_chunks(engine: Engine, request: GenerationRequest) -> AsyncGene
             if chunk.is_final:
                 finished = True
                 record_generation(role, chunk)
+                spent = (chunk.input_tokens or 0) + (chunk.generated_tokens or 0)
+            elif chunk.text:
+                spent += 1  # until the final count: what a cancelled request used
             yield chunk
             if chunk.is_final:
                 return
@@ -226,6 +275,9 @@ async def stream_chunks(engine: Engine, request: GenerationRequest) -> AsyncGene
         aclose = getattr(iterator, "aclose", None)
         if aclose is not None:
             await aclose()
+        if governor is not None and spent:
+            metrics.CLIENT_TOKENS.labels(client.name).inc(spent)
+            await governor.budgets.spend(client, spent)
 
 
 async def complete(engine: Engine, request: GenerationRequest) -> Answer:

@@ -16,6 +16,7 @@ from avito_ai.config import Settings
 from avito_ai.engines.base import Engine, EngineState, Role
 from avito_ai.engines.registry import device_problem
 from avito_ai.observability.app_metrics import Baseline
+from avito_ai.services.admission import Governor
 
 logger = logging.getLogger("avito_ai.lifespan")  # start/stop lines, as before
 
@@ -41,6 +42,8 @@ class ServiceState:
 
     def __post_init__(self) -> None:
         _LIVE_STATES.add(self)
+        # Fair admission in front of every engine (services/admission.py).
+        self.governor = Governor(self.settings, self.engines)
 
     @property
     def uptime_seconds(self) -> float:

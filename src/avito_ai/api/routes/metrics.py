@@ -12,6 +12,7 @@ from fastapi.responses import Response
 from prometheus_client import CONTENT_TYPE_LATEST
 
 from avito_ai.api.deps import StateDep
+from avito_ai.clients import CURRENT
 from avito_ai.engines.base import ReportsEngineFigures
 from avito_ai.observability.app_metrics import (
     application_view,
@@ -84,6 +85,8 @@ async def metrics(state: StateDep, request: Request) -> dict[str, Any]:
     engines = await engine_views(state)
     if engines:  # engine processes (vLLM, SGLang): their own figures
         body["engines"] = engines
+    # The asking client's own use against its token budgets (an API key's, or its address's).
+    body["client"] = await state.governor.budgets.usage(CURRENT.get())
     return body
 
 

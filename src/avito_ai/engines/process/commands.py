@@ -67,6 +67,9 @@ def vllm_argv(role: Role, settings: Settings, port: int) -> list[str]:
         f"{memory_share(role, settings):g}",
         "--tensor-parallel-size",
         str(getattr(settings, f"{role}_tensor_parallel_size")),
+        # Requests carry their class (interactive 0, batch 1): vLLM schedules by it.
+        "--scheduling-policy",
+        "priority",
     ]
     max_len = getattr(settings, f"{role}_max_model_len")
     if max_len:

@@ -117,7 +117,7 @@ class ProcessEngine:
                 f"{self.role}_upstream_model": engine.served_model,
             }
         )
-        self._remote = RemoteEngine(self.role, remote)
+        self._remote = RemoteEngine(self.role, remote, send_priority=self.kind == "vllm")
         self._client = httpx.AsyncClient(base_url=base, timeout=1.0)
         await self._remote.start()
 

@@ -107,9 +107,10 @@ def image_data_uri(part: ImagePart, max_pixels: int = 1003520) -> str:
 
 
 def upstream_payload(
-    request: GenerationRequest, model: str, max_pixels: int = 1003520
+    request: GenerationRequest, model: str, max_pixels: int = 1003520, priority: bool = False
 ) -> tuple[str, dict[str, Any]]:
-    """The OpenAI request (path, JSON body) for one of our GenerationRequests."""
+    """The OpenAI request (path, JSON body) for one of our GenerationRequests. `priority`:
+    the upstream schedules by priority (vLLM's `priority` field, lower first)."""
     s = request.sampling
     body: dict[str, Any] = {
         "model": model,
@@ -129,6 +130,8 @@ def upstream_payload(
         body["seed"] = s.seed
     if s.ignore_eos:
         body["ignore_eos"] = True  # vLLM, SGLang and this service understand it
+    if priority:
+        body["priority"] = request.priority
     if request.prompt is not None:
         body["prompt"] = request.prompt
         return "/completions", body
@@ -167,8 +170,10 @@ class RemoteEngine:
         role: Role,
         settings: Settings,
         transport: httpx.AsyncBaseTransport | None = None,  # tests: httpx.MockTransport
+        send_priority: bool = False,  # an upstream that schedules by priority (vLLM)
     ) -> None:
         self.role: Role = role
+        self.send_priority = send_priority
         self._transport = transport
         self.settings = settings
         own = settings.role(role)
@@ -277,7 +282,7 @@ class RemoteEngine:
             raise ModelUnavailable(f"{self.role} upstreams are not connected")
         if self.model is None:
             raise ModelUnavailable(f"{self.role}: no upstream has answered yet")
-        args = (request, self.model, self.settings.avision_max_pixels)
+        args = (request, self.model, self.settings.avision_max_pixels, self.send_priority)
         if any(isinstance(p, ImagePart) for m in request.messages for p in m.content):
             path, body = await asyncio.to_thread(upstream_payload, *args)  # scaled, encoded
         else:  # text: microseconds, not worth a thread hop under load

@@ -1,0 +1,202 @@
+"""Fair admission, in process with the fake engine: the order requests are admitted in is
+recorded, so these tests check who goes first, not how long anything took."""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from avito_ai.services.admission import Admission
+from tests.conftest import engine_set, isolated_settings
+
+from .conftest import running
+
+
+def keys_file(tmp_path: Path, text: str) -> Path:
+    path = tmp_path / "keys.txt"
+    path.write_text(text)
+    return path
+
+
+def admitted_order(monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """Client ids in the order they got a place (the fair queue's decisions)."""
+    order: list[str] = []
+    start = Admission._start
+
+    def recording(self: Admission, client: str) -> None:
+        order.append(client)
+        start(self, client)
+
+    monkeypatch.setattr(Admission, "_start", recording)
+    return order
+
+
+async def wait_for(predicate: Any, within: float = 5.0) -> None:
+    for _ in range(int(within / 0.01)):
+        if predicate():
+            return
+        await asyncio.sleep(0.01)
+    raise AssertionError("condition not reached")
+
+
+def generate(client: httpx.AsyncClient, key: str, prompt: str = "a b c", **headers: str) -> Any:
+    return client.post(
+        "/api/v1/text/generate",
+        json={"prompt": prompt, "max_tokens": 3},
+        headers={"Authorization": f"Bearer {key}", **headers},
+    )
+
+
+async def test_a_flooding_client_does_not_starve_another(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    order = admitted_order(monkeypatch)
+    settings = isolated_settings(
+        api_keys_file=keys_file(tmp_path, "sk-flood name=flood\nsk-one name=one\n"),
+        avibe_max_concurrency=4,
+        rate_limit_per_minute=1000,
+    )
+    async with running(settings, engine_set(token_delay=0.02)) as (app, client):
+        queue = app.state.avito.governor.admissions["avibe"]
+        flood = [asyncio.create_task(generate(client, "sk-flood")) for _ in range(40)]
+        await wait_for(lambda: queue.running == 4 and queue.waiting == 36)
+        one = await generate(client, "sk-one")
+        assert one.status_code == 200
+        results = await asyncio.gather(*flood)
+    assert all(r.status_code == 200 for r in results)
+    ids = sorted(set(order), key=order.index)
+    flood_id, one_id = ids[0], ids[1]
+    assert order.count(flood_id) == 40
+    # Four were running when it came; of the 36 waiting, at most one went before it.
+    assert order.index(one_id) <= 4 + 1, order[:10]
+
+
+async def test_a_higher_class_overtakes_waiting_batch_work(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    order = admitted_order(monkeypatch)
+    settings = isolated_settings(
+        api_keys_file=keys_file(
+            tmp_path, "sk-night name=nightly priority=batch\nsk-ui name=console\n"
+        ),
+        avibe_max_concurrency=1,
+        rate_limit_per_minute=1000,
+    )
+    async with running(settings, engine_set(token_delay=0.02)) as (app, client):
+        queue = app.state.avito.governor.admissions["avibe"]
+        batch = [asyncio.create_task(generate(client, "sk-night")) for _ in range(6)]
+        await wait_for(lambda: queue.waiting == 5)
+        assert (await generate(client, "sk-ui")).status_code == 200
+        await asyncio.gather(*batch)
+    _nightly, ui = sorted(set(order), key=order.index)
+    assert order.index(ui) == 1  # right after the batch request that was running
+
+
+async def test_x_priority_is_only_for_keys_allowed_to_use_it(tmp_path: Path) -> None:
+    settings = isolated_settings(
+        api_keys_file=keys_file(
+            tmp_path, "sk-ops name=ops classes=interactive,batch\nsk-plain name=plain\n"
+        ),
+        rate_limit_per_minute=1000,
+    )
+    async with running(settings) as (_, client):
+        ok = await generate(client, "sk-ops", **{"X-Priority": "batch"})
+        assert ok.status_code == 200
+        refused = await generate(client, "sk-plain", **{"X-Priority": "batch"})
+        assert refused.status_code == 400 and "X-Priority" in refused.json()["message"]
+        unknown = await generate(client, "sk-ops", **{"X-Priority": "urgent"})
+        assert unknown.status_code == 400
+
+
+async def test_one_client_runs_at_most_its_concurrency(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    peak: list[int] = []
+    start = Admission._start
+
+    def watching(self: Admission, client: str) -> None:
+        start(self, client)
+        peak.append(self.by_client[client])
+
+    monkeypatch.setattr(Admission, "_start", watching)
+    settings = isolated_settings(
+        api_keys_file=keys_file(tmp_path, "sk-a name=a concurrency=2\n"),
+        client_concurrency=5,
+        rate_limit_per_minute=1000,
+    )
+    async with running(settings, engine_set(token_delay=0.02)) as (_, client):
+        results = await asyncio.gather(*(generate(client, "sk-a") for _ in range(6)))
+    assert all(r.status_code == 200 for r in results)
+    assert max(peak) == 2 and len(peak) == 6
+
+
+async def test_a_waiter_that_leaves_is_out_of_the_queue_at_once() -> None:
+    settings = isolated_settings(avibe_max_concurrency=1, rate_limit_per_minute=1000)
+    async with running(settings, engine_set(token_delay=0.05)) as (app, client):
+        queue = app.state.avito.governor.admissions["avibe"]
+        busy = asyncio.create_task(
+            client.post("/api/v1/text/generate", json={"prompt": "x " * 20, "max_tokens": 20})
+        )
+        await wait_for(lambda: queue.running == 1)
+        waiter = asyncio.create_task(client.post("/api/v1/text/generate", json={"prompt": "y"}))
+        await wait_for(lambda: queue.waiting == 1)
+        waiter.cancel()  # the client disconnects
+        await wait_for(lambda: queue.waiting == 0, within=0.5)
+        assert queue.running == 1
+        assert (await busy).status_code == 200
+        assert queue.running == 0
+
+
+async def test_a_full_queue_answers_503_at_once() -> None:
+    settings = isolated_settings(
+        avibe_max_concurrency=1, max_queue_size=2, rate_limit_per_minute=1000
+    )
+    async with running(settings, engine_set(token_delay=0.05)) as (app, client):
+        queue = app.state.avito.governor.admissions["avibe"]
+        body = {"prompt": "x " * 10, "max_tokens": 10}
+        held = [
+            asyncio.create_task(client.post("/api/v1/text/generate", json=body)) for _ in range(3)
+        ]
+        await wait_for(lambda: queue.running == 1 and queue.waiting == 2)
+        r = await client.post("/api/v1/text/generate", json=body)
+        assert r.status_code == 503 and r.json()["error"] == "overloaded"
+        assert int(r.headers["retry-after"]) >= 1
+        assert all(x.status_code == 200 for x in await asyncio.gather(*held))
+
+
+async def test_token_budget_refuses_with_which_budget_and_reports_what_is_left(
+    tmp_path: Path,
+) -> None:
+    settings = isolated_settings(
+        api_keys_file=keys_file(tmp_path, "sk-a name=team-a tokens_per_minute=40\n"),
+        tokens_per_day=1000,
+        rate_limit_per_minute=1000,
+    )
+    async with running(settings) as (_, client):
+        left: list[int] = []
+        spent = 0
+        for _ in range(20):
+            r = await generate(client, "sk-a")
+            if r.status_code == 429:
+                break
+            assert r.status_code == 200
+            left.append(int(r.headers["x-ratelimit-remaining-tokens"]))
+            data = r.json()["data"]
+            spent += data["input_tokens"] + data["generated_tokens"]
+        else:
+            raise AssertionError("never refused")
+        assert "Token budget exceeded: 40 tokens per minute" in r.json()["message"]
+        assert 1 <= int(r.headers["retry-after"]) <= 60
+        assert left == sorted(left, reverse=True) and left[0] == 40
+        assert spent >= 40 and spent - 40 < spent / len(left) + 1  # refused once it was over
+        mine = (await client.get("/api/metrics", headers={"X-API-Key": "sk-a"})).json()["client"]
+        assert mine["client"] == "team-a"
+        assert mine["tokens_per_minute"] == {"used": spent, "limit": 40}
+        assert mine["tokens_per_day"] == {"used": spent, "limit": 1000}
+        prometheus = (await client.get("/metrics")).text
+        assert f'avito_client_tokens_total{{client="team-a"}} {float(spent)}' in prometheus
+        assert "sk-a" not in prometheus
