@@ -1,0 +1,103 @@
+"""Fair admission against real servers: token budgets shared by gunicorn workers through
+Redis and kept across a restart; keys and budgets from API_KEYS_FILE reloaded on HUP."""
+
+from __future__ import annotations
+
+import signal
+from pathlib import Path
+
+import httpx
+import pytest
+
+from tests.servers import ServerProcess, gunicorn_server, wait_workers
+
+pytestmark = pytest.mark.integration
+
+BUDGET = 60
+
+
+def ask(srv: ServerProcess, key: str) -> httpx.Response:
+    """One request on its own connection, so consecutive ones reach different workers."""
+    return httpx.post(
+        srv.url + "/api/v1/text/generate",
+        json={"prompt": "one two three", "max_tokens": 3},
+        headers={"Authorization": f"Bearer {key}", "Connection": "close"},
+        timeout=30,
+    )
+
+
+def spend_until_refused(srv: ServerProcess, key: str) -> tuple[int, int, httpx.Response]:
+    """(answers, tokens they used, the refusal)."""
+    tokens = 0
+    for answers in range(50):
+        r = ask(srv, key)
+        if r.status_code == 429:
+            return answers, tokens, r
+        assert r.status_code == 200, r.text
+        tokens += r.json()["data"]["input_tokens"] + r.json()["data"]["generated_tokens"]
+    raise AssertionError("the budget was never enforced")
+
+
+def test_token_budgets_hold_across_workers_and_a_restart(redis_server, tmp_path: Path) -> None:
+    keys = tmp_path / "keys.txt"
+    keys.write_text(f"sk-team name=team tokens_per_minute={BUDGET}\n")
+    env = {
+        "AVIBE_BACKEND": "fake",
+        "API_KEYS_FILE": str(keys),
+        "RATE_LIMIT_STORAGE_URI": redis_server.uri,
+        "RATE_LIMIT_PER_MINUTE": "1000",
+        "PROMETHEUS_MULTIPROC_DIR": str(tmp_path / "prom"),
+    }
+    import redis
+
+    redis.Redis(port=redis_server.port).flushall()
+    srv = gunicorn_server(env, tmp_path / "first.log", workers=3)
+    try:
+        srv.wait_ready()
+        wait_workers(srv, 3)
+        answers, tokens, refusal = spend_until_refused(srv, "sk-team")
+        per_answer = tokens // answers
+        # Exactly the budget: refused as soon as the tokens used reached it, whichever
+        # worker counted them (one answer's worth past it at most: usage is counted after).
+        assert BUDGET <= tokens < BUDGET + per_answer, (answers, tokens)
+        assert f"{BUDGET} tokens per minute" in refusal.json()["message"]
+        assert len(set(wait_workers(srv, 0))) == 3
+    finally:
+        srv.stop()
+    again = gunicorn_server(env, tmp_path / "second.log", workers=1)
+    try:
+        again.wait_ready()
+        r = ask(again, "sk-team")  # a restart forgets nothing: the budget is in Redis
+        assert r.status_code == 429 and "tokens per minute" in r.json()["message"]
+    finally:
+        again.stop()
+
+
+def test_keys_and_budgets_reload_on_hup(tmp_path: Path) -> None:
+    keys = tmp_path / "keys.txt"
+    keys.write_text("sk-old name=old\n")
+    env = {
+        "AVIBE_BACKEND": "fake",
+        "API_KEYS_FILE": str(keys),
+        "RATE_LIMIT_PER_MINUTE": "1000",
+        "PROMETHEUS_MULTIPROC_DIR": str(tmp_path / "prom"),
+    }
+    srv = gunicorn_server(env, tmp_path / "server.log", workers=1)
+    try:
+        srv.wait_ready()
+        assert ask(srv, "sk-old").status_code == 200
+        assert ask(srv, "sk-new").status_code == 401
+        keys.write_text("sk-new name=new tokens_per_minute=1\n")
+        booted = len(wait_workers(srv, 0))
+        srv.signal(signal.SIGHUP)
+        wait_workers(srv, booted + 1)
+        srv.wait_ready()
+        for _ in range(50):  # until the old worker has gone
+            if ask(srv, "sk-old").status_code == 401:
+                break
+        assert ask(srv, "sk-old").status_code == 401
+        assert ask(srv, "sk-new").status_code == 200  # its first tokens
+        refused = ask(srv, "sk-new")  # its new budget: 1 token a minute
+        assert refused.status_code == 429 and "1 tokens per minute" in refused.json()["message"]
+    finally:
+        srv.stop()
