@@ -57,7 +57,12 @@ def real(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
 @pytest.fixture(scope="module")
 def slow(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
     log = tmp_path_factory.mktemp("console-slow") / "server.log"
-    env = {"AVIBE_BACKEND": "fake", "FAKE_TOKEN_DELAY": "0.05", "RATE_LIMIT_PER_MINUTE": "1000"}
+    env = {
+        "AVIBE_BACKEND": "fake",
+        "FAKE_TOKEN_DELAY": "0.05",
+        "RATE_LIMIT_PER_MINUTE": "1000",
+        "TOKENS_PER_MINUTE": "100000",
+    }
     with serving(dev_server(env, log)) as srv:
         yield srv
 
@@ -209,6 +214,9 @@ def test_answers_render_as_markdown_with_nothing_active(browser: Any, slow: Serv
     assert answer.locator("pre code").inner_text().strip() == "print('hi')"
     assert answer.locator("pre button.copy").count() == 1
     assert tab.page.evaluate("window.pwned === undefined")
+    # The client sees its use of its token budget after an answer.
+    wait_until(tab, "document.getElementById('usage').textContent.includes('из 100000')")
+    assert "токенов в минуту" in tab.page.inner_text("#usage")
     assert tab.outside == [] and tab.errors == [], (tab.outside, tab.errors)
 
 

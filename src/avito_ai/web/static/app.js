@@ -321,6 +321,7 @@
       answer.article.classList.remove("streaming");
       avibeController = null;
       busy(avibeForm, avibeSend, avibeStop, false);
+      avibeForm.dispatchEvent(new Event("answered"));
     }
   });
 
@@ -463,9 +464,27 @@
       visionLive.classList.remove("streaming");
       visionController = null;
       busy(visionForm, visionSend, visionStop, false);
+      visionForm.dispatchEvent(new Event("answered"));
     }
   });
   visionStop.addEventListener("click", () => visionController?.abort());
+
+  // ------------------------------------------------------------------ the client's budget
+  // /api/metrics (free to read) tells the asking client its use of its token budgets.
+  async function showUsage() {
+    try {
+      const response = await fetch("/api/metrics", { headers: authHeaders(), cache: "no-store" });
+      const client = (await response.json()).client;
+      const parts = [];
+      for (const [window, words] of [["tokens_per_minute", "в минуту"], ["tokens_per_day", "в сутки"]]) {
+        const use = client && client[window];
+        if (use && use.limit) parts.push(use.used + " из " + use.limit + " токенов " + words);
+      }
+      $("usage").textContent = parts.length ? "Ваш бюджет (" + client.client + "): " + parts.join(", ") : "";
+    } catch (e) { /* metrics unavailable: nothing to show */ }
+  }
+  showUsage();
+  for (const form of [avibeForm, visionForm]) form.addEventListener("answered", showUsage);
 
   // ------------------------------------------------------------------ live model badges
   // /api/health/models is free to read (no rate limit) and names each model's state.
