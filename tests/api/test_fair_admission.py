@@ -200,3 +200,21 @@ async def test_token_budget_refuses_with_which_budget_and_reports_what_is_left(
         prometheus = (await client.get("/metrics")).text
         assert f'avito_client_tokens_total{{client="team-a"}} {float(spent)}' in prometheus
         assert "sk-a" not in prometheus
+
+
+async def test_logs_name_the_key_never_show_it(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    settings = isolated_settings(
+        api_keys_file=keys_file(tmp_path, "sk-secret-123 name=search\n"),
+        rate_limit_per_minute=1000,
+    )
+    async with running(settings) as (_, client):
+        with caplog.at_level("INFO", logger="avito_ai.access"):
+            assert (await generate(client, "sk-secret-123")).status_code == 200
+            assert (
+                await client.post("/api/v1/text/generate", json={"prompt": "x"})
+            ).status_code == 401
+    lines = [r for r in caplog.records if r.name == "avito_ai.access"]
+    assert [getattr(r, "client_name", None) for r in lines] == ["search", "anonymous"]
+    assert "sk-secret-123" not in caplog.text

@@ -63,6 +63,7 @@ class AccessLogMiddleware:
             client = scope.get("client")
             addr = f"{client[0]}:{client[1]}" if client else "-"
             path = scope.get("path", "")
+            who = (scope.get("state") or {}).get("client")
             logger.info(
                 '%s - "%s %s" %d %.3fs',
                 addr,
@@ -76,5 +77,7 @@ class AccessLogMiddleware:
                     "path": path,
                     "status": status,
                     "duration_s": round(duration, 6),
+                    # an API key's name (never the key), or "anonymous"
+                    "client_name": who.name if who is not None else None,
                 },
             )
