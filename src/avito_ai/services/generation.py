@@ -10,7 +10,7 @@ from collections.abc import AsyncGenerator
 from dataclasses import dataclass
 from typing import Any
 
-from avito_ai.clients import CURRENT, PRIORITY_CLASSES, Client
+from avito_ai.clients import ANONYMOUS, CURRENT, PRIORITY_CLASSES, Client
 from avito_ai.config import Settings
 from avito_ai.engines.base import (
     ChatMessage,
@@ -200,7 +200,9 @@ async def stream_chunks(engine: Engine, request: GenerationRequest) -> AsyncGene
     async with contextlib.AsyncExitStack() as stack:
         if governor is not None:
             priority = priority_of(client)
-            client.budget.update(await governor.budgets.check(client))
+            left = await governor.budgets.check(client)
+            if client is not ANONYMOUS:  # (the default is shared: no headers to report to)
+                client.budget.update(left)
             request = dataclasses.replace(request, priority=PRIORITY_CLASSES[priority])
             place = governor.admissions[role].place(
                 client.id, priority, governor.concurrency_for(client)
