@@ -101,3 +101,52 @@ def test_keys_and_budgets_reload_on_hup(tmp_path: Path) -> None:
         assert refused.status_code == 429 and "1 tokens per minute" in refused.json()["message"]
     finally:
         srv.stop()
+
+
+def test_a_flooding_client_does_not_starve_another_on_a_running_server(tmp_path: Path) -> None:
+    import threading
+    import time
+
+    from tests.servers import dev_server, serving
+
+    keys = tmp_path / "keys.txt"
+    keys.write_text("sk-flood name=flood\nsk-one name=one\n")
+    env = {
+        "AVIBE_BACKEND": "fake",
+        "FAKE_TOKEN_DELAY": "0.05",
+        "AVIBE_MAX_CONCURRENCY": "4",
+        "API_KEYS_FILE": str(keys),
+        "RATE_LIMIT_PER_MINUTE": "1000",
+    }
+    with serving(dev_server(env, tmp_path / "server.log")) as srv:
+        finished: list[str] = []
+
+        def flood() -> None:  # about a second each: 20 tokens at 50 ms
+            r = httpx.post(
+                srv.url + "/api/v1/text/generate",
+                json={"prompt": " ".join(["w"] * 19), "max_tokens": 20},
+                headers={"Authorization": "Bearer sk-flood"},
+                timeout=120,
+            )
+            assert r.status_code == 200
+            finished.append("flood")
+
+        threads = [threading.Thread(target=flood) for _ in range(40)]
+        for thread in threads:
+            thread.start()
+        deadline = time.monotonic() + 20
+        while time.monotonic() < deadline:  # (nearly) all 40 in: 4 generating, the rest queued
+            figures = httpx.get(srv.url + "/api/metrics/dashboard").json()
+            if figures["running"] == 4 and figures["waiting"] >= 30:
+                break
+            time.sleep(0.02)
+        queued = figures["waiting"]
+        assert queued >= 30, figures
+        done_before = len(finished)
+        assert ask(srv, "sk-one").status_code == 200
+        finished.append("one")
+        for thread in threads:
+            thread.join()
+    # Its turn came after the four generating and at most one more of the flood's: it
+    # finished with the next group of answers, long before the queued ones were through.
+    assert finished.index("one") - done_before <= 4 + 4, (finished.index("one"), done_before)
