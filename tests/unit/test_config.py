@@ -138,3 +138,43 @@ def test_seed_configuration_check_command() -> None:
         timeout=60,
     )
     assert bad.returncode == 2 and "RATE_LIMIT_PER_MINUTE" in bad.stderr
+
+
+def test_keys_file_fields_and_the_old_format(tmp_path, make_settings) -> None:
+    keys = tmp_path / "keys.txt"
+    keys.write_text(
+        "# team keys\n"
+        "sk-plain\n"
+        "sk-a name=search tokens_per_minute=20000 tokens_per_day=0 concurrency=2  # note\n"
+        "sk-b name=nightly priority=batch\n"
+        "sk-c name=ops classes=interactive,batch\n"
+    )
+    policies = {
+        p.key: p for p in make_settings(api_keys_file=keys, api_keys="sk-env").api_key_policies()
+    }
+    assert set(policies) == {"sk-plain", "sk-a", "sk-b", "sk-c", "sk-env"}
+    assert (
+        policies["sk-plain"].name.startswith("key-")
+        and policies["sk-plain"].tokens_per_minute is None
+    )
+    a = policies["sk-a"]
+    assert (a.name, a.tokens_per_minute, a.tokens_per_day, a.concurrency) == ("search", 20000, 0, 2)
+    assert policies["sk-b"].priority == "batch" and policies["sk-b"].classes == {"batch"}
+    assert policies["sk-c"].classes == {"interactive", "batch"}
+    assert "sk-a" not in repr(a)  # never printed
+
+
+@pytest.mark.parametrize(
+    ("line", "message"),
+    [
+        ("sk-x tokens_per_minute=lots", "line 1: tokens_per_minute must be a whole number"),
+        ("sk-x priority=urgent", "line 1: unknown priority class 'urgent'"),
+        ("sk-x colour=red", "line 1: unknown field"),
+        ("sk-x name", "line 1: 'name' is not name=value"),
+    ],
+)
+def test_a_bad_keys_file_line_stops_the_start(tmp_path, line, message, clean_environment) -> None:
+    keys = tmp_path / "keys.txt"
+    keys.write_text(line + "\n")
+    with pytest.raises(ConfigError, match=message):
+        load_settings(api_keys_file=keys)
