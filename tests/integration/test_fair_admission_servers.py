@@ -150,3 +150,106 @@ def test_a_flooding_client_does_not_starve_another_on_a_running_server(tmp_path:
     # Its turn came after the four generating and at most one more of the flood's: it
     # finished with the next group of answers, long before the queued ones were through.
     assert finished.index("one") - done_before <= 4 + 4, (finished.index("one"), done_before)
+
+
+def slow_request(srv: ServerProcess, key: str | None, words: int = 10) -> httpx.Response:
+    """About words x 50 ms of generation with FAKE_TOKEN_DELAY=0.05."""
+    headers = {"Authorization": f"Bearer {key}"} if key else {}
+    return httpx.post(
+        srv.url + "/api/v1/text/generate",
+        json={"prompt": " ".join(["w"] * (words - 1)), "max_tokens": words},
+        headers=headers,
+        timeout=120,
+    )
+
+
+def figures(srv: ServerProcess) -> dict[str, int]:
+    body = httpx.get(srv.url + "/api/metrics/dashboard").json()
+    return {"running": body["running"], "waiting": body["waiting"]}
+
+
+def until(srv: ServerProcess, check, within: float = 20.0) -> dict[str, int]:  # type: ignore[no-untyped-def]
+    import time
+
+    deadline = time.monotonic() + within
+    while time.monotonic() < deadline:
+        now = figures(srv)
+        if check(now):
+            return now
+        time.sleep(0.02)
+    raise AssertionError(f"not reached: {figures(srv)}")
+
+
+def one_at_a_time(tmp_path: Path, **extra: str):  # type: ignore[no-untyped-def]
+    from tests.servers import dev_server, serving
+
+    keys = tmp_path / "keys.txt"
+    keys.write_text(
+        "sk-night name=nightly priority=batch\nsk-ui name=console\nsk-two name=two concurrency=2\n"
+    )
+    env = {
+        "AVIBE_BACKEND": "fake",
+        "FAKE_TOKEN_DELAY": "0.05",
+        "API_KEYS_FILE": str(keys),
+        "RATE_LIMIT_PER_MINUTE": "1000",
+        "AVIBE_MAX_CONCURRENCY": "1",
+        **extra,
+    }
+    return serving(dev_server(env, tmp_path / "server.log"))
+
+
+def test_an_interactive_request_overtakes_queued_batch_work(tmp_path: Path) -> None:
+    import threading
+
+    with one_at_a_time(tmp_path) as srv:
+        finished: list[str] = []
+
+        def run(key: str, name: str) -> None:
+            assert slow_request(srv, key).status_code == 200
+            finished.append(name)
+
+        batch = [threading.Thread(target=run, args=("sk-night", "batch")) for _ in range(6)]
+        for thread in batch:
+            thread.start()
+        until(srv, lambda f: f["running"] == 1 and f["waiting"] == 5)
+        run("sk-ui", "interactive")
+        for thread in batch:
+            thread.join()
+    assert finished.index("interactive") == 1, finished  # right after the one running
+
+
+def test_one_client_generates_at_most_its_concurrency(tmp_path: Path) -> None:
+    import threading
+
+    with one_at_a_time(tmp_path, AVIBE_MAX_CONCURRENCY="8") as srv:
+        threads = [threading.Thread(target=slow_request, args=(srv, "sk-two")) for _ in range(6)]
+        for thread in threads:
+            thread.start()
+        seen = until(srv, lambda f: f["running"] + f["waiting"] == 6)
+        peak = seen["running"]
+        while any(t.is_alive() for t in threads):
+            peak = max(peak, figures(srv)["running"])
+        for thread in threads:
+            thread.join()
+    assert seen == {"running": 2, "waiting": 4} and peak == 2
+
+
+def test_a_waiting_client_that_disconnects_leaves_the_queue(tmp_path: Path) -> None:
+    import socket
+    import threading
+
+    with one_at_a_time(tmp_path) as srv:
+        busy = threading.Thread(target=slow_request, args=(srv, "sk-ui", 40))
+        busy.start()
+        until(srv, lambda f: f["running"] == 1)
+        body = b'{"prompt": "x", "max_tokens": 2}'
+        waiter = socket.create_connection(("127.0.0.1", srv.port))
+        waiter.sendall(
+            b"POST /api/v1/text/generate HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer sk-ui\r\n"
+            b"Content-Type: application/json\r\nContent-Length: %d\r\n\r\n%s" % (len(body), body)
+        )
+        until(srv, lambda f: f["waiting"] == 1)
+        waiter.close()  # gone while queued
+        until(srv, lambda f: f["waiting"] == 0, within=2.0)
+        assert figures(srv)["running"] == 1  # the one generating goes on
+        busy.join()
