@@ -334,7 +334,10 @@ class RemoteEngine:
                             continue
                         data = line[5:].strip()
                         if data == "[DONE]":
-                            break
+                            # Read on to the end of the body (nothing more comes): a response
+                            # left unread closes its connection instead of going back to the
+                            # pool, and every request would open a new one.
+                            continue
                         try:
                             event = json.loads(data)
                         except ValueError:
