@@ -85,8 +85,11 @@ async def metrics(state: StateDep, request: Request) -> dict[str, Any]:
     engines = await engine_views(state)
     if engines:  # engine processes (vLLM, SGLang): their own figures
         body["engines"] = engines
-    # The asking client's own use against its token budgets (an API key's, or its address's).
-    body["client"] = await state.governor.budgets.usage(CURRENT.get())
+    # The asking client's own use of its token budgets, when it has any (the seed's shape
+    # is unchanged otherwise).
+    client = CURRENT.get()
+    if any(state.governor.budgets.limits_for(client).values()):
+        body["client"] = await state.governor.budgets.usage(client)
     return body
 
 
