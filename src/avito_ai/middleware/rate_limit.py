@@ -68,11 +68,18 @@ def is_exempt(scope: Scope) -> bool:
 
 
 class WindowStorage(Protocol):
-    """The moving-window operations of a `limits` storage (memory or Redis)."""
+    """What the limits need of a `limits` storage (memory or Redis): moving windows for
+    request counts, counters for token budgets (services/admission.py)."""
 
     async def acquire_entry(self, key: str, limit: int, expiry: int, amount: int = 1) -> bool: ...
 
     async def get_moving_window(self, key: str, limit: int, expiry: int) -> tuple[float, int]: ...
+
+    async def incr(self, key: str, expiry: int, amount: int = 1) -> int: ...
+
+    async def get(self, key: str) -> int: ...
+
+    async def get_expiry(self, key: str) -> float: ...
 
 
 class SweptMemoryStorage(MemoryStorage):
@@ -117,6 +124,15 @@ class InlineMemoryStorage:
 
     async def get_moving_window(self, key: str, limit: int, expiry: int) -> tuple[float, int]:
         return self.storage.get_moving_window(key, limit, expiry)
+
+    async def incr(self, key: str, expiry: int, amount: int = 1) -> int:
+        return self.storage.incr(key, expiry, amount)
+
+    async def get(self, key: str) -> int:
+        return self.storage.get(key)
+
+    async def get_expiry(self, key: str) -> float:
+        return self.storage.get_expiry(key)
 
 
 def make_storage(uri: str) -> WindowStorage:
@@ -210,12 +226,12 @@ class RateLimitMiddleware:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        key = client_key(scope, self.ipv6_prefix)
         if is_exempt(scope):
             if scope["path"] == "/api/metrics":  # shows the client its own usage
-                identify(scope, key)
+                identify(scope, client_key(scope, self.ipv6_prefix))
             await self.app(scope, receive, send)
             return
+        key = client_key(scope, self.ipv6_prefix)
         identify(scope, key)
         try:
             refusal, state = await self._check(key)

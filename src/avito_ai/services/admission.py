@@ -24,7 +24,7 @@ from collections import OrderedDict, deque
 from collections.abc import AsyncIterator, Mapping
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Any
 
 from avito_ai.clients import DEFAULT_CLASS, PRIORITY_CLASSES, Client
 from avito_ai.config import Role, Settings
@@ -148,32 +148,6 @@ class Admission:
         return None
 
 
-class _CounterStorage(Protocol):
-    async def incr(self, key: str, expiry: int, amount: int = 1) -> int: ...
-
-    async def get(self, key: str) -> int: ...
-
-    async def get_expiry(self, key: str) -> float: ...
-
-
-class _InlineCounters:
-    """`limits`' memory storage (synchronous; microseconds) behind the async interface."""
-
-    def __init__(self) -> None:
-        from limits.storage import MemoryStorage
-
-        self.storage = MemoryStorage()
-
-    async def incr(self, key: str, expiry: int, amount: int = 1) -> int:
-        return self.storage.incr(key, expiry, amount)
-
-    async def get(self, key: str) -> int:
-        return self.storage.get(key)
-
-    async def get_expiry(self, key: str) -> float:
-        return self.storage.get_expiry(key)
-
-
 WINDOWS = (("minute", 60), ("day", 86400))
 
 
@@ -182,17 +156,12 @@ class TokenBudgets:
     client's first tokens (the same storage as the request limits)."""
 
     def __init__(self, settings: Settings) -> None:
-        self.settings = settings
-        uri = settings.rate_limit_storage_uri
-        self.storage: _CounterStorage
-        if uri.startswith("memory://"):
-            self.storage = _InlineCounters()
-        else:
-            from limits.storage import storage_from_string
+        # The request limits' storage kind, timeouts and expiry sweep. (Imported here: the
+        # gunicorn master imports this module before it has made the metrics folder.)
+        from avito_ai.middleware.rate_limit import make_storage
 
-            self.storage = storage_from_string(  # type: ignore[assignment]
-                "async+" + uri, implementation="redispy", socket_timeout=0.5
-            )
+        self.settings = settings
+        self.storage = make_storage(settings.rate_limit_storage_uri)
 
     def limits_for(self, client: Client) -> dict[str, int]:
         policy = client.policy
