@@ -4,12 +4,15 @@ Redis and kept across a restart; keys and budgets from API_KEYS_FILE reloaded on
 from __future__ import annotations
 
 import signal
+import socket
+import threading
+import time
 from pathlib import Path
 
 import httpx
 import pytest
 
-from tests.servers import ServerProcess, gunicorn_server, wait_workers
+from tests.servers import ServerProcess, dev_server, gunicorn_server, serving, wait_workers
 
 pytestmark = pytest.mark.integration
 
@@ -103,55 +106,6 @@ def test_keys_and_budgets_reload_on_hup(tmp_path: Path) -> None:
         srv.stop()
 
 
-def test_a_flooding_client_does_not_starve_another_on_a_running_server(tmp_path: Path) -> None:
-    import threading
-    import time
-
-    from tests.servers import dev_server, serving
-
-    keys = tmp_path / "keys.txt"
-    keys.write_text("sk-flood name=flood\nsk-one name=one\n")
-    env = {
-        "AVIBE_BACKEND": "fake",
-        "FAKE_TOKEN_DELAY": "0.05",
-        "AVIBE_MAX_CONCURRENCY": "4",
-        "API_KEYS_FILE": str(keys),
-        "RATE_LIMIT_PER_MINUTE": "1000",
-    }
-    with serving(dev_server(env, tmp_path / "server.log")) as srv:
-        finished: list[str] = []
-
-        def flood() -> None:  # about a second each: 20 tokens at 50 ms
-            r = httpx.post(
-                srv.url + "/api/v1/text/generate",
-                json={"prompt": " ".join(["w"] * 19), "max_tokens": 20},
-                headers={"Authorization": "Bearer sk-flood"},
-                timeout=120,
-            )
-            assert r.status_code == 200
-            finished.append("flood")
-
-        threads = [threading.Thread(target=flood) for _ in range(40)]
-        for thread in threads:
-            thread.start()
-        deadline = time.monotonic() + 20
-        while time.monotonic() < deadline:  # (nearly) all 40 in: 4 generating, the rest queued
-            figures = httpx.get(srv.url + "/api/metrics/dashboard").json()
-            if figures["running"] == 4 and figures["waiting"] >= 30:
-                break
-            time.sleep(0.02)
-        queued = figures["waiting"]
-        assert queued >= 30, figures
-        done_before = len(finished)
-        assert ask(srv, "sk-one").status_code == 200
-        finished.append("one")
-        for thread in threads:
-            thread.join()
-    # Its turn came after the four generating and at most one more of the flood's: it
-    # finished with the next group of answers, long before the queued ones were through.
-    assert finished.index("one") - done_before <= 4 + 4, (finished.index("one"), done_before)
-
-
 def slow_request(srv: ServerProcess, key: str | None, words: int = 10) -> httpx.Response:
     """About words x 50 ms of generation with FAKE_TOKEN_DELAY=0.05."""
     headers = {"Authorization": f"Bearer {key}"} if key else {}
@@ -169,8 +123,6 @@ def figures(srv: ServerProcess) -> dict[str, int]:
 
 
 def until(srv: ServerProcess, check, within: float = 20.0) -> dict[str, int]:  # type: ignore[no-untyped-def]
-    import time
-
     deadline = time.monotonic() + within
     while time.monotonic() < deadline:
         now = figures(srv)
@@ -181,11 +133,12 @@ def until(srv: ServerProcess, check, within: float = 20.0) -> dict[str, int]:  #
 
 
 def one_at_a_time(tmp_path: Path, **extra: str):  # type: ignore[no-untyped-def]
-    from tests.servers import dev_server, serving
-
+    """A server whose model generates one request at a time (AVIBE_MAX_CONCURRENCY=1,
+    unless `extra` says otherwise), at 50 ms a token."""
     keys = tmp_path / "keys.txt"
     keys.write_text(
         "sk-night name=nightly priority=batch\nsk-ui name=console\nsk-two name=two concurrency=2\n"
+        "sk-flood name=flood\nsk-one name=one\n"
     )
     env = {
         "AVIBE_BACKEND": "fake",
@@ -198,9 +151,31 @@ def one_at_a_time(tmp_path: Path, **extra: str):  # type: ignore[no-untyped-def]
     return serving(dev_server(env, tmp_path / "server.log"))
 
 
-def test_an_interactive_request_overtakes_queued_batch_work(tmp_path: Path) -> None:
-    import threading
+def test_a_flooding_client_does_not_starve_another_on_a_running_server(tmp_path: Path) -> None:
+    with one_at_a_time(tmp_path, AVIBE_MAX_CONCURRENCY="4") as srv:
+        finished: list[str] = []
 
+        def flood() -> None:  # about a second each: 20 tokens at 50 ms
+            assert slow_request(srv, "sk-flood", 20).status_code == 200
+            finished.append("flood")
+
+        threads = [threading.Thread(target=flood) for _ in range(40)]
+        for thread in threads:
+            thread.start()
+        # (nearly) all 40 in: 4 generating, the rest queued
+        queued = until(srv, lambda f: f["running"] == 4 and f["waiting"] >= 30)["waiting"]
+        assert queued >= 30
+        done_before = len(finished)
+        assert ask(srv, "sk-one").status_code == 200
+        finished.append("one")
+        for thread in threads:
+            thread.join()
+    # Its turn came after the four generating and at most one more of the flood's: it
+    # finished with the next group of answers, long before the queued ones were through.
+    assert finished.index("one") - done_before <= 4 + 4, (finished.index("one"), done_before)
+
+
+def test_an_interactive_request_overtakes_queued_batch_work(tmp_path: Path) -> None:
     with one_at_a_time(tmp_path) as srv:
         finished: list[str] = []
 
@@ -219,8 +194,6 @@ def test_an_interactive_request_overtakes_queued_batch_work(tmp_path: Path) -> N
 
 
 def test_one_client_generates_at_most_its_concurrency(tmp_path: Path) -> None:
-    import threading
-
     with one_at_a_time(tmp_path, AVIBE_MAX_CONCURRENCY="8") as srv:
         threads = [threading.Thread(target=slow_request, args=(srv, "sk-two")) for _ in range(6)]
         for thread in threads:
@@ -236,9 +209,6 @@ def test_one_client_generates_at_most_its_concurrency(tmp_path: Path) -> None:
 
 
 def test_a_waiting_client_that_disconnects_leaves_the_queue(tmp_path: Path) -> None:
-    import socket
-    import threading
-
     with one_at_a_time(tmp_path) as srv:
         busy = threading.Thread(target=slow_request, args=(srv, "sk-ui", 40))
         busy.start()
