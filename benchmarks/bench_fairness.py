@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import json
 import statistics
 import sys
 import tempfile
@@ -27,38 +26,12 @@ import httpx
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from bench_front_door import one  # noqa: E402  (a streamed answer, timed)
 from tests.servers import ServerProcess, free_port  # noqa: E402
 
+PROMPT = "Tell me about the sea."
+
 FLOOD, INTERACTIVE = 24, 3
-
-
-async def stream(
-    client: httpx.AsyncClient, url: str, address: str, tokens: int
-) -> tuple[float, int]:
-    body = {
-        "model": "avibe",
-        "messages": [{"role": "user", "content": "Tell me about the sea."}],
-        "max_tokens": tokens,
-        "temperature": 0,
-        "ignore_eos": True,
-        "stream": True,
-        "stream_options": {"include_usage": True},
-    }
-    started = time.perf_counter()
-    first, generated = 0.0, 0
-    headers = {"X-Forwarded-For": address}
-    async with client.stream("POST", url + "/v1/chat/completions", json=body, headers=headers) as r:
-        r.raise_for_status()
-        async for line in r.aiter_lines():
-            if not line.startswith("data: ") or line == "data: [DONE]":
-                continue
-            event = json.loads(line[6:])
-            choices = event.get("choices") or [{}]
-            if not first and (choices[0].get("delta") or {}).get("content"):
-                first = time.perf_counter() - started
-            if event.get("usage"):
-                generated = int(event["usage"]["completion_tokens"])
-    return first, generated
 
 
 async def round_(url: str, seconds: float) -> tuple[list[float], float]:
@@ -71,11 +44,14 @@ async def round_(url: str, seconds: float) -> tuple[list[float], float]:
         async def flooder() -> None:
             nonlocal flood_tokens
             while time.monotonic() < end:
-                flood_tokens += (await stream(client, url, "10.0.0.1", 48))[1]
+                flood_tokens += (
+                    await one(client, url, 48, PROMPT, {"X-Forwarded-For": "10.0.0.1"})
+                )[1]
 
         async def interactive(n: int) -> None:
             while time.monotonic() < end:
-                ttfts.append((await stream(client, url, f"10.0.1.{n}", 8))[0])
+                address = {"X-Forwarded-For": f"10.0.1.{n}"}
+                ttfts.append((await one(client, url, 8, PROMPT, address))[0])
 
         started = time.monotonic()
         await asyncio.gather(

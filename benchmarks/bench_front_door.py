@@ -33,11 +33,17 @@ from tests.servers import ServerProcess, free_port  # noqa: E402
 PROMPT = "Tell me a story about a lighthouse keeper."
 
 
-async def one(client: httpx.AsyncClient, url: str, tokens: int) -> tuple[float, int]:
-    """(time to first token, tokens received) of one streamed answer."""
+async def one(
+    client: httpx.AsyncClient,
+    url: str,
+    tokens: int,
+    prompt: str = PROMPT,
+    headers: dict[str, str] | None = None,
+) -> tuple[float, int]:
+    """(time to first token, tokens received) of one streamed answer of exactly `tokens`."""
     body = {
         "model": "avibe",
-        "messages": [{"role": "user", "content": PROMPT}],
+        "messages": [{"role": "user", "content": prompt}],
         "max_tokens": tokens,
         "temperature": 0,
         "ignore_eos": True,
@@ -47,7 +53,9 @@ async def one(client: httpx.AsyncClient, url: str, tokens: int) -> tuple[float, 
     started = time.perf_counter()
     first = None
     generated = 0
-    async with client.stream("POST", url + "/v1/chat/completions", json=body) as response:
+    async with client.stream(
+        "POST", url + "/v1/chat/completions", json=body, headers=headers
+    ) as response:
         response.raise_for_status()
         async for line in response.aiter_lines():
             if not line.startswith("data: ") or line == "data: [DONE]":
