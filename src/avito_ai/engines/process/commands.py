@@ -136,24 +136,10 @@ def command_argv(role: Role, settings: Settings, port: int) -> list[str]:
 
 def engine_spec(role: Role, settings: Settings, port: int) -> EngineSpec:
     kind: Kind = settings.role(role).backend  # type: ignore[assignment]
-    if kind == "vllm":
-        return EngineSpec(
-            role,
-            kind,
-            vllm_argv(role, settings, port),
-            port,
-            served_name(role, settings),
-            HEALTH_PATH,
-        )
-    if kind == "sglang":
-        return EngineSpec(
-            role,
-            kind,
-            sglang_argv(role, settings, port),
-            port,
-            served_name(role, settings),
-            HEALTH_PATH,
-        )
+    if kind in ("vllm", "sglang"):
+        build = vllm_argv if kind == "vllm" else sglang_argv
+        served = served_name(role, settings)
+        return EngineSpec(role, kind, build(role, settings, port), port, served, HEALTH_PATH)
     return EngineSpec(
         role,
         "command",
