@@ -31,6 +31,13 @@ async def test_max_tokens_and_stop_reach_the_engine(client) -> None:
     }
     r = await client.post("/api/v1/text/generate", json={"prompt": "one two three", "stop": "two"})
     assert r.json()["data"]["text"] == "Echo: one "
+    # ignore_eos: exactly max_tokens, as the benchmarks' ideal engine (the fake) must give
+    r = await client.post(
+        "/api/v1/text/generate", json={"prompt": "a b", "max_tokens": 7, "ignore_eos": True}
+    )
+    data = r.json()["data"]
+    assert data["text"] == "Echo: a b Echo: a b Echo:"
+    assert (data["generated_tokens"], data["finish_reason"]) == (7, "length")
 
 
 async def test_request_timeout_is_504(make_settings, fake_engines) -> None:

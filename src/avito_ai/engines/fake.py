@@ -2,7 +2,10 @@
 
 It answers by echoing the last user text ("Echo: ..."), one space-separated word per token
 (line breaks kept), so tests can predict the text, token counts and finish reasons.
-`token_delay` slows it down to test streaming, timeouts and graceful shutdown.
+`token_delay` slows it down to test streaming, timeouts and graceful shutdown; with it and
+`ignore_eos` (the words repeat up to max_tokens) it is an ideal engine of fixed speed for
+measuring the front door (benchmarks/bench_front_door.py --engine-env AVIBE_BACKEND=fake
+FAKE_TOKEN_DELAY=0.02).
 """
 
 from __future__ import annotations
@@ -90,6 +93,9 @@ class FakeEngine:
         produced: list[str] = []
         finish: str = "stop"
         first: float | None = None
+        if sampling.ignore_eos:  # no end of its own: the words repeat up to max_tokens
+            words = [words[i % len(words)] for i in range(sampling.max_tokens)]
+            finish = "length"
         try:
             for i, word in enumerate(words):
                 if len(produced) >= sampling.max_tokens:
@@ -108,6 +114,7 @@ class FakeEngine:
                     if delta:
                         yield Chunk(delta)
                     produced.append(delta)
+                    finish = "stop"
                     break
                 produced.append(piece)
                 first = first or time.monotonic()
