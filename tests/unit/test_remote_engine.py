@@ -90,6 +90,25 @@ async def test_a_refused_connection_before_the_first_token_is_retried_elsewhere(
     assert e.upstreams[0].failures == 1
 
 
+async def test_events_split_anywhere_by_the_network_arrive_whole() -> None:
+    """An upstream's bytes arrive in arbitrary pieces: mid-line, mid-UTF-8 character, with
+    CRLF line ends, and the last line without its newline. The text is still exact."""
+    body = sse("Пар", "иж", " — столица").replace(b"\n", b"\r\n").rstrip(b"\r\n")
+    pieces = [body[i : i + 3] for i in range(0, len(body), 3)]  # splits "П" (2 bytes) etc.
+
+    class Trickle(httpx.AsyncByteStream):
+        async def __aiter__(self):  # type: ignore[no-untyped-def]
+            for piece in pieces:
+                yield piece
+
+    e = engine(models_or(lambda req: httpx.Response(200, stream=Trickle())), urls=A)
+    await e.start()
+    text, chunks = await collect(e)
+    await e.stop()
+    assert text == "Париж — столица"
+    assert (chunks[-1].finish_reason, chunks[-1].generated_tokens) == ("length", 2)
+
+
 async def test_5xx_before_the_first_token_is_retried_and_all_busy_means_overloaded() -> None:
     e = engine(models_or(lambda req: httpx.Response(503, json={"error": {"message": "busy"}})))
     await e.start()

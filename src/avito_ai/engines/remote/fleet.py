@@ -164,6 +164,19 @@ def _error_message(response_body: bytes) -> str:
     return str(data.get("message") or error)
 
 
+async def _sse_lines(response: httpx.Response) -> AsyncIterator[bytes]:
+    """The lines of an event stream, as bytes: httpx's aiter_lines decodes every chunk to
+    text and splits it again, a cost paid per token on every stream."""
+    pending = b""
+    async for data in response.aiter_bytes():
+        lines = (pending + data).split(b"\n")
+        pending = lines.pop()
+        for line in lines:
+            yield line.rstrip(b"\r")
+    if pending:
+        yield pending.rstrip(b"\r")
+
+
 class RemoteEngine:
     def __init__(
         self,
@@ -329,11 +342,11 @@ class RemoteEngine:
                         message = _error_message(await response.aread())
                         self._raise_for_status(upstream, response.status_code, message)
                     upstream.record_success()
-                    async for line in response.aiter_lines():
-                        if not line.startswith("data:"):
+                    async for line in _sse_lines(response):
+                        if not line.startswith(b"data:"):
                             continue
                         data = line[5:].strip()
-                        if data == "[DONE]":
+                        if data == b"[DONE]":
                             # Read on to the end of the body (nothing more comes): a response
                             # left unread closes its connection instead of going back to the
                             # pool, and every request would open a new one.
@@ -341,11 +354,12 @@ class RemoteEngine:
                         try:
                             event = json.loads(data)
                         except ValueError:
-                            event = {"error": f"malformed event from the upstream: {data[:100]}"}
+                            text = data[:100].decode(errors="replace")
+                            event = {"error": f"malformed event from the upstream: {text}"}
                         if not isinstance(event, dict):
                             event = {"error": "malformed event from the upstream"}
                         if "error" in event:
-                            message = f"Upstream error: {_error_message(data.encode())}"
+                            message = f"Upstream error: {_error_message(data)}"
                             if first_token is None:
                                 upstream.record_failure(message)
                                 raise _Retryable(message)
