@@ -5,6 +5,7 @@
     python benchmarks/bench_engine.py --model /path/to/folder
     python benchmarks/bench_engine.py --qwen3-8b-random --device cuda   # GPU, no download
     python benchmarks/bench_engine.py --detokenizers          # DecodeStream against the window
+    python benchmarks/bench_engine.py --save-qwen3-random 0.6b /tmp/q06   # a folder to serve
 
 Every request generates exactly `--tokens` tokens (EOS ignored), greedy, so the numbers
 compare like with like. The baseline is transformers' `generate()` on one stream (prefill
@@ -39,29 +40,45 @@ PROMPTS = [
 ]
 
 
-def build_qwen3_8b_random(device: str) -> tuple[Any, Any]:
-    """Qwen3-8B's architecture (its published config values) with random bf16 weights.
+# Published Qwen3 configs (layer shapes only; the weights are random).
+QWEN3_SHAPES: dict[str, dict[str, Any]] = {
+    "8b": {
+        "hidden_size": 4096,
+        "intermediate_size": 12288,
+        "num_hidden_layers": 36,
+        "num_attention_heads": 32,
+        "tie_word_embeddings": False,
+    },
+    "0.6b": {
+        "hidden_size": 1024,
+        "intermediate_size": 3072,
+        "num_hidden_layers": 28,
+        "num_attention_heads": 16,
+        "tie_word_embeddings": True,
+    },
+}
 
-    Built straight on `device` and handed to the engine in memory: writing and re-reading
-    16 GB of random weights would only measure the disk.
+
+def build_qwen3_random(device: str, size: str = "8b") -> tuple[Any, Any]:
+    """Qwen3's architecture at `size` (its published config values) with random bf16 weights.
+
+    The tokenizer is the tests' small one; the output rows of the ids it does not have are
+    zeroed, so greedy decoding always picks a token that decodes to text (random rows give
+    positive logits) while every matrix keeps its published shape and cost.
     """
     from tests.tiny_models import QWEN3_CHAT_TEMPLATE, train_tokenizer
     from transformers import PreTrainedTokenizerFast, Qwen3Config, Qwen3ForCausalLM
 
     config = Qwen3Config(
         vocab_size=151936,
-        hidden_size=4096,
-        intermediate_size=12288,
-        num_hidden_layers=36,
-        num_attention_heads=32,
         num_key_value_heads=8,
         head_dim=128,
         max_position_embeddings=40960,
         rope_parameters={"rope_type": "default", "rope_theta": 1000000.0},
         rms_norm_eps=1e-6,
-        tie_word_embeddings=False,
         eos_token_id=151645,
         pad_token_id=151643,
+        **QWEN3_SHAPES[size],
     )
     torch.set_default_dtype(torch.bfloat16)
     try:
@@ -69,13 +86,23 @@ def build_qwen3_8b_random(device: str) -> tuple[Any, Any]:
             model = Qwen3ForCausalLM(config).eval()  # type: ignore[no-untyped-call]
     finally:
         torch.set_default_dtype(torch.float32)
+    tokens = train_tokenizer()
+    with torch.no_grad():
+        model.get_output_embeddings().weight[tokens.get_vocab_size(with_added_tokens=True) :] = 0
     tokenizer = PreTrainedTokenizerFast(  # type: ignore[no-untyped-call]
-        tokenizer_object=train_tokenizer(),
+        tokenizer_object=tokens,
         eos_token="<|im_end|>",
         pad_token="<|endoftext|>",
         chat_template=QWEN3_CHAT_TEMPLATE,
     )
     return model, tokenizer
+
+
+def save_qwen3_random(folder: Path, size: str) -> None:
+    """A model folder that AVIBE_MODEL can name (for benchmarks through HTTP)."""
+    model, tokenizer = build_qwen3_random("cuda" if torch.cuda.is_available() else "cpu", size)
+    model.save_pretrained(str(folder))
+    tokenizer.save_pretrained(str(folder))
 
 
 async def start_in_memory(engine: TransformersTextEngine, model: Any, tokenizer: Any) -> None:
@@ -227,7 +254,16 @@ async def main() -> None:
     parser.add_argument("--repeats", type=int, default=2)
     parser.add_argument("--qwen3-8b-random", action="store_true")
     parser.add_argument("--detokenizers", action="store_true", help="compare detokenizers")
+    parser.add_argument(
+        "--save-qwen3-random",
+        nargs=2,
+        metavar=("SIZE", "FOLDER"),
+        help=f"only write a random-weight Qwen3 of SIZE ({', '.join(QWEN3_SHAPES)}) to FOLDER",
+    )
     args = parser.parse_args()
+    if args.save_qwen3_random:
+        save_qwen3_random(Path(args.save_qwen3_random[1]), args.save_qwen3_random[0])
+        return
 
     settings = Settings(
         _env_file=None,  # type: ignore[call-arg]
@@ -241,7 +277,7 @@ async def main() -> None:
     began = time.perf_counter()
     if args.qwen3_8b_random:
         device = "cuda" if torch.cuda.is_available() else "cpu"
-        model, tokenizer = build_qwen3_8b_random(device)
+        model, tokenizer = build_qwen3_random(device, "8b")
         print(f"built random Qwen3-8B on {device} in {time.perf_counter() - began:.1f} s")
         await start_in_memory(engine, model, tokenizer)
         del model

@@ -2,13 +2,17 @@
 
     python benchmarks/bench_front_door.py                 # ~3 minutes
     python benchmarks/bench_front_door.py --rounds 5 --tokens 128
+    python benchmarks/bench_front_door.py --engine-env AVIBE_MODEL=/tmp/q06 DEVICE=cuda
 
 One service with AVIBE_BACKEND=command starts its engine (this service on the embedded
 SmolLM2 through OpenVINO, as in tests/integration/test_engine_processes.py) on a known
-port. In one run, alternating round by round, the same engine is asked directly and
-through the service: streaming chat completions of exactly --tokens tokens (ignore_eos),
-at 1 and at 16 concurrent clients. Reported: generated tokens per second over all clients
-and mean time to first token, medians of the rounds, and the ratios.
+port (`--engine-env` sets its model and device instead). In one run the same engine is
+asked directly and through the service: streaming chat completions of exactly --tokens
+tokens (ignore_eos), at 1 client (the two paths take turns request by request) and at 16
+concurrent clients (whole loads, which path goes first alternating by round). Reported:
+generated tokens per second over all clients, medians of the rounds; the ratio and the
+first-token time added are paired within each round (so a slow spell of the engine hits
+both), then the median.
 """
 
 from __future__ import annotations
@@ -17,6 +21,7 @@ import argparse
 import asyncio
 import json
 import os
+import shlex
 import statistics
 import sys
 import tempfile
@@ -66,7 +71,12 @@ async def one(
                 first = time.perf_counter() - started
             if event.get("usage"):
                 generated = int(event["usage"]["completion_tokens"])
-    return first or 0.0, generated
+    if first is None or generated != tokens:  # a rate over short or empty answers says nothing
+        raise RuntimeError(f"{url}: {generated} tokens instead of {tokens}, first text {first}")
+    return first, generated
+
+
+Result = tuple[float, float]  # tokens per second, mean time to first token in ms
 
 
 async def load(url: str, clients: int, requests: int, tokens: int) -> tuple[float, float]:
@@ -86,6 +96,26 @@ async def load(url: str, clients: int, requests: int, tokens: int) -> tuple[floa
     return sum(n for _, n in results) / wall, 1000 * statistics.mean(t for t, _ in results)
 
 
+async def interleaved(urls: dict[str, str], requests: int, tokens: int) -> dict[str, Result]:
+    """One client, the paths taking turns request by request (ABBA order), so a slow spell
+    of the engine falls on both alike: per path (tokens per second, mean TTFT in ms)."""
+    names = list(urls)
+    done: dict[str, list[tuple[float, float, int]]] = {name: [] for name in names}
+    async with httpx.AsyncClient(timeout=300) as client:
+        for i in range(requests):
+            for name in names if i % 2 == 0 else names[::-1]:
+                started = time.perf_counter()
+                ttft, generated = await one(client, urls[name], tokens)
+                done[name].append((time.perf_counter() - started, ttft, generated))
+    return {
+        name: (
+            sum(n for _, _, n in runs) / sum(w for w, _, _ in runs),
+            1000 * statistics.mean(t for _, t, _ in runs),
+        )
+        for name, runs in done.items()
+    }
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--rounds", type=int, default=3)
@@ -95,6 +125,13 @@ def main() -> None:
         action="store_true",
         help="engine on CPU 1 with one thread, service and clients on CPU 0: on a CPU-only "
         "machine this keeps the engine's compute apart from the front door's, as a GPU does",
+    )
+    parser.add_argument(
+        "--engine-env",
+        nargs="+",
+        default=[],
+        metavar="KEY=VALUE",
+        help="settings of the stand-in engine only, e.g. AVIBE_MODEL=/tmp/q06 DEVICE=cuda",
     )
     args = parser.parse_args()
     if args.pin:
@@ -106,6 +143,7 @@ def main() -> None:
         "AVIBE_ENGINE_COMMAND": ("taskset -c 1 " if args.pin else "")
         + "env RATE_LIMIT_PER_MINUTE=1000000 RATE_LIMIT_PER_HOUR=1000000 LOG_LEVEL=WARNING "
         + ("OPENVINO_THREADS=1 " if args.pin else "")
+        + "".join(f"{shlex.quote(item)} " for item in args.engine_env)
         + "{python} -m avito_ai serve --host 127.0.0.1 --port {port}",
         "AVIBE_ENGINE_HEALTH_PATH": "/api/health/ready",
         "AVIBE_ENGINE_PORT": str(engine_port),
@@ -121,33 +159,51 @@ def main() -> None:
         service.wait_ready(180)
         asyncio.run(load(direct, 2, 4, args.tokens))  # warm-up, both paths
         asyncio.run(load(service.url, 2, 4, args.tokens))
+        urls = {"direct": direct, "service": service.url}
         table = []
         for clients, requests in ((1, 6), (16, 48)):
+            ratios: list[float] = []
+            added: list[float] = []
             rates: dict[str, list[float]] = {"direct": [], "service": []}
-            ttfts: dict[str, list[float]] = {"direct": [], "service": []}
-            for _ in range(args.rounds):
-                for name, url in (("direct", direct), ("service", service.url)):
-                    rate, ttft = asyncio.run(load(url, clients, requests, args.tokens))
-                    rates[name].append(rate)
-                    ttfts[name].append(ttft)
-            d_rate, s_rate = (statistics.median(rates[k]) for k in ("direct", "service"))
-            d_ttft, s_ttft = (statistics.median(ttfts[k]) for k in ("direct", "service"))
-            table.append((clients, d_rate, s_rate, d_ttft, s_ttft))
+            for round_ in range(args.rounds):
+                if clients == 1:
+                    got = asyncio.run(interleaved(urls, requests, args.tokens))
+                else:  # whole loads, the first path alternating by round
+                    order = list(urls) if round_ % 2 == 0 else list(urls)[::-1]
+                    got = {
+                        name: asyncio.run(load(urls[name], clients, requests, args.tokens))
+                        for name in order
+                    }
+                (d_rate, d_ttft), (s_rate, s_ttft) = got["direct"], got["service"]
+                print(
+                    f"{clients} client(s), round {round_ + 1}: direct {d_rate:.1f} tok/s "
+                    f"TTFT {d_ttft:.1f} ms; service {s_rate:.1f} tok/s TTFT {s_ttft:.1f} ms"
+                )
+                ratios.append(s_rate / d_rate)
+                added.append(s_ttft - d_ttft)
+                rates["direct"].append(d_rate)
+                rates["service"].append(s_rate)
+            table.append(
+                (
+                    clients,
+                    statistics.median(rates["direct"]),
+                    statistics.median(rates["service"]),
+                    statistics.median(ratios),
+                    statistics.median(added),
+                )
+            )
     finally:
         service.stop()
     pinned = ", engine pinned to CPU 1, service and clients to CPU 0" if args.pin else ""
+    engine = " ".join(args.engine_env) or "embedded SmolLM2, OpenVINO"
     print(
-        f"stand-in engine, {args.tokens} tokens per answer, {args.rounds} rounds, medians{pinned}\n"
+        f"\nstand-in engine ({engine}), {args.tokens} tokens per answer, {args.rounds} rounds"
+        f"{pinned}; medians over rounds, ratio and TTFT added paired within each round\n"
     )
-    print(
-        "| clients | direct tok/s | through the service tok/s | ratio | TTFT direct | TTFT added |"
-    )
-    print("| ---: | ---: | ---: | ---: | ---: | ---: |")
-    for clients, d_rate, s_rate, d_ttft, s_ttft in table:
-        print(
-            f"| {clients} | {d_rate:.1f} | {s_rate:.1f} | {s_rate / d_rate:.3f} "
-            f"| {d_ttft:.1f} ms | {s_ttft - d_ttft:+.1f} ms |"
-        )
+    print("| clients | direct tok/s | through the service tok/s | ratio | TTFT added |")
+    print("| ---: | ---: | ---: | ---: | ---: |")
+    for clients, d_rate, s_rate, ratio, ttft_added in table:
+        print(f"| {clients} | {d_rate:.1f} | {s_rate:.1f} | {ratio:.3f} | {ttft_added:+.1f} ms |")
 
 
 if __name__ == "__main__":
