@@ -240,6 +240,52 @@
     return input.value !== "" && Number.isFinite(value) ? value : fallback;
   }
 
+  // One streamed answer at a time per form, for A-Vibe and A-Vision alike: the form is busy
+  // meanwhile; Stop aborts the fetch (the server sees the connection close and cancels the
+  // generation) and the part shown stays, with its figures. run() resolves to
+  // { text, stopped }; other errors are thrown for the caller to show.
+  function streamRunner(form, sending, stop) {
+    let controller = null;
+    function busy(on) {
+      sending.disabled = on;
+      stop.hidden = !on;
+      form.classList.toggle("busy", on);
+    }
+    stop.addEventListener("click", () => controller?.abort());
+    return {
+      get active() { return controller !== null; },
+      abort() { controller?.abort(); },
+      // view: { live (gets the "streaming" class), body, meta }; messages may be a promise.
+      async run(role, messages, params, view) {
+        controller = new AbortController();
+        busy(true);
+        view.live.classList.add("streaming");
+        let shown = "";
+        const render = throttledRender(view.body);
+        const started = performance.now();
+        try {
+          const result = await streamChat(role, await messages, params, controller.signal, (t) => {
+            shown = t;
+            render(t);
+          });
+          renderMarkdown(view.body, result.text);
+          view.meta.textContent = figures(result, false);
+          return { text: result.text, stopped: false };
+        } catch (error) {
+          if (error.name !== "AbortError") throw error;
+          renderMarkdown(view.body, shown);
+          view.meta.textContent = figures({ elapsed: (performance.now() - started) / 1000, firstToken: null, usage: null }, true);
+          return { text: shown, stopped: true };
+        } finally {
+          view.live.classList.remove("streaming");
+          controller = null;
+          busy(false);
+          form.dispatchEvent(new Event("answered"));
+        }
+      },
+    };
+  }
+
   // ------------------------------------------------------------------ A-Vibe chat
   const chat = $("chat");
   const avibeForm = $("avibe-form");
@@ -249,7 +295,7 @@
   const avibeNew = $("avibe-new");
   const avibeStatus = $("avibe-status");
   let history = [];
-  let avibeController = null;
+  const avibeRunner = streamRunner(avibeForm, avibeSend, avibeStop);
 
   $("avibe-answer")?.remove(); // a no-JS answer from a previous submit: the chat replaces it
   chat.hidden = false;
@@ -270,67 +316,38 @@
     return { article: article, body: body, meta: meta };
   }
 
-  function busy(form, sending, stop, on) {
-    sending.disabled = on;
-    stop.hidden = !on;
-    form.classList.toggle("busy", on);
-  }
-
   avibeForm.addEventListener("submit", async (event) => {
     event.preventDefault();
     const text = prompt.value.trim();
-    if (!text || avibeController) return;
+    if (!text || avibeRunner.active) return;
     showStatus(avibeStatus, "");
     const turn = history.concat([{ role: "user", content: text }]);
     bubble("user", text);
     const answer = bubble("assistant", "");
-    answer.article.classList.add("streaming");
     prompt.value = "";
-    avibeController = new AbortController();
-    busy(avibeForm, avibeSend, avibeStop, true);
     const params = {
       max_tokens: numberOr($("max_tokens"), config.maxTokensAvibe),
       temperature: numberOr($("temperature"), 0.7),
       enable_thinking: $("enable_thinking").checked,
     };
-    let shown = "";
-    const render = throttledRender(answer.body);
-    const started = performance.now();
     try {
-      const result = await streamChat("avibe", turn, params, avibeController.signal, (t) => {
-        shown = t;
-        render(t);
-      });
-      renderMarkdown(answer.body, result.text);
-      answer.meta.textContent = figures(result, false);
-      history = turn.concat([{ role: "assistant", content: result.text }]);
+      const view = { live: answer.article, body: answer.body, meta: answer.meta };
+      const { text: said, stopped } = await avibeRunner.run("avibe", turn, params, view);
+      // A stopped answer's part shown stays in the conversation, as in other chat UIs.
+      if (!stopped || said) history = turn.concat([{ role: "assistant", content: said }]);
     } catch (error) {
-      if (error.name === "AbortError") {
-        // Stopped: the server saw the connection close and cancelled the generation. The
-        // part shown stays in the conversation, as in other chat UIs.
-        renderMarkdown(answer.body, shown);
-        answer.meta.textContent = figures({ elapsed: (performance.now() - started) / 1000, firstToken: null, usage: null }, true);
-        if (shown) history = turn.concat([{ role: "assistant", content: shown }]);
-      } else {
-        answer.article.remove();
-        chat.lastElementChild?.remove(); // the question goes back into the box
-        prompt.value = text;
-        showStatus(avibeStatus, error.message || String(error), "error", error.requestId);
-      }
-    } finally {
-      answer.article.classList.remove("streaming");
-      avibeController = null;
-      busy(avibeForm, avibeSend, avibeStop, false);
-      avibeForm.dispatchEvent(new Event("answered"));
+      answer.article.remove();
+      chat.lastElementChild?.remove(); // the question goes back into the box
+      prompt.value = text;
+      showStatus(avibeStatus, error.message || String(error), "error", error.requestId);
     }
   });
 
   prompt.addEventListener("keydown", (event) => {
     if (event.key === "Enter" && (event.ctrlKey || event.metaKey)) avibeForm.requestSubmit();
   });
-  avibeStop.addEventListener("click", () => avibeController?.abort());
   avibeNew.addEventListener("click", () => {
-    avibeController?.abort();
+    avibeRunner.abort();
     history = [];
     chat.replaceChildren();
     showStatus(avibeStatus, "");
@@ -349,7 +366,7 @@
   const visionLive = $("avision-live");
   let chosen = null;
   let previewUrl = null;
-  let visionController = null;
+  const visionRunner = streamRunner(visionForm, visionSend, visionStop);
   visionForm.classList.toggle("available", $("avision-notice").hidden); // until the first poll
 
   function formatSize(bytes) {
@@ -415,7 +432,7 @@
 
   visionForm.addEventListener("submit", async (event) => {
     event.preventDefault();
-    if (visionController) return;
+    if (visionRunner.active) return;
     if (!chosen) {
       showStatus(imageInfo, "Выберите изображение.", "error");
       return;
@@ -431,43 +448,22 @@
     const body = document.createElement("div");
     const meta = document.createElement("small");
     visionLive.append(body, meta);
-    visionLive.classList.add("streaming");
-    visionController = new AbortController();
-    busy(visionForm, visionSend, visionStop, true);
     const question = $("question").value.trim() || config.defaultQuestion;
-    let shown = "";
-    const render = throttledRender(body);
-    const started = performance.now();
-    try {
-      const content = [
-        { type: "image_url", image_url: { url: await dataUrl(chosen) } },
+    const messages = dataUrl(chosen).then((url) => [{
+      role: "user",
+      content: [
+        { type: "image_url", image_url: { url: url } },
         { type: "text", text: question },
-      ];
-      const result = await streamChat(
-        "avision",
-        [{ role: "user", content: content }],
-        { max_tokens: config.maxTokensAvision },
-        visionController.signal,
-        (t) => { shown = t; render(t); },
-      );
-      renderMarkdown(body, result.text);
-      meta.textContent = figures(result, false);
+      ],
+    }]);
+    try {
+      const view = { live: visionLive, body: body, meta: meta };
+      await visionRunner.run("avision", messages, { max_tokens: config.maxTokensAvision }, view);
     } catch (error) {
-      if (error.name === "AbortError") {
-        renderMarkdown(body, shown);
-        meta.textContent = figures({ elapsed: (performance.now() - started) / 1000, firstToken: null, usage: null }, true);
-      } else {
-        visionLive.hidden = true;
-        showStatus(visionStatus, error.message || String(error), "error", error.requestId);
-      }
-    } finally {
-      visionLive.classList.remove("streaming");
-      visionController = null;
-      busy(visionForm, visionSend, visionStop, false);
-      visionForm.dispatchEvent(new Event("answered"));
+      visionLive.hidden = true;
+      showStatus(visionStatus, error.message || String(error), "error", error.requestId);
     }
   });
-  visionStop.addEventListener("click", () => visionController?.abort());
 
   // ------------------------------------------------------------------ the client's budget
   // /api/metrics (free to read) tells the asking client its use of its token budgets.
@@ -507,7 +503,7 @@
         ? "A-Vision не загрузилась: " + (vision.reason || "")
         : "A-Vision не настроена: " + (vision.reason || "");
       visionForm.classList.toggle("available", vision.state === "ready" || vision.state === "loading");
-      visionSend.disabled = !(vision.state === "ready" || vision.state === "loading") || visionController !== null;
+      visionSend.disabled = !(vision.state === "ready" || vision.state === "loading") || visionRunner.active;
     }
     return Object.values(models).some((m) => m.state === "loading");
   }
