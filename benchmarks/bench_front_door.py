@@ -79,7 +79,7 @@ async def one(
 Result = tuple[float, float]  # tokens per second, mean time to first token in ms
 
 
-async def load(url: str, clients: int, requests: int, tokens: int) -> tuple[float, float]:
+async def load(url: str, clients: int, requests: int, tokens: int) -> Result:
     """(tokens per second over all clients, mean time to first token in ms)."""
     async with httpx.AsyncClient(timeout=300) as client:
         queue = list(range(requests))
