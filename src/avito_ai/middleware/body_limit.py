@@ -28,7 +28,10 @@ class BodyLimitMiddleware:
         self.app = app
         self.limit_for = limit_for
         # Longest wait for the next piece of a body: a client that stops sending mid-upload
-        # gets 408 instead of holding a connection and a request slot for ever.
+        # gets 408 instead of holding a connection and a request slot for ever. Only body
+        # bytes are waited for this way: once the body is whole, `receive` waits untimed
+        # for the disconnect (the answer may take longer than this; REQUEST_TIMEOUT and
+        # the engines bound it).
         self.read_timeout = read_timeout
         # Routes that take images in JSON (OpenAI chat): a body past this many bytes must
         # have shown an image part by then, else it is text only and gets the text cap.
@@ -55,8 +58,14 @@ class BodyLimitMiddleware:
         seen_image = text_limit is None
         tail = b""
 
+        body_done = False
+
         async def counting_receive() -> Message:
-            nonlocal received, seen_image, tail
+            nonlocal received, seen_image, tail, body_done
+            if body_done:
+                # The body is in: what comes now is the disconnect, whenever the client
+                # leaves (a 40 s answer is no stalled upload). REQUEST_TIMEOUT bounds that.
+                return await receive()
             try:
                 async with asyncio.timeout(self.read_timeout):
                     msg = await receive()
@@ -64,6 +73,8 @@ class BodyLimitMiddleware:
                 raise HTTPException(
                     408, detail=f"No request body for {self.read_timeout:g} s; send it whole"
                 ) from None
+            if msg["type"] != "http.request" or not msg.get("more_body", False):
+                body_done = True
             if msg["type"] == "http.request":
                 body = msg.get("body", b"")
                 received += len(body)
