@@ -119,6 +119,29 @@ def test_stop_string_cuts_the_answer(server: ServerProcess) -> None:
     assert cut["finish_reason"] == "stop"
 
 
+@pytest.mark.parametrize("stop", ["tal of ", "of Fr", "ance is P", "s Paris"])
+def test_a_stop_string_spread_over_tokens_ends_the_answer_before_it(
+    server: ServerProcess, client: openai.OpenAI, stop: str
+) -> None:
+    """Whatever the token boundaries ("tal of " ends inside " France"), nothing of the
+    stop string reaches the client, streamed or whole."""
+    plain = generate(server, prompt=FRANCE, temperature=0, max_tokens=40)["data"]["text"]
+    assert stop in plain
+    expected = plain[: plain.index(stop)]
+    whole = generate(server, prompt=FRANCE, temperature=0, max_tokens=40, stop=[stop])["data"]
+    assert (whole["text"], whole["finish_reason"]) == (expected, "stop")
+    stream = client.chat.completions.create(
+        model="avibe",
+        messages=[{"role": "user", "content": FRANCE}],
+        temperature=0,
+        max_tokens=40,
+        stop=[stop],
+        stream=True,
+    )
+    streamed = "".join(c.choices[0].delta.content or "" for c in stream if c.choices)
+    assert streamed == expected
+
+
 def test_max_tokens_and_ignore_eos(server: ServerProcess) -> None:
     short = generate(server, prompt=FRANCE, temperature=0, max_tokens=3)["data"]
     assert (short["generated_tokens"], short["finish_reason"]) == (3, "length")

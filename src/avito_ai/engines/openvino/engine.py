@@ -21,6 +21,7 @@ pipeline (it cuts the text exactly as the transformers engine does).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import secrets
 import time
@@ -118,6 +119,9 @@ class OpenVINOTextEngine(InProcessEngine):
         self._max_batch = settings.max_batch_size
         self._context = 0  # the model's context in tokens; 0: unknown
         self._rows: list[_Row] = []  # worker-only
+        # Requests cancelled since the last step (worker-only): the pipeline frees their
+        # KV blocks at its next step, so one more step runs even when nothing else does.
+        self._cancelled = False
         self._next_id = 0  # worker-only
 
     # ------------------------------------------------------------------ lifecycle
@@ -249,12 +253,10 @@ class OpenVINOTextEngine(InProcessEngine):
         else:
             config.do_sample = False
         config.repetition_penalty = sampling.repetition_penalty
-        if stops:
-            # The pipeline stops generating at a stop string; the text pipeline cuts the
-            # text right before it (the pipeline would drop whole tokens, " Paris" with its
-            # space, where the answer must end exactly before "Paris").
-            config.stop_strings = set(stops)
-            config.include_stop_str_in_output = True
+        # Stop strings are the text pipeline's alone (the worker cancels the request when it
+        # sees one): the pipeline's own matching withholds the token that completes a stop
+        # string, so a stop spread over tokens ("tal of " in " capital", " of", " France")
+        # left its head ("tal of") in the answer.
         config.ignore_eos = sampling.ignore_eos
         return config
 
@@ -263,11 +265,12 @@ class OpenVINOTextEngine(InProcessEngine):
     def _run(self) -> None:
         bridge = self._bridge
         try:
-            while bridge.wait_for_work(busy=bool(self._rows)):
+            while bridge.wait_for_work(busy=bool(self._rows) or self._cancelled):
                 self._drop_gone()
                 for ticket in bridge.take(self._max_batch - len(self._rows)):
                     self._admit(ticket)
-                if self._rows:
+                if self._rows or self._cancelled:
+                    self._cancelled = False
                     self._pipe.step()
                     self._collect(time.monotonic())
                 bridge.flush()
@@ -278,11 +281,14 @@ class OpenVINOTextEngine(InProcessEngine):
             bridge.close()
             now = time.monotonic()
             for row in self._rows:
-                row.handle.cancel()
+                self._cancel(row)
                 if not row.ticket.done:
                     bridge.end(row.ticket, self._final(row, "cancelled", now))
             self._rows = []
             bridge.flush()
+            if self._cancelled and self._pipe is not None:
+                with contextlib.suppress(Exception):  # the pipeline is going away anyway
+                    self._pipe.step()  # frees the cancelled requests' KV blocks
 
     def _drop_gone(self) -> None:
         """Cancel requests whose client left or whose deadline passed; free their slots."""
@@ -290,13 +296,17 @@ class OpenVINOTextEngine(InProcessEngine):
         keep: list[_Row] = []
         for row in self._rows:
             if row.ticket.cancelled:
-                row.handle.cancel()
+                self._cancel(row)
             elif row.ticket.expired(now):
-                row.handle.cancel()
+                self._cancel(row)
                 self._bridge.fail([row.ticket], Timeout("Request timed out"))
             else:
                 keep.append(row)
         self._rows = keep
+
+    def _cancel(self, row: _Row) -> None:
+        row.handle.cancel()
+        self._cancelled = True
 
     def _admit(self, ticket: Ticket[Prepared]) -> None:
         prepared = ticket.payload
@@ -331,7 +341,7 @@ class OpenVINOTextEngine(InProcessEngine):
                 row.finish = "stop"
             if row.finish is not None:
                 if status == running:
-                    row.handle.cancel()  # our stop string matched first
+                    self._cancel(row)  # a stop string (the text pipeline's) matched
                 self._bridge.end(row.ticket, self._final(row, row.finish, now))
             elif status != running:  # IGNORED: it can never fit the KV cache
                 self._bridge.fail(
