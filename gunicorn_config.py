@@ -12,10 +12,14 @@ from pathlib import Path
 from typing import Any
 
 from avito_ai.cli import settings_or_exit
+from avito_ai.gunicorn_worker import guard_reloads
 
 # The same loader as the app (environment over .env, validated): a bad value stops the
 # master with one line naming the variable, before any worker starts.
 _settings = settings_or_exit()
+# A HUP whose new configuration is invalid is refused (logged, counted); the master and
+# its workers go on serving the current one.
+guard_reloads()
 
 bind = _settings.gunicorn_bind or f"{_settings.host}:{_settings.port}"
 

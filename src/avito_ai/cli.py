@@ -24,23 +24,26 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
-def settings_or_exit(*, serving: bool = True, **overrides: object) -> Settings:
-    """Settings from the environment; on a bad value, one line on stderr and exit 2.
-
-    `serving`: also refuse a configured backend whose libraries are not installed (a light
-    install asked for the transformers engine), naming the extra to install.
-    """
+def checked_settings(*, serving: bool = True, **overrides: object) -> Settings:
+    """Settings from the environment; ConfigError (one line naming the variable) on a bad
+    value. `serving`: also refuse a configured backend whose libraries are not installed
+    (a light install asked for the transformers engine), naming the extra to install."""
     from avito_ai.engines.registry import missing_extra
 
+    settings = load_settings(**{k: v for k, v in overrides.items() if v is not None})
+    problem = missing_extra(settings) if serving else None
+    if problem is not None:
+        raise ConfigError(problem)
+    return settings
+
+
+def settings_or_exit(*, serving: bool = True, **overrides: object) -> Settings:
+    """`checked_settings`, or one line on stderr and exit 2."""
     try:
-        settings = load_settings(**{k: v for k, v in overrides.items() if v is not None})
-        problem = missing_extra(settings) if serving else None
-        if problem is not None:
-            raise ConfigError(problem)
+        return checked_settings(serving=serving, **overrides)
     except ConfigError as exc:
         print(f"avito-ai: {exc}", file=sys.stderr)
         raise SystemExit(2) from None
-    return settings
 
 
 def main(argv: Sequence[str] | None = None) -> None:

@@ -236,9 +236,13 @@ class Settings(BaseSettings):
         if value is not None and not value.is_file():
             raise ValueError(f"file {value} does not exist")
         if value is not None:
-            lines = value.read_text(encoding="utf-8").splitlines()
+            try:
+                lines = value.read_text(encoding="utf-8").splitlines()
+            except (OSError, UnicodeDecodeError) as exc:
+                raise ValueError(f"cannot read {value}: {exc}") from None
             for number, line in enumerate(lines, 1):
-                parse_key_line(line, where=f"line {number}")  # ValueError names the field
+                # ValueError names the file, the line and the field
+                parse_key_line(line, where=f"{value} line {number}")
         return value
 
     @field_validator("rate_limit_storage_uri")
@@ -318,8 +322,14 @@ def format_validation_error(error: ValidationError) -> str:
             parts.append(str(item["msg"]).removeprefix("Value error, "))
             continue
         value = item.get("input")
-        shown = f" (got {value!r})" if isinstance(value, str | int | float) else ""
-        parts.append(f"{name}: {item['msg']}{shown}")
+        message = str(item["msg"]).removeprefix("Value error, ")
+        # The value, unless the message names it already (a file and the line that is bad).
+        shown = (
+            f" (got {value!r})"
+            if isinstance(value, str | int | float) and str(value) not in message
+            else ""
+        )
+        parts.append(f"{name}: {message}{shown}")
     return "Invalid configuration: " + "; ".join(parts)
 
 

@@ -1,4 +1,5 @@
-"""Gunicorn worker: uvicorn-worker's UvicornWorker with our draining server."""
+"""Gunicorn worker: uvicorn-worker's UvicornWorker with our draining server; and the
+master's guard that refuses a reload whose configuration is invalid."""
 
 from __future__ import annotations
 
@@ -10,7 +11,8 @@ from typing import Any, ClassVar
 from gunicorn.arbiter import Arbiter
 from uvicorn_worker import UvicornWorker
 
-from avito_ai.cli import settings_or_exit
+from avito_ai.cli import checked_settings, settings_or_exit
+from avito_ai.config import ConfigError
 from avito_ai.server import DrainingServer
 
 
@@ -40,3 +42,44 @@ class AvitoUvicornWorker(UvicornWorker):  # type: ignore[misc]
         await server.serve(sockets=[getattr(s, "sock", s) for s in self.sockets])
         if not server.started:
             sys.exit(Arbiter.WORKER_BOOT_ERROR)
+
+
+def reload_problem() -> str | None:
+    """Why the configuration a reload would start workers with is invalid (the settings
+    as `.env` and the environment give them, the keys file read whole), or None."""
+    try:
+        settings = checked_settings()
+        settings.api_key_policies()  # the file may have changed since the validation
+    except ConfigError as exc:
+        return str(exc)
+    except (OSError, ValueError) as exc:
+        return f"Invalid configuration: API_KEYS_FILE: {exc}"
+    return None
+
+
+def guard_reloads(arbiter: type[Arbiter] = Arbiter) -> None:
+    """A HUP reloads only a valid configuration. gunicorn re-reads gunicorn_config.py on
+    HUP, whose settings check exits on a bad value: the master died and left its workers
+    orphaned, serving the old keys with nothing to respawn them. Now the master checks
+    first and, when the configuration is invalid, logs one line naming the variable (and
+    the keys file's line and field), counts `avito_config_reload_failures_total`, and
+    keeps its current workers; the next HUP with a valid configuration reloads.
+    Idempotent (the config file runs again on every reload)."""
+    if getattr(arbiter.handle_hup, "_avito_guard", False):
+        return
+    original = arbiter.handle_hup
+
+    def handle_hup(self: Arbiter) -> None:
+        problem = reload_problem()
+        if problem is None:
+            original(self)
+            return
+        from avito_ai.observability.metrics import CONFIG_RELOAD_FAILURES
+
+        CONFIG_RELOAD_FAILURES.inc()
+        self.log.error(
+            "Reload refused, the workers keep the current configuration: %s", problem
+        )
+
+    handle_hup._avito_guard = True  # type: ignore[attr-defined]
+    arbiter.handle_hup = handle_hup  # type: ignore[method-assign]

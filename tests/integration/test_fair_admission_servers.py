@@ -106,6 +106,70 @@ def test_keys_and_budgets_reload_on_hup(tmp_path: Path) -> None:
         srv.stop()
 
 
+def reload_failures(srv: ServerProcess) -> float:
+    for line in httpx.get(srv.url + "/metrics", timeout=10).text.splitlines():
+        if line.startswith("avito_config_reload_failures_total "):
+            return float(line.split()[1])
+    return 0.0
+
+
+def test_a_reload_with_a_bad_keys_file_is_refused_and_the_next_good_one_works(
+    tmp_path: Path,
+) -> None:
+    keys = tmp_path / "keys.txt"
+    keys.write_text("sk-old name=old\n")
+    env = {
+        "AVIBE_BACKEND": "fake",
+        "API_KEYS_FILE": str(keys),
+        "RATE_LIMIT_PER_MINUTE": "1000",
+        "PROMETHEUS_MULTIPROC_DIR": str(tmp_path / "prom"),
+    }
+    srv = gunicorn_server(env, tmp_path / "server.log", workers=2)
+    try:
+        srv.wait_ready()
+        workers = wait_workers(srv, 2)
+        assert ask(srv, "sk-old").status_code == 200
+
+        keys.write_text("sk-old name=old\nsk-new name=new tokens_per_minute=lots\n")
+        srv.signal(signal.SIGHUP)
+        deadline = time.monotonic() + 20
+        while srv.output().count("Reload refused") < 1:
+            assert time.monotonic() < deadline, srv.output()
+            time.sleep(0.1)
+        refusal = [line for line in srv.output().splitlines() if "Reload refused" in line]
+        assert len(refusal) == 1
+        assert f"{keys} line 2: tokens_per_minute must be a whole number" in refusal[0]
+        assert "got '" not in refusal[0]
+
+        keys.unlink()  # deleted: refused too
+        srv.signal(signal.SIGHUP)
+        while srv.output().count("Reload refused") < 2:
+            assert time.monotonic() < deadline, srv.output()
+            time.sleep(0.1)
+        refusal = [line for line in srv.output().splitlines() if "Reload refused" in line]
+        assert f"file {keys} does not exist" in refusal[1]
+        time.sleep(1)
+        # The master lives, its workers are the same ones and keep the keys they had.
+        assert srv.proc.poll() is None
+        assert wait_workers(srv, 0) == workers
+        assert ask(srv, "sk-old").status_code == 200
+        assert ask(srv, "sk-new").status_code == 401
+        assert reload_failures(srv) == 2
+
+        keys.write_text("sk-new name=new\n")  # valid again: the next HUP reloads
+        srv.signal(signal.SIGHUP)
+        wait_workers(srv, len(workers) + 2)
+        for _ in range(50):  # until the old workers have gone
+            if ask(srv, "sk-old").status_code == 401:
+                break
+            time.sleep(0.1)
+        assert ask(srv, "sk-old").status_code == 401
+        assert ask(srv, "sk-new").status_code == 200
+        assert srv.proc.poll() is None
+    finally:
+        srv.stop()
+
+
 def slow_request(srv: ServerProcess, key: str | None, words: int = 10) -> httpx.Response:
     """About words x 50 ms of generation with FAKE_TOKEN_DELAY=0.05."""
     headers = {"Authorization": f"Bearer {key}"} if key else {}

@@ -71,3 +71,7 @@ RATE_LIMIT_STORAGE_ERRORS = Counter(
     "avito_rate_limit_storage_errors_total",
     "Rate-limit checks that could not reach the storage (e.g. Redis down)",
 )
+CONFIG_RELOAD_FAILURES = Counter(
+    "avito_config_reload_failures_total",
+    "HUP reloads refused because the new configuration (settings, API_KEYS_FILE) is invalid",
+)
