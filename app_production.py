@@ -8,11 +8,14 @@ from __future__ import annotations
 
 from avito_ai.app import create_app
 from avito_ai.cli import main, settings_or_exit
+from avito_ai.gunicorn_worker import inherited_settings
 from avito_ai.observability.logging import configure_logging
 
 if __name__ == "__main__":
     main(["serve"])
 else:
-    settings = settings_or_exit()
+    # In a gunicorn worker, the configuration its master validated (kept across a reload
+    # the master refused); otherwise read now.
+    settings = inherited_settings() or settings_or_exit()
     configure_logging(settings.log_level, settings.log_format, settings.log_file)
     app = create_app(settings)

@@ -12,11 +12,13 @@ from pathlib import Path
 from typing import Any
 
 from avito_ai.cli import settings_or_exit
-from avito_ai.gunicorn_worker import guard_reloads
+from avito_ai.gunicorn_worker import guard_reloads, remember
 
 # The same loader as the app (environment over .env, validated): a bad value stops the
 # master with one line naming the variable, before any worker starts.
 _settings = settings_or_exit()
+# What every worker forked from now on serves with (app_production.py), keys included.
+remember(_settings)
 # A HUP whose new configuration is invalid is refused (logged, counted); the master and
 # its workers go on serving the current one.
 guard_reloads()
@@ -69,8 +71,10 @@ def on_starting(server: Any) -> None:
     from avito_ai.observability.logging import configure_master_logging
 
     configure_master_logging(_settings.log_level, _settings.log_format, _settings.log_file)
-    # Exports ENGINE_STATE_DIR before any worker is forked: workers read their engine there.
-    start_engine_processes(_settings)
+    # Before any worker is forked: workers read their engines' states in that folder.
+    folder = start_engine_processes(_settings)
+    if folder is not None:
+        remember(_settings.model_copy(update={"engine_state_dir": folder}))
 
 
 def on_exit(server: Any) -> None:

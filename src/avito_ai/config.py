@@ -12,6 +12,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import (
     Field,
+    PrivateAttr,
     SecretStr,
     ValidationError,
     ValidationInfo,
@@ -187,6 +188,9 @@ class Settings(BaseSettings):
     tokens_per_day: Annotated[int, Field(ge=0)] = 0
     # Requests of one client generating at once (per worker); the rest wait. 0: no limit.
     client_concurrency: Annotated[int, Field(ge=0)] = 0
+    # Requests of one client waiting for a model at once (per worker); past it, 429.
+    # 0: a quarter of MAX_QUEUE_SIZE (at least 1), so one client cannot fill the queue.
+    client_max_waiting: Annotated[int, Field(ge=0)] = 0
     # Requests generating at once per model before the fair queue holds the rest;
     # 0: the engine's own (MAX_BATCH_SIZE in process, 1 for A-Vision, 256 for remote).
     avibe_max_concurrency: Annotated[int, Field(ge=0)] = 0
@@ -196,14 +200,16 @@ class Settings(BaseSettings):
     api_keys: SecretStr | None = None
     api_keys_file: Path | None = None  # one key per line; "#" starts a comment
 
-    def api_key_list(self) -> list[str]:
-        """Keys from API_KEYS and API_KEYS_FILE; empty means no authentication."""
-        return [policy.key for policy in self.api_key_policies()]
+    # The keys as first read (api_key_policies): a Settings object is one configuration.
+    _policies: list[KeyPolicy] | None = PrivateAttr(default=None)
 
     def api_key_policies(self) -> list[KeyPolicy]:
         """Each key with its name, budgets, concurrency and priority (avito_ai/clients.py
-        documents the file's format). Read again by every new worker: a HUP reload picks up
-        an edited file."""
+        documents the file's format), from API_KEYS and API_KEYS_FILE; empty means no
+        authentication. Read once per Settings: a HUP reload makes new ones, which read an
+        edited file."""
+        if self._policies is not None:
+            return self._policies
         policies: list[KeyPolicy] = []
         if self.api_keys is not None:
             for key in (k.strip() for k in self.api_keys.get_secret_value().split(",")):
@@ -215,6 +221,7 @@ class Settings(BaseSettings):
                 policy = parse_key_line(line, where=f"API_KEYS_FILE line {number}")
                 if policy is not None:
                     policies.append(policy)
+        self._policies = policies
         return policies
 
     @field_validator("log_level", mode="before")

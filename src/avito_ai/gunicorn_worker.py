@@ -12,7 +12,7 @@ from gunicorn.arbiter import Arbiter
 from uvicorn_worker import UvicornWorker
 
 from avito_ai.cli import checked_settings, settings_or_exit
-from avito_ai.config import ConfigError
+from avito_ai.config import ConfigError, Settings
 from avito_ai.server import DrainingServer
 
 
@@ -30,7 +30,7 @@ class AvitoUvicornWorker(UvicornWorker):  # type: ignore[misc]
         # gunicorn's worker_connections (MAX_CONNECTIONS) bounds uvicorn as it bounds
         # gunicorn's own async workers: past it, new requests get 503.
         self.config.limit_concurrency = self.cfg.worker_connections
-        settings = settings_or_exit()
+        settings = inherited_settings() or settings_or_exit()
         server = DrainingServer(self.config, settings.header_read_timeout)
         # Under gunicorn the master expects the worker to die by the signal it sent.
         server.reraise_signals = True
@@ -44,12 +44,29 @@ class AvitoUvicornWorker(UvicornWorker):  # type: ignore[misc]
             sys.exit(Arbiter.WORKER_BOOT_ERROR)
 
 
+# The gunicorn master's last valid configuration, keys included. Workers are forked from
+# the master, so each one starts with it, also one respawned after a refused reload while
+# the files on disk are invalid (reading them again, it would exit, and be respawned...).
+_VALIDATED: Settings | None = None
+
+
+def remember(settings: Settings) -> None:
+    """The master's configuration from now on (gunicorn_config.py, on every valid load)."""
+    global _VALIDATED
+    settings.api_key_policies()  # read now, in the master: the workers inherit the keys
+    _VALIDATED = settings
+
+
+def inherited_settings() -> Settings | None:
+    """In a gunicorn worker: the master's configuration; elsewhere None."""
+    return _VALIDATED
+
+
 def reload_problem() -> str | None:
     """Why the configuration a reload would start workers with is invalid (the settings
     as `.env` and the environment give them, the keys file read whole), or None."""
     try:
-        settings = checked_settings()
-        settings.api_key_policies()  # the file may have changed since the validation
+        checked_settings().api_key_policies()  # (the file may change after its check)
     except ConfigError as exc:
         return str(exc)
     except (OSError, ValueError) as exc:
@@ -77,9 +94,7 @@ def guard_reloads(arbiter: type[Arbiter] = Arbiter) -> None:
         from avito_ai.observability.metrics import CONFIG_RELOAD_FAILURES
 
         CONFIG_RELOAD_FAILURES.inc()
-        self.log.error(
-            "Reload refused, the workers keep the current configuration: %s", problem
-        )
+        self.log.error("Reload refused, the workers keep the current configuration: %s", problem)
 
     handle_hup._avito_guard = True  # type: ignore[attr-defined]
-    arbiter.handle_hup = handle_hup  # type: ignore[method-assign]
+    arbiter.handle_hup = handle_hup

@@ -58,6 +58,7 @@ async def test_a_flooding_client_does_not_starve_another(
     settings = isolated_settings(
         api_keys_file=keys_file(tmp_path, "sk-flood name=flood\nsk-one name=one\n"),
         avibe_max_concurrency=4,
+        client_max_waiting=64,  # (its own bound, tested below, would refuse most of them)
         rate_limit_per_minute=1000,
     )
     async with running(settings, engine_set(token_delay=0.02)) as (app, client):
@@ -153,7 +154,7 @@ async def test_a_waiter_that_leaves_is_out_of_the_queue_at_once() -> None:
 
 async def test_a_full_queue_answers_503_at_once() -> None:
     settings = isolated_settings(
-        avibe_max_concurrency=1, max_queue_size=2, rate_limit_per_minute=1000
+        avibe_max_concurrency=1, max_queue_size=2, client_max_waiting=3, rate_limit_per_minute=1000
     )
     async with running(settings, engine_set(token_delay=0.05)) as (app, client):
         queue = app.state.avito.governor.admissions["avibe"]
@@ -191,8 +192,11 @@ async def test_token_budget_refuses_with_which_budget_and_reports_what_is_left(
             raise AssertionError("never refused")
         assert "Token budget exceeded: 40 tokens per minute" in r.json()["message"]
         assert 1 <= int(r.headers["retry-after"]) <= 60
-        assert left == sorted(left, reverse=True) and left[0] == 40
-        assert spent >= 40 and spent - 40 < spent / len(left) + 1  # refused once it was over
+        # Each answer reserved its prompt plus max_tokens (what it then used, here) as it
+        # was admitted; the one that would not fit was refused: never over the budget.
+        per_answer = spent // len(left)
+        assert left == [40 - per_answer * n for n in range(1, len(left) + 1)]
+        assert spent <= 40 < spent + per_answer
         mine = (await client.get("/api/metrics", headers={"X-API-Key": "sk-a"})).json()["client"]
         assert mine["client"] == "team-a"
         assert mine["tokens_per_minute"] == {"used": spent, "limit": 40}

@@ -96,7 +96,7 @@ def test_a_stalled_upload_still_gets_408(server: ServerProcess) -> None:
     with socket.create_connection(("127.0.0.1", server.port), timeout=10) as sock:
         sock.sendall(
             b"POST /api/v1/text/generate HTTP/1.1\r\nHost: x\r\n"
-            b"Content-Type: application/json\r\nContent-Length: 100\r\n\r\n{\"prompt\""
+            b'Content-Type: application/json\r\nContent-Length: 100\r\n\r\n{"prompt"'
         )
         sock.settimeout(10)
         head = sock.recv(4096)

@@ -118,7 +118,10 @@ class Timings:
 
 @dataclass(frozen=True)
 class Chunk:
-    """A text delta; the last chunk of a generation also carries the summary."""
+    """A text delta; the last chunk of a generation also carries the summary.
+
+    On a delta, `generated_tokens` is the count so far when the engine knows it (what a
+    request cancelled mid-answer is charged); on the final chunk, the whole count."""
 
     text: str
     finish_reason: FinishReason | None = None
@@ -159,6 +162,17 @@ def final_chunk(
             total_s=finished - created,
         ),
     )
+
+
+@runtime_checkable
+class CountsPromptTokens(Protocol):
+    """An engine that can say how many tokens a request's prompt is before it runs (it
+    has the tokenizer and chat template): token budgets reserve exactly that much. Others
+    get an estimate (services/budgets.py), corrected by the final count."""
+
+    def prompt_tokens(self, request: GenerationRequest) -> int:
+        """The prompt's tokens as the model will see it. Raises ValidationFailed."""
+        ...
 
 
 @runtime_checkable

@@ -81,6 +81,9 @@ class FakeEngine:
         input_tokens = sum(len(m.content) for m in request.messages) + len(text.split())
         return words, input_tokens
 
+    def prompt_tokens(self, request: GenerationRequest) -> int:
+        return self.answer_for(request)[1]
+
     async def generate(self, request: GenerationRequest) -> AsyncIterator[Chunk]:
         if self._state is not EngineState.READY:
             raise ModelUnavailable(f"Model for {self.role} is {self._state.value}")
@@ -112,13 +115,13 @@ class FakeEngine:
                     keep = joined[: joined.index(hit)]
                     delta = keep[len("".join(produced)) :]
                     if delta:
-                        yield Chunk(delta)
+                        yield Chunk(delta, generated_tokens=len(produced) + 1)
                     produced.append(delta)
                     finish = "stop"
                     break
                 produced.append(piece)
                 first = first or time.monotonic()
-                yield Chunk(piece)
+                yield Chunk(piece, generated_tokens=len(produced))
             yield final_chunk(
                 "length" if finish == "length" else "stop",
                 input_tokens=input_tokens,

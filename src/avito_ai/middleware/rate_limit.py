@@ -28,6 +28,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from avito_ai.clients import CURRENT, DEFAULT_CLASS, Client, KeyPolicy
 from avito_ai.errors import AvitoError, RateLimited, RateLimitUnavailable
+from avito_ai.observability.logging import Throttled
 from avito_ai.observability.metrics import RATE_LIMIT_STORAGE_ERRORS
 
 logger = logging.getLogger("avito_ai.rate_limit")
@@ -69,7 +70,7 @@ def is_exempt(scope: Scope) -> bool:
 
 class WindowStorage(Protocol):
     """What the limits need of a `limits` storage (memory or Redis): moving windows for
-    request counts, counters for token budgets (services/admission.py)."""
+    request counts, counters for the budgets' usage view (services/budgets.py)."""
 
     async def acquire_entry(self, key: str, limit: int, expiry: int, amount: int = 1) -> bool: ...
 
@@ -220,7 +221,7 @@ class RateLimitMiddleware:
         self.error_responder = error_responder
         self.policy = ", ".join(f"{item.amount};w={item.get_expiry()}" for item, _ in self.windows)
         self.policy_bytes = self.policy.encode()
-        self._last_storage_warning = 0.0
+        self._storage_log = Throttled(logger)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -293,12 +294,9 @@ class RateLimitMiddleware:
         return None, f"limit={tightest[0]}, remaining={tightest[1]}, reset={tightest[2]}"
 
     def _warn_storage(self, exc: Exception) -> None:
-        now = time.monotonic()
-        if now - self._last_storage_warning > 10:
-            self._last_storage_warning = now
-            logger.error(
-                "Rate-limit storage unreachable (%s: %s); failing %s",
-                type(exc).__name__,
-                exc,
-                "open: requests are not limited" if self.fail_open else "closed: requests get 503",
-            )
+        self._storage_log.error(
+            "Rate-limit storage unreachable (%s: %s); failing %s",
+            type(exc).__name__,
+            exc,
+            "open: requests are not limited" if self.fail_open else "closed: requests get 503",
+        )

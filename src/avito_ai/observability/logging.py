@@ -11,6 +11,8 @@ import json
 import logging
 import logging.handlers
 import sys
+import threading
+import time
 from contextvars import ContextVar
 from datetime import UTC, datetime
 from pathlib import Path
@@ -36,6 +38,30 @@ _CONTROLS = {c: f"\\x{c:02x}" for c in (*range(32), 127)} | {
 
 def escape_controls(text: str) -> str:
     return text.translate(_CONTROLS)
+
+
+class Throttled:
+    """At most one line per `interval` seconds for a failure that repeats on every request
+    (Redis down: 230 lines a second under load said nothing the first one did not). The
+    lines left out are counted and the next line says how many."""
+
+    def __init__(self, logger: logging.Logger, interval: float = 10.0) -> None:
+        self.logger = logger
+        self.interval = interval
+        self._last = -interval
+        self._skipped = 0
+        self._lock = threading.Lock()
+
+    def error(self, message: str, *args: object) -> None:
+        now = time.monotonic()
+        with self._lock:
+            if now - self._last < self.interval:
+                self._skipped += 1
+                return
+            self._last, skipped, self._skipped = now, self._skipped, 0
+        if skipped:
+            message += f" ({skipped} more like it in the last {self.interval:g} s)"
+        self.logger.error(message, *args)
 
 
 class TextFormatter(logging.Formatter):

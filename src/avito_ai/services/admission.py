@@ -9,28 +9,27 @@ queue with priority classes. One client cannot starve the rest.
   Retry-After. A waiter whose client disconnects leaves at once (its task is cancelled).
 * **Per-client concurrency**: a client with `concurrency` requests generating is skipped
   in the rotation until one of them ends.
-* **Token budgets** (`TokenBudgets`): tokens per minute and per day per client (prompt
-  plus generated, counted from what was used), in the rate limits' storage (memory, or
-  Redis: shared by workers and replicas, kept across restarts). A client over a budget
-  gets 429 `rate_limit_exceeded` naming it, with Retry-After.
+* **Waiting per client**: one client may have at most CLIENT_MAX_WAITING requests waiting
+  (default a quarter of the queue); past it its next request is a 429, so one client
+  cannot fill the queue and turn every other client away with 503s.
+* **Token budgets** (services/budgets.py): tokens per minute and per day per client,
+  reserved at admission and settled at the end, in the rate limits' storage (memory, or
+  Redis: shared by workers and replicas, kept across restarts). A request that does not
+  fit gets 429 `rate_limit_exceeded` naming the budget, with Retry-After.
 """
 
 from __future__ import annotations
 
 import asyncio
-import logging
-import time
 from collections import OrderedDict, deque
 from collections.abc import AsyncIterator, Mapping
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
-from typing import Any
 
 from avito_ai.clients import DEFAULT_CLASS, PRIORITY_CLASSES, Client
 from avito_ai.config import Role, Settings
-from avito_ai.errors import Overloaded, RateLimited, RateLimitUnavailable, ValidationFailed
-
-logger = logging.getLogger(__name__)
+from avito_ai.errors import Overloaded, RateLimited, ValidationFailed
+from avito_ai.services.budgets import TokenBudgets
 
 
 def priority_of(client: Client) -> str:
@@ -64,9 +63,11 @@ class Admission:
 
     capacity: int
     max_waiting: int
+    max_waiting_per_client: int = 0  # 0: no bound of its own
     running: int = 0
     waiting: int = 0
     by_client: dict[str, int] = field(default_factory=dict)
+    waiting_by_client: dict[str, int] = field(default_factory=dict)
     # class rank -> client -> its waiters, in arrival order; the dict's order is the turn.
     queues: dict[int, OrderedDict[str, deque[_Waiter]]] = field(default_factory=dict)
 
@@ -76,6 +77,13 @@ class Admission:
         if self.running < self.capacity and self._under(client, limit):
             self._start(client)
         else:
+            own = self.waiting_by_client.get(client, 0)
+            if self.max_waiting_per_client and own >= self.max_waiting_per_client:
+                raise RateLimited(
+                    f"Too many requests waiting: this client already has {own} waiting for "
+                    f"this model (CLIENT_MAX_WAITING); retry when one has finished",
+                    retry_after=1,
+                )
             if self.waiting >= self.max_waiting:
                 raise Overloaded("Server is overloaded: the queue is full, retry later")
             waiter = _Waiter(client, limit, asyncio.get_running_loop().create_future())
@@ -113,12 +121,21 @@ class Admission:
         queue = self.queues.setdefault(rank, OrderedDict())
         queue.setdefault(waiter.client, deque()).append(waiter)
         self.waiting += 1
+        self.waiting_by_client[waiter.client] = self.waiting_by_client.get(waiter.client, 0) + 1
+
+    def _left_queue(self, client: str) -> None:
+        self.waiting -= 1
+        left = self.waiting_by_client[client] - 1
+        if left:
+            self.waiting_by_client[client] = left
+        else:
+            del self.waiting_by_client[client]
 
     def _withdraw(self, rank: int, waiter: _Waiter) -> None:
         line = self.queues.get(rank, OrderedDict()).get(waiter.client)
         if line is not None and waiter in line:
             line.remove(waiter)
-            self.waiting -= 1
+            self._left_queue(waiter.client)
             if not line:
                 del self.queues[rank][waiter.client]
 
@@ -139,101 +156,13 @@ class Admission:
                 if not self._under(client, line[0].limit):
                     continue
                 waiter = line.popleft()
-                self.waiting -= 1
+                self._left_queue(client)
                 if line:
                     queue.move_to_end(client)  # its next request waits for the others' turn
                 else:
                     del queue[client]
                 return waiter
         return None
-
-
-WINDOWS = (("minute", 60), ("day", 86400))
-
-
-class TokenBudgets:
-    """Tokens per client per minute and per day, in fixed windows that start with the
-    client's first tokens (the same storage as the request limits)."""
-
-    def __init__(self, settings: Settings) -> None:
-        # The request limits' storage kind, timeouts and expiry sweep. (Imported here: the
-        # gunicorn master imports this module before it has made the metrics folder.)
-        from avito_ai.middleware.rate_limit import make_storage
-
-        self.settings = settings
-        self.storage = make_storage(settings.rate_limit_storage_uri)
-
-    def limits_for(self, client: Client) -> dict[str, int]:
-        policy = client.policy
-        per_minute = policy.tokens_per_minute if policy else None
-        per_day = policy.tokens_per_day if policy else None
-        return {
-            "minute": self.settings.tokens_per_minute if per_minute is None else per_minute,
-            "day": self.settings.tokens_per_day if per_day is None else per_day,
-        }
-
-    @staticmethod
-    def _key(client: Client, window: str) -> str:
-        return f"avito-tokens/{window}/{client.id}"
-
-    async def check(self, client: Client) -> dict[str, int]:
-        """Refuse (429) a client with a budget used up; what is left, for the headers. An
-        unreachable storage is decided by RATE_LIMIT_FAIL_MODE, as for request limits."""
-        if not any(self.limits_for(client).values()):
-            return {}
-        try:
-            return await self._check(client)
-        except RateLimited:
-            raise
-        except Exception as exc:
-            logger.error("Token budget storage unreachable: %s", exc)
-            if self.settings.rate_limit_fail_mode == "closed":
-                raise RateLimitUnavailable("Token budgets are unavailable; retry shortly") from exc
-            return {}
-
-    async def _check(self, client: Client) -> dict[str, int]:
-        left: dict[str, int] = {}
-        for window, _seconds in WINDOWS:
-            limit = self.limits_for(client)[window]
-            if not limit:
-                continue
-            used = await self.storage.get(self._key(client, window))
-            reset = max(
-                1, round(await self.storage.get_expiry(self._key(client, window)) - time.time())
-            )
-            suffix = "" if window == "minute" else "-day"
-            left[f"limit-tokens{suffix}"] = limit
-            left[f"remaining-tokens{suffix}"] = max(0, limit - used)
-            left[f"reset-tokens{suffix}"] = reset if used else 0
-            if used >= limit:
-                raise RateLimited(
-                    f"Token budget exceeded: {limit} tokens per {window} "
-                    f"({used} used); retry in {reset} s",
-                    retry_after=reset,
-                )
-        return left
-
-    async def spend(self, client: Client, tokens: int) -> None:
-        if tokens <= 0:
-            return
-        try:
-            for window, seconds in WINDOWS:
-                if self.limits_for(client)[window]:
-                    await self.storage.incr(self._key(client, window), seconds, tokens)
-        except Exception as exc:  # the answer is already given: log, do not fail it
-            logger.error("Could not count %d tokens of %s: %s", tokens, client.name, exc)
-
-    async def usage(self, client: Client) -> dict[str, Any]:
-        """The client's use against its budgets (for /api/metrics and the page)."""
-        view: dict[str, Any] = {"client": client.name, "priority": client.priority}
-        for window, _seconds in WINDOWS:
-            limit = self.limits_for(client)[window]
-            try:
-                used: int | None = await self.storage.get(self._key(client, window))
-            except Exception:
-                used = None  # storage unreachable
-            view[f"tokens_per_{window}"] = {"used": used, "limit": limit or None}
-        return view
 
 
 # in-process engines batch MAX_BATCH_SIZE; in-process vision answers one at a time; remote
@@ -259,8 +188,9 @@ class Governor:
     def __init__(self, settings: Settings, engines: Mapping[Role, object]) -> None:
         self.settings = settings
         self.budgets = TokenBudgets(settings)
+        per_client = settings.client_max_waiting or max(1, settings.max_queue_size // 4)
         self.admissions = {
-            role: Admission(capacity_for(role, settings), settings.max_queue_size)
+            role: Admission(capacity_for(role, settings), settings.max_queue_size, per_client)
             for role in engines
         }
         for engine in engines.values():

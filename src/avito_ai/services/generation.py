@@ -10,7 +10,7 @@ from collections.abc import AsyncGenerator
 from dataclasses import dataclass
 from typing import Any
 
-from avito_ai.clients import ANONYMOUS, CURRENT, PRIORITY_CLASSES, Client
+from avito_ai.clients import CURRENT, PRIORITY_CLASSES, Client
 from avito_ai.config import Settings
 from avito_ai.engines.base import (
     ChatMessage,
@@ -28,6 +28,7 @@ from avito_ai.errors import ModelUnavailable, Timeout, ValidationFailed
 from avito_ai.observability import metrics
 from avito_ai.schemas.native import SamplingFields
 from avito_ai.services.admission import Governor, governor_for, priority_of
+from avito_ai.services.budgets import Reservation, prompt_tokens
 from avito_ai.services.state import ServiceState
 
 
@@ -190,19 +191,25 @@ async def stream_chunks(engine: Engine, request: GenerationRequest) -> AsyncGene
 
     Also the one place generation metrics are recorded (waiting until the first chunk,
     running after it, the per-model histograms when the final chunk arrives), and where
-    fair admission applies (services/admission.py): the client's token budgets are
-    checked, a place in the model's fair queue is awaited, the tokens used are counted.
+    fair admission applies (services/admission.py): the client's token budgets reserve what
+    the request may use, a place in the model's fair queue is awaited, and the tokens the
+    request used (prompt plus generated, cancelled or not, once it reached the engine)
+    settle the reservation.
     """
     role = engine.role
     governor = governor_for(engine)
     client = CURRENT.get()
     waiting, running = metrics.REQUESTS_WAITING.labels(role), metrics.REQUESTS_RUNNING.labels(role)
+    used = _Used()
+    reservation: Reservation | None = None
     async with contextlib.AsyncExitStack() as stack:
         if governor is not None:
             priority = priority_of(client)
-            left = await governor.budgets.check(client)
-            if client is not ANONYMOUS:  # (the default is shared: no headers to report to)
-                client.budget.update(left)
+            if governor.budgets.active(client):
+                used.prompt = prompt_tokens(engine, request, governor.settings.avision_max_pixels)
+                wanted = used.prompt + request.sampling.max_tokens
+                reservation = await governor.budgets.reserve(client, wanted)
+            stack.push_async_callback(_settle, governor, client, reservation, used)
             request = dataclasses.replace(request, priority=PRIORITY_CLASSES[priority])
             place = governor.admissions[role].place(
                 client.id, priority, governor.concurrency_for(client)
@@ -215,11 +222,34 @@ async def stream_chunks(engine: Engine, request: GenerationRequest) -> AsyncGene
                 raise Timeout("Request timed out waiting for its turn") from None
             finally:
                 waiting.dec()
-        chunks = _generate(engine, request, waiting, running, governor, client)
+        chunks = _generate(engine, request, waiting, running, used)
         # aclosing: a client that leaves closes the engine's generator now, in this task.
         async with contextlib.aclosing(chunks):
             async for chunk in chunks:
                 yield chunk
+
+
+@dataclass
+class _Used:
+    """What one request used, for its client's budgets: nothing until it reached the engine;
+    then its prompt (counted or estimated at admission, the engine's count once final) and
+    the tokens generated so far."""
+
+    reached: bool = False
+    prompt: int = 0
+    generated: int = 0
+
+    @property
+    def tokens(self) -> int:
+        return self.prompt + self.generated if self.reached else 0
+
+
+async def _settle(
+    governor: Governor, client: Client, reservation: Reservation | None, used: _Used
+) -> None:
+    if used.tokens:
+        metrics.CLIENT_TOKENS.labels(client.name).inc(used.tokens)
+    await governor.budgets.settle(reservation, used.tokens)
 
 
 def _remaining(request: GenerationRequest) -> float | None:
@@ -227,19 +257,14 @@ def _remaining(request: GenerationRequest) -> float | None:
 
 
 async def _generate(
-    engine: Engine,
-    request: GenerationRequest,
-    waiting: Any,
-    running: Any,
-    governor: Governor | None,
-    client: Client,
+    engine: Engine, request: GenerationRequest, waiting: Any, running: Any, used: _Used
 ) -> AsyncGenerator[Chunk, None]:
     role = engine.role
     iterator = engine.generate(request)
     waiting.inc()
     state = "waiting"
     finished = False
-    spent = 0
+    used.reached = True
     try:
         while True:
             remaining = _remaining(request)
@@ -262,9 +287,12 @@ async def _generate(
             if chunk.is_final:
                 finished = True
                 record_generation(role, chunk)
-                spent = (chunk.input_tokens or 0) + (chunk.generated_tokens or 0)
+                if chunk.input_tokens is not None:
+                    used.prompt = chunk.input_tokens
+            if chunk.generated_tokens is not None:
+                used.generated = chunk.generated_tokens
             elif chunk.text:
-                spent += 1  # until the final count: what a cancelled request used
+                used.generated += 1  # an engine that does not count: a token per delta
             yield chunk
             if chunk.is_final:
                 return
@@ -277,9 +305,6 @@ async def _generate(
         aclose = getattr(iterator, "aclose", None)
         if aclose is not None:
             await aclose()
-        if governor is not None and spent:
-            metrics.CLIENT_TOKENS.labels(client.name).inc(spent)
-            await governor.budgets.spend(client, spent)
 
 
 async def complete(engine: Engine, request: GenerationRequest) -> Answer:

@@ -186,6 +186,10 @@ class OpenVINOTextEngine(InProcessEngine):
         async for chunk in self._relay(self._bridge.stream(prepared, deadline=request.deadline)):
             yield chunk
 
+    def prompt_tokens(self, request: GenerationRequest) -> int:
+        self._ensure_ready()
+        return self.prepare(request).prompt_tokens
+
     def prepare(self, request: GenerationRequest) -> Prepared:
         """Render and tokenize the prompt, map the sampling. Raises ValidationFailed."""
         sampling = request.sampling
@@ -368,7 +372,7 @@ class OpenVINOTextEngine(InProcessEngine):
                     continue  # the end of the answer, not text
                 delta = row.text.push(int(token))
                 if delta:
-                    self._bridge.send(row.ticket, Chunk(delta))
+                    self._bridge.send(row.ticket, Chunk(delta, generated_tokens=row.generated))
                 if row.text.stopped:
                     row.finish = "stop"
                     return

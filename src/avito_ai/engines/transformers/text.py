@@ -162,6 +162,10 @@ class TransformersTextEngine(InProcessEngine):
         async for chunk in self._relay(scheduler.stream(spec)):
             yield chunk
 
+    def prompt_tokens(self, request: GenerationRequest) -> int:
+        self._ensure_ready()
+        return len(self.build_spec(request).prompt_ids)
+
     def build_spec(self, request: GenerationRequest) -> SequenceSpec:
         """Tokenize the request and bound its length. Raises ValidationFailed."""
         sampling = request.sampling

@@ -311,7 +311,7 @@ class TransformersVisionEngine(InProcessEngine):
                 now = time.monotonic()
                 text, finish = seq.accept(int(input_ids[0, -1]), now)
                 if text:
-                    bridge.send(ticket, Chunk(text))
+                    bridge.send(ticket, Chunk(text, generated_tokens=seq.generated))
                     bridge.flush()
                 if ticket.cancelled or bridge.stopping:
                     ended.append("cancelled")
