@@ -143,6 +143,9 @@ class Settings(BaseSettings):
     # Images one A-Vision request may carry (checked here, and the engine's own limit).
     avision_max_images: Annotated[int, Field(ge=1, le=32)] = 4
     engine_stop_timeout: Annotated[float, Field(gt=0)] = 30.0  # SIGTERM, then SIGKILL
+    # A ready engine whose health endpoint has not answered this long is killed and
+    # restarted (frozen: SIGSTOPped, deadlocked, a hung GPU).
+    engine_unhealthy_timeout: Annotated[float, Field(gt=0)] = 30.0
     # Where the engine supervisor writes each engine's state for the workers; unset: a
     # fresh temp folder per master (exported to the workers' environment).
     engine_state_dir: Path | None = None

@@ -53,10 +53,12 @@ async def test_ready_names_a_failed_model_and_why() -> None:
     async with running(engines=engines) as (_, client):
         r = await client.get("/api/health/ready")
         assert r.status_code == 503
-        assert (
-            "avibe (fake-avibe) is failed: weights not found at /models/x" in r.json()["problems"]
-        )
-        assert (await client.get("/api/health")).json()["status"] == "degraded"
+        # Unauthenticated: the reason without the local path's folders (those are logged).
+        assert "avibe (fake-avibe) is failed: weights not found at x" in r.json()["problems"]
+        assert r.json()["models"]["avibe"]["reason"] == "weights not found at x"
+        health = await client.get("/api/health")
+        assert health.json()["status"] == "degraded"
+        assert "/models/" not in r.text + health.text
         g = await client.post("/api/v1/text/generate", json={"prompt": "hi"})
         assert g.status_code == 503
         assert "weights not found at /models/x" in g.json()["message"]

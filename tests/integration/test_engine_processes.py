@@ -5,6 +5,8 @@ tests/unit/test_engine_processes.py."""
 
 from __future__ import annotations
 
+import contextlib
+import json
 import os
 import re
 import signal
@@ -40,10 +42,10 @@ CHAT = {
 
 
 def engine_pid(srv: ServerProcess) -> int | None:
-    """The engine's pid, as readiness reports it ("command pid 123 on 127.0.0.1:port")."""
-    device = httpx.get(srv.url + "/api/health/ready").json()["models"]["avibe"]["device"]
-    found = re.search(r"pid (\d+)", device or "")
-    return int(found.group(1)) if found else None
+    """The engine's pid, as /api/metrics reports it (health shows no pid)."""
+    engines = httpx.get(srv.url + "/api/metrics").json().get("engines", {})
+    pid = engines.get("avibe", {}).get("pid")
+    return int(pid) if pid else None
 
 
 def wait_ready(srv: ServerProcess, timeout: float = 90) -> list[str]:
@@ -97,6 +99,18 @@ def test_readiness_waits_for_the_engine_then_requests_go_through_it(dev: ServerP
     answer = openai_client(dev).chat.completions.create(**CHAT, max_tokens=16, temperature=0)
     assert "Paris" in (answer.choices[0].message.content or "")
     assert engine_pid(dev) is not None
+
+
+def test_health_shows_states_not_pids_ports_or_paths(dev: ServerProcess) -> None:
+    wait_ready(dev)
+    pid, port = engine_pid(dev), httpx.get(dev.url + "/api/metrics").json()["engines"]
+    port = port["avibe"]["port"]
+    assert pid and port
+    for path in ("/api/health", "/api/health/ready", "/api/health/models"):
+        text = httpx.get(dev.url + path).text
+        assert str(pid) not in text and f":{port}" not in text and "127.0.0.1" not in text
+        assert '"ready"' in text
+    assert f"pid {pid} on 127.0.0.1:{port}" in dev.output()  # the log has them
 
 
 def test_engine_output_goes_to_the_service_log_line_by_line(dev: ServerProcess) -> None:
@@ -284,3 +298,59 @@ def test_an_engine_that_cannot_start_reads_as_crashed_not_loading(tmp_path: Path
         assert "could not start" in str(supervisor.state.reason)
     finally:
         supervisor.stop()
+
+
+def test_a_frozen_engine_is_killed_and_restarted_and_its_stream_ends_cleanly(
+    tmp_path: Path,
+) -> None:
+    """SIGSTOP: the process lives but answers nothing. The stream in flight ends with an
+    error event once no token came for UPSTREAM_READ_TIMEOUT (not at REQUEST_TIMEOUT),
+    and after ENGINE_UNHEALTHY_TIMEOUT the supervisor kills it and starts a new one."""
+    env = {
+        **STAND_IN,
+        "AVIBE_ENGINE_COMMAND": "env AVIBE_BACKEND=fake FAKE_TOKEN_DELAY=0.1 "
+        "RATE_LIMIT_PER_MINUTE=100000 {python} -m avito_ai serve --host 127.0.0.1 --port {port}",
+        "UPSTREAM_READ_TIMEOUT": "2",
+        "ENGINE_UNHEALTHY_TIMEOUT": "3",
+        "REQUEST_TIMEOUT": "60",
+    }
+    srv = dev_server(env, tmp_path / "server.log")
+    frozen: int | None = None
+    try:
+        srv.wait_live()
+        wait_ready(srv)
+        frozen = engine_pid(srv)
+        assert frozen is not None
+        started = time.monotonic()
+        events: list[dict[str, Any]] = []
+        with httpx.stream(
+            "POST",
+            srv.url + "/v1/chat/completions",
+            json={**CHAT, "max_tokens": 200, "stream": True, "ignore_eos": True},
+            timeout=60,
+        ) as r:
+            for line in r.iter_lines():
+                if not line.startswith("data: ") or line == "data: [DONE]":
+                    continue
+                events.append(json.loads(line[6:]))
+                if len(events) == 3:
+                    os.kill(frozen, signal.SIGSTOP)
+        took = time.monotonic() - started
+        assert "error" in events[-1], events[-1]
+        assert events[-1]["error"]["code"] == "timeout"
+        assert took < 15, took  # UPSTREAM_READ_TIMEOUT, far from REQUEST_TIMEOUT
+        deadline = time.monotonic() + 60
+        while engine_pid(srv) in (frozen, None):
+            assert time.monotonic() < deadline, srv.output()[-3000:]
+            time.sleep(0.2)
+        assert gone(frozen)
+        wait_ready(srv)
+        answer = openai_client(srv).chat.completions.create(**CHAT, max_tokens=3)
+        assert answer.choices[0].finish_reason == "length"
+        assert "not answered its health checks" in srv.output()
+        assert re.search(r"engine crashed: not responding for \d+ s, killed", srv.output())
+    finally:
+        if frozen is not None:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(frozen, signal.SIGKILL)
+        srv.stop()

@@ -7,10 +7,12 @@ Routes and services only ever see these types; an engine never sees HTTP.
 
 from __future__ import annotations
 
+import re
 import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from enum import StrEnum
+from pathlib import PurePath
 from typing import TYPE_CHECKING, Any, Literal, Protocol, runtime_checkable
 
 from avito_ai.config import Role as Role  # the roles, re-exported with the contract
@@ -42,14 +44,34 @@ class EngineStatus:
     retry_after: int | None = None
 
     def as_dict(self) -> dict[str, str | None]:
+        """The public view (health, the page: no key needed): model ids and states, never
+        a local path (only its last part) nor an engine's pid or port (those are in the
+        logs and, for a client with a key, /api/metrics)."""
         return {
             "state": self.state.value,
             "engine": self.engine,
-            "model": self.model_id,
+            "model": public_model_id(self.model_id),
             "device": self.device,
             "dtype": self.dtype,
-            "reason": self.reason,
+            "reason": without_paths(self.reason),
         }
+
+
+# An absolute path inside a message: its folders go, its last part stays.
+_PATH = re.compile(r"(?<![\w:/.~-])(?:~/(?:[\w.+@-]+/)*|/(?:[\w.+@-]+/)+)(?=[\w.+@-])")
+
+
+def without_paths(text: str | None) -> str | None:
+    """`text` with each absolute path cut to its last part ("cannot load x.gguf")."""
+    return None if text is None else _PATH.sub("", text)
+
+
+def public_model_id(model_id: str | None) -> str | None:
+    """A local model's id without its folders (/models/avibe-ov -> avibe-ov); hub ids
+    (AvitoTech/avibe) as they are."""
+    if model_id and model_id.startswith(("/", "~", "./", "../")):
+        return PurePath(model_id).name or model_id
+    return model_id
 
 
 @dataclass(frozen=True)

@@ -64,8 +64,9 @@ class ServiceState:
             status = engine.status()
             if status.state is EngineState.NOT_CONFIGURED or status.state is EngineState.READY:
                 continue
-            detail = f": {status.reason}" if status.reason else ""
-            model = f" ({status.model_id})" if status.model_id else ""
+            public = status.as_dict()
+            detail = f": {public['reason']}" if public["reason"] else ""
+            model = f" ({public['model']})" if public["model"] else ""
             problems.append(f"{role}{model} is {status.state.value}{detail}")
         return problems
 

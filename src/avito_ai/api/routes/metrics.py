@@ -84,6 +84,11 @@ async def metrics(state: StateDep, request: Request) -> dict[str, Any]:
     }
     engines = await engine_views(state)
     if engines:  # engine processes (vLLM, SGLang): their own figures
+        if state.settings.api_key_policies() and not _has_key(request):
+            # Their pids and ports are for the operator: with keys on, a client with one.
+            for view in engines.values():
+                view.pop("pid", None)
+                view.pop("port", None)
         body["engines"] = engines
     # The asking client's own use of its token budgets, when it has any (the seed's shape
     # is unchanged otherwise).
@@ -91,6 +96,11 @@ async def metrics(state: StateDep, request: Request) -> dict[str, Any]:
     if any(state.governor.budgets.limits_for(client).values()):
         body["client"] = await state.governor.budgets.usage(client)
     return body
+
+
+def _has_key(request: Request) -> bool:
+    """The request presented a valid API key (the auth middleware found its policy)."""
+    return bool((request.scope.get("state") or {}).get("api_key_policy"))
 
 
 def _number(value: Any) -> float | None:

@@ -142,7 +142,7 @@ class ProcessEngine:
                 f"or `gunicorn -c gunicorn_config.py` ({STATE_DIR_VAR} has no state for it)",
             )
         model = engine.served_model or (self._remote.model if self._remote else None)
-        where = f"{kind} pid {engine.pid} on 127.0.0.1:{engine.port}"
+        where = f"{kind} engine process"  # (its pid and port: the log, /api/metrics)
         if engine.state == "ready":
             return EngineStatus(self.role, EngineState.READY, model, where, engine=kind)
         reason = f"{kind} engine {engine.state}" + (f": {engine.reason}" if engine.reason else "")
@@ -185,6 +185,7 @@ class ProcessEngine:
             "engine": str(self.kind),
             "state": engine.state if engine else "absent",
             "pid": engine.pid if engine else None,
+            "port": engine.port if engine else None,
             "restarts": engine.restarts if engine else 0,
         }
         if engine is None or engine.state != "ready" or self._client is None:

@@ -136,6 +136,7 @@ class EngineSupervisor:
             metrics_path=self.spec.metrics_path,
         )
         self._proc: subprocess.Popen[bytes] | None = None
+        self._killed: str | None = None  # why the supervisor killed the last one
         self._stopping = threading.Event()
         self._tail: deque[str] = deque(maxlen=20)
         self._thread = threading.Thread(target=self._run, name=f"engine-{role}", daemon=True)
@@ -217,7 +218,7 @@ class EngineSupervisor:
             if ran >= STABLE_AFTER_S:
                 backoff = BACKOFF_FIRST_S
             self.state.restarts += 1
-            how = _exit_wording(code)
+            how, self._killed = self._killed or _exit_wording(code), None
             self._set(
                 "crashed",
                 pid=None,
@@ -251,6 +252,7 @@ class EngineSupervisor:
             preexec_fn=_die_with_parent,  # one prctl call between fork and exec
         )
         self._proc = proc
+        logger.info("%s pid %d on 127.0.0.1:%d", self.prefix, proc.pid, self.spec.port)
         self._set("restarting" if self.state.restarts else "starting", pid=proc.pid)
         assert proc.stdout is not None
         threading.Thread(
@@ -271,9 +273,15 @@ class EngineSupervisor:
         stream.close()
 
     def _watch(self, proc: subprocess.Popen[bytes]) -> int | None:
-        """Until the engine exits: its state from its health endpoint. Its exit code."""
+        """Until the engine exits: its state from its health endpoint. Its exit code.
+
+        An engine that was ready and has not answered its health checks for
+        ENGINE_UNHEALTHY_TIMEOUT is killed (SIGKILL: a frozen process, SIGSTOPped or
+        deadlocked, takes no SIGTERM) and so restarted like a crashed one; left alone it
+        stayed "not responding" for ever with the same pid."""
         next_probe = 0.0
         misses = 0
+        unhealthy_since: float | None = None
         while True:
             code = proc.poll()
             if code is not None:
@@ -284,18 +292,41 @@ class EngineSupervisor:
                 current = self.state.state
                 # A busy engine may answer its health check slowly: give it time once ready,
                 # and several misses before calling it down.
+                probed = time.monotonic()
                 healthy = self._healthy(timeout=5.0 if current == "ready" else 2.0)
                 misses = 0 if healthy else misses + 1
                 if healthy:
+                    unhealthy_since = None
                     if current != "ready":
                         self._set("ready")
-                elif current == "ready" and misses >= MISSES_BEFORE_DOWN:
-                    self._set("not responding", reason="its health endpoint stopped answering 200")
+                elif current in ("ready", "not responding"):
+                    unhealthy_since = unhealthy_since or probed
+                    silent = time.monotonic() - unhealthy_since
+                    if silent >= self.settings.engine_unhealthy_timeout:
+                        return self._kill_unresponsive(proc, silent)
+                    if current == "ready" and misses >= MISSES_BEFORE_DOWN:
+                        self._set(
+                            "not responding", reason="its health endpoint stopped answering 200"
+                        )
                 elif healthy is False and current in ("starting", "restarting"):
                     self._set("loading weights")  # listening, not serving yet
                 wait = PROBE_READY_EVERY_S if healthy else PROBE_EVERY_S
                 next_probe = time.monotonic() + wait
             self._stopping.wait(EXIT_CHECK_EVERY_S)
+
+    def _kill_unresponsive(self, proc: subprocess.Popen[bytes], silent: float) -> int | None:
+        logger.error(
+            "%s has not answered its health checks for %.0f s (ENGINE_UNHEALTHY_TIMEOUT): "
+            "SIGKILL to pid %d, then a restart",
+            self.prefix,
+            silent,
+            proc.pid,
+        )
+        self._tail.append(f"not responding for {silent:.0f} s: killed")
+        self._signal(proc, signal.SIGKILL)
+        proc.wait()
+        self._killed = f"not responding for {silent:.0f} s, killed"
+        return proc.returncode
 
     def _healthy(self, timeout: float) -> bool | None:
         """True: 200; False: it answers something else; None: nothing listens yet."""

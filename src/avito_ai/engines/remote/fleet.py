@@ -153,6 +153,13 @@ def upstream_payload(
     return "/chat/completions", body
 
 
+def _error_kind(error: str | None) -> str:
+    """An upstream's last error without its addresses ("ConnectError", "HTTP 503")."""
+    if not error:
+        return "unhealthy"
+    return error.split(":", 1)[0]
+
+
 def _error_message(response_body: bytes) -> str:
     try:
         data = json.loads(response_body)
@@ -229,8 +236,11 @@ class RemoteEngine:
                 state, reason = EngineState.READY, None
             elif state is EngineState.READY or reason:
                 state = EngineState.FAILED
+                # Which error, not which address: health is read without a key (the
+                # addresses are in the log's "unhealthy" lines).
                 reason = "no upstream answers: " + "; ".join(
-                    f"{u.base} ({u.last_error or 'unhealthy'})" for u in self.upstreams
+                    f"upstream {i} ({_error_kind(u.last_error)})"
+                    for i, u in enumerate(self.upstreams, 1)
                 )
         healthy = sum(u.healthy for u in self.upstreams)
         return EngineStatus(
