@@ -23,6 +23,7 @@ from avito_ai.errors import ModelUnavailable, Overloaded, ValidationFailed
 from tests.conftest import isolated_settings
 
 A, B = "http://a.test", "http://b.test"
+SSE = {"content-type": "text/event-stream"}
 
 
 def sse(*texts: str, usage: tuple[int, int] = (7, 2)) -> bytes:
@@ -76,7 +77,7 @@ async def test_a_refused_connection_before_the_first_token_is_retried_elsewhere(
         body = json.loads(req.content)
         assert body["model"] == "avibe-upstream" and body["stream"] is True
         assert req.headers["X-Request-ID"] == "r-1"
-        return httpx.Response(200, content=sse("Пар", "иж"))
+        return httpx.Response(200, headers=SSE, content=sse("Пар", "иж"))
 
     e = engine(models_or(chat))
     await e.start()
@@ -101,7 +102,7 @@ async def test_events_split_anywhere_by_the_network_arrive_whole() -> None:
             for piece in pieces:
                 yield piece
 
-    e = engine(models_or(lambda req: httpx.Response(200, stream=Trickle())), urls=A)
+    e = engine(models_or(lambda req: httpx.Response(200, headers=SSE, stream=Trickle())), urls=A)
     await e.start()
     text, chunks = await collect(e)
     await e.stop()
@@ -142,7 +143,7 @@ async def test_a_broken_stream_after_the_first_token_is_not_retried() -> None:
 
     def chat(req: httpx.Request) -> httpx.Response:
         calls.append(req.url.host)
-        return httpx.Response(200, stream=Broken())
+        return httpx.Response(200, headers=SSE, stream=Broken())
 
     e = engine(models_or(chat))
     await e.start()
@@ -211,8 +212,8 @@ def test_big_images_go_upstream_scaled_to_avision_max_pixels_as_jpeg() -> None:
 async def test_a_malformed_upstream_event_is_retried_not_a_500() -> None:
     def chat(req: httpx.Request) -> httpx.Response:
         if req.url.host == "a.test":
-            return httpx.Response(200, content=b"data: {not json\n\n")
-        return httpx.Response(200, content=sse("ok"))
+            return httpx.Response(200, headers=SSE, content=b"data: {not json\n\n")
+        return httpx.Response(200, headers=SSE, content=sse("ok"))
 
     e = engine(models_or(chat))
     await e.start()
@@ -235,7 +236,7 @@ async def test_closing_the_answer_closes_the_upstream_stream() -> None:
         async def aclose(self) -> None:
             closed.append(True)
 
-    e = engine(models_or(lambda req: httpx.Response(200, stream=Stream())))
+    e = engine(models_or(lambda req: httpx.Response(200, headers=SSE, stream=Stream())))
     await e.start()
     answer = e.generate(request())
     await anext(answer)

@@ -7,10 +7,11 @@ the next speaker would begin.
 
 from __future__ import annotations
 
+import math
 import re
 from collections.abc import Iterable
 
-from avito_ai.engines.base import ChatMessage, TextPart
+from avito_ai.engines.base import ChatMessage, GenerationRequest, ImagePart, TextPart
 from avito_ai.errors import ValidationFailed
 
 # Stops used with the plain fallback format (models without a chat template).
@@ -62,3 +63,27 @@ def plain_messages(messages: list[ChatMessage]) -> list[dict[str, str]]:
 def fallback_prompt(messages: list[dict[str, str]]) -> str:
     lines = [f"{_SPEAKERS.get(m['role'], m['role'])}: {m['content']}" for m in messages]
     return "\n".join(lines) + "\nAssistant:"
+
+
+# A prompt's tokens when the engine cannot count them (remote and vision engines): at
+# least one token per 3 UTF-8 bytes of text, a few per message for the chat template, and
+# an image's patches as Qwen2.5-VL sees them (28x28 pixels each, after AVISION_MAX_PIXELS).
+BYTES_PER_TOKEN = 3
+TOKENS_PER_MESSAGE = 8
+PIXELS_PER_IMAGE_TOKEN = 28 * 28
+
+
+def estimate_prompt_tokens(request: GenerationRequest, max_pixels: int) -> int:
+    """About the tokens of a request's prompt, without its tokenizer (token budgets'
+    reservations; an upstream's usage figures are checked against 4x this)."""
+    total = 0
+    texts = [request.prompt] if request.prompt is not None else []
+    for message in request.messages:
+        total += TOKENS_PER_MESSAGE
+        for part in message.content:
+            if isinstance(part, TextPart):
+                texts.append(part.text)
+            elif isinstance(part, ImagePart):
+                width, height = part.image.size
+                total += min(width * height, max_pixels) // PIXELS_PER_IMAGE_TOKEN + 2
+    return total + sum(math.ceil(len(t.encode("utf-8")) / BYTES_PER_TOKEN) for t in texts)

@@ -34,9 +34,8 @@ from avito_ai.engines.base import (
     Engine,
     EngineState,
     GenerationRequest,
-    ImagePart,
-    TextPart,
 )
+from avito_ai.engines.prompts import estimate_prompt_tokens
 from avito_ai.errors import RateLimited, RateLimitUnavailable
 from avito_ai.observability.logging import Throttled
 
@@ -44,26 +43,6 @@ logger = logging.getLogger(__name__)
 
 WINDOWS = (("minute", 60), ("day", 86400))
 STORAGE_TIMEOUT_S = 0.5  # as the request limits' storage
-# A prompt's tokens when the engine cannot count them (remote and vision engines): at
-# least one token per 3 UTF-8 bytes of text, a few per message for the chat template, and
-# an image's patches as Qwen2.5-VL sees them (28x28 pixels each, after AVISION_MAX_PIXELS).
-BYTES_PER_TOKEN = 3
-TOKENS_PER_MESSAGE = 8
-PIXELS_PER_IMAGE_TOKEN = 28 * 28
-
-
-def estimate_prompt_tokens(request: GenerationRequest, max_pixels: int) -> int:
-    total = 0
-    texts = [request.prompt] if request.prompt is not None else []
-    for message in request.messages:
-        total += TOKENS_PER_MESSAGE
-        for part in message.content:
-            if isinstance(part, TextPart):
-                texts.append(part.text)
-            elif isinstance(part, ImagePart):
-                width, height = part.image.size
-                total += min(width * height, max_pixels) // PIXELS_PER_IMAGE_TOKEN + 2
-    return total + sum(math.ceil(len(t.encode("utf-8")) / BYTES_PER_TOKEN) for t in texts)
 
 
 def prompt_tokens(engine: Engine, request: GenerationRequest, max_pixels: int) -> int:

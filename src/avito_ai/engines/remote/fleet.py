@@ -47,12 +47,12 @@ from avito_ai.engines.base import (
     TextPart,
     final_chunk,
 )
+from avito_ai.engines.prompts import estimate_prompt_tokens
 from avito_ai.errors import ModelUnavailable, Overloaded, Timeout, ValidationFailed
 
 logger = logging.getLogger(__name__)
 
 EJECT_AFTER_FAILURES = 3
-FINISH_REASONS: dict[str, FinishReason] = {"stop": "stop", "length": "length"}
 
 
 @dataclass(eq=False)
@@ -171,14 +171,114 @@ def _error_message(response_body: bytes) -> str:
     return str(data.get("message") or error)
 
 
+class InvalidAnswer(Exception):
+    """What an upstream sent is not what the OpenAI API reference says it sends."""
+
+
+class UpstreamError(Exception):
+    """The upstream reported an error inside its stream."""
+
+
+# Longest event line an upstream may send: a token's event is a few hundred bytes; one
+# line of 400 MB with no newline was buffered whole (memory 75 -> 200 MB in 10 s).
+MAX_LINE_BYTES = 1 << 20
+# finish_reason values of the API reference (and vLLM's "abort"): all end the answer.
+KNOWN_FINISH: dict[str, FinishReason] = {
+    "stop": "stop",
+    "length": "length",
+    "content_filter": "stop",
+    "tool_calls": "stop",
+    "function_call": "stop",
+    "abort": "stop",
+}
+
+
+@dataclass(frozen=True)
+class UsageBounds:
+    """The largest usage figures an answer to this request can have: a prompt's tokens are
+    at most one per byte of its text plus its images and template (4x the budgets' estimate,
+    plus room); generated ones at most max_tokens."""
+
+    prompt: int
+    completion: int
+
+
+@dataclass(frozen=True)
+class Event:
+    text: str = ""
+    finish: FinishReason | None = None
+    usage: tuple[int, int] | None = None  # (prompt, completion)
+    error: str | None = None
+
+
+def _count(usage: dict[str, Any], name: str, bound: int) -> int:
+    value = usage.get(name)
+    if type(value) is not int or not 0 <= value <= bound:
+        shown = str(value)[:40]
+        raise InvalidAnswer(f"usage.{name} must be a whole number from 0 to {bound}, not {shown}")
+    return value
+
+
+def parse_event(data: bytes, bounds: UsageBounds) -> Event:
+    """One `data:` event of a chat or text completion stream, checked against the shapes
+    of the API reference. Raises InvalidAnswer."""
+    try:
+        event = json.loads(data)
+    except ValueError:
+        shown = data[:100].decode(errors="replace")
+        raise InvalidAnswer(f"an event that is not JSON: {shown}") from None
+    if not isinstance(event, dict):
+        raise InvalidAnswer("an event that is not a JSON object")
+    if "error" in event:
+        return Event(error=_error_message(data))
+    text: list[str] = []
+    finish: FinishReason | None = None
+    choices = event.get("choices")
+    if choices is not None and not isinstance(choices, list):
+        raise InvalidAnswer("choices must be a list")
+    for choice in choices or ():
+        if not isinstance(choice, dict):
+            raise InvalidAnswer("each choice must be an object")
+        if choice.get("index", 0) != 0:
+            continue  # one answer is asked for (n=1)
+        delta = choice.get("delta")
+        if delta is not None and not isinstance(delta, dict):
+            raise InvalidAnswer("delta must be an object")
+        for piece in ((delta or {}).get("content"), choice.get("text")):
+            if piece is not None and not isinstance(piece, str):
+                raise InvalidAnswer("content and text must be strings")
+            if piece:
+                text.append(piece)
+        reason = choice.get("finish_reason")
+        if reason is not None:
+            if not isinstance(reason, str) or reason not in KNOWN_FINISH:
+                raise InvalidAnswer(f"unknown finish_reason {str(reason)[:40]}")
+            finish = KNOWN_FINISH[reason]
+    usage = event.get("usage")
+    counts: tuple[int, int] | None = None
+    if usage is not None:
+        if not isinstance(usage, dict):
+            raise InvalidAnswer("usage must be an object")
+        counts = (
+            _count(usage, "prompt_tokens", bounds.prompt),
+            _count(usage, "completion_tokens", bounds.completion),
+        )
+    return Event("".join(text), finish, counts)
+
+
 async def _sse_lines(response: httpx.Response) -> AsyncIterator[bytes]:
     """The lines of an event stream, as bytes: httpx's aiter_lines decodes every chunk to
-    text and splits it again, a cost paid per token on every stream."""
+    text and splits it again, a cost paid per token on every stream. A line longer than
+    MAX_LINE_BYTES is an invalid answer, not a reason to buffer without end."""
     pending = b""
     async for data in response.aiter_bytes():
         lines = (pending + data).split(b"\n")
         pending = lines.pop()
+        if len(pending) > MAX_LINE_BYTES:
+            raise InvalidAnswer(f"a line longer than {MAX_LINE_BYTES} bytes")
         for line in lines:
+            if len(line) > MAX_LINE_BYTES:
+                raise InvalidAnswer(f"a line longer than {MAX_LINE_BYTES} bytes")
             yield line.rstrip(b"\r")
     if pending:
         yield pending.rstrip(b"\r")
@@ -312,6 +412,7 @@ class RemoteEngine:
             path, body = upstream_payload(*args)
         tried: list[str] = []
         overloaded = 0
+        last = ""
         for upstream in self._candidates():
             tried.append(upstream.base)
             try:
@@ -324,13 +425,16 @@ class RemoteEngine:
                 return
             except _Retryable as exc:
                 overloaded += exc.overloaded
+                last = str(exc)
                 logger.warning("Upstream %s could not start the answer: %s", upstream.base, exc)
                 continue
         if not tried:
             raise ModelUnavailable(f"No healthy {self.role} upstream")
         if overloaded == len(tried):
             raise Overloaded(f"All {self.role} upstreams are busy, retry later")
-        raise ModelUnavailable(f"No {self.role} upstream could answer (tried {len(tried)})")
+        raise ModelUnavailable(
+            f"No {self.role} upstream could answer (tried {len(tried)}; the last: {last})"
+        )
 
     async def _stream_from(
         self, upstream: Upstream, path: str, body: dict[str, Any], request: GenerationRequest
@@ -339,10 +443,15 @@ class RemoteEngine:
         started = time.monotonic()
         first_token: float | None = None
         pieces = 0
-        usage: dict[str, int] = {}
-        finish: FinishReason = "stop"
+        usage: tuple[int, int] | None = None
+        finish: FinishReason | None = None
+        done = False
         upstream.outstanding += 1
         headers = {"X-Request-ID": request.request_id}
+        bounds = UsageBounds(
+            prompt=4 * estimate_prompt_tokens(request, self.settings.avision_max_pixels) + 4096,
+            completion=request.sampling.max_tokens,
+        )
         try:
             try:
                 async with self._client.stream(
@@ -351,7 +460,10 @@ class RemoteEngine:
                     if response.status_code >= 400:
                         message = _error_message(await response.aread())
                         self._raise_for_status(upstream, response.status_code, message)
-                    upstream.record_success()
+                    kind = response.headers.get("content-type", "")
+                    if not kind.startswith("text/event-stream"):
+                        kind = kind or "no content type"
+                        raise InvalidAnswer(f"a 200 that is not an event stream ({kind})")
                     async for line in _sse_lines(response):
                         if not line.startswith(b"data:"):
                             continue
@@ -360,34 +472,20 @@ class RemoteEngine:
                             # Read on to the end of the body (nothing more comes): a response
                             # left unread closes its connection instead of going back to the
                             # pool, and every request would open a new one.
+                            done = True
                             continue
-                        try:
-                            event = json.loads(data)
-                        except ValueError:
-                            text = data[:100].decode(errors="replace")
-                            event = {"error": f"malformed event from the upstream: {text}"}
-                        if not isinstance(event, dict):
-                            event = {"error": "malformed event from the upstream"}
-                        if "error" in event:
-                            message = f"Upstream error: {_error_message(data)}"
-                            if first_token is None:
-                                upstream.record_failure(message)
-                                raise _Retryable(message)
-                            raise ModelUnavailable(message)
-                        if event.get("usage"):
-                            usage = event["usage"]
-                        for choice in event.get("choices") or []:
-                            text = (
-                                (choice.get("delta") or {}).get("content")
-                                or choice.get("text")
-                                or ""
-                            )
-                            if text:
-                                first_token = first_token or time.monotonic()
-                                pieces += 1
-                                yield Chunk(text)
-                            if choice.get("finish_reason"):
-                                finish = FINISH_REASONS.get(choice["finish_reason"], "stop")
+                        event = parse_event(data, bounds)
+                        if event.error is not None:
+                            raise UpstreamError(event.error)
+                        usage = event.usage or usage
+                        finish = event.finish or finish
+                        if event.text:
+                            first_token = first_token or time.monotonic()
+                            pieces += 1
+                            yield Chunk(event.text)
+                    if finish is None or not done:
+                        missing = "a finish_reason" if finish is None else "data: [DONE]"
+                        raise InvalidAnswer(f"the stream ended without {missing}")
             except (httpx.TransportError, httpx.TimeoutException) as exc:
                 upstream.record_failure(f"{type(exc).__name__}: {exc}")
                 if first_token is None:
@@ -395,12 +493,21 @@ class RemoteEngine:
                 if isinstance(exc, httpx.TimeoutException):
                     raise Timeout("The upstream stopped sending tokens") from exc
                 raise ModelUnavailable("The upstream connection broke mid-answer") from exc
+            except (InvalidAnswer, UpstreamError) as exc:
+                what = "sent an invalid answer" if isinstance(exc, InvalidAnswer) else "failed"
+                upstream.record_failure(f"{what}: {exc}")
+                logger.error("%s upstream %s %s: %s", self.role, upstream.base, what, exc)
+                message = f"The {self.role} upstream {what}: {exc}"
+                if first_token is None:
+                    raise _Retryable(message) from None
+                raise ModelUnavailable(message) from None
         finally:
             upstream.outstanding -= 1
+        prompt, completion = usage if usage is not None else (0, pieces)
         yield final_chunk(
             finish,
-            input_tokens=int(usage.get("prompt_tokens", 0)),
-            generated_tokens=int(usage.get("completion_tokens", pieces)),
+            input_tokens=prompt,
+            generated_tokens=completion,
             created=request.created,
             scheduled=started,
             first_token=first_token,

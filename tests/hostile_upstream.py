@@ -1,0 +1,86 @@
+"""An OpenAI-compatible upstream that misbehaves on request: the last user message names
+what it does wrong (see CASES). `python tests/hostile_upstream.py PORT`."""
+
+from __future__ import annotations
+
+import json
+import sys
+from collections.abc import AsyncIterator
+from typing import Any
+
+import uvicorn
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response, StreamingResponse
+from starlette.routing import Route
+
+
+def chunk(**choice: Any) -> dict[str, Any]:
+    return {"id": "x", "object": "chat.completion.chunk", "choices": [{"index": 0, **choice}]}
+
+
+def good(text: str = "fine") -> list[Any]:
+    return [
+        chunk(delta={"role": "assistant", "content": text}, finish_reason=None),
+        chunk(delta={}, finish_reason="stop"),
+        {"choices": [], "usage": {"prompt_tokens": 5, "completion_tokens": 1}},
+        "[DONE]",
+    ]
+
+
+def with_usage(usage: Any) -> list[Any]:
+    events = good()
+    events[2] = {"choices": [], "usage": usage}
+    return events
+
+
+# case -> the events of its stream (or a special answer, below)
+CASES: dict[str, list[Any]] = {
+    "good": good(),
+    "negative_usage": with_usage({"prompt_tokens": 5, "completion_tokens": -3}),
+    "string_usage": with_usage("lots"),
+    "list_usage": with_usage([1, 2]),
+    "huge_prompt_tokens": with_usage({"prompt_tokens": 10**15, "completion_tokens": 1}),
+    "float_usage": with_usage({"prompt_tokens": 1e15, "completion_tokens": 1}),
+    "choices_7": [{"choices": [7]}, *good()[1:]],
+    "string_delta": [chunk(delta="hi", finish_reason=None), *good()[1:]],
+    "list_finish": [good()[0], chunk(delta={}, finish_reason=["stop"]), *good()[2:]],
+    "numeric_content": [chunk(delta={"content": 42}, finish_reason=None), *good()[1:]],
+    "no_finish": [good()[0]],
+    "no_done": good()[:-1],
+    "late_garbage": [good()[0], {"choices": [7]}, *good()[1:]],
+}
+
+
+async def models(request: Request) -> Response:
+    return JSONResponse({"object": "list", "data": [{"id": "hostile", "object": "model"}]})
+
+
+async def chat(request: Request) -> Response:
+    body = await request.json()
+    case = body["messages"][-1]["content"]
+    if case == "not_sse":
+        return JSONResponse({"choices": [{"message": {"content": "a whole answer"}}]})
+    if case == "long_line":
+
+        async def endless() -> AsyncIterator[bytes]:
+            yield b"data: " + b"x" * (1 << 20)
+            for _ in range(100):  # 100 MB more, never a newline
+                yield b"x" * (1 << 20)
+
+        return StreamingResponse(endless(), media_type="text/event-stream")
+
+    async def events() -> AsyncIterator[bytes]:
+        for event in CASES[case]:
+            payload = event if isinstance(event, str) else json.dumps(event)
+            yield f"data: {payload}\n\n".encode()
+
+    return StreamingResponse(events(), media_type="text/event-stream")
+
+
+app = Starlette(
+    routes=[Route("/v1/models", models), Route("/v1/chat/completions", chat, methods=["POST"])]
+)
+
+if __name__ == "__main__":
+    uvicorn.run(app, host="127.0.0.1", port=int(sys.argv[1]), log_level="warning")

@@ -1,0 +1,119 @@
+"""A running service in front of an upstream that sends what no OpenAI-compatible server
+should (tests/hostile_upstream.py): every such answer is a clean 503 `model_unavailable`
+naming the upstream, never a 500, never a success, never a client charged a fortune."""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import psutil
+import pytest
+
+from tests.servers import ROOT, ServerProcess, dev_server, free_port, serving
+
+pytestmark = pytest.mark.integration
+
+BAD = [
+    "negative_usage",
+    "string_usage",
+    "list_usage",
+    "huge_prompt_tokens",
+    "float_usage",
+    "choices_7",
+    "string_delta",
+    "list_finish",
+    "numeric_content",
+    "no_finish",
+    "no_done",
+    "late_garbage",
+    "not_sse",
+    "long_line",
+]
+
+
+@pytest.fixture(scope="module")
+def front(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
+    tmp = tmp_path_factory.mktemp("hostile")
+    port = free_port()
+    upstream = ServerProcess(
+        [sys.executable, str(ROOT / "tests" / "hostile_upstream.py"), str(port)],
+        {},
+        tmp / "upstream.log",
+        port,
+    )
+    keys = tmp / "keys.txt"
+    keys.write_text("sk-team name=team tokens_per_minute=1000000\n")
+    env = {
+        "AVIBE_BACKEND": "openai",
+        "AVIBE_UPSTREAM_URLS": upstream.url,
+        "UPSTREAM_HEALTH_INTERVAL": "0.2",  # an ejected upstream is back at the next probe
+        "API_KEYS_FILE": str(keys),
+        "RATE_LIMIT_PER_MINUTE": "100000",
+        "RATE_LIMIT_PER_HOUR": "100000",
+    }
+    try:
+        with serving(dev_server(env, tmp / "front.log")) as srv:
+            yield srv
+    finally:
+        upstream.stop()
+
+
+def ask(front: ServerProcess, case: str, stream: bool = False) -> httpx.Response:
+    deadline = time.monotonic() + 10
+    while httpx.get(front.url + "/api/health/ready").status_code != 200:  # (not ejected)
+        assert time.monotonic() < deadline
+        time.sleep(0.05)
+    return httpx.post(
+        front.url + "/v1/chat/completions",
+        json={"model": "avibe", "messages": [{"role": "user", "content": case}], "stream": stream},
+        headers={"Authorization": "Bearer sk-team"},
+        timeout=60,
+    )
+
+
+def used(front: ServerProcess) -> int:
+    body = httpx.get(front.url + "/api/metrics", headers={"X-API-Key": "sk-team"}).json()
+    return int(body["client"]["tokens_per_minute"]["used"])
+
+
+def test_a_good_upstream_answers(front: ServerProcess) -> None:
+    r = ask(front, "good")
+    assert r.status_code == 200, r.text
+    assert r.json()["choices"][0]["message"]["content"] == "fine"
+    assert r.json()["usage"]["prompt_tokens"] == 5
+
+
+@pytest.mark.parametrize("case", BAD)
+def test_a_misbehaving_upstream_is_a_clean_503(front: ServerProcess, case: str) -> None:
+    before = used(front)
+    memory = psutil.Process(front.proc.pid).memory_info().rss
+    r = ask(front, case)
+    assert r.status_code == 503, (case, r.status_code, r.text)
+    error = r.json()["error"]
+    assert error["code"] == "model_unavailable"
+    assert "avibe upstream" in error["message"], error["message"]
+    assert r.headers["x-request-id"]
+    assert used(front) - before < 1000  # not 10^15: the figures were not believed
+    assert psutil.Process(front.proc.pid).memory_info().rss - memory < 50 * 2**20
+
+
+def test_a_stream_that_goes_bad_ends_with_an_error_event(front: ServerProcess) -> None:
+    r = ask(front, "late_garbage", stream=True)
+    assert r.status_code == 200  # the first token had gone out
+    events = [line[6:] for line in r.text.splitlines() if line.startswith("data: ")]
+    assert events[-1] == "[DONE]"
+    last = json.loads(events[-2])
+    assert last["error"]["code"] == "model_unavailable"
+    assert "invalid answer" in last["error"]["message"]
+
+
+def test_the_log_names_the_upstream_address(front: ServerProcess) -> None:
+    log = front.output()
+    assert "sent an invalid answer" in log and "upstream http://127.0.0.1:" in log
+    assert "Traceback" not in log
+    assert not Path(front.log_path).read_text().count("internal_error")
