@@ -255,6 +255,23 @@ class Settings(BaseSettings):
                 parse_key_line(line, where=f"{value} line {number}")
         return value
 
+    @field_validator("log_file")
+    @classmethod
+    def _writable_log_file(cls, value: Path | None) -> Path | None:
+        """Opened for appending (its folder made) as the server will: a path it cannot
+        write stops `avito-ai config` and the server with one line, not a traceback."""
+        if value is None:
+            return None
+        if value.is_dir():
+            raise ValueError(f"{value} is a folder; give a file's path")
+        try:
+            value.parent.mkdir(parents=True, exist_ok=True)
+            with value.open("a", encoding="utf-8"):
+                pass
+        except OSError as exc:
+            raise ValueError(f"cannot write {value}: {exc.strerror or exc}") from None
+        return value
+
     @field_validator("rate_limit_storage_uri")
     @classmethod
     def _known_storage(cls, value: str) -> str:

@@ -98,13 +98,45 @@ class JsonFormatter(logging.Formatter):
         return json.dumps(payload, ensure_ascii=False, default=str)
 
 
+class LogFileHandler(logging.handlers.WatchedFileHandler):
+    """LOG_FILE that degrades quietly when it cannot be written (a full disk, say): one
+    warning on stderr, each line lost counted in `avito_log_write_errors_total`, and a
+    note when writing works again. (logging's default printed a 40-line traceback to
+    stderr for every line it could not write: 7,327 lines for 200 requests.)"""
+
+    def __init__(self, filename: Path) -> None:
+        super().__init__(filename, encoding="utf-8")
+        self.failing = False
+        self._failed_now = False
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self._failed_now = False
+        super().emit(record)
+        if self.failing and not self._failed_now:
+            self.failing = False
+            sys.stderr.write(f"avito-ai: LOG_FILE {self.baseFilename} is written again\n")
+
+    def handleError(self, record: logging.LogRecord) -> None:
+        from avito_ai.observability.metrics import LOG_WRITE_ERRORS
+
+        self._failed_now = True
+        LOG_WRITE_ERRORS.inc()
+        if not self.failing:
+            self.failing = True
+            error = sys.exc_info()[1]
+            sys.stderr.write(
+                f"avito-ai: cannot write LOG_FILE {self.baseFilename} ({error}); its lines "
+                "are lost (counted in avito_log_write_errors_total) until it can be again\n"
+            )
+
+
 def _attach(logger: logging.Logger, fmt: str, log_file: Path | None) -> None:
     """Our handlers (stderr, and LOG_FILE) on `logger`, replacing ours from before."""
     formatter: logging.Formatter = JsonFormatter() if fmt == "json" else TextFormatter(TEXT_FORMAT)
     handlers: list[logging.Handler] = [logging.StreamHandler(sys.stderr)]
     if log_file is not None:
         log_file.parent.mkdir(parents=True, exist_ok=True)
-        handlers.append(logging.handlers.WatchedFileHandler(log_file, encoding="utf-8"))
+        handlers.append(LogFileHandler(log_file))
     for old in list(logger.handlers):
         if getattr(old, "_avito_ai", False):
             logger.removeHandler(old)

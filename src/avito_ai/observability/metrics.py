@@ -75,3 +75,7 @@ CONFIG_RELOAD_FAILURES = Counter(
     "avito_config_reload_failures_total",
     "HUP reloads refused because the new configuration (settings, API_KEYS_FILE) is invalid",
 )
+LOG_WRITE_ERRORS = Counter(
+    "avito_log_write_errors_total",
+    "Log lines LOG_FILE could not take (a full disk, say): lost, never a failed request",
+)
