@@ -11,7 +11,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.servers import ROOT, BIN, dev_server, serving
+from tests.servers import BIN, ROOT, dev_server, serving
 
 pytestmark = pytest.mark.integration
 

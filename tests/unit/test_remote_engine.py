@@ -189,6 +189,14 @@ def test_payload_carries_images_and_the_thinking_switch() -> None:
     assert body["chat_template_kwargs"] == {"enable_thinking": False}
     assert (body["top_k"], body["stop"], body["seed"]) == (3, ["\n"], 1)
     assert body["stream_options"] == {"include_usage": True}
+    assert "presence_penalty" not in body and "frequency_penalty" not in body  # 0: off
+
+
+def test_payload_passes_the_openai_penalties_to_vllm() -> None:
+    sampling = SamplingParams(max_tokens=5, presence_penalty=0.5, frequency_penalty=-0.25)
+    req = GenerationRequest("x", sampling, messages=[ChatMessage.text("user", "hi")])
+    _, body = upstream_payload(req, "avibe")
+    assert (body["presence_penalty"], body["frequency_penalty"]) == (0.5, -0.25)
 
 
 def test_big_images_go_upstream_scaled_to_avision_max_pixels_as_jpeg() -> None:

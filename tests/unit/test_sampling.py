@@ -89,6 +89,25 @@ def test_repetition_penalty_discourages_seen_tokens() -> None:
     assert penalized[2] == -2.0  # negative logits are multiplied, duplicates counted once
 
 
+def test_presence_and_frequency_penalties_count_generated_tokens_only() -> None:
+    logits = torch.tensor([2.0, 1.5, 1.2, -1.0])
+    presence = row(prompt=[0], presence_penalty=0.6)
+    assert sample_next(logits[None, :], [presence]) == [0]  # the prompt does not count
+    presence.record(0)
+    assert sample_next(logits[None, :], [presence]) == [1]  # 2.0 - 0.6 < 1.5
+    presence.record(1)
+    presence.record(1)  # presence: once, however often
+    assert sample_next(logits[None, :], [presence]) == [0]  # 1.4 > 1.2 > 0.9
+    frequency = row(frequency_penalty=0.2)
+    for _ in range(3):
+        frequency.record(0)
+    assert sample_next(logits[None, :], [frequency]) == [1]  # 2.0 - 3 x 0.2 < 1.5
+    negative = row(presence_penalty=-1.0)
+    negative.record(3)
+    assert sample_next(logits[None, :], [negative]) == [0]
+    assert not row(presence_penalty=0.5).is_plain_greedy and row().is_plain_greedy
+
+
 def test_same_seed_same_draws_whatever_the_neighbours() -> None:
     torch.manual_seed(2)
     logits = torch.randn(V)

@@ -108,6 +108,8 @@ class SamplingParams:
     top_p: float = 1.0
     top_k: int = 0  # 0 means no top-k filter
     repetition_penalty: float = 1.0
+    presence_penalty: float = 0.0  # OpenAI's, over the generated tokens; 0 is off
+    frequency_penalty: float = 0.0
     stop: tuple[str, ...] = ()
     seed: int | None = None
     ignore_eos: bool = False  # benchmarks: always generate max_tokens

@@ -49,6 +49,24 @@ def _not_empty(value: str) -> str:
 Text = Annotated[StrictStr, AfterValidator(_whole_unicode)]
 # A stop string: an empty one would stop before the first character.
 StopText = Annotated[Text, AfterValidator(_not_empty), Field(json_schema_extra={"minLength": 1})]
+# The smallest normal float32: engines compute in float32 (or less), where a smaller
+# positive value is 0 (OpenVINO then refused top_p=1e-300 with its own text).
+FLOAT32_MIN = 1.1754943508222875e-38
+
+
+def _zero_or_float32(value: float | None) -> float | None:
+    if value is not None and 0 < value < FLOAT32_MIN:
+        raise ValueError(f"must be 0 or at least {FLOAT32_MIN:.8g} (float32's smallest)")
+    return value
+
+
+def _float32_floor(value: object) -> object:
+    """Before the bounds (whose message would print 1.2e-38 as 38 decimals)."""
+    if isinstance(value, float | int) and not isinstance(value, bool) and value < FLOAT32_MIN:
+        raise ValueError(f"must be at least {FLOAT32_MIN:.8g} (float32's smallest)")
+    return value
+
+
 # A seed is an integer JSON carries exactly everywhere (|seed| < 2^53, JavaScript's safe
 # integers): past that, clients and validators that read JSON numbers as doubles change it.
 MAX_SEED = 2**53 - 1
@@ -68,11 +86,29 @@ class SamplingBase(BaseModel):
 
     max_tokens: Annotated[StrictInt, Field(ge=1), WholeNumber] | None = None
     # Strict, as the integers are: a number, not true or "0.5" (an integer is a number).
-    temperature: Annotated[StrictFloat | None, Field(ge=0, le=2)] = None
-    top_p: Annotated[StrictFloat | None, Field(gt=0, le=1)] = None
+    temperature: Annotated[
+        StrictFloat | None,
+        Field(
+            ge=0,
+            le=2,
+            json_schema_extra={
+                "not": {"type": "number", "exclusiveMinimum": 0, "exclusiveMaximum": FLOAT32_MIN}
+            },
+        ),
+        AfterValidator(_zero_or_float32),
+    ] = None
+    top_p: Annotated[
+        StrictFloat | None, Field(ge=FLOAT32_MIN, le=1), BeforeValidator(_float32_floor)
+    ] = None
     # 0 is off; anything past the vocabulary is the same as off.
     top_k: Annotated[StrictInt, Field(ge=0, le=2**31 - 1), WholeNumber] | None = None
-    repetition_penalty: Annotated[StrictFloat | None, Field(gt=0, le=2)] = None
+    repetition_penalty: Annotated[
+        StrictFloat | None, Field(ge=FLOAT32_MIN, le=2), BeforeValidator(_float32_floor)
+    ] = None
+    # OpenAI's penalties on the tokens generated so far: presence (once seen), frequency
+    # (per occurrence); -2..2, 0 off.
+    presence_penalty: Annotated[StrictFloat | None, Field(ge=-2, le=2)] = None
+    frequency_penalty: Annotated[StrictFloat | None, Field(ge=-2, le=2)] = None
     stop: StopText | Annotated[list[StopText], Field(max_length=4)] | None = None
     seed: Seed | None = None
     ignore_eos: StrictBool = Field(

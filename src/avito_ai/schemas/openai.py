@@ -11,6 +11,7 @@ from pydantic import (
     StrictBool,
     StrictInt,
     StrictStr,
+    ValidationInfo,
     field_validator,
 )
 
@@ -20,11 +21,47 @@ from avito_ai.schemas.native import EXAMPLE_IMAGE, SamplingBase, Text, WholeNumb
 # messages once held the event loop for 19 s.
 MAX_MESSAGES = 256
 MAX_PARTS = 32
-UNSUPPORTED = ("tools", "tool_choice", "functions", "response_format", "logprobs", "top_logprobs")
+UNSUPPORTED = (
+    "tools",
+    "tool_choice",
+    "functions",
+    "response_format",
+    "logprobs",
+    "top_logprobs",
+    "best_of",
+    "logit_bias",
+    "suffix",
+)
+# What each unsupported field may be: its "off" values.
+_OFF: list[dict[str, Any]] = [
+    {"type": "null"},
+    {"const": False},
+    {"type": "array", "maxItems": 0},
+    {"type": "object", "maxProperties": 0},
+    {"const": ""},
+    {"const": 1},
+]
 _UNSUPPORTED_SCHEMA: dict[str, Any] = {
-    "description": "not supported by this server: leave it out (null, false or [] pass)",
+    "description": 'not supported by this server: leave it out (null, false, [], {}, "" '
+    "and best_of 1 pass)",
     "deprecated": True,
-    "anyOf": [{"type": "null"}, {"const": False}, {"type": "array", "maxItems": 0}],
+    "anyOf": _OFF,
+}
+
+
+def _is_off(value: Any) -> bool:
+    return (
+        value is None
+        or value is False
+        or (type(value) in (list, dict, str) and not value)
+        or (type(value) is int and value == 1)
+    )
+
+
+# stream_options only with stream: true (the schema says so too, for the contract test)
+STREAM_OPTIONS_RULE: dict[str, Any] = {
+    "if": {"required": ["stream_options"], "properties": {"stream_options": {"type": "object"}}},
+    "then": {"required": ["stream"], "properties": {"stream": {"const": True}}},
 }
 
 
@@ -74,12 +111,27 @@ class OpenAISampling(SamplingBase):
     response_format: Any = Field(None, json_schema_extra=_UNSUPPORTED_SCHEMA)
     logprobs: Any = Field(None, json_schema_extra=_UNSUPPORTED_SCHEMA)
     top_logprobs: Any = Field(None, json_schema_extra=_UNSUPPORTED_SCHEMA)
+    best_of: Any = Field(None, json_schema_extra=_UNSUPPORTED_SCHEMA)
+    logit_bias: Any = Field(None, json_schema_extra=_UNSUPPORTED_SCHEMA)
+    suffix: Any = Field(None, json_schema_extra=_UNSUPPORTED_SCHEMA)
 
     @field_validator(*UNSUPPORTED)
     @classmethod
     def _refuse_unsupported(cls, value: Any) -> Any:
-        if value is not None and value is not False and value != []:
+        if not _is_off(value):
             raise ValueError("not supported by this server")
+        return value
+
+    @field_validator("stream_options")
+    @classmethod
+    def _stream_options_need_stream(
+        cls, value: StreamOptions | None, info: ValidationInfo
+    ) -> StreamOptions | None:
+        if value is not None and not info.data.get("stream"):
+            # OpenAI's own answer to it (`stream` is declared, so validated, before)
+            raise ValueError(
+                "The 'stream_options' parameter is only allowed when 'stream' is enabled."
+            )
         return value
 
 
@@ -105,6 +157,7 @@ class ChatCompletionRequest(OpenAISampling):
     model_config = ConfigDict(
         extra="ignore",
         json_schema_extra={
+            **STREAM_OPTIONS_RULE,
             "examples": [
                 {
                     "model": "avibe",
@@ -126,7 +179,7 @@ class ChatCompletionRequest(OpenAISampling):
                         }
                     ],
                 },
-            ]
+            ],
         },
     )
 
@@ -137,7 +190,10 @@ class CompletionRequest(OpenAISampling):
 
     model_config = ConfigDict(
         extra="ignore",
-        json_schema_extra={"examples": [{"model": "avibe", "prompt": "Once upon a time"}]},
+        json_schema_extra={
+            **STREAM_OPTIONS_RULE,
+            "examples": [{"model": "avibe", "prompt": "Once upon a time"}],
+        },
     )
 
 

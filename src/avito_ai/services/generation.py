@@ -53,6 +53,9 @@ def question_or_default(question: str | None, default: str) -> str:
     return question if question is not None and question.strip() else default
 
 
+GREEDY_BELOW = 1e-5
+
+
 def sampling_params(
     fields: SamplingFields, role: Role, settings: Settings, *, max_tokens_field: str = "max_tokens"
 ) -> SamplingParams:
@@ -64,12 +67,17 @@ def sampling_params(
             f"{max_tokens_field} must be between 1 and {cap}", param=max_tokens_field
         )
     stop = (fields.stop,) if isinstance(fields.stop, str) else tuple(fields.stop or ())
+    temperature = settings.temperature if fields.temperature is None else fields.temperature
     return SamplingParams(
         max_tokens=max_tokens,
-        temperature=settings.temperature if fields.temperature is None else fields.temperature,
+        # As vLLM does: below 1e-5 sampling is greedy in all but name, and dividing logits
+        # by such a temperature overflows float32 (transformers' sampling got NaNs).
+        temperature=0.0 if temperature < GREEDY_BELOW else temperature,
         top_p=1.0 if fields.top_p is None else fields.top_p,
         top_k=fields.top_k or 0,
         repetition_penalty=fields.repetition_penalty or 1.0,
+        presence_penalty=fields.presence_penalty or 0.0,
+        frequency_penalty=fields.frequency_penalty or 0.0,
         stop=stop,
         seed=fields.seed,
         ignore_eos=fields.ignore_eos,

@@ -67,6 +67,10 @@ def _sampling(body: OpenAISampling, role: Role, settings: Settings) -> SamplingP
     shared = body.model_dump(include=set(SamplingBase.model_fields))
     shared["max_tokens"] = body.max_completion_tokens or body.max_tokens
     field = "max_completion_tokens" if body.max_completion_tokens else "max_tokens"
+    cap = settings.role(role).max_tokens
+    if body.max_completion_tokens and body.max_tokens is not None and body.max_tokens > cap:
+        # Both sent: max_completion_tokens counts, but max_tokens must still be valid.
+        raise ValidationFailed(f"max_tokens must be between 1 and {cap}", param="max_tokens")
     return sampling_params(SamplingFields(**shared), role, settings, max_tokens_field=field)
 
 

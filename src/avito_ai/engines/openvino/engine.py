@@ -257,6 +257,8 @@ class OpenVINOTextEngine(InProcessEngine):
         else:
             config.do_sample = False
         config.repetition_penalty = sampling.repetition_penalty
+        config.presence_penalty = sampling.presence_penalty
+        config.frequency_penalty = sampling.frequency_penalty
         # Stop strings are the text pipeline's alone (the worker cancels the request when it
         # sees one): the pipeline's own matching withholds the token that completes a stop
         # string, so a stop spread over tokens ("tal of " in " capital", " of", " France")
@@ -316,9 +318,15 @@ class OpenVINOTextEngine(InProcessEngine):
         prepared = ticket.payload
         try:
             handle = self._pipe.add_request(self._next_id, prepared.input_ids, prepared.config)
-        except Exception as exc:  # e.g. a configuration the pipeline refuses
-            log.exception("add_request failed")
-            self._bridge.fail([ticket], ValidationFailed(f"The model refused the request: {exc}"))
+        except Exception:  # e.g. a configuration the pipeline refuses
+            # Its text (a C++ check with the build's paths) is for the log, not the client.
+            request_id = prepared.request.request_id
+            log.exception("add_request failed", extra={"request_id": request_id})
+            refusal = ValidationFailed(
+                "The model could not take this request's generation settings; the service "
+                f"log has the details under request id {request_id}"
+            )
+            self._bridge.fail([ticket], refusal)
             return
         self._next_id += 1
         assert self._new_detokenizer is not None  # set before the worker starts

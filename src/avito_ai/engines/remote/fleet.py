@@ -124,6 +124,10 @@ def upstream_payload(
         body["top_k"] = s.top_k
     if s.repetition_penalty != 1.0:
         body["repetition_penalty"] = s.repetition_penalty
+    if s.presence_penalty:
+        body["presence_penalty"] = s.presence_penalty
+    if s.frequency_penalty:
+        body["frequency_penalty"] = s.frequency_penalty
     if s.stop:
         body["stop"] = list(s.stop)
     if s.seed is not None:

@@ -31,9 +31,12 @@ class RowSampler:
     """
 
     __slots__ = (
+        "_counts",
         "_history",
         "_length",
+        "frequency_penalty",
         "generator",
+        "presence_penalty",
         "repetition_penalty",
         "temperature",
         "top_k",
@@ -52,6 +55,12 @@ class RowSampler:
         self.top_k = int(params.top_k)
         self.top_p = float(params.top_p)
         self.repetition_penalty = float(params.repetition_penalty)
+        self.presence_penalty = float(params.presence_penalty)
+        self.frequency_penalty = float(params.frequency_penalty)
+        # Generated token -> times, for OpenAI's presence and frequency penalties.
+        self._counts: dict[int, int] | None = (
+            {} if self.presence_penalty or self.frequency_penalty else None
+        )
         self.generator: torch.Generator | None = None
         if self.temperature > 0:
             # An unseeded request still gets its own generator (seeded from the OS) so that it
@@ -71,10 +80,12 @@ class RowSampler:
     @property
     def is_plain_greedy(self) -> bool:
         """Argmax over raw logits: nothing per-row to do."""
-        return self.temperature <= 0 and self.repetition_penalty == 1.0
+        return self.temperature <= 0 and self.repetition_penalty == 1.0 and self._counts is None
 
     def record(self, token_id: int) -> None:
-        """Remember a generated token for the repetition penalty."""
+        """Remember a generated token for the penalties."""
+        if self._counts is not None:
+            self._counts[token_id] = self._counts.get(token_id, 0) + 1
         if self._history is not None and self._length < self._history.numel():
             self._history[self._length] = token_id
             self._length += 1
@@ -84,6 +95,10 @@ class RowSampler:
         if self._history is not None and self._length:
             logits = apply_repetition_penalty(
                 logits, self._history[: self._length], self.repetition_penalty
+            )
+        if self._counts:
+            logits = apply_openai_penalties(
+                logits, self._counts, self.presence_penalty, self.frequency_penalty
             )
         if self.temperature <= 0:
             return logits.argmax(-1)
@@ -104,6 +119,18 @@ def apply_repetition_penalty(
     scores = out.gather(-1, seen_ids)
     scores = torch.where(scores < 0, scores * penalty, scores / penalty)
     out.scatter_(-1, seen_ids, scores)
+    return out
+
+
+def apply_openai_penalties(
+    logits: torch.Tensor, counts: dict[int, int], presence: float, frequency: float
+) -> torch.Tensor:
+    """OpenAI's (and vLLM's): each generated token's logit minus `presence` once and
+    `frequency` per time it was generated."""
+    ids = torch.tensor(list(counts), dtype=torch.long, device=logits.device)
+    times = torch.tensor(list(counts.values()), dtype=logits.dtype, device=logits.device)
+    out = logits.clone()
+    out[ids] -= presence + frequency * times
     return out
 
 
