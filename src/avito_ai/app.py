@@ -27,6 +27,7 @@ from avito_ai.middleware.auth import ApiKeyMiddleware, AuthRefusalMiddleware
 from avito_ai.middleware.body_limit import BodyLimitMiddleware
 from avito_ai.middleware.catch_all import CatchAllMiddleware
 from avito_ai.middleware.head import HeadAsGetMiddleware
+from avito_ai.middleware.header_limit import HeaderLimitMiddleware
 from avito_ai.middleware.rate_limit import RateLimitMiddleware
 from avito_ai.middleware.request_id import RequestIdMiddleware
 from avito_ai.middleware.security_headers import SecurityHeadersMiddleware
@@ -112,6 +113,8 @@ def create_app(settings: Settings, engines: dict[Role, Engine] | None = None) ->
         policies=settings.api_key_policies(),
         error_responder=scope_error_response,
     )
+    # A head the server flagged too large (http_limits.py): 431, before keys and limits.
+    app.add_middleware(HeaderLimitMiddleware, error_responder=scope_error_response)
     origins = settings.cors_origins
     app.add_middleware(
         CORSMiddleware,

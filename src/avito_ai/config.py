@@ -71,6 +71,10 @@ class Settings(BaseSettings):
     # Slow clients: a connection that has not sent a whole request head this long after it
     # opened (or after its last answer, with keep-alive) is closed.
     header_read_timeout: Annotated[float, Field(gt=0)] = 10.0
+    # A request head (request line and header fields) of more bytes, or more fields, gets
+    # 431 from the server: nothing of it reaches the app (nginx in front: its own buffers).
+    max_header_bytes: Annotated[int, Field(ge=1024)] = 32768
+    max_headers: Annotated[int, Field(ge=8)] = 100
     # Open connections plus running requests per process; past it uvicorn answers 503.
     max_connections: Annotated[int, Field(ge=16)] = 1000
     # Peers whose X-Forwarded-For / X-Forwarded-Proto are trusted (comma-separated, or *).

@@ -28,6 +28,12 @@ class PayloadTooLarge(AvitoError):
     code = "payload_too_large"
 
 
+class HeadersTooLarge(AvitoError):
+    """The request head is over MAX_HEADER_BYTES or has more than MAX_HEADERS fields."""
+
+    code = "request_header_fields_too_large"
+
+
 class Unauthorized(AvitoError):
     code = "unauthorized"
 

@@ -13,6 +13,7 @@ from uvicorn_worker import UvicornWorker
 
 from avito_ai.cli import checked_settings, settings_or_exit
 from avito_ai.config import ConfigError, Settings
+from avito_ai.http_limits import limited_protocol
 from avito_ai.server import DrainingServer
 
 
@@ -31,6 +32,7 @@ class AvitoUvicornWorker(UvicornWorker):  # type: ignore[misc]
         # gunicorn's own async workers: past it, new requests get 503.
         self.config.limit_concurrency = self.cfg.worker_connections
         settings = inherited_settings() or settings_or_exit()
+        self.config.http = limited_protocol(settings.max_header_bytes, settings.max_headers)
         server = DrainingServer(self.config, settings.header_read_timeout)
         # Under gunicorn the master expects the worker to die by the signal it sent.
         server.reraise_signals = True

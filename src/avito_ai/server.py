@@ -11,6 +11,7 @@ from types import FrameType
 import uvicorn
 
 from avito_ai.config import Settings
+from avito_ai.http_limits import limited_protocol
 from avito_ai.services.state import begin_drain_all
 
 
@@ -109,6 +110,7 @@ def uvicorn_config(app: object, settings: Settings) -> uvicorn.Config:
         timeout_keep_alive=5,
         limit_concurrency=settings.max_connections,
         server_header=False,
+        http=limited_protocol(settings.max_header_bytes, settings.max_headers),
     )
 
 

@@ -164,3 +164,13 @@ async def test_a_whole_float_is_an_integer_as_json_schema_says() -> None:
         for bad in (5.5, "5", True):
             r = await client.post("/api/v1/text/generate", json={"prompt": "hi", "max_tokens": bad})
             assert r.status_code == 400 and "max_tokens" in r.text, bad
+
+
+@pytest.mark.parametrize("stop", ["s" * 200_000, ["ok", "s" * 257]])
+async def test_stop_strings_are_bounded_in_length(stop: object) -> None:
+    async with running() as (_, client):
+        r = await client.post("/api/v1/text/generate", json={"prompt": "hi", "stop": stop})
+        assert r.status_code == 400
+        assert "stop" in r.json()["message"] and "256 characters" in r.json()["message"]
+        fine = await client.post("/api/v1/text/generate", json={"prompt": "hi", "stop": "s" * 256})
+        assert fine.status_code == 200

@@ -199,3 +199,22 @@ def test_a_client_that_stalls_its_head_or_body_is_dropped(
     assert answer == b"" or answer.startswith(b"HTTP/1.1 408"), answer
     head.close()
     body.close()
+
+
+@pytest.mark.parametrize(
+    "headers",
+    [
+        {"X-Big": "a" * 20_000},  # over nginx's 16 kB line: refused by nginx
+        {f"X-H{i}": "v" * 12_000 for i in range(3)},  # through nginx, over the service's 32 kB
+        {f"X-H{i}": "v" for i in range(150)},  # through nginx, over the service's 100 fields
+    ],
+    ids=["nginx-line", "service-bytes", "service-count"],
+)
+def test_an_oversized_head_is_431_through_nginx(
+    stack: tuple[Nginx, ServerProcess], headers: dict[str, str]
+) -> None:
+    nginx, _ = stack
+    r = httpx.get(nginx.url + "/api/health", headers=headers, timeout=10)
+    assert r.status_code == 431
+    assert r.json()["error"] == "request_header_fields_too_large"
+    assert r.json()["request_id"] == r.headers["x-request-id"]

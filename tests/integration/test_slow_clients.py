@@ -3,6 +3,8 @@ off after HEADER_READ_TIMEOUT, and MAX_CONNECTIONS bounds what one process holds
 
 from __future__ import annotations
 
+import contextlib
+import json
 import socket
 import time
 from collections.abc import Iterator
@@ -130,3 +132,76 @@ def test_a_client_refused_mid_upload_can_finish_sending_and_read_the_answer(
     sock.settimeout(5)
     assert b" 413 " in sock.recv(65536).split(b"\r\n", 1)[0]
     sock.close()
+
+
+def head_with(headers: list[tuple[str, str]], path: str = "/api/health") -> bytes:
+    lines = [f"GET {path} HTTP/1.1", "Host: x", *(f"{k}: {v}" for k, v in headers)]
+    return ("\r\n".join(lines) + "\r\n\r\n").encode()
+
+
+def answer_of(sock: socket.socket) -> tuple[int, dict[str, str], bytes]:
+    sock.settimeout(10)
+    data = b""
+    while b"\r\n\r\n" not in data:
+        piece = sock.recv(65536)
+        if not piece:
+            break
+        data += piece
+    head, _, body = data.partition(b"\r\n\r\n")
+    lines = head.decode("latin-1").split("\r\n")
+    fields = dict(line.split(": ", 1) for line in lines[1:] if ": " in line)
+    fields = {k.lower(): v for k, v in fields.items()}
+    while len(body) < int(fields.get("content-length", 0)):
+        body += sock.recv(65536)
+    return int(lines[0].split()[1]), fields, body
+
+
+@pytest.fixture(scope="module", params=["dev", "gunicorn"])
+def either(request: pytest.FixtureRequest, tmp_path_factory) -> Iterator[ServerProcess]:
+    log = tmp_path_factory.mktemp(f"heads-{request.param}") / "server.log"
+    srv = dev_server(ENV, log) if request.param == "dev" else gunicorn_server(ENV, log, 1)
+    with serving(srv) as running:
+        yield running
+
+
+@pytest.mark.parametrize(
+    ("headers", "path"),
+    [
+        ([("X-Big", "a" * 200_000)], "/api/health"),  # one 200 kB header
+        ([(f"X-H{i}", "v") for i in range(3000)], "/api/health"),  # 3,000 headers
+        ([(f"X-H{i}", "v" * 400) for i in range(90)], "/v1/models"),  # 36 kB in all
+    ],
+    ids=["one-huge", "too-many", "too-much-in-all"],
+)
+def test_an_oversized_request_head_is_431(
+    either: ServerProcess, headers: list[tuple[str, str]], path: str
+) -> None:
+    with connect(either) as sock:
+        sock.sendall(head_with(headers, path))
+        status, fields, body = answer_of(sock)
+    assert status == 431
+    error = json.loads(body)
+    if path.startswith("/v1/"):
+        assert error["error"]["code"] == "request_header_fields_too_large"
+    else:
+        assert error["error"] == "request_header_fields_too_large"
+        assert error["request_id"] == fields["x-request-id"]
+    assert "MAX_HEADER" in body.decode()
+
+
+def test_a_head_that_never_ends_is_cut_off_at_the_limit(either: ServerProcess) -> None:
+    with connect(either) as sock:
+        sock.sendall(b"GET /api/health HTTP/1.1\r\nHost: x\r\nX-Endless: ")
+        sent = 0
+        with contextlib.suppress(OSError):  # the server closes it under our feet
+            while sent < 1_000_000:
+                sock.sendall(b"a" * 4096)
+                sent += 4096
+        status, _, _ = answer_of(sock)
+    assert status == 431
+    assert sent < 1_000_000  # it stopped reading long before
+
+
+def test_a_head_within_the_limits_is_served(either: ServerProcess) -> None:
+    headers = {f"X-H{i}": "v" * 100 for i in range(60)}
+    assert httpx.get(either.url + "/api/health", headers=headers).status_code == 200

@@ -28,6 +28,7 @@ ERROR_DESCRIPTIONS: dict[int, str] = {
     404: "not_found: no such model",
     408: "request_timeout: the body did not arrive within BODY_READ_TIMEOUT",
     413: "payload_too_large: the body is over its size limit",
+    431: "request_header_fields_too_large: over MAX_HEADER_BYTES or MAX_HEADERS",
     429: "rate_limit_exceeded, with Retry-After",
     503: "model_unavailable (not configured, loading or failed), overloaded (with "
     "Retry-After), or rate_limit_unavailable (RATE_LIMIT_FAIL_MODE=closed)",

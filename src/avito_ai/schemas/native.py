@@ -47,8 +47,23 @@ def _not_empty(value: str) -> str:
 
 # Text a client sends: a string of whole Unicode characters.
 Text = Annotated[StrictStr, AfterValidator(_whole_unicode)]
-# A stop string: an empty one would stop before the first character.
-StopText = Annotated[Text, AfterValidator(_not_empty), Field(json_schema_extra={"minLength": 1})]
+# A stop string: an empty one would stop before the first character; a long one costs every
+# token a scan of its length (a 200 kB one was accepted).
+MAX_STOP_CHARS = 256
+
+
+def _short_stop(value: str) -> str:
+    if len(value) > MAX_STOP_CHARS:
+        raise ValueError(f"a stop string has at most {MAX_STOP_CHARS} characters")
+    return value
+
+
+StopText = Annotated[
+    Text,
+    AfterValidator(_not_empty),
+    AfterValidator(_short_stop),
+    Field(json_schema_extra={"minLength": 1, "maxLength": MAX_STOP_CHARS}),
+]
 # The smallest normal float32: engines compute in float32 (or less), where a smaller
 # positive value is 0 (OpenVINO then refused top_p=1e-300 with its own text).
 FLOAT32_MIN = 1.1754943508222875e-38

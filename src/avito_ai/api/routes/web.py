@@ -44,6 +44,7 @@ router = APIRouter(tags=["web page"])
 ERROR_TITLES: dict[str, str] = {
     "rate_limit_exceeded": "Слишком много запросов",
     "payload_too_large": "Слишком большой запрос",
+    "request_header_fields_too_large": "Слишком большие заголовки запроса",
     "model_unavailable": "Модель недоступна",
     "overloaded": "Сервер перегружен",
     "rate_limit_unavailable": "Проверка лимитов недоступна",
