@@ -77,6 +77,8 @@ class Admission:
         if self.running < self.capacity and self._under(client, limit):
             self._start(client)
         else:
+            if self.waiting >= self.max_waiting:
+                raise Overloaded("Server is overloaded: the queue is full, retry later")
             own = self.waiting_by_client.get(client, 0)
             if self.max_waiting_per_client and own >= self.max_waiting_per_client:
                 raise RateLimited(
@@ -84,8 +86,6 @@ class Admission:
                     f"this model (CLIENT_MAX_WAITING); retry when one has finished",
                     retry_after=1,
                 )
-            if self.waiting >= self.max_waiting:
-                raise Overloaded("Server is overloaded: the queue is full, retry later")
             waiter = _Waiter(client, limit, asyncio.get_running_loop().create_future())
             self._enqueue(PRIORITY_CLASSES[priority], waiter)
             try:
