@@ -77,7 +77,8 @@ def test_token_budgets_hold_across_workers_and_a_restart(redis_server, tmp_path:
         again.stop()
 
 
-def test_keys_and_budgets_reload_on_hup(tmp_path: Path) -> None:
+def keyed_gunicorn(tmp_path: Path, workers: int) -> tuple[Path, ServerProcess]:
+    """gunicorn on the fake engine with an API_KEYS_FILE holding the key sk-old."""
     keys = tmp_path / "keys.txt"
     keys.write_text("sk-old name=old\n")
     env = {
@@ -86,7 +87,11 @@ def test_keys_and_budgets_reload_on_hup(tmp_path: Path) -> None:
         "RATE_LIMIT_PER_MINUTE": "1000",
         "PROMETHEUS_MULTIPROC_DIR": str(tmp_path / "prom"),
     }
-    srv = gunicorn_server(env, tmp_path / "server.log", workers=1)
+    return keys, gunicorn_server(env, tmp_path / "server.log", workers=workers)
+
+
+def test_keys_and_budgets_reload_on_hup(tmp_path: Path) -> None:
+    keys, srv = keyed_gunicorn(tmp_path, workers=1)
     try:
         srv.wait_ready()
         assert ask(srv, "sk-old").status_code == 200
@@ -117,15 +122,7 @@ def reload_failures(srv: ServerProcess) -> float:
 def test_a_reload_with_a_bad_keys_file_is_refused_and_the_next_good_one_works(
     tmp_path: Path,
 ) -> None:
-    keys = tmp_path / "keys.txt"
-    keys.write_text("sk-old name=old\n")
-    env = {
-        "AVIBE_BACKEND": "fake",
-        "API_KEYS_FILE": str(keys),
-        "RATE_LIMIT_PER_MINUTE": "1000",
-        "PROMETHEUS_MULTIPROC_DIR": str(tmp_path / "prom"),
-    }
-    srv = gunicorn_server(env, tmp_path / "server.log", workers=2)
+    keys, srv = keyed_gunicorn(tmp_path, workers=2)
     try:
         srv.wait_ready()
         workers = wait_workers(srv, 2)
