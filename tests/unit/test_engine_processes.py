@@ -35,6 +35,7 @@ def test_vllm_command_line_with_eagle3_as_the_card_says() -> None:
         "--gpu-memory-utilization", "0.9",
         "--tensor-parallel-size", "1",
         "--scheduling-policy", "priority",
+        "--structured-outputs-config", '{"disable_any_whitespace":true}',
         "--speculative-config",
         '{"method":"eagle3","model":"AvitoTech/avibe-eagle","num_speculative_tokens":5}',
     ]  # fmt: skip
@@ -55,9 +56,10 @@ def test_both_models_on_one_gpu_share_its_memory_and_vision_keeps_its_image_limi
     vision = engine_spec("avision", settings, 2).argv
     assert vibe[vibe.index("--gpu-memory-utilization") + 1] == "0.55"
     assert vision[vision.index("--gpu-memory-utilization") + 1] == "0.35"
-    assert vision[-11:] == [
+    assert vision[-13:] == [
         "--tensor-parallel-size", "2",
         "--scheduling-policy", "priority",
+        "--structured-outputs-config", '{"disable_any_whitespace":true}',
         "--max-model-len", "16384",
         "--limit-mm-per-prompt", '{"image": 2}',
         "--enforce-eager", "--chat-template", "/x y/t.jinja",
@@ -83,6 +85,7 @@ def test_sglang_command_line_with_eagle3() -> None:
         "--mem-fraction-static", "0.9",
         "--tp-size", "1",
         "--enable-metrics",
+        "--constrained-json-disable-any-whitespace",
         "--context-length", "32768",
         "--speculative-algorithm", "EAGLE3",
         "--speculative-draft-model-path", "AvitoTech/avibe-eagle",

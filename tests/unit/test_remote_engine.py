@@ -251,3 +251,48 @@ async def test_closing_the_answer_closes_the_upstream_stream() -> None:
     await answer.aclose()  # the client went away
     await e.stop()
     assert closed == [True]
+
+
+def constrained(kind: str, **fields: object) -> GenerationRequest:
+    from avito_ai.engines.base import OutputConstraint
+
+    return GenerationRequest(
+        "x",
+        SamplingParams(max_tokens=5),
+        messages=[ChatMessage.text("user", "hi")],
+        constraint=OutputConstraint(kind, "root ::= ...", **fields),  # type: ignore[arg-type]
+    )
+
+
+def test_constraints_travel_in_each_upstreams_own_fields() -> None:
+    schema = {"type": "object", "properties": {"a": {"type": "integer"}}}
+    json_schema = constrained("json_schema", schema=schema, name="listing", strict=True)
+    for flavour in ("openai", "vllm", "sglang"):
+        _, body = upstream_payload(json_schema, "m", flavour=flavour)  # type: ignore[arg-type]
+        assert body["response_format"] == {
+            "type": "json_schema",
+            "json_schema": {"name": "listing", "schema": schema, "strict": True},
+        }
+        _, body = upstream_payload(constrained("json_object"), "m", flavour=flavour)  # type: ignore[arg-type]
+        assert body["response_format"] == {"type": "json_object"}
+    regex, grammar = constrained("regex", pattern="[0-9]+"), constrained("grammar", pattern="g")
+    assert upstream_payload(regex, "m", flavour="vllm")[1]["structured_outputs"] == {
+        "regex": "[0-9]+"
+    }
+    assert upstream_payload(grammar, "m", flavour="vllm")[1]["structured_outputs"] == {
+        "grammar": "g"
+    }
+    assert upstream_payload(regex, "m", flavour="sglang")[1]["regex"] == "[0-9]+"
+    assert upstream_payload(grammar, "m", flavour="sglang")[1]["ebnf"] == "g"
+
+
+def test_a_plain_openai_upstream_declares_json_only() -> None:
+    settings = isolated_settings(avibe_backend="openai", avibe_upstream_urls=A)
+    plain = RemoteEngine("avibe", settings).capabilities().constraints
+    assert plain == {"json_schema", "json_object"}
+    assert RemoteEngine("avibe", settings, flavour="vllm").capabilities().constraints == {
+        "json_schema",
+        "json_object",
+        "regex",
+        "grammar",
+    }

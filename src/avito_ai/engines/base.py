@@ -115,6 +115,39 @@ class SamplingParams:
     ignore_eos: bool = False  # benchmarks: always generate max_tokens
 
 
+ConstraintKind = Literal["json_schema", "json_object", "regex", "grammar"]
+
+
+@dataclass(frozen=True)
+class OutputConstraint:
+    """What the answer must match, applied after a thinking block (never to the thinking).
+
+    `grammar` is the answer's compact grammar in xgrammar's EBNF (root rule `root`), compiled
+    by the services (services/constraints.py): what in-process engines enforce. Upstreams
+    get the client's own terms: `schema` (JSON schema, JSON object) or `pattern` (the regex
+    or EBNF as given)."""
+
+    kind: ConstraintKind
+    grammar: str
+    schema: dict[str, Any] | None = field(default=None, hash=False, compare=False)
+    pattern: str | None = None
+    name: str = "answer"
+    strict: bool = False
+    description: str | None = None
+
+
+@dataclass(frozen=True)
+class Capabilities:
+    """What an engine honours beyond plain sampling, known before a request runs."""
+
+    constraints: frozenset[ConstraintKind] = frozenset()
+
+
+ALL_CONSTRAINTS: frozenset[ConstraintKind] = frozenset(
+    {"json_schema", "json_object", "regex", "grammar"}
+)
+
+
 @dataclass
 class GenerationRequest:
     """One generation. `prompt` (raw text, no chat template) or `messages` (chat)."""
@@ -130,6 +163,8 @@ class GenerationRequest:
     # Priority class rank (0 interactive, 1 batch): engines that schedule by priority
     # (vLLM with --scheduling-policy priority) get it; the others ignore it.
     priority: int = 0
+    # Structured output (response_format); None: free text.
+    constraint: OutputConstraint | None = None
 
 
 @dataclass(frozen=True)
@@ -186,6 +221,13 @@ def final_chunk(
             total_s=finished - created,
         ),
     )
+
+
+@runtime_checkable
+class DeclaresCapabilities(Protocol):
+    """An engine that honours constraints (structured output); the others honour none."""
+
+    def capabilities(self) -> Capabilities: ...
 
 
 @runtime_checkable

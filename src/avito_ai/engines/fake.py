@@ -15,6 +15,7 @@ import time
 from collections.abc import AsyncIterator
 
 from avito_ai.engines.base import (
+    Capabilities,
     Chunk,
     EngineState,
     EngineStatus,
@@ -24,6 +25,7 @@ from avito_ai.engines.base import (
     TextPart,
     final_chunk,
 )
+from avito_ai.engines.fake_json import example_json
 from avito_ai.errors import ModelUnavailable, Overloaded, Timeout
 
 
@@ -64,9 +66,13 @@ class FakeEngine:
             engine="fake",
         )
 
+    def capabilities(self) -> Capabilities:
+        return Capabilities(constraints=frozenset({"json_schema", "json_object"}))
+
     @staticmethod
     def answer_for(request: GenerationRequest) -> tuple[list[str], int]:
-        """The words the fake answers with, and the input token count it reports."""
+        """The words the fake answers with (under a JSON constraint: the schema's simplest
+        instance, in pieces of 4 characters), and the input token count it reports."""
         if request.prompt is not None:
             text, images = request.prompt, 0
         else:
@@ -74,11 +80,15 @@ class FakeEngine:
             parts = user[-1].content if user else ()
             text = " ".join(p.text for p in parts if isinstance(p, TextPart))
             images = sum(isinstance(p, ImagePart) for p in parts)
+        input_tokens = sum(len(m.content) for m in request.messages) + len(text.split())
+        constraint = request.constraint
+        if constraint is not None and constraint.schema is not None:
+            answer = example_json(constraint.schema)
+            return [answer[i : i + 4] for i in range(0, len(answer), 4)], input_tokens
         # Split on spaces only: line breaks stay inside words, so Markdown survives the echo.
         words = ["Echo:", *(word for word in text.strip(" ").split(" ") if word)]
         if images:
             words.append(f"[{images} image(s)]")
-        input_tokens = sum(len(m.content) for m in request.messages) + len(text.split())
         return words, input_tokens
 
     def prompt_tokens(self, request: GenerationRequest) -> int:
@@ -108,7 +118,8 @@ class FakeEngine:
                     raise Timeout("Request timed out")
                 if self.token_delay:
                     await asyncio.sleep(self.token_delay)
-                piece = word if i == 0 else " " + word
+                joiner = "" if request.constraint is not None else " "
+                piece = word if i == 0 else joiner + word
                 joined = "".join(produced) + piece
                 hit = next((s for s in sampling.stop if s in joined), None)
                 if hit is not None:

@@ -16,6 +16,8 @@ from pydantic import (
     StrictStr,
 )
 
+from avito_ai.schemas.structured import NativeResponseFormat
+
 
 def _whole_unicode(value: str) -> str:
     """JSON can carry a lone UTF-16 surrogate ("\ud800"); no tokenizer or log can."""
@@ -135,6 +137,8 @@ class SamplingFields(SamplingBase):
     system: Text | None = None
     stream: StrictBool = False
     enable_thinking: StrictBool = False
+    # Structured output (docs/structured-output.md): OpenAI's shapes, plus regex and grammar.
+    response_format: NativeResponseFormat | None = None
 
 
 class TextGenerateRequest(SamplingFields):

@@ -16,6 +16,7 @@ from pydantic import (
 )
 
 from avito_ai.schemas.native import EXAMPLE_IMAGE, SamplingBase, Text, WholeNumber
+from avito_ai.schemas.structured import ResponseFormat
 
 # Bounds checked while the body is parsed, before any work: a 12 MB body of 600,000 empty
 # messages once held the event loop for 19 s.
@@ -25,7 +26,6 @@ UNSUPPORTED = (
     "tools",
     "tool_choice",
     "functions",
-    "response_format",
     "logprobs",
     "top_logprobs",
     "best_of",
@@ -108,7 +108,7 @@ class OpenAISampling(SamplingBase):
     tools: Any = Field(None, json_schema_extra=_UNSUPPORTED_SCHEMA)
     tool_choice: Any = Field(None, json_schema_extra=_UNSUPPORTED_SCHEMA)
     functions: Any = Field(None, json_schema_extra=_UNSUPPORTED_SCHEMA)
-    response_format: Any = Field(None, json_schema_extra=_UNSUPPORTED_SCHEMA)
+    response_format: ResponseFormat | None = None
     logprobs: Any = Field(None, json_schema_extra=_UNSUPPORTED_SCHEMA)
     top_logprobs: Any = Field(None, json_schema_extra=_UNSUPPORTED_SCHEMA)
     best_of: Any = Field(None, json_schema_extra=_UNSUPPORTED_SCHEMA)

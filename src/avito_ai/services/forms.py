@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterable, Mapping, Sequence
 
 from pydantic import ValidationError
@@ -25,7 +26,12 @@ _FALSE = {"0", "false", "no", "off", ""}
 
 
 # Form fields that hold one value; `stop` may repeat (one stop string per field).
-_SCALARS = frozenset({"prompt", "question", "system", "image", *_NUMBER_FIELDS, *_BOOL_FIELDS})
+_SCALARS = frozenset(
+    {
+        "prompt", "question", "system", "image", "json_schema", "response_format",
+        *_NUMBER_FIELDS, *_BOOL_FIELDS,
+    }
+)  # fmt: skip
 
 
 def form_values(items: Iterable[tuple[str, object]]) -> dict[str, str]:
@@ -40,6 +46,24 @@ def form_values(items: Iterable[tuple[str, object]]) -> dict[str, str]:
         if isinstance(value, str):
             values.setdefault(key, value)
     return values
+
+
+def _json_field(values: Mapping[str, str], name: str) -> object:
+    raw = values.get(name, "").strip()
+    if not raw:
+        return None
+    try:
+        return json.loads(raw)
+    except json.JSONDecodeError as exc:
+        raise ValidationFailed(f"{name}: not valid JSON ({exc.msg})", param=name) from None
+
+
+def _response_format(values: Mapping[str, str]) -> object:
+    """`json_schema` (the form's box: a schema) or `response_format` (as in JSON bodies)."""
+    schema = _json_field(values, "json_schema")
+    if schema is not None:
+        return {"type": "json_schema", "json_schema": {"name": "answer", "schema": schema}}
+    return _json_field(values, "response_format")
 
 
 def sampling_from_form(values: Mapping[str, str], stops: Sequence[str]) -> SamplingFields:
@@ -60,6 +84,9 @@ def sampling_from_form(values: Mapping[str, str], stops: Sequence[str]) -> Sampl
         data["system"] = values["system"]
     if stops:
         data["stop"] = list(stops)
+    response_format = _response_format(values)
+    if response_format is not None:
+        data["response_format"] = response_format
     try:
         return SamplingFields.model_validate(data)
     except ValidationError as exc:

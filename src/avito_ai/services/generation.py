@@ -19,6 +19,7 @@ from avito_ai.engines.base import (
     Engine,
     EngineState,
     GenerationRequest,
+    OutputConstraint,
     Role,
     SamplingParams,
     TextPart,
@@ -91,6 +92,7 @@ def chat_request(
     user_content: list[ContentPart],
     fields: SamplingFields,
     settings: Settings,
+    constraint: OutputConstraint | None = None,
 ) -> GenerationRequest:
     """A single-turn chat (optional system message) as the native API and forms send it."""
     messages: list[ChatMessage] = []
@@ -104,11 +106,16 @@ def chat_request(
         messages=messages,
         enable_thinking=fields.enable_thinking,
         deadline=time.monotonic() + settings.request_timeout,
+        constraint=constraint,
     )
 
 
 def text_request(
-    prompt: object, fields: SamplingFields, settings: Settings, request_id: str
+    prompt: object,
+    fields: SamplingFields,
+    settings: Settings,
+    request_id: str,
+    constraint: OutputConstraint | None = None,
 ) -> GenerationRequest:
     text = validate_prompt(prompt, settings)
     return chat_request(
@@ -117,6 +124,7 @@ def text_request(
         user_content=[TextPart(text)],
         fields=fields,
         settings=settings,
+        constraint=constraint,
     )
 
 

@@ -14,6 +14,7 @@ from avito_ai.engines.base import (
     EngineState,
     GenerationRequest,
     ImagePart,
+    OutputConstraint,
     Role,
     SamplingParams,
     TextPart,
@@ -101,7 +102,11 @@ def _content(content: object, index: int, settings: Settings) -> tuple[list[Cont
 
 
 def chat_request(
-    body: ChatCompletionRequest, role: Role, settings: Settings, request_id: str
+    body: ChatCompletionRequest,
+    role: Role,
+    settings: Settings,
+    request_id: str,
+    constraint: OutputConstraint | None = None,
 ) -> GenerationRequest:
     messages: list[ChatMessage] = []
     total_chars = 0
@@ -137,11 +142,16 @@ def chat_request(
         messages=messages,
         enable_thinking=thinking,
         deadline=time.monotonic() + settings.request_timeout,
+        constraint=constraint,
     )
 
 
 def completion_request(
-    body: CompletionRequest, role: Role, settings: Settings, request_id: str
+    body: CompletionRequest,
+    role: Role,
+    settings: Settings,
+    request_id: str,
+    constraint: OutputConstraint | None = None,
 ) -> GenerationRequest:
     if role != "avibe":
         # 404, as OpenAI answers a chat-only model on this endpoint.
@@ -157,6 +167,7 @@ def completion_request(
         sampling=_sampling(body, role, settings),
         prompt=prompt,
         deadline=time.monotonic() + settings.request_timeout,
+        constraint=constraint,
     )
 
 

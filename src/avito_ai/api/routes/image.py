@@ -13,6 +13,7 @@ from avito_ai.api.openapi import errors
 from avito_ai.engines.base import ImagePart, TextPart
 from avito_ai.errors import ValidationFailed
 from avito_ai.schemas.native import GenerationResponse, ImageAnalyzeJSON
+from avito_ai.services.constraints import check_supported, constraint_from
 from avito_ai.services.forms import form_values, sampling_from_form
 from avito_ai.services.generation import (
     chat_request,
@@ -41,6 +42,7 @@ _MULTIPART_SCHEMA = {
         "seed": {"type": "integer"},
         "system": {"type": "string"},
         "stream": {"type": "boolean"},
+        "json_schema": {"type": "string", "description": "a JSON Schema the answer matches"},
     },
 }
 
@@ -96,11 +98,14 @@ async def analyze_image(
     else:
         raise ValidationFailed("Send multipart/form-data with an 'image' file, or JSON")
     text = validate_prompt(question_or_default(prompt, DEFAULT_IMAGE_PROMPT), settings)
+    constraint = await constraint_from(fields.response_format)
+    check_supported(engine, constraint, "response_format")
     generation = chat_request(
         request_id=request_id,
         role="avision",
         user_content=[ImagePart(image), TextPart(text)],
         fields=fields,
         settings=settings,
+        constraint=constraint,
     )
     return await generate_native(request, engine, generation, fields.stream)

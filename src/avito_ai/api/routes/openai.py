@@ -22,6 +22,7 @@ from avito_ai.schemas.openai import (
 )
 from avito_ai.services import generation as gen
 from avito_ai.services import openai_compat as oa
+from avito_ai.services.constraints import check_supported, constraint_from
 from avito_ai.services.images import off_loop
 from avito_ai.services.state import ServiceState
 from avito_ai.services.streaming import open_stream, preceded_by, unless_disconnected
@@ -71,9 +72,11 @@ async def chat_completions(
     request_id: RequestIdDep,
 ) -> ChatCompletion | StreamingResponse:
     role = oa.resolve_role(body.model, state)
-    await gen.ready_engine(state, role)  # 503 before decoding images for an absent model
+    engine = await gen.ready_engine(state, role)  # 503 before decoding images or schemas
+    constraint = await constraint_from(body.response_format)
+    check_supported(engine, constraint, "response_format")
     # Off the loop: it decodes the images of the messages.
-    generation = await off_loop(oa.chat_request, body, role, settings, request_id)
+    generation = await off_loop(oa.chat_request, body, role, settings, request_id, constraint)
     result = await _run(request, state, role, generation, body, chat=True)
     if isinstance(result, StreamingResponse):
         return result
@@ -94,7 +97,9 @@ async def completions(
     request_id: RequestIdDep,
 ) -> Completion | StreamingResponse:
     role = oa.resolve_role(body.model, state)
-    generation = oa.completion_request(body, role, settings, request_id)
+    constraint = await constraint_from(body.response_format)
+    generation = oa.completion_request(body, role, settings, request_id, constraint)
+    check_supported(await gen.ready_engine(state, role), constraint, "response_format")
     echo = (generation.prompt or "") if body.echo else ""
     result = await _run(request, state, role, generation, body, chat=False, echo=echo)
     if isinstance(result, StreamingResponse):

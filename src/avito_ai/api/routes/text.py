@@ -9,6 +9,7 @@ from avito_ai.api.deps import RequestIdDep, SettingsDep, StateDep
 from avito_ai.api.native import generate_native
 from avito_ai.api.openapi import errors
 from avito_ai.schemas.native import GenerationResponse, TextGenerateRequest
+from avito_ai.services.constraints import check_supported, constraint_from
 from avito_ai.services.generation import ready_engine, text_request
 
 router = APIRouter(prefix="/api/v1", tags=["native API"])
@@ -38,6 +39,8 @@ async def generate_text(
     settings: SettingsDep,
     request_id: RequestIdDep,
 ) -> GenerationResponse | StreamingResponse:
-    generation = text_request(body.prompt, body, settings, request_id)
+    constraint = await constraint_from(body.response_format)
+    generation = text_request(body.prompt, body, settings, request_id, constraint)
     engine = await ready_engine(state, "avibe")
+    check_supported(engine, constraint, "response_format")
     return await generate_native(request, engine, generation, body.stream)

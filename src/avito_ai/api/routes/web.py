@@ -30,6 +30,7 @@ from avito_ai.errors import (
 )
 from avito_ai.middleware.request_id import request_id_of
 from avito_ai.services import generation as gen
+from avito_ai.services.constraints import check_supported, constraint_from
 from avito_ai.services.forms import form_values, sampling_from_form
 from avito_ai.services.images import FORMATS, decode_image, off_loop
 from avito_ai.services.state import ServiceState
@@ -172,8 +173,10 @@ async def avibe_form(
     prompt = values.get("prompt")
     try:
         fields = sampling_from_form(values, [])
-        generation = gen.text_request(prompt, fields, settings, request_id)
+        constraint = await constraint_from(fields.response_format, "json_schema")
+        generation = gen.text_request(prompt, fields, settings, request_id, constraint)
         engine = await gen.ready_engine(state, "avibe")
+        check_supported(engine, constraint, "json_schema")
         answer = await unless_disconnected(
             gen.complete(engine, generation), disconnect_waiter(request)
         )
@@ -215,12 +218,16 @@ async def avision_form(
             raise ValidationFailed("Choose an image file to analyze", param="image")
         image = await off_loop(decode_image, await upload.read(), settings.max_image_size_mb)
         text = gen.validate_prompt(question, settings, field="question")
+        fields = sampling_from_form(values, [])
+        constraint = await constraint_from(fields.response_format, "json_schema")
+        check_supported(engine, constraint, "json_schema")
         generation = gen.chat_request(
             request_id=request_id,
             role="avision",
             user_content=[ImagePart(image), TextPart(text)],
-            fields=sampling_from_form(values, []),
+            fields=fields,
             settings=settings,
+            constraint=constraint,
         )
         answer = await unless_disconnected(
             gen.complete(engine, generation), disconnect_waiter(request)

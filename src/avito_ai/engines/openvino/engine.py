@@ -31,6 +31,8 @@ from typing import TYPE_CHECKING, Any
 
 from avito_ai.config import Settings
 from avito_ai.engines.base import (
+    ALL_CONSTRAINTS,
+    Capabilities,
     Chunk,
     EngineState,
     FinishReason,
@@ -40,6 +42,7 @@ from avito_ai.engines.base import (
     final_chunk,
 )
 from avito_ai.engines.bridge import Ticket, WorkerBridge
+from avito_ai.engines.grammar import after_thinking
 from avito_ai.engines.lifecycle import InProcessEngine
 from avito_ai.engines.models import EMBEDDED_MODEL_ID
 from avito_ai.engines.openvino.detokenize import detokenizer_factory
@@ -186,6 +189,9 @@ class OpenVINOTextEngine(InProcessEngine):
         async for chunk in self._relay(self._bridge.stream(prepared, deadline=request.deadline)):
             yield chunk
 
+    def capabilities(self) -> Capabilities:
+        return Capabilities(constraints=ALL_CONSTRAINTS)
+
     def prompt_tokens(self, request: GenerationRequest) -> int:
         self._ensure_ready()
         return self.prepare(request).prompt_tokens
@@ -228,7 +234,17 @@ class OpenVINOTextEngine(InProcessEngine):
             )
         config = self._generation_config(sampling, stops)
         config.max_new_tokens = min(sampling.max_tokens, room)
-        strip = not request.enable_thinking
+        opened = prompt.rstrip().endswith(THINK_OPEN)
+        constraint = request.constraint
+        if constraint is not None:
+            import openvino_genai as genai
+
+            grammar = constraint.grammar
+            if request.enable_thinking:  # the constraint holds after the thinking block
+                grammar = after_thinking(grammar, opened=opened)
+            config.structured_output_config = genai.StructuredOutputConfig(grammar=grammar)
+        # A constrained answer is the answer alone: its thinking (if on) is not in the text.
+        strip = not request.enable_thinking or constraint is not None
         return Prepared(
             request=request,
             input_ids=input_ids,
@@ -236,7 +252,7 @@ class OpenVINOTextEngine(InProcessEngine):
             config=config,
             stop=stops,
             strip_thinking=strip,
-            thinking_open=strip and prompt.rstrip().endswith(THINK_OPEN),
+            thinking_open=strip and opened,
         )
 
     @staticmethod

@@ -70,6 +70,10 @@ def vllm_argv(role: Role, settings: Settings, port: int) -> list[str]:
         # Requests carry their class (interactive 0, batch 1): vLLM schedules by it.
         "--scheduling-policy",
         "priority",
+        # Structured output as compact JSON: a grammar that allows any whitespace lets a
+        # model write spaces until max_tokens (services/constraints.py does the same).
+        "--structured-outputs-config",
+        json.dumps({"disable_any_whitespace": True}, separators=(",", ":")),
     ]
     max_len = getattr(settings, f"{role}_max_model_len")
     if max_len:
@@ -104,6 +108,7 @@ def sglang_argv(role: Role, settings: Settings, port: int) -> list[str]:
         "--tp-size",
         str(getattr(settings, f"{role}_tensor_parallel_size")),
         "--enable-metrics",  # SGLang serves /metrics only when asked
+        "--constrained-json-disable-any-whitespace",  # compact structured output
     ]
     max_len = getattr(settings, f"{role}_max_model_len")
     if max_len:

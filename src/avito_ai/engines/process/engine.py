@@ -23,9 +23,16 @@ import httpx
 from prometheus_client.parser import text_string_to_metric_families
 
 from avito_ai.config import Settings
-from avito_ai.engines.base import Chunk, EngineState, EngineStatus, GenerationRequest, Role
+from avito_ai.engines.base import (
+    Capabilities,
+    Chunk,
+    EngineState,
+    EngineStatus,
+    GenerationRequest,
+    Role,
+)
 from avito_ai.engines.process.supervisor import STATE_DIR_VAR, EngineRecord, state_path
-from avito_ai.engines.remote.fleet import RemoteEngine
+from avito_ai.engines.remote.fleet import CONSTRAINTS_OF, Flavour, RemoteEngine
 from avito_ai.errors import ModelUnavailable
 
 logger = logging.getLogger(__name__)
@@ -117,7 +124,10 @@ class ProcessEngine:
                 f"{self.role}_upstream_model": engine.served_model,
             }
         )
-        self._remote = RemoteEngine(self.role, remote, send_priority=self.kind == "vllm")
+        flavour = self.flavour
+        self._remote = RemoteEngine(
+            self.role, remote, send_priority=self.kind == "vllm", flavour=flavour
+        )
         self._client = httpx.AsyncClient(base_url=base, timeout=1.0)
         await self._remote.start()
 
@@ -159,6 +169,14 @@ class ProcessEngine:
             engine=kind,
             retry_after=engine.retry_after or 5,
         )
+
+    def capabilities(self) -> Capabilities:
+        """Known before the engine answers: what its kind of server takes."""
+        return Capabilities(constraints=CONSTRAINTS_OF[self.flavour])
+
+    @property
+    def flavour(self) -> Flavour:
+        return "vllm" if self.kind == "vllm" else "sglang" if self.kind == "sglang" else "openai"
 
     async def generate(self, request: GenerationRequest) -> AsyncIterator[Chunk]:
         status = self.status()

@@ -30,19 +30,23 @@ import random
 import time
 from collections.abc import AsyncGenerator, AsyncIterator
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Literal
 
 import httpx
 from PIL import Image
 
 from avito_ai.config import Settings
 from avito_ai.engines.base import (
+    ALL_CONSTRAINTS,
+    Capabilities,
     Chunk,
+    ConstraintKind,
     EngineState,
     EngineStatus,
     FinishReason,
     GenerationRequest,
     ImagePart,
+    OutputConstraint,
     Role,
     TextPart,
     final_chunk,
@@ -106,11 +110,44 @@ def image_data_uri(part: ImagePart, max_pixels: int = 1003520) -> str:
     return "data:image/jpeg;base64," + base64.b64encode(buf.getvalue()).decode()
 
 
+Flavour = Literal["openai", "vllm", "sglang"]
+# Constraints each kind of upstream takes: any OpenAI-compatible server takes
+# response_format; regexes and grammars travel in vLLM's and SGLang's own fields.
+CONSTRAINTS_OF: dict[Flavour, frozenset[ConstraintKind]] = {
+    "openai": frozenset({"json_schema", "json_object"}),
+    "vllm": ALL_CONSTRAINTS,
+    "sglang": ALL_CONSTRAINTS,
+}
+
+
+def constraint_fields(constraint: OutputConstraint, flavour: Flavour) -> dict[str, Any]:
+    """The request fields that carry a constraint, in the upstream's own terms."""
+    if constraint.kind == "json_object":
+        return {"response_format": {"type": "json_object"}}
+    if constraint.kind == "json_schema":
+        spec: dict[str, Any] = {
+            "name": constraint.name,
+            "schema": constraint.schema,
+            "strict": constraint.strict,
+        }
+        if constraint.description:
+            spec["description"] = constraint.description
+        return {"response_format": {"type": "json_schema", "json_schema": spec}}
+    if flavour == "vllm":
+        return {"structured_outputs": {constraint.kind: constraint.pattern}}
+    return {"regex" if constraint.kind == "regex" else "ebnf": constraint.pattern}
+
+
 def upstream_payload(
-    request: GenerationRequest, model: str, max_pixels: int = 1003520, priority: bool = False
+    request: GenerationRequest,
+    model: str,
+    max_pixels: int = 1003520,
+    priority: bool = False,
+    flavour: Flavour = "openai",
 ) -> tuple[str, dict[str, Any]]:
     """The OpenAI request (path, JSON body) for one of our GenerationRequests. `priority`:
-    the upstream schedules by priority (vLLM's `priority` field, lower first)."""
+    the upstream schedules by priority (vLLM's `priority` field, lower first); `flavour`:
+    which server it is, for the fields beyond OpenAI's (constraints)."""
     s = request.sampling
     body: dict[str, Any] = {
         "model": model,
@@ -136,6 +173,8 @@ def upstream_payload(
         body["ignore_eos"] = True  # vLLM, SGLang and this service understand it
     if priority:
         body["priority"] = request.priority
+    if request.constraint is not None:
+        body.update(constraint_fields(request.constraint, flavour))
     if request.prompt is not None:
         body["prompt"] = request.prompt
         return "/completions", body
@@ -295,9 +334,11 @@ class RemoteEngine:
         settings: Settings,
         transport: httpx.AsyncBaseTransport | None = None,  # tests: httpx.MockTransport
         send_priority: bool = False,  # an upstream that schedules by priority (vLLM)
+        flavour: Flavour = "openai",  # the kind of server, for constraints beyond OpenAI's
     ) -> None:
         self.role: Role = role
         self.send_priority = send_priority
+        self.flavour: Flavour = flavour
         self._transport = transport
         self.settings = settings
         own = settings.role(role)
@@ -331,6 +372,9 @@ class RemoteEngine:
                 await self._health_task
         if self._client is not None:
             await self._client.aclose()
+
+    def capabilities(self) -> Capabilities:
+        return Capabilities(constraints=CONSTRAINTS_OF[self.flavour])
 
     def status(self) -> EngineStatus:
         state = self._state
@@ -409,7 +453,13 @@ class RemoteEngine:
             raise ModelUnavailable(f"{self.role} upstreams are not connected")
         if self.model is None:
             raise ModelUnavailable(f"{self.role}: no upstream has answered yet")
-        args = (request, self.model, self.settings.avision_max_pixels, self.send_priority)
+        args = (
+            request,
+            self.model,
+            self.settings.avision_max_pixels,
+            self.send_priority,
+            self.flavour,
+        )
         if any(isinstance(p, ImagePart) for m in request.messages for p in m.content):
             path, body = await asyncio.to_thread(upstream_payload, *args)  # scaled, encoded
         else:  # text: microseconds, not worth a thread hop under load

@@ -21,6 +21,7 @@ from collections.abc import Sequence
 import torch
 
 from avito_ai.engines.base import SamplingParams
+from avito_ai.engines.transformers.grammar import TokenGrammar
 
 
 class RowSampler:
@@ -32,6 +33,7 @@ class RowSampler:
 
     __slots__ = (
         "_counts",
+        "_grammar",
         "_history",
         "_length",
         "frequency_penalty",
@@ -50,7 +52,10 @@ class RowSampler:
         *,
         max_new_tokens: int,
         device: torch.device | str = "cpu",
+        grammar: TokenGrammar | None = None,
     ) -> None:
+        """`grammar`: the row's structured-output constraint (grammar.py)."""
+        self._grammar = grammar
         self.temperature = float(params.temperature)
         self.top_k = int(params.top_k)
         self.top_p = float(params.top_p)
@@ -77,13 +82,24 @@ class RowSampler:
                 self._history[: len(prompt_ids)] = torch.tensor(prompt_ids, dtype=torch.long)
             self._length = len(prompt_ids)
 
+    def constrain(self, grammar: TokenGrammar) -> None:
+        """From now on every token this row chooses is one `grammar` allows."""
+        self._grammar = grammar
+
     @property
     def is_plain_greedy(self) -> bool:
         """Argmax over raw logits: nothing per-row to do."""
-        return self.temperature <= 0 and self.repetition_penalty == 1.0 and self._counts is None
+        return (
+            self.temperature <= 0
+            and self.repetition_penalty == 1.0
+            and self._counts is None
+            and self._grammar is None
+        )
 
     def record(self, token_id: int) -> None:
-        """Remember a generated token for the penalties."""
+        """Remember a generated token for the penalties and the grammar."""
+        if self._grammar is not None:
+            self._grammar.accept(token_id)
         if self._counts is not None:
             self._counts[token_id] = self._counts.get(token_id, 0) + 1
         if self._history is not None and self._length < self._history.numel():
@@ -92,6 +108,8 @@ class RowSampler:
 
     def choose(self, logits: torch.Tensor) -> torch.Tensor:
         """Pick the next token from one row of float32 logits; returns a 0-d tensor."""
+        if self._grammar is not None:
+            logits = self._grammar.mask(logits)
         if self._history is not None and self._length:
             logits = apply_repetition_penalty(
                 logits, self._history[: self._length], self.repetition_penalty

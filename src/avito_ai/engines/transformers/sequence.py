@@ -11,11 +11,13 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Any
 
 import torch
 
 from avito_ai.engines.base import Chunk, FinishReason, SamplingParams, final_chunk
 from avito_ai.engines.textstream import Detokenizer, TextPipeline
+from avito_ai.engines.transformers.grammar import TokenGrammar
 from avito_ai.engines.transformers.sampling import RowSampler
 from avito_ai.errors import ModelUnavailable
 
@@ -34,6 +36,9 @@ class SequenceSpec:
     created: float = field(default_factory=time.monotonic)
     request_id: str = ""
     ignore_eos: bool = False  # benchmarks: always generate max_new_tokens
+    # The structured-output constraint, compiled for this model (grammar.py); None: free.
+    grammar: Any = None
+    vocab_size: int = 0
 
 
 class Sequence:
@@ -62,7 +67,11 @@ class Sequence:
         self.spec = spec
         self._eos = frozenset() if spec.ignore_eos else eos_token_ids
         self.sampler = RowSampler(
-            spec.sampling, spec.prompt_ids, max_new_tokens=spec.max_new_tokens, device=device
+            spec.sampling,
+            spec.prompt_ids,
+            max_new_tokens=spec.max_new_tokens,
+            device=device,
+            grammar=TokenGrammar(spec.grammar, spec.vocab_size) if spec.grammar else None,
         )
         self.pipeline = TextPipeline(
             new_detokenizer(),

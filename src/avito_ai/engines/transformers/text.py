@@ -26,12 +26,15 @@ from typing import Any
 
 from avito_ai.config import Settings
 from avito_ai.engines.base import (
+    ALL_CONSTRAINTS,
+    Capabilities,
     ChatMessage,
     Chunk,
     EngineState,
     GenerationRequest,
     Role,
 )
+from avito_ai.engines.grammar import after_thinking
 from avito_ai.engines.lifecycle import InProcessEngine
 from avito_ai.engines.models import EMBEDDED_MODEL_ID
 from avito_ai.engines.prompts import (
@@ -43,6 +46,7 @@ from avito_ai.engines.prompts import (
 from avito_ai.engines.threads import run_in_own_thread
 from avito_ai.engines.transformers.detokenize import detokenizer_factory, prompt_opens_thinking
 from avito_ai.engines.transformers.device import Placement, free_memory, resolve_placement
+from avito_ai.engines.transformers.grammar import GrammarCompiler
 from avito_ai.engines.transformers.loading import (
     LoadedTextModel,
     eos_token_ids,
@@ -73,6 +77,7 @@ class TransformersTextEngine(InProcessEngine):
         self._loaded: LoadedTextModel | None = None
         self._scheduler: BatchScheduler | None = None
         self._tokenizer: Any = None
+        self._grammars: GrammarCompiler | None = None
         self._context_length = 0
         self._has_template = False
 
@@ -132,6 +137,8 @@ class TransformersTextEngine(InProcessEngine):
             name="avibe",
         )
         scheduler.start()
+        vocab = int(model.get_output_embeddings().weight.shape[0])
+        self._grammars = GrammarCompiler(tokenizer, vocab, eos)
         self._loaded, self._tokenizer, self._scheduler = loaded, tokenizer, scheduler
 
     async def stop(self) -> None:
@@ -159,8 +166,18 @@ class TransformersTextEngine(InProcessEngine):
         scheduler = self._scheduler
         assert scheduler is not None  # READY means a running scheduler
         spec = self.build_spec(request)
+        if request.constraint is not None:
+            assert self._grammars is not None
+            grammar = request.constraint.grammar
+            if request.enable_thinking:  # the constraint holds after the thinking block
+                grammar = after_thinking(grammar, opened=spec.thinking_open)
+            spec.grammar = await self._grammars.compile(grammar)
+            spec.vocab_size = self._grammars.vocab_size
         async for chunk in self._relay(scheduler.stream(spec)):
             yield chunk
+
+    def capabilities(self) -> Capabilities:
+        return Capabilities(constraints=ALL_CONSTRAINTS)
 
     def prompt_tokens(self, request: GenerationRequest) -> int:
         self._ensure_ready()
@@ -188,7 +205,8 @@ class TransformersTextEngine(InProcessEngine):
                 f"{self._context_length} tokens",
                 param="prompt" if request.prompt is not None else "messages",
             )
-        strip = not request.enable_thinking
+        # A constrained answer is the answer alone: its thinking (if on) is not in the text.
+        strip = not request.enable_thinking or request.constraint is not None
         return SequenceSpec(
             prompt_ids=ids,
             sampling=sampling,

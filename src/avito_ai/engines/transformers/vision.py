@@ -41,10 +41,13 @@ import logging
 import math
 import time
 from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Literal
 
 from avito_ai.config import Settings
 from avito_ai.engines.base import (
+    ALL_CONSTRAINTS,
+    Capabilities,
     Chunk,
     EngineState,
     FinishReason,
@@ -54,11 +57,13 @@ from avito_ai.engines.base import (
     TextPart,
 )
 from avito_ai.engines.bridge import Ticket, WorkerBridge
+from avito_ai.engines.grammar import after_thinking
 from avito_ai.engines.lifecycle import InProcessEngine
 from avito_ai.engines.prompts import neutralize, special_spellings
 from avito_ai.engines.threads import run_in_own_thread
 from avito_ai.engines.transformers.detokenize import detokenizer_factory, prompt_opens_thinking
 from avito_ai.engines.transformers.device import Placement, free_memory
+from avito_ai.engines.transformers.grammar import GrammarCompiler, TokenGrammar
 from avito_ai.engines.transformers.sequence import Sequence, SequenceSpec, generation_failure
 from avito_ai.errors import AvitoError, Timeout, ValidationFailed
 
@@ -86,10 +91,11 @@ class TransformersVisionEngine(InProcessEngine):
         self._loaded: LoadedVisionModel | None = None
         self._eos: frozenset[int] = frozenset()
         self._new_detokenizer: Callable[[], Any] | None = None
-        self._bridge: WorkerBridge[GenerationRequest] = WorkerBridge(
+        self._grammars: GrammarCompiler | None = None
+        self._bridge: WorkerBridge[_Job] = WorkerBridge(
             max_queue_size=settings.max_queue_size, name="avision-generate"
         )
-        self._running: Ticket[GenerationRequest] | None = None  # worker-only
+        self._running: Ticket[_Job] | None = None  # worker-only
         self._max_pixels: int = settings.avision_max_pixels
         self._started = False
         self._specials: list[str] = []  # special-token spellings user text must not forge
@@ -119,6 +125,8 @@ class TransformersVisionEngine(InProcessEngine):
         self._eos = frozenset(eos_token_ids(tokenizer, loaded.model))
         self._new_detokenizer = detokenizer_factory(copy.deepcopy(tokenizer))
         self._specials = special_spellings(tokenizer.get_vocab())
+        vocab = int(loaded.model.get_output_embeddings().weight.shape[0])
+        self._grammars = GrammarCompiler(tokenizer, vocab, self._eos)
         self._bridge.start(self._run)
         self._state = EngineState.READY
         log.info(
@@ -161,12 +169,23 @@ class TransformersVisionEngine(InProcessEngine):
 
     # ---------------------------------------------------------------- generation (loop side)
 
+    def capabilities(self) -> Capabilities:
+        return Capabilities(constraints=ALL_CONSTRAINTS)
+
     async def generate(self, request: GenerationRequest) -> AsyncIterator[Chunk]:
         self._ensure_ready()
         deadline = request.deadline
         if deadline is None:
             deadline = request.created + self._settings.request_timeout
-        async for chunk in self._relay(self._bridge.stream(request, deadline=deadline)):
+        grammar = None
+        if request.constraint is not None:
+            assert self._grammars is not None
+            text = request.constraint.grammar
+            if request.enable_thinking:  # (Qwen2.5-VL's template does not open the block)
+                text = after_thinking(text, opened=False)
+            grammar = await self._grammars.compile(text)
+        job = _Job(request, grammar)
+        async for chunk in self._relay(self._bridge.stream(job, deadline=deadline)):
             yield chunk
 
     # ---------------------------------------------------------------- generation (worker side)
@@ -192,13 +211,18 @@ class TransformersVisionEngine(InProcessEngine):
             bridge.close()
             bridge.flush()
 
-    def _serve(self, ticket: Ticket[GenerationRequest]) -> None:
+    def _serve(self, ticket: Ticket[_Job]) -> None:
         """The worker's whole job for one request; reports through the bridge only."""
         scheduled = time.monotonic()
-        request = ticket.payload
+        request = ticket.payload.request
         try:
             inputs = self._prepare_inputs(request)
             seq = self._sequence(request, inputs, ticket.deadline, scheduled)
+            if ticket.payload.grammar is not None:
+                assert self._grammars is not None
+                seq.sampler.constrain(
+                    TokenGrammar(ticket.payload.grammar, self._grammars.vocab_size)
+                )
             reason = self._generate(ticket, inputs, seq)
             if reason == "timeout":
                 self._bridge.fail([ticket], Timeout("Request timed out"))
@@ -217,7 +241,7 @@ class TransformersVisionEngine(InProcessEngine):
         assert self._placement is not None
         sampling = request.sampling
         prompt_ids = [int(t) for t in inputs["input_ids"][0].tolist()]
-        strip = not request.enable_thinking
+        strip = not request.enable_thinking or request.constraint is not None
         spec = SequenceSpec(
             prompt_ids=prompt_ids,
             sampling=sampling,
@@ -290,7 +314,7 @@ class TransformersVisionEngine(InProcessEngine):
         return image
 
     def _generate(
-        self, ticket: Ticket[GenerationRequest], inputs: Any, seq: Sequence
+        self, ticket: Ticket[_Job], inputs: Any, seq: Sequence
     ) -> FinishReason | Literal["timeout"]:
         """Run generate() with `seq` deciding every token; returns why it ended."""
         import torch
@@ -366,3 +390,11 @@ def _forced(seq: Sequence) -> Any:
             return forced
 
     return Forced()
+
+
+@dataclass(frozen=True)
+class _Job:
+    """A request on its way to the worker, with its constraint compiled for this model."""
+
+    request: GenerationRequest
+    grammar: Any = None

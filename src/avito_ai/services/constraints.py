@@ -1,0 +1,272 @@
+"""Structured output: a wire `response_format` → an `OutputConstraint` every engine honours.
+
+The constraint is compiled here, once per distinct schema (cached), to a compact grammar in
+xgrammar's EBNF: the answer grammar the in-process engines enforce token by token
+(OpenVINO GenAI through `StructuredOutputConfig(grammar=...)`, transformers through an
+xgrammar matcher). Compact: xgrammar's JSON grammar with `any_whitespace=False` allows no
+free whitespace (separators are exactly `", "` and `": "`), so a weak model cannot fill its
+`max_tokens` with spaces, which OpenVINO's own `json_schema` grammar let it do.
+
+Checked before anything runs (400 `validation_error` naming the field): the schema is a
+JSON Schema (Draft 2020-12), at most 64 kB and 32 levels deep, and uses only keywords the
+grammar compiler honours (`not`, `if`, `uniqueItems`... it would silently ignore, so an
+answer could break them); regexes and grammars parse. Compiling runs off the event loop,
+bounded in time.
+
+xgrammar's package imports torch on import (for its matcher and test helpers); its grammar
+compiler is C++ without torch. The light install (no torch) therefore enters the package
+through its grammar module alone (`_grammar_class`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import importlib.util
+import json
+import re
+import sys
+import types
+from collections import OrderedDict
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
+
+from pydantic import BaseModel
+
+from avito_ai.engines.base import (
+    ConstraintKind,
+    DeclaresCapabilities,
+    Engine,
+    OutputConstraint,
+)
+from avito_ai.errors import ValidationFailed
+from avito_ai.schemas.structured import (
+    ResponseFormatGrammar,
+    ResponseFormatJSONObject,
+    ResponseFormatJSONSchema,
+    ResponseFormatRegex,
+    ResponseFormatText,
+)
+
+MAX_SCHEMA_BYTES = 64 * 1024
+MAX_SCHEMA_DEPTH = 32
+COMPILE_TIMEOUT_S = 5.0
+
+# What xgrammar's JSON Schema converter enforces (0.2.9). Annotations are allowed; any
+# other keyword is refused, since the grammar would not hold the answer to it.
+ENFORCED = frozenset(
+    {
+        "type", "properties", "required", "additionalProperties", "items", "prefixItems",
+        "minItems", "maxItems", "enum", "const", "anyOf", "oneOf", "allOf", "$ref", "$defs",
+        "definitions", "pattern", "format", "minLength", "maxLength", "minimum", "maximum",
+        "exclusiveMinimum", "exclusiveMaximum", "multipleOf", "minProperties",
+        "maxProperties", "patternProperties",
+    }
+)  # fmt: skip
+ANNOTATIONS = frozenset(
+    {
+        "title", "description", "default", "examples", "$schema", "$id", "$comment",
+        "deprecated", "readOnly", "writeOnly", "discriminator", "nullable",
+    }
+)  # fmt: skip
+FORMATS = frozenset(
+    {
+        "date", "time", "date-time", "duration", "email", "uuid", "uri", "uri-reference",
+        "ipv4", "ipv6", "hostname",
+    }
+)  # fmt: skip
+# Keywords whose value is a schema, a list of schemas, or a map of name -> schema.
+_ONE = ("items", "additionalProperties")
+_MANY = ("anyOf", "oneOf", "allOf", "prefixItems")
+_MAP = ("properties", "$defs", "definitions", "patternProperties")
+
+
+def check_schema(schema: Any, param: str) -> None:
+    """A JSON Schema the grammar can hold an answer to, or ValidationFailed naming why."""
+    if not isinstance(schema, dict):
+        raise ValidationFailed("The schema must be a JSON object", param=param)
+    if len(json.dumps(schema)) > MAX_SCHEMA_BYTES:
+        raise ValidationFailed(
+            f"The schema is larger than {MAX_SCHEMA_BYTES // 1024} kB", param=param
+        )
+    from jsonschema import Draft202012Validator
+    from jsonschema.exceptions import SchemaError
+
+    try:
+        Draft202012Validator.check_schema(schema)
+    except SchemaError as exc:
+        where = "/".join(str(p) for p in exc.path) or "the top level"
+        raise ValidationFailed(
+            f"Not a JSON Schema: {exc.message} (at {where})", param=param
+        ) from None
+    _check_keywords(schema, param, "#", 0)
+
+
+def _check_keywords(node: Any, param: str, where: str, depth: int) -> None:
+    if isinstance(node, bool):
+        return
+    if not isinstance(node, dict):
+        return
+    if depth > MAX_SCHEMA_DEPTH:
+        raise ValidationFailed(
+            f"The schema is nested deeper than {MAX_SCHEMA_DEPTH} levels", param=param
+        )
+    for key, value in node.items():
+        if key in ANNOTATIONS:
+            continue
+        if key not in ENFORCED:
+            raise ValidationFailed(
+                f"The schema keyword '{key}' (at {where}) cannot be enforced while "
+                "generating; supported: " + ", ".join(sorted(ENFORCED)),
+                param=param,
+            )
+        if key == "format" and value not in FORMATS:
+            raise ValidationFailed(
+                f"The string format '{value}' (at {where}) cannot be enforced; supported: "
+                + ", ".join(sorted(FORMATS)),
+                param=param,
+            )
+        if key == "allOf" and len(value) > 1:
+            raise ValidationFailed(
+                f"allOf with more than one schema (at {where}) cannot be enforced",
+                param=param,
+            )
+        if key in _ONE:
+            _check_keywords(value, param, f"{where}/{key}", depth + 1)
+        elif key in _MANY:
+            for i, item in enumerate(value):
+                _check_keywords(item, param, f"{where}/{key}/{i}", depth + 1)
+        elif key in _MAP:
+            for name, item in value.items():
+                _check_keywords(item, param, f"{where}/{key}/{name}", depth + 1)
+
+
+# ------------------------------------------------------------------------ compiling
+
+
+@functools.cache
+def _grammar_class() -> Any:
+    """xgrammar's `Grammar`, without importing torch when torch is not installed."""
+    if "xgrammar" in sys.modules or importlib.util.find_spec("torch") is not None:
+        import xgrammar
+
+        return xgrammar.Grammar
+    spec = importlib.util.find_spec("xgrammar")
+    if spec is None or not spec.submodule_search_locations:
+        raise RuntimeError("xgrammar is not installed (`make serve` installs it)")
+    package = types.ModuleType("xgrammar")
+    package.__path__ = list(spec.submodule_search_locations)
+    package.__package__ = "xgrammar"
+    sys.modules["xgrammar"] = package
+    from xgrammar.grammar import Grammar
+
+    return Grammar
+
+
+def _clean(exc: Exception) -> str:
+    """xgrammar's message without its timestamp and source file."""
+    text = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+    return re.sub(r"^\[[\d:]+\] \S+?\.cc:\d+: ", "", text)
+
+
+def _compact(ebnf: str) -> str:
+    """OpenVINO GenAI bundles an older xgrammar grammar parser: unbounded repetitions are
+    written `*` and `+` there."""
+    return ebnf.replace("{0, -1}", "*").replace("{1, -1}", "+")
+
+
+def _compile(kind: ConstraintKind, source: str) -> str:
+    grammar = _grammar_class()
+    if kind in ("json_schema", "json_object"):
+        compiled = grammar.from_json_schema(source, any_whitespace=False)
+    elif kind == "regex":
+        compiled = grammar.from_regex(source)
+    else:
+        compiled = grammar.from_ebnf(source)
+    return _compact(str(compiled))
+
+
+_COMPILER = ThreadPoolExecutor(max_workers=2, thread_name_prefix="grammar")
+CACHE_SIZE = 512
+_CACHE: OrderedDict[tuple[ConstraintKind, str], str] = OrderedDict()
+
+
+async def compiled(kind: ConstraintKind, source: str, param: str) -> str:
+    """The answer grammar, cached per distinct source (a repeated schema costs a dict
+    lookup); compiled off the event loop, at most COMPILE_TIMEOUT_S. Raises
+    ValidationFailed naming `param`."""
+    key = (kind, source)
+    cached = _CACHE.get(key)
+    if cached is not None:
+        _CACHE.move_to_end(key)
+        return cached
+    loop = asyncio.get_running_loop()
+    what = kind.replace("_", " ")
+    try:
+        async with asyncio.timeout(COMPILE_TIMEOUT_S):
+            grammar = await loop.run_in_executor(_COMPILER, _compile, kind, source)
+    except TimeoutError:
+        raise ValidationFailed(
+            f"The {what} is too complex to compile in {COMPILE_TIMEOUT_S:g} s", param=param
+        ) from None
+    except RuntimeError as exc:
+        raise ValidationFailed(
+            f"The {what} cannot be compiled: {_clean(exc)}", param=param
+        ) from None
+    _CACHE[key] = grammar
+    if len(_CACHE) > CACHE_SIZE:
+        _CACHE.popitem(last=False)
+    return grammar
+
+
+# ------------------------------------------------------------------------ the wire
+
+
+async def constraint_from(
+    response_format: BaseModel | None, param: str = "response_format"
+) -> OutputConstraint | None:
+    """A `response_format` (schemas/structured.py) as a compiled constraint; None: text."""
+    if response_format is None or isinstance(response_format, ResponseFormatText):
+        return None
+    if isinstance(response_format, ResponseFormatJSONObject):
+        schema: dict[str, Any] = {"type": "object"}
+        grammar = await compiled("json_object", json.dumps(schema), param)
+        return OutputConstraint("json_object", grammar, schema=schema)
+    if isinstance(response_format, ResponseFormatJSONSchema):
+        spec = response_format.json_schema
+        where = f"{param}.json_schema.schema"
+        if spec.schema_ is None:
+            raise ValidationFailed("json_schema.schema is required", param=where)
+        check_schema(spec.schema_, where)
+        source = json.dumps(spec.schema_)  # (its order is the answer's order)
+        return OutputConstraint(
+            "json_schema",
+            await compiled("json_schema", source, where),
+            schema=spec.schema_,
+            name=spec.name,
+            strict=bool(spec.strict),
+            description=spec.description,
+        )
+    if isinstance(response_format, ResponseFormatRegex):
+        where = f"{param}.regex"
+        grammar = await compiled("regex", response_format.regex, where)
+        return OutputConstraint("regex", grammar, pattern=response_format.regex)
+    assert isinstance(response_format, ResponseFormatGrammar)
+    where = f"{param}.grammar"
+    grammar = await compiled("grammar", response_format.grammar, where)
+    return OutputConstraint("grammar", grammar, pattern=response_format.grammar)
+
+
+def check_supported(engine: Engine, constraint: OutputConstraint | None, param: str) -> None:
+    """Refuse (400) before anything runs a constraint the engine cannot honour."""
+    if constraint is None:
+        return
+    kinds = engine.capabilities().constraints if isinstance(engine, DeclaresCapabilities) else ()
+    if constraint.kind not in kinds:
+        backend = engine.status().engine or "this"
+        raise ValidationFailed(
+            f"The {engine.role} engine ({backend}) cannot constrain its answer to a "
+            f"{constraint.kind.replace('_', ' ')}"
+            + (f"; it can: {', '.join(sorted(kinds))}" if kinds else ""),
+            param=param,
+        )

@@ -1,0 +1,73 @@
+"""Constraint compiling and checking: compact grammars, the thinking wrapper, the cache."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from avito_ai.engines.grammar import after_thinking, rename_rule
+from avito_ai.errors import ValidationFailed
+from avito_ai.services import constraints
+
+
+async def test_json_grammars_are_compact_and_in_openvinos_dialect() -> None:
+    schema = {
+        "type": "object",
+        "properties": {"a": {"type": "array", "items": {"type": "integer"}}},
+    }
+    grammar = await constraints.compiled("json_schema", json.dumps(schema), "p")
+    assert "{0, -1}" not in grammar and "{1, -1}" not in grammar  # written * and +
+    assert "[ \\n\\t]*" not in grammar.split("basic_string_sub")[0]  # no free whitespace
+    assert '": "' in grammar and '", "' in grammar  # the one separator each
+
+
+async def test_a_repeated_schema_compiles_once() -> None:
+    source = json.dumps({"type": "object", "properties": {"unique-8f3": {"type": "string"}}})
+    calls: list[str] = []
+    original = constraints._compile
+
+    def counting(kind, text):  # type: ignore[no-untyped-def]
+        calls.append(text)
+        return original(kind, text)
+
+    constraints._compile = counting  # type: ignore[assignment]
+    try:
+        first = await constraints.compiled("json_schema", source, "p")
+        again = await constraints.compiled("json_schema", source, "p")
+    finally:
+        constraints._compile = original  # type: ignore[assignment]
+    assert first == again and calls == [source]
+
+
+def test_rules_are_renamed_outside_string_literals_only() -> None:
+    grammar = 'root ::= "{" "\\"root\\"" ": " root_1 "}"\nroot_1 ::= [root]'
+    renamed = rename_rule(grammar, "root", "answer_root")
+    assert renamed.startswith("answer_root ::=") and '"\\"root\\""' in renamed
+    assert "root_1 ::= [root]" in renamed  # another rule, and a character class, untouched
+
+
+def test_the_thinking_wrapper_parses_and_starts_where_the_prompt_left_off() -> None:
+    import xgrammar as xgr
+
+    for opened in (False, True):
+        wrapped = after_thinking('root ::= "ok"', opened=opened)
+        xgr.Grammar.from_ebnf(wrapped)  # parses
+        assert wrapped.startswith('root ::= "<think>"') is not opened
+
+
+@pytest.mark.parametrize(
+    ("schema", "words"),
+    [
+        ({"type": "array", "contains": {"type": "string"}}, "'contains'"),
+        ({"type": "object", "dependentRequired": {"a": ["b"]}}, "'dependentRequired'"),
+        ({"allOf": [{"type": "object"}, {"required": ["a"]}]}, "allOf"),
+        ({"type": "string", "format": "regex"}, "format"),
+        ({"type": "object", "properties": {"a": {"if": {}}}}, "#/properties/a"),
+    ],
+)
+def test_keywords_the_grammar_would_ignore_are_refused(schema: dict, words: str) -> None:
+    with pytest.raises(ValidationFailed) as refused:
+        constraints.check_schema(schema, "response_format.json_schema.schema")
+    assert words in refused.value.message
+    assert refused.value.param == "response_format.json_schema.schema"
