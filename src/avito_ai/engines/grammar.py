@@ -9,6 +9,7 @@ whitespace, then the answer". The block's text is anything without `</think>`.
 from __future__ import annotations
 
 import re
+from collections.abc import Callable
 
 THINK_TEXT = (
     'think_text ::= ([^<] | "<" [^/] | "</" [^t] | "</t" [^h] | "</th" [^i] | "</thi" [^n]'
@@ -20,14 +21,58 @@ AFTER_BLOCK = "[ \\n]{0, 4}"
 _PIECES = re.compile(r'"(?:[^"\\]|\\.)*"|\[(?:[^\]\\]|\\.)*\]|[^"\[]+')
 
 
-def rename_rule(grammar: str, old: str, new: str) -> str:
-    """`grammar` with the rule `old` called `new`, its references included (never inside
-    a string literal: a JSON property may be named like a rule)."""
-    word = re.compile(rf"(?<![\w-]){re.escape(old)}(?![\w-])")
+def outside_literals(grammar: str, change: Callable[[str], str]) -> str:
+    """`grammar` with `change` applied to its text outside string literals and character
+    classes (a JSON property may be named like a rule, or hold `{2, -1}`)."""
     return "".join(
-        piece if piece[:1] in ('"', "[") else word.sub(new, piece)
-        for piece in _PIECES.findall(grammar)
+        piece if piece[:1] in ('"', "[") else change(piece) for piece in _PIECES.findall(grammar)
     )
+
+
+def rename_rule(grammar: str, old: str, new: str) -> str:
+    """`grammar` with the rule `old` called `new`, its references included."""
+    word = re.compile(rf"(?<![\w-]){re.escape(old)}(?![\w-])")
+    return outside_literals(grammar, lambda text: word.sub(new, text))
+
+
+_OPEN_REPEAT = re.compile(r"([\w-]+)\{(\d+), -1\}")
+_BOUNDED = re.compile(r"([\w-]+)\{(\d+), (\d+)\}")
+_CLASS_RULE = re.compile(r"^([\w-]+) ::= \(\(\[[^\n]*\]\)\)$", re.MULTILINE)
+
+
+def openvino_dialect(grammar: str) -> str:
+    """OpenVINO GenAI bundles an older xgrammar grammar parser: an unbounded repetition
+    `x{n, -1}` is written `*`, `+`, or `x{n, n} x*` there."""
+
+    def rewrite(text: str) -> str:
+        def one(found: re.Match[str]) -> str:
+            element, low = found.group(1), int(found.group(2))
+            if low == 0:
+                return f"{element}*"
+            if low == 1:
+                return f"{element}+"
+            return f"{element}{{{low}, {low}}} {element}*"
+
+        return _OPEN_REPEAT.sub(one, text)
+
+    return outside_literals(grammar, rewrite)
+
+
+def bounded_character_runs(grammar: str) -> int:
+    """How many `c{m, n}` (n > m) repeat a single character class: what OpenVINO's grammar
+    compiler is slow at (0.15 to 0.75 s each, measured on its bundled xgrammar; a string's
+    maxLength, or a minLength below its maxLength, is one)."""
+    classes = set(_CLASS_RULE.findall(grammar))
+    runs = 0
+
+    def count(text: str) -> str:
+        nonlocal runs
+        for name, low, high in _BOUNDED.findall(text):
+            runs += name in classes and int(high) > int(low)
+        return text
+
+    outside_literals(grammar, count)
+    return runs
 
 
 def after_thinking(grammar: str, *, opened: bool) -> str:

@@ -39,6 +39,7 @@ from avito_ai.engines.base import (
     Engine,
     OutputConstraint,
 )
+from avito_ai.engines.grammar import openvino_dialect
 from avito_ai.errors import ValidationFailed
 from avito_ai.schemas.structured import (
     ResponseFormatGrammar,
@@ -169,12 +170,6 @@ def _clean(exc: Exception) -> str:
     return re.sub(r"^\[[\d:]+\] \S+?\.cc:\d+: ", "", text)
 
 
-def _compact(ebnf: str) -> str:
-    """OpenVINO GenAI bundles an older xgrammar grammar parser: unbounded repetitions are
-    written `*` and `+` there."""
-    return ebnf.replace("{0, -1}", "*").replace("{1, -1}", "+")
-
-
 def _compile(kind: ConstraintKind, source: str) -> str:
     grammar = _grammar_class()
     if kind in ("json_schema", "json_object"):
@@ -183,7 +178,7 @@ def _compile(kind: ConstraintKind, source: str) -> str:
         compiled = grammar.from_regex(source)
     else:
         compiled = grammar.from_ebnf(source)
-    return _compact(str(compiled))
+    return openvino_dialect(str(compiled))
 
 
 _COMPILER = ThreadPoolExecutor(max_workers=2, thread_name_prefix="grammar")

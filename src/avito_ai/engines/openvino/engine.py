@@ -42,7 +42,7 @@ from avito_ai.engines.base import (
     final_chunk,
 )
 from avito_ai.engines.bridge import Ticket, WorkerBridge
-from avito_ai.engines.grammar import after_thinking
+from avito_ai.engines.grammar import after_thinking, bounded_character_runs
 from avito_ai.engines.lifecycle import InProcessEngine
 from avito_ai.engines.models import EMBEDDED_MODEL_ID
 from avito_ai.engines.openvino.detokenize import detokenizer_factory
@@ -75,6 +75,22 @@ class Prepared:
     stop: tuple[str, ...]
     strip_thinking: bool
     thinking_open: bool
+
+
+# OpenVINO compiles a request's grammar inside its step, where every other request waits:
+# a constraint may hold at most this many bounded-length strings (about 0.2-0.7 s each).
+MAX_BOUNDED_RUNS = 4
+
+
+def check_grammar_cost(grammar: str) -> None:
+    runs = bounded_character_runs(grammar)
+    if runs > MAX_BOUNDED_RUNS:
+        raise ValidationFailed(
+            f"The schema bounds the length of {runs} strings (maxLength, or minLength below "
+            f"it); the OpenVINO engine compiles each in its step, where every request waits, "
+            f"so it takes at most {MAX_BOUNDED_RUNS}: drop some bounds, or use another engine",
+            param="response_format",
+        )
 
 
 class _Row:
@@ -240,7 +256,8 @@ class OpenVINOTextEngine(InProcessEngine):
             import openvino_genai as genai
 
             grammar = constraint.grammar
-            if request.enable_thinking:  # the constraint holds after the thinking block
+            check_grammar_cost(grammar)
+            if request.enable_thinking or opened:  # the constraint holds after the block
                 grammar = after_thinking(grammar, opened=opened)
             config.structured_output_config = genai.StructuredOutputConfig(grammar=grammar)
         # A constrained answer is the answer alone: its thinking (if on) is not in the text.

@@ -169,7 +169,7 @@ class TransformersTextEngine(InProcessEngine):
         if request.constraint is not None:
             assert self._grammars is not None
             grammar = request.constraint.grammar
-            if request.enable_thinking:  # the constraint holds after the thinking block
+            if request.enable_thinking or spec.thinking_open:  # after the thinking block
                 grammar = after_thinking(grammar, opened=spec.thinking_open)
             spec.grammar = await self._grammars.compile(grammar)
             spec.vocab_size = self._grammars.vocab_size
