@@ -11,6 +11,7 @@ Every request the pages make outside the service is blocked and fails the test.
 
 from __future__ import annotations
 
+import json
 import os
 import threading
 import time
@@ -379,3 +380,49 @@ def test_the_dashboard_draws_live_charts_from_the_traffic(
     assert page.locator("canvas").count() >= 6
     screenshot(tab, "dashboard.png")
     assert tab.outside == [] and tab.errors == [], (tab.outside, tab.errors)
+
+
+COLOUR = {
+    "type": "object",
+    "properties": {"colour": {"enum": ["red", "green", "blue"]}, "bright": {"type": "boolean"}},
+    "required": ["colour", "bright"],
+}
+
+
+def test_a_json_schema_in_the_settings_gives_json_shown_indented(
+    browser: Any, real: ServerProcess
+) -> None:
+    tab = open_tab(browser, real.url)
+    page = tab.page
+    bodies = chat_bodies(tab)
+    page.click("#avibe-form details.settings summary")
+    page.fill("#json_schema", json.dumps(COLOUR))
+    shown = ask(tab, "What colour is the sky?")
+    answer = json.loads(shown)
+    assert set(answer) == {"colour", "bright"} and answer["colour"] in ("red", "green", "blue")
+    assert "\n  " in shown  # indented for reading
+    assert page.locator(".message.assistant .body pre.json").count() == 1
+    assert bodies[-1]["response_format"]["json_schema"]["schema"] == COLOUR
+    # A-Vision too: an image in, JSON out (the tiny random model: valid because it must be).
+    page.set_input_files(
+        "#image", files=[{"name": "red.png", "mimeType": "image/png", "buffer": encoded("PNG")}]
+    )
+    short = {"type": "object", "properties": {"c": {"enum": ["red", "blue"]}}, "required": ["c"]}
+    page.click("#avision-form details.settings summary")
+    page.fill("#avision_json_schema", json.dumps(short))  # (MAX_TOKENS_AVISION is 24 here)
+    page.click("#avision-send")
+    page.wait_for_selector("#avision-live small:not(:empty)", timeout=60_000)
+    assert json.loads(page.inner_text("#avision-live pre.json"))["c"] in ("red", "blue")
+    assert tab.outside == [] and tab.errors == [], (tab.outside, tab.errors)
+
+
+def test_a_schema_box_that_is_not_json_is_said_in_place(browser: Any, real: ServerProcess) -> None:
+    tab = open_tab(browser, real.url)
+    page = tab.page
+    bodies = chat_bodies(tab)
+    page.click("#avibe-form details.settings summary")
+    page.fill("#json_schema", "{not json")
+    page.fill("#prompt", "Hi")
+    page.click("#avibe-send")
+    wait_until(tab, "document.getElementById('avibe-status').textContent.includes('JSON-схема')")
+    assert bodies == [] and page.input_value("#prompt") == "Hi"

@@ -37,6 +37,17 @@ from avito_ai.services.state import ServiceState
 from avito_ai.services.streaming import unless_disconnected
 
 TEMPLATES = Jinja2Templates(directory=Path(__file__).resolve().parents[2] / "web" / "templates")
+
+
+def pretty_json(text: str) -> str:
+    """An answer given under a JSON schema, indented for reading (as it came, if not JSON)."""
+    try:
+        return json.dumps(json.loads(text), ensure_ascii=False, indent=2)
+    except ValueError:
+        return text
+
+
+TEMPLATES.env.filters["pretty_json"] = pretty_json
 DEFAULT_QUESTION = "Что изображено на фото?"
 
 router = APIRouter(tags=["web page"])

@@ -25,7 +25,7 @@
   }
 
   // Settings stay as the user set them (across answers and reloads).
-  for (const id of ["max_tokens", "temperature", "enable_thinking"]) {
+  for (const id of ["max_tokens", "temperature", "enable_thinking", "json_schema", "avision_json_schema"]) {
     const input = $(id);
     const saved = store.get("setting." + id);
     if (saved !== null) {
@@ -240,6 +240,33 @@
     return input.value !== "" && Number.isFinite(value) ? value : fallback;
   }
 
+  // The optional "JSON schema" box: its schema as response_format (the answer is then JSON
+  // valid against it, shown indented), or nothing.
+  function schemaFormat(box) {
+    const text = box.value.trim();
+    if (!text) return {};
+    let schema;
+    try {
+      schema = JSON.parse(text);
+    } catch (error) {
+      throw new ShownError("JSON-схема: это не JSON (" + error.message + ")");
+    }
+    return { response_format: { type: "json_schema", json_schema: { name: "answer", schema: schema } } };
+  }
+
+  function renderJson(element, text) {
+    let shown = text;
+    try {
+      shown = JSON.stringify(JSON.parse(text), null, 2);
+    } catch (error) {
+      // cut by max tokens, or stopped: shown as it came
+    }
+    const pre = document.createElement("pre");
+    pre.className = "json";
+    pre.textContent = shown;
+    element.replaceChildren(pre);
+  }
+
   // One streamed answer at a time per form, for A-Vibe and A-Vision alike: the form is busy
   // meanwhile; Stop aborts the fetch (the server sees the connection close and cancels the
   // generation) and the part shown stays, with its figures. run() resolves to
@@ -261,19 +288,21 @@
         busy(true);
         view.live.classList.add("streaming");
         let shown = "";
-        const render = throttledRender(view.body);
+        const json = Boolean(params.response_format);
+        const final = json ? renderJson : renderMarkdown;
+        const render = json ? (t) => renderJson(view.body, t) : throttledRender(view.body);
         const started = performance.now();
         try {
           const result = await streamChat(role, await messages, params, controller.signal, (t) => {
             shown = t;
             render(t);
           });
-          renderMarkdown(view.body, result.text);
+          final(view.body, result.text);
           view.meta.textContent = figures(result, false);
           return { text: result.text, stopped: false };
         } catch (error) {
           if (error.name !== "AbortError") throw error;
-          renderMarkdown(view.body, shown);
+          final(view.body, shown);
           view.meta.textContent = figures({ elapsed: (performance.now() - started) / 1000, firstToken: null, usage: null }, true);
           return { text: shown, stopped: true };
         } finally {
@@ -325,11 +354,21 @@
     bubble("user", text);
     const answer = bubble("assistant", "");
     prompt.value = "";
-    const params = {
-      max_tokens: numberOr($("max_tokens"), config.maxTokensAvibe),
-      temperature: numberOr($("temperature"), 0.7),
-      enable_thinking: $("enable_thinking").checked,
-    };
+    let params;
+    try {
+      params = {
+        max_tokens: numberOr($("max_tokens"), config.maxTokensAvibe),
+        temperature: numberOr($("temperature"), 0.7),
+        enable_thinking: $("enable_thinking").checked,
+        ...schemaFormat($("json_schema")),
+      };
+    } catch (error) {
+      answer.article.remove();
+      chat.lastElementChild?.remove();
+      prompt.value = text;
+      showStatus(avibeStatus, error.message, "error");
+      return;
+    }
     try {
       const view = { live: answer.article, body: answer.body, meta: answer.meta };
       const { text: said, stopped } = await avibeRunner.run("avibe", turn, params, view);
@@ -458,7 +497,8 @@
     }]);
     try {
       const view = { live: visionLive, body: body, meta: meta };
-      await visionRunner.run("avision", messages, { max_tokens: config.maxTokensAvision }, view);
+      const params = { max_tokens: config.maxTokensAvision, ...schemaFormat($("avision_json_schema")) };
+      await visionRunner.run("avision", messages, params, view);
     } catch (error) {
       visionLive.hidden = true;
       showStatus(visionStatus, error.message || String(error), "error", error.requestId);
