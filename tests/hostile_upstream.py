@@ -1,5 +1,9 @@
 """An OpenAI-compatible upstream that misbehaves on request: the last user message names
-what it does wrong (see CASES). `python tests/hostile_upstream.py PORT`."""
+what it does wrong (see CASES; anything else is a good answer). It records what it was sent
+(`GET /recorded`) and how it was started (`GET /argv`).
+
+`python tests/hostile_upstream.py PORT`, or as a stand-in for vLLM started by the service:
+`VLLM_COMMAND="python tests/hostile_upstream.py vllm"` (then `serve <model> --port N ...`)."""
 
 from __future__ import annotations
 
@@ -52,13 +56,31 @@ CASES: dict[str, list[Any]] = {
 }
 
 
+RECORDED: list[dict[str, Any]] = []
+SERVED = "hostile"
+
+
 async def models(request: Request) -> Response:
-    return JSONResponse({"object": "list", "data": [{"id": "hostile", "object": "model"}]})
+    return JSONResponse({"object": "list", "data": [{"id": SERVED, "object": "model"}]})
+
+
+async def recorded(request: Request) -> Response:
+    return JSONResponse(RECORDED)
+
+
+async def argv(request: Request) -> Response:
+    return JSONResponse(sys.argv)
+
+
+async def health(request: Request) -> Response:
+    return Response("ok")
 
 
 async def chat(request: Request) -> Response:
     body = await request.json()
-    case = body["messages"][-1]["content"]
+    RECORDED.append(body)
+    last = (body.get("messages") or [{"content": body.get("prompt")}])[-1]["content"]
+    case = last if isinstance(last, str) and last in (*CASES, "not_sse", "long_line") else "good"
     if case == "not_sse":
         return JSONResponse({"choices": [{"message": {"content": "a whole answer"}}]})
     if case == "long_line":
@@ -79,8 +101,20 @@ async def chat(request: Request) -> Response:
 
 
 app = Starlette(
-    routes=[Route("/v1/models", models), Route("/v1/chat/completions", chat, methods=["POST"])]
+    routes=[
+        Route("/v1/models", models),
+        Route("/v1/chat/completions", chat, methods=["POST"]),
+        Route("/v1/completions", chat, methods=["POST"]),
+        Route("/recorded", recorded),
+        Route("/argv", argv),
+        Route("/health", health),
+    ]
 )
 
 if __name__ == "__main__":
-    uvicorn.run(app, host="127.0.0.1", port=int(sys.argv[1]), log_level="warning")
+    if sys.argv[1] == "vllm":  # as `vllm serve <model> --port N --served-model-name S ...`
+        port = int(sys.argv[sys.argv.index("--port") + 1])
+        SERVED = sys.argv[sys.argv.index("--served-model-name") + 1]
+    else:
+        port = int(sys.argv[1])
+    uvicorn.run(app, host="127.0.0.1", port=port, log_level="warning")

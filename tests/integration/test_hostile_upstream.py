@@ -117,3 +117,52 @@ def test_the_log_names_the_upstream_address(front: ServerProcess) -> None:
     assert "sent an invalid answer" in log and "upstream http://127.0.0.1:" in log
     assert "Traceback" not in log
     assert not Path(front.log_path).read_text().count("internal_error")
+
+
+@pytest.fixture(scope="module")
+def supervised(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
+    """AVIBE_BACKEND=vllm with the recording upstream standing in for vLLM."""
+    tmp = tmp_path_factory.mktemp("fake-vllm")
+    env = {
+        "AVIBE_BACKEND": "vllm",
+        "AVIBE_MODEL": "AvitoTech/avibe",
+        "VLLM_COMMAND": f"{sys.executable} {ROOT / 'tests' / 'hostile_upstream.py'} vllm",
+        "RATE_LIMIT_PER_MINUTE": "100000",
+        "RATE_LIMIT_PER_HOUR": "100000",
+    }
+    with serving(dev_server(env, tmp / "server.log"), 60) as srv:
+        yield srv
+
+
+def engine_url(srv: ServerProcess) -> str:
+    port = httpx.get(srv.url + "/api/metrics").json()["engines"]["avibe"]["port"]
+    return f"http://127.0.0.1:{port}"
+
+
+def test_vllm_gets_its_compact_json_flag_and_each_constraint_in_its_own_field(
+    supervised: ServerProcess,
+) -> None:
+    engine = engine_url(supervised)
+    argv = httpx.get(engine + "/argv").json()
+    flag = argv.index("--structured-outputs-config")
+    assert json.loads(argv[flag + 1]) == {"disable_any_whitespace": True}
+    schema = {"type": "object", "properties": {"a": {"type": "integer"}}, "required": ["a"]}
+    sent = [
+        {"type": "json_schema", "json_schema": {"name": "x", "schema": schema, "strict": True}},
+        {"type": "json_object"},
+        {"type": "regex", "regex": "[0-9]{3}"},
+        {"type": "grammar", "grammar": 'root ::= "a" | "b"'},
+    ]
+    for response_format in sent:
+        r = httpx.post(
+            supervised.url + "/api/v1/text/generate",
+            json={"prompt": "hi", "response_format": response_format},
+            timeout=30,
+        )
+        assert r.status_code == 200, r.text
+    received = httpx.get(engine + "/recorded").json()[-4:]
+    assert received[0]["response_format"] == sent[0]
+    assert received[1]["response_format"] == {"type": "json_object"}
+    assert received[2]["structured_outputs"] == {"regex": "[0-9]{3}"}
+    assert received[3]["structured_outputs"] == {"grammar": 'root ::= "a" | "b"'}
+    assert all("response_format" not in body for body in received[2:])

@@ -343,3 +343,47 @@ async def test_embedded_model_loads_from_its_cache_quickly(smol: TransformersTex
         import gc
 
         gc.collect()
+
+
+async def test_tiny_constrained_and_free_rows_share_a_batch(tiny: TransformersTextEngine) -> None:
+    """Random weights: a schema-valid answer is the constraint's doing. Constrained rows
+    (a schema, a regex) and free rows decode in the same steps; the free ones are the
+    answers they would be alone."""
+    import dataclasses
+    import json
+    import re
+
+    import jsonschema
+
+    from avito_ai.schemas.structured import ResponseFormatJSONSchema, ResponseFormatRegex
+    from avito_ai.services.constraints import constraint_from
+
+    schema = {
+        "type": "object",
+        "properties": {
+            "kind": {"enum": ["flat", "house"]},
+            "rooms": {"type": "integer", "minimum": 1, "maximum": 9},
+            "tags": {"type": "array", "items": {"enum": ["new", "metro"]}, "maxItems": 2},
+        },
+        "required": ["kind", "rooms", "tags"],
+        "additionalProperties": False,
+    }
+    as_json = await constraint_from(
+        ResponseFormatJSONSchema.model_validate(
+            {"type": "json_schema", "json_schema": {"name": "l", "schema": schema}}
+        )
+    )
+    as_regex = await constraint_from(ResponseFormatRegex(type="regex", regex="(yes|no)-[0-9]{2}"))
+    free = chat("one two three", max_tokens=20)
+    alone = (await collect(tiny.generate(free)))[0]
+    rows = [
+        dataclasses.replace(chat(p, max_tokens=60, temperature=1.0, seed=i), constraint=as_json)
+        for i, p in enumerate(PROMPTS[:3])
+    ]
+    rows.append(dataclasses.replace(chat("x", max_tokens=20, temperature=1.0), constraint=as_regex))
+    results = await asyncio.gather(*(collect(tiny.generate(r)) for r in [*rows, free]))
+    for text, final, _ in results[:3]:
+        assert final.finish_reason == "stop", text
+        jsonschema.validate(json.loads(text), schema)
+    assert re.fullmatch(r"(yes|no)-[0-9]{2}", results[3][0]), results[3][0]
+    assert results[4][0] == alone
