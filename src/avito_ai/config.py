@@ -162,6 +162,8 @@ class Settings(BaseSettings):
     openvino_kv_cache_gb: PositiveInt = 1
     openvino_max_batched_tokens: Annotated[int, Field(ge=32)] = 256
     max_batch_size: PositiveInt = 16
+    # Choices one request may ask for (OpenAI's n); each counts as a request.
+    max_choices: Annotated[int, Field(ge=1, le=128)] = 8
     max_queue_size: PositiveInt = 64
     request_timeout: Annotated[float, Field(gt=0)] = 120.0
     max_image_size_mb: Annotated[float, Field(gt=0)] = 16.0

@@ -60,8 +60,8 @@ async def test_the_form_renders_a_seed_error_in_the_page() -> None:
     [
         ({"tools": [{"type": "function", "function": {"name": "f"}}]}, "tools"),
         ({"response_format": {"type": "yaml"}}, "response_format"),  # (JSON is supported)
-        ({"logprobs": True}, "logprobs"),
-        ({"n": 2}, "n"),
+        ({"logprobs": "yes"}, "logprobs"),  # (logprobs and n > 1 are supported)
+        ({"n": 0}, "n"),
         ({"temperature": True}, "temperature"),
         ({"temperature": "0.5"}, "temperature"),
         ({"max_tokens": "10"}, "max_tokens"),

@@ -219,3 +219,71 @@ async def test_the_fake_refuses_what_it_cannot_do_before_running() -> None:
         )
     assert r.status_code == 400
     assert "(fake) cannot constrain its answer to a regex" in r.json()["message"]
+
+
+# ------------------------------------------------------------------ logprobs and n
+
+
+async def test_logprobs_one_per_completion_token_streamed_and_whole() -> None:
+    async with running() as (_, client):
+        body = chat(None, logprobs=True, top_logprobs=2, max_tokens=5)
+        whole = (await client.post("/v1/chat/completions", json=body)).json()
+        content = whole["choices"][0]["logprobs"]["content"]
+        assert len(content) == whole["usage"]["completion_tokens"]
+        assert all(t["logprob"] <= 0 and t["top_logprobs"] for t in content)
+        assert "".join(t["token"] for t in content) == whole["choices"][0]["message"]["content"]
+        r = await client.post("/v1/chat/completions", json={**body, "stream": True})
+        streamed = [
+            t
+            for line in r.text.splitlines()
+            if line.startswith("data: {")
+            for c in json.loads(line[6:])["choices"]
+            for t in (c.get("logprobs") or {}).get("content") or []
+        ]
+        assert streamed == content
+        text = await client.post(
+            "/v1/completions", json={"model": "avibe", "prompt": "a b", "logprobs": 1}
+        )
+        logprobs = text.json()["choices"][0]["logprobs"]
+        assert len(logprobs["tokens"]) == len(logprobs["token_logprobs"])
+        assert logprobs["text_offset"][0] == 0 and logprobs["top_logprobs"][0]
+        native = await client.post(
+            "/api/v1/text/generate", json={"prompt": "a b", "logprobs": True}
+        )
+        assert native.json()["data"]["logprobs"][0]["token"] == "Echo:"
+        plain = await client.post("/api/v1/text/generate", json={"prompt": "a b"})
+        assert "logprobs" not in plain.json()["data"]  # the seed's body otherwise
+
+
+async def test_n_choices_counted_in_usage_and_interleaved_when_streamed() -> None:
+    async with running() as (_, client):
+        body = chat(None, n=3, temperature=0.8, seed=1, max_tokens=4)
+        whole = (await client.post("/v1/chat/completions", json=body)).json()
+        assert [c["index"] for c in whole["choices"]] == [0, 1, 2]
+        assert whole["usage"]["completion_tokens"] == 3 * 4
+        r = await client.post("/v1/chat/completions", json={**body, "stream": True})
+        chunks = [
+            json.loads(line[6:]) for line in r.text.splitlines() if line.startswith("data: {")
+        ]
+        finishes = [
+            c["choices"][0] for c in chunks if c["choices"] and c["choices"][0]["finish_reason"]
+        ]
+        assert sorted(f["index"] for f in finishes) == [0, 1, 2]
+        too_many = await client.post("/v1/chat/completions", json={**body, "n": 9})
+        assert too_many.status_code == 400 and "MAX_CHOICES" in too_many.json()["error"]["message"]
+
+
+async def test_top_logprobs_the_engine_cannot_give_is_a_400_naming_it() -> None:
+    class ChosenOnly(FakeEngine):
+        def capabilities(self) -> Capabilities:
+            return Capabilities(logprobs=True, top_logprobs=0)
+
+    async with running(engines=engine_set(avibe=ChosenOnly("avibe"))) as (_, client):
+        r = await client.post(
+            "/v1/chat/completions", json=chat(None, logprobs=True, top_logprobs=3)
+        )
+        assert r.status_code == 400
+        assert r.json()["error"]["param"] == "top_logprobs"
+        assert "chosen token's log probability only" in r.json()["error"]["message"]
+        ok = await client.post("/v1/chat/completions", json=chat(None, logprobs=True))
+        assert ok.status_code == 200

@@ -258,3 +258,62 @@ def test_the_page_has_a_json_schema_box_and_shows_the_answer_pretty(
     assert page.status_code == 200
     assert 'name="json_schema"' in page.text
     assert '"category": ' in page.text and "\n  " in page.text  # indented JSON
+
+
+# ------------------------------------------------------------------ logprobs and n
+
+
+def test_logprobs_one_per_token_the_same_streamed_and_whole(client: openai.OpenAI) -> None:
+    asked = {
+        "model": "avibe",
+        "messages": [{"role": "user", "content": "What is the capital of France?"}],
+        "temperature": 0,
+        "max_tokens": 12,
+        "logprobs": True,
+    }
+    whole = client.chat.completions.create(**asked)  # type: ignore[call-overload]
+    content = whole.choices[0].logprobs.content
+    assert len(content) == whole.usage.completion_tokens
+    assert all(t.logprob <= 0 for t in content)
+    assert "".join(t.token for t in content).startswith(whole.choices[0].message.content[:5])
+    streamed = [
+        t
+        for chunk in client.chat.completions.create(**asked, stream=True)  # type: ignore[call-overload]
+        for c in chunk.choices
+        for t in (c.logprobs.content if c.logprobs and c.logprobs.content else [])
+    ]
+    assert [(t.token, round(t.logprob, 4)) for t in streamed] == [
+        (t.token, round(t.logprob, 4)) for t in content
+    ]
+
+
+def test_openvino_gives_no_alternatives_and_says_so(client: openai.OpenAI) -> None:
+    with pytest.raises(openai.BadRequestError) as refused:
+        client.chat.completions.create(
+            model="avibe",
+            messages=[{"role": "user", "content": "Hi"}],
+            logprobs=True,
+            top_logprobs=2,
+        )
+    assert "(openvino)" in str(refused.value) and refused.value.body["param"] == "top_logprobs"  # type: ignore[index]
+
+
+def test_n_choices_sampled_independently_and_counted(client: openai.OpenAI) -> None:
+    asked = {
+        "model": "avibe",
+        "messages": [{"role": "user", "content": "Write a sentence about the sea."}],
+        "max_tokens": 16,
+        "n": 3,
+    }
+    sampled = client.chat.completions.create(**asked, temperature=1.0, seed=5)  # type: ignore[call-overload]
+    texts = [c.message.content for c in sampled.choices]
+    assert [c.index for c in sampled.choices] == [0, 1, 2] and len(set(texts)) > 1
+    assert sampled.usage.completion_tokens > 16  # all three
+    greedy = client.chat.completions.create(**asked, temperature=0)  # type: ignore[call-overload]
+    assert len({c.message.content for c in greedy.choices}) == 1
+    stream = client.chat.completions.create(**asked, temperature=1.0, seed=5, stream=True)  # type: ignore[call-overload]
+    parts: dict[int, str] = {}
+    for chunk in stream:
+        for c in chunk.choices:
+            parts[c.index] = parts.get(c.index, "") + (c.delta.content or "")
+    assert [parts[i] for i in range(3)] == texts  # interleaved by index, the same answers

@@ -387,3 +387,30 @@ async def test_tiny_constrained_and_free_rows_share_a_batch(tiny: TransformersTe
         jsonschema.validate(json.loads(text), schema)
     assert re.fullmatch(r"(yes|no)-[0-9]{2}", results[3][0]), results[3][0]
     assert results[4][0] == alone
+
+
+async def test_tiny_logprobs_match_the_models_own_distribution(
+    tiny: TransformersTextEngine, tiny_reference: tuple[Any, Any]
+) -> None:
+    """Greedy: each chosen token is the most likely, its logprob the log-softmax of
+    transformers' own forward at that position, one per generated token."""
+    import dataclasses
+
+    _, model = tiny_reference
+    request = chat("What is the capital of France?", max_tokens=8)
+    request = dataclasses.replace(
+        request, sampling=dataclasses.replace(request.sampling, logprobs=True, top_logprobs=3)
+    )
+    chunks = [c async for c in tiny.generate(request)]
+    tokens = [t for c in chunks for t in c.logprobs or ()]
+    assert len(tokens) == chunks[-1].generated_tokens
+    prompt = tiny.build_spec(request).prompt_ids
+    ids = torch.tensor([prompt], device=DEVICE)
+    for token in tokens:
+        with torch.no_grad():
+            scores = torch.log_softmax(model(ids).logits[0, -1].float(), -1)
+        best = int(scores.argmax())
+        assert abs(token.logprob - float(scores[best])) < 1e-3
+        assert token.top[0][1] == pytest.approx(token.logprob, abs=1e-5) and len(token.top) == 3
+        assert all(lp <= 0 for _, lp, _ in token.top)
+        ids = torch.cat([ids, torch.tensor([[best]], device=DEVICE)], dim=1)

@@ -9,11 +9,11 @@ from typing import Any
 
 import pytest
 
-from avito_ai.engines.base import ImagePart, TextPart, Timings
+from avito_ai.engines.base import Chunk, ImagePart, TextPart, Timings
 from avito_ai.engines.fake import FakeEngine
 from avito_ai.errors import NotFound, PayloadTooLarge, ValidationFailed
 from avito_ai.schemas.openai import ChatCompletionRequest, CompletionRequest
-from avito_ai.services.generation import Answer
+from avito_ai.services.generation import Answer, ChoiceAnswer
 from avito_ai.services.openai_compat import (
     StreamChunks,
     chat_completion,
@@ -43,6 +43,7 @@ def answer(
         input_tokens=input_tokens,
         generated_tokens=generated,
         timings=Timings(queue_s=0.01, ttft_s=0.1, generation_s=0.5, total_s=0.51),
+        choices=(ChoiceAnswer(0, text, finish_reason, generated),),
     )
 
 
@@ -131,7 +132,12 @@ def test_text_completion_with_echo_starts_with_the_prompt() -> None:
 def test_chat_stream_chunks() -> None:
     chunks = StreamChunks(REQUEST_ID, "avibe", chat=True, created=1_700_000_000)
     final = answer("Echo: hi", "length", 7, 5)
-    bodies = [chunks.opening(), chunks.delta("Echo:"), chunks.finish(final), chunks.usage(final)]
+    bodies = [
+        chunks.openings()[0],
+        chunks.delta(Chunk("Echo:")),
+        chunks.finishes(final)[0],
+        chunks.usage(final),
+    ]
     assert all(b is not None for b in bodies)
     opening, delta, finish, use = bodies
     assert opening["choices"] == [
@@ -152,8 +158,12 @@ def test_chat_stream_chunks() -> None:
 def test_text_stream_chunks() -> None:
     chunks = StreamChunks(REQUEST_ID, "fake-avibe", chat=False, created=1_700_000_001)
     final = answer(" world", "stop", 2, 1)
-    assert chunks.opening() is None  # text streams start straight with text
-    delta, finish, use = chunks.delta(" world"), chunks.finish(final), chunks.usage(final)
+    assert chunks.openings() == []  # text streams start straight with text
+    delta, finish, use = (
+        chunks.delta(Chunk(" world")),
+        chunks.finishes(final)[0],
+        chunks.usage(final),
+    )
     assert delta["choices"] == [
         {"index": 0, "text": " world", "finish_reason": None, "logprobs": None}
     ]
@@ -170,9 +180,9 @@ def test_stream_created_defaults_to_now_and_stays_fixed() -> None:
     before = int(time.time())
     chunks = StreamChunks(REQUEST_ID, "avibe", chat=True)
     assert before <= chunks.created <= int(time.time())
-    first = chunks.delta("a")["created"]
+    first = chunks.delta(Chunk("a"))["created"]
     time.sleep(0.01)
-    assert chunks.delta("b")["created"] == first == chunks.finish(answer())["created"]
+    assert chunks.delta(Chunk("b"))["created"] == first == chunks.finishes(answer())[0]["created"]
 
 
 # ------------------------------------------------------------------ chat_request

@@ -12,7 +12,7 @@ from avito_ai.engines.openvino.detokenize import (
     ByteDetokenizer,
     StreamerDetokenizer,
     byte_table,
-    detokenizer_factory,
+    detokenizers,
 )
 
 TEXT = "Продаю велосипед 🚲 — почти новый!\n\nBike for sale: `price = 12 500 ₽` 東京 "
@@ -30,7 +30,7 @@ def ids_of(tokenizer: Any, text: str) -> list[int]:
 
 
 def test_byte_level_vocabularies_get_the_byte_table(tokenizer: Any) -> None:
-    assert isinstance(detokenizer_factory(tokenizer)(), ByteDetokenizer)
+    assert isinstance(detokenizers(tokenizer)[0](), ByteDetokenizer)
 
 
 @pytest.mark.parametrize("kind", ["bytes", "streamer"])

@@ -8,7 +8,13 @@ from fastapi.responses import StreamingResponse
 from avito_ai.api.deps import disconnect_waiter
 from avito_ai.api.sse import native_events, sse_response
 from avito_ai.engines.base import Engine, GenerationRequest
-from avito_ai.schemas.native import GenerationData, GenerationMetrics, GenerationResponse
+from avito_ai.schemas.native import (
+    GenerationData,
+    GenerationMetrics,
+    GenerationResponse,
+    NativeTokenLogprob,
+    NativeTopLogprob,
+)
 from avito_ai.services.generation import Answer, complete
 from avito_ai.services.streaming import open_stream, unless_disconnected
 
@@ -21,6 +27,16 @@ def native_response(result: Answer, request_id: str) -> GenerationResponse:
             generated_tokens=result.generated_tokens,
             input_tokens=result.input_tokens,
             finish_reason=result.finish_reason,
+            logprobs=None
+            if result.logprobs is None
+            else [
+                NativeTokenLogprob(
+                    token=t.token,
+                    logprob=t.logprob,
+                    top_logprobs=[NativeTopLogprob(token=k, logprob=v) for k, v, _ in t.top],
+                )
+                for t in result.logprobs
+            ],
         ),
         metrics=GenerationMetrics(
             generation_time=round(t.generation_s, 3),

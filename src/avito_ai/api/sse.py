@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 from collections.abc import AsyncIterator, Callable
@@ -12,7 +13,7 @@ from fastapi.responses import StreamingResponse
 from avito_ai.api.errors import error_body
 from avito_ai.engines.base import Chunk
 from avito_ai.errors import AvitoError
-from avito_ai.services.generation import Answer
+from avito_ai.services.generation import Answer, AnswerCollector
 from avito_ai.services.openai_compat import StreamChunks
 
 logger = logging.getLogger("avito_ai.sse")
@@ -38,18 +39,18 @@ def sse_response(events: AsyncIterator[str]) -> StreamingResponse:
 
 
 async def collect_stream(
-    chunks: AsyncIterator[Chunk], on_delta: Callable[[str], str | None]
+    chunks: AsyncIterator[Chunk], on_delta: Callable[[Chunk], str | None], logprobs: bool = False
 ) -> AsyncIterator[str | Answer]:
     """Yield formatted delta events, then the Answer summary as the last item."""
-    parts: list[str] = []
+    collector = AnswerCollector(logprobs)
     async for chunk in chunks:
-        if chunk.text:
-            parts.append(chunk.text)
-            formatted = on_delta(chunk.text)
+        if chunk.text or chunk.logprobs:  # (a final chunk's text and logprobs as a delta)
+            formatted = on_delta(dataclasses.replace(chunk, finish_reason=None, timings=None))
             if formatted:
                 yield formatted
-        if chunk.is_final:
-            yield Answer.from_final("".join(parts), chunk)
+        answer = collector.add(chunk)
+        if answer is not None:
+            yield answer
             return
 
 
@@ -63,7 +64,9 @@ def native_events(
 
     async def events() -> AsyncIterator[str]:
         try:
-            async for item in collect_stream(chunks, lambda t: event({"text": t}, "delta")):
+            async for item in collect_stream(
+                chunks, lambda c: event({"text": c.text}, "delta") if c.text else None
+            ):
                 if isinstance(item, Answer):
                     yield event(final(item), "done")
                 else:
@@ -80,15 +83,17 @@ def openai_events(
     """OpenAI streaming chunks ending with `data: [DONE]`."""
 
     async def events() -> AsyncIterator[str]:
-        opening = frames.opening()
-        if opening is not None:
+        for opening in frames.openings():
             yield event(opening)
         try:
-            async for item in collect_stream(chunks, lambda text: event(frames.delta(text))):
+            async for item in collect_stream(
+                chunks, lambda chunk: event(frames.delta(chunk)), frames.logprobs
+            ):
                 if not isinstance(item, Answer):
                     yield item
                     continue
-                yield event(frames.finish(item))
+                for finish in frames.finishes(item):
+                    yield event(finish)
                 if include_usage:
                     yield event(frames.usage(item))
         except Exception as exc:

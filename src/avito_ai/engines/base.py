@@ -113,6 +113,9 @@ class SamplingParams:
     stop: tuple[str, ...] = ()
     seed: int | None = None
     ignore_eos: bool = False  # benchmarks: always generate max_tokens
+    logprobs: bool = False  # each generated token's log probability
+    top_logprobs: int = 0  # and this many most likely alternatives at each position
+    n: int = 1  # independent choices of one prompt
 
 
 ConstraintKind = Literal["json_schema", "json_object", "regex", "grammar"]
@@ -138,9 +141,16 @@ class OutputConstraint:
 
 @dataclass(frozen=True)
 class Capabilities:
-    """What an engine honours beyond plain sampling, known before a request runs."""
+    """What an engine honours beyond plain sampling, known before a request runs.
+
+    `logprobs`: it gives each token's log probability; `top_logprobs`: how many
+    alternatives per token at most (0: the chosen token only); `choices`: it makes n > 1
+    choices itself (else the services run n generations)."""
 
     constraints: frozenset[ConstraintKind] = frozenset()
+    logprobs: bool = False
+    top_logprobs: int = 0
+    choices: bool = False
 
 
 ALL_CONSTRAINTS: frozenset[ConstraintKind] = frozenset(
@@ -176,17 +186,43 @@ class Timings:
 
 
 @dataclass(frozen=True)
+class TokenLogprob:
+    """One generated token: its text (and bytes: a token may hold part of a character), its
+    log probability, and the most likely alternatives when they were asked for."""
+
+    token: str
+    logprob: float
+    bytes: tuple[int, ...]
+    top: tuple[tuple[str, float, tuple[int, ...]], ...] = ()
+
+
+@dataclass(frozen=True)
+class ChoiceEnd:
+    """How one of several choices ended (the final chunk of an n > 1 generation)."""
+
+    index: int
+    finish_reason: FinishReason
+    generated_tokens: int
+
+
+@dataclass(frozen=True)
 class Chunk:
     """A text delta; the last chunk of a generation also carries the summary.
 
     On a delta, `generated_tokens` is the count so far when the engine knows it (what a
-    request cancelled mid-answer is charged); on the final chunk, the whole count."""
+    request cancelled mid-answer is charged); on the final chunk, the whole count (of every
+    choice). `index`: the choice the delta belongs to (n > 1); `logprobs`: the tokens of
+    this delta's text, when asked for (on the final chunk: those that made no text).
+    `choices`: on the final chunk of n > 1 choices, how each ended."""
 
     text: str
     finish_reason: FinishReason | None = None
     input_tokens: int | None = None
     generated_tokens: int | None = None
     timings: Timings | None = None
+    index: int = 0
+    logprobs: tuple[TokenLogprob, ...] | None = None
+    choices: tuple[ChoiceEnd, ...] | None = None
 
     @property
     def is_final(self) -> bool:

@@ -22,7 +22,9 @@ from avito_ai.engines.base import (
     GenerationRequest,
     ImagePart,
     Role,
+    SamplingParams,
     TextPart,
+    TokenLogprob,
     final_chunk,
 )
 from avito_ai.engines.fake_json import example_json
@@ -67,7 +69,19 @@ class FakeEngine:
         )
 
     def capabilities(self) -> Capabilities:
-        return Capabilities(constraints=frozenset({"json_schema", "json_object"}))
+        return Capabilities(
+            constraints=frozenset({"json_schema", "json_object"}), logprobs=True, top_logprobs=20
+        )
+
+    @staticmethod
+    def _logprobs(piece: str, sampling: SamplingParams) -> tuple[TokenLogprob, ...] | None:
+        """A deterministic model is certain of each piece: log probability 0, and it is its
+        own only alternative."""
+        if not sampling.logprobs:
+            return None
+        raw = tuple(piece.encode())
+        top = ((piece, 0.0, raw),) if sampling.top_logprobs else ()
+        return (TokenLogprob(piece, 0.0, raw, top),)
 
     @staticmethod
     def answer_for(request: GenerationRequest) -> tuple[list[str], int]:
@@ -126,13 +140,19 @@ class FakeEngine:
                     keep = joined[: joined.index(hit)]
                     delta = keep[len("".join(produced)) :]
                     if delta:
-                        yield Chunk(delta, generated_tokens=len(produced) + 1)
+                        yield Chunk(
+                            delta,
+                            generated_tokens=len(produced) + 1,
+                            logprobs=self._logprobs(delta, sampling),
+                        )
                     produced.append(delta)
                     finish = "stop"
                     break
                 produced.append(piece)
                 first = first or time.monotonic()
-                yield Chunk(piece, generated_tokens=len(produced))
+                yield Chunk(
+                    piece, generated_tokens=len(produced), logprobs=self._logprobs(piece, sampling)
+                )
             yield final_chunk(
                 "length" if finish == "length" else "stop",
                 input_tokens=input_tokens,

@@ -139,6 +139,9 @@ class SamplingFields(SamplingBase):
     enable_thinking: StrictBool = False
     # Structured output (docs/structured-output.md): OpenAI's shapes, plus regex and grammar.
     response_format: NativeResponseFormat | None = None
+    # Each generated token's log probability (and this many alternatives), in data.logprobs.
+    logprobs: StrictBool = False
+    top_logprobs: Annotated[StrictInt, Field(ge=0, le=20), WholeNumber] = 0
 
 
 class TextGenerateRequest(SamplingFields):
@@ -155,11 +158,24 @@ class TextGenerateRequest(SamplingFields):
     )
 
 
+class NativeTopLogprob(BaseModel):
+    token: str
+    logprob: float
+
+
+class NativeTokenLogprob(BaseModel):
+    token: str
+    logprob: float
+    top_logprobs: list[NativeTopLogprob] = []
+
+
 class GenerationData(BaseModel):
     text: str
     generated_tokens: int
     input_tokens: int
     finish_reason: str
+    # Only when the request asked for logprobs (the seed's body is unchanged otherwise).
+    logprobs: list[NativeTokenLogprob] | None = Field(None, exclude_if=lambda v: v is None)
 
 
 class GenerationMetrics(BaseModel):

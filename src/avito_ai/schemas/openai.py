@@ -26,8 +26,6 @@ UNSUPPORTED = (
     "tools",
     "tool_choice",
     "functions",
-    "logprobs",
-    "top_logprobs",
     "best_of",
     "logit_bias",
     "suffix",
@@ -99,7 +97,8 @@ class StreamOptions(BaseModel):
 class OpenAISampling(SamplingBase):
     model: StrictStr
     max_completion_tokens: Annotated[StrictInt, Field(ge=1), WholeNumber] | None = None
-    n: Annotated[StrictInt, Field(ge=1, le=1), WholeNumber] = 1
+    # Choices per request; the server's bound is MAX_CHOICES (a 400 past it).
+    n: Annotated[StrictInt, Field(ge=1, le=128), WholeNumber] = 1
     stream: StrictBool = False
     stream_options: StreamOptions | None = None
     user: str | None = None
@@ -109,8 +108,6 @@ class OpenAISampling(SamplingBase):
     tool_choice: Any = Field(None, json_schema_extra=_UNSUPPORTED_SCHEMA)
     functions: Any = Field(None, json_schema_extra=_UNSUPPORTED_SCHEMA)
     response_format: ResponseFormat | None = None
-    logprobs: Any = Field(None, json_schema_extra=_UNSUPPORTED_SCHEMA)
-    top_logprobs: Any = Field(None, json_schema_extra=_UNSUPPORTED_SCHEMA)
     best_of: Any = Field(None, json_schema_extra=_UNSUPPORTED_SCHEMA)
     logit_bias: Any = Field(None, json_schema_extra=_UNSUPPORTED_SCHEMA)
     suffix: Any = Field(None, json_schema_extra=_UNSUPPORTED_SCHEMA)
@@ -153,6 +150,8 @@ class ChatCompletionRequest(OpenAISampling):
     ]
     enable_thinking: StrictBool = False
     chat_template_kwargs: dict[str, Any] | None = None
+    logprobs: StrictBool | None = None
+    top_logprobs: Annotated[StrictInt, Field(ge=0, le=20), WholeNumber] | None = None
 
     model_config = ConfigDict(
         extra="ignore",
@@ -187,6 +186,8 @@ class ChatCompletionRequest(OpenAISampling):
 class CompletionRequest(OpenAISampling):
     prompt: Text | Annotated[list[Text], Field(min_length=1, max_length=1)]
     echo: StrictBool = False
+    # Completions' own: the log probability of each token and of this many alternatives.
+    logprobs: Annotated[StrictInt, Field(ge=0, le=5), WholeNumber] | None = None
 
     model_config = ConfigDict(
         extra="ignore",
@@ -208,11 +209,36 @@ class AssistantMessage(BaseModel):
     content: str
 
 
+class TopLogprob(BaseModel):
+    token: str
+    logprob: float
+    bytes: list[int] | None
+
+
+class TokenLogprob(BaseModel):
+    token: str
+    logprob: float
+    bytes: list[int] | None
+    top_logprobs: list[TopLogprob]
+
+
+class ChoiceLogprobs(BaseModel):
+    content: list[TokenLogprob] | None
+    refusal: list[TokenLogprob] | None = None
+
+
+class CompletionLogprobs(BaseModel):
+    tokens: list[str]
+    token_logprobs: list[float]
+    top_logprobs: list[dict[str, float]] | None
+    text_offset: list[int]
+
+
 class ChatChoice(BaseModel):
     index: int = 0
     message: AssistantMessage
     finish_reason: str
-    logprobs: None = None
+    logprobs: ChoiceLogprobs | None = None
 
 
 class ChatCompletion(BaseModel):
@@ -228,7 +254,7 @@ class CompletionChoice(BaseModel):
     index: int = 0
     text: str
     finish_reason: str
-    logprobs: None = None
+    logprobs: CompletionLogprobs | None = None
 
 
 class Completion(BaseModel):

@@ -13,9 +13,12 @@ from typing import Any
 from avito_ai.clients import CURRENT, PRIORITY_CLASSES, Client
 from avito_ai.config import Settings
 from avito_ai.engines.base import (
+    Capabilities,
     ChatMessage,
+    ChoiceEnd,
     Chunk,
     ContentPart,
+    DeclaresCapabilities,
     Engine,
     EngineState,
     GenerationRequest,
@@ -24,12 +27,14 @@ from avito_ai.engines.base import (
     SamplingParams,
     TextPart,
     Timings,
+    TokenLogprob,
 )
 from avito_ai.errors import ModelUnavailable, Timeout, ValidationFailed
 from avito_ai.observability import metrics
 from avito_ai.schemas.native import SamplingFields
 from avito_ai.services.admission import Governor, governor_for, priority_of
 from avito_ai.services.budgets import Reservation, prompt_tokens
+from avito_ai.services.choices import fan_out
 from avito_ai.services.state import ServiceState
 
 
@@ -57,6 +62,33 @@ def question_or_default(question: str | None, default: str) -> str:
 GREEDY_BELOW = 1e-5
 
 
+def _capabilities(engine: Engine) -> Capabilities:
+    return engine.capabilities() if isinstance(engine, DeclaresCapabilities) else Capabilities()
+
+
+def check_options(engine: Engine, sampling: SamplingParams, max_choices: int | None) -> None:
+    """Refuse (400) before anything runs the options this engine cannot honour, and more
+    choices than MAX_CHOICES."""
+    if max_choices is not None and sampling.n > max_choices:
+        raise ValidationFailed(f"n must be between 1 and {max_choices} (MAX_CHOICES)", param="n")
+    can = _capabilities(engine)
+    backend = engine.status().engine or "this"
+    if sampling.logprobs and not can.logprobs:
+        raise ValidationFailed(
+            f"The {engine.role} engine ({backend}) gives no log probabilities", param="logprobs"
+        )
+    if sampling.top_logprobs > can.top_logprobs:
+        raise ValidationFailed(
+            f"The {engine.role} engine ({backend}) gives "
+            + (
+                f"at most {can.top_logprobs} alternatives per token"
+                if can.top_logprobs
+                else "the chosen token's log probability only: top_logprobs must be 0"
+            ),
+            param="top_logprobs",
+        )
+
+
 def sampling_params(
     fields: SamplingFields, role: Role, settings: Settings, *, max_tokens_field: str = "max_tokens"
 ) -> SamplingParams:
@@ -82,6 +114,8 @@ def sampling_params(
         stop=stop,
         seed=fields.seed,
         ignore_eos=fields.ignore_eos,
+        logprobs=fields.logprobs or fields.top_logprobs > 0,
+        top_logprobs=fields.top_logprobs,
     )
 
 
@@ -158,30 +192,73 @@ async def ready_engine(state: ServiceState, role: Role) -> Engine:
 
 
 @dataclass(frozen=True)
+class ChoiceAnswer:
+    index: int
+    text: str
+    finish_reason: str
+    generated_tokens: int
+    logprobs: tuple[TokenLogprob, ...] | None = None  # when asked for
+
+
+@dataclass(frozen=True)
 class Answer:
+    """A whole generation: the first choice's text and finish, every choice in `choices`,
+    token counts of all of them."""
+
     text: str
     finish_reason: str
     input_tokens: int
     generated_tokens: int
     timings: Timings
-
-    @classmethod
-    def from_final(cls, text: str, final: Chunk) -> Answer:
-        """The whole answer from its joined text and the engine's final chunk."""
-        if final.timings is None:
-            raise ModelUnavailable("The model stopped without finishing the answer")
-        return cls(
-            text=text,
-            finish_reason=final.finish_reason or "stop",
-            input_tokens=final.input_tokens or 0,
-            generated_tokens=final.generated_tokens or 0,
-            timings=final.timings,
-        )
+    choices: tuple[ChoiceAnswer, ...] = ()
+    logprobs: tuple[TokenLogprob, ...] | None = None  # the first choice's, when asked for
 
     @property
     def tokens_per_second(self) -> float:
         gen = self.timings.generation_s
         return round(self.generated_tokens / gen, 2) if gen > 0 else 0.0
+
+
+class AnswerCollector:
+    """Gathers a stream's chunks into the Answer (text and logprobs per choice)."""
+
+    def __init__(self, logprobs: bool = False) -> None:
+        self.logprobs = logprobs
+        self._texts: dict[int, list[str]] = {}
+        self._tokens: dict[int, list[TokenLogprob]] = {}
+
+    def add(self, chunk: Chunk) -> Answer | None:
+        """Take one chunk; the Answer once the final one came."""
+        self._texts.setdefault(chunk.index, []).append(chunk.text)
+        if chunk.logprobs:
+            self._tokens.setdefault(chunk.index, []).extend(chunk.logprobs)
+        if not chunk.is_final:
+            return None
+        if chunk.timings is None:
+            raise ModelUnavailable("The model stopped without finishing the answer")
+        ends = chunk.choices or (
+            ChoiceEnd(0, chunk.finish_reason or "stop", chunk.generated_tokens or 0),
+        )
+        choices = tuple(
+            ChoiceAnswer(
+                end.index,
+                "".join(self._texts.get(end.index, ())),
+                end.finish_reason,
+                end.generated_tokens,
+                tuple(self._tokens.get(end.index, ())) if self.logprobs else None,
+            )
+            for end in sorted(ends, key=lambda e: e.index)
+        )
+        first = choices[0]
+        return Answer(
+            text=first.text,
+            finish_reason=first.finish_reason,
+            input_tokens=chunk.input_tokens or 0,
+            generated_tokens=chunk.generated_tokens or 0,
+            timings=chunk.timings,
+            choices=choices,
+            logprobs=first.logprobs,
+        )
 
 
 def record_generation(role: str, final: Chunk) -> None:
@@ -214,6 +291,14 @@ async def stream_chunks(engine: Engine, request: GenerationRequest) -> AsyncGene
     """
     role = engine.role
     governor = governor_for(engine)
+    check_options(engine, request.sampling, governor.settings.max_choices if governor else None)
+    if request.sampling.n > 1 and not _capabilities(engine).choices:
+        # The services make the n choices: each a generation of its own (and a request for
+        # fair admission and the budgets), merged by index.
+        async with contextlib.aclosing(fan_out(stream_chunks, engine, request)) as merged:
+            async for chunk in merged:
+                yield chunk
+        return
     client = CURRENT.get()
     waiting, running = metrics.REQUESTS_WAITING.labels(role), metrics.REQUESTS_RUNNING.labels(role)
     used = _Used()
@@ -325,9 +410,9 @@ async def _generate(
 
 async def complete(engine: Engine, request: GenerationRequest) -> Answer:
     """Collect a whole answer (non-streaming endpoints)."""
-    parts: list[str] = []
+    collector = AnswerCollector(request.sampling.logprobs)
     async for chunk in stream_chunks(engine, request):
-        parts.append(chunk.text)
-        if chunk.is_final:
-            return Answer.from_final("".join(parts), chunk)
+        answer = collector.add(chunk)
+        if answer is not None:
+            return answer
     raise ModelUnavailable("The model stopped without finishing the answer")

@@ -3,13 +3,16 @@ role, messages → chat parts), and answers → OpenAI responses and stream chun
 
 from __future__ import annotations
 
+import dataclasses
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 from avito_ai.config import Settings
 from avito_ai.engines.base import (
     ChatMessage,
+    Chunk,
     ContentPart,
     EngineState,
     GenerationRequest,
@@ -18,6 +21,7 @@ from avito_ai.engines.base import (
     Role,
     SamplingParams,
     TextPart,
+    TokenLogprob,
 )
 from avito_ai.errors import NotFound, ValidationFailed
 from avito_ai.schemas.native import SamplingBase, SamplingFields
@@ -26,14 +30,18 @@ from avito_ai.schemas.openai import (
     ChatChoice,
     ChatCompletion,
     ChatCompletionRequest,
+    ChoiceLogprobs,
     Completion,
     CompletionChoice,
+    CompletionLogprobs,
     CompletionRequest,
     ModelCard,
     ModelList,
     OpenAISampling,
+    TopLogprob,
     Usage,
 )
+from avito_ai.schemas.openai import TokenLogprob as WireTokenLogprob
 from avito_ai.services.generation import Answer, sampling_params, validate_prompt
 from avito_ai.services.images import decode_base64_image, is_data_uri
 from avito_ai.services.state import ServiceState
@@ -72,7 +80,16 @@ def _sampling(body: OpenAISampling, role: Role, settings: Settings) -> SamplingP
     if body.max_completion_tokens and body.max_tokens is not None and body.max_tokens > cap:
         # Both sent: max_completion_tokens counts, but max_tokens must still be valid.
         raise ValidationFailed(f"max_tokens must be between 1 and {cap}", param="max_tokens")
-    return sampling_params(SamplingFields(**shared), role, settings, max_tokens_field=field)
+    sampling = sampling_params(SamplingFields(**shared), role, settings, max_tokens_field=field)
+    if isinstance(body, ChatCompletionRequest):
+        top = body.top_logprobs or 0
+        if top and not body.logprobs:
+            raise ValidationFailed("top_logprobs needs logprobs: true", param="top_logprobs")
+        wanted = bool(body.logprobs)
+    else:
+        assert isinstance(body, CompletionRequest)
+        top, wanted = body.logprobs or 0, body.logprobs is not None
+    return dataclasses.replace(sampling, logprobs=wanted, top_logprobs=top, n=body.n)
 
 
 def _content(content: object, index: int, settings: Settings) -> tuple[list[ContentPart], int]:
@@ -187,6 +204,44 @@ def usage(answer: Answer) -> Usage:
     )
 
 
+def chat_logprobs(tokens: Sequence[TokenLogprob] | None) -> ChoiceLogprobs | None:
+    """OpenAI's chat `logprobs`: each token with its bytes and alternatives."""
+    if tokens is None:
+        return None
+    return ChoiceLogprobs(
+        content=[
+            WireTokenLogprob(
+                token=t.token,
+                logprob=t.logprob,
+                bytes=list(t.bytes),
+                top_logprobs=[
+                    TopLogprob(token=token, logprob=logprob, bytes=list(raw))
+                    for token, logprob, raw in t.top
+                ],
+            )
+            for t in tokens
+        ]
+    )
+
+
+def completion_logprobs(
+    tokens: Sequence[TokenLogprob] | None, offset: int = 0
+) -> CompletionLogprobs | None:
+    """The completions endpoint's older shape: parallel lists, alternatives as maps."""
+    if tokens is None:
+        return None
+    offsets: list[int] = []
+    for t in tokens:
+        offsets.append(offset)
+        offset += len(t.token)
+    return CompletionLogprobs(
+        tokens=[t.token for t in tokens],
+        token_logprobs=[t.logprob for t in tokens],
+        top_logprobs=[{token: logprob for token, logprob, _ in t.top} for t in tokens],
+        text_offset=offsets,
+    )
+
+
 def chat_completion(answer: Answer, request_id: str, model: str) -> ChatCompletion:
     return ChatCompletion(
         id=completion_id(request_id, chat=True),
@@ -194,8 +249,12 @@ def chat_completion(answer: Answer, request_id: str, model: str) -> ChatCompleti
         model=model,
         choices=[
             ChatChoice(
-                message=AssistantMessage(content=answer.text), finish_reason=answer.finish_reason
+                index=choice.index,
+                message=AssistantMessage(content=choice.text),
+                finish_reason=choice.finish_reason,
+                logprobs=chat_logprobs(choice.logprobs),
             )
+            for choice in answer.choices
         ],
         usage=usage(answer),
     )
@@ -207,7 +266,15 @@ def text_completion(answer: Answer, request_id: str, model: str, echo: str = "")
         id=completion_id(request_id, chat=False),
         created=int(time.time()),
         model=model,
-        choices=[CompletionChoice(text=echo + answer.text, finish_reason=answer.finish_reason)],
+        choices=[
+            CompletionChoice(
+                index=choice.index,
+                text=echo + choice.text,
+                finish_reason=choice.finish_reason,
+                logprobs=completion_logprobs(choice.logprobs, len(echo)),
+            )
+            for choice in answer.choices
+        ],
         usage=usage(answer),
     )
 
@@ -215,12 +282,16 @@ def text_completion(answer: Answer, request_id: str, model: str, echo: str = "")
 @dataclass
 class StreamChunks:
     """The bodies of one streamed answer's chunks (`chat.completion.chunk` or
-    `text_completion`), with the same id, model and creation time in each."""
+    `text_completion`), with the same id, model and creation time in each. Choices
+    (n > 1) interleave, each chunk naming its `index`."""
 
     request_id: str
     model: str
     chat: bool
+    n: int = 1
+    logprobs: bool = False
     created: int = field(default_factory=lambda: int(time.time()))
+    _offsets: dict[int, int] = field(default_factory=dict)
 
     def _body(self, choice: dict[str, Any] | None, **extra: Any) -> dict[str, Any]:
         return {
@@ -232,23 +303,54 @@ class StreamChunks:
             **extra,
         }
 
-    def opening(self) -> dict[str, Any] | None:
-        """Chat streams open with the assistant role; text streams have no opening."""
+    def openings(self) -> list[dict[str, Any]]:
+        """Chat streams open each choice with the assistant role; text streams do not."""
         if not self.chat:
+            return []
+        return [
+            self._body(
+                {"index": i, "delta": {"role": "assistant", "content": ""}, "finish_reason": None}
+            )
+            for i in range(self.n)
+        ]
+
+    def _logprobs(self, index: int, tokens: Sequence[TokenLogprob] | None) -> Any:
+        if not self.logprobs:
             return None
+        if self.chat:
+            wire = chat_logprobs(tokens or ())
+            return wire.model_dump() if wire else None
+        offset = self._offsets.get(index, 0)
+        self._offsets[index] = offset + sum(len(t.token) for t in tokens or ())
+        text = completion_logprobs(tokens or (), offset)
+        return text.model_dump() if text else None
+
+    def delta(self, chunk: Chunk) -> dict[str, Any]:
+        logprobs = self._logprobs(chunk.index, chunk.logprobs)
+        if self.chat:
+            choice: dict[str, Any] = {
+                "index": chunk.index,
+                "delta": {"content": chunk.text},
+                "finish_reason": None,
+            }
+            if logprobs is not None:
+                choice["logprobs"] = logprobs
+            return self._body(choice)
         return self._body(
-            {"index": 0, "delta": {"role": "assistant", "content": ""}, "finish_reason": None}
+            {"index": chunk.index, "text": chunk.text, "finish_reason": None, "logprobs": logprobs}
         )
 
-    def delta(self, text: str) -> dict[str, Any]:
+    def finishes(self, answer: Answer) -> list[dict[str, Any]]:
+        """Each choice's last chunk, with its finish_reason."""
         if self.chat:
-            return self._body({"index": 0, "delta": {"content": text}, "finish_reason": None})
-        return self._body({"index": 0, "text": text, "finish_reason": None, "logprobs": None})
-
-    def finish(self, answer: Answer) -> dict[str, Any]:
-        if self.chat:
-            return self._body({"index": 0, "delta": {}, "finish_reason": answer.finish_reason})
-        return self._body({"index": 0, "text": "", "finish_reason": answer.finish_reason})
+            return [
+                self._body({"index": c.index, "delta": {}, "finish_reason": c.finish_reason})
+                for c in answer.choices
+            ]
+        return [
+            self._body({"index": c.index, "text": "", "finish_reason": c.finish_reason})
+            for c in answer.choices
+        ]
 
     def usage(self, answer: Answer) -> dict[str, Any]:
         return self._body(None, usage=usage(answer).model_dump())

@@ -52,7 +52,13 @@ async def _run(
     return sse_response(
         openai_events(
             chunks,
-            oa.StreamChunks(generation.request_id, body.model, chat),
+            oa.StreamChunks(
+                generation.request_id,
+                body.model,
+                chat,
+                n=generation.sampling.n,
+                logprobs=generation.sampling.logprobs,
+            ),
             include_usage=bool(body.stream_options and body.stream_options.include_usage),
         )
     )

@@ -107,9 +107,17 @@ def _is_text(raw: bytes) -> bool:
     return True
 
 
-def detokenizer_factory(tokenizer: Any) -> Callable[[], Detokenizer]:
-    """A new detokenizer per sequence: bytes when the vocabulary allows, else TextStreamer."""
+def detokenizers(tokenizer: Any) -> tuple[Callable[[], Detokenizer], Callable[[int], bytes]]:
+    """A new detokenizer per sequence (bytes when the vocabulary allows, else
+    TextStreamer), and each token's own bytes (for logprobs)."""
     table = byte_table(tokenizer)
     if table is not None:
-        return lambda: ByteDetokenizer(table)
-    return lambda: StreamerDetokenizer(tokenizer)
+        size = len(table)
+        return (
+            lambda: ByteDetokenizer(table),
+            lambda token: table[token] if 0 <= token < size else b"",
+        )
+    return (
+        lambda: StreamerDetokenizer(tokenizer),
+        lambda token: str(tokenizer.decode([token], skip_special_tokens=False)).encode(),
+    )

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import logging
 import secrets
 import time
@@ -39,13 +40,14 @@ from avito_ai.engines.base import (
     GenerationRequest,
     Role,
     SamplingParams,
+    TokenLogprob,
     final_chunk,
 )
 from avito_ai.engines.bridge import Ticket, WorkerBridge
 from avito_ai.engines.grammar import after_thinking, bounded_character_runs
 from avito_ai.engines.lifecycle import InProcessEngine
 from avito_ai.engines.models import EMBEDDED_MODEL_ID
-from avito_ai.engines.openvino.detokenize import detokenizer_factory
+from avito_ai.engines.openvino.detokenize import detokenizers
 from avito_ai.engines.prompts import (
     FALLBACK_STOPS,
     check_prompt_tokens,
@@ -101,6 +103,7 @@ class _Row:
         "first_token_at",
         "generated",
         "handle",
+        "logprobs",
         "scheduled_at",
         "text",
         "ticket",
@@ -114,6 +117,16 @@ class _Row:
         self.finish: FinishReason | None = None
         self.scheduled_at = time.monotonic()
         self.first_token_at: float | None = None
+        # Each token's log probability since the last delta, when the client asked.
+        self.logprobs: list[TokenLogprob] | None = (
+            [] if ticket.payload.request.sampling.logprobs else None
+        )
+
+    def take(self) -> tuple[TokenLogprob, ...] | None:
+        if self.logprobs is None:
+            return None
+        taken, self.logprobs = tuple(self.logprobs), []
+        return taken
 
 
 class OpenVINOTextEngine(InProcessEngine):
@@ -132,6 +145,7 @@ class OpenVINOTextEngine(InProcessEngine):
         self._specials: list[str] = []
         self._eos: frozenset[int] = frozenset()
         self._new_detokenizer: Callable[[], Detokenizer] | None = None
+        self._token_bytes: Callable[[int], bytes] = lambda token: b""
         self._bridge: WorkerBridge[Prepared] = WorkerBridge(
             max_queue_size=settings.max_queue_size, name="avibe-openvino"
         )
@@ -182,7 +196,7 @@ class OpenVINOTextEngine(InProcessEngine):
         self._specials = special_spellings(vocab)
         config = loaded.pipe.get_config()
         self._eos = frozenset({int(config.eos_token_id), *map(int, config.stop_token_ids)})
-        self._new_detokenizer = detokenizer_factory(tokenizer)
+        self._new_detokenizer, self._token_bytes = detokenizers(tokenizer)
         self._context = loaded.context_length or 0
         self._pipe, self._tokenizer = loaded.pipe, tokenizer
         self._device, self._dtype = "cpu", loaded.precision
@@ -206,7 +220,9 @@ class OpenVINOTextEngine(InProcessEngine):
             yield chunk
 
     def capabilities(self) -> Capabilities:
-        return Capabilities(constraints=ALL_CONSTRAINTS)
+        # n > 1: num_return_sequences hung the pipeline here (2026.4.1, the embedded GGUF),
+        # so the services run n generations (choices.py).
+        return Capabilities(constraints=ALL_CONSTRAINTS, logprobs=True, top_logprobs=0)
 
     def prompt_tokens(self, request: GenerationRequest) -> int:
         self._ensure_ready()
@@ -297,6 +313,8 @@ class OpenVINOTextEngine(InProcessEngine):
         # string, so a stop spread over tokens ("tal of " in " capital", " of", " France")
         # left its head ("tal of") in the answer.
         config.ignore_eos = sampling.ignore_eos
+        if sampling.logprobs:
+            config.logprobs = 1  # the chosen token's (OpenVINO gives no alternatives)
         return config
 
     # ---------------------------------------------------------------- worker side
@@ -405,15 +423,21 @@ class OpenVINOTextEngine(InProcessEngine):
 
         length = genai.GenerationFinishReason.LENGTH
         for output in row.handle.read().values():
-            for token in output.generated_ids:
+            scores = output.generated_log_probs if row.logprobs is not None else ()
+            for i, token in enumerate(output.generated_ids):
                 row.generated += 1
                 if row.first_token_at is None:
                     row.first_token_at = now
+                if row.logprobs is not None:
+                    raw = self._token_bytes(int(token))
+                    text = raw.decode("utf-8", "replace")
+                    row.logprobs.append(TokenLogprob(text, float(scores[i]), tuple(raw)))
                 if token in self._eos:
                     continue  # the end of the answer, not text
                 delta = row.text.push(int(token))
                 if delta:
-                    self._bridge.send(row.ticket, Chunk(delta, generated_tokens=row.generated))
+                    chunk = Chunk(delta, generated_tokens=row.generated, logprobs=row.take())
+                    self._bridge.send(row.ticket, chunk)
                 if row.text.stopped:
                     row.finish = "stop"
                     return
@@ -433,4 +457,6 @@ class OpenVINOTextEngine(InProcessEngine):
             first_token=row.first_token_at,
             finished=now,
         )
+        if row.logprobs:  # the tokens that made no text (the end, a held-back tail)
+            final = dataclasses.replace(final, logprobs=row.take())
         return [Chunk(tail), final] if tail else [final]

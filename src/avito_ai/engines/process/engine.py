@@ -172,7 +172,9 @@ class ProcessEngine:
 
     def capabilities(self) -> Capabilities:
         """Known before the engine answers: what its kind of server takes."""
-        return Capabilities(constraints=CONSTRAINTS_OF[self.flavour])
+        return Capabilities(
+            constraints=CONSTRAINTS_OF[self.flavour], logprobs=True, top_logprobs=20
+        )
 
     @property
     def flavour(self) -> Flavour:

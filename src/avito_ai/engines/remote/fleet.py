@@ -49,6 +49,7 @@ from avito_ai.engines.base import (
     OutputConstraint,
     Role,
     TextPart,
+    TokenLogprob,
     final_chunk,
 )
 from avito_ai.engines.prompts import estimate_prompt_tokens
@@ -175,6 +176,13 @@ def upstream_payload(
         body["priority"] = request.priority
     if request.constraint is not None:
         body.update(constraint_fields(request.constraint, flavour))
+    chat = request.prompt is None
+    if s.logprobs:  # chat: a switch and a count; completions: the count alone
+        body.update(
+            {"logprobs": True, "top_logprobs": s.top_logprobs}
+            if chat
+            else {"logprobs": s.top_logprobs}
+        )
     if request.prompt is not None:
         body["prompt"] = request.prompt
         return "/completions", body
@@ -252,6 +260,80 @@ class Event:
     finish: FinishReason | None = None
     usage: tuple[int, int] | None = None  # (prompt, completion)
     error: str | None = None
+    logprobs: tuple[TokenLogprob, ...] = ()
+
+
+def _number(value: Any, what: str) -> float:
+    if type(value) not in (int, float) or not value <= 0:
+        raise InvalidAnswer(f"{what} must be a number <= 0")
+    return float(value)
+
+
+def _text(value: Any, what: str) -> str:
+    if not isinstance(value, str) or len(value) > 1024:
+        raise InvalidAnswer(f"{what} must be a string")
+    return value
+
+
+def _bytes(value: Any, token: str) -> tuple[int, ...]:
+    if value is None:
+        return tuple(token.encode())
+    if not isinstance(value, list) or not all(type(b) is int and 0 <= b < 256 for b in value):
+        raise InvalidAnswer("logprobs bytes must be a list of bytes")
+    return tuple(value)
+
+
+def _logprobs(choice: dict[str, Any]) -> tuple[TokenLogprob, ...]:
+    """A choice's logprobs, in the chat shape (content entries) or the completions shape
+    (parallel lists)."""
+    found = choice.get("logprobs")
+    if found is None:
+        return ()
+    if not isinstance(found, dict):
+        raise InvalidAnswer("logprobs must be an object")
+    if "content" in found:
+        entries = found["content"] or []
+        if not isinstance(entries, list) or not all(isinstance(e, dict) for e in entries):
+            raise InvalidAnswer("logprobs.content must be a list of objects")
+        out = []
+        for e in entries:
+            token = _text(e.get("token"), "logprobs token")
+            alternatives = e.get("top_logprobs") or []
+            if not isinstance(alternatives, list):
+                raise InvalidAnswer("top_logprobs must be a list")
+            top = tuple(
+                (
+                    _text(a.get("token"), "top_logprobs token"),
+                    _number(a.get("logprob"), "top_logprobs logprob"),
+                    _bytes(a.get("bytes"), str(a.get("token"))),
+                )
+                for a in alternatives
+                if isinstance(a, dict)
+            )
+            out.append(
+                TokenLogprob(
+                    token, _number(e.get("logprob"), "logprob"), _bytes(e.get("bytes"), token), top
+                )
+            )
+        return tuple(out)
+    tokens, scores = found.get("tokens") or [], found.get("token_logprobs") or []
+    tops = found.get("top_logprobs") or [{}] * len(tokens)
+    if not (isinstance(tokens, list) and isinstance(scores, list) and isinstance(tops, list)):
+        raise InvalidAnswer("logprobs must hold lists")
+    if not len(tokens) == len(scores) == len(tops):
+        raise InvalidAnswer("logprobs lists differ in length")
+    return tuple(
+        TokenLogprob(
+            _text(token, "logprobs token"),
+            _number(score, "token_logprobs"),
+            tuple(str(token).encode()),
+            tuple(
+                (_text(k, "top_logprobs token"), _number(v, "top_logprobs"), tuple(str(k).encode()))
+                for k, v in (top or {}).items()
+            ),
+        )
+        for token, score, top in zip(tokens, scores, tops, strict=True)
+    )
 
 
 def _count(usage: dict[str, Any], name: str, bound: int) -> int:
@@ -276,6 +358,7 @@ def parse_event(data: bytes, bounds: UsageBounds) -> Event:
         return Event(error=_error_message(data))
     text: list[str] = []
     finish: FinishReason | None = None
+    logprobs: list[TokenLogprob] = []
     choices = event.get("choices")
     if choices is not None and not isinstance(choices, list):
         raise InvalidAnswer("choices must be a list")
@@ -292,6 +375,7 @@ def parse_event(data: bytes, bounds: UsageBounds) -> Event:
                 raise InvalidAnswer("content and text must be strings")
             if piece:
                 text.append(piece)
+        logprobs.extend(_logprobs(choice))
         reason = choice.get("finish_reason")
         if reason is not None:
             if not isinstance(reason, str) or reason not in KNOWN_FINISH:
@@ -306,7 +390,7 @@ def parse_event(data: bytes, bounds: UsageBounds) -> Event:
             _count(usage, "prompt_tokens", bounds.prompt),
             _count(usage, "completion_tokens", bounds.completion),
         )
-    return Event("".join(text), finish, counts)
+    return Event("".join(text), finish, counts, logprobs=tuple(logprobs))
 
 
 async def _sse_lines(response: httpx.Response) -> AsyncIterator[bytes]:
@@ -374,7 +458,10 @@ class RemoteEngine:
             await self._client.aclose()
 
     def capabilities(self) -> Capabilities:
-        return Capabilities(constraints=CONSTRAINTS_OF[self.flavour])
+        # (n > 1: the services make the choices, one upstream request each.)
+        return Capabilities(
+            constraints=CONSTRAINTS_OF[self.flavour], logprobs=True, top_logprobs=20
+        )
 
     def status(self) -> EngineStatus:
         state = self._state
@@ -533,10 +620,10 @@ class RemoteEngine:
                             raise UpstreamError(event.error)
                         usage = event.usage or usage
                         finish = event.finish or finish
-                        if event.text:
+                        if event.text or event.logprobs:
                             first_token = first_token or time.monotonic()
                             pieces += 1
-                            yield Chunk(event.text)
+                            yield Chunk(event.text, logprobs=event.logprobs or None)
                     if finish is None or not done:
                         missing = "a finish_reason" if finish is None else "data: [DONE]"
                         raise InvalidAnswer(f"the stream ended without {missing}")

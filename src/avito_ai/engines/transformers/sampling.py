@@ -36,12 +36,15 @@ class RowSampler:
         "_grammar",
         "_history",
         "_length",
+        "chosen_logprob",
         "frequency_penalty",
         "generator",
+        "logprobs",
         "presence_penalty",
         "repetition_penalty",
         "temperature",
         "top_k",
+        "top_logprobs",
         "top_p",
     )
 
@@ -56,6 +59,11 @@ class RowSampler:
     ) -> None:
         """`grammar`: the row's structured-output constraint (grammar.py)."""
         self._grammar = grammar
+        self.logprobs = params.logprobs
+        self.top_logprobs = params.top_logprobs
+        # After each choice, when logprobs are asked for: (its log probability, the
+        # alternatives as (token id, log probability)), from the model's own distribution.
+        self.chosen_logprob: tuple[float, list[tuple[int, float]]] | None = None
         self.temperature = float(params.temperature)
         self.top_k = int(params.top_k)
         self.top_p = float(params.top_p)
@@ -94,6 +102,7 @@ class RowSampler:
             and self.repetition_penalty == 1.0
             and self._counts is None
             and self._grammar is None
+            and not self.logprobs
         )
 
     def record(self, token_id: int) -> None:
@@ -108,6 +117,17 @@ class RowSampler:
 
     def choose(self, logits: torch.Tensor) -> torch.Tensor:
         """Pick the next token from one row of float32 logits; returns a 0-d tensor."""
+        chosen = self._choose(logits)
+        if self.logprobs:  # of the model's distribution, before penalties and constraints
+            scores = torch.log_softmax(logits.float(), dim=-1)
+            top: list[tuple[int, float]] = []
+            if self.top_logprobs:
+                values, ids = torch.topk(scores, self.top_logprobs)
+                top = list(zip(ids.tolist(), values.tolist(), strict=True))
+            self.chosen_logprob = (float(scores[chosen]), top)
+        return chosen
+
+    def _choose(self, logits: torch.Tensor) -> torch.Tensor:
         if self._grammar is not None:
             logits = self._grammar.mask(logits)
         if self._history is not None and self._length:

@@ -338,7 +338,7 @@ class BatchScheduler:
             return
         text, finish = row.seq.accept(token, now)
         if text:
-            self._bridge.send(ticket, Chunk(text, generated_tokens=row.seq.generated))
+            self._bridge.send(ticket, row.seq.delta(text))
         if finish is not None:
             self._finish(row, finish, now)
 

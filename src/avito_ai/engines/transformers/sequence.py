@@ -8,6 +8,7 @@ are produced (a batched forward, or `generate()`), not in what a token means.
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -15,7 +16,7 @@ from typing import Any
 
 import torch
 
-from avito_ai.engines.base import Chunk, FinishReason, SamplingParams, final_chunk
+from avito_ai.engines.base import Chunk, FinishReason, SamplingParams, TokenLogprob, final_chunk
 from avito_ai.engines.textstream import Detokenizer, TextPipeline
 from avito_ai.engines.transformers.grammar import TokenGrammar
 from avito_ai.engines.transformers.sampling import RowSampler
@@ -39,6 +40,8 @@ class SequenceSpec:
     # The structured-output constraint, compiled for this model (grammar.py); None: free.
     grammar: Any = None
     vocab_size: int = 0
+    # A token id's own bytes (logprobs); None when none are asked for.
+    token_bytes: Callable[[int], bytes] | None = None
 
 
 class Sequence:
@@ -46,6 +49,7 @@ class Sequence:
 
     __slots__ = (
         "_eos",
+        "_logprobs",
         "first_token_at",
         "generated",
         "pipeline",
@@ -80,6 +84,7 @@ class Sequence:
             thinking_open=spec.thinking_open,
         )
         self.generated = 0
+        self._logprobs: list[TokenLogprob] = []
         self.scheduled_at = time.monotonic() if scheduled_at is None else scheduled_at
         self.first_token_at: float | None = None
 
@@ -89,6 +94,7 @@ class Sequence:
         if self.first_token_at is None:
             self.first_token_at = now
         self.sampler.record(token)
+        self._note_logprob(token)
         if token in self._eos:
             return "", "stop"
         text = self.pipeline.push(token)
@@ -97,6 +103,27 @@ class Sequence:
         if self.generated >= self.spec.max_new_tokens:
             return text, "length"
         return text, None
+
+    def _note_logprob(self, token: int) -> None:
+        chosen, self.sampler.chosen_logprob = self.sampler.chosen_logprob, None
+        name = self.spec.token_bytes
+        if chosen is None or name is None:
+            return
+        raw = name(token)
+        top = tuple((name(t).decode("utf-8", "replace"), lp, tuple(name(t))) for t, lp in chosen[1])
+        self._logprobs.append(
+            TokenLogprob(raw.decode("utf-8", "replace"), chosen[0], tuple(raw), top)
+        )
+
+    def take_logprobs(self) -> tuple[TokenLogprob, ...] | None:
+        """The tokens' log probabilities since the last call (None: not asked for)."""
+        if self.spec.token_bytes is None or not self.sampler.logprobs:
+            return None
+        taken, self._logprobs = tuple(self._logprobs), []
+        return taken
+
+    def delta(self, text: str) -> Chunk:
+        return Chunk(text, generated_tokens=self.generated, logprobs=self.take_logprobs())
 
     def finish(self, reason: FinishReason, now: float) -> list[Chunk]:
         """The chunks that end the answer: any text still held back, then the summary."""
@@ -110,6 +137,9 @@ class Sequence:
             first_token=self.first_token_at,
             finished=now,
         )
+        logprobs = self.take_logprobs()
+        if logprobs:  # the tokens that made no text (the end, a held-back tail)
+            final = dataclasses.replace(final, logprobs=logprobs)
         return [Chunk(tail), final] if tail else [final]
 
 

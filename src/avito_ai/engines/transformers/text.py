@@ -177,7 +177,7 @@ class TransformersTextEngine(InProcessEngine):
             yield chunk
 
     def capabilities(self) -> Capabilities:
-        return Capabilities(constraints=ALL_CONSTRAINTS)
+        return Capabilities(constraints=ALL_CONSTRAINTS, logprobs=True, top_logprobs=20)
 
     def prompt_tokens(self, request: GenerationRequest) -> int:
         self._ensure_ready()
@@ -218,7 +218,11 @@ class TransformersTextEngine(InProcessEngine):
             created=request.created,
             request_id=request.request_id,
             ignore_eos=sampling.ignore_eos,
+            token_bytes=self._token_bytes if sampling.logprobs else None,
         )
+
+    def _token_bytes(self, token: int) -> bytes:
+        return str(self._tokenizer.decode([token])).encode()
 
     def _encode_raw(self, prompt: str) -> list[int]:
         ids: list[int] = list(self._tokenizer(prompt, add_special_tokens=True)["input_ids"])

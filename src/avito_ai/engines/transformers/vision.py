@@ -170,7 +170,7 @@ class TransformersVisionEngine(InProcessEngine):
     # ---------------------------------------------------------------- generation (loop side)
 
     def capabilities(self) -> Capabilities:
-        return Capabilities(constraints=ALL_CONSTRAINTS)
+        return Capabilities(constraints=ALL_CONSTRAINTS, logprobs=True, top_logprobs=20)
 
     async def generate(self, request: GenerationRequest) -> AsyncIterator[Chunk]:
         self._ensure_ready()
@@ -254,6 +254,7 @@ class TransformersVisionEngine(InProcessEngine):
             created=request.created,
             request_id=request.request_id,
             ignore_eos=sampling.ignore_eos,
+            token_bytes=self._token_bytes if sampling.logprobs else None,
         )
         return Sequence(
             spec,
@@ -262,6 +263,10 @@ class TransformersVisionEngine(InProcessEngine):
             device=self._placement.device,
             scheduled_at=scheduled,
         )
+
+    def _token_bytes(self, token: int) -> bytes:
+        assert self._loaded is not None
+        return str(self._loaded.processor.tokenizer.decode([token])).encode()
 
     def _prepare_inputs(self, request: GenerationRequest) -> Any:
         """Chat template + image preprocessing, on the worker (CPU-heavy for big images)."""
@@ -335,7 +340,7 @@ class TransformersVisionEngine(InProcessEngine):
                 now = time.monotonic()
                 text, finish = seq.accept(int(input_ids[0, -1]), now)
                 if text:
-                    bridge.send(ticket, Chunk(text, generated_tokens=seq.generated))
+                    bridge.send(ticket, seq.delta(text))
                     bridge.flush()
                 if ticket.cancelled or bridge.stopping:
                     ended.append("cancelled")
