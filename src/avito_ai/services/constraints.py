@@ -230,14 +230,13 @@ async def constraint_from(
     if isinstance(response_format, ResponseFormatJSONSchema):
         spec = response_format.json_schema
         where = f"{param}.json_schema.schema"
-        if spec.schema_ is None:
-            raise ValidationFailed("json_schema.schema is required", param=where)
-        check_schema(spec.schema_, where)
-        source = json.dumps(spec.schema_)  # (its order is the answer's order)
+        schema = {} if spec.schema_ is None else spec.schema_  # none: any JSON value
+        check_schema(schema, where)
+        source = json.dumps(schema)  # (its order is the answer's order)
         return OutputConstraint(
             "json_schema",
             await compiled("json_schema", source, where),
-            schema=spec.schema_,
+            schema=schema,
             name=spec.name,
             strict=bool(spec.strict),
             description=spec.description,
