@@ -296,3 +296,30 @@ def test_a_plain_openai_upstream_declares_json_only() -> None:
         "regex",
         "grammar",
     }
+
+
+async def test_upstream_logprobs_are_asked_for_checked_and_passed_on() -> None:
+    sent: list[dict] = []
+    entry = {"token": "ok", "logprob": -0.5, "bytes": [111, 107],
+             "top_logprobs": [{"token": "ok", "logprob": -0.5, "bytes": [111, 107]}]}  # fmt: skip
+    events = [
+        {"choices": [{"index": 0, "delta": {"content": "ok"}, "logprobs": {"content": [entry]}}]},
+        {"choices": [{"index": 0, "delta": {}, "finish_reason": "stop"}]},
+        {"choices": [], "usage": {"prompt_tokens": 3, "completion_tokens": 1}},
+    ]
+    body = "".join(f"data: {json.dumps(e)}\n\n" for e in events) + "data: [DONE]\n\n"
+
+    def chat(req: httpx.Request) -> httpx.Response:
+        sent.append(json.loads(req.content))
+        return httpx.Response(200, headers=SSE, content=body.encode())
+
+    e = engine(models_or(chat), urls=A)
+    await e.start()
+    asked = request()
+    asked.sampling = SamplingParams(max_tokens=2, logprobs=True, top_logprobs=1)
+    chunks = [c async for c in e.generate(asked)]
+    await e.stop()
+    assert (sent[0]["logprobs"], sent[0]["top_logprobs"]) == (True, 1)
+    tokens = [t for c in chunks for t in c.logprobs or ()]
+    assert [(t.token, t.logprob, t.bytes) for t in tokens] == [("ok", -0.5, (111, 107))]
+    assert tokens[0].top == (("ok", -0.5, (111, 107)),)
