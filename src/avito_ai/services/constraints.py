@@ -159,6 +159,7 @@ def _grammar_class() -> Any:
     package.__path__ = list(spec.submodule_search_locations)
     package.__package__ = "xgrammar"
     sys.modules["xgrammar"] = package
+    import xgrammar.load_binding  # the C++ library, as the package's __init__ loads it first
     from xgrammar.grammar import Grammar
 
     return Grammar
