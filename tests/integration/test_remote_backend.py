@@ -5,6 +5,7 @@ llama-cpp-python[server] is installed, in front of its OpenAI server too)."""
 from __future__ import annotations
 
 import importlib.util
+import json
 import re
 import signal
 import subprocess
@@ -137,6 +138,31 @@ def test_answers_and_usage_pass_through(fleet: Fleet) -> None:
         direct = generate(fleet.upstreams[0].url).json()["data"]
         assert direct["text"] == data["text"]
         assert direct["generated_tokens"] == data["generated_tokens"]
+
+
+def test_n_logprobs_and_a_schema_pass_through(fleet: Fleet) -> None:
+    if fleet.kind != "avito":
+        pytest.skip("this service as the upstream")
+    client = openai.OpenAI(base_url=fleet.front.url + "/v1", api_key="x", max_retries=0)
+    done = client.chat.completions.create(
+        model="avibe",
+        messages=[{"role": "user", "content": QUESTION}],
+        n=2,
+        temperature=1.0,
+        seed=3,
+        max_tokens=12,
+        logprobs=True,
+        response_format={"type": "json_object"},
+    )
+    assert [c.index for c in done.choices] == [0, 1]
+    for choice in done.choices:
+        assert choice.logprobs is not None and choice.logprobs.content
+        assert choice.finish_reason in ("stop", "length")
+        if choice.finish_reason == "stop":
+            assert isinstance(json.loads(choice.message.content or ""), dict)
+    assert done.usage is not None and done.usage.completion_tokens == sum(
+        len(c.logprobs.content) for c in done.choices if c.logprobs and c.logprobs.content
+    )
 
 
 def test_streaming_through_the_front(fleet: Fleet) -> None:

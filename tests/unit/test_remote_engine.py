@@ -323,3 +323,32 @@ async def test_upstream_logprobs_are_asked_for_checked_and_passed_on() -> None:
     tokens = [t for c in chunks for t in c.logprobs or ()]
     assert [(t.token, t.logprob, t.bytes) for t in tokens] == [("ok", -0.5, (111, 107))]
     assert tokens[0].top == (("ok", -0.5, (111, 107)),)
+
+
+async def test_n_travels_to_the_upstream_and_choices_come_back_by_index() -> None:
+    sent: list[dict] = []
+    events = [
+        {"choices": [{"index": i, "delta": {"content": f"c{i}"}} for i in (2, 0, 1)]},
+        {"choices": [{"index": i, "delta": {}, "finish_reason": "stop"} for i in range(3)]},
+        {"choices": [], "usage": {"prompt_tokens": 3, "completion_tokens": 3}},
+    ]
+    body = "".join(f"data: {json.dumps(e)}\n\n" for e in events) + "data: [DONE]\n\n"
+
+    def chat(req: httpx.Request) -> httpx.Response:
+        sent.append(json.loads(req.content))
+        return httpx.Response(200, headers=SSE, content=body.encode())
+
+    e = engine(models_or(chat), urls=A)
+    await e.start()
+    asked = request()
+    asked.sampling = SamplingParams(max_tokens=2, n=3)
+    chunks = [c async for c in e.generate(asked)]
+    await e.stop()
+    assert sent[0]["n"] == 3
+    assert [(c.index, c.text) for c in chunks[:-1]] == [(2, "c2"), (0, "c0"), (1, "c1")]
+    assert [end.index for end in chunks[-1].choices or ()] == [0, 1, 2]
+    from avito_ai.engines.remote.fleet import InvalidAnswer, UsageBounds, parse_event
+
+    past = json.dumps({"choices": [{"index": 3, "delta": {"content": "x"}}]}).encode()
+    with pytest.raises(InvalidAnswer, match="index 3"):
+        parse_event(past, UsageBounds(100, 6), 3)

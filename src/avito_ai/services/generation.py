@@ -308,17 +308,20 @@ async def stream_chunks(engine: Engine, request: GenerationRequest) -> AsyncGene
             priority = priority_of(client)
             if governor.budgets.active(client):
                 used.prompt = prompt_tokens(engine, request, governor.settings.avision_max_pixels)
-                wanted = used.prompt + request.sampling.max_tokens
+                # n choices made by the engine itself may each use max_tokens
+                wanted = used.prompt + request.sampling.max_tokens * request.sampling.n
                 reservation = await governor.budgets.reserve(client, wanted)
             stack.push_async_callback(_settle, governor, client, reservation, used)
             request = dataclasses.replace(request, priority=PRIORITY_CLASSES[priority])
-            place = governor.admissions[role].place(
-                client.id, priority, governor.concurrency_for(client)
-            )
+            admission = governor.admissions[role]
+            limit = governor.concurrency_for(client)
+            # n choices the engine makes itself hold n places (as many as can be had at all)
+            places = min(request.sampling.n, admission.capacity, limit or request.sampling.n)
             waiting.inc()
             try:
                 async with asyncio.timeout(_remaining(request)):
-                    await stack.enter_async_context(place)
+                    for _ in range(places):
+                        await stack.enter_async_context(admission.place(client.id, priority, limit))
             except TimeoutError:
                 raise Timeout("Request timed out waiting for its turn") from None
             finally:

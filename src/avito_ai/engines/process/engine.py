@@ -173,7 +173,7 @@ class ProcessEngine:
     def capabilities(self) -> Capabilities:
         """Known before the engine answers: what its kind of server takes."""
         return Capabilities(
-            constraints=CONSTRAINTS_OF[self.flavour], logprobs=True, top_logprobs=20
+            constraints=CONSTRAINTS_OF[self.flavour], logprobs=True, top_logprobs=20, choices=True
         )
 
     @property

@@ -22,6 +22,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import contextlib
+import dataclasses
 import io
 import json
 import logging
@@ -39,6 +40,7 @@ from avito_ai.config import Settings
 from avito_ai.engines.base import (
     ALL_CONSTRAINTS,
     Capabilities,
+    ChoiceEnd,
     Chunk,
     ConstraintKind,
     EngineState,
@@ -171,7 +173,9 @@ def upstream_payload(
     if s.seed is not None:
         body["seed"] = s.seed
     if s.ignore_eos:
-        body["ignore_eos"] = True  # vLLM, SGLang and this service understand it
+        body["ignore_eos"] = True
+    if s.n > 1:
+        body["n"] = s.n  # vLLM, SGLang and this service understand it
     if priority:
         body["priority"] = request.priority
     if request.constraint is not None:
@@ -255,12 +259,20 @@ class UsageBounds:
 
 
 @dataclass(frozen=True)
-class Event:
+class Piece:
+    """What one choice of an event brings."""
+
+    index: int
     text: str = ""
     finish: FinishReason | None = None
+    logprobs: tuple[TokenLogprob, ...] = ()
+
+
+@dataclass(frozen=True)
+class Event:
+    pieces: tuple[Piece, ...] = ()
     usage: tuple[int, int] | None = None  # (prompt, completion)
     error: str | None = None
-    logprobs: tuple[TokenLogprob, ...] = ()
 
 
 def _number(value: Any, what: str) -> float:
@@ -344,7 +356,7 @@ def _count(usage: dict[str, Any], name: str, bound: int) -> int:
     return value
 
 
-def parse_event(data: bytes, bounds: UsageBounds) -> Event:
+def parse_event(data: bytes, bounds: UsageBounds, choices_asked: int = 1) -> Event:
     """One `data:` event of a chat or text completion stream, checked against the shapes
     of the API reference. Raises InvalidAnswer."""
     try:
@@ -356,31 +368,32 @@ def parse_event(data: bytes, bounds: UsageBounds) -> Event:
         raise InvalidAnswer("an event that is not a JSON object")
     if "error" in event:
         return Event(error=_error_message(data))
-    text: list[str] = []
-    finish: FinishReason | None = None
-    logprobs: list[TokenLogprob] = []
+    pieces: list[Piece] = []
     choices = event.get("choices")
     if choices is not None and not isinstance(choices, list):
         raise InvalidAnswer("choices must be a list")
     for choice in choices or ():
         if not isinstance(choice, dict):
             raise InvalidAnswer("each choice must be an object")
-        if choice.get("index", 0) != 0:
-            continue  # one answer is asked for (n=1)
+        index = choice.get("index", 0)
+        if type(index) is not int or not 0 <= index < choices_asked:
+            raise InvalidAnswer(f"a choice index {str(index)[:20]} (asked for {choices_asked})")
         delta = choice.get("delta")
         if delta is not None and not isinstance(delta, dict):
             raise InvalidAnswer("delta must be an object")
+        text: list[str] = []
         for piece in ((delta or {}).get("content"), choice.get("text")):
             if piece is not None and not isinstance(piece, str):
                 raise InvalidAnswer("content and text must be strings")
             if piece:
                 text.append(piece)
-        logprobs.extend(_logprobs(choice))
+        finish: FinishReason | None = None
         reason = choice.get("finish_reason")
         if reason is not None:
             if not isinstance(reason, str) or reason not in KNOWN_FINISH:
                 raise InvalidAnswer(f"unknown finish_reason {str(reason)[:40]}")
             finish = KNOWN_FINISH[reason]
+        pieces.append(Piece(index, "".join(text), finish, _logprobs(choice)))
     usage = event.get("usage")
     counts: tuple[int, int] | None = None
     if usage is not None:
@@ -390,7 +403,7 @@ def parse_event(data: bytes, bounds: UsageBounds) -> Event:
             _count(usage, "prompt_tokens", bounds.prompt),
             _count(usage, "completion_tokens", bounds.completion),
         )
-    return Event("".join(text), finish, counts, logprobs=tuple(logprobs))
+    return Event(tuple(pieces), counts)
 
 
 async def _sse_lines(response: httpx.Response) -> AsyncIterator[bytes]:
@@ -458,9 +471,9 @@ class RemoteEngine:
             await self._client.aclose()
 
     def capabilities(self) -> Capabilities:
-        # (n > 1: the services make the choices, one upstream request each.)
+        # n > 1 travels as n: the upstream makes the choices from one prefill.
         return Capabilities(
-            constraints=CONSTRAINTS_OF[self.flavour], logprobs=True, top_logprobs=20
+            constraints=CONSTRAINTS_OF[self.flavour], logprobs=True, top_logprobs=20, choices=True
         )
 
     def status(self) -> EngineStatus:
@@ -583,15 +596,16 @@ class RemoteEngine:
         assert self._client is not None
         started = time.monotonic()
         first_token: float | None = None
-        pieces = 0
+        n = request.sampling.n
+        pieces = [0] * n  # per choice: deltas, its token count when the upstream gives none
         usage: tuple[int, int] | None = None
-        finish: FinishReason | None = None
+        finishes: dict[int, FinishReason] = {}
         done = False
         upstream.outstanding += 1
         headers = {"X-Request-ID": request.request_id}
         bounds = UsageBounds(
             prompt=4 * estimate_prompt_tokens(request, self.settings.avision_max_pixels) + 4096,
-            completion=request.sampling.max_tokens,
+            completion=request.sampling.max_tokens * request.sampling.n,
         )
         try:
             try:
@@ -615,17 +629,23 @@ class RemoteEngine:
                             # pool, and every request would open a new one.
                             done = True
                             continue
-                        event = parse_event(data, bounds)
+                        event = parse_event(data, bounds, n)
                         if event.error is not None:
                             raise UpstreamError(event.error)
                         usage = event.usage or usage
-                        finish = event.finish or finish
-                        if event.text or event.logprobs:
-                            first_token = first_token or time.monotonic()
-                            pieces += 1
-                            yield Chunk(event.text, logprobs=event.logprobs or None)
-                    if finish is None or not done:
-                        missing = "a finish_reason" if finish is None else "data: [DONE]"
+                        for piece in event.pieces:
+                            if piece.finish is not None:
+                                finishes[piece.index] = piece.finish
+                            if piece.text or piece.logprobs:
+                                first_token = first_token or time.monotonic()
+                                pieces[piece.index] += 1
+                                yield Chunk(
+                                    piece.text,
+                                    index=piece.index,
+                                    logprobs=piece.logprobs or None,
+                                )
+                    if len(finishes) < n or not done:
+                        missing = "a finish_reason" if len(finishes) < n else "data: [DONE]"
                         raise InvalidAnswer(f"the stream ended without {missing}")
             except (httpx.TransportError, httpx.TimeoutException) as exc:
                 upstream.record_failure(f"{type(exc).__name__}: {exc}")
@@ -644,9 +664,9 @@ class RemoteEngine:
                 raise ModelUnavailable(message) from None
         finally:
             upstream.outstanding -= 1
-        prompt, completion = usage if usage is not None else (0, pieces)
-        yield final_chunk(
-            finish,
+        prompt, completion = usage if usage is not None else (0, sum(pieces))
+        final = final_chunk(
+            finishes[0],
             input_tokens=prompt,
             generated_tokens=completion,
             created=request.created,
@@ -654,6 +674,10 @@ class RemoteEngine:
             first_token=first_token,
             finished=time.monotonic(),
         )
+        if n > 1:  # (each choice's own count: its deltas, one token each on vLLM and SGLang)
+            ends = tuple(ChoiceEnd(i, finishes[i], pieces[i]) for i in range(n))
+            final = dataclasses.replace(final, choices=ends)
+        yield final
 
     @staticmethod
     def _raise_for_status(upstream: Upstream, status: int, message: str) -> None:
