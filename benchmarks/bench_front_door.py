@@ -27,6 +27,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 import httpx
 
@@ -44,16 +45,19 @@ async def one(
     tokens: int,
     prompt: str = PROMPT,
     headers: dict[str, str] | None = None,
+    extra: dict[str, Any] | None = None,
 ) -> tuple[float, int]:
-    """(time to first token, tokens received) of one streamed answer of exactly `tokens`."""
-    body = {
+    """(time to first token, tokens received) of one streamed answer of exactly `tokens`;
+    `extra` fields (other sampling, response_format) make answers of up to `tokens`."""
+    body: dict[str, Any] = {
         "model": "avibe",
         "messages": [{"role": "user", "content": prompt}],
         "max_tokens": tokens,
         "temperature": 0,
-        "ignore_eos": True,
+        "ignore_eos": extra is None,
         "stream": True,
         "stream_options": {"include_usage": True},
+        **(extra or {}),
     }
     started = time.perf_counter()
     first = None
@@ -71,6 +75,8 @@ async def one(
                 first = time.perf_counter() - started
             if event.get("usage"):
                 generated = int(event["usage"]["completion_tokens"])
+    if extra is not None:
+        return first or 0.0, generated
     if first is None or generated != tokens:  # a rate over short or empty answers says nothing
         raise RuntimeError(f"{url}: {generated} tokens instead of {tokens}, first text {first}")
     return first, generated

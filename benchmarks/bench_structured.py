@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import json
 import statistics
 import sys
 import tempfile
@@ -28,6 +27,7 @@ import httpx
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from bench_front_door import one as timed  # noqa: E402  (a streamed answer, timed)
 from tests.servers import ServerProcess  # noqa: E402
 
 PROMPT = "Describe a used bicycle for sale in a few sentences."
@@ -50,31 +50,10 @@ def schema(name: str = "description") -> dict[str, Any]:
 
 async def one(client: httpx.AsyncClient, url: str, response_format: Any) -> tuple[float, int]:
     """(time to first token, tokens generated) of one streamed answer."""
-    body: dict[str, Any] = {
-        "model": "avibe",
-        "messages": [{"role": "user", "content": PROMPT}],
-        "max_tokens": TOKENS,
-        "temperature": 0.7,
-        "stream": True,
-        "stream_options": {"include_usage": True},
-    }
+    extra: dict[str, Any] = {"temperature": 0.7}
     if response_format is not None:
-        body["response_format"] = response_format
-    started = time.perf_counter()
-    first = None
-    generated = 0
-    async with client.stream("POST", url + "/v1/chat/completions", json=body) as response:
-        response.raise_for_status()
-        async for line in response.aiter_lines():
-            if not line.startswith("data: ") or line == "data: [DONE]":
-                continue
-            event = json.loads(line[6:])
-            choices = event.get("choices") or [{}]
-            if first is None and (choices[0].get("delta") or {}).get("content"):
-                first = time.perf_counter() - started
-            if event.get("usage"):
-                generated = int(event["usage"]["completion_tokens"])
-    return first or 0.0, generated
+        extra["response_format"] = response_format
+    return await timed(client, url, TOKENS, PROMPT, extra=extra)
 
 
 async def throughput(url: str, clients: int, response_format: Any) -> float:

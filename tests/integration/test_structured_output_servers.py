@@ -59,28 +59,21 @@ def client(server: ServerProcess) -> openai.OpenAI:
 def test_the_sdk_parses_a_pydantic_model_whole_and_streamed(
     client: openai.OpenAI, temperature: float
 ) -> None:
-    messages = [{"role": "user", "content": ASK}]
-    done = client.chat.completions.parse(
-        model="avibe",
-        messages=messages,  # type: ignore[arg-type]
-        response_format=Listing,
-        temperature=temperature,
-        seed=7,
-        max_tokens=300,
-    )
+    asked = {
+        "model": "avibe",
+        "messages": [{"role": "user", "content": ASK}],
+        "response_format": Listing,
+        "temperature": temperature,
+        "seed": 7,
+        "max_tokens": 300,
+    }
+    done = client.chat.completions.parse(**asked)  # type: ignore[arg-type]
     choice = done.choices[0]
     assert choice.finish_reason == "stop", choice.message.content
     assert isinstance(choice.message.parsed, Listing)
     text = choice.message.content or ""
     assert "  " not in text and "\n" not in text  # compact: no whitespace to stall in
-    with client.chat.completions.stream(
-        model="avibe",
-        messages=messages,  # type: ignore[arg-type]
-        response_format=Listing,
-        temperature=temperature,
-        seed=7,
-        max_tokens=300,
-    ) as stream:
+    with client.chat.completions.stream(**asked) as stream:  # type: ignore[arg-type]
         deltas = [e.delta for e in stream if e.type == "content.delta"]
         final = stream.get_final_completion()
     assert len(deltas) > 3  # it did stream

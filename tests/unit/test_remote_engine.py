@@ -298,6 +298,17 @@ def test_a_plain_openai_upstream_declares_json_only() -> None:
     }
 
 
+def scripted(events: list[dict], sent: list[dict]) -> RemoteEngine:
+    """One upstream answering every request with `events` (then [DONE]), recording bodies."""
+    body = "".join(f"data: {json.dumps(e)}\n\n" for e in events) + "data: [DONE]\n\n"
+
+    def chat(req: httpx.Request) -> httpx.Response:
+        sent.append(json.loads(req.content))
+        return httpx.Response(200, headers=SSE, content=body.encode())
+
+    return engine(models_or(chat), urls=A)
+
+
 async def test_upstream_logprobs_are_asked_for_checked_and_passed_on() -> None:
     sent: list[dict] = []
     entry = {"token": "ok", "logprob": -0.5, "bytes": [111, 107],
@@ -307,13 +318,7 @@ async def test_upstream_logprobs_are_asked_for_checked_and_passed_on() -> None:
         {"choices": [{"index": 0, "delta": {}, "finish_reason": "stop"}]},
         {"choices": [], "usage": {"prompt_tokens": 3, "completion_tokens": 1}},
     ]
-    body = "".join(f"data: {json.dumps(e)}\n\n" for e in events) + "data: [DONE]\n\n"
-
-    def chat(req: httpx.Request) -> httpx.Response:
-        sent.append(json.loads(req.content))
-        return httpx.Response(200, headers=SSE, content=body.encode())
-
-    e = engine(models_or(chat), urls=A)
+    e = scripted(events, sent)
     await e.start()
     asked = request()
     asked.sampling = SamplingParams(max_tokens=2, logprobs=True, top_logprobs=1)
@@ -332,13 +337,7 @@ async def test_n_travels_to_the_upstream_and_choices_come_back_by_index() -> Non
         {"choices": [{"index": i, "delta": {}, "finish_reason": "stop"} for i in range(3)]},
         {"choices": [], "usage": {"prompt_tokens": 3, "completion_tokens": 3}},
     ]
-    body = "".join(f"data: {json.dumps(e)}\n\n" for e in events) + "data: [DONE]\n\n"
-
-    def chat(req: httpx.Request) -> httpx.Response:
-        sent.append(json.loads(req.content))
-        return httpx.Response(200, headers=SSE, content=body.encode())
-
-    e = engine(models_or(chat), urls=A)
+    e = scripted(events, sent)
     await e.start()
     asked = request()
     asked.sampling = SamplingParams(max_tokens=2, n=3)
