@@ -13,18 +13,16 @@ Fields: `name` (what logs and metrics show, never the key; default key-<hash>),
 unlimited), `concurrency` (overrides CLIENT_CONCURRENCY), `priority` (the key's class:
 interactive or batch), `classes` (the classes its requests may ask for with X-Priority).
 
-The middleware that identifies the client sets `CURRENT` for the rest of the request.
+middleware/auth.py builds the request's `Client` once; every layer further in reads it.
 """
 
 from __future__ import annotations
 
-import contextvars
 import hashlib
 from dataclasses import dataclass, field
 
 PRIORITY_CLASSES: dict[str, int] = {"interactive": 0, "batch": 1}  # lower: admitted first
 DEFAULT_CLASS = "interactive"
-PRIORITY_HEADER = "x-priority"
 _INT_FIELDS = ("tokens_per_minute", "tokens_per_day", "concurrency")
 
 
@@ -94,5 +92,5 @@ class Client:
     budget: dict[str, int] = field(default_factory=dict, compare=False)
 
 
+# A request with no client identified (an engine driven directly, not through the app).
 ANONYMOUS = Client(id="ip:unknown", name="ip:unknown")
-CURRENT: contextvars.ContextVar[Client] = contextvars.ContextVar("avito_client", default=ANONYMOUS)

@@ -203,7 +203,7 @@ async def test_keys_file(tmp_path) -> None:
 
 
 async def test_ipv6_clients_are_limited_by_their_64_prefix() -> None:
-    from avito_ai.middleware.rate_limit import client_key
+    from avito_ai.middleware.auth import address_id as client_key
 
     def key(address: str, prefix: int = 64) -> str:
         return client_key({"client": (address, 1)}, prefix)

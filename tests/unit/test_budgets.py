@@ -8,7 +8,7 @@ from collections.abc import AsyncIterator
 
 import pytest
 
-from avito_ai.services.budgets import BudgetStore, MemoryBudgetStore, RedisBudgetStore
+from avito_ai.storage import BudgetStore, MemoryBudgetStore, RedisBudgetStore
 
 
 @pytest.fixture(params=["memory", "redis"])

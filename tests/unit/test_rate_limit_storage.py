@@ -9,7 +9,7 @@ import time
 import pytest
 from limits.storage import MemoryStorage
 
-from avito_ai.middleware.rate_limit import InlineMemoryStorage, SweptMemoryStorage
+from avito_ai.storage import InlineMemoryStorage, SweptMemoryStorage
 
 
 def test_the_parent_hook_still_exists() -> None:

@@ -1,36 +1,62 @@
-"""Optional API keys (API_KEYS / API_KEYS_FILE) for the AI endpoints and metrics reset.
+"""Who the client is, decided once per request, and optional API keys (API_KEYS /
+API_KEYS_FILE) for the paths that need one (avito_ai/paths.py).
 
 Keys arrive as `Authorization: Bearer <key>` or `X-API-Key: <key>`, are compared in
-constant time, and are never logged: the rate limiter sees only a short hash of the key.
+constant time, and are never logged. The request's `Client` (clients.py: the key's policy
+and name, else the address; the X-Priority it asked for) goes in `scope["state"]["client"]`:
+the rate limit, the token budgets, fair admission and the routes (api/deps.py `ClientDep`)
+all read that one object.
 """
 
 from __future__ import annotations
 
 import hmac
+import ipaddress
 from collections.abc import Callable
 
 from starlette.responses import Response
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from avito_ai.clients import KeyPolicy, key_id
+from avito_ai.clients import DEFAULT_CLASS, Client, KeyPolicy, key_id
 from avito_ai.errors import AvitoError, Unauthorized
+from avito_ai.paths import needs_key
 
 ErrorResponder = Callable[[Scope, AvitoError], Response]
 
-PROTECTED_PREFIXES = ("/api/v1/", "/v1/")
-PROTECTED_FORMS = ("/avibe", "/avision")
+
+def address_id(scope: Scope, ipv6_prefix: int = 64) -> str:
+    """A client without a key is its address; an IPv6 address by its network prefix (/64
+    by default), since anyone with one address has all 2^64 of its subnet."""
+    client = scope.get("client")
+    if not client:
+        return "ip:unknown"
+    host: str = client[0]
+    if ":" not in host:  # IPv4 (or a name): the address is the key, no parsing needed
+        return f"ip:{host}"
+    try:
+        address = ipaddress.ip_address(client[0])
+    except ValueError:
+        return f"ip:{client[0]}"
+    if isinstance(address, ipaddress.IPv6Address):
+        if address.ipv4_mapped is not None:  # ::ffff:a.b.c.d is the IPv4 client a.b.c.d
+            return f"ip:{address.ipv4_mapped}"
+        return f"ip:{ipaddress.ip_network(f'{address}/{ipv6_prefix}', strict=False)}"
+    return f"ip:{address}"
 
 
-def is_protected(scope: Scope) -> bool:
-    path: str = scope["path"]
-    method: str = scope["method"]
-    if method == "OPTIONS":
-        return False
-    if path.startswith(PROTECTED_PREFIXES) or path == "/v1":
-        return True
-    if path in PROTECTED_FORMS:
-        return method == "POST"
-    return path == "/api/metrics/reset"
+def requested_priority(scope: Scope) -> str | None:
+    """X-Priority as sent (whether the client may use it is checked at admission)."""
+    requested = None
+    for name, value in scope["headers"]:
+        if name == b"x-priority":
+            requested = value.decode("latin-1").strip().lower()
+    return requested
+
+
+def client_of(scope: Scope) -> Client | None:
+    """The request's client, as the identifying middleware set it."""
+    client: Client | None = (scope.get("state") or {}).get("client")
+    return client
 
 
 def presented_key(scope: Scope) -> str | None:
@@ -44,14 +70,15 @@ def presented_key(scope: Scope) -> str | None:
     return None
 
 
-class ApiKeyMiddleware:
-    def __init__(
-        self, app: ASGIApp, *, policies: list[KeyPolicy], error_responder: ErrorResponder
-    ) -> None:
+class ClientMiddleware:
+    """Builds the request's `Client`; marks a request that needs a valid key and has none
+    (refused further in, by AuthRefusalMiddleware)."""
+
+    def __init__(self, app: ASGIApp, *, policies: list[KeyPolicy], ipv6_prefix: int = 64) -> None:
         self.app = app
         self._policies = policies
         self._keys = [p.key.encode() for p in policies]
-        self.error_responder = error_responder
+        self.ipv6_prefix = ipv6_prefix
 
     def _match(self, key: str) -> KeyPolicy | None:
         candidate = key.encode()
@@ -60,24 +87,37 @@ class ApiKeyMiddleware:
         return next((p for p, hit in zip(self._policies, matches, strict=True) if hit), None)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http" or not self._keys:
+        if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        key = presented_key(scope)
+        state = scope.setdefault("state", {})
+        key = presented_key(scope) if self._keys else None
         policy = self._match(key) if key is not None else None
         if policy is not None and key is not None:
-            state = scope.setdefault("state", {})
-            state["api_key_id"] = key_id(key)
-            state["api_key_policy"] = policy
-        elif is_protected(scope):
-            message = (
-                "Missing API key: send Authorization: Bearer <key> or X-API-Key"
-                if key is None
-                else "Invalid API key"
+            client = Client(
+                id=f"key:{key_id(key)}",
+                name=policy.name,
+                policy=policy,
+                priority=policy.priority,
+                requested_priority=requested_priority(scope),
             )
-            # Refused further in, after the rate limit has counted the attempt against the
-            # client's address: guessing keys costs the guesser its budget.
-            scope.setdefault("state", {})["auth_refusal"] = Unauthorized(message)
+        else:
+            client = Client(
+                id=address_id(scope, self.ipv6_prefix),
+                name="anonymous",
+                priority=DEFAULT_CLASS,
+                requested_priority=requested_priority(scope),
+            )
+            if self._keys and needs_key(scope["path"], scope["method"]):
+                message = (
+                    "Missing API key: send Authorization: Bearer <key> or X-API-Key"
+                    if key is None
+                    else "Invalid API key"
+                )
+                # Refused further in, after the rate limit has counted the attempt against
+                # the client's address: guessing keys costs the guesser its budget.
+                state["auth_refusal"] = Unauthorized(message)
+        state["client"] = client
         await self.app(scope, receive, send)
 
 

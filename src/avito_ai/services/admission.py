@@ -193,15 +193,7 @@ class Governor:
             role: Admission(capacity_for(role, settings), settings.max_queue_size, per_client)
             for role in engines
         }
-        for engine in engines.values():
-            engine._avito_governor = self  # type: ignore[attr-defined]
 
     def concurrency_for(self, client: Client) -> int:
         own = client.policy.concurrency if client.policy else None
         return self.settings.client_concurrency if own is None else own
-
-
-def governor_for(engine: object) -> Governor | None:
-    """The governor of the app serving this engine (None: an engine used on its own)."""
-    governor: Governor | None = getattr(engine, "_avito_governor", None)
-    return governor

@@ -21,11 +21,8 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import math
-import time
-from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Any
 
 from avito_ai.clients import ANONYMOUS, Client
 from avito_ai.config import Settings
@@ -38,11 +35,11 @@ from avito_ai.engines.base import (
 from avito_ai.engines.prompts import estimate_prompt_tokens
 from avito_ai.errors import RateLimited, RateLimitUnavailable
 from avito_ai.observability.logging import Throttled
+from avito_ai.storage import budget_store
 
 logger = logging.getLogger(__name__)
 
 WINDOWS = (("minute", 60), ("day", 86400))
-STORAGE_TIMEOUT_S = 0.5  # as the request limits' storage
 
 
 def prompt_tokens(engine: Engine, request: GenerationRequest, max_pixels: int) -> int:
@@ -50,160 +47,6 @@ def prompt_tokens(engine: Engine, request: GenerationRequest, max_pixels: int) -
     if isinstance(engine, CountsPromptTokens) and engine.status().state is EngineState.READY:
         return engine.prompt_tokens(request)
     return estimate_prompt_tokens(request, max_pixels)
-
-
-Keys = Sequence[str]
-Ints = Sequence[int]
-# (the 1-based index of the first window that did not fit, or 0; each key's use; each key's
-# seconds left)
-Reserved = tuple[int, list[int], list[int]]
-
-
-class BudgetStore(Protocol):
-    """Counters with an expiry, changed atomically across windows."""
-
-    async def reserve(self, keys: Keys, limits: Ints, amounts: Ints, expiries: Ints) -> Reserved:
-        """Add `amounts` to every key if each fits its limit, else change nothing."""
-        ...
-
-    async def adjust(self, keys: Keys, deltas: Ints, expiries: Ints) -> None:
-        """Add `deltas` (negative: give back, never below 0 nor into a window that has
-        ended; positive: charge, starting a window if none is open)."""
-        ...
-
-    async def read(self, key: str) -> tuple[int, int]:
-        """(use, seconds left) of one key; (0, 0) when none."""
-        ...
-
-
-class MemoryBudgetStore:
-    """One process's counters. Every operation runs without awaiting: atomic on the loop."""
-
-    SWEEP_EVERY_S = 60.0
-
-    def __init__(self) -> None:
-        self._counts: dict[str, tuple[int, float]] = {}  # key -> (used, expires at)
-        self._next_sweep = 0.0
-
-    def _live(self, key: str, now: float) -> tuple[int, float] | None:
-        entry = self._counts.get(key)
-        if entry is not None and entry[1] <= now:
-            del self._counts[key]
-            return None
-        return entry
-
-    def _sweep(self, now: float) -> None:
-        if now >= self._next_sweep:
-            self._next_sweep = now + self.SWEEP_EVERY_S
-            self._counts = {k: v for k, v in self._counts.items() if v[1] > now}
-
-    async def reserve(self, keys: Keys, limits: Ints, amounts: Ints, expiries: Ints) -> Reserved:
-        now = time.time()
-        self._sweep(now)
-        entries = [self._live(key, now) for key in keys]
-        used = [entry[0] if entry else 0 for entry in entries]
-        left = [math.ceil(entry[1] - now) if entry else 0 for entry in entries]
-        for index, (use, limit, amount) in enumerate(zip(used, limits, amounts, strict=True)):
-            if use + amount > limit:
-                return index + 1, used, left
-        for i, (key, amount, expiry) in enumerate(zip(keys, amounts, expiries, strict=True)):
-            entry = entries[i]
-            expires = entry[1] if entry else now + expiry
-            self._counts[key] = (used[i] + amount, expires)
-            used[i] += amount
-            left[i] = math.ceil(expires - now)
-        return 0, used, left
-
-    async def adjust(self, keys: Keys, deltas: Ints, expiries: Ints) -> None:
-        now = time.time()
-        for key, delta, expiry in zip(keys, deltas, expiries, strict=True):
-            entry = self._live(key, now)
-            if delta < 0 and entry is not None:
-                self._counts[key] = (max(0, entry[0] + delta), entry[1])
-            elif delta > 0:
-                used, expires = entry if entry else (0, now + expiry)
-                self._counts[key] = (used + delta, expires)
-
-    async def read(self, key: str) -> tuple[int, int]:
-        now = time.time()
-        entry = self._live(key, now)
-        return (entry[0], math.ceil(entry[1] - now)) if entry else (0, 0)
-
-
-# KEYS: the windows' keys; ARGV: per window, its limit, the amount and its expiry (s).
-_RESERVE = """
-local n = #KEYS
-local used, left = {}, {}
-for i = 1, n do
-  used[i] = tonumber(redis.call('GET', KEYS[i]) or '0')
-  left[i] = math.max(0, redis.call('TTL', KEYS[i]))
-end
-for i = 1, n do
-  if used[i] + tonumber(ARGV[3 * i - 1]) > tonumber(ARGV[3 * i - 2]) then
-    return {i, used, left}
-  end
-end
-for i = 1, n do
-  used[i] = redis.call('INCRBY', KEYS[i], tonumber(ARGV[3 * i - 1]))
-  if redis.call('TTL', KEYS[i]) < 0 then
-    redis.call('EXPIRE', KEYS[i], tonumber(ARGV[3 * i]))
-  end
-  left[i] = redis.call('TTL', KEYS[i])
-end
-return {0, used, left}
-"""
-# KEYS: the windows' keys; ARGV: per window, the change and its expiry (s).
-_ADJUST = """
-for i = 1, #KEYS do
-  local delta = tonumber(ARGV[2 * i - 1])
-  if delta < 0 then
-    if redis.call('EXISTS', KEYS[i]) == 1 then
-      if redis.call('INCRBY', KEYS[i], delta) < 0 then
-        redis.call('SET', KEYS[i], 0, 'KEEPTTL')
-      end
-    end
-  elseif delta > 0 then
-    redis.call('INCRBY', KEYS[i], delta)
-    if redis.call('TTL', KEYS[i]) < 0 then
-      redis.call('EXPIRE', KEYS[i], tonumber(ARGV[2 * i]))
-    end
-  end
-end
-return 0
-"""
-
-
-class RedisBudgetStore:
-    """Counters in Redis, changed by Lua scripts: one round trip, atomic across workers."""
-
-    def __init__(self, uri: str) -> None:
-        import redis.asyncio as aioredis
-
-        url = "unix://" + uri.removeprefix("redis+unix://") if uri.startswith("redis+") else uri
-        self._redis = aioredis.Redis.from_url(
-            url, socket_timeout=STORAGE_TIMEOUT_S, socket_connect_timeout=STORAGE_TIMEOUT_S
-        )
-        self._reserve = self._redis.register_script(_RESERVE)
-        self._adjust = self._redis.register_script(_ADJUST)
-
-    async def reserve(self, keys: Keys, limits: Ints, amounts: Ints, expiries: Ints) -> Reserved:
-        args = [value for row in zip(limits, amounts, expiries, strict=True) for value in row]
-        refused, used, left = await self._reserve(keys=list(keys), args=args)
-        return int(refused), [int(u) for u in used], [max(0, int(s)) for s in left]
-
-    async def adjust(self, keys: Keys, deltas: Ints, expiries: Ints) -> None:
-        args = [value for row in zip(deltas, expiries, strict=True) for value in row]
-        await self._adjust(keys=list(keys), args=args)
-
-    async def read(self, key: str) -> tuple[int, int]:
-        used = await self._redis.get(key)
-        left = await self._redis.ttl(key)
-        return int(used or 0), max(0, int(left))
-
-
-def budget_store(uri: str) -> BudgetStore:
-    """RATE_LIMIT_STORAGE_URI: the same storage as the request limits."""
-    return MemoryBudgetStore() if uri.startswith("memory://") else RedisBudgetStore(uri)
 
 
 @dataclass
