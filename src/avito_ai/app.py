@@ -15,15 +15,19 @@ from avito_ai.api.errors import (
     scope_error_response,
     scope_unhandled_response,
 )
+from avito_ai.api.forms import page as form_page
+from avito_ai.api.forms import router as forms
+from avito_ai.api.native import router as native
+from avito_ai.api.openai import router as openai
 from avito_ai.api.openapi import install_openapi
 from avito_ai.api.probes import ProbeFastPath
-from avito_ai.api.routes import docs, health, image, metrics, openai, text, web
+from avito_ai.api.routes import docs, health, metrics
 from avito_ai.config import Settings
 from avito_ai.engines.base import Engine, Role
 from avito_ai.engines.registry import build_engines
 from avito_ai.lifespan import lifespan
 from avito_ai.middleware.access_log import AccessLogMiddleware
-from avito_ai.middleware.auth import ApiKeyMiddleware, AuthRefusalMiddleware
+from avito_ai.middleware.auth import AuthRefusalMiddleware, ClientMiddleware
 from avito_ai.middleware.body_limit import BodyLimitMiddleware
 from avito_ai.middleware.catch_all import CatchAllMiddleware
 from avito_ai.middleware.head import HeadAsGetMiddleware
@@ -31,6 +35,7 @@ from avito_ai.middleware.header_limit import HeaderLimitMiddleware
 from avito_ai.middleware.rate_limit import RateLimitMiddleware
 from avito_ai.middleware.request_id import RequestIdMiddleware
 from avito_ai.middleware.security_headers import SecurityHeadersMiddleware
+from avito_ai.paths import policy
 from avito_ai.services.state import ServiceState
 
 DESCRIPTION = """
@@ -42,27 +47,30 @@ Errors answer `{"error": code, "message": ..., "request_id": ...}`.
 
 
 STATIC_DIR = Path(__file__).resolve().parent / "web" / "static"
-# Routes whose bodies may carry an image (multipart, or base64 in JSON).
-UPLOAD_PATHS = ("/api/v1/image/analyze", "/avision", "/v1/chat/completions")
-# Of those, the ones where a text-only JSON body is common: it gets the JSON cap.
-JSON_IMAGE_PATHS = ("/v1/chat/completions",)
 
 
 def body_limits(settings: Settings) -> Callable[[str], int]:
-    """Bytes a request body may have on a path: JSON 1 MB (MAX_BODY_SIZE_MB), image
-    routes room for one MAX_IMAGE_SIZE_MB image as base64 plus the other fields."""
+    """Bytes a request body may have on a path (paths.py says which carry images): JSON
+    1 MB (MAX_BODY_SIZE_MB), image routes room for one MAX_IMAGE_SIZE_MB image as base64
+    plus the other fields."""
     json_limit = int(settings.max_body_size_mb * 1024 * 1024)
     upload_limit = int(settings.max_image_size_mb * 1024 * 1024 * 4 / 3) + json_limit
 
     def limit_for(path: str) -> int:
-        return upload_limit if path in UPLOAD_PATHS else json_limit
+        return json_limit if policy(path).body == "json" else upload_limit
 
     return limit_for
 
 
+def text_limits(settings: Settings) -> Callable[[str], int | None]:
+    """Where a text-only JSON body is common beside images (OpenAI chat): such a body gets
+    the JSON cap (None: the path's own limit only)."""
+    json_limit = int(settings.max_body_size_mb * 1024 * 1024)
+    return lambda path: json_limit if policy(path).body == "json_or_upload" else None
+
+
 def create_app(settings: Settings, engines: dict[Role, Engine] | None = None) -> FastAPI:
     state = ServiceState(settings=settings, engines=engines or build_engines(settings))
-    json_limit = int(settings.max_body_size_mb * 1024 * 1024)
     app = FastAPI(
         title="Avito AI API",
         version=__version__,
@@ -73,19 +81,18 @@ def create_app(settings: Settings, engines: dict[Role, Engine] | None = None) ->
         redoc_url=None,
     )
     app.state.avito = state
-    install_error_handlers(app)
+    install_error_handlers(app, error_page=form_page.error_page)
     install_openapi(app, settings)
     app.include_router(health.router)
     app.include_router(metrics.router)
-    app.include_router(text.router)
-    app.include_router(image.router)
+    app.include_router(native.router)
     app.include_router(openai.router)
-    app.include_router(web.router)
+    app.include_router(forms.router)
     app.include_router(docs.router)
     app.mount("/static", StaticFiles(directory=STATIC_DIR), name="static")
 
     # Added last = outermost. Inside out: the probes' shortcut (api/probes.py), body limit,
-    # the 401 for a refused key, rate limit, API keys (who is the client), CORS, security
+    # the 401 for a refused key, rate limit, who the client is (and its API key), CORS, security
     # headers, access log + HTTP metrics, request id — so every response (401, 413 and 429
     # included) has the id, CORS and security headers, an access line and a metric; a
     # request with a wrong key counts against its address's limit before it is refused.
@@ -95,7 +102,7 @@ def create_app(settings: Settings, engines: dict[Role, Engine] | None = None) ->
     app.add_middleware(
         BodyLimitMiddleware,
         limit_for=body_limits(settings),
-        text_limit_for=lambda path: json_limit if path in JSON_IMAGE_PATHS else None,
+        text_limit_for=text_limits(settings),
         read_timeout=settings.body_read_timeout,
     )
     app.add_middleware(AuthRefusalMiddleware, error_responder=scope_error_response)
@@ -105,13 +112,12 @@ def create_app(settings: Settings, engines: dict[Role, Engine] | None = None) ->
         per_hour=settings.rate_limit_per_hour,
         storage_uri=settings.rate_limit_storage_uri,
         fail_mode=settings.rate_limit_fail_mode,
-        ipv6_prefix=settings.rate_limit_ipv6_prefix,
         error_responder=scope_error_response,
     )
     app.add_middleware(
-        ApiKeyMiddleware,
+        ClientMiddleware,
         policies=settings.api_key_policies(),
-        error_responder=scope_error_response,
+        ipv6_prefix=settings.rate_limit_ipv6_prefix,
     )
     # A head the server flagged too large (http_limits.py): 431, before keys and limits.
     app.add_middleware(HeaderLimitMiddleware, error_responder=scope_error_response)

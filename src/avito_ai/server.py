@@ -12,7 +12,7 @@ import uvicorn
 
 from avito_ai.config import Settings
 from avito_ai.http_limits import limited_protocol
-from avito_ai.services.state import begin_drain_all
+from avito_ai.services.drain import begin_drain_all
 
 
 class DrainingServer(uvicorn.Server):

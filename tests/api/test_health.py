@@ -4,7 +4,7 @@ import asyncio
 
 import httpx
 
-from avito_ai.services.state import begin_drain_all
+from avito_ai.services.drain import begin_drain_all
 from tests.conftest import engine_set
 
 from .conftest import running

@@ -5,8 +5,8 @@ from __future__ import annotations
 
 import pytest
 
+from avito_ai.api.forms.fields import sampling_from_form
 from avito_ai.errors import ValidationFailed
-from avito_ai.services.forms import sampling_from_form
 
 BOOL_FIELDS = ("stream", "enable_thinking", "ignore_eos")
 

@@ -9,23 +9,25 @@ from typing import Any
 
 import pytest
 
-from avito_ai.engines.base import Chunk, ImagePart, TextPart, Timings
-from avito_ai.engines.fake import FakeEngine
-from avito_ai.errors import NotFound, PayloadTooLarge, ValidationFailed
-from avito_ai.schemas.openai import ChatCompletionRequest, CompletionRequest
-from avito_ai.services.generation import Answer, ChoiceAnswer
-from avito_ai.services.openai_compat import (
+from avito_ai.api.openai.chunks import (
     StreamChunks,
     chat_completion,
-    chat_request,
     completion_id,
+    text_completion,
+    usage,
+)
+from avito_ai.api.openai.protocol import ChatCompletionRequest, CompletionRequest
+from avito_ai.api.openai.serving import (
+    chat_request,
     completion_request,
     model_list,
     model_names,
     resolve_role,
-    text_completion,
-    usage,
 )
+from avito_ai.engines.base import Chunk, ImagePart, TextPart, Timings
+from avito_ai.engines.fake import FakeEngine
+from avito_ai.errors import NotFound, PayloadTooLarge, ValidationFailed
+from avito_ai.services.answers import Answer, ChoiceAnswer
 from avito_ai.services.state import ServiceState
 from tests.conftest import engine_set, isolated_settings
 from tests.images import encoded

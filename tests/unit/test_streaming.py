@@ -10,8 +10,11 @@ import pytest
 from avito_ai.engines.base import ChatMessage, GenerationRequest, SamplingParams
 from avito_ai.engines.fake import FakeEngine
 from avito_ai.errors import ClientDisconnected, ModelUnavailable, Overloaded
-from avito_ai.services.generation import complete
-from avito_ai.services.streaming import open_stream, unless_disconnected
+from avito_ai.services.generation import GenerationService
+from tests.conftest import isolated_settings
+
+# The generation service on its own: no fair admission in front of the engine.
+SERVICE = GenerationService(isolated_settings(), {}, None)
 
 
 def request(text: str = "a b c d e f g h i j", **kw) -> GenerationRequest:
@@ -37,7 +40,7 @@ async def test_disconnect_cancels_a_non_streaming_generation() -> None:
     async def wait_disconnect() -> None:
         await disconnected.wait()
 
-    task = asyncio.create_task(unless_disconnected(complete(engine, request()), wait_disconnect))
+    task = asyncio.create_task(SERVICE.complete(engine, request(), disconnected=wait_disconnect))
     await asyncio.sleep(0.12)
     assert engine.active == 1
     disconnected.set()
@@ -48,20 +51,20 @@ async def test_disconnect_cancels_a_non_streaming_generation() -> None:
 
 async def test_closing_a_stream_early_frees_the_engine() -> None:
     engine = await ready_engine(token_delay=0.01)
-    stream = await open_stream(engine, request())
+    stream = await SERVICE.stream(engine, request())
     first = await anext(stream)
     assert first.text == "Echo:"
     await stream.aclose()
     assert engine.active == 0 and engine.cancelled == 1
 
 
-async def test_errors_before_the_first_token_raise_from_open_stream() -> None:
+async def test_errors_before_the_first_token_raise_when_the_stream_opens() -> None:
     engine = await ready_engine(max_concurrency=0)
     with pytest.raises(Overloaded):
-        await open_stream(engine, request())
+        await SERVICE.stream(engine, request())
     await engine.stop()
     with pytest.raises(ModelUnavailable):
-        await open_stream(engine, request())
+        await SERVICE.stream(engine, request())
 
 
 async def test_a_cancelled_generation_is_counted_as_cancelled() -> None:
@@ -70,7 +73,7 @@ async def test_a_cancelled_generation_is_counted_as_cancelled() -> None:
     counter = MODEL_REQUESTS.labels("avibe", "cancelled")
     before = counter._value.get()
     engine = await ready_engine(token_delay=0.01)
-    stream = await open_stream(engine, request())
+    stream = await SERVICE.stream(engine, request())
     await anext(stream)
     await stream.aclose()
     assert counter._value.get() == before + 1

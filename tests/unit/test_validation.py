@@ -7,7 +7,7 @@ from typing import Any
 import pytest
 from pydantic import ValidationError
 
-from avito_ai.schemas.openai import ChatCompletionRequest
+from avito_ai.api.openai.protocol import ChatCompletionRequest
 from avito_ai.services.validation import validation_failed
 
 

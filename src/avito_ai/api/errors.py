@@ -1,18 +1,27 @@
-"""The ONE place domain errors become HTTP status codes and bodies.
+"""The error vocabulary, and the ONE place domain errors become responses.
 
-Native routes and forms answer `{"error", "message", "request_id"}`; `/v1/*` answers the
-OpenAI shape `{"error": {"message", "type", "param", "code"}}`. A 500 never shows a stack
-trace: the log line with the same request id does.
+`KINDS` is the table: one row per error code, one column per thing derived from it (the
+status, each dialect's error type, the reason counted in `avito_rejections_total`, the
+title the page shows, the OpenAPI description). A new error is a row; a new dialect, a
+column and a body builder below.
+
+Native routes answer `{"error", "message", "request_id"}`; `/v1/*` answers the OpenAI shape
+`{"error": {"message", "type", "param", "code"}}`; a form's POST answers the page with the
+error in it (rendered by the function the app registers: `install_error_handlers`). A 500
+never shows a stack trace: the log line with the same request id does.
 """
 
 from __future__ import annotations
 
 import logging
-from typing import Any, Literal
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
+from pydantic import BaseModel
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import Scope
 
@@ -32,56 +41,125 @@ from avito_ai.errors import (
 )
 from avito_ai.middleware.request_id import request_id_of
 from avito_ai.observability.metrics import REJECTIONS
+from avito_ai.paths import Dialect, error_dialect
 from avito_ai.services.validation import validation_failed
 
 logger = logging.getLogger("avito_ai.errors")
 
-STATUS_BY_CODE: dict[str, int] = {
-    "validation_error": 400,
-    "unauthorized": 401,
-    "not_found": 404,
-    "method_not_allowed": 405,
-    "payload_too_large": 413,
-    "request_header_fields_too_large": 431,
-    "request_timeout": 408,
-    "rate_limit_exceeded": 429,
-    "internal_error": 500,
-    "model_unavailable": 503,
-    "overloaded": 503,
-    "rate_limit_unavailable": 503,
-    "timeout": 504,
-    "client_closed_request": 499,  # nginx's convention; only the access log sees it
-}
 
-OPENAI_TYPE_BY_CODE: dict[str, str] = {
-    "validation_error": "invalid_request_error",
-    "unauthorized": "authentication_error",
-    "not_found": "not_found_error",
-    "method_not_allowed": "invalid_request_error",
-    "payload_too_large": "invalid_request_error",
-    "request_header_fields_too_large": "invalid_request_error",
-    "request_timeout": "invalid_request_error",
-    "rate_limit_exceeded": "rate_limit_error",
-    "model_unavailable": "service_unavailable_error",
-    "overloaded": "service_unavailable_error",
-    "rate_limit_unavailable": "service_unavailable_error",
-    "timeout": "timeout_error",
-    "internal_error": "server_error",
-}
+@dataclass(frozen=True)
+class ErrorKind:
+    code: str
+    status: int
+    openai_type: str
+    rejection: str | None  # the reason label in avito_rejections_total; None: not counted
+    title: str  # what a person reads on the page (and the console's scripts)
+    description: str  # the OpenAPI document's words for it
 
 
-def is_openai_path(path: str) -> bool:
-    return path == "/v1" or path.startswith("/v1/")
+KINDS: dict[str, ErrorKind] = {
+    kind.code: kind
+    for kind in (
+        ErrorKind(
+            "validation_error", 400, "invalid_request_error", "validation",
+            "Проверьте запрос", "the request is invalid; the message names the field",
+        ),
+        ErrorKind(
+            "unauthorized", 401, "authentication_error", "unauthorized",
+            "Нужен API-ключ", "API keys are on and none valid was sent",
+        ),
+        ErrorKind(
+            "not_found", 404, "not_found_error", None, "Не найдено", "no such model",
+        ),
+        ErrorKind(
+            "method_not_allowed", 405, "invalid_request_error", None,
+            "Метод не поддерживается", "the path does not take this method",
+        ),
+        ErrorKind(
+            "request_timeout", 408, "invalid_request_error", None,
+            "Запрос пришёл не целиком", "the body did not arrive within BODY_READ_TIMEOUT",
+        ),
+        ErrorKind(
+            "payload_too_large", 413, "invalid_request_error", "payload_too_large",
+            "Слишком большой запрос", "the body is over its size limit",
+        ),
+        ErrorKind(
+            "request_header_fields_too_large", 431, "invalid_request_error",
+            "headers_too_large", "Слишком большие заголовки запроса",
+            "over MAX_HEADER_BYTES or MAX_HEADERS",
+        ),
+        ErrorKind(
+            "rate_limit_exceeded", 429, "rate_limit_error", "rate_limit",
+            "Слишком много запросов", "a rate limit or token budget, with Retry-After",
+        ),
+        ErrorKind(
+            "client_closed_request", 499, "invalid_request_error", None,
+            "Запрос отменён", "the client left (nginx's convention; only the access log sees it)",
+        ),
+        ErrorKind(
+            "internal_error", 500, "server_error", None, "Внутренняя ошибка",
+            "a fault of the service; the log line with the request id has the trace",
+        ),
+        ErrorKind(
+            "model_unavailable", 503, "service_unavailable_error", "model_unavailable",
+            "Модель недоступна", "not configured, loading or failed",
+        ),
+        ErrorKind(
+            "overloaded", 503, "service_unavailable_error", "overload",
+            "Сервер перегружен", "the queue is full, with Retry-After",
+        ),
+        ErrorKind(
+            "rate_limit_unavailable", 503, "service_unavailable_error",
+            "rate_limit_unavailable", "Проверка лимитов недоступна",
+            "the limits' storage is down and RATE_LIMIT_FAIL_MODE=closed",
+        ),
+        ErrorKind(
+            "timeout", 504, "timeout_error", "timeout", "Время ожидания истекло",
+            "no answer within REQUEST_TIMEOUT",
+        ),
+    )
+}  # fmt: skip
+INTERNAL = KINDS["internal_error"]
+
+
+def kind_of(code: str) -> ErrorKind:
+    return KINDS.get(code, INTERNAL)
+
+
+def status_description(status: int) -> str:
+    """The OpenAPI description of a status: each kind that answers it, code: words."""
+    return "; ".join(f"{k.code}: {k.description}" for k in KINDS.values() if k.status == status)
+
+
+def page_titles() -> dict[str, str]:
+    return {kind.code: kind.title for kind in KINDS.values()}
+
+
+def refused(error: AvitoError) -> ErrorKind:
+    """Count a refusal (once, wherever it is answered: a response, a page, a stream's
+    error event) and return its kind."""
+    kind = kind_of(error.code)
+    if kind.rejection is not None:
+        REJECTIONS.labels(kind.rejection).inc()
+    return kind
+
+
+class ErrorResponse(BaseModel):
+    """The native error body (the OpenAI one: api/openapi.py's OPENAI_ERROR_SCHEMA)."""
+
+    error: str
+    message: str
+    request_id: str
 
 
 def error_body(
-    code: str, message: str, request_id: str, *, openai: bool, param: str | None = None
+    code: str, message: str, request_id: str, *, dialect: Dialect, param: str | None = None
 ) -> dict[str, Any]:
-    if openai:
+    if dialect == "openai":
         return {
             "error": {
                 "message": message,
-                "type": OPENAI_TYPE_BY_CODE.get(code, "server_error"),
+                "type": kind_of(code).openai_type,
                 "param": param,
                 "code": code,
             }
@@ -89,11 +167,25 @@ def error_body(
     return {"error": code, "message": message, "request_id": request_id}
 
 
+def stream_failure(exc: BaseException, request_id: str, dialect: Dialect) -> dict[str, Any]:
+    """The error body of a failure after a stream began (its 200 is already sent)."""
+    if not isinstance(exc, AvitoError):
+        logger.error("Stream failed", exc_info=exc, extra={"request_id": request_id})
+        exc = AvitoError("Internal server error")
+    refused(exc)
+    return error_body(exc.code, exc.message, request_id, dialect=dialect)
+
+
+def retry_after(error: AvitoError) -> int | None:
+    if isinstance(error, RateLimited | Overloaded | RateLimitUnavailable | ModelUnavailable):
+        return error.retry_after
+    return None
+
+
 def error_headers(error: AvitoError) -> dict[str, str]:
-    if isinstance(error, RateLimited | Overloaded | RateLimitUnavailable):
-        return {"Retry-After": str(error.retry_after)}
-    if isinstance(error, ModelUnavailable) and error.retry_after is not None:
-        return {"Retry-After": str(error.retry_after)}
+    after = retry_after(error)
+    if after is not None:
+        return {"Retry-After": str(after)}
     if isinstance(error, Unauthorized):
         return {"WWW-Authenticate": "Bearer"}
     if isinstance(error, Timeout):
@@ -103,49 +195,24 @@ def error_headers(error: AvitoError) -> dict[str, str]:
     return {}
 
 
-# Refusals counted in avito_rejections_total (by this reason label).
-REJECTION_REASONS: dict[str, str] = {
-    "rate_limit_exceeded": "rate_limit",
-    "overloaded": "overload",
-    "rate_limit_unavailable": "rate_limit_unavailable",
-    "validation_error": "validation",
-    "payload_too_large": "payload_too_large",
-    "request_header_fields_too_large": "headers_too_large",
-    "unauthorized": "unauthorized",
-    "timeout": "timeout",
-    "model_unavailable": "model_unavailable",
-}
+# Renders the page with the error in it: (request, error, status, form fields to echo).
+PageRenderer = Callable[..., Response]
 
 
-# The web page's forms: a browser posted them, so their refusals (429, 413, 503, 400...)
-# come back as the page with the error in it, not as JSON.
-FORM_PATHS = frozenset({"/avibe", "/avision"})
-
-ErrorFamily = Literal["page", "openai", "native"]
-
-
-def error_family(path: str, method: str) -> ErrorFamily:
-    """The shape of an error answer: the page (form posts), OpenAI JSON or native JSON.
-    The OpenAPI document (api/openapi.py) documents the same choice."""
-    if method == "POST" and path in FORM_PATHS:
-        return "page"
-    return "openai" if is_openai_path(path) else "native"
-
-
-def error_response(request: Request, error: AvitoError) -> Response:
+def error_response(request: Request, error: AvitoError, **page_fields: Any) -> Response:
+    """The answer to a refusal in the request's dialect. `page_fields`: what a form's own
+    refusal echoes back into the page (its fields as sent)."""
     rid = request_id_of(request.scope)
-    reason = REJECTION_REASONS.get(error.code)
-    if reason is not None:
-        REJECTIONS.labels(reason).inc()
-    status = STATUS_BY_CODE.get(error.code, 500)
-    family = error_family(request.url.path, request.method)
-    if family == "page" and status != 500:
-        from avito_ai.api.routes.web import error_page  # the page imports this module
-
-        return error_page(request, error)
+    kind = refused(error)
+    dialect = error_dialect(request.url.path, request.method)
+    render: PageRenderer | None = getattr(request.app.state, "error_page", None)
+    if dialect == "page" and kind.status != 500 and render is not None:
+        page = render(request, error, kind, **page_fields)
+        page.headers.update(error_headers(error))
+        return page
     headers = {"X-Request-ID": rid, **error_headers(error)}
-    body = error_body(error.code, error.message, rid, openai=family == "openai", param=error.param)
-    return JSONResponse(body, status_code=status, headers=headers)
+    body = error_body(error.code, error.message, rid, dialect=dialect, param=error.param)
+    return JSONResponse(body, status_code=kind.status, headers=headers)
 
 
 def scope_error_response(scope: Scope, error: AvitoError) -> Response:
@@ -163,6 +230,13 @@ async def _request_validation(request: Request, exc: Exception) -> Response:
     return error_response(request, validation_failed(exc.errors()))
 
 
+_BY_STATUS: dict[int, Callable[[str], AvitoError]] = {
+    408: RequestTimeout,
+    413: PayloadTooLarge,
+    401: Unauthorized,
+}
+
+
 async def _http_exception(request: Request, exc: Exception) -> Response:
     assert isinstance(exc, StarletteHTTPException)
     error: AvitoError
@@ -170,12 +244,8 @@ async def _http_exception(request: Request, exc: Exception) -> Response:
         error = NotFound(f"Not found: {request.method} {request.url.path}")
     elif exc.status_code == 405:
         error = MethodNotAllowed(f"Method {request.method} not allowed for {request.url.path}")
-    elif exc.status_code == 413:
-        error = PayloadTooLarge(str(exc.detail))
-    elif exc.status_code == 408:
-        error = RequestTimeout(str(exc.detail))
-    elif exc.status_code == 401:
-        error = Unauthorized(str(exc.detail))
+    elif exc.status_code in _BY_STATUS:
+        error = _BY_STATUS[exc.status_code](str(exc.detail))
     elif exc.status_code < 500:
         error = ValidationFailed(str(exc.detail))
     else:
@@ -203,7 +273,9 @@ def scope_unhandled_response(scope: Scope, exc: Exception) -> Response:
     return error_response(request, AvitoError("Internal server error"))
 
 
-def install_error_handlers(app: FastAPI) -> None:
+def install_error_handlers(app: FastAPI, *, error_page: PageRenderer | None = None) -> None:
+    """Every error through `error_response`; `error_page` renders a form's refusal."""
+    app.state.error_page = error_page
     app.add_exception_handler(AvitoError, _avito_error)
     app.add_exception_handler(RequestValidationError, _request_validation)
     app.add_exception_handler(StarletteHTTPException, _http_exception)

@@ -16,24 +16,9 @@ from typing import Any
 from fastapi import FastAPI
 from fastapi.openapi.utils import get_openapi
 
-from avito_ai.api.errors import error_family
+from avito_ai.api.errors import ErrorResponse, status_description
 from avito_ai.config import Settings
-from avito_ai.middleware.auth import is_protected
-from avito_ai.middleware.rate_limit import is_exempt
-from avito_ai.schemas.native import ErrorResponse
-
-ERROR_DESCRIPTIONS: dict[int, str] = {
-    400: "validation_error: the request is invalid; the message names the field",
-    401: "unauthorized: API keys are on and none valid was sent",
-    404: "not_found: no such model",
-    408: "request_timeout: the body did not arrive within BODY_READ_TIMEOUT",
-    413: "payload_too_large: the body is over its size limit",
-    431: "request_header_fields_too_large: over MAX_HEADER_BYTES or MAX_HEADERS",
-    429: "rate_limit_exceeded, with Retry-After",
-    503: "model_unavailable (not configured, loading or failed), overloaded (with "
-    "Retry-After), or rate_limit_unavailable (RATE_LIMIT_FAIL_MODE=closed)",
-    504: "timeout: no answer within REQUEST_TIMEOUT",
-}
+from avito_ai.paths import error_dialect, is_limited, needs_key
 
 OPENAI_ERROR_SCHEMA: dict[str, Any] = {
     "type": "object",
@@ -64,7 +49,7 @@ OPENAI_ERROR_REF = {"$ref": "#/components/schemas/OpenAIErrorResponse"}
 
 def errors(*codes: int) -> dict[int | str, dict[str, Any]]:
     """`responses=` for a route: the error statuses its own handler can answer."""
-    return {code: {"description": ERROR_DESCRIPTIONS[code]} for code in codes}
+    return {code: {"description": status_description(code)} for code in codes}
 
 
 def install_openapi(app: FastAPI, settings: Settings) -> None:
@@ -98,28 +83,28 @@ def true_document(document: dict[str, Any], settings: Settings) -> dict[str, Any
 def _document_refusals(path: str, method: str, operation: dict[str, Any]) -> None:
     responses: dict[str, Any] = operation.setdefault("responses", {})
     responses.pop("422", None)
-    scope = {"path": path, "method": method}
     codes: set[int] = {int(code) for code in responses if code.isdigit() and int(code) >= 400}
-    if not is_exempt(scope):
+    if is_limited(path, method):
         codes |= {429, 503}
-    if is_protected(scope):
+    if needs_key(path, method):
         codes.add(401)
     if "requestBody" in operation or operation.get("parameters"):
         codes.add(400)
     if "requestBody" in operation:
         codes |= {408, 413}
     for code in sorted(codes):
-        entry = responses.setdefault(str(code), {"description": ERROR_DESCRIPTIONS[code]})
-        if entry.get("description") != ERROR_DESCRIPTIONS[code]:
+        description = status_description(code)
+        entry = responses.setdefault(str(code), {"description": description})
+        if entry.get("description") != description:
             continue  # a route's own documented answer (readiness's 503 body)
         entry["content"] = _error_content(path, method)
 
 
 def _error_content(path: str, method: str) -> dict[str, Any]:
-    family = error_family(path, method)
-    if family == "page":
+    dialect = error_dialect(path, method)
+    if dialect == "page":
         return {"text/html": {"schema": {"type": "string"}}}
-    ref = OPENAI_ERROR_REF if family == "openai" else NATIVE_ERROR_REF
+    ref = OPENAI_ERROR_REF if dialect == "openai" else NATIVE_ERROR_REF
     return {"application/json": {"schema": ref}}
 
 

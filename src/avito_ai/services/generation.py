@@ -1,4 +1,14 @@
-"""Turn wire requests into GenerationRequests, pick the engine, collect the answer."""
+"""The generation service: every dialect's serving calls it, and it calls the engine.
+
+One object per app (`ServiceState.generation`), given the engines and the fair-admission
+governor explicitly. A request goes down once and comes back once: `ready_engine` (once
+per request), then `complete` (a whole Answer) or `stream` (the deltas, then the Answer).
+Here, and only here, a generation is bounded by its deadline, admitted fairly
+(services/admission.py: the client's token budgets reserve what it may use, a place in the
+model's fair queue is awaited, the tokens it used settle the reservation), measured
+(waiting until the first chunk, running after it, the per-model histograms at the end),
+collected into its Answer, and cancelled when its client leaves.
+"""
 
 from __future__ import annotations
 
@@ -6,60 +16,33 @@ import asyncio
 import contextlib
 import dataclasses
 import time
-from collections.abc import AsyncGenerator
+from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
-from avito_ai.clients import CURRENT, PRIORITY_CLASSES, Client
+from avito_ai.clients import ANONYMOUS, PRIORITY_CLASSES, Client
 from avito_ai.config import Settings
 from avito_ai.engines.base import (
     Capabilities,
-    ChatMessage,
-    ChoiceEnd,
     Chunk,
-    ContentPart,
     DeclaresCapabilities,
     Engine,
     EngineState,
     GenerationRequest,
-    OutputConstraint,
     Role,
     SamplingParams,
-    TextPart,
-    Timings,
-    TokenLogprob,
 )
-from avito_ai.errors import ModelUnavailable, Timeout, ValidationFailed
+from avito_ai.errors import ClientDisconnected, ModelUnavailable, Timeout, ValidationFailed
 from avito_ai.observability import metrics
-from avito_ai.schemas.native import SamplingFields
-from avito_ai.services.admission import Governor, governor_for, priority_of
+from avito_ai.services.admission import Governor, priority_of
+from avito_ai.services.answers import Answer, AnswerCollector
 from avito_ai.services.budgets import Reservation, prompt_tokens
 from avito_ai.services.choices import fan_out
-from avito_ai.services.state import ServiceState
 
-
-def validate_prompt(prompt: object, settings: Settings, *, field: str = "prompt") -> str:
-    """The seed's prompt rules: present, a string, not blank, at most MAX_PROMPT_LENGTH."""
-    if prompt is None:
-        raise ValidationFailed("Prompt is required", param=field)
-    if not isinstance(prompt, str):
-        raise ValidationFailed("Prompt must be a string", param=field)
-    if not prompt.strip():
-        raise ValidationFailed("Prompt must not be empty", param=field)
-    if len(prompt) > settings.max_prompt_length:
-        raise ValidationFailed(
-            f"Prompt too long. Maximum length: {settings.max_prompt_length} characters",
-            param=field,
-        )
-    return prompt
-
-
-def question_or_default(question: str | None, default: str) -> str:
-    """The question asked about an image: none, or only whitespace, means `default`."""
-    return question if question is not None and question.strip() else default
-
-
-GREEDY_BELOW = 1e-5
+T = TypeVar("T")
+# Waits until the client has gone (api/deps.py `disconnect_waiter`); None: never.
+Disconnect = Callable[[], Awaitable[None]] | None
+LOAD_POLL_S = 0.05
 
 
 def _capabilities(engine: Engine) -> Capabilities:
@@ -89,176 +72,176 @@ def check_options(engine: Engine, sampling: SamplingParams, max_choices: int | N
         )
 
 
-def sampling_params(
-    fields: SamplingFields, role: Role, settings: Settings, *, max_tokens_field: str = "max_tokens"
-) -> SamplingParams:
-    """`max_tokens_field`: the name the client used for max_tokens (named in the error)."""
-    cap = settings.role(role).max_tokens
-    max_tokens = cap if fields.max_tokens is None else fields.max_tokens
-    if not 1 <= max_tokens <= cap:
-        raise ValidationFailed(
-            f"{max_tokens_field} must be between 1 and {cap}", param=max_tokens_field
-        )
-    stop = (fields.stop,) if isinstance(fields.stop, str) else tuple(fields.stop or ())
-    temperature = settings.temperature if fields.temperature is None else fields.temperature
-    return SamplingParams(
-        max_tokens=max_tokens,
-        # As vLLM does: below 1e-5 sampling is greedy in all but name, and dividing logits
-        # by such a temperature overflows float32 (transformers' sampling got NaNs).
-        temperature=0.0 if temperature < GREEDY_BELOW else temperature,
-        top_p=1.0 if fields.top_p is None else fields.top_p,
-        top_k=fields.top_k or 0,
-        repetition_penalty=fields.repetition_penalty or 1.0,
-        presence_penalty=fields.presence_penalty or 0.0,
-        frequency_penalty=fields.frequency_penalty or 0.0,
-        stop=stop,
-        seed=fields.seed,
-        ignore_eos=fields.ignore_eos,
-        logprobs=fields.logprobs or fields.top_logprobs > 0,
-        top_logprobs=fields.top_logprobs,
-    )
+class GenerationService:
+    def __init__(
+        self, settings: Settings, engines: Mapping[Role, Engine], governor: Governor | None
+    ) -> None:
+        self.settings = settings
+        self.engines = engines
+        self.governor = governor  # None: no fair admission (an engine driven on its own)
 
+    async def ready_engine(self, role: Role) -> Engine:
+        """The engine for a role once it can answer, or ModelUnavailable saying why not.
 
-def chat_request(
-    *,
-    request_id: str,
-    role: Role,
-    user_content: list[ContentPart],
-    fields: SamplingFields,
-    settings: Settings,
-    constraint: OutputConstraint | None = None,
-) -> GenerationRequest:
-    """A single-turn chat (optional system message) as the native API and forms send it."""
-    messages: list[ChatMessage] = []
-    if fields.system is not None and fields.system.strip():
-        validate_prompt(fields.system, settings, field="system")
-        messages.append(ChatMessage.text("system", fields.system))
-    messages.append(ChatMessage(role="user", content=tuple(user_content)))
-    return GenerationRequest(
-        request_id=request_id,
-        sampling=sampling_params(fields, role, settings),
-        messages=messages,
-        enable_thinking=fields.enable_thinking,
-        deadline=time.monotonic() + settings.request_timeout,
-        constraint=constraint,
-    )
+        A request that arrives while its model is still loading (a fresh start, a new
+        gunicorn worker after a HUP reload) waits for the load, up to REQUEST_TIMEOUT,
+        instead of failing: readiness keeps load balancers away meanwhile, and a client
+        that did come gets an answer. A model that is not configured or failed to load
+        answers 503 at once.
+        """
+        engine = self.engines[role]
+        deadline = time.monotonic() + self.settings.request_timeout
+        while True:
+            status = engine.status()
+            if status.state is EngineState.READY:
+                return engine
+            if status.state is EngineState.NOT_CONFIGURED:
+                raise ModelUnavailable(status.reason or f"{role} is not configured")
+            if status.state is not EngineState.LOADING:
+                reason = f": {status.reason}" if status.reason else ""
+                raise ModelUnavailable(
+                    f"Model {role} is {status.state.value}{reason}", retry_after=status.retry_after
+                )
+            if time.monotonic() >= deadline:
+                raise ModelUnavailable(f"Model {role} is still loading, retry shortly")
+            await asyncio.sleep(LOAD_POLL_S)
 
+    async def complete(
+        self,
+        engine: Engine,
+        request: GenerationRequest,
+        client: Client = ANONYMOUS,
+        disconnected: Disconnect = None,
+    ) -> Answer:
+        """The whole answer. A client that leaves first cancels the generation: the server
+        only notices a vanished client when it reads from the connection, and a long
+        generation would otherwise run to its end."""
 
-def text_request(
-    prompt: object,
-    fields: SamplingFields,
-    settings: Settings,
-    request_id: str,
-    constraint: OutputConstraint | None = None,
-) -> GenerationRequest:
-    text = validate_prompt(prompt, settings)
-    return chat_request(
-        request_id=request_id,
-        role="avibe",
-        user_content=[TextPart(text)],
-        fields=fields,
-        settings=settings,
-        constraint=constraint,
-    )
-
-
-LOAD_POLL_S = 0.05
-
-
-async def ready_engine(state: ServiceState, role: Role) -> Engine:
-    """The engine for a role once it can answer, or ModelUnavailable saying why not.
-
-    A request that arrives while its model is still loading (a fresh start, a new gunicorn
-    worker after a HUP reload) waits for the load, up to REQUEST_TIMEOUT, instead of
-    failing: readiness keeps load balancers away meanwhile, and a client that did come
-    gets an answer. A model that is not configured or failed to load answers 503 at once.
-    """
-    engine = state.engines[role]
-    deadline = time.monotonic() + state.settings.request_timeout
-    while True:
-        status = engine.status()
-        if status.state is EngineState.READY:
-            return engine
-        if status.state is EngineState.NOT_CONFIGURED:
-            raise ModelUnavailable(status.reason or f"{role} is not configured")
-        if status.state is not EngineState.LOADING:
-            reason = f": {status.reason}" if status.reason else ""
-            raise ModelUnavailable(
-                f"Model {role} is {status.state.value}{reason}", retry_after=status.retry_after
-            )
-        if time.monotonic() >= deadline:
-            raise ModelUnavailable(f"Model {role} is still loading, retry shortly")
-        await asyncio.sleep(LOAD_POLL_S)
-
-
-@dataclass(frozen=True)
-class ChoiceAnswer:
-    index: int
-    text: str
-    finish_reason: str
-    generated_tokens: int
-    logprobs: tuple[TokenLogprob, ...] | None = None  # when asked for
-
-
-@dataclass(frozen=True)
-class Answer:
-    """A whole generation: the first choice's text and finish, every choice in `choices`,
-    token counts of all of them."""
-
-    text: str
-    finish_reason: str
-    input_tokens: int
-    generated_tokens: int
-    timings: Timings
-    choices: tuple[ChoiceAnswer, ...] = ()
-    logprobs: tuple[TokenLogprob, ...] | None = None  # the first choice's, when asked for
-
-    @property
-    def tokens_per_second(self) -> float:
-        gen = self.timings.generation_s
-        return round(self.generated_tokens / gen, 2) if gen > 0 else 0.0
-
-
-class AnswerCollector:
-    """Gathers a stream's chunks into the Answer (text and logprobs per choice)."""
-
-    def __init__(self, logprobs: bool = False) -> None:
-        self.logprobs = logprobs
-        self._texts: dict[int, list[str]] = {}
-        self._tokens: dict[int, list[TokenLogprob]] = {}
-
-    def add(self, chunk: Chunk) -> Answer | None:
-        """Take one chunk; the Answer once the final one came."""
-        self._texts.setdefault(chunk.index, []).append(chunk.text)
-        if chunk.logprobs:
-            self._tokens.setdefault(chunk.index, []).extend(chunk.logprobs)
-        if not chunk.is_final:
-            return None
-        if chunk.timings is None:
+        async def collect() -> Answer:
+            collector = AnswerCollector(request.sampling.logprobs)
+            async for chunk in self._chunks(engine, request, client):
+                answer = collector.add(chunk)
+                if answer is not None:
+                    return answer
             raise ModelUnavailable("The model stopped without finishing the answer")
-        ends = chunk.choices or (
-            ChoiceEnd(0, chunk.finish_reason or "stop", chunk.generated_tokens or 0),
-        )
-        choices = tuple(
-            ChoiceAnswer(
-                end.index,
-                "".join(self._texts.get(end.index, ())),
-                end.finish_reason,
-                end.generated_tokens,
-                tuple(self._tokens.get(end.index, ())) if self.logprobs else None,
-            )
-            for end in sorted(ends, key=lambda e: e.index)
-        )
-        first = choices[0]
-        return Answer(
-            text=first.text,
-            finish_reason=first.finish_reason,
-            input_tokens=chunk.input_tokens or 0,
-            generated_tokens=chunk.generated_tokens or 0,
-            timings=chunk.timings,
-            choices=choices,
-            logprobs=first.logprobs,
-        )
+
+        return await unless_disconnected(collect(), disconnected)
+
+    async def stream(
+        self,
+        engine: Engine,
+        request: GenerationRequest,
+        client: Client = ANONYMOUS,
+        disconnected: Disconnect = None,
+    ) -> AsyncGenerator[Chunk | Answer, None]:
+        """Start generating and wait for the first chunk: errors before it (queue full,
+        model unavailable, timeout while queued) raise here, so they are still proper HTTP
+        errors. Then: each delta (text and logprobs; finish and timings stay off them),
+        and the Answer last. Later errors raise from the iterator (the serving layer sends
+        them as its dialect's error event). Closing it stops the engine's work."""
+        iterator = self._chunks(engine, request, client)
+
+        async def first_chunk() -> Chunk:
+            return await anext(iterator)
+
+        try:
+            first = await unless_disconnected(first_chunk(), disconnected)
+        except BaseException:
+            await iterator.aclose()
+            raise
+        return _deltas_then_answer(first, iterator, AnswerCollector(request.sampling.logprobs))
+
+    async def _chunks(
+        self, engine: Engine, request: GenerationRequest, client: Client
+    ) -> AsyncGenerator[Chunk, None]:
+        """The engine's chunks, bounded by the deadline even if the engine is stuck, after
+        fair admission."""
+        role = engine.role
+        governor = self.governor
+        check_options(engine, request.sampling, self.settings.max_choices)
+        if request.sampling.n > 1 and not _capabilities(engine).choices:
+            # The services make the n choices: each a generation of its own (and a request
+            # for fair admission and the budgets), merged by index.
+            def one(engine: Engine, single: GenerationRequest) -> AsyncIterator[Chunk]:
+                return self._chunks(engine, single, client)
+
+            async with contextlib.aclosing(fan_out(one, engine, request)) as merged:
+                async for chunk in merged:
+                    yield chunk
+            return
+        waiting = metrics.REQUESTS_WAITING.labels(role)
+        running = metrics.REQUESTS_RUNNING.labels(role)
+        used = _Used()
+        reservation: Reservation | None = None
+        async with contextlib.AsyncExitStack() as stack:
+            if governor is not None:
+                priority = priority_of(client)
+                if governor.budgets.active(client):
+                    used.prompt = prompt_tokens(engine, request, self.settings.avision_max_pixels)
+                    # n choices made by the engine itself may each use max_tokens
+                    wanted = used.prompt + request.sampling.max_tokens * request.sampling.n
+                    reservation = await governor.budgets.reserve(client, wanted)
+                stack.push_async_callback(_settle, governor, client, reservation, used)
+                request = dataclasses.replace(request, priority=PRIORITY_CLASSES[priority])
+                admission = governor.admissions[role]
+                limit = governor.concurrency_for(client)
+                # n choices the engine makes itself hold n places (as many as can be had)
+                places = min(request.sampling.n, admission.capacity, limit or request.sampling.n)
+                waiting.inc()
+                try:
+                    async with asyncio.timeout(_remaining(request)):
+                        for _ in range(places):
+                            await stack.enter_async_context(
+                                admission.place(client.id, priority, limit)
+                            )
+                except TimeoutError:
+                    raise Timeout("Request timed out waiting for its turn") from None
+                finally:
+                    waiting.dec()
+            chunks = _generate(engine, request, waiting, running, used)
+            # aclosing: a client that leaves closes the engine's generator now, in this task.
+            async with contextlib.aclosing(chunks):
+                async for chunk in chunks:
+                    yield chunk
+
+
+async def _deltas_then_answer(
+    first: Chunk, rest: AsyncGenerator[Chunk, None], collector: AnswerCollector
+) -> AsyncGenerator[Chunk | Answer, None]:
+    try:
+        chunk: Chunk | None = first
+        while chunk is not None:
+            if chunk.text or chunk.logprobs:  # (a final chunk's text and logprobs as a delta)
+                yield dataclasses.replace(chunk, finish_reason=None, timings=None)
+            answer = collector.add(chunk)
+            if answer is not None:
+                yield answer
+                return
+            chunk = await anext(rest, None)
+        raise ModelUnavailable("The model stopped without finishing the answer")
+    finally:
+        # Client gone or stream finished: either way the engine stops working for it.
+        await rest.aclose()
+
+
+async def unless_disconnected(work: Awaitable[T], disconnected: Disconnect) -> T:
+    """Run `work`, cancelling it (and so the generation) if the client disconnects first."""
+    if disconnected is None:
+        return await work
+    task = asyncio.ensure_future(work)
+    watcher = asyncio.ensure_future(disconnected())
+    try:
+        done, _ = await asyncio.wait({task, watcher}, return_when=asyncio.FIRST_COMPLETED)
+        if task in done:
+            return task.result()
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+        raise ClientDisconnected("Client disconnected before the answer was ready")
+    finally:
+        for pending in (task, watcher):
+            if not pending.done():
+                pending.cancel()
+        await asyncio.gather(task, watcher, return_exceptions=True)
 
 
 def record_generation(role: str, final: Chunk) -> None:
@@ -277,60 +260,6 @@ def record_generation(role: str, final: Chunk) -> None:
         metrics.INTER_TOKEN_LATENCY.labels(role).observe(
             max(0.0, t.total_s - t.ttft_s) / (generated - 1)
         )
-
-
-async def stream_chunks(engine: Engine, request: GenerationRequest) -> AsyncGenerator[Chunk, None]:
-    """The engine's chunks, bounded by the request deadline even if the engine is stuck.
-
-    Also the one place generation metrics are recorded (waiting until the first chunk,
-    running after it, the per-model histograms when the final chunk arrives), and where
-    fair admission applies (services/admission.py): the client's token budgets reserve what
-    the request may use, a place in the model's fair queue is awaited, and the tokens the
-    request used (prompt plus generated, cancelled or not, once it reached the engine)
-    settle the reservation.
-    """
-    role = engine.role
-    governor = governor_for(engine)
-    check_options(engine, request.sampling, governor.settings.max_choices if governor else None)
-    if request.sampling.n > 1 and not _capabilities(engine).choices:
-        # The services make the n choices: each a generation of its own (and a request for
-        # fair admission and the budgets), merged by index.
-        async with contextlib.aclosing(fan_out(stream_chunks, engine, request)) as merged:
-            async for chunk in merged:
-                yield chunk
-        return
-    client = CURRENT.get()
-    waiting, running = metrics.REQUESTS_WAITING.labels(role), metrics.REQUESTS_RUNNING.labels(role)
-    used = _Used()
-    reservation: Reservation | None = None
-    async with contextlib.AsyncExitStack() as stack:
-        if governor is not None:
-            priority = priority_of(client)
-            if governor.budgets.active(client):
-                used.prompt = prompt_tokens(engine, request, governor.settings.avision_max_pixels)
-                # n choices made by the engine itself may each use max_tokens
-                wanted = used.prompt + request.sampling.max_tokens * request.sampling.n
-                reservation = await governor.budgets.reserve(client, wanted)
-            stack.push_async_callback(_settle, governor, client, reservation, used)
-            request = dataclasses.replace(request, priority=PRIORITY_CLASSES[priority])
-            admission = governor.admissions[role]
-            limit = governor.concurrency_for(client)
-            # n choices the engine makes itself hold n places (as many as can be had at all)
-            places = min(request.sampling.n, admission.capacity, limit or request.sampling.n)
-            waiting.inc()
-            try:
-                async with asyncio.timeout(_remaining(request)):
-                    for _ in range(places):
-                        await stack.enter_async_context(admission.place(client.id, priority, limit))
-            except TimeoutError:
-                raise Timeout("Request timed out waiting for its turn") from None
-            finally:
-                waiting.dec()
-        chunks = _generate(engine, request, waiting, running, used)
-        # aclosing: a client that leaves closes the engine's generator now, in this task.
-        async with contextlib.aclosing(chunks):
-            async for chunk in chunks:
-                yield chunk
 
 
 @dataclass
@@ -409,13 +338,3 @@ async def _generate(
         aclose = getattr(iterator, "aclose", None)
         if aclose is not None:
             await aclose()
-
-
-async def complete(engine: Engine, request: GenerationRequest) -> Answer:
-    """Collect a whole answer (non-streaming endpoints)."""
-    collector = AnswerCollector(request.sampling.logprobs)
-    async for chunk in stream_chunks(engine, request):
-        answer = collector.add(chunk)
-        if answer is not None:
-            return answer
-    raise ModelUnavailable("The model stopped without finishing the answer")

@@ -8,7 +8,6 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-import weakref
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -16,18 +15,11 @@ from avito_ai.config import Settings
 from avito_ai.engines.base import Engine, EngineState, Role
 from avito_ai.engines.registry import device_problem
 from avito_ai.observability.app_metrics import Baseline
+from avito_ai.services import drain
 from avito_ai.services.admission import Governor
+from avito_ai.services.generation import GenerationService
 
 logger = logging.getLogger("avito_ai.lifespan")  # start/stop lines, as before
-
-# Every live ServiceState of this process, so a signal handler can start draining them.
-_LIVE_STATES: weakref.WeakSet[ServiceState] = weakref.WeakSet()
-
-
-def begin_drain_all() -> None:
-    """Called from the server's SIGTERM/SIGINT handler: readiness turns 503 at once."""
-    for state in list(_LIVE_STATES):
-        state.draining = True
 
 
 @dataclass(eq=False)
@@ -41,9 +33,10 @@ class ServiceState:
     _load_tasks: list[asyncio.Task[None]] = field(default_factory=list)
 
     def __post_init__(self) -> None:
-        _LIVE_STATES.add(self)
+        drain.register(self)
         # Fair admission in front of every engine (services/admission.py).
         self.governor = Governor(self.settings, self.engines)
+        self.generation = GenerationService(self.settings, self.engines, self.governor)
 
     @property
     def uptime_seconds(self) -> float:

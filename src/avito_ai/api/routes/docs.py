@@ -7,7 +7,7 @@ from __future__ import annotations
 from fastapi import APIRouter, Request
 from fastapi.responses import HTMLResponse
 
-from avito_ai.api.routes.web import TEMPLATES
+from avito_ai.api.forms.page import TEMPLATES
 
 router = APIRouter(include_in_schema=False)
 

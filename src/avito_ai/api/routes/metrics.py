@@ -11,8 +11,7 @@ from fastapi import APIRouter, Request
 from fastapi.responses import Response
 from prometheus_client import CONTENT_TYPE_LATEST
 
-from avito_ai.api.deps import StateDep
-from avito_ai.clients import CURRENT
+from avito_ai.api.deps import ClientDep, StateDep
 from avito_ai.engines.base import ReportsEngineFigures
 from avito_ai.observability.app_metrics import (
     application_view,
@@ -71,7 +70,7 @@ async def host_figures(
 
 
 @router.get("/api/metrics", summary="System, GPU and application metrics (JSON)")
-async def metrics(state: StateDep, request: Request) -> dict[str, Any]:
+async def metrics(state: StateDep, client: ClientDep, request: Request) -> dict[str, Any]:
     system, gpu = await host_figures(state, request)
     # The workers' metric files: blocking reads too.
     application = await asyncio.to_thread(application_view, state.metrics_baseline)
@@ -84,7 +83,7 @@ async def metrics(state: StateDep, request: Request) -> dict[str, Any]:
     }
     engines = await engine_views(state)
     if engines:  # engine processes (vLLM, SGLang): their own figures
-        if state.settings.api_key_policies() and not _has_key(request):
+        if state.settings.api_key_policies() and client.policy is None:
             # Their pids and ports are for the operator: with keys on, a client with one.
             for view in engines.values():
                 view.pop("pid", None)
@@ -92,15 +91,9 @@ async def metrics(state: StateDep, request: Request) -> dict[str, Any]:
         body["engines"] = engines
     # The asking client's own use of its token budgets, when it has any (the seed's shape
     # is unchanged otherwise).
-    client = CURRENT.get()
     if any(state.governor.budgets.limits_for(client).values()):
         body["client"] = await state.governor.budgets.usage(client)
     return body
-
-
-def _has_key(request: Request) -> bool:
-    """The request presented a valid API key (the auth middleware found its policy)."""
-    return bool((request.scope.get("state") or {}).get("api_key_policy"))
 
 
 def _number(value: Any) -> float | None:

@@ -1,4 +1,5 @@
-"""The seed's JSON shapes for the native API."""
+"""The sampling fields every dialect's requests share (the native API, the forms and the
+OpenAI API), with the input checks they all apply."""
 
 from __future__ import annotations
 
@@ -142,70 +143,3 @@ class SamplingFields(SamplingBase):
     # Each generated token's log probability (and this many alternatives), in data.logprobs.
     logprobs: StrictBool = False
     top_logprobs: Annotated[StrictInt, Field(ge=0, le=20), WholeNumber] = 0
-
-
-class TextGenerateRequest(SamplingFields):
-    # Optional here so a missing prompt gets the service's own clear message.
-    prompt: Text | None = None
-
-    model_config = ConfigDict(
-        extra="ignore",
-        json_schema_extra={
-            "examples": [
-                {"prompt": "Привет, подскажи рецепт борща", "max_tokens": 256, "temperature": 0.7}
-            ]
-        },
-    )
-
-
-class NativeTopLogprob(BaseModel):
-    token: str
-    logprob: float
-
-
-class NativeTokenLogprob(BaseModel):
-    token: str
-    logprob: float
-    top_logprobs: list[NativeTopLogprob] = []
-
-
-class GenerationData(BaseModel):
-    text: str
-    generated_tokens: int
-    input_tokens: int
-    finish_reason: str
-    # Only when the request asked for logprobs (the seed's body is unchanged otherwise).
-    logprobs: list[NativeTokenLogprob] | None = Field(None, exclude_if=lambda v: v is None)
-
-
-class GenerationMetrics(BaseModel):
-    generation_time: float
-    total_time: float
-    tokens_per_second: float
-    queue_time: float
-    time_to_first_token: float
-
-
-class GenerationResponse(BaseModel):
-    success: bool = True
-    data: GenerationData
-    metrics: GenerationMetrics
-    request_id: str
-
-
-class ErrorResponse(BaseModel):
-    error: str
-    message: str
-    request_id: str
-
-
-class ImageAnalyzeJSON(SamplingFields):
-    """JSON variant of image analysis: the image as base64 or a `data:` URI."""
-
-    image: StrictStr
-    prompt: Text | None = None
-
-    model_config = ConfigDict(
-        extra="ignore",
-        json_schema_extra={"examples": [{"image": EXAMPLE_IMAGE, "prompt": "Что на фото?"}]},
-    )

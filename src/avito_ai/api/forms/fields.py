@@ -8,7 +8,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from pydantic import ValidationError
 
 from avito_ai.errors import ValidationFailed
-from avito_ai.schemas.native import SamplingFields
+from avito_ai.schemas.sampling import SamplingFields
 from avito_ai.services.validation import validation_failed
 
 # field -> (parser, what the value must be)

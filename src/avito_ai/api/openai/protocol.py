@@ -15,7 +15,7 @@ from pydantic import (
     field_validator,
 )
 
-from avito_ai.schemas.native import EXAMPLE_IMAGE, SamplingBase, Text, WholeNumber
+from avito_ai.schemas.sampling import EXAMPLE_IMAGE, SamplingBase, Text, WholeNumber
 from avito_ai.schemas.structured import ResponseFormat
 
 # Bounds checked while the body is parsed, before any work: a 12 MB body of 600,000 empty

@@ -1,0 +1,1 @@
+"""One dialect: protocol (wire models), serving (wire <-> generation), router."""

@@ -1,0 +1,149 @@
+"""The native API's serving layer: its requests → GenerationRequests, and the Answer → the
+original specification's JSON body, or its Server-Sent Events when `stream` is set
+(`event: delta` per piece of text, then `event: done` with the whole body, or
+`event: error`)."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncGenerator, AsyncIterator
+
+from PIL import Image
+from pydantic import ValidationError
+from starlette.datastructures import UploadFile
+from starlette.requests import Request
+
+from avito_ai.api.deps import Call
+from avito_ai.api.errors import stream_failure
+from avito_ai.api.forms.fields import form_values, sampling_from_form
+from avito_ai.api.native.protocol import (
+    GenerationData,
+    GenerationMetrics,
+    GenerationResponse,
+    ImageAnalyzeJSON,
+    NativeTokenLogprob,
+    NativeTopLogprob,
+    TextGenerateRequest,
+)
+from avito_ai.api.requests import chat_request, question_or_default, text_request, validate_prompt
+from avito_ai.api.sse import event
+from avito_ai.engines.base import Chunk, Engine, GenerationRequest, ImagePart, TextPart
+from avito_ai.errors import ValidationFailed
+from avito_ai.schemas.sampling import SamplingFields
+from avito_ai.services.answers import Answer
+from avito_ai.services.constraints import check_supported, constraint_from
+from avito_ai.services.images import decode_base64_image, decode_image, off_loop
+from avito_ai.services.state import ServiceState
+from avito_ai.services.validation import validation_failed
+
+DEFAULT_IMAGE_PROMPT = "Describe this image."
+NativeAnswer = GenerationResponse | AsyncIterator[str]
+
+
+def native_response(result: Answer, request_id: str) -> GenerationResponse:
+    t = result.timings
+    return GenerationResponse(
+        data=GenerationData(
+            text=result.text,
+            generated_tokens=result.generated_tokens,
+            input_tokens=result.input_tokens,
+            finish_reason=result.finish_reason,
+            logprobs=None
+            if result.logprobs is None
+            else [
+                NativeTokenLogprob(
+                    token=t.token,
+                    logprob=t.logprob,
+                    top_logprobs=[NativeTopLogprob(token=k, logprob=v) for k, v, _ in t.top],
+                )
+                for t in result.logprobs
+            ],
+        ),
+        metrics=GenerationMetrics(
+            generation_time=round(t.generation_s, 3),
+            total_time=round(t.total_s, 3),
+            tokens_per_second=result.tokens_per_second,
+            queue_time=round(t.queue_s, 3),
+            time_to_first_token=round(t.ttft_s, 3),
+        ),
+        request_id=request_id,
+    )
+
+
+async def native_events(
+    items: AsyncGenerator[Chunk | Answer, None], request_id: str
+) -> AsyncIterator[str]:
+    try:
+        async for item in items:
+            if isinstance(item, Answer):
+                yield event(native_response(item, request_id).model_dump(), "done")
+            elif item.text:
+                yield event({"text": item.text}, "delta")
+    except Exception as exc:
+        yield event(stream_failure(exc, request_id, "native"), "error")
+    finally:
+        await items.aclose()
+
+
+class NativeServing:
+    def __init__(self, state: ServiceState) -> None:
+        self.settings = state.settings
+        self.generation = state.generation
+
+    async def text(self, body: TextGenerateRequest, call: Call) -> NativeAnswer:
+        constraint = await constraint_from(body.response_format)
+        generation = text_request(body.prompt, body, self.settings, call.request_id, constraint)
+        engine = await self.generation.ready_engine("avibe")
+        check_supported(engine, constraint, "response_format")
+        return await self._answer(engine, generation, body.stream, call)
+
+    async def image(self, request: Request, call: Call) -> NativeAnswer:
+        """Multipart (an `image` file and form fields) or JSON (the image as base64 or a
+        `data:` URI)."""
+        engine = await self.generation.ready_engine("avision")  # 503 before any decoding
+        fields, prompt, image = await self._image_input(request)
+        text = validate_prompt(question_or_default(prompt, DEFAULT_IMAGE_PROMPT), self.settings)
+        constraint = await constraint_from(fields.response_format)
+        check_supported(engine, constraint, "response_format")
+        generation = chat_request(
+            request_id=call.request_id,
+            role="avision",
+            user_content=[ImagePart(image), TextPart(text)],
+            fields=fields,
+            settings=self.settings,
+            constraint=constraint,
+        )
+        return await self._answer(engine, generation, fields.stream, call)
+
+    async def _image_input(
+        self, request: Request
+    ) -> tuple[SamplingFields, str | None, Image.Image]:
+        max_mb = self.settings.max_image_size_mb
+        content_type = request.headers.get("content-type", "")
+        if content_type.startswith("multipart/form-data"):
+            form = await request.form()
+            upload = form.get("image")
+            if not isinstance(upload, UploadFile):
+                raise ValidationFailed(
+                    "image file is required (multipart field 'image')", param="image"
+                )
+            values = form_values(form.multi_items())
+            stops = [s for s in form.getlist("stop") if isinstance(s, str)]
+            fields = sampling_from_form(values, stops)
+            image = await off_loop(decode_image, await upload.read(), max_mb)
+            return fields, values.get("prompt"), image
+        if "json" in content_type:
+            try:
+                body = ImageAnalyzeJSON.model_validate_json(await request.body())
+            except ValidationError as exc:
+                raise validation_failed(exc.errors()) from None
+            return body, body.prompt, await off_loop(decode_base64_image, body.image, max_mb)
+        raise ValidationFailed("Send multipart/form-data with an 'image' file, or JSON")
+
+    async def _answer(
+        self, engine: Engine, generation: GenerationRequest, stream: bool, call: Call
+    ) -> NativeAnswer:
+        if stream:
+            items = await self.generation.stream(engine, generation, call.client, call.disconnected)
+            return native_events(items, call.request_id)
+        answer = await self.generation.complete(engine, generation, call.client, call.disconnected)
+        return native_response(answer, call.request_id)
