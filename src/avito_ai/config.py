@@ -6,9 +6,11 @@ explicitly, so tests and the CLI decide when the environment is read.
 
 from __future__ import annotations
 
+import dataclasses
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, Self
 
 from pydantic import (
     Field,
@@ -24,7 +26,9 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 from avito_ai.clients import KeyPolicy, key_id, parse_key_line
 
 LogLevel = Literal["DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"]
-Backend = Literal["auto", "openvino", "transformers", "openai", "fake", "vllm", "sglang", "command"]
+Backend = Literal["auto", "openvino", "transformers", "remote", "fake", "vllm", "sglang", "command"]
+# The remote backend's name until 0.4; still accepted, read as "remote".
+OLD_REMOTE_NAME = "openai"
 # Backends that run an engine server as a child process (engines/process/).
 PROCESS_BACKENDS = ("vllm", "sglang", "command")
 Role = Literal["avibe", "avision"]
@@ -38,16 +42,30 @@ def _default_cache_dir() -> Path:
 
 
 @dataclass(frozen=True)
-class RoleSettings:
-    """The settings of one model role (`AVIBE_*` or `AVISION_*`), under common names."""
+class RoleConfig:
+    """One model role's configuration (`AVIBE_*` or `AVISION_*`) under common names:
+    `settings.role("avibe").model` is AVIBE_MODEL. Built once per Settings."""
 
     role: Role
     backend: Backend
     model: str | None
-    max_tokens: int
-    upstream_urls: list[str]
+    max_tokens: int  # MAX_TOKENS_AVIBE / MAX_TOKENS_AVISION
+    upstream_urls: tuple[str, ...]
     upstream_model: str | None
     upstream_api_key: SecretStr | None
+    engine_command: str | None
+    engine_health_path: str
+    engine_port: int
+    engine_args: str
+    gpu_memory: float | None
+    max_model_len: int | None
+    tensor_parallel_size: int
+    max_concurrency: int
+    # A-Vibe only: the EAGLE-3 draft model and its tokens per step.
+    draft_model: str | None = None
+    speculative_tokens: int = 5
+    # A-Vision only: images per request.
+    max_images: int = 1
 
 
 class Settings(BaseSettings):
@@ -80,7 +98,7 @@ class Settings(BaseSettings):
     # Peers whose X-Forwarded-For / X-Forwarded-Proto are trusted (comma-separated, or *).
     forwarded_allow_ips: str = "127.0.0.1"
 
-    # --- Security (seed) ---
+    # --- Security (original specification) ---
     rate_limit_per_minute: PositiveInt = 10
     rate_limit_per_hour: PositiveInt = 100
     max_prompt_length: PositiveInt = 2000
@@ -96,7 +114,7 @@ class Settings(BaseSettings):
     rate_limit_ipv6_prefix: Annotated[int, Field(ge=32, le=128)] = 64
     allowed_origins: str = "*"
 
-    # --- Model performance (seed) ---
+    # --- Model performance (original specification) ---
     max_tokens_avibe: PositiveInt = 256
     max_tokens_avision: PositiveInt = 200
     temperature: Annotated[float, Field(ge=0, le=2)] = 0.7
@@ -108,7 +126,7 @@ class Settings(BaseSettings):
     # finds an NVIDIA GPU and the transformers extra); A-Vision on transformers.
     avibe_backend: Backend = "auto"
     avision_backend: Backend = "auto"
-    # Remote backend (AVIBE_BACKEND=openai): OpenAI-compatible upstreams such as vLLM or
+    # Remote backend (AVIBE_BACKEND=remote): OpenAI-compatible upstreams such as vLLM or
     # SGLang. URLs are base URLs (with or without /v1), comma-separated.
     avibe_upstream_urls: str = ""
     avision_upstream_urls: str = ""
@@ -174,7 +192,7 @@ class Settings(BaseSettings):
     # processor sees them: 1280*28*28, about 1280 image tokens for Qwen2.5-VL.
     avision_max_pixels: PositiveInt = 1003520
 
-    # --- Logging (seed) ---
+    # --- Logging (original specification) ---
     log_level: LogLevel = "INFO"
     log_file: Path | None = None
     log_format: Literal["text", "json"] = "text"
@@ -211,6 +229,7 @@ class Settings(BaseSettings):
 
     # The keys as first read (api_key_policies): a Settings object is one configuration.
     _policies: list[KeyPolicy] | None = PrivateAttr(default=None)
+    _roles: dict[Role, RoleConfig] = PrivateAttr(default_factory=dict)
 
     def api_key_policies(self) -> list[KeyPolicy]:
         """Each key with its name, budgets, concurrency and priority (avito_ai/clients.py
@@ -295,30 +314,48 @@ class Settings(BaseSettings):
             return value
         raise ValueError("must be auto, cpu, cuda or cuda:N")
 
-    def role(self, role: Role) -> RoleSettings:
-        """One role's settings: `settings.role("avibe").model` is AVIBE_MODEL."""
-        urls = getattr(self, f"{role}_upstream_urls")
-        return RoleSettings(
+    @field_validator("avibe_backend", "avision_backend", mode="before")
+    @classmethod
+    def _remote_by_its_old_name(cls, value: Any) -> Any:
+        if isinstance(value, str) and value.strip().lower() == OLD_REMOTE_NAME:
+            return "remote"
+        return value
+
+    def role(self, role: Role) -> RoleConfig:
+        """One role's configuration, from the fields named `<role>_…` (and MAX_TOKENS_<ROLE>)."""
+        cached = self._roles.get(role)
+        if cached is not None:
+            return cached
+        prefix = f"{role}_"
+        fields = dict(self)
+        own = {n.removeprefix(prefix): v for n, v in fields.items() if n.startswith(prefix)}
+        names = {f.name for f in dataclasses.fields(RoleConfig)}
+        urls = str(own.pop("upstream_urls"))
+        config = RoleConfig(
             role=role,
-            backend=getattr(self, f"{role}_backend"),
-            model=getattr(self, f"{role}_model"),
-            max_tokens=getattr(self, f"max_tokens_{role}"),
-            upstream_urls=[u.strip().rstrip("/") for u in urls.split(",") if u.strip()],
-            upstream_model=getattr(self, f"{role}_upstream_model"),
-            upstream_api_key=getattr(self, f"{role}_upstream_api_key"),
+            max_tokens=fields[f"max_tokens_{role}"],
+            upstream_urls=tuple(u.strip().rstrip("/") for u in urls.split(",") if u.strip()),
+            **{name: value for name, value in own.items() if name in names},
         )
+        self._roles[role] = config
+        return config
+
+    def model_copy(self, *, update: Mapping[str, Any] | None = None, deep: bool = False) -> Self:
+        copy = super().model_copy(update=update, deep=deep)
+        copy._roles = {}  # built again from the copy's own fields
+        return copy
 
     @model_validator(mode="after")
-    def _remote_needs_upstreams(self) -> Settings:
+    def _backends_have_what_they_need(self) -> Settings:
         for role in ("avibe", "avision"):
-            backend = self.role(role).backend
+            own = self.role(role)
             name = role.upper()
-            if backend == "openai" and not self.role(role).upstream_urls:
-                raise ValueError(f"{name}_BACKEND=openai needs {name}_UPSTREAM_URLS")
-            if backend == "command" and not getattr(self, f"{role}_engine_command"):
+            if own.backend == "remote" and not own.upstream_urls:
+                raise ValueError(f"{name}_BACKEND=remote needs {name}_UPSTREAM_URLS")
+            if own.backend == "command" and not own.engine_command:
                 raise ValueError(f"{name}_BACKEND=command needs {name}_ENGINE_COMMAND")
-            if backend in ("vllm", "sglang") and not self.role(role).model:
-                raise ValueError(f"{name}_BACKEND={backend} needs {name}_MODEL")
+            if own.backend in ("vllm", "sglang") and not own.model:
+                raise ValueError(f"{name}_BACKEND={own.backend} needs {name}_MODEL")
         return self
 
     def engine_processes(self) -> list[Role]:

@@ -76,6 +76,22 @@ async def test_ready_checks_that_a_configured_cuda_device_exists(make_settings) 
             assert any("cuda:7" in p for p in r.json()["problems"])
 
 
+def test_only_in_process_engines_need_the_cuda_device_here(make_settings) -> None:
+    """vLLM and SGLang pick their own GPUs: DEVICE=cuda in front of them needs no torch
+    and no CUDA device in this process (it used to keep readiness at 503 for ever)."""
+    from avito_ai.engines.registry import device_problem
+
+    vllm = make_settings(device="cuda:7", avibe_backend="vllm", avibe_model="/m")
+    assert device_problem(vllm) is None
+    remote = make_settings(device="cuda", avibe_backend="remote", avibe_upstream_urls="http://u")
+    assert device_problem(remote) is None
+    import torch
+
+    if torch.cuda.device_count() <= 7:
+        local = make_settings(device="cuda:7", avibe_backend="transformers")
+        assert "cuda:7" in str(device_problem(local))
+
+
 async def test_drain_turns_readiness_503_but_accepted_requests_are_served(client) -> None:
     begin_drain_all()
     r = await client.get("/api/health/ready")

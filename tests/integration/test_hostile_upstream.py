@@ -49,7 +49,7 @@ def front(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
     keys = tmp / "keys.txt"
     keys.write_text("sk-team name=team tokens_per_minute=1000000\n")
     env = {
-        "AVIBE_BACKEND": "openai",
+        "AVIBE_BACKEND": "remote",
         "AVIBE_UPSTREAM_URLS": upstream.url,
         "UPSTREAM_HEALTH_INTERVAL": "0.2",  # an ejected upstream is back at the next probe
         "API_KEYS_FILE": str(keys),

@@ -1,4 +1,4 @@
-"""The remote backend against real processes: a front service (AVIBE_BACKEND=openai) in
+"""The remote backend against real processes: a front service (AVIBE_BACKEND=remote) in
 front of two upstream instances of this service serving the embedded model (and, when
 llama-cpp-python[server] is installed, in front of its OpenAI server too)."""
 
@@ -96,7 +96,7 @@ def fleet(request, tmp_path_factory) -> Iterator[Fleet]:
     upstreams = [start_upstream(kind, tmp), start_upstream(kind, tmp)]
     env = {
         **OPEN,
-        "AVIBE_BACKEND": "openai",
+        "AVIBE_BACKEND": "remote",
         "AVIBE_UPSTREAM_URLS": ",".join(u.url for u in upstreams),
         "UPSTREAM_HEALTH_INTERVAL": "2",
         "UPSTREAM_CONNECT_TIMEOUT": "2",
@@ -260,10 +260,10 @@ def test_config_requires_upstream_urls() -> None:
     r = subprocess.run(
         [sys.executable, "-m", "avito_ai", "config"],
         cwd=ROOT,
-        env={"PATH": "/usr/bin:/bin", "AVIBE_BACKEND": "openai", "HOME": "/tmp"},
+        env={"PATH": "/usr/bin:/bin", "AVIBE_BACKEND": "remote", "HOME": "/tmp"},
         capture_output=True,
         text=True,
         timeout=60,
     )
     assert r.returncode == 2
-    assert "AVIBE_BACKEND=openai needs AVIBE_UPSTREAM_URLS" in r.stderr
+    assert "AVIBE_BACKEND=remote needs AVIBE_UPSTREAM_URLS" in r.stderr

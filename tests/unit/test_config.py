@@ -53,9 +53,13 @@ def test_role_settings(make_settings) -> None:
         max_tokens_avision=77,
     )
     avision = s.role("avision")
-    assert (avision.model, avision.backend, avision.max_tokens) == ("/models/avision", "openai", 77)
-    assert avision.upstream_urls == ["http://a:8000", "http://b:8000"]
+    # "openai", the remote backend's old name, is still read (as "remote")
+    assert (avision.model, avision.backend, avision.max_tokens) == ("/models/avision", "remote", 77)
+    assert avision.upstream_urls == ("http://a:8000", "http://b:8000")
     assert s.role("avibe").model is None and s.role("avibe").backend == "auto"
+    assert (avision.max_images, s.role("avibe").speculative_tokens) == (4, 5)
+    assert s.role("avision") is avision  # built once
+    assert s.model_copy(update={"max_tokens_avision": 9}).role("avision").max_tokens == 9
 
 
 def test_cors_origins_list() -> None:

@@ -182,7 +182,7 @@ def test_compose_vllm_profile_front_uses_the_remote_backend() -> None:
     compose = yaml.safe_load((ROOT / "deploy" / "compose.yaml").read_text())
     front = compose["services"]["front"]
     assert set(front["environment"]) <= KNOWN_VARS
-    assert front["environment"]["AVIBE_BACKEND"] == "openai"
+    assert front["environment"]["AVIBE_BACKEND"] == "remote"
     assert "vllm" in compose["services"]["vllm-avibe"]["profiles"]
 
 

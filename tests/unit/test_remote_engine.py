@@ -18,7 +18,8 @@ from avito_ai.engines.base import (
     SamplingParams,
     TextPart,
 )
-from avito_ai.engines.remote.fleet import RemoteEngine, upstream_payload
+from avito_ai.engines.remote.engine import RemoteConfig, RemoteEngine
+from avito_ai.engines.remote.wire import upstream_payload
 from avito_ai.errors import ModelUnavailable, Overloaded, ValidationFailed
 from tests.conftest import isolated_settings
 
@@ -40,8 +41,8 @@ def sse(*texts: str, usage: tuple[int, int] = (7, 2)) -> bytes:
 def engine(
     handler: Callable[[httpx.Request], httpx.Response], urls: str = f"{A},{B}"
 ) -> RemoteEngine:
-    settings = isolated_settings(avibe_backend="openai", avibe_upstream_urls=urls)
-    return RemoteEngine("avibe", settings, transport=httpx.MockTransport(handler))
+    settings = isolated_settings(avibe_backend="remote", avibe_upstream_urls=urls)
+    return RemoteEngine(RemoteConfig.of("avibe", settings), transport=httpx.MockTransport(handler))
 
 
 def request() -> GenerationRequest:
@@ -287,10 +288,12 @@ def test_constraints_travel_in_each_upstreams_own_fields() -> None:
 
 
 def test_a_plain_openai_upstream_declares_json_only() -> None:
-    settings = isolated_settings(avibe_backend="openai", avibe_upstream_urls=A)
-    plain = RemoteEngine("avibe", settings).capabilities().constraints
+    settings = isolated_settings(avibe_backend="remote", avibe_upstream_urls=A)
+    plain = RemoteEngine(RemoteConfig.of("avibe", settings)).capabilities().constraints
     assert plain == {"json_schema", "json_object"}
-    assert RemoteEngine("avibe", settings, flavour="vllm").capabilities().constraints == {
+    assert RemoteEngine(
+        RemoteConfig.of("avibe", settings), flavour="vllm"
+    ).capabilities().constraints == {
         "json_schema",
         "json_object",
         "regex",
@@ -346,7 +349,7 @@ async def test_n_travels_to_the_upstream_and_choices_come_back_by_index() -> Non
     assert sent[0]["n"] == 3
     assert [(c.index, c.text) for c in chunks[:-1]] == [(2, "c2"), (0, "c0"), (1, "c1")]
     assert [end.index for end in chunks[-1].choices or ()] == [0, 1, 2]
-    from avito_ai.engines.remote.fleet import InvalidAnswer, UsageBounds, parse_event
+    from avito_ai.engines.remote.wire import InvalidAnswer, UsageBounds, parse_event
 
     past = json.dumps({"choices": [{"index": 3, "delta": {"content": "x"}}]}).encode()
     with pytest.raises(InvalidAnswer, match="index 3"):

@@ -39,7 +39,9 @@ class EngineStatus:
     device: str | None = None
     dtype: str | None = None
     reason: str | None = None
-    engine: str | None = None  # the backend serving it: openvino, transformers, openai, fake
+    engine: str | None = (
+        None  # the backend serving it: openvino, transformers, remote, fake, vllm, ...
+    )
     # Seconds after which a failed model may be back (an engine process restarting).
     retry_after: int | None = None
 

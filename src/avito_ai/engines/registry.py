@@ -14,15 +14,16 @@ AVISION_HINT = (
     "in the local Hugging Face cache"
 )
 
-InProcess = Literal["openvino", "transformers", "openai", "fake", "vllm", "sglang", "command"]
-# What each in-process backend needs installed, and the extra that brings it.
+Chosen = Literal["openvino", "transformers", "remote", "fake", "vllm", "sglang", "command"]
+# What each in-process backend needs installed, and what brings it: OpenVINO GenAI is in
+# the base install (the light set), torch and transformers in the transformers extra.
 _EXTRAS: dict[str, tuple[tuple[str, ...], str]] = {
-    "openvino": (("openvino_genai",), "avito-ai[openvino]"),
+    "openvino": (("openvino_genai",), "avito-ai"),
     "transformers": (("torch", "transformers"), "avito-ai[transformers]"),
 }
 
 
-def backend_for(role: Role, settings: Settings) -> InProcess:
+def backend_for(role: Role, settings: Settings) -> Chosen:
     """The backend that serves `role`, with `auto` decided."""
     chosen = settings.role(role).backend
     if chosen != "auto":
@@ -64,7 +65,7 @@ def missing_extra(settings: Settings) -> str | None:
     return None
 
 
-def _missing_for(role: Role, backend: InProcess, settings: Settings) -> str | None:
+def _missing_for(role: Role, backend: Chosen, settings: Settings) -> str | None:
     if role == "avision" and settings.role(role).model is None:
         return None  # not configured: nothing to load
     if backend not in _EXTRAS:
@@ -84,10 +85,10 @@ def build_engine(role: Role, settings: Settings) -> Engine:
         return FakeEngine(
             role, token_delay=settings.fake_token_delay, load_delay=settings.fake_load_delay
         )
-    if backend == "openai":
-        from avito_ai.engines.remote.fleet import RemoteEngine
+    if backend == "remote":
+        from avito_ai.engines.remote.engine import RemoteConfig, RemoteEngine
 
-        return RemoteEngine(role, settings)
+        return RemoteEngine(RemoteConfig.of(role, settings))
     if backend in ("vllm", "sglang", "command"):
         from avito_ai.engines.process.engine import ProcessEngine
 
@@ -113,13 +114,24 @@ def build_engine(role: Role, settings: Settings) -> Engine:
     return TransformersVisionEngine(settings)
 
 
+def _loaded_roles(settings: Settings) -> list[Role]:
+    """The roles with a model to load (A-Vision is optional)."""
+    return [r for r in ("avibe", "avision") if r == "avibe" or settings.role(r).model is not None]
+
+
 def build_engines(settings: Settings) -> dict[Role, Engine]:
     return {role: build_engine(role, settings) for role in ("avibe", "avision")}
 
 
 def device_problem(settings: Settings) -> str | None:
-    """Why the configured DEVICE cannot be used (a CUDA device that is not there), or None."""
+    """Why the configured DEVICE cannot be used (a CUDA device that is not there), or None.
+    Only in-process transformers engines use DEVICE: vLLM, SGLang and remote upstreams
+    pick their own GPUs, so they need neither torch here nor a CUDA check. (The fake
+    engine stands in for an in-process one, checks included.)"""
     if not settings.device.startswith("cuda"):
+        return None
+    backends = {backend_for(r, settings) for r in _loaded_roles(settings)}
+    if not backends & {"transformers", "fake"}:
         return None
     if not _installed("torch"):
         extra = _EXTRAS["transformers"][1]

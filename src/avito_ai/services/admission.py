@@ -171,11 +171,11 @@ REMOTE_CAPACITY = 256
 
 
 def capacity_for(role: Role, settings: Settings) -> int:
-    own: int = getattr(settings, f"{role}_max_concurrency")
-    if own:
-        return own
-    backend = settings.role(role).backend
-    if backend in ("openai", "vllm", "sglang", "command"):
+    own = settings.role(role)
+    if own.max_concurrency:
+        return own.max_concurrency
+    backend = own.backend
+    if backend in ("remote", "vllm", "sglang", "command"):
         return REMOTE_CAPACITY
     if role == "avision" and backend != "fake":
         return 1

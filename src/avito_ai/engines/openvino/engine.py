@@ -24,10 +24,8 @@ import asyncio
 import contextlib
 import dataclasses
 import logging
-import secrets
 import time
 from collections.abc import AsyncIterator, Callable
-from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from avito_ai.config import Settings
@@ -39,15 +37,14 @@ from avito_ai.engines.base import (
     FinishReason,
     GenerationRequest,
     Role,
-    SamplingParams,
     TokenLogprob,
     final_chunk,
 )
 from avito_ai.engines.bridge import Ticket, WorkerBridge
-from avito_ai.engines.grammar import after_thinking, bounded_character_runs
 from avito_ai.engines.lifecycle import InProcessEngine
 from avito_ai.engines.models import EMBEDDED_MODEL_ID
 from avito_ai.engines.openvino.detokenize import detokenizers
+from avito_ai.engines.openvino.generation import Prepared, constrain, generation_config
 from avito_ai.engines.prompts import (
     FALLBACK_STOPS,
     check_prompt_tokens,
@@ -64,35 +61,6 @@ if TYPE_CHECKING:
     from avito_ai.engines.openvino.loading import LoadedPipeline
 
 log = logging.getLogger(__name__)
-
-
-@dataclass
-class Prepared:
-    """A tokenized request, ready for `add_request`."""
-
-    request: GenerationRequest
-    input_ids: Any  # openvino.Tensor [1, n]
-    prompt_tokens: int
-    config: Any  # openvino_genai.GenerationConfig
-    stop: tuple[str, ...]
-    strip_thinking: bool
-    thinking_open: bool
-
-
-# OpenVINO compiles a request's grammar inside its step, where every other request waits:
-# a constraint may hold at most this many bounded-length strings (about 0.2-0.7 s each).
-MAX_BOUNDED_RUNS = 4
-
-
-def check_grammar_cost(grammar: str) -> None:
-    runs = bounded_character_runs(grammar)
-    if runs > MAX_BOUNDED_RUNS:
-        raise ValidationFailed(
-            f"The schema bounds the length of {runs} strings (maxLength, or minLength below "
-            f"it); the OpenVINO engine compiles each in its step, where every request waits, "
-            f"so it takes at most {MAX_BOUNDED_RUNS}: drop some bounds, or use another engine",
-            param="response_format",
-        )
 
 
 class _Row:
@@ -264,20 +232,12 @@ class OpenVINOTextEngine(InProcessEngine):
                 f"{self._context} tokens",
                 param="prompt" if request.prompt is not None else "messages",
             )
-        config = self._generation_config(sampling, stops)
+        config = generation_config(sampling)
         config.max_new_tokens = min(sampling.max_tokens, room)
         opened = prompt.rstrip().endswith(THINK_OPEN)
-        constraint = request.constraint
-        if constraint is not None:
-            import openvino_genai as genai
-
-            grammar = constraint.grammar
-            check_grammar_cost(grammar)
-            if request.enable_thinking or opened:  # the constraint holds after the block
-                grammar = after_thinking(grammar, opened=opened)
-            config.structured_output_config = genai.StructuredOutputConfig(grammar=grammar)
+        constrain(config, request, thinking_opened=opened)
         # A constrained answer is the answer alone: its thinking (if on) is not in the text.
-        strip = not request.enable_thinking or constraint is not None
+        strip = not request.enable_thinking or request.constraint is not None
         return Prepared(
             request=request,
             input_ids=input_ids,
@@ -287,35 +247,6 @@ class OpenVINOTextEngine(InProcessEngine):
             strip_thinking=strip,
             thinking_open=strip and opened,
         )
-
-    @staticmethod
-    def _generation_config(sampling: SamplingParams, stops: tuple[str, ...]) -> Any:
-        import openvino_genai as genai
-
-        config = genai.GenerationConfig()
-        config.max_new_tokens = sampling.max_tokens
-        if sampling.temperature > 0:
-            config.do_sample = True
-            config.temperature = sampling.temperature
-            config.top_p = sampling.top_p
-            if sampling.top_k > 0:
-                config.top_k = sampling.top_k
-            # The request's own generator: an unseeded request gets a random seed.
-            seed = sampling.seed if sampling.seed is not None else secrets.randbits(63)
-            config.rng_seed = seed % 2**64
-        else:
-            config.do_sample = False
-        config.repetition_penalty = sampling.repetition_penalty
-        config.presence_penalty = sampling.presence_penalty
-        config.frequency_penalty = sampling.frequency_penalty
-        # Stop strings are the text pipeline's alone (the worker cancels the request when it
-        # sees one): the pipeline's own matching withholds the token that completes a stop
-        # string, so a stop spread over tokens ("tal of " in " capital", " of", " France")
-        # left its head ("tal of") in the answer.
-        config.ignore_eos = sampling.ignore_eos
-        if sampling.logprobs:
-            config.logprobs = 1  # the chosen token's (OpenVINO gives no alternatives)
-        return config
 
     # ---------------------------------------------------------------- worker side
 

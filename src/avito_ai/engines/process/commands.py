@@ -37,7 +37,7 @@ class EngineSpec:
 def memory_share(role: Role, settings: Settings) -> float:
     """GPU memory for this role's engine: as set, else 0.9 alone, 0.55/0.35 when both
     engines share the GPU (A-Vibe's KV cache needs the larger part)."""
-    own: float | None = getattr(settings, f"{role}_gpu_memory")
+    own = settings.role(role).gpu_memory
     if own is not None:
         return own
     if len(settings.engine_processes()) == 1:
@@ -50,7 +50,8 @@ def served_name(role: Role, settings: Settings) -> str:
 
 
 def vllm_argv(role: Role, settings: Settings, port: int) -> list[str]:
-    model = str(settings.role(role).model)
+    own = settings.role(role)
+    model = str(own.model)
     argv = [
         *shlex.split(settings.vllm_command),
         "serve",
@@ -66,7 +67,7 @@ def vllm_argv(role: Role, settings: Settings, port: int) -> list[str]:
         "--gpu-memory-utilization",
         f"{memory_share(role, settings):g}",
         "--tensor-parallel-size",
-        str(getattr(settings, f"{role}_tensor_parallel_size")),
+        str(own.tensor_parallel_size),
         # Requests carry their class (interactive 0, batch 1): vLLM schedules by it.
         "--scheduling-policy",
         "priority",
@@ -75,26 +76,26 @@ def vllm_argv(role: Role, settings: Settings, port: int) -> list[str]:
         "--structured-outputs-config",
         json.dumps({"disable_any_whitespace": True}, separators=(",", ":")),
     ]
-    max_len = getattr(settings, f"{role}_max_model_len")
-    if max_len:
-        argv += ["--max-model-len", str(max_len)]
-    if role == "avibe" and settings.avibe_draft_model:
+    if own.max_model_len:
+        argv += ["--max-model-len", str(own.max_model_len)]
+    if own.draft_model:
         speculative = {
             "method": "eagle3",
-            "model": settings.avibe_draft_model,
-            "num_speculative_tokens": settings.avibe_speculative_tokens,
+            "model": own.draft_model,
+            "num_speculative_tokens": own.speculative_tokens,
         }
         argv += ["--speculative-config", json.dumps(speculative, separators=(",", ":"))]
     if role == "avision":
-        argv += ["--limit-mm-per-prompt", json.dumps({"image": settings.avision_max_images})]
-    return argv + shlex.split(getattr(settings, f"{role}_engine_args"))
+        argv += ["--limit-mm-per-prompt", json.dumps({"image": own.max_images})]
+    return argv + shlex.split(own.engine_args)
 
 
 def sglang_argv(role: Role, settings: Settings, port: int) -> list[str]:
+    own = settings.role(role)
     argv = [
         *shlex.split(settings.sglang_command),
         "--model-path",
-        str(settings.role(role).model),
+        str(own.model),
         "--host",
         "127.0.0.1",
         "--port",
@@ -106,20 +107,19 @@ def sglang_argv(role: Role, settings: Settings, port: int) -> list[str]:
         "--mem-fraction-static",
         f"{memory_share(role, settings):g}",
         "--tp-size",
-        str(getattr(settings, f"{role}_tensor_parallel_size")),
+        str(own.tensor_parallel_size),
         "--enable-metrics",  # SGLang serves /metrics only when asked
         "--constrained-json-disable-any-whitespace",  # compact structured output
     ]
-    max_len = getattr(settings, f"{role}_max_model_len")
-    if max_len:
-        argv += ["--context-length", str(max_len)]
-    if role == "avibe" and settings.avibe_draft_model:
-        steps = settings.avibe_speculative_tokens
+    if own.max_model_len:
+        argv += ["--context-length", str(own.max_model_len)]
+    if own.draft_model:
+        steps = own.speculative_tokens
         argv += [
             "--speculative-algorithm",
             "EAGLE3",
             "--speculative-draft-model-path",
-            settings.avibe_draft_model,
+            own.draft_model,
             "--speculative-num-steps",
             str(steps),
             "--speculative-eagle-topk",
@@ -127,16 +127,15 @@ def sglang_argv(role: Role, settings: Settings, port: int) -> list[str]:
             "--speculative-num-draft-tokens",
             str(steps + 1),
         ]
-    return argv + shlex.split(getattr(settings, f"{role}_engine_args"))
+    return argv + shlex.split(own.engine_args)
 
 
 def command_argv(role: Role, settings: Settings, port: int) -> list[str]:
-    template: str = getattr(settings, f"{role}_engine_command")
-    model = settings.role(role).model or ""
-    argv = [
-        part.format(port=port, model=model, python=sys.executable) for part in shlex.split(template)
-    ]
-    return argv + shlex.split(getattr(settings, f"{role}_engine_args"))
+    own = settings.role(role)
+    model = own.model or ""
+    template = shlex.split(own.engine_command or "")
+    argv = [part.format(port=port, model=model, python=sys.executable) for part in template]
+    return argv + shlex.split(own.engine_args)
 
 
 def engine_spec(role: Role, settings: Settings, port: int) -> EngineSpec:
@@ -151,7 +150,7 @@ def engine_spec(role: Role, settings: Settings, port: int) -> EngineSpec:
         command_argv(role, settings, port),
         port,
         settings.role(role).upstream_model,
-        getattr(settings, f"{role}_engine_health_path"),
+        settings.role(role).engine_health_path,
     )
 
 

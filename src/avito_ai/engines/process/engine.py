@@ -1,6 +1,6 @@
 """What a worker serves through when a role runs in an engine process.
 
-Requests go through the remote backend (engines/remote/fleet.py) to the engine's loopback
+Requests go through the remote backend (engines/remote/engine.py) to the engine's loopback
 port, so retries, cancellation and metrics are the remote backend's. The engine's state
 comes from the supervisor's state file (supervisor.py):
 
@@ -13,6 +13,7 @@ comes from the supervisor's state file (supervisor.py):
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import time
 from collections.abc import AsyncIterator
@@ -32,7 +33,8 @@ from avito_ai.engines.base import (
     Role,
 )
 from avito_ai.engines.process.supervisor import STATE_DIR_VAR, EngineRecord, state_path
-from avito_ai.engines.remote.fleet import CONSTRAINTS_OF, Flavour, RemoteEngine
+from avito_ai.engines.remote.engine import RemoteConfig, RemoteEngine
+from avito_ai.engines.remote.wire import CONSTRAINTS_OF, Flavour
 from avito_ai.errors import ModelUnavailable
 
 logger = logging.getLogger(__name__)
@@ -117,17 +119,10 @@ class ProcessEngine:
         if engine is None:
             return  # status() says why
         base = f"http://127.0.0.1:{engine.port}"
-        remote = self.settings.model_copy(
-            update={
-                f"{self.role}_backend": "openai",
-                f"{self.role}_upstream_urls": base,
-                f"{self.role}_upstream_model": engine.served_model,
-            }
+        remote = dataclasses.replace(
+            RemoteConfig.of(self.role, self.settings), urls=(base,), model=engine.served_model
         )
-        flavour = self.flavour
-        self._remote = RemoteEngine(
-            self.role, remote, send_priority=self.kind == "vllm", flavour=flavour
-        )
+        self._remote = RemoteEngine(remote, send_priority=self.kind == "vllm", flavour=self.flavour)
         self._client = httpx.AsyncClient(base_url=base, timeout=1.0)
         await self._remote.start()
 

@@ -122,7 +122,7 @@ class EngineSupervisor:
     def __init__(self, role: Role, settings: Settings, folder: Path) -> None:
         self.role: Role = role
         self.settings = settings
-        port = getattr(settings, f"{role}_engine_port") or free_port()
+        port = settings.role(role).engine_port or free_port()
         self.spec: EngineSpec = engine_spec(role, settings, port)
         self.path = state_path(folder, role)
         self.prefix = f"[{role} {self.spec.kind}]"

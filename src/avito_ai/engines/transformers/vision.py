@@ -58,6 +58,7 @@ from avito_ai.engines.base import (
 )
 from avito_ai.engines.bridge import Ticket, WorkerBridge
 from avito_ai.engines.grammar import after_thinking
+from avito_ai.engines.images import fit_image
 from avito_ai.engines.lifecycle import InProcessEngine
 from avito_ai.engines.prompts import neutralize, special_spellings
 from avito_ai.engines.threads import run_in_own_thread
@@ -287,7 +288,7 @@ class TransformersVisionEngine(InProcessEngine):
                         content.append({"type": "text", "text": text})
                     elif isinstance(part, ImagePart):
                         content.append({"type": "image"})
-                        images.append(self._fit_image(part.image))
+                        images.append(fit_image(part.image, self._max_pixels))
                 conversation.append({"role": message.role, "content": content})
             template_kwargs: dict[str, Any] = {}
             if "enable_thinking" in (getattr(processor, "chat_template", None) or ""):
@@ -304,19 +305,6 @@ class TransformersVisionEngine(InProcessEngine):
             raise ValidationFailed(f"cannot process the image(s): {exc}", param="messages") from exc
         placement = self._placement
         return inputs.to(device=placement.device, dtype=placement.torch_dtype)
-
-    def _fit_image(self, image: Image) -> Image:
-        """RGB, and at most `max_pixels` pixels (aspect kept): bounds vision memory."""
-        from PIL import Image as PILImage
-
-        if image.mode != "RGB":
-            image = image.convert("RGB")
-        width, height = image.size
-        if width * height > self._max_pixels:
-            scale = math.sqrt(self._max_pixels / (width * height))
-            size = (max(1, int(width * scale)), max(1, int(height * scale)))
-            image = image.resize(size, PILImage.Resampling.BICUBIC)
-        return image
 
     def _generate(
         self, ticket: Ticket[_Job], inputs: Any, seq: Sequence

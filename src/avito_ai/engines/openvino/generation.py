@@ -1,0 +1,84 @@
+"""A request in OpenVINO GenAI's terms: its sampling as a GenerationConfig, and what a
+constraint may cost. Shared by the OpenVINO engines."""
+
+from __future__ import annotations
+
+import secrets
+from dataclasses import dataclass
+from typing import Any
+
+from avito_ai.engines.base import GenerationRequest, SamplingParams
+from avito_ai.engines.grammar import after_thinking, bounded_character_runs
+from avito_ai.errors import ValidationFailed
+
+
+@dataclass
+class Prepared:
+    """A tokenized request, ready for `add_request`."""
+
+    request: GenerationRequest
+    input_ids: Any  # openvino.Tensor [1, n]
+    prompt_tokens: int
+    config: Any  # openvino_genai.GenerationConfig
+    stop: tuple[str, ...]
+    strip_thinking: bool
+    thinking_open: bool
+
+
+# OpenVINO compiles a request's grammar inside its step, where every other request waits:
+# a constraint may hold at most this many bounded-length strings (about 0.2-0.7 s each).
+MAX_BOUNDED_RUNS = 4
+
+
+def check_grammar_cost(grammar: str) -> None:
+    runs = bounded_character_runs(grammar)
+    if runs > MAX_BOUNDED_RUNS:
+        raise ValidationFailed(
+            f"The schema bounds the length of {runs} strings (maxLength, or minLength below "
+            f"it); the OpenVINO engine compiles each in its step, where every request waits, "
+            f"so it takes at most {MAX_BOUNDED_RUNS}: drop some bounds, or use another engine",
+            param="response_format",
+        )
+
+
+def generation_config(sampling: SamplingParams) -> Any:
+    """The request's sampling as OpenVINO GenAI's GenerationConfig."""
+    import openvino_genai as genai
+
+    config = genai.GenerationConfig()
+    config.max_new_tokens = sampling.max_tokens
+    if sampling.temperature > 0:
+        config.do_sample = True
+        config.temperature = sampling.temperature
+        config.top_p = sampling.top_p
+        if sampling.top_k > 0:
+            config.top_k = sampling.top_k
+        # The request's own generator: an unseeded request gets a random seed.
+        seed = sampling.seed if sampling.seed is not None else secrets.randbits(63)
+        config.rng_seed = seed % 2**64
+    else:
+        config.do_sample = False
+    config.repetition_penalty = sampling.repetition_penalty
+    config.presence_penalty = sampling.presence_penalty
+    config.frequency_penalty = sampling.frequency_penalty
+    # Stop strings are the text pipeline's alone (the worker cancels the request when it
+    # sees one): the pipeline's own matching withholds the token that completes a stop
+    # string, so a stop spread over tokens ("tal of " in " capital", " of", " France")
+    # left its head ("tal of") in the answer.
+    config.ignore_eos = sampling.ignore_eos
+    if sampling.logprobs:
+        config.logprobs = 1  # the chosen token's (OpenVINO gives no alternatives)
+    return config
+
+
+def constrain(config: Any, request: GenerationRequest, *, thinking_opened: bool) -> None:
+    """Set the request's constraint (if any) on `config`, holding after a thinking block."""
+    if request.constraint is None:
+        return
+    import openvino_genai as genai
+
+    grammar = request.constraint.grammar
+    check_grammar_cost(grammar)
+    if request.enable_thinking or thinking_opened:
+        grammar = after_thinking(grammar, opened=thinking_opened)
+    config.structured_output_config = genai.StructuredOutputConfig(grammar=grammar)
