@@ -97,6 +97,9 @@ class Settings(BaseSettings):
     max_connections: Annotated[int, Field(ge=16)] = 1000
     # Peers whose X-Forwarded-For / X-Forwarded-Proto are trusted (comma-separated, or *).
     forwarded_allow_ips: str = "127.0.0.1"
+    # The path prefix a proxy mounts the service under (e.g. /ai, the proxy stripping it):
+    # the page, /docs and the OpenAPI document name their URLs under it.
+    root_path: str = ""
 
     # --- Security (original specification) ---
     rate_limit_per_minute: PositiveInt = 10
@@ -302,6 +305,14 @@ class Settings(BaseSettings):
     def _known_storage(cls, value: str) -> str:
         if not value.startswith(("memory://", "redis://", "rediss://", "redis+unix://")):
             raise ValueError("must be memory:// or a redis:// URI")
+        return value
+
+    @field_validator("root_path")
+    @classmethod
+    def _a_path_prefix(cls, value: str) -> str:
+        value = value.strip().rstrip("/")
+        if value and (not value.startswith("/") or "//" in value or any(c in value for c in "?#")):
+            raise ValueError("must be empty or a path such as /ai")
         return value
 
     @field_validator("device")

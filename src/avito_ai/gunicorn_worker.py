@@ -33,6 +33,7 @@ class AvitoUvicornWorker(UvicornWorker):  # type: ignore[misc]
         self.config.limit_concurrency = self.cfg.worker_connections
         settings = inherited_settings() or settings_or_exit()
         self.config.http = limited_protocol(settings.max_header_bytes, settings.max_headers)
+        self.config.root_path = settings.root_path
         server = DrainingServer(self.config, settings.header_read_timeout)
         # Under gunicorn the master expects the worker to die by the signal it sent.
         server.reraise_signals = True

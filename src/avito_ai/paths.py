@@ -9,8 +9,9 @@ looked up first, then prefixes (the longest that matches), then the default.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Literal
+from typing import Any, Literal
 
 # "writes": only methods that are not GET or HEAD (a form's POST; reading the page is free).
 When = Literal["always", "writes", "never"]
@@ -65,6 +66,16 @@ PREFIXES: dict[str, PathPolicy] = {
     "/v1/": OPENAI_API,
 }
 _BY_LENGTH = sorted(PREFIXES.items(), key=lambda item: -len(item[0]))
+
+
+def app_path(scope: Mapping[str, Any]) -> str:
+    """The path as this table knows it: without the prefix a proxy mounts the service
+    under (scope["root_path"]; scope["path"] carries it, as in ASGI 3)."""
+    path = str(scope["path"])
+    root = str(scope.get("root_path", "")).rstrip("/")
+    if root and (path == root or path.startswith(root + "/")):
+        return path[len(root) :] or "/"
+    return path
 
 
 def policy(path: str) -> PathPolicy:

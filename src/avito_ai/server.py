@@ -106,6 +106,7 @@ def uvicorn_config(app: object, settings: Settings) -> uvicorn.Config:
         access_log=False,  # AccessLogMiddleware writes one line per request
         proxy_headers=True,
         forwarded_allow_ips=settings.forwarded_allow_ips,
+        root_path=settings.root_path,
         timeout_graceful_shutdown=int(settings.graceful_timeout) or None,
         timeout_keep_alive=5,
         limit_concurrency=settings.max_connections,

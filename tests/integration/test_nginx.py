@@ -3,25 +3,32 @@
 The shipped file is used as it is, but for its ports and two timeouts shortened (10 s and
 30 s would make slow tests): streams arrive unbuffered, the client's address is the one
 nginx saw (a forged X-Forwarded-For changes nothing), bodies over client_max_body_size and
-clients that stall are stopped by nginx.
+clients that stall are stopped by nginx. Mounted under a prefix (`location /ai/`, the
+prefix stripped, the service told its root path), the console's pages, assets and API
+calls stay under it, in a real browser too.
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
+import re
 import shutil
 import socket
 import subprocess
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
 
-from tests.servers import ROOT, ServerProcess, dev_server, free_port, serving
+from tests.browser import Tab, browser, open_tab
+from tests.servers import ROOT, ServerProcess, dev_server, free_port, gunicorn_server, serving
 
 pytestmark = pytest.mark.integration
+__all__ = ["browser"]  # the fixture, imported
 
 NGINX = shutil.which("nginx") or "/usr/sbin/nginx"
 SHORT_TIMEOUT_S = 2
@@ -34,7 +41,9 @@ ENV = {
 }
 
 
-def site_config(listen: int, upstream: int) -> str:
+def site_config(listen: int, upstream: int, prefix: str = "") -> str:
+    """deploy/nginx.conf for these ports; with `prefix`, its service mounted under it
+    (`location /ai/` and proxy_pass to `/`: nginx strips the prefix)."""
     text = (ROOT / "deploy" / "nginx.conf").read_text()
     replaced = {
         "listen 80;": f"listen 127.0.0.1:{listen};",
@@ -42,6 +51,9 @@ def site_config(listen: int, upstream: int) -> str:
         "client_header_timeout 10s;": f"client_header_timeout {SHORT_TIMEOUT_S}s;",
         "client_body_timeout 30s;": f"client_body_timeout {SHORT_TIMEOUT_S}s;",
     }
+    if prefix:
+        replaced["location / {"] = f"location {prefix}/ {{"
+        replaced["proxy_pass http://avito_ai;"] = "proxy_pass http://avito_ai/;"
     for old, new in replaced.items():
         assert old in text, f"deploy/nginx.conf no longer has {old!r}"
         text = text.replace(old, new)
@@ -49,11 +61,11 @@ def site_config(listen: int, upstream: int) -> str:
 
 
 class Nginx:
-    def __init__(self, folder: Path, upstream: int) -> None:
+    def __init__(self, folder: Path, upstream: int, prefix: str = "") -> None:
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.folder = folder
-        (folder / "site.conf").write_text(site_config(self.port, upstream))
+        (folder / "site.conf").write_text(site_config(self.port, upstream, prefix))
         user = "user root;\n" if os.geteuid() == 0 else ""  # workers must reach folder
         (folder / "nginx.conf").write_text(
             f"{user}daemon off;\nworker_processes 1;\npid {folder}/nginx.pid;\n"
@@ -88,18 +100,47 @@ class Nginx:
             self.proc.kill()
 
 
-@pytest.fixture(scope="module")
-def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Nginx, ServerProcess]]:
+@contextlib.contextmanager
+def in_front(folder: Path, service: ServerProcess, prefix: str = "") -> Iterator[Nginx]:
     if not Path(NGINX).exists():
         pytest.fail("nginx is not installed: `make nginx` (make test does it)")
+    nginx = Nginx(folder, service.port, prefix)
+    try:
+        nginx.wait_up()
+        yield nginx
+    finally:
+        nginx.stop()
+
+
+@pytest.fixture(scope="module")
+def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Nginx, ServerProcess]]:
     folder = tmp_path_factory.mktemp("nginx")
-    with serving(dev_server(ENV, folder / "service.log")) as service:
-        nginx = Nginx(folder, service.port)
-        try:
-            nginx.wait_up()
-            yield nginx, service
-        finally:
-            nginx.stop()
+    with (
+        serving(dev_server(ENV, folder / "service.log")) as service,
+        in_front(folder, service) as nginx,
+    ):
+        yield nginx, service
+
+
+PREFIX = "/ai"
+
+
+@pytest.fixture(scope="module")
+def prefixed(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Nginx]:
+    """nginx serving the service under PREFIX (stripping it); the service, under gunicorn,
+    told so by ROOT_PATH."""
+    folder = tmp_path_factory.mktemp("nginx-prefixed")
+    env = {
+        **ENV,
+        "FAKE_TOKEN_DELAY": "0.01",
+        "RATE_LIMIT_PER_MINUTE": "1000",
+        "ROOT_PATH": PREFIX,
+    }
+    with (
+        serving(gunicorn_server(env, folder / "service.log")) as service,
+        in_front(folder, service, PREFIX) as nginx,
+    ):
+        yield nginx
 
 
 def test_the_config_file_passes_nginx_t(stack: tuple[Nginx, ServerProcess]) -> None:
@@ -218,3 +259,61 @@ def test_an_oversized_head_is_431_through_nginx(
     assert r.status_code == 431
     assert r.json()["error"] == "request_header_fields_too_large"
     assert r.json()["request_id"] == r.headers["x-request-id"]
+
+
+def service_urls(html: str) -> list[str]:
+    """Every href, src and action of a page."""
+    return re.findall(r'(?:href|src|action)="([^"]*)"', html)
+
+
+def test_under_a_prefix_the_pages_assets_and_api_calls_stay_under_it(prefixed: Nginx) -> None:
+    for page, api in (("/", "/api/health/models"), ("/dashboard", "/api/metrics/dashboard")):
+        r = httpx.get(prefixed.url + PREFIX + page, timeout=10)
+        assert r.status_code == 200, r.text
+        assert f'data-root="{PREFIX}"' in r.text
+        urls = service_urls(r.text)
+        assert urls
+        for url in urls:
+            assert url.startswith(PREFIX + "/"), url
+            if "/static/" in url:
+                assert httpx.get(prefixed.url + url, timeout=10).status_code == 200, url
+        assert httpx.get(prefixed.url + PREFIX + api, timeout=10).status_code == 200
+    # Outside the prefix there is nothing: the proxy serves the service under it only.
+    assert httpx.get(prefixed.url + "/static/app.js", timeout=10).status_code == 404
+
+
+def wait_until(tab: Tab, expression: str, timeout: float = 30.0) -> None:
+    """Poll a JavaScript expression until it is truthy (the page's CSP refuses the eval
+    Playwright's wait_for_function would use)."""
+    deadline = time.monotonic() + timeout
+    while not tab.page.evaluate(expression):
+        assert time.monotonic() < deadline, f"not true within {timeout} s: {expression}"
+        tab.page.wait_for_timeout(50)
+
+
+def test_the_console_under_a_prefix_in_a_browser(browser: Any, prefixed: Nginx) -> None:
+    """Every request the pages make outside the prefix is blocked and recorded."""
+    base = prefixed.url + PREFIX
+    tab = open_tab(browser, base, "/")
+    page = tab.page
+    # The badges polled from the page's script (server-rendered they read "ready").
+    wait_until(
+        tab, "document.querySelector('.model[data-role=avibe]').textContent.includes('готова')"
+    )
+    page.fill("#prompt", "привет из-под префикса")
+    page.click("#avibe-send")
+    wait_until(
+        tab,
+        "document.querySelector('.message.assistant .meta:not(:empty)') !== null"
+        " || document.getElementById('avibe-status').classList.contains('error')",
+    )
+    assert tab.outside == [], tab.outside
+    answer = page.locator(".message.assistant .body").last.inner_text()
+    assert "привет из-под префикса" in answer, answer
+
+    dashboard = open_tab(browser, base, "/dashboard")
+    wait_until(
+        dashboard, "document.getElementById('dash-status').textContent.startsWith('Обновлено')"
+    )
+    for opened in (tab, dashboard):
+        assert opened.outside == [] and opened.errors == [], (opened.outside, opened.errors)

@@ -5,6 +5,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from pydantic import ValidationError
 
 from avito_ai.config import ConfigError, Settings, load_settings
 
@@ -182,3 +183,11 @@ def test_a_bad_keys_file_line_stops_the_start(tmp_path, line, message, clean_env
     keys.write_text(line + "\n")
     with pytest.raises(ConfigError, match=message):
         load_settings(api_keys_file=keys)
+
+
+def test_root_path_is_a_path_prefix(make_settings) -> None:
+    assert make_settings(root_path="/ai/").root_path == "/ai"
+    assert make_settings().root_path == ""
+    for bad in ("ai", "/ai?x=1", "//ai"):
+        with pytest.raises(ValidationError, match="root_path"):
+            make_settings(root_path=bad)

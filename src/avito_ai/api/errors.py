@@ -41,7 +41,7 @@ from avito_ai.errors import (
 )
 from avito_ai.middleware.request_id import request_id_of
 from avito_ai.observability.metrics import REJECTIONS
-from avito_ai.paths import Dialect, error_dialect
+from avito_ai.paths import Dialect, app_path, error_dialect
 from avito_ai.services.validation import validation_failed
 
 logger = logging.getLogger("avito_ai.errors")
@@ -204,7 +204,7 @@ def error_response(request: Request, error: AvitoError, **page_fields: Any) -> R
     refusal echoes back into the page (its fields as sent)."""
     rid = request_id_of(request.scope)
     kind = refused(error)
-    dialect = error_dialect(request.url.path, request.method)
+    dialect = error_dialect(app_path(request.scope), request.method)
     render: PageRenderer | None = getattr(request.app.state, "error_page", None)
     if dialect == "page" and kind.status != 500 and render is not None:
         page = render(request, error, kind, **page_fields)

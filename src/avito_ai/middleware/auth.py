@@ -19,7 +19,7 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 
 from avito_ai.clients import DEFAULT_CLASS, Client, KeyPolicy, key_id
 from avito_ai.errors import AvitoError, Unauthorized
-from avito_ai.paths import needs_key
+from avito_ai.paths import app_path, needs_key
 
 ErrorResponder = Callable[[Scope, AvitoError], Response]
 
@@ -108,7 +108,7 @@ class ClientMiddleware:
                 priority=DEFAULT_CLASS,
                 requested_priority=requested_priority(scope),
             )
-            if self._keys and needs_key(scope["path"], scope["method"]):
+            if self._keys and needs_key(app_path(scope), scope["method"]):
                 message = (
                     "Missing API key: send Authorization: Bearer <key> or X-API-Key"
                     if key is None

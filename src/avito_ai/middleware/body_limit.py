@@ -9,6 +9,8 @@ from collections.abc import Callable
 from starlette.exceptions import HTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from avito_ai.paths import app_path
+
 _IMAGE_PART = b'"image_url"'
 
 
@@ -41,7 +43,7 @@ class BodyLimitMiddleware:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        limit = self.limit_for(scope["path"])
+        limit = self.limit_for(app_path(scope))
         message = f"Request body too large. Maximum size: {limit / 1048576:g} MB"
         for key, value in scope["headers"]:
             if key == b"content-length":
@@ -54,7 +56,7 @@ class BodyLimitMiddleware:
                     return
                 break
         received = 0
-        text_limit = self.text_limit_for(scope["path"])
+        text_limit = self.text_limit_for(app_path(scope))
         seen_image = text_limit is None
         tail = b""
 

@@ -25,7 +25,7 @@ from avito_ai.errors import AvitoError, RateLimited, RateLimitUnavailable
 from avito_ai.middleware.auth import address_id, client_of
 from avito_ai.observability.logging import Throttled
 from avito_ai.observability.metrics import RATE_LIMIT_STORAGE_ERRORS
-from avito_ai.paths import is_limited
+from avito_ai.paths import app_path, is_limited
 from avito_ai.storage import make_storage
 
 logger = logging.getLogger("avito_ai.rate_limit")
@@ -65,7 +65,7 @@ class RateLimitMiddleware:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        if not is_limited(scope["path"], scope["method"]):
+        if not is_limited(app_path(scope), scope["method"]):
             await self.app(scope, receive, send)
             return
         client = client_of(scope)

@@ -5,6 +5,8 @@ from __future__ import annotations
 from starlette.datastructures import MutableHeaders
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from avito_ai.paths import app_path
+
 # The page uses no inline script or style, so a strict policy holds (blob: images are the
 # preview of an image chosen for A-Vision, shown before it is uploaded). /docs and /redoc run
 # vendored Swagger UI and ReDoc from the service too (no CDN, no inline script); both set
@@ -28,7 +30,8 @@ class SecurityHeadersMiddleware:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        docs = scope["path"] in ("/docs", "/redoc") or scope["path"].startswith("/docs/")
+        path = app_path(scope)
+        docs = path in ("/docs", "/redoc") or path.startswith("/docs/")
 
         async def add_headers(message: Message) -> None:
             if message["type"] == "http.response.start":

@@ -3,7 +3,10 @@ Jinja2 autoescaping escapes input and model output.
 
 When JavaScript runs, static/app.js turns the same page into a streaming chat and image
 analysis over the OpenAI API; the page hands it its limits and wording in a JSON block
-(data, not script: the CSP allows no inline script)."""
+(data, not script: the CSP allows no inline script).
+
+Behind a proxy that mounts the service under a prefix (root_path), every link, asset, form
+action and script request of the pages carries it."""
 
 from __future__ import annotations
 
@@ -22,7 +25,23 @@ from avito_ai.middleware.request_id import request_id_of
 from avito_ai.services.images import FORMATS
 from avito_ai.services.state import ServiceState
 
-TEMPLATES = Jinja2Templates(directory=Path(__file__).resolve().parents[2] / "web" / "templates")
+
+def root_path(request: Request) -> str:
+    """The prefix a proxy mounts the service under (ASGI root_path: uvicorn --root-path),
+    without its trailing slash; "" at the root. Every URL a page names into the service
+    starts with it: the templates' `root`, and <html data-root> for the scripts."""
+    return str(request.scope.get("root_path", "")).rstrip("/")
+
+
+def _root(request: Request) -> dict[str, Any]:
+    return {"root": root_path(request)}
+
+
+# Every page gets `root` (a context processor: no route can forget it).
+TEMPLATES = Jinja2Templates(
+    directory=Path(__file__).resolve().parents[2] / "web" / "templates",
+    context_processors=[_root],
+)
 
 
 def pretty_json(text: str) -> str:

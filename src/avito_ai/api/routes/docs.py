@@ -7,18 +7,17 @@ from __future__ import annotations
 from fastapi import APIRouter, Request
 from fastapi.responses import HTMLResponse
 
-from avito_ai.api.forms.page import TEMPLATES
+from avito_ai.api.forms.page import TEMPLATES, root_path
 
 router = APIRouter(include_in_schema=False)
 
 
 def _page(request: Request, template: str) -> HTMLResponse:
-    # Behind a proxy that mounts the service under a prefix (root_path), links carry it.
-    root = str(request.scope.get("root_path", "")).rstrip("/")
+    # Behind a proxy that mounts the service under a prefix (root_path), links carry it
+    # (the templates' `root` comes from TEMPLATES' context processor).
     context = {
         "title": request.app.title,
-        "root": root,
-        "openapi_url": root + str(request.app.openapi_url),
+        "openapi_url": root_path(request) + str(request.app.openapi_url),
     }
     return TEMPLATES.TemplateResponse(request, template, context)
 

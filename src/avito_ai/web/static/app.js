@@ -1,12 +1,16 @@
 // The web console: turns the page's two forms into a streaming chat (A-Vibe) and a
 // streaming image analysis (A-Vision) over the service's OpenAI API. Without JavaScript
 // the forms post as before. No inline script (strict CSP): the page hands its limits and
-// wording over in <script type="application/json" id="page-config">.
+// wording over in <script type="application/json" id="page-config">, and the prefix it is
+// served under in <html data-root>.
 (function () {
   "use strict";
 
   document.documentElement.classList.add("js");
   const config = JSON.parse(document.getElementById("page-config").textContent);
+  // Behind a proxy that mounts the service under a prefix, the page names it in
+  // <html data-root> ("" at the root): every request below starts with it.
+  const root = document.documentElement.dataset.root || "";
   const $ = (id) => document.getElementById(id);
 
   // ------------------------------------------------------------------ storage
@@ -115,7 +119,7 @@
 
   async function streamChat(model, messages, params, signal, onText) {
     const started = performance.now();
-    const response = await fetch("/v1/chat/completions", {
+    const response = await fetch(root + "/v1/chat/completions", {
       method: "POST",
       headers: { "Content-Type": "application/json", ...authHeaders() },
       body: JSON.stringify({
@@ -509,7 +513,7 @@
   // /api/metrics (free to read) tells the asking client its use of its token budgets.
   async function showUsage() {
     try {
-      const response = await fetch("/api/metrics", { headers: authHeaders(), cache: "no-store" });
+      const response = await fetch(root + "/api/metrics", { headers: authHeaders(), cache: "no-store" });
       const client = (await response.json()).client;
       const parts = [];
       for (const [window, words] of [["tokens_per_minute", "в минуту"], ["tokens_per_day", "в сутки"]]) {
@@ -551,7 +555,7 @@
   async function pollModels() {
     let loading = false;
     try {
-      const response = await fetch("/api/health/models", { cache: "no-store" });
+      const response = await fetch(root + "/api/health/models", { cache: "no-store" });
       const body = await response.json();
       if (body.models) loading = applyModels(body.models);
     } catch (e) { /* the service is restarting: try again */ }

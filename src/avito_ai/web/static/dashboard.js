@@ -8,6 +8,8 @@
   const KEEP = 180; // points per chart: 6 minutes
   const COLORS = ["#0a7cff", "#ff6a00", "#16a34a", "#c026d3", "#dc2626", "#0891b2", "#854d0e"];
   const status = document.getElementById("dash-status");
+  // The prefix the page is served under, behind a proxy ("" at the root): <html data-root>.
+  const root = document.documentElement.dataset.root || "";
   const charts = {};
   const times = [];
   const series = {}; // chart name → label → values (aligned with times)
@@ -101,7 +103,7 @@
 
   async function poll() {
     try {
-      const response = await fetch("/api/metrics/dashboard", { cache: "no-store" });
+      const response = await fetch(root + "/api/metrics/dashboard", { cache: "no-store" });
       if (!response.ok) throw new Error("HTTP " + response.status);
       record(await response.json());
       status.textContent = "Обновлено " + new Date().toLocaleTimeString("ru-RU") + " · все воркеры · каждые " + POLL_MS / 1000 + " с";
