@@ -29,7 +29,7 @@ RUN useradd --create-home --uid 10001 avito \
     && mkdir -p /tmp/avito-ai-metrics && chown avito /tmp/avito-ai-metrics
 USER avito
 
-# The seed pinned GPU 1; which GPU to use is the host's choice: -e CUDA_VISIBLE_DEVICES=N.
+# The original specification pinned GPU 1; which GPU to use is the host's choice: -e CUDA_VISIBLE_DEVICES=N.
 ENV CUDA_VISIBLE_DEVICES=0
 EXPOSE 8085
 HEALTHCHECK --interval=30s --timeout=5s --start-period=600s --retries=3 \

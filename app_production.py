@@ -1,4 +1,4 @@
-"""Seed-compatible entry point.
+"""Entry point of the original specification (README_PRODUCTION.md).
 
 gunicorn -c gunicorn_config.py app_production:app   # production server
 python app_production.py                            # development server

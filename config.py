@@ -1,4 +1,4 @@
-"""Seed-compatible configuration check, run from the project folder:
+"""The original specification's configuration check, run from the project folder:
 
     python -c "from config import config; print(config.environment)"
 

@@ -108,12 +108,13 @@ def openai_client(srv: ServerProcess) -> Any:
 
 
 def dev_server(env: dict[str, str], log_path: Path) -> ServerProcess:
-    """`python app_production.py`, the seed's development server."""
+    """`python app_production.py`, the original specification's development server."""
     return ServerProcess([sys.executable, "app_production.py"], env, log_path, free_port())
 
 
 def gunicorn_server(env: dict[str, str], log_path: Path, workers: int = 1) -> ServerProcess:
-    """`gunicorn -c gunicorn_config.py app_production:app`, the seed's production server."""
+    """`gunicorn -c gunicorn_config.py app_production:app`, the original specification's
+    production server."""
     port = free_port()
     env = {**env, "WEB_CONCURRENCY": str(workers)}
     cmd = [str(BIN / "gunicorn"), "-c", "gunicorn_config.py", "app_production:app"]

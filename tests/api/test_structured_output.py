@@ -252,7 +252,7 @@ async def test_logprobs_one_per_completion_token_streamed_and_whole() -> None:
         )
         assert native.json()["data"]["logprobs"][0]["token"] == "Echo:"
         plain = await client.post("/api/v1/text/generate", json={"prompt": "a b"})
-        assert "logprobs" not in plain.json()["data"]  # the seed's body otherwise
+        assert "logprobs" not in plain.json()["data"]  # the original specification's body otherwise
 
 
 async def test_n_choices_counted_in_usage_and_interleaved_when_streamed() -> None:

@@ -5,12 +5,14 @@ forms send (an optional system message, then the user's text or image and questi
 from __future__ import annotations
 
 import time
+from typing import TYPE_CHECKING
 
 from avito_ai.config import Settings
 from avito_ai.engines.base import (
     ChatMessage,
     ContentPart,
     GenerationRequest,
+    ImagePart,
     OutputConstraint,
     Role,
     SamplingParams,
@@ -18,6 +20,9 @@ from avito_ai.engines.base import (
 )
 from avito_ai.errors import ValidationFailed
 from avito_ai.schemas.sampling import SamplingFields
+
+if TYPE_CHECKING:
+    from PIL.Image import Image
 
 
 def validate_prompt(prompt: object, settings: Settings, *, field: str = "prompt") -> str:
@@ -112,6 +117,25 @@ def text_request(
         request_id=request_id,
         role="avibe",
         user_content=[TextPart(text)],
+        fields=fields,
+        settings=settings,
+        constraint=constraint,
+    )
+
+
+def image_request(
+    image: Image,
+    text: str,
+    fields: SamplingFields,
+    settings: Settings,
+    request_id: str,
+    constraint: OutputConstraint | None = None,
+) -> GenerationRequest:
+    """An image and a (validated) question for A-Vision."""
+    return chat_request(
+        request_id=request_id,
+        role="avision",
+        user_content=[ImagePart(image), TextPart(text)],
         fields=fields,
         settings=settings,
         constraint=constraint,

@@ -1,4 +1,4 @@
-"""The seed's JSON "application" view, derived from the Prometheus counters.
+"""The original specification's JSON "application" view, derived from the Prometheus counters.
 
 Prometheus is the one source of truth, so gunicorn workers agree: under
 PROMETHEUS_MULTIPROC_DIR every worker reads every worker's samples. A reset does not touch

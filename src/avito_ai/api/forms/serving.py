@@ -7,8 +7,8 @@ from starlette.datastructures import FormData, UploadFile
 
 from avito_ai.api.deps import Call
 from avito_ai.api.forms.fields import sampling_from_form
-from avito_ai.api.requests import chat_request, question_or_default, text_request, validate_prompt
-from avito_ai.engines.base import Engine, ImagePart, TextPart
+from avito_ai.api.requests import image_request, question_or_default, text_request, validate_prompt
+from avito_ai.engines.base import Engine
 from avito_ai.errors import ValidationFailed
 from avito_ai.services.answers import Answer
 from avito_ai.services.constraints import check_supported, constraint_from
@@ -52,12 +52,5 @@ class FormServing:
         fields = sampling_from_form(values, [])
         constraint = await constraint_from(fields.response_format, "json_schema")
         check_supported(engine, constraint, "json_schema")
-        generation = chat_request(
-            request_id=call.request_id,
-            role="avision",
-            user_content=[ImagePart(image), TextPart(text)],
-            fields=fields,
-            settings=self.settings,
-            constraint=constraint,
-        )
+        generation = image_request(image, text, fields, self.settings, call.request_id, constraint)
         return await self.generation.complete(engine, generation, call.client, call.disconnected)

@@ -24,9 +24,9 @@ from avito_ai.api.native.protocol import (
     NativeTopLogprob,
     TextGenerateRequest,
 )
-from avito_ai.api.requests import chat_request, question_or_default, text_request, validate_prompt
+from avito_ai.api.requests import image_request, question_or_default, text_request, validate_prompt
 from avito_ai.api.sse import event
-from avito_ai.engines.base import Chunk, Engine, GenerationRequest, ImagePart, TextPart
+from avito_ai.engines.base import Chunk, Engine, GenerationRequest
 from avito_ai.errors import ValidationFailed
 from avito_ai.schemas.sampling import SamplingFields
 from avito_ai.services.answers import Answer
@@ -104,14 +104,7 @@ class NativeServing:
         text = validate_prompt(question_or_default(prompt, DEFAULT_IMAGE_PROMPT), self.settings)
         constraint = await constraint_from(fields.response_format)
         check_supported(engine, constraint, "response_format")
-        generation = chat_request(
-            request_id=call.request_id,
-            role="avision",
-            user_content=[ImagePart(image), TextPart(text)],
-            fields=fields,
-            settings=self.settings,
-            constraint=constraint,
-        )
+        generation = image_request(image, text, fields, self.settings, call.request_id, constraint)
         return await self._answer(engine, generation, fields.stream, call)
 
     async def _image_input(

@@ -1,4 +1,4 @@
-"""Metrics: the seed's JSON view (/api/metrics) and Prometheus (/metrics)."""
+"""Metrics: the original specification's JSON view (/api/metrics) and Prometheus (/metrics)."""
 
 from __future__ import annotations
 
@@ -89,8 +89,8 @@ async def metrics(state: StateDep, client: ClientDep, request: Request) -> dict[
                 view.pop("pid", None)
                 view.pop("port", None)
         body["engines"] = engines
-    # The asking client's own use of its token budgets, when it has any (the seed's shape
-    # is unchanged otherwise).
+    # The asking client's own use of its token budgets, when it has any (the original
+    # specification's shape is unchanged otherwise).
     if any(state.governor.budgets.limits_for(client).values()):
         body["client"] = await state.governor.budgets.usage(client)
     return body
