@@ -24,13 +24,20 @@ def assert_error(r, status: int, code: str) -> dict:
     [
         ({}, "Prompt is required"),
         ({"prompt": 5}, "prompt"),
+        ({"prompt": ["list"]}, "prompt"),
         ({"prompt": "   "}, "Prompt must not be empty"),
+        ({"prompt": " \n\t "}, "Prompt must not be empty"),
         ({"prompt": "x" * 2001}, "Prompt too long. Maximum length: 2000 characters"),
+        ({"prompt": "я" * 2001}, "Prompt too long. Maximum length: 2000 characters"),
         ({"prompt": "hi", "max_tokens": 0}, "max_tokens"),
+        ({"prompt": "hi", "max_tokens": 257}, "max_tokens"),
         ({"prompt": "hi", "max_tokens": 100000}, "max_tokens must be between 1 and 256"),
         ({"prompt": "hi", "max_tokens": "ten"}, "max_tokens"),
+        ({"prompt": "hi", "temperature": -0.1}, "temperature"),
+        ({"prompt": "hi", "temperature": 2.1}, "temperature"),
         ({"prompt": "hi", "temperature": 2.5}, "temperature"),
         ({"prompt": "hi", "top_p": 0}, "top_p"),
+        ({"prompt": "hi", "top_p": 1.5}, "top_p"),
         ({"prompt": "hi", "top_k": -1}, "top_k"),
         ({"prompt": "hi", "stop": ["a", "b", "c", "d", "e"]}, "stop"),
     ],
@@ -49,6 +56,11 @@ async def test_malformed_json_is_400(client) -> None:
     )
     body = assert_error(r, 400, "validation_error")
     assert "Malformed JSON" in body["message"]
+
+
+async def test_a_json_body_over_1mb_is_413(client) -> None:
+    r = await client.post("/api/v1/text/generate", json={"prompt": "x" * 1_100_000})
+    assert_error(r, 413, "payload_too_large")
 
 
 async def test_non_object_body_is_400(client) -> None:

@@ -127,12 +127,36 @@ async def test_one_client_runs_at_most_its_concurrency(
     settings = isolated_settings(
         api_keys_file=keys_file(tmp_path, "sk-a name=a concurrency=2\n"),
         client_concurrency=5,
+        avibe_max_concurrency=8,  # places to spare: only its own concurrency holds it
         rate_limit_per_minute=1000,
     )
     async with running(settings, engine_set(token_delay=0.02)) as (_, client):
-        results = await asyncio.gather(*(generate(client, "sk-a") for _ in range(6)))
+        tasks = [asyncio.create_task(generate(client, "sk-a")) for _ in range(6)]
+        # What the dashboard shows meanwhile ("waiting" also counts an admitted request
+        # until its first token).
+        seen = await until_dashboard(client, lambda f: f == {"running": 2, "waiting": 4})
+        dashboard_peak = seen["running"]
+        while not all(t.done() for t in tasks):
+            dashboard_peak = max(dashboard_peak, (await dashboard(client))["running"])
+            await asyncio.sleep(0.005)
+        results = await asyncio.gather(*tasks)
     assert all(r.status_code == 200 for r in results)
     assert max(peak) == 2 and len(peak) == 6
+    assert seen == {"running": 2, "waiting": 4} and dashboard_peak == 2
+
+
+async def dashboard(client: httpx.AsyncClient) -> dict[str, int]:
+    body = (await client.get("/api/metrics/dashboard")).json()
+    return {"running": body["running"], "waiting": body["waiting"]}
+
+
+async def until_dashboard(client: httpx.AsyncClient, check: Any) -> dict[str, int]:
+    for _ in range(500):
+        now = await dashboard(client)
+        if check(now):
+            return now
+        await asyncio.sleep(0.01)
+    raise AssertionError(f"not reached: {await dashboard(client)}")
 
 
 async def test_a_waiter_that_leaves_is_out_of_the_queue_at_once() -> None:
@@ -150,6 +174,129 @@ async def test_a_waiter_that_leaves_is_out_of_the_queue_at_once() -> None:
         assert queue.running == 1
         assert (await busy).status_code == 200
         assert queue.running == 0
+
+
+async def post_then_disconnect(app: Any, body: bytes, gone: asyncio.Event) -> list[Any]:
+    """POST /api/v1/text/generate straight to the ASGI app; once `gone` is set the client
+    closes its connection (`receive` answers http.disconnect, as a server does when the
+    socket closes). Returns what the app sent."""
+    scope = {
+        "type": "http",
+        "asgi": {"version": "3.0", "spec_version": "2.4"},
+        "http_version": "1.1",
+        "method": "POST",
+        "scheme": "http",
+        "path": "/api/v1/text/generate",
+        "raw_path": b"/api/v1/text/generate",
+        "query_string": b"",
+        "root_path": "",
+        "headers": [
+            (b"host", b"testserver"),
+            (b"content-type", b"application/json"),
+            (b"content-length", str(len(body)).encode()),
+        ],
+        "client": ("127.0.0.1", 123),
+        "server": ("testserver", 80),
+    }
+    incoming = [{"type": "http.request", "body": body, "more_body": False}]
+    sent: list[Any] = []
+
+    async def receive() -> dict[str, Any]:
+        if incoming:
+            return incoming.pop(0)
+        await gone.wait()
+        return {"type": "http.disconnect"}
+
+    async def send(message: Any) -> None:
+        sent.append(message)
+
+    await app(scope, receive, send)
+    return sent
+
+
+async def test_a_waiter_whose_client_disconnects_leaves_the_queue() -> None:
+    """As on a server when the socket of a queued request closes: the app sees
+    http.disconnect and the waiter leaves the queue at once, the one generating goes on."""
+    settings = isolated_settings(avibe_max_concurrency=1, rate_limit_per_minute=1000)
+    async with running(settings, engine_set(token_delay=0.05)) as (app, client):
+        queue = app.state.avito.governor.admissions["avibe"]
+        busy = asyncio.create_task(
+            client.post("/api/v1/text/generate", json={"prompt": "x " * 20, "max_tokens": 20})
+        )
+        await wait_for(lambda: queue.running == 1)
+        gone = asyncio.Event()
+        waiter = asyncio.create_task(
+            post_then_disconnect(app, b'{"prompt": "x", "max_tokens": 2}', gone)
+        )
+        await wait_for(lambda: queue.waiting == 1)
+        gone.set()  # gone while queued
+        await wait_for(lambda: queue.waiting == 0, within=2.0)
+        assert queue.running == 1  # the one generating goes on
+        assert not busy.done()
+        await asyncio.wait_for(waiter, 2)  # the app is done with the gone client
+        assert (await busy).status_code == 200
+        assert queue.running == 0
+
+
+async def test_one_client_cannot_fill_the_queue_for_everyone_else(tmp_path: Path) -> None:
+    """6 requests of one key with 2 generating and a queue of 4: its excess is refused
+    (429, its own bound), and another client still gets a place."""
+    settings = isolated_settings(
+        api_keys_file=keys_file(tmp_path, "sk-flood name=flood\nsk-one name=one\n"),
+        avibe_max_concurrency=2,
+        max_queue_size=4,  # CLIENT_MAX_WAITING unset: a quarter of it, 1
+        rate_limit_per_minute=1000,
+    )
+    async with running(settings, engine_set(token_delay=0.02)) as (app, client):
+        queue = app.state.avito.governor.admissions["avibe"]
+        long = " ".join(["w"] * 19)
+        hog = [
+            asyncio.create_task(
+                client.post(
+                    "/api/v1/text/generate",
+                    json={"prompt": long, "max_tokens": 20},
+                    headers={"Authorization": "Bearer sk-flood"},
+                )
+            )
+            for _ in range(6)
+        ]
+        await wait_for(lambda: queue.running == 2 and sum(t.done() for t in hog) == 3)
+        assert queue.waiting == 1
+        other = await generate(client, "sk-one", "w")
+        results = await asyncio.gather(*hog)
+    assert other.status_code == 200, other.text
+    codes = sorted(r.status_code for r in results)
+    assert codes == [200, 200, 200, 429, 429, 429], codes  # 2 running + 1 waiting (4 // 4)
+    refused = next(r for r in results if r.status_code == 429)
+    assert refused.json()["error"] == "rate_limit_exceeded"
+    assert "CLIENT_MAX_WAITING" in refused.json()["message"]
+    assert refused.headers["retry-after"] == "1"
+
+
+async def test_budget_storage_errors_are_logged_once_per_interval(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    from tests.servers import free_port
+
+    settings = isolated_settings(
+        api_keys_file=keys_file(tmp_path, "sk-team name=team tokens_per_minute=100000\n"),
+        rate_limit_storage_uri=f"redis://127.0.0.1:{free_port()}/0",  # nothing there
+        rate_limit_fail_mode="open",
+        rate_limit_per_minute=1000,
+    )
+    async with running(settings) as (_, client):
+        with caplog.at_level("ERROR"):
+            for _ in range(50):
+                r = await client.post(
+                    "/api/v1/text/generate",
+                    json={"prompt": "a b", "max_tokens": 2},
+                    headers={"Authorization": "Bearer sk-team"},
+                )
+                assert r.status_code == 200
+    errors = [rec.getMessage() for rec in caplog.records if rec.levelname == "ERROR"]
+    budget = [line for line in errors if "Token budget storage" in line]
+    assert len(budget) == 1, budget
+    assert len(errors) <= 2, errors  # that one and the request limits' own
 
 
 async def test_a_full_queue_answers_503_at_once() -> None:

@@ -58,7 +58,7 @@ async def test_the_form_renders_a_seed_error_in_the_page() -> None:
 @pytest.mark.parametrize(
     ("extra", "field"),
     [
-        ({"tools": [{"type": "function", "function": {"name": "f"}}]}, "tools"),
+        ({"functions": [{"name": "f"}]}, "functions"),  # (the deprecated form of tools)
         ({"response_format": {"type": "yaml"}}, "response_format"),  # (JSON is supported)
         ({"logprobs": "yes"}, "logprobs"),  # (logprobs and n > 1 are supported)
         ({"n": 0}, "n"),
@@ -174,3 +174,36 @@ async def test_stop_strings_are_bounded_in_length(stop: object) -> None:
         assert "stop" in r.json()["message"] and "256 characters" in r.json()["message"]
         fine = await client.post("/api/v1/text/generate", json={"prompt": "hi", "stop": "s" * 256})
         assert fine.status_code == 200
+
+
+@pytest.mark.parametrize(
+    ("field", "value"),
+    [("top_p", 1e-300), ("temperature", 1e-50), ("repetition_penalty", 1e-300)],
+)
+async def test_values_float32_cannot_hold_are_400_in_our_words(field: str, value: float) -> None:
+    """Refused before any engine sees them (an engine's own message would name its
+    internals)."""
+    body = {"prompt": "hi", "max_tokens": 4, "temperature": 0.7, field: value}
+    async with running() as (_, client):
+        r = await client.post("/api/v1/text/generate", json=body)
+    assert r.status_code == 400, r.text
+    message = r.json()["message"]
+    assert field in message and "float32" in message
+    assert ".cpp" not in message and "jenkins" not in message
+
+
+@pytest.mark.parametrize(
+    "extra",
+    [
+        {"best_of": 2},
+        {"logit_bias": {"42": 5}},
+        {"suffix": "!"},
+        {"stream_options": {"include_usage": True}},  # without stream
+    ],
+)
+async def test_openai_fields_this_server_does_not_do_are_refused(extra: dict) -> None:
+    body = {"model": "avibe", "prompt": "hi", "max_tokens": 4, **extra}
+    async with running() as (_, client):
+        r = await client.post("/v1/completions", json=body)
+    assert r.status_code == 400, r.text
+    assert r.json()["error"]["param"] == next(iter(extra))

@@ -1,7 +1,12 @@
 from __future__ import annotations
 
+from typing import Any
+
+import pytest
+
 from avito_ai.config import Settings
-from tests.conftest import isolated_settings
+from avito_ai.engines.fake import FakeEngine
+from tests.conftest import engine_set, isolated_settings
 
 from .conftest import running
 
@@ -105,3 +110,66 @@ async def test_prometheus_counts_http_and_model_metrics() -> None:
         assert grew("avito_rejections_total", reason="validation")
         assert value(after, "avito_requests_running", model="avibe") == 0
         assert value(after, "avito_requests_waiting", model="avibe") == 0
+
+
+def rejections(page: dict[tuple[str, frozenset[tuple[str, str]]], float]) -> dict[str, float]:
+    return {
+        dict(labels)["reason"]: count
+        for (name, labels), count in page.items()
+        if name == "avito_rejections_total"
+    }
+
+
+async def rejections_now(client: Any) -> dict[str, float]:
+    return rejections(samples((await client.get("/metrics")).text))
+
+
+def grown(before: dict[str, float], after: dict[str, float]) -> dict[str, float]:
+    """The rejection reasons that moved, and by how much."""
+    return {
+        reason: count - before.get(reason, 0.0)
+        for reason, count in after.items()
+        if count != before.get(reason, 0.0)
+    }
+
+
+@pytest.mark.parametrize(
+    ("form", "fragment"),
+    [
+        ({"prompt": ""}, "Prompt"),
+        ({"prompt": " \n\t "}, "Prompt must not be empty"),
+        ({"prompt": "x" * 2001}, "Prompt too long. Maximum length: 2000 characters"),
+        ({"prompt": "hi", "max_tokens": "0"}, "max_tokens"),
+    ],
+)
+async def test_a_form_refusal_is_counted_once(form: dict[str, str], fragment: str) -> None:
+    async with running(settings()) as (_, client):
+        before = await rejections_now(client)
+        r = await client.post("/avibe", data=form)
+        assert r.status_code == 400 and r.headers["content-type"].startswith("text/html")
+        assert fragment in r.text
+        assert grown(before, await rejections_now(client)) == {"validation": 1.0}
+
+
+async def test_a_vision_form_refusal_is_counted_once() -> None:
+    engines = engine_set(avision=FakeEngine("avision"))
+    async with running(settings(), engines) as (_, client):
+        before = await rejections_now(client)
+        r = await client.post("/avision", files={"image": ("a.png", b"not an image", "image/png")})
+        assert r.status_code == 400 and "Unsupported image type" in r.text
+        assert grown(before, await rejections_now(client)) == {"validation": 1.0}
+
+
+async def test_form_refusals_by_the_middlewares_are_counted_once() -> None:
+    limited = isolated_settings(rate_limit_per_minute=1)
+    async with running(limited) as (_, client):
+        assert (await client.post("/avibe", data={"prompt": "hi"})).status_code == 200
+        before = await rejections_now(client)
+        r = await client.post("/avibe", data={"prompt": "hi"})
+        assert r.status_code == 429 and r.headers["content-type"].startswith("text/html")
+        assert grown(before, await rejections_now(client)) == {"rate_limit": 1.0}
+    async with running(isolated_settings(max_body_size_mb=0.01)) as (_, client):
+        before = await rejections_now(client)
+        r = await client.post("/avibe", data={"prompt": "x" * 20_000})
+        assert r.status_code == 413 and r.headers["content-type"].startswith("text/html")
+        assert grown(before, await rejections_now(client)) == {"payload_too_large": 1.0}

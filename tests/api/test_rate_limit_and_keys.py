@@ -48,6 +48,23 @@ async def test_hourly_window_is_enforced_with_its_own_wording() -> None:
         assert r.json()["message"] == "Rate limit exceeded: 3 requests per hour"
 
 
+@pytest.mark.parametrize(
+    ("minute", "hour", "expected", "wording"),
+    [
+        (4, 100, [200] * 4 + [429] * 2, "4 requests per minute"),
+        (50, 3, [200] * 3 + [429] * 3, "3 requests per hour"),
+    ],
+)
+async def test_memory_storage_enforces_both_windows(
+    minute: int, hour: int, expected: list[int], wording: str
+) -> None:
+    limited = settings(rate_limit_per_minute=minute, rate_limit_per_hour=hour)
+    async with running(limited) as (_, client):
+        assert [(await client.get("/api/health")).status_code for _ in range(6)] == expected
+        r = await client.get("/api/health")
+        assert r.json()["message"] == f"Rate limit exceeded: {wording}"
+
+
 async def test_probes_scrapes_and_static_are_exempt() -> None:
     async with running(settings(rate_limit_per_minute=1)) as (_, client):
         for _ in range(5):
@@ -171,6 +188,7 @@ async def test_valid_keys_in_either_header_work_and_health_stays_open(caplog) ->
         assert r1.status_code == r2.status_code == 200
         assert "key-one" not in caplog.text and "key-two" not in caplog.text
         assert (await client.get("/api/health/live")).status_code == 200
+        assert (await client.get("/api/health")).status_code == 200
         assert (await client.post("/api/metrics/reset")).status_code == 401
 
 

@@ -30,6 +30,7 @@ from avito_ai.engines.base import (
     SamplingParams,
     TextPart,
 )
+from avito_ai.engines.images import fit_image
 from avito_ai.engines.textstream import TextPipeline
 from avito_ai.engines.transformers.detokenize import detokenizer_factory
 from avito_ai.engines.transformers.vision import TransformersVisionEngine
@@ -298,10 +299,10 @@ async def test_raw_prompt_without_images(engine: TransformersVisionEngine) -> No
 async def test_big_image_is_capped(engines: dict[str, TransformersVisionEngine]) -> None:
     engine = engines["qwen2_5_vl"]
     big = Image.new("RGB", (4000, 3000), (90, 90, 90))
-    fitted = engine._fit_image(big)
+    fitted = fit_image(big, engine._max_pixels)
     assert fitted.size[0] * fitted.size[1] <= engine._max_pixels
     assert abs(fitted.size[0] / fitted.size[1] - 4 / 3) < 0.01
-    assert engine._fit_image(Image.new("RGBA", (30, 20))).mode == "RGB"
+    assert fit_image(Image.new("RGBA", (30, 20)), engine._max_pixels).mode == "RGB"
     request = GenerationRequest(
         "big", SamplingParams(max_tokens=2), messages=[ChatMessage("user", (ImagePart(big),))]
     )

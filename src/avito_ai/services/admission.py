@@ -144,6 +144,8 @@ class Admission:
             waiter = self._next()
             if waiter is None:
                 return
+            if waiter.admitted.done():  # cancelled, its task not yet run: it has left
+                continue
             self._start(waiter.client)
             waiter.admitted.set_result(None)
 
