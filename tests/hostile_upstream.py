@@ -76,11 +76,34 @@ async def health(request: Request) -> Response:
     return Response("ok")
 
 
+def tool_call(name: str) -> list[Any]:
+    """What vLLM with --tool-call-parser hermes --reasoning-parser qwen3 streams: the
+    thinking as reasoning_content, then the call, its arguments in pieces."""
+
+    def call(**fields: Any) -> dict[str, Any]:
+        return chunk(delta={"tool_calls": [{"index": 0, **fields}]}, finish_reason=None)
+
+    return [
+        chunk(delta={"role": "assistant", "reasoning_content": "Weather: a tool."}),
+        call(id="call_up", type="function", function={"name": name, "arguments": ""}),
+        call(function={"arguments": '{"city": '}),
+        call(function={"arguments": '"Paris"}'}),
+        chunk(delta={}, finish_reason="tool_calls"),
+        {"choices": [], "usage": {"prompt_tokens": 9, "completion_tokens": 12}},
+        "[DONE]",
+    ]
+
+
 async def chat(request: Request) -> Response:
     body = await request.json()
     RECORDED.append(body)
-    last = (body.get("messages") or [{"content": body.get("prompt")}])[-1]["content"]
+    messages = body.get("messages") or [{"content": body.get("prompt")}]
+    last = messages[-1]["content"]
     case = last if isinstance(last, str) and last in (*CASES, "not_sse", "long_line") else "good"
+    if body.get("tools") and messages[-1].get("role") != "tool":  # a call, parsed by vLLM
+        name = body["tools"][0]["function"]["name"]
+        CASES["tools"] = tool_call(name)
+        case = "tools"
     if case == "not_sse":
         return JSONResponse({"choices": [{"message": {"content": "a whole answer"}}]})
     if case == "long_line":

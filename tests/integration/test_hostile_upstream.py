@@ -11,6 +11,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
+import openai
 import psutil
 import pytest
 
@@ -166,3 +167,75 @@ def test_vllm_gets_its_compact_json_flag_and_each_constraint_in_its_own_field(
     assert received[2]["structured_outputs"] == {"regex": "[0-9]{3}"}
     assert received[3]["structured_outputs"] == {"grammar": 'root ::= "a" | "b"'}
     assert all("response_format" not in body for body in received[2:])
+
+
+def test_vllm_runs_its_parsers_and_gets_tools_and_the_history_as_sent(
+    supervised: ServerProcess,
+) -> None:
+    """vLLM parses Qwen3's calls and thinking itself (--tool-call-parser hermes
+    --reasoning-parser qwen3): the request's tools, choice and history pass through, and
+    its reasoning_content and tool_calls deltas come back as ours."""
+    engine = engine_url(supervised)
+    argv = httpx.get(engine + "/argv").json()
+    assert argv[argv.index("--tool-call-parser") + 1] == "hermes"
+    assert "--enable-auto-tool-choice" in argv
+    assert argv[argv.index("--reasoning-parser") + 1] == "qwen3"
+    client = openai.OpenAI(base_url=supervised.url + "/v1", api_key="x", max_retries=0)
+    tools = [
+        {
+            "type": "function",
+            "function": {
+                "name": "get_weather",
+                "parameters": {"type": "object", "properties": {"city": {"type": "string"}}},
+            },
+        }
+    ]
+    ask = [{"role": "user", "content": "Weather in Paris?"}]
+    r = client.chat.completions.create(
+        model="avibe",
+        messages=ask,
+        tools=tools,
+        tool_choice={"type": "function", "function": {"name": "get_weather"}},
+        parallel_tool_calls=False,
+        extra_body={"enable_thinking": True},
+    )
+    message = r.choices[0].message
+    assert r.choices[0].finish_reason == "tool_calls" and not message.content
+    assert message.tool_calls is not None and len(message.tool_calls) == 1
+    call = message.tool_calls[0]
+    assert (call.function.name, json.loads(call.function.arguments)) == (
+        "get_weather",
+        {"city": "Paris"},
+    )
+    assert getattr(message, "reasoning_content", None) == "Weather: a tool."
+    sent = httpx.get(engine + "/recorded").json()[-1]
+    assert sent["tools"] == tools
+    assert sent["tool_choice"] == {"type": "function", "function": {"name": "get_weather"}}
+    assert sent["parallel_tool_calls"] is False
+    assert sent["chat_template_kwargs"] == {"enable_thinking": True}
+    assert "structured_outputs" not in sent  # vLLM holds the choice itself
+    # Streamed, the same call; then the result goes back with the call in the history.
+    stream = client.chat.completions.create(model="avibe", messages=ask, tools=tools, stream=True)
+    pieces = [
+        tc.function.arguments
+        for chunk in stream
+        for tc in (chunk.choices[0].delta.tool_calls or [] if chunk.choices else [])
+        if tc.function and tc.function.arguments
+    ]
+    assert json.loads("".join(pieces)) == {"city": "Paris"}
+    history = [
+        *ask,
+        {
+            "role": "assistant",
+            "content": None,
+            "tool_calls": [
+                {"id": call.id, "type": "function", "function": call.function.model_dump()}
+            ],
+        },
+        {"role": "tool", "tool_call_id": call.id, "content": "sunny"},
+    ]
+    done = client.chat.completions.create(model="avibe", messages=history, tools=tools)
+    assert done.choices[0].message.content == "fine"
+    sent = httpx.get(engine + "/recorded").json()[-1]
+    assert sent["messages"][1]["tool_calls"][0]["function"]["name"] == "get_weather"
+    assert sent["messages"][2] == {"role": "tool", "content": "sunny", "tool_call_id": call.id}

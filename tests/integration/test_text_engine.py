@@ -209,8 +209,8 @@ async def test_tiny_enable_thinking_reaches_the_template(tiny: TransformersTextE
     assert off.endswith("<think>\n\n</think>\n\n")
     assert on.endswith("<|im_start|>assistant\n")
     spec = tiny.build_spec(chat("Hi"))
-    assert spec.strip_thinking and not spec.thinking_open
-    assert not tiny.build_spec(chat("Hi", enable_thinking=True)).strip_thinking
+    assert not spec.keep_thinking and not spec.thinking_open
+    assert tiny.build_spec(chat("Hi", enable_thinking=True)).keep_thinking
 
 
 async def test_tiny_user_text_cannot_forge_role_markers(tiny: TransformersTextEngine) -> None:

@@ -36,6 +36,8 @@ def test_vllm_command_line_with_eagle3_as_the_card_says() -> None:
         "--tensor-parallel-size", "1",
         "--scheduling-policy", "priority",
         "--structured-outputs-config", '{"disable_any_whitespace":true}',
+        "--enable-auto-tool-choice", "--tool-call-parser", "hermes",
+        "--reasoning-parser", "qwen3",
         "--speculative-config",
         '{"method":"eagle3","model":"AvitoTech/avibe-eagle","num_speculative_tokens":5}',
     ]  # fmt: skip
@@ -56,15 +58,16 @@ def test_both_models_on_one_gpu_share_its_memory_and_vision_keeps_its_image_limi
     vision = engine_spec("avision", settings, 2).argv
     assert vibe[vibe.index("--gpu-memory-utilization") + 1] == "0.55"
     assert vision[vision.index("--gpu-memory-utilization") + 1] == "0.35"
-    assert vision[-13:] == [
+    assert vision[-16:] == [
         "--tensor-parallel-size", "2",
         "--scheduling-policy", "priority",
         "--structured-outputs-config", '{"disable_any_whitespace":true}',
+        "--enable-auto-tool-choice", "--tool-call-parser", "hermes",
         "--max-model-len", "16384",
         "--limit-mm-per-prompt", '{"image": 2}',
         "--enforce-eager", "--chat-template", "/x y/t.jinja",
     ]  # fmt: skip
-    assert "--speculative-config" not in vision
+    assert "--speculative-config" not in vision and "--reasoning-parser" not in vision
     own = isolated_settings(**EAGLE, avibe_gpu_memory=0.7)
     argv = engine_spec("avibe", own, 1).argv
     assert argv[argv.index("--gpu-memory-utilization") + 1] == "0.7"
@@ -86,6 +89,8 @@ def test_sglang_command_line_with_eagle3() -> None:
         "--tp-size", "1",
         "--enable-metrics",
         "--constrained-json-disable-any-whitespace",
+        "--tool-call-parser", "qwen25",
+        "--reasoning-parser", "qwen3",
         "--context-length", "32768",
         "--speculative-algorithm", "EAGLE3",
         "--speculative-draft-model-path", "AvitoTech/avibe-eagle",

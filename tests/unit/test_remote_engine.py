@@ -18,7 +18,8 @@ from avito_ai.engines.base import (
     SamplingParams,
     TextPart,
 )
-from avito_ai.engines.remote.engine import RemoteConfig, RemoteEngine
+from avito_ai.engines.remote.engine import RemoteEngine
+from avito_ai.engines.remote.upstreams import RemoteConfig
 from avito_ai.engines.remote.wire import upstream_payload
 from avito_ai.errors import ModelUnavailable, Overloaded, ValidationFailed
 from tests.conftest import isolated_settings
@@ -349,7 +350,7 @@ async def test_n_travels_to_the_upstream_and_choices_come_back_by_index() -> Non
     assert sent[0]["n"] == 3
     assert [(c.index, c.text) for c in chunks[:-1]] == [(2, "c2"), (0, "c0"), (1, "c1")]
     assert [end.index for end in chunks[-1].choices or ()] == [0, 1, 2]
-    from avito_ai.engines.remote.wire import InvalidAnswer, UsageBounds, parse_event
+    from avito_ai.engines.remote.events import InvalidAnswer, UsageBounds, parse_event
 
     past = json.dumps({"choices": [{"index": 3, "delta": {"content": "x"}}]}).encode()
     with pytest.raises(InvalidAnswer, match="index 3"):

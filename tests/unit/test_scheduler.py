@@ -239,18 +239,25 @@ async def test_stop_string_across_tokens_and_partial_prefixes(make: Any) -> None
 async def test_thinking_is_stripped_while_streaming(make: Any) -> None:
     h = make()
     answer = "<think>Let me think about Paris.</think>\n\nParis."
-    spec = h.spec("Think:", answer, strip_thinking=True)
-    deltas = [c.text async for c in h.scheduler.stream(spec)]
-    assert "".join(deltas) == "Paris."
-    assert not any("think" in d for d in deltas)
+    spec = h.spec("Think:", answer)
+    chunks = [c async for c in h.scheduler.stream(spec)]
+    assert "".join(c.text for c in chunks) == "Paris."
+    assert not any("think" in c.text or c.reasoning for c in chunks)
     # Opened by the template: the output only closes the block.
-    spec = h.spec("Think2:", "reasoning here</think>\nAnswer.", strip_thinking=True)
+    spec = h.spec("Think2:", "reasoning here</think>\nAnswer.")
     spec.thinking_open = True
     text, _ = await collect(h.scheduler.stream(spec))
     assert text == "Answer."
-    # Kept when thinking was asked for.
-    text, _ = await collect(h.scheduler.stream(h.spec("Think3:", answer)))
-    assert text == answer
+    # Kept apart, as the reasoning, when thinking was asked for.
+    chunks = [c async for c in h.scheduler.stream(h.spec("Think3:", answer, keep_thinking=True))]
+    assert "".join(c.text for c in chunks) == "Paris."
+    assert "".join(c.reasoning for c in chunks) == "Let me think about Paris."
+    assert sum(bool(c.reasoning) for c in chunks) > 1  # streamed as it came, not at the end
+    spec = h.spec("Think4:", "reasoning here</think>\nAnswer.", keep_thinking=True)
+    spec.thinking_open = True
+    chunks = [c async for c in h.scheduler.stream(spec)]
+    assert "".join(c.text for c in chunks) == "Answer."
+    assert "".join(c.reasoning for c in chunks) == "reasoning here"
 
 
 async def test_full_queue_raises_overloaded_immediately(make: Any) -> None:

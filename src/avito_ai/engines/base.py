@@ -87,15 +87,55 @@ class ImagePart:
 
 
 ContentPart = TextPart | ImagePart
+MessageRole = Literal["system", "user", "assistant", "tool"]
+
+
+@dataclass(frozen=True)
+class ToolSpec:
+    """A function the model may call: its name, what it does, its JSON Schema parameters."""
+
+    name: str
+    parameters: dict[str, Any] = field(hash=False, compare=False)
+    description: str | None = None
+
+
+@dataclass(frozen=True)
+class ToolCall:
+    """A call the model made (or made earlier, in the history): `arguments` is JSON text."""
+
+    id: str
+    name: str
+    arguments: str
+
+
+@dataclass(frozen=True)
+class ToolCallPiece:
+    """A piece of a call in a stream: the first names it (`id`, `name`), the others carry
+    its arguments' JSON text in order. `index`: the call's place among the choice's calls."""
+
+    index: int
+    id: str | None
+    name: str | None
+    arguments: str
+
+
+# auto: the model decides; none: no calls; required: at least one call (one of
+# `GenerationRequest.tools`, or `forced_tool` alone when it is set).
+ToolChoice = Literal["auto", "none", "required"]
 
 
 @dataclass(frozen=True)
 class ChatMessage:
-    role: Literal["system", "user", "assistant"]
+    """One message of a chat. An assistant message may carry the calls it made (and no
+    text); a `tool` message is a call's result, `tool_call_id` naming the call."""
+
+    role: MessageRole
     content: tuple[ContentPart, ...]
+    tool_calls: tuple[ToolCall, ...] = ()
+    tool_call_id: str | None = None
 
     @classmethod
-    def text(cls, role: Literal["system", "user", "assistant"], text: str) -> ChatMessage:
+    def text(cls, role: MessageRole, text: str) -> ChatMessage:
         return cls(role=role, content=(TextPart(text),))
 
     @property
@@ -153,6 +193,8 @@ class Capabilities:
     logprobs: bool = False
     top_logprobs: int = 0
     choices: bool = False
+    # It applies tool_choice itself (vLLM, SGLang, remote upstreams); else a grammar does.
+    tools: bool = False
 
 
 ALL_CONSTRAINTS: frozenset[ConstraintKind] = frozenset(
@@ -177,6 +219,11 @@ class GenerationRequest:
     priority: int = 0
     # Structured output (response_format); None: free text.
     constraint: OutputConstraint | None = None
+    # Functions the model may call (rendered by the chat template, or a system block).
+    tools: tuple[ToolSpec, ...] = ()
+    tool_choice: ToolChoice = "auto"
+    forced_tool: str | None = None  # tool_choice naming one function
+    parallel_tool_calls: bool = True
 
 
 @dataclass(frozen=True)
@@ -220,6 +267,10 @@ class Chunk:
     text: str
     finish_reason: FinishReason | None = None
     input_tokens: int | None = None
+    # The model's thinking released with this delta (thinking on), apart from the answer.
+    reasoning: str = ""
+    # Tool calls parsed out of the answer (services/tools.py), when the request has tools.
+    tool_calls: tuple[ToolCallPiece, ...] = ()
     generated_tokens: int | None = None
     timings: Timings | None = None
     index: int = 0

@@ -1,7 +1,10 @@
 """A deterministic engine for API tests and UI work. Never a default: AVIBE_BACKEND=fake.
 
 It answers by echoing the last user text ("Echo: ..."), one space-separated word per token
-(line breaks kept), so tests can predict the text, token counts and finish reasons.
+(line breaks kept), so tests can predict the text, token counts and finish reasons. With
+thinking on it first thinks aloud ("The user wrote N words."); with tools, it calls one
+(Hermes `<tool_call>` text, as Qwen3 writes it) when the choice requires a call or the user
+names a tool, and echoes a tool's result when that is the last message.
 `token_delay` slows it down to test streaming, timeouts and graceful shutdown; with it and
 `ignore_eos` (the words repeat up to max_tokens) it is an ideal engine of fixed speed for
 measuring the front door (benchmarks/bench_front_door.py --engine-env AVIBE_BACKEND=fake
@@ -11,6 +14,7 @@ FAKE_TOKEN_DELAY=0.02).
 from __future__ import annotations
 
 import asyncio
+import json
 import time
 from collections.abc import AsyncIterator
 
@@ -70,7 +74,10 @@ class FakeEngine:
 
     def capabilities(self) -> Capabilities:
         return Capabilities(
-            constraints=frozenset({"json_schema", "json_object"}), logprobs=True, top_logprobs=20
+            constraints=frozenset({"json_schema", "json_object"}),
+            logprobs=True,
+            top_logprobs=20,
+            tools=True,
         )
 
     @staticmethod
@@ -90,11 +97,14 @@ class FakeEngine:
         if request.prompt is not None:
             text, images = request.prompt, 0
         else:
-            user = [m for m in request.messages if m.role == "user"]
+            user = [m for m in request.messages if m.role in ("user", "tool")]
             parts = user[-1].content if user else ()
             text = " ".join(p.text for p in parts if isinstance(p, TextPart))
             images = sum(isinstance(p, ImagePart) for p in parts)
         input_tokens = sum(len(m.content) for m in request.messages) + len(text.split())
+        call = FakeEngine._tool_call(request, text)
+        if call is not None:
+            return [call[i : i + 4] for i in range(0, len(call), 4)], input_tokens
         constraint = request.constraint
         if constraint is not None and constraint.schema is not None:
             answer = example_json(constraint.schema)
@@ -104,6 +114,22 @@ class FakeEngine:
         if images:
             words.append(f"[{images} image(s)]")
         return words, input_tokens
+
+    @staticmethod
+    def _tool_call(request: GenerationRequest, text: str) -> str | None:
+        """The call the fake makes, as Hermes text; None: it answers in words."""
+        if not request.tools or request.tool_choice == "none":
+            return None
+        if request.messages and request.messages[-1].role == "tool":
+            return None  # a result came back: the fake answers (echoes it)
+        named = [t for t in request.tools if t.name == request.forced_tool]
+        mentioned = [t for t in request.tools if t.name in text]
+        chosen = named or mentioned or (request.tools if request.tool_choice == "required" else ())
+        if not chosen:
+            return None
+        tool = chosen[0]
+        call = {"name": tool.name, "arguments": json.loads(example_json(tool.parameters))}
+        return f"<tool_call>\n{json.dumps(call, ensure_ascii=False)}\n</tool_call>"
 
     def prompt_tokens(self, request: GenerationRequest) -> int:
         return self.answer_for(request)[1]
@@ -123,7 +149,10 @@ class FakeEngine:
         if sampling.ignore_eos:  # no end of its own: the words repeat up to max_tokens
             words = [words[i % len(words)] for i in range(sampling.max_tokens)]
             finish = "length"
+        joiner = "" if request.constraint is not None or words[0].startswith("<") else " "
         try:
+            if request.enable_thinking and request.prompt is None:
+                yield Chunk("", reasoning=f"The user wrote {len(words) - 1} words.")
             for i, word in enumerate(words):
                 if len(produced) >= sampling.max_tokens:
                     finish = "length"
@@ -132,7 +161,6 @@ class FakeEngine:
                     raise Timeout("Request timed out")
                 if self.token_delay:
                     await asyncio.sleep(self.token_delay)
-                joiner = "" if request.constraint is not None else " "
                 piece = word if i == 0 else joiner + word
                 joined = "".join(produced) + piece
                 hit = next((s for s in sampling.stop if s in joined), None)

@@ -86,7 +86,8 @@ def build_engine(role: Role, settings: Settings) -> Engine:
             role, token_delay=settings.fake_token_delay, load_delay=settings.fake_load_delay
         )
     if backend == "remote":
-        from avito_ai.engines.remote.engine import RemoteConfig, RemoteEngine
+        from avito_ai.engines.remote.engine import RemoteEngine
+        from avito_ai.engines.remote.upstreams import RemoteConfig
 
         return RemoteEngine(RemoteConfig.of(role, settings))
     if backend in ("vllm", "sglang", "command"):

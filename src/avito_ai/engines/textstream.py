@@ -6,8 +6,9 @@ Three small state machines, chained per sequence by `TextPipeline`:
    backend brings the fastest its tokenizer allows (transformers/detokenize.py,
    openvino/detokenize.py); `IncrementalDetokenizer` here works with any `decode`
    function (it re-decodes a short window per token).
-2. `ThinkFilter` - drops `<think>...</think>` blocks (reasoning models) unless the client
-   asked for thinking; holds back text that could be the start of a tag.
+2. `ThinkFilter` - takes `<think>...</think>` blocks (reasoning models) out of the answer:
+   kept apart as the reasoning when the client asked for thinking, else dropped; holds
+   back text that could be the start of a tag.
 3. `StopMatcher` - cuts the answer before the first stop string; holds back text that could
    be the start of a stop string until it is decided.
 
@@ -87,18 +88,25 @@ class IncrementalDetokenizer:
 
 
 class ThinkFilter:
-    """Removes `<think>...</think>` blocks from a text stream, and whitespace right after one.
+    """Takes `<think>...</think>` blocks out of a text stream, and whitespace right after one.
 
     `inside=True` starts in a block: some chat templates open `<think>` in the prompt
-    itself, so the model's output only contains the closing tag.
+    itself, so the model's output only contains the closing tag. `keep=True` keeps what
+    the blocks held (the reasoning, `take_reasoning()`); otherwise it is dropped.
     """
 
-    __slots__ = ("_after_block", "_buf", "_inside")
+    __slots__ = ("_after_block", "_buf", "_inside", "_keep", "_thought")
 
-    def __init__(self, *, inside: bool = False) -> None:
+    def __init__(self, *, inside: bool = False, keep: bool = False) -> None:
         self._inside = inside
+        self._keep = keep
         self._after_block = False
         self._buf = ""
+        self._thought: list[str] = []
+
+    def _think(self, text: str) -> None:
+        if self._keep and text:
+            self._thought.append(text)
 
     def feed(self, text: str) -> str:
         buf = self._buf + text
@@ -108,8 +116,10 @@ class ThinkFilter:
                 i = buf.find(THINK_CLOSE)
                 if i < 0:
                     k = partial_suffix_len(buf, (THINK_CLOSE,))
+                    self._think(buf[: len(buf) - k])
                     buf = buf[len(buf) - k :]
                     break
+                self._think(buf[:i])
                 buf = buf[i + len(THINK_CLOSE) :]
                 self._inside = False
                 self._after_block = True
@@ -132,10 +142,18 @@ class ThinkFilter:
         return "".join(out)
 
     def finish(self) -> str:
-        """Release held text at the end (an unfinished block is dropped)."""
-        rest = "" if self._inside else self._buf
-        self._buf = ""
+        """Release held text at the end (an unfinished block is reasoning, or dropped)."""
+        rest, self._buf = self._buf, ""
+        if self._inside:
+            self._think(rest)
+            return ""
         return rest.lstrip() if self._after_block else rest
+
+    def take_reasoning(self) -> str:
+        """The reasoning since the last call (always "" unless `keep`)."""
+        taken = "".join(self._thought)
+        self._thought.clear()
+        return taken
 
 
 class StopMatcher:
@@ -170,7 +188,11 @@ class StopMatcher:
 
 
 class TextPipeline:
-    """Detokenizer -> think filter -> stop matcher, for one sequence."""
+    """Detokenizer -> think filter -> stop matcher, for one sequence.
+
+    `keep_thinking`: the reasoning is kept apart (`take_reasoning()`), else dropped;
+    `thinking_open`: the prompt opened a `<think>` block. Stop strings end the answer,
+    never the reasoning."""
 
     __slots__ = ("_detok", "_stop", "_think")
 
@@ -179,11 +201,11 @@ class TextPipeline:
         detokenizer: Detokenizer,
         *,
         stop: Sequence[str] = (),
-        strip_thinking: bool = False,
+        keep_thinking: bool = False,
         thinking_open: bool = False,
     ) -> None:
         self._detok = detokenizer
-        self._think = ThinkFilter(inside=thinking_open) if strip_thinking else None
+        self._think = ThinkFilter(inside=thinking_open, keep=keep_thinking)
         self._stop = StopMatcher(stop)
 
     @property
@@ -192,17 +214,20 @@ class TextPipeline:
         return self._stop.stopped
 
     def _through(self, text: str) -> str:
-        if self._think is not None and text:
+        if text:
             text = self._think.feed(text)
         return self._stop.feed(text) if text else ""
 
     def push(self, token_id: int) -> str:
         return self._through(self._detok.push(token_id))
 
+    def take_reasoning(self) -> str:
+        return self._think.take_reasoning()
+
     def finish(self) -> str:
         """Flush everything still held; call once when the sequence ends for any reason."""
         text = self._through(self._detok.flush())
-        if self._think is not None and not self._stop.stopped:
+        if not self._stop.stopped:
             tail = self._think.finish()
             text += self._stop.feed(tail) if tail else ""
         return text + self._stop.finish()

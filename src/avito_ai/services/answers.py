@@ -1,23 +1,36 @@
 """A generation's answer: the chunks of a stream gathered into choices, text and counts.
 
 `AnswerCollector` is the one place chunks become an Answer (the generation service uses it
-for whole answers and at the end of every stream)."""
+for whole answers and at the end of every stream). With tools, it also parses each
+choice's calls out of its text as the text streams (services/tools.py), so a stream's
+deltas and its Answer agree on every call and id."""
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 
-from avito_ai.engines.base import ChoiceEnd, Chunk, Timings, TokenLogprob
+from avito_ai.engines.base import (
+    ChoiceEnd,
+    Chunk,
+    GenerationRequest,
+    Timings,
+    TokenLogprob,
+    ToolCall,
+)
 from avito_ai.errors import ModelUnavailable
+from avito_ai.services.tools import ToolCallParser
 
 
 @dataclass(frozen=True)
 class ChoiceAnswer:
     index: int
     text: str
-    finish_reason: str
+    finish_reason: str  # stop, length, cancelled; tool_calls when it ended calling tools
     generated_tokens: int
     logprobs: tuple[TokenLogprob, ...] | None = None  # when asked for
+    reasoning: str = ""  # the thinking (thinking on), apart from the text
+    tool_calls: tuple[ToolCall, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -32,6 +45,8 @@ class Answer:
     timings: Timings
     choices: tuple[ChoiceAnswer, ...] = ()
     logprobs: tuple[TokenLogprob, ...] | None = None  # the first choice's, when asked for
+    reasoning: str = ""
+    tool_calls: tuple[ToolCall, ...] = ()
 
     @property
     def tokens_per_second(self) -> float:
@@ -40,37 +55,62 @@ class Answer:
 
 
 class AnswerCollector:
-    """Gathers a stream's chunks into the Answer (text and logprobs per choice)."""
+    """Gathers a stream's chunks into the Answer (text, reasoning, calls and logprobs per
+    choice); `add` also gives the delta to send on, calls parsed out of its text."""
 
-    def __init__(self, logprobs: bool = False) -> None:
-        self.logprobs = logprobs
+    def __init__(self, request: GenerationRequest | None = None) -> None:
+        self.logprobs = request is not None and request.sampling.logprobs
+        self._tools = (
+            {t.name: t for t in request.tools}
+            if request is not None and request.tools and request.tool_choice != "none"
+            else None
+        )
+        self._parallel = request is None or request.parallel_tool_calls
         self._texts: dict[int, list[str]] = {}
+        self._thoughts: dict[int, list[str]] = {}
         self._tokens: dict[int, list[TokenLogprob]] = {}
+        self._parsers: dict[int, ToolCallParser] = {}
 
-    def add(self, chunk: Chunk) -> Answer | None:
-        """Take one chunk; the Answer once the final one came."""
-        self._texts.setdefault(chunk.index, []).append(chunk.text)
+    def _parse(self, chunk: Chunk) -> Chunk:
+        if self._tools is None:
+            return chunk
+        parser = self._parsers.get(chunk.index)
+        if parser is None:
+            parser = self._parsers[chunk.index] = ToolCallParser(self._tools, self._parallel)
+        text, pieces = parser.feed(chunk.text)
+        if chunk.is_final:
+            text += parser.finish()
+        return dataclasses.replace(chunk, text=text, tool_calls=tuple(pieces))
+
+    def _keep(self, chunk: Chunk) -> Chunk | None:
+        i = chunk.index
+        self._texts.setdefault(i, []).append(chunk.text)
+        if chunk.reasoning:
+            self._thoughts.setdefault(i, []).append(chunk.reasoning)
         if chunk.logprobs:
-            self._tokens.setdefault(chunk.index, []).extend(chunk.logprobs)
+            self._tokens.setdefault(i, []).extend(chunk.logprobs)
+        if chunk.text or chunk.logprobs or chunk.reasoning or chunk.tool_calls:
+            return dataclasses.replace(chunk, finish_reason=None, timings=None, choices=None)
+        return None
+
+    def add(self, chunk: Chunk) -> tuple[list[Chunk], Answer | None]:
+        """Take one chunk: the deltas to send on (finish and timings stay off them), and
+        the Answer once the final chunk came."""
+        deltas = [d for d in (self._keep(self._parse(chunk)),) if d is not None]
         if not chunk.is_final:
-            return None
+            return deltas, None
         if chunk.timings is None:
             raise ModelUnavailable("The model stopped without finishing the answer")
+        for index, parser in self._parsers.items():  # the other choices' held text
+            if index != chunk.index:
+                tail = self._keep(Chunk(parser.finish(), index=index))
+                deltas += [tail] if tail is not None else []
         ends = chunk.choices or (
             ChoiceEnd(0, chunk.finish_reason or "stop", chunk.generated_tokens or 0),
         )
-        choices = tuple(
-            ChoiceAnswer(
-                end.index,
-                "".join(self._texts.get(end.index, ())),
-                end.finish_reason,
-                end.generated_tokens,
-                tuple(self._tokens.get(end.index, ())) if self.logprobs else None,
-            )
-            for end in sorted(ends, key=lambda e: e.index)
-        )
+        choices = tuple(self._choice(end) for end in sorted(ends, key=lambda e: e.index))
         first = choices[0]
-        return Answer(
+        return deltas, Answer(
             text=first.text,
             finish_reason=first.finish_reason,
             input_tokens=chunk.input_tokens or 0,
@@ -78,4 +118,20 @@ class AnswerCollector:
             timings=chunk.timings,
             choices=choices,
             logprobs=first.logprobs,
+            reasoning=first.reasoning,
+            tool_calls=first.tool_calls,
+        )
+
+    def _choice(self, end: ChoiceEnd) -> ChoiceAnswer:
+        parser = self._parsers.get(end.index)
+        calls = tuple(parser.calls) if parser is not None else ()
+        finish = "tool_calls" if calls and end.finish_reason == "stop" else end.finish_reason
+        return ChoiceAnswer(
+            end.index,
+            "".join(self._texts.get(end.index, ())),
+            finish,
+            end.generated_tokens,
+            tuple(self._tokens.get(end.index, ())) if self.logprobs else None,
+            "".join(self._thoughts.get(end.index, ())),
+            calls,
         )

@@ -198,6 +198,9 @@ async def compiled(kind: ConstraintKind, source: str, param: str) -> str:
         return cached
     loop = asyncio.get_running_loop()
     what = kind.replace("_", " ")
+    # The compiler's first import (with torch installed, torch's too) takes seconds on a
+    # busy machine: not the schema's cost, so not inside its time limit.
+    await loop.run_in_executor(_COMPILER, _grammar_class)
     try:
         async with asyncio.timeout(COMPILE_TIMEOUT_S):
             grammar = await loop.run_in_executor(_COMPILER, _compile, kind, source)

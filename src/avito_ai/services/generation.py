@@ -118,9 +118,9 @@ class GenerationService:
         generation would otherwise run to its end."""
 
         async def collect() -> Answer:
-            collector = AnswerCollector(request.sampling.logprobs)
+            collector = AnswerCollector(request)
             async for chunk in self._chunks(engine, request, client):
-                answer = collector.add(chunk)
+                _, answer = collector.add(chunk)
                 if answer is not None:
                     return answer
             raise ModelUnavailable("The model stopped without finishing the answer")
@@ -149,7 +149,7 @@ class GenerationService:
         except BaseException:
             await iterator.aclose()
             raise
-        return _deltas_then_answer(first, iterator, AnswerCollector(request.sampling.logprobs))
+        return _deltas_then_answer(first, iterator, AnswerCollector(request))
 
     async def _chunks(
         self, engine: Engine, request: GenerationRequest, client: Client
@@ -211,9 +211,9 @@ async def _deltas_then_answer(
     try:
         chunk: Chunk | None = first
         while chunk is not None:
-            if chunk.text or chunk.logprobs:  # (a final chunk's text and logprobs as a delta)
-                yield dataclasses.replace(chunk, finish_reason=None, timings=None)
-            answer = collector.add(chunk)
+            deltas, answer = collector.add(chunk)
+            for delta in deltas:  # (a final chunk's text and logprobs too, as a delta)
+                yield delta
             if answer is not None:
                 yield answer
                 return

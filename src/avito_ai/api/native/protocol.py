@@ -39,6 +39,9 @@ class GenerationData(BaseModel):
     finish_reason: str
     # Only when the request asked for logprobs (otherwise the original body, unchanged).
     logprobs: list[NativeTokenLogprob] | None = Field(None, exclude_if=lambda v: v is None)
+    # The model's thinking, apart from the text: only with enable_thinking (and a model
+    # that thinks).
+    reasoning: str | None = Field(None, exclude_if=lambda v: v is None)
 
 
 class GenerationMetrics(BaseModel):

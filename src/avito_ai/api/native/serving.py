@@ -57,6 +57,7 @@ def native_response(result: Answer, request_id: str) -> GenerationResponse:
                 )
                 for t in result.logprobs
             ],
+            reasoning=result.reasoning or None,
         ),
         metrics=GenerationMetrics(
             generation_time=round(t.generation_s, 3),
@@ -76,8 +77,11 @@ async def native_events(
         async for item in items:
             if isinstance(item, Answer):
                 yield event(native_response(item, request_id).model_dump(), "done")
-            elif item.text:
-                yield event({"text": item.text}, "delta")
+            else:
+                if item.reasoning:
+                    yield event({"reasoning": item.reasoning}, "reasoning")
+                if item.text:
+                    yield event({"text": item.text}, "delta")
     except Exception as exc:
         yield event(stream_failure(exc, request_id, "native"), "error")
     finally:

@@ -16,12 +16,14 @@ from avito_ai.api.openai.protocol import (
     Completion,
     CompletionChoice,
     CompletionLogprobs,
+    FunctionCallOut,
+    ToolCallOut,
     TopLogprob,
     Usage,
 )
 from avito_ai.api.openai.protocol import TokenLogprob as WireTokenLogprob
-from avito_ai.engines.base import Chunk, TokenLogprob
-from avito_ai.services.answers import Answer
+from avito_ai.engines.base import Chunk, TokenLogprob, ToolCallPiece
+from avito_ai.services.answers import Answer, ChoiceAnswer
 
 
 def completion_id(request_id: str, *, chat: bool) -> str:
@@ -75,6 +77,35 @@ def completion_logprobs(
     )
 
 
+def assistant_message(choice: ChoiceAnswer) -> AssistantMessage:
+    """The choice's message: content (null when it only called tools), calls, thinking."""
+    calls = [
+        ToolCallOut(id=c.id, function=FunctionCallOut(name=c.name, arguments=c.arguments))
+        for c in choice.tool_calls
+    ]
+    return AssistantMessage(
+        content=choice.text if choice.text or not calls else None,
+        tool_calls=calls or None,
+        reasoning_content=choice.reasoning or None,
+        reasoning=choice.reasoning or None,
+    )
+
+
+def tool_call_deltas(pieces: Sequence[ToolCallPiece]) -> list[dict[str, Any]]:
+    """Streamed calls in OpenAI's shape: the first delta of a call has its id and name, the
+    next ones pieces of its arguments."""
+    out: list[dict[str, Any]] = []
+    for piece in pieces:
+        if piece.id is not None:
+            function = {"name": piece.name, "arguments": piece.arguments}
+            out.append(
+                {"index": piece.index, "id": piece.id, "type": "function", "function": function}
+            )
+        else:
+            out.append({"index": piece.index, "function": {"arguments": piece.arguments}})
+    return out
+
+
 def chat_completion(answer: Answer, request_id: str, model: str) -> ChatCompletion:
     return ChatCompletion(
         id=completion_id(request_id, chat=True),
@@ -83,7 +114,7 @@ def chat_completion(answer: Answer, request_id: str, model: str) -> ChatCompleti
         choices=[
             ChatChoice(
                 index=choice.index,
-                message=AssistantMessage(content=choice.text),
+                message=assistant_message(choice),
                 finish_reason=choice.finish_reason,
                 logprobs=chat_logprobs(choice.logprobs),
             )
@@ -161,11 +192,14 @@ class StreamChunks:
     def delta(self, chunk: Chunk) -> dict[str, Any]:
         logprobs = self._logprobs(chunk.index, chunk.logprobs)
         if self.chat:
-            choice: dict[str, Any] = {
-                "index": chunk.index,
-                "delta": {"content": chunk.text},
-                "finish_reason": None,
-            }
+            delta: dict[str, Any] = {}
+            if chunk.reasoning:
+                delta["reasoning_content"] = delta["reasoning"] = chunk.reasoning
+            if chunk.text or not (chunk.reasoning or chunk.tool_calls):
+                delta["content"] = chunk.text
+            if chunk.tool_calls:
+                delta["tool_calls"] = tool_call_deltas(chunk.tool_calls)
+            choice: dict[str, Any] = {"index": chunk.index, "delta": delta, "finish_reason": None}
             if logprobs is not None:
                 choice["logprobs"] = logprobs
             return self._body(choice)

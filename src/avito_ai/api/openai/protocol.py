@@ -13,6 +13,7 @@ from pydantic import (
     StrictStr,
     ValidationInfo,
     field_validator,
+    model_validator,
 )
 
 from avito_ai.schemas.sampling import EXAMPLE_IMAGE, SamplingBase, Text, WholeNumber
@@ -23,9 +24,8 @@ from avito_ai.schemas.structured import ResponseFormat
 MAX_MESSAGES = 256
 MAX_PARTS = 32
 UNSUPPORTED = (
-    "tools",
-    "tool_choice",
     "functions",
+    "function_call",
     "best_of",
     "logit_bias",
     "suffix",
@@ -81,13 +81,74 @@ class ImageContentPart(BaseModel):
 ContentPartIn = Annotated[TextContentPart | ImageContentPart, Field(discriminator="type")]
 
 
+MAX_TOOLS = 128
+# OpenAI's rule for function names.
+FunctionName = Annotated[StrictStr, Field(pattern=r"^[a-zA-Z0-9_-]{1,64}$")]
+
+
+class FunctionCallIn(BaseModel):
+    name: FunctionName
+    arguments: StrictStr  # JSON text, as the model wrote it
+
+
+class ToolCallIn(BaseModel):
+    id: Annotated[StrictStr, Field(min_length=1, max_length=128)]
+    type: Literal["function"] = "function"
+    function: FunctionCallIn
+
+
 class ChatMessageIn(BaseModel):
     model_config = ConfigDict(extra="ignore")
 
-    role: Literal["system", "user", "assistant", "developer"]
-    # Required: a message without content is a mistake (tool calls are not supported).
-    content: Text | Annotated[list[ContentPartIn], Field(min_length=1, max_length=MAX_PARTS)]
+    role: Literal["system", "user", "assistant", "developer", "tool"]
+    tool_calls: Annotated[list[ToolCallIn], Field(max_length=MAX_TOOLS)] | None = None
+    tool_call_id: StrictStr | None = None  # role "tool": the call it answers
+    # Required, except on an assistant message that made tool calls.
+    content: (
+        Text | Annotated[list[ContentPartIn], Field(min_length=1, max_length=MAX_PARTS)] | None
+    ) = Field(None, validate_default=True)
     name: str | None = None
+
+    @field_validator("content")
+    @classmethod
+    def _content_unless_calls(cls, value: Any, info: ValidationInfo) -> Any:
+        role, calls = info.data.get("role"), info.data.get("tool_calls")
+        if value is None and not (role == "assistant" and calls):
+            raise ValueError("Field required")
+        return value
+
+    @model_validator(mode="after")
+    def _calls_and_results(self) -> ChatMessageIn:
+        if self.role == "tool" and not self.tool_call_id:
+            raise ValueError("a tool message needs the tool_call_id of the call it answers")
+        if self.tool_calls and self.role != "assistant":
+            raise ValueError("only assistant messages carry tool_calls")
+        return self
+
+
+class FunctionDefinition(BaseModel):
+    name: FunctionName
+    description: StrictStr | None = None
+    # JSON Schema of the arguments (checked: 400 naming the tool when it is not one).
+    parameters: dict[str, Any] | None = None
+    strict: StrictBool | None = None
+
+
+class FunctionTool(BaseModel):
+    type: Literal["function"]
+    function: FunctionDefinition
+
+
+class NamedFunction(BaseModel):
+    name: FunctionName
+
+
+class NamedToolChoice(BaseModel):
+    type: Literal["function"]
+    function: NamedFunction
+
+
+ToolChoiceIn = Literal["auto", "none", "required"] | NamedToolChoice
 
 
 class StreamOptions(BaseModel):
@@ -104,9 +165,8 @@ class OpenAISampling(SamplingBase):
     user: str | None = None
     # Parts of the OpenAI API this server does not implement: refused, never ignored. Only
     # their "off" values (null, false, []) are accepted, and the schema says so.
-    tools: Any = Field(None, json_schema_extra=_UNSUPPORTED_SCHEMA)
-    tool_choice: Any = Field(None, json_schema_extra=_UNSUPPORTED_SCHEMA)
     functions: Any = Field(None, json_schema_extra=_UNSUPPORTED_SCHEMA)
+    function_call: Any = Field(None, json_schema_extra=_UNSUPPORTED_SCHEMA)
     response_format: ResponseFormat | None = None
     best_of: Any = Field(None, json_schema_extra=_UNSUPPORTED_SCHEMA)
     logit_bias: Any = Field(None, json_schema_extra=_UNSUPPORTED_SCHEMA)
@@ -150,6 +210,11 @@ class ChatCompletionRequest(OpenAISampling):
     ]
     enable_thinking: StrictBool = False
     chat_template_kwargs: dict[str, Any] | None = None
+    # Thinking on unless "none" (Qwen3 thinks or not; it has no levels in between).
+    reasoning_effort: Literal["none", "minimal", "low", "medium", "high"] | None = None
+    tools: Annotated[list[FunctionTool], Field(max_length=MAX_TOOLS)] | None = None
+    tool_choice: ToolChoiceIn | None = None
+    parallel_tool_calls: StrictBool | None = None
     logprobs: StrictBool | None = None
     top_logprobs: Annotated[StrictInt, Field(ge=0, le=20), WholeNumber] | None = None
 
@@ -204,9 +269,25 @@ class Usage(BaseModel):
     total_tokens: int
 
 
+class FunctionCallOut(BaseModel):
+    name: str
+    arguments: str
+
+
+class ToolCallOut(BaseModel):
+    id: str
+    type: Literal["function"] = "function"
+    function: FunctionCallOut
+
+
 class AssistantMessage(BaseModel):
     role: Literal["assistant"] = "assistant"
-    content: str
+    content: str | None
+    # Left out when empty, as OpenAI leaves them out.
+    tool_calls: list[ToolCallOut] | None = Field(None, exclude_if=lambda v: v is None)
+    # The thinking (thinking on): vLLM's name and its newer one.
+    reasoning_content: str | None = Field(None, exclude_if=lambda v: v is None)
+    reasoning: str | None = Field(None, exclude_if=lambda v: v is None)
 
 
 class TopLogprob(BaseModel):

@@ -3,8 +3,6 @@ messages → chat parts), and answers → OpenAI bodies or stream events (chunks
 
 from __future__ import annotations
 
-import dataclasses
-import time
 from collections.abc import AsyncGenerator, AsyncIterator
 
 from avito_ai.api.deps import Call
@@ -19,27 +17,20 @@ from avito_ai.api.openai.protocol import (
     ModelList,
     OpenAISampling,
 )
-from avito_ai.api.requests import sampling_params, validate_prompt
+from avito_ai.api.openai.requests import chat_request, completion_request
 from avito_ai.api.sse import event
-from avito_ai.config import Settings
 from avito_ai.engines.base import (
-    ChatMessage,
     Chunk,
-    ContentPart,
     EngineState,
     GenerationRequest,
-    ImagePart,
-    OutputConstraint,
     Role,
-    SamplingParams,
-    TextPart,
 )
-from avito_ai.errors import NotFound, ValidationFailed
-from avito_ai.schemas.sampling import SamplingBase, SamplingFields
+from avito_ai.errors import NotFound
 from avito_ai.services.answers import Answer
 from avito_ai.services.constraints import check_supported, constraint_from
-from avito_ai.services.images import decode_base64_image, is_data_uri, off_loop
+from avito_ai.services.images import off_loop
 from avito_ai.services.state import ServiceState
+from avito_ai.services.tools import apply_tool_choice, check_tools
 
 
 def model_names(state: ServiceState, *, configured: bool = False) -> dict[str, Role]:
@@ -65,122 +56,6 @@ def resolve_role(model: str, state: ServiceState) -> Role:
         offered = ", ".join(model_names(state, configured=True))
         raise NotFound(f"The model '{model}' does not exist. Available: {offered}", param="model")
     return role
-
-
-def _sampling(body: OpenAISampling, role: Role, settings: Settings) -> SamplingParams:
-    shared = body.model_dump(include=set(SamplingBase.model_fields))
-    shared["max_tokens"] = body.max_completion_tokens or body.max_tokens
-    field = "max_completion_tokens" if body.max_completion_tokens else "max_tokens"
-    cap = settings.role(role).max_tokens
-    if body.max_completion_tokens and body.max_tokens is not None and body.max_tokens > cap:
-        # Both sent: max_completion_tokens counts, but max_tokens must still be valid.
-        raise ValidationFailed(f"max_tokens must be between 1 and {cap}", param="max_tokens")
-    sampling = sampling_params(SamplingFields(**shared), role, settings, max_tokens_field=field)
-    if isinstance(body, ChatCompletionRequest):
-        top = body.top_logprobs or 0
-        if top and not body.logprobs:
-            raise ValidationFailed("top_logprobs needs logprobs: true", param="top_logprobs")
-        wanted = bool(body.logprobs)
-    else:
-        assert isinstance(body, CompletionRequest)
-        top, wanted = body.logprobs or 0, body.logprobs is not None
-    return dataclasses.replace(sampling, logprobs=wanted, top_logprobs=top, n=body.n)
-
-
-def _content(content: object, index: int, settings: Settings) -> tuple[list[ContentPart], int]:
-    """Parts of one message and the number of text characters in it."""
-    if content is None:
-        return [], 0
-    if isinstance(content, str):
-        return [TextPart(content)], len(content)
-    parts: list[ContentPart] = []
-    chars = 0
-    assert isinstance(content, list)
-    for j, part in enumerate(content):
-        if part.type == "text":
-            parts.append(TextPart(part.text))
-            chars += len(part.text)
-            continue
-        url = part.image_url if isinstance(part.image_url, str) else part.image_url.url
-        field = f"messages.{index}.content.{j}.image_url"
-        if not is_data_uri(url):
-            raise ValidationFailed(
-                "image_url must be a data: URI (data:image/png;base64,...); "
-                "the server does not fetch images from the network",
-                param=field,
-            )
-        parts.append(ImagePart(decode_base64_image(url, settings.max_image_size_mb, param=field)))
-    return parts, chars
-
-
-def chat_request(
-    body: ChatCompletionRequest,
-    role: Role,
-    settings: Settings,
-    request_id: str,
-    constraint: OutputConstraint | None = None,
-) -> GenerationRequest:
-    messages: list[ChatMessage] = []
-    total_chars = 0
-    for i, message in enumerate(body.messages):
-        parts, chars = _content(message.content, i, settings)
-        total_chars += chars
-        if role == "avibe" and any(isinstance(p, ImagePart) for p in parts):
-            raise ValidationFailed(
-                "Model avibe does not accept images; use model 'avision'", param="messages"
-            )
-        msg_role = "system" if message.role == "developer" else message.role
-        messages.append(ChatMessage(role=msg_role, content=tuple(parts)))
-    if total_chars > settings.max_prompt_length:
-        raise ValidationFailed(
-            f"Prompt too long. Maximum length: {settings.max_prompt_length} characters",
-            param="messages",
-        )
-    if not any(m.role == "user" and m.content for m in messages):
-        raise ValidationFailed("messages must contain a user message", param="messages")
-    images = sum(isinstance(p, ImagePart) for m in messages for p in m.content)
-    if images > settings.avision_max_images:
-        raise ValidationFailed(
-            f"Too many images: {images}; at most {settings.avision_max_images} per request "
-            "(AVISION_MAX_IMAGES)",
-            param="messages",
-        )
-    thinking = body.enable_thinking or bool(
-        (body.chat_template_kwargs or {}).get("enable_thinking", False)
-    )
-    return GenerationRequest(
-        request_id=request_id,
-        sampling=_sampling(body, role, settings),
-        messages=messages,
-        enable_thinking=thinking,
-        deadline=time.monotonic() + settings.request_timeout,
-        constraint=constraint,
-    )
-
-
-def completion_request(
-    body: CompletionRequest,
-    role: Role,
-    settings: Settings,
-    request_id: str,
-    constraint: OutputConstraint | None = None,
-) -> GenerationRequest:
-    if role != "avibe":
-        # 404, as OpenAI answers a chat-only model on this endpoint.
-        raise NotFound(
-            f"The model '{body.model}' is not served on /v1/completions (text models only); "
-            "use /v1/chat/completions",
-            param="model",
-        )
-    prompt = body.prompt if isinstance(body.prompt, str) else body.prompt[0]
-    validate_prompt(prompt, settings)
-    return GenerationRequest(
-        request_id=request_id,
-        sampling=_sampling(body, role, settings),
-        prompt=prompt,
-        deadline=time.monotonic() + settings.request_timeout,
-        constraint=constraint,
-    )
 
 
 def model_list(state: ServiceState) -> ModelList:
@@ -232,6 +107,8 @@ class OpenAIServing:
         generation = await off_loop(
             chat_request, body, role, self.settings, call.request_id, constraint
         )
+        check_tools(generation, self.settings)
+        await apply_tool_choice(engine, generation)
         if body.stream:
             items = await self.generation.stream(engine, generation, call.client, call.disconnected)
             return openai_events(

@@ -44,14 +44,15 @@ from avito_ai.engines.bridge import Ticket, WorkerBridge
 from avito_ai.engines.lifecycle import InProcessEngine
 from avito_ai.engines.models import EMBEDDED_MODEL_ID
 from avito_ai.engines.openvino.detokenize import detokenizers
-from avito_ai.engines.openvino.generation import Prepared, constrain, generation_config
+from avito_ai.engines.openvino.generation import Prepared, Row, constrain, generation_config
 from avito_ai.engines.prompts import (
     FALLBACK_STOPS,
+    chat_input,
     check_prompt_tokens,
     fallback_prompt,
     neutralize,
-    plain_messages,
     special_spellings,
+    takes_tools,
 )
 from avito_ai.engines.textstream import THINK_OPEN, Detokenizer, TextPipeline
 from avito_ai.engines.threads import run_in_own_thread
@@ -61,40 +62,6 @@ if TYPE_CHECKING:
     from avito_ai.engines.openvino.loading import LoadedPipeline
 
 log = logging.getLogger(__name__)
-
-
-class _Row:
-    """A request in the pipeline: its handle, text pipeline, counts and moments."""
-
-    __slots__ = (
-        "finish",
-        "first_token_at",
-        "generated",
-        "handle",
-        "logprobs",
-        "scheduled_at",
-        "text",
-        "ticket",
-    )
-
-    def __init__(self, ticket: Ticket[Prepared], handle: Any, text: TextPipeline) -> None:
-        self.ticket = ticket
-        self.handle = handle
-        self.text = text
-        self.generated = 0
-        self.finish: FinishReason | None = None
-        self.scheduled_at = time.monotonic()
-        self.first_token_at: float | None = None
-        # Each token's log probability since the last delta, when the client asked.
-        self.logprobs: list[TokenLogprob] | None = (
-            [] if ticket.payload.request.sampling.logprobs else None
-        )
-
-    def take(self) -> tuple[TokenLogprob, ...] | None:
-        if self.logprobs is None:
-            return None
-        taken, self.logprobs = tuple(self.logprobs), []
-        return taken
 
 
 class OpenVINOTextEngine(InProcessEngine):
@@ -110,6 +77,7 @@ class OpenVINOTextEngine(InProcessEngine):
         self._pipe: Any = None
         self._tokenizer: Any = None
         self._has_template = False
+        self._takes_tools = False
         self._specials: list[str] = []
         self._eos: frozenset[int] = frozenset()
         self._new_detokenizer: Callable[[], Detokenizer] | None = None
@@ -119,7 +87,7 @@ class OpenVINOTextEngine(InProcessEngine):
         )
         self._max_batch = settings.max_batch_size
         self._context = 0  # the model's context in tokens; 0: unknown
-        self._rows: list[_Row] = []  # worker-only
+        self._rows: list[Row] = []  # worker-only
         # Requests cancelled since the last step (worker-only): the pipeline frees their
         # KV blocks at its next step, so one more step runs even when nothing else does.
         self._cancelled = False
@@ -157,6 +125,7 @@ class OpenVINOTextEngine(InProcessEngine):
     def _install(self, loaded: LoadedPipeline) -> None:
         tokenizer = loaded.tokenizer
         self._has_template = bool(tokenizer.chat_template)
+        self._takes_tools = takes_tools(tokenizer.chat_template)
         vocab = (
             t.decode("utf-8", "replace") if isinstance(t, bytes) else t
             for t in tokenizer.get_vocab()
@@ -207,13 +176,14 @@ class OpenVINOTextEngine(InProcessEngine):
                 raise ValidationFailed("The prompt is empty", param="prompt")
             prompt, special = request.prompt, True
         else:
-            plain = plain_messages(request.messages)
+            plain, tools = chat_input(request, template_tools=self._takes_tools)
             if self._has_template:
                 for message in plain:
                     message["content"] = neutralize(message["content"], self._specials)
                 prompt = self._tokenizer.apply_chat_template(
                     plain,
                     add_generation_prompt=True,
+                    tools=tools,
                     extra_context={"enable_thinking": request.enable_thinking},
                 )
             else:
@@ -236,16 +206,14 @@ class OpenVINOTextEngine(InProcessEngine):
         config.max_new_tokens = min(sampling.max_tokens, room)
         opened = prompt.rstrip().endswith(THINK_OPEN)
         constrain(config, request, thinking_opened=opened)
-        # A constrained answer is the answer alone: its thinking (if on) is not in the text.
-        strip = not request.enable_thinking or request.constraint is not None
         return Prepared(
             request=request,
             input_ids=input_ids,
             prompt_tokens=tokens,
             config=config,
             stop=stops,
-            strip_thinking=strip,
-            thinking_open=strip and opened,
+            keep_thinking=request.enable_thinking,
+            thinking_open=opened,
         )
 
     # ---------------------------------------------------------------- worker side
@@ -281,7 +249,7 @@ class OpenVINOTextEngine(InProcessEngine):
     def _drop_gone(self) -> None:
         """Cancel requests whose client left or whose deadline passed; free their slots."""
         now = time.monotonic()
-        keep: list[_Row] = []
+        keep: list[Row] = []
         for row in self._rows:
             if row.ticket.cancelled:
                 self._cancel(row)
@@ -292,7 +260,7 @@ class OpenVINOTextEngine(InProcessEngine):
                 keep.append(row)
         self._rows = keep
 
-    def _cancel(self, row: _Row) -> None:
+    def _cancel(self, row: Row) -> None:
         row.handle.cancel()
         self._cancelled = True
 
@@ -315,10 +283,10 @@ class OpenVINOTextEngine(InProcessEngine):
         text = TextPipeline(
             self._new_detokenizer(),
             stop=prepared.stop,
-            strip_thinking=prepared.strip_thinking,
+            keep_thinking=prepared.keep_thinking,
             thinking_open=prepared.thinking_open,
         )
-        self._rows.append(_Row(ticket, handle, text))
+        self._rows.append(Row(ticket, handle, text))
 
     def _collect(self, now: float) -> None:
         """Read every request's new tokens; end the answers that finished."""
@@ -326,7 +294,7 @@ class OpenVINOTextEngine(InProcessEngine):
 
         finished = genai.GenerationStatus.FINISHED
         running = genai.GenerationStatus.RUNNING
-        keep: list[_Row] = []
+        keep: list[Row] = []
         for row in self._rows:
             if row.handle.can_read():
                 self._read(row, now)
@@ -349,7 +317,7 @@ class OpenVINOTextEngine(InProcessEngine):
                 keep.append(row)
         self._rows = keep
 
-    def _read(self, row: _Row, now: float) -> None:
+    def _read(self, row: Row, now: float) -> None:
         import openvino_genai as genai
 
         length = genai.GenerationFinishReason.LENGTH
@@ -366,8 +334,14 @@ class OpenVINOTextEngine(InProcessEngine):
                 if token in self._eos:
                     continue  # the end of the answer, not text
                 delta = row.text.push(int(token))
-                if delta:
-                    chunk = Chunk(delta, generated_tokens=row.generated, logprobs=row.take())
+                thought = row.text.take_reasoning()
+                if delta or thought:
+                    chunk = Chunk(
+                        delta,
+                        generated_tokens=row.generated,
+                        logprobs=row.take(),
+                        reasoning=thought,
+                    )
                     self._bridge.send(row.ticket, chunk)
                 if row.text.stopped:
                     row.finish = "stop"
@@ -377,8 +351,9 @@ class OpenVINOTextEngine(InProcessEngine):
             elif output.finish_reason != genai.GenerationFinishReason.NONE:
                 row.finish = "stop"
 
-    def _final(self, row: _Row, reason: FinishReason, now: float) -> list[Chunk]:
+    def _final(self, row: Row, reason: FinishReason, now: float) -> list[Chunk]:
         tail = row.text.finish()
+        thought = row.text.take_reasoning()
         final = final_chunk(
             reason,
             input_tokens=row.ticket.payload.prompt_tokens,
@@ -390,4 +365,4 @@ class OpenVINOTextEngine(InProcessEngine):
         )
         if row.logprobs:  # the tokens that made no text (the end, a held-back tail)
             final = dataclasses.replace(final, logprobs=row.take())
-        return [Chunk(tail), final] if tail else [final]
+        return [Chunk(tail, reasoning=thought), final] if tail or thought else [final]

@@ -1,14 +1,17 @@
-"""A request in OpenVINO GenAI's terms: its sampling as a GenerationConfig, and what a
-constraint may cost. Shared by the OpenVINO engines."""
+"""A request in OpenVINO GenAI's terms: its sampling as a GenerationConfig, what a
+constraint may cost, and its row in the pipeline. Shared by the OpenVINO engines."""
 
 from __future__ import annotations
 
 import secrets
+import time
 from dataclasses import dataclass
 from typing import Any
 
-from avito_ai.engines.base import GenerationRequest, SamplingParams
+from avito_ai.engines.base import FinishReason, GenerationRequest, SamplingParams, TokenLogprob
+from avito_ai.engines.bridge import Ticket
 from avito_ai.engines.grammar import after_thinking, bounded_character_runs
+from avito_ai.engines.textstream import TextPipeline
 from avito_ai.errors import ValidationFailed
 
 
@@ -21,8 +24,8 @@ class Prepared:
     prompt_tokens: int
     config: Any  # openvino_genai.GenerationConfig
     stop: tuple[str, ...]
-    strip_thinking: bool
-    thinking_open: bool
+    keep_thinking: bool  # the reasoning goes apart (Chunk.reasoning), not dropped
+    thinking_open: bool  # the prompt opened a <think> block
 
 
 # OpenVINO compiles a request's grammar inside its step, where every other request waits:
@@ -82,3 +85,37 @@ def constrain(config: Any, request: GenerationRequest, *, thinking_opened: bool)
     if request.enable_thinking or thinking_opened:
         grammar = after_thinking(grammar, opened=thinking_opened)
     config.structured_output_config = genai.StructuredOutputConfig(grammar=grammar)
+
+
+class Row:
+    """A request in the pipeline: its handle, text pipeline, counts and moments."""
+
+    __slots__ = (
+        "finish",
+        "first_token_at",
+        "generated",
+        "handle",
+        "logprobs",
+        "scheduled_at",
+        "text",
+        "ticket",
+    )
+
+    def __init__(self, ticket: Ticket[Prepared], handle: Any, text: TextPipeline) -> None:
+        self.ticket = ticket
+        self.handle = handle
+        self.text = text
+        self.generated = 0
+        self.finish: FinishReason | None = None
+        self.scheduled_at = time.monotonic()
+        self.first_token_at: float | None = None
+        # Each token's log probability since the last delta, when the client asked.
+        self.logprobs: list[TokenLogprob] | None = (
+            [] if ticket.payload.request.sampling.logprobs else None
+        )
+
+    def take(self) -> tuple[TokenLogprob, ...] | None:
+        if self.logprobs is None:
+            return None
+        taken, self.logprobs = tuple(self.logprobs), []
+        return taken

@@ -75,7 +75,13 @@ def vllm_argv(role: Role, settings: Settings, port: int) -> list[str]:
         # model write spaces until max_tokens (services/constraints.py does the same).
         "--structured-outputs-config",
         json.dumps({"disable_any_whitespace": True}, separators=(",", ":")),
+        # Tool calls in the Hermes format both models write; requests' tools pass through.
+        "--enable-auto-tool-choice",
+        "--tool-call-parser",
+        "hermes",
     ]
+    if role == "avibe":  # Qwen3's <think> block as reasoning_content
+        argv += ["--reasoning-parser", "qwen3"]
     if own.max_model_len:
         argv += ["--max-model-len", str(own.max_model_len)]
     if own.draft_model:
@@ -110,7 +116,11 @@ def sglang_argv(role: Role, settings: Settings, port: int) -> list[str]:
         str(own.tensor_parallel_size),
         "--enable-metrics",  # SGLang serves /metrics only when asked
         "--constrained-json-disable-any-whitespace",  # compact structured output
+        "--tool-call-parser",  # SGLang's name for the Hermes format of Qwen2.5 and Qwen3
+        "qwen25",
     ]
+    if role == "avibe":  # Qwen3's <think> block as reasoning_content
+        argv += ["--reasoning-parser", "qwen3"]
     if own.max_model_len:
         argv += ["--context-length", str(own.max_model_len)]
     if own.draft_model:

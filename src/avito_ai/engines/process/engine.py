@@ -33,7 +33,8 @@ from avito_ai.engines.base import (
     Role,
 )
 from avito_ai.engines.process.supervisor import STATE_DIR_VAR, EngineRecord, state_path
-from avito_ai.engines.remote.engine import RemoteConfig, RemoteEngine
+from avito_ai.engines.remote.engine import RemoteEngine
+from avito_ai.engines.remote.upstreams import RemoteConfig
 from avito_ai.engines.remote.wire import CONSTRAINTS_OF, Flavour
 from avito_ai.errors import ModelUnavailable
 
@@ -168,7 +169,11 @@ class ProcessEngine:
     def capabilities(self) -> Capabilities:
         """Known before the engine answers: what its kind of server takes."""
         return Capabilities(
-            constraints=CONSTRAINTS_OF[self.flavour], logprobs=True, top_logprobs=20, choices=True
+            constraints=CONSTRAINTS_OF[self.flavour],
+            logprobs=True,
+            top_logprobs=20,
+            choices=True,
+            tools=True,
         )
 
     @property

@@ -26,7 +26,6 @@ import logging
 import random
 import time
 from collections.abc import AsyncGenerator, AsyncIterator
-from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 import httpx
@@ -44,79 +43,29 @@ from avito_ai.engines.base import (
     final_chunk,
 )
 from avito_ai.engines.prompts import estimate_prompt_tokens
-from avito_ai.engines.remote.wire import (
-    CONSTRAINTS_OF,
-    Flavour,
+from avito_ai.engines.remote.events import (
+    HermesText,
     InvalidAnswer,
     UpstreamError,
     UsageBounds,
+    parse_event,
+    sse_lines,
+)
+from avito_ai.engines.remote.upstreams import RemoteConfig, Upstream
+from avito_ai.engines.remote.wire import (
+    CONSTRAINTS_OF,
+    Flavour,
     api_base,
     error_kind,
     error_message,
-    parse_event,
-    sse_lines,
     upstream_payload,
 )
 from avito_ai.errors import ModelUnavailable, Overloaded, Timeout, ValidationFailed
 
 if TYPE_CHECKING:
-    from avito_ai.config import Settings
+    pass
 
 logger = logging.getLogger(__name__)
-
-EJECT_AFTER_FAILURES = 3
-
-
-@dataclass(frozen=True)
-class RemoteConfig:
-    """What the remote backend needs: its upstreams and how long to wait for them."""
-
-    role: Role
-    urls: tuple[str, ...]
-    model: str | None  # what requests name; None: the first model the upstream lists
-    api_key: str | None
-    connect_timeout: float
-    read_timeout: float
-    health_interval: float
-    max_pixels: int  # images are sent scaled to this (AVISION_MAX_PIXELS)
-
-    @classmethod
-    def of(cls, role: Role, settings: Settings) -> RemoteConfig:
-        own = settings.role(role)
-        key = own.upstream_api_key
-        return cls(
-            role=role,
-            urls=own.upstream_urls,
-            model=own.upstream_model,
-            api_key=key.get_secret_value() if key else None,
-            connect_timeout=settings.upstream_connect_timeout,
-            read_timeout=settings.upstream_read_timeout,
-            health_interval=settings.upstream_health_interval,
-            max_pixels=settings.avision_max_pixels,
-        )
-
-
-@dataclass(eq=False)
-class Upstream:
-    base: str  # ends with /v1
-    healthy: bool = False
-    outstanding: int = 0
-    failures: int = 0
-    last_error: str | None = None
-
-    def record_failure(self, error: str) -> None:
-        self.failures += 1
-        self.last_error = error
-        if self.failures >= EJECT_AFTER_FAILURES and self.healthy:
-            self.healthy = False
-            logger.warning(
-                "Upstream %s ejected after %d failures: %s", self.base, self.failures, error
-            )
-
-    def record_success(self) -> None:
-        self.failures = 0
-        self.last_error = None
-        self.healthy = True
 
 
 class _Retryable(Exception):
@@ -173,7 +122,11 @@ class RemoteEngine:
     def capabilities(self) -> Capabilities:
         # n > 1 travels as n: the upstream makes the choices from one prefill.
         return Capabilities(
-            constraints=CONSTRAINTS_OF[self.flavour], logprobs=True, top_logprobs=20, choices=True
+            constraints=CONSTRAINTS_OF[self.flavour],
+            logprobs=True,
+            top_logprobs=20,
+            choices=True,
+            tools=True,
         )
 
     def status(self) -> EngineStatus:
@@ -300,6 +253,7 @@ class RemoteEngine:
         pieces = [0] * n  # per choice: deltas, its token count when the upstream gives none
         usage: tuple[int, int] | None = None
         finishes: dict[int, FinishReason] = {}
+        calls: dict[int, HermesText] = {}  # per choice
         done = False
         upstream.outstanding += 1
         headers = {"X-Request-ID": request.request_id}
@@ -334,15 +288,19 @@ class RemoteEngine:
                             raise UpstreamError(event.error)
                         usage = event.usage or usage
                         for piece in event.pieces:
+                            hermes = calls.setdefault(piece.index, HermesText())
+                            text = hermes.feed(piece.calls) + piece.text
                             if piece.finish is not None:
                                 finishes[piece.index] = piece.finish
-                            if piece.text or piece.logprobs:
+                                text += hermes.close()
+                            if text or piece.logprobs or piece.reasoning:
                                 first_token = first_token or time.monotonic()
                                 pieces[piece.index] += 1
                                 yield Chunk(
-                                    piece.text,
+                                    text,
                                     index=piece.index,
                                     logprobs=piece.logprobs or None,
+                                    reasoning=piece.reasoning,
                                 )
                     if len(finishes) < n or not done:
                         missing = "a finish_reason" if len(finishes) < n else "data: [DONE]"

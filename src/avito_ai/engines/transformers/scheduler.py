@@ -336,9 +336,9 @@ class BatchScheduler:
         if ticket.cancelled:
             row.seq.generated += 1
             return
-        text, finish = row.seq.accept(token, now)
-        if text:
-            self._bridge.send(ticket, row.seq.delta(text))
+        delta, finish = row.seq.accept(token, now)
+        if delta is not None:
+            self._bridge.send(ticket, delta)
         if finish is not None:
             self._finish(row, finish, now)
 

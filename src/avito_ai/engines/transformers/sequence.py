@@ -31,7 +31,7 @@ class SequenceSpec:
     sampling: SamplingParams
     max_new_tokens: int
     stop: tuple[str, ...] = ()
-    strip_thinking: bool = False
+    keep_thinking: bool = False  # the reasoning goes apart (Chunk.reasoning), not dropped
     thinking_open: bool = False  # the prompt already opened a <think> block
     deadline: float | None = None  # time.monotonic()
     created: float = field(default_factory=time.monotonic)
@@ -80,7 +80,7 @@ class Sequence:
         self.pipeline = TextPipeline(
             new_detokenizer(),
             stop=spec.stop,
-            strip_thinking=spec.strip_thinking,
+            keep_thinking=spec.keep_thinking,
             thinking_open=spec.thinking_open,
         )
         self.generated = 0
@@ -88,21 +88,24 @@ class Sequence:
         self.scheduled_at = time.monotonic() if scheduled_at is None else scheduled_at
         self.first_token_at: float | None = None
 
-    def accept(self, token: int, now: float) -> tuple[str, FinishReason | None]:
-        """Take one sampled token: the text it releases, and why the answer ends (or None)."""
+    def accept(self, token: int, now: float) -> tuple[Chunk | None, FinishReason | None]:
+        """Take one sampled token: the delta it releases (None: nothing yet), and why the
+        answer ends (or None)."""
         self.generated += 1
         if self.first_token_at is None:
             self.first_token_at = now
         self.sampler.record(token)
         self._note_logprob(token)
         if token in self._eos:
-            return "", "stop"
+            return None, "stop"
         text = self.pipeline.push(token)
+        reasoning = self.pipeline.take_reasoning()
+        delta = self.delta(text, reasoning) if text or reasoning else None
         if self.pipeline.stopped:
-            return text, "stop"
+            return delta, "stop"
         if self.generated >= self.spec.max_new_tokens:
-            return text, "length"
-        return text, None
+            return delta, "length"
+        return delta, None
 
     def _note_logprob(self, token: int) -> None:
         chosen, self.sampler.chosen_logprob = self.sampler.chosen_logprob, None
@@ -122,12 +125,18 @@ class Sequence:
         taken, self._logprobs = tuple(self._logprobs), []
         return taken
 
-    def delta(self, text: str) -> Chunk:
-        return Chunk(text, generated_tokens=self.generated, logprobs=self.take_logprobs())
+    def delta(self, text: str, reasoning: str = "") -> Chunk:
+        return Chunk(
+            text,
+            generated_tokens=self.generated,
+            logprobs=self.take_logprobs(),
+            reasoning=reasoning,
+        )
 
     def finish(self, reason: FinishReason, now: float) -> list[Chunk]:
         """The chunks that end the answer: any text still held back, then the summary."""
         tail = self.pipeline.finish()
+        thought = self.pipeline.take_reasoning()
         final = final_chunk(
             reason,
             input_tokens=len(self.spec.prompt_ids),
@@ -140,7 +149,7 @@ class Sequence:
         logprobs = self.take_logprobs()
         if logprobs:  # the tokens that made no text (the end, a held-back tail)
             final = dataclasses.replace(final, logprobs=logprobs)
-        return [Chunk(tail), final] if tail else [final]
+        return [Chunk(tail, reasoning=thought), final] if tail or thought else [final]
 
 
 def generation_failure(exc: BaseException) -> BaseException:

@@ -28,7 +28,6 @@ from avito_ai.config import Settings
 from avito_ai.engines.base import (
     ALL_CONSTRAINTS,
     Capabilities,
-    ChatMessage,
     Chunk,
     EngineState,
     GenerationRequest,
@@ -39,9 +38,10 @@ from avito_ai.engines.lifecycle import InProcessEngine
 from avito_ai.engines.models import EMBEDDED_MODEL_ID
 from avito_ai.engines.prompts import (
     FALLBACK_STOPS,
+    chat_input,
     check_prompt_tokens,
     fallback_prompt,
-    plain_messages,
+    takes_tools,
 )
 from avito_ai.engines.threads import run_in_own_thread
 from avito_ai.engines.transformers.detokenize import detokenizer_factory, prompt_opens_thinking
@@ -192,7 +192,7 @@ class TransformersTextEngine(InProcessEngine):
         if request.prompt is not None:
             ids = self._encode_raw(request.prompt)
         else:
-            ids, fallback = self._encode_chat(request.messages, request.enable_thinking)
+            ids, fallback = self._encode_chat(request)
             if fallback:
                 stops += FALLBACK_STOPS
         check_prompt_tokens(
@@ -205,15 +205,13 @@ class TransformersTextEngine(InProcessEngine):
                 f"{self._context_length} tokens",
                 param="prompt" if request.prompt is not None else "messages",
             )
-        # A constrained answer is the answer alone: its thinking (if on) is not in the text.
-        strip = not request.enable_thinking or request.constraint is not None
         return SequenceSpec(
             prompt_ids=ids,
             sampling=sampling,
             max_new_tokens=min(sampling.max_tokens, room),
             stop=stops,
-            strip_thinking=strip,
-            thinking_open=strip and prompt_opens_thinking(self._tokenizer, ids),
+            keep_thinking=request.enable_thinking,
+            thinking_open=prompt_opens_thinking(self._tokenizer, ids),
             deadline=request.deadline,
             created=request.created,
             request_id=request.request_id,
@@ -233,16 +231,18 @@ class TransformersTextEngine(InProcessEngine):
             ids = [bos]
         return ids
 
-    def _encode_chat(self, messages: list[ChatMessage], thinking: bool) -> tuple[list[int], bool]:
-        plain = plain_messages(messages)
+    def _encode_chat(self, request: GenerationRequest) -> tuple[list[int], bool]:
+        template = getattr(self._tokenizer, "chat_template", None)
+        plain, tools = chat_input(request, template_tools=takes_tools(template))
         if not self._has_template:
             return self._encode_raw(fallback_prompt(plain)), True
         ids = self._tokenizer.apply_chat_template(
             plain,
+            tools=tools,
             add_generation_prompt=True,
             tokenize=True,
             return_dict=False,
             sanitize_control_tokens=True,
-            enable_thinking=thinking,
+            enable_thinking=request.enable_thinking,
         )
         return list(ids), False

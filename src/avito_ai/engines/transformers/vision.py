@@ -242,15 +242,13 @@ class TransformersVisionEngine(InProcessEngine):
         assert self._placement is not None
         sampling = request.sampling
         prompt_ids = [int(t) for t in inputs["input_ids"][0].tolist()]
-        strip = not request.enable_thinking or request.constraint is not None
         spec = SequenceSpec(
             prompt_ids=prompt_ids,
             sampling=sampling,
             max_new_tokens=sampling.max_tokens,
             stop=sampling.stop,
-            strip_thinking=strip,
-            thinking_open=strip
-            and prompt_opens_thinking(self._loaded.processor.tokenizer, prompt_ids),
+            keep_thinking=request.enable_thinking,
+            thinking_open=prompt_opens_thinking(self._loaded.processor.tokenizer, prompt_ids),
             deadline=deadline,
             created=request.created,
             request_id=request.request_id,
@@ -326,9 +324,9 @@ class TransformersVisionEngine(InProcessEngine):
 
             def __call__(self, input_ids: torch.Tensor, scores: Any, **kw: Any) -> torch.Tensor:
                 now = time.monotonic()
-                text, finish = seq.accept(int(input_ids[0, -1]), now)
-                if text:
-                    bridge.send(ticket, seq.delta(text))
+                delta, finish = seq.accept(int(input_ids[0, -1]), now)
+                if delta is not None:
+                    bridge.send(ticket, delta)
                     bridge.flush()
                 if ticket.cancelled or bridge.stopping:
                     ended.append("cancelled")

@@ -117,6 +117,10 @@
     }
   }
 
+  // What the answer view shows: the thinking (folded by renderMarkdown), then the answer.
+  const shownText = (result) =>
+    result.reasoning ? "<think>" + result.reasoning + "</think>" + result.text : result.text;
+
   async function streamChat(model, messages, params, signal, onText) {
     const started = performance.now();
     const response = await fetch(root + "/v1/chat/completions", {
@@ -133,7 +137,7 @@
     });
     if (!response.ok) throw await errorFrom(response);
     const requestId = response.headers.get("X-Request-ID");
-    const result = { text: "", usage: null, finish: null, firstToken: null, requestId: requestId };
+    const result = { text: "", reasoning: "", usage: null, finish: null, firstToken: null, requestId: requestId };
     for await (const chunk of events(response)) {
       if (chunk.error) {
         const failure = chunk.error;
@@ -142,10 +146,12 @@
       const choice = chunk.choices && chunk.choices[0];
       if (choice) {
         const piece = choice.delta && choice.delta.content;
-        if (piece) {
+        const thought = choice.delta && choice.delta.reasoning_content;
+        if (piece || thought) {
           if (result.firstToken === null) result.firstToken = performance.now() - started;
-          result.text += piece;
-          onText(result.text);
+          result.text += piece || "";
+          result.reasoning += thought || "";
+          onText(shownText(result));
         }
         if (choice.finish_reason) result.finish = choice.finish_reason;
       }
@@ -301,14 +307,14 @@
             shown = t;
             render(t);
           });
-          final(view.body, result.text);
+          final(view.body, json ? result.text : shownText(result));
           view.meta.textContent = figures(result, false);
           return { text: result.text, stopped: false };
         } catch (error) {
           if (error.name !== "AbortError") throw error;
           final(view.body, shown);
           view.meta.textContent = figures({ elapsed: (performance.now() - started) / 1000, firstToken: null, usage: null }, true);
-          return { text: shown, stopped: true };
+          return { text: shown.replace(/^<think>[\s\S]*?(<\/think>|$)/, ""), stopped: true };
         } finally {
           view.live.classList.remove("streaming");
           controller = null;

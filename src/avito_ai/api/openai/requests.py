@@ -1,0 +1,188 @@
+"""OpenAI wire requests → GenerationRequests: sampling, messages (text, images, tool calls
+and results), tools and tool_choice, the thinking switch."""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+
+from avito_ai.api.openai.protocol import (
+    ChatCompletionRequest,
+    CompletionRequest,
+    NamedToolChoice,
+    OpenAISampling,
+)
+from avito_ai.api.requests import sampling_params, validate_prompt
+from avito_ai.config import Settings
+from avito_ai.engines.base import (
+    ChatMessage,
+    ContentPart,
+    GenerationRequest,
+    ImagePart,
+    OutputConstraint,
+    Role,
+    SamplingParams,
+    TextPart,
+    ToolCall,
+    ToolChoice,
+    ToolSpec,
+)
+from avito_ai.errors import NotFound, ValidationFailed
+from avito_ai.schemas.sampling import SamplingBase, SamplingFields
+from avito_ai.services.images import decode_base64_image, is_data_uri
+
+EMPTY_PARAMETERS = {"type": "object", "properties": {}}
+
+
+def _sampling(body: OpenAISampling, role: Role, settings: Settings) -> SamplingParams:
+    shared = body.model_dump(include=set(SamplingBase.model_fields))
+    shared["max_tokens"] = body.max_completion_tokens or body.max_tokens
+    field = "max_completion_tokens" if body.max_completion_tokens else "max_tokens"
+    cap = settings.role(role).max_tokens
+    if body.max_completion_tokens and body.max_tokens is not None and body.max_tokens > cap:
+        # Both sent: max_completion_tokens counts, but max_tokens must still be valid.
+        raise ValidationFailed(f"max_tokens must be between 1 and {cap}", param="max_tokens")
+    sampling = sampling_params(SamplingFields(**shared), role, settings, max_tokens_field=field)
+    if isinstance(body, ChatCompletionRequest):
+        top = body.top_logprobs or 0
+        if top and not body.logprobs:
+            raise ValidationFailed("top_logprobs needs logprobs: true", param="top_logprobs")
+        wanted = bool(body.logprobs)
+    else:
+        assert isinstance(body, CompletionRequest)
+        top, wanted = body.logprobs or 0, body.logprobs is not None
+    return dataclasses.replace(sampling, logprobs=wanted, top_logprobs=top, n=body.n)
+
+
+def _content(content: object, index: int, settings: Settings) -> tuple[list[ContentPart], int]:
+    """Parts of one message and the number of text characters in it."""
+    if content is None:
+        return [], 0
+    if isinstance(content, str):
+        return [TextPart(content)], len(content)
+    parts: list[ContentPart] = []
+    chars = 0
+    assert isinstance(content, list)
+    for j, part in enumerate(content):
+        if part.type == "text":
+            parts.append(TextPart(part.text))
+            chars += len(part.text)
+            continue
+        url = part.image_url if isinstance(part.image_url, str) else part.image_url.url
+        field = f"messages.{index}.content.{j}.image_url"
+        if not is_data_uri(url):
+            raise ValidationFailed(
+                "image_url must be a data: URI (data:image/png;base64,...); "
+                "the server does not fetch images from the network",
+                param=field,
+            )
+        parts.append(ImagePart(decode_base64_image(url, settings.max_image_size_mb, param=field)))
+    return parts, chars
+
+
+def chat_request(
+    body: ChatCompletionRequest,
+    role: Role,
+    settings: Settings,
+    request_id: str,
+    constraint: OutputConstraint | None = None,
+) -> GenerationRequest:
+    messages: list[ChatMessage] = []
+    total_chars = 0
+    for i, message in enumerate(body.messages):
+        parts, chars = _content(message.content, i, settings)
+        total_chars += chars
+        if role == "avibe" and any(isinstance(p, ImagePart) for p in parts):
+            raise ValidationFailed(
+                "Model avibe does not accept images; use model 'avision'", param="messages"
+            )
+        calls = tuple(
+            ToolCall(c.id, c.function.name, c.function.arguments) for c in message.tool_calls or ()
+        )
+        total_chars += sum(len(c.arguments) for c in calls)
+        msg_role = "system" if message.role == "developer" else message.role
+        messages.append(
+            ChatMessage(
+                role=msg_role,
+                content=tuple(parts),
+                tool_calls=calls,
+                tool_call_id=message.tool_call_id if message.role == "tool" else None,
+            )
+        )
+    if total_chars > settings.max_prompt_length:
+        raise ValidationFailed(
+            f"Prompt too long. Maximum length: {settings.max_prompt_length} characters",
+            param="messages",
+        )
+    if not any(m.role == "user" and m.content for m in messages):
+        raise ValidationFailed("messages must contain a user message", param="messages")
+    images = sum(isinstance(p, ImagePart) for m in messages for p in m.content)
+    if images > settings.avision_max_images:
+        raise ValidationFailed(
+            f"Too many images: {images}; at most {settings.avision_max_images} per request "
+            "(AVISION_MAX_IMAGES)",
+            param="messages",
+        )
+    thinking = (
+        body.enable_thinking
+        or bool((body.chat_template_kwargs or {}).get("enable_thinking", False))
+        or body.reasoning_effort not in (None, "none")
+    )
+    tools = tuple(
+        ToolSpec(
+            t.function.name,
+            EMPTY_PARAMETERS if t.function.parameters is None else t.function.parameters,
+            t.function.description,
+        )
+        for t in body.tools or ()
+    )
+    choice, forced = tool_choice(body.tool_choice, bool(tools))
+    return GenerationRequest(
+        request_id=request_id,
+        sampling=_sampling(body, role, settings),
+        messages=messages,
+        enable_thinking=thinking,
+        deadline=time.monotonic() + settings.request_timeout,
+        constraint=constraint,
+        tools=tools,
+        tool_choice=choice,
+        forced_tool=forced,
+        parallel_tool_calls=body.parallel_tool_calls is not False,
+    )
+
+
+def tool_choice(
+    choice: str | NamedToolChoice | None, has_tools: bool
+) -> tuple[ToolChoice, str | None]:
+    """OpenAI's tool_choice as ours: (auto | none | required, the named function)."""
+    if isinstance(choice, NamedToolChoice):
+        return "required", choice.function.name
+    if choice is None:
+        return ("auto" if has_tools else "none"), None
+    assert choice in ("auto", "none", "required")
+    return choice, None  # type: ignore[return-value]
+
+
+def completion_request(
+    body: CompletionRequest,
+    role: Role,
+    settings: Settings,
+    request_id: str,
+    constraint: OutputConstraint | None = None,
+) -> GenerationRequest:
+    if role != "avibe":
+        # 404, as OpenAI answers a chat-only model on this endpoint.
+        raise NotFound(
+            f"The model '{body.model}' is not served on /v1/completions (text models only); "
+            "use /v1/chat/completions",
+            param="model",
+        )
+    prompt = body.prompt if isinstance(body.prompt, str) else body.prompt[0]
+    validate_prompt(prompt, settings)
+    return GenerationRequest(
+        request_id=request_id,
+        sampling=_sampling(body, role, settings),
+        prompt=prompt,
+        deadline=time.monotonic() + settings.request_timeout,
+        constraint=constraint,
+    )

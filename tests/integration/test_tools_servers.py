@@ -1,0 +1,167 @@
+"""Tool calls and thinking against running servers, through the official `openai` SDK:
+the embedded model on OpenVINO (a required call is valid because decoding could produce
+nothing else), and a tiny random Qwen3 on transformers whose template opens `<think>`
+(random weights: the split is proven, not the words)."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import jsonschema
+import openai
+import pytest
+
+from tests.servers import ServerProcess, dev_server, openai_client, serving
+from tests.tiny_models import QWEN3_CHAT_TEMPLATE, build_tiny_qwen3
+
+pytestmark = pytest.mark.integration
+
+OPEN = {"RATE_LIMIT_PER_MINUTE": "100000", "RATE_LIMIT_PER_HOUR": "100000"}
+LISTING = {
+    "type": "function",
+    "function": {
+        "name": "create_listing",
+        "description": "Put an item up for sale",
+        "parameters": {
+            "type": "object",
+            "properties": {
+                "title": {"type": "string", "maxLength": 40},
+                "price_rub": {"type": "integer", "minimum": 0, "maximum": 1000000},
+                "condition": {"type": "string", "enum": ["new", "used"]},
+            },
+            "required": ["title", "price_rub", "condition"],
+        },
+    },
+}
+WEATHER = {
+    "type": "function",
+    "function": {
+        "name": "get_weather",
+        "parameters": {
+            "type": "object",
+            "properties": {"city": {"type": "string", "maxLength": 30}},
+            "required": ["city"],
+        },
+    },
+}
+ASK = [{"role": "user", "content": "Sell my used red bicycle for 15000 roubles."}]
+
+
+@pytest.fixture(scope="module")
+def client(tmp_path_factory: pytest.TempPathFactory) -> Iterator[openai.OpenAI]:
+    log = tmp_path_factory.mktemp("tools") / "server.log"
+    with serving(dev_server(OPEN, log), 120) as srv:
+        yield openai_client(srv)
+
+
+def valid_call(call: Any, tools: list[dict[str, Any]]) -> dict[str, Any]:
+    schema = next(t["function"]["parameters"] for t in tools if t["function"]["name"] == call.name)
+    arguments = json.loads(call.arguments)
+    jsonschema.validate(arguments, schema)
+    return arguments
+
+
+@pytest.mark.parametrize("temperature", [0.0, 1.0])
+def test_a_required_call_is_valid_then_the_result_is_answered(
+    client: openai.OpenAI, temperature: float
+) -> None:
+    tools = [LISTING, WEATHER]
+    first = client.chat.completions.create(
+        model="avibe",
+        messages=ASK,
+        tools=tools,
+        tool_choice="required",
+        temperature=temperature,
+        max_tokens=120,
+    )
+    choice = first.choices[0]
+    assert choice.finish_reason == "tool_calls", choice.message
+    assert choice.message.tool_calls and choice.message.content is None
+    for call in choice.message.tool_calls:
+        valid_call(call.function, tools)
+    call = choice.message.tool_calls[0]
+    history: list[Any] = [
+        *ASK,
+        choice.message.model_dump(exclude_none=True),
+        {"role": "tool", "tool_call_id": call.id, "content": '{"listing_id": 42}'},
+    ]
+    second = client.chat.completions.create(
+        model="avibe", messages=history, tools=tools, tool_choice="none", max_tokens=30
+    )
+    assert second.choices[0].message.content  # the model answers in words
+    assert second.choices[0].message.tool_calls is None
+
+
+def test_a_named_call_streams_its_arguments_in_pieces(client: openai.OpenAI) -> None:
+    stream = client.chat.completions.create(
+        model="avibe",
+        messages=ASK,
+        tools=[LISTING, WEATHER],
+        tool_choice={"type": "function", "function": {"name": "create_listing"}},
+        stream=True,
+        max_tokens=120,
+    )
+    deltas = [c.choices[0] for c in stream if c.choices]
+    calls = [tc for d in deltas for tc in d.delta.tool_calls or []]
+    assert calls[0].function is not None and calls[0].function.name == "create_listing"
+    pieces = [tc.function.arguments for tc in calls[1:] if tc.function and tc.function.arguments]
+    assert len(pieces) > 3  # token by token, not at the end
+    arguments = json.loads("".join(pieces))
+    jsonschema.validate(arguments, LISTING["function"]["parameters"])
+    assert not any(d.delta.content for d in deltas)
+    assert deltas[-1].finish_reason == "tool_calls"
+
+
+def test_under_auto_the_answer_is_text_or_a_parsed_call(client: openai.OpenAI) -> None:
+    r = client.chat.completions.create(
+        model="avibe", messages=ASK, tools=[LISTING], temperature=0, max_tokens=80
+    )
+    message = r.choices[0].message
+    assert "<tool_call>" not in (message.content or "") or r.choices[0].finish_reason == "length"
+    for call in message.tool_calls or []:
+        assert call.function.name == "create_listing"
+        json.loads(call.function.arguments)
+
+
+# ---------------------------------------------------------------- thinking, tiny Qwen3
+
+# Qwen3's template as its thinking variants have it: thinking on opens the block in the
+# prompt, so the model's output starts inside it.
+OPENS_THINKING = QWEN3_CHAT_TEMPLATE.replace(
+    "{%- if enable_thinking is defined and enable_thinking is false %}",
+    "{%- if enable_thinking is defined and enable_thinking %}{{- '<think>\\n' }}"
+    "{%- elif enable_thinking is defined and enable_thinking is false %}",
+)
+
+
+@pytest.fixture(scope="module")
+def thinker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
+    folder = build_tiny_qwen3(tmp_path_factory.mktemp("thinking-qwen3") / "model")
+    (folder / "chat_template.jinja").write_text(OPENS_THINKING)
+    env = {**OPEN, "AVIBE_BACKEND": "transformers", "AVIBE_MODEL": str(folder)}
+    with serving(dev_server(env, Path(folder).parent / "server.log"), 180) as srv:
+        yield srv
+
+
+def test_thinking_opened_by_the_template_comes_apart_from_the_answer(
+    thinker: ServerProcess,
+) -> None:
+    client = openai_client(thinker)
+    ask = {"model": "avibe", "messages": [{"role": "user", "content": "Hi"}], "max_tokens": 12}
+    ask["temperature"] = 0
+    on = client.chat.completions.create(**ask, reasoning_effort="high").choices[0]  # type: ignore[call-overload]
+    thought = on.message.model_dump().get("reasoning_content")
+    # The random model never closes the block: all it wrote is thinking, nothing leaks.
+    assert thought and "<think>" not in thought and not on.message.content
+    assert on.finish_reason == "length"
+    stream = client.chat.completions.create(**ask, reasoning_effort="high", stream=True)  # type: ignore[call-overload]
+    pieces = [c.choices[0].delta.model_dump() for c in stream if c.choices]
+    assert "".join(p.get("reasoning_content") or "" for p in pieces) == thought
+    assert not "".join(p.get("content") or "" for p in pieces)
+    off = client.chat.completions.create(**ask).choices[0]  # type: ignore[call-overload]
+    assert off.message.content and "reasoning_content" not in off.message.model_dump(
+        exclude_none=True
+    )

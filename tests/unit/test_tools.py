@@ -1,0 +1,211 @@
+"""Tool calls out of the model's text (every split of a stream), the prompt for templates
+without tools, the grammar that makes a required call certain, and the history checks."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from avito_ai.config import Settings
+from avito_ai.engines.base import (
+    ChatMessage,
+    GenerationRequest,
+    SamplingParams,
+    TextPart,
+    ToolCall,
+    ToolSpec,
+)
+from avito_ai.engines.prompts import chat_input, takes_tools
+from avito_ai.engines.remote.events import HermesText
+from avito_ai.errors import ValidationFailed
+from avito_ai.services.tools import (
+    ToolCallParser,
+    check_tools,
+    parse_calls,
+    tool_grammar,
+)
+from tests.conftest import isolated_settings
+
+WEATHER = ToolSpec(
+    "get_weather",
+    {"type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]},
+    "The weather in a city",
+)
+TIME = ToolSpec("get_time", {"type": "object", "properties": {}})
+TOOLS = {t.name: t for t in (WEATHER, TIME)}
+CALL = '<tool_call>\n{"name": "get_weather", "arguments": {"city": "Paris"}}\n</tool_call>'
+TWO = (
+    f'Let me look.\n\n{CALL}\n<tool_call>\n{{"name": "get_time", "arguments": {{}}}}\n</tool_call>'
+)
+
+
+def streamed(text: str, cut: int, parallel: bool = True) -> tuple[str, dict[int, str], list]:
+    """The text fed in two pieces split at `cut`: content, each call's arguments joined."""
+    parser = ToolCallParser(TOOLS, parallel)
+    content, arguments = "", {}
+    for piece in (text[:cut], text[cut:]):
+        released, pieces = parser.feed(piece)
+        content += released
+        for p in pieces:
+            arguments[p.index] = arguments.get(p.index, "") + p.arguments
+    return content + parser.finish(), arguments, parser.calls
+
+
+def test_calls_come_out_of_the_text_whatever_the_split() -> None:
+    content, calls = parse_calls(TWO, [WEATHER, TIME])
+    assert content == "Let me look."
+    assert [(c.name, json.loads(c.arguments)) for c in calls] == [
+        ("get_weather", {"city": "Paris"}),
+        ("get_time", {}),
+    ]
+    assert calls[0].id.startswith("call_") and calls[0].id != calls[1].id
+    for cut in range(len(TWO) + 1):
+        text, arguments, found = streamed(TWO, cut)
+        assert text == content, cut
+        assert arguments == {0: '{"city": "Paris"}', 1: "{}"}, cut
+        assert [c.arguments for c in found] == [c.arguments for c in calls]
+
+
+def test_the_arguments_stream_in_the_pieces_the_model_wrote() -> None:
+    parser = ToolCallParser(TOOLS)
+    pieces = []
+    tokens = ["<tool_call>\n", '{"name": "get_weather", ', '"arguments": {"ci', 'ty": "Ro']
+    for token in [*tokens, 'me"}}', "\n</tool_call>"]:
+        pieces += parser.feed(token)[1]
+    assert (pieces[0].id, pieces[0].name) == (parser.calls[0].id, "get_weather")
+    assert [p.arguments for p in pieces[1:]] == ['{"ci', 'ty": "Ro', 'me"}']
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        '<tool_call>\n{"name": "delete_all", "arguments": {}}\n</tool_call>',  # unknown tool
+        '<tool_call>\n{"name": "get_weather", "arguments": {"city": \n</tool_call>',  # broken
+        '<tool_call>\n{"name": "get_weather", "arguments": [1]}\n</tool_call>',  # not an object
+        'Sure <tool_call>\n{"name": "get_weather", "argu',  # cut by max_tokens
+        "a <tool_ca",  # only the start of a tag
+    ],
+)
+def test_what_is_not_a_call_stays_content_as_written(text: str) -> None:
+    for cut in range(len(text) + 1):
+        content, arguments, calls = streamed(text, cut)
+        assert (content, arguments, calls) == (text, {}, []), cut
+
+
+def test_arguments_written_as_a_json_string_and_the_parameters_key() -> None:
+    quoted = (
+        '<tool_call>{"name": "get_weather", "arguments": "{\\"city\\": \\"Oslo\\"}"}</tool_call>'
+    )
+    _, calls = parse_calls(quoted, [WEATHER])
+    assert json.loads(calls[0].arguments) == {"city": "Oslo"}
+    _, calls = parse_calls('<tool_call>{"name": "get_time", "parameters": {}}</tool_call>', [TIME])
+    assert calls[0].arguments == "{}"
+
+
+def test_one_call_when_parallel_calls_are_off() -> None:
+    content, arguments, calls = streamed(TWO, 20, parallel=False)
+    assert content == "Let me look." and [c.name for c in calls] == ["get_weather"]
+    assert arguments == {0: '{"city": "Paris"}'}
+
+
+def test_an_upstreams_parsed_calls_are_written_back_as_hermes_text() -> None:
+    hermes = HermesText()
+    text = hermes.feed(((0, "get_weather", ""), (0, None, '{"city": '), (0, None, '"Paris"}')))
+    text += hermes.feed(((1, "get_time", ""),)) + hermes.close()
+    content, calls = parse_calls(text, [WEATHER, TIME])
+    assert content == ""
+    assert [(c.name, json.loads(c.arguments)) for c in calls] == [
+        ("get_weather", {"city": "Paris"}),
+        ("get_time", {}),  # no arguments sent: an empty object
+    ]
+
+
+def _request(**fields: object) -> GenerationRequest:
+    messages = fields.pop("messages", [ChatMessage.text("user", "Weather in Paris?")])
+    return GenerationRequest("r", SamplingParams(max_tokens=8), messages=messages, **fields)  # type: ignore[arg-type]
+
+
+def test_a_template_without_tools_gets_them_described_and_the_history_as_text() -> None:
+    call = ToolCall("call_1", "get_weather", '{"city": "Paris"}')
+    request = _request(
+        tools=(WEATHER,),
+        messages=[
+            ChatMessage.text("system", "Be brief."),
+            ChatMessage.text("user", "Weather in Paris?"),
+            ChatMessage("assistant", (), tool_calls=(call,)),
+            ChatMessage("tool", (TextPart("sunny"),), tool_call_id="call_1"),
+        ],
+    )
+    messages, tools = chat_input(request, template_tools=False)
+    assert tools is None
+    assert messages[0]["role"] == "system" and messages[0]["content"].startswith("Be brief.")
+    assert '"name": "get_weather"' in messages[0]["content"] and "<tools>" in messages[0]["content"]
+    assert messages[2] == {"role": "assistant", "content": CALL}
+    assert messages[3] == {"role": "user", "content": "<tool_response>\nsunny\n</tool_response>"}
+    # A template that renders tools gets them, and the history, in its own terms.
+    messages, tools = chat_input(request, template_tools=True)
+    assert tools == [
+        {
+            "type": "function",
+            "function": {
+                "name": "get_weather",
+                "parameters": WEATHER.parameters,
+                "description": WEATHER.description,
+            },
+        }
+    ]
+    assert messages[2]["tool_calls"][0]["function"] == {
+        "name": "get_weather",
+        "arguments": {"city": "Paris"},
+    }
+    assert messages[3] == {"role": "tool", "content": "sunny", "tool_call_id": "call_1"}
+    # tool_choice none: the history, but no tools offered.
+    assert (
+        chat_input(_request(tools=(WEATHER,), tool_choice="none"), template_tools=True)[1] is None
+    )
+    assert takes_tools("{% if tools %}...{% endif %}") and not takes_tools("{{ messages }}")
+
+
+async def test_the_grammar_makes_a_call_of_a_named_or_any_tool() -> None:
+    named = await tool_grammar(
+        _request(tools=(WEATHER, TIME), tool_choice="required", forced_tool="get_time")
+    )
+    assert (
+        named.kind == "grammar"
+        and "get_time" in named.grammar
+        and "get_weather" not in named.grammar
+    )
+    assert "?" not in named.grammar.split("\n")[0]  # exactly one call
+    both = await tool_grammar(_request(tools=(WEATHER, TIME), tool_choice="required"))
+    assert "get_time" in both.grammar and "get_weather" in both.grammar
+    assert both.grammar.split("\n")[0].count("?") == 1  # up to one call per tool
+    single = await tool_grammar(
+        _request(tools=(WEATHER, TIME), tool_choice="required", parallel_tool_calls=False)
+    )
+    assert "?" not in single.grammar.split("\n")[0]
+
+
+def test_bad_tools_and_history_are_refused_naming_the_field() -> None:
+    settings: Settings = isolated_settings(max_prompt_tokens=200)
+    cases = [
+        (_request(tools=(WEATHER, WEATHER)), "tools.1"),
+        (_request(tools=(ToolSpec("f", {"type": "nope"}),)), "tools.0"),
+        (_request(tools=(WEATHER,), forced_tool="other", tool_choice="required"), "tool_choice"),
+        (_request(tool_choice="required"), "tool_choice"),
+        (_request(tools=tuple(ToolSpec(f"t{i}", {}) for i in range(129))), "tools"),
+        (_request(tools=(ToolSpec("big", {"description": "x" * 2000}),)), "tools"),
+        (
+            _request(
+                messages=[
+                    ChatMessage.text("user", "hi"),
+                    ChatMessage("tool", (TextPart("r"),), tool_call_id="x"),
+                ]
+            ),
+            "messages.1.tool_call_id",
+        ),
+    ]
+    for request, param in cases:
+        with pytest.raises(ValidationFailed) as info:
+            check_tools(request, settings)
+        assert info.value.param == param, info.value.message
