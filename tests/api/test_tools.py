@@ -198,3 +198,21 @@ async def test_tools_past_max_prompt_tokens_are_refused() -> None:
             "/v1/chat/completions", json={"model": "avibe", "messages": ASK, "tools": tools[:1]}
         )
         assert few.status_code == 200, few.text
+
+
+async def test_both_sdks_list_the_names_every_dialect_takes() -> None:
+    import anthropic
+    import httpx2  # the Anthropic SDK's own HTTP client
+
+    async with running() as (app, http):
+        listed = [m.id async for m in sdk(http).models.list()]
+        transport = httpx2.ASGITransport(app=app)
+        async with httpx2.AsyncClient(transport=transport) as inner:
+            claude = anthropic.AsyncAnthropic(
+                base_url="http://testserver", api_key="x", http_client=inner, max_retries=0
+            )
+            page = await claude.models.list()
+    assert listed == ["avibe", "fake-avibe"]  # (A-Vision is not configured here)
+    assert [m.id for m in page.data] == listed
+    assert page.data[0].display_name == "A-Vibe" and page.data[0].type == "model"
+    assert page.data[0].created_at.year >= 2026 and not page.has_more

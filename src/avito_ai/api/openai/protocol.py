@@ -348,13 +348,23 @@ class Completion(BaseModel):
 
 
 class ModelCard(BaseModel):
+    """A name every dialect's `model` takes, in OpenAI's shape and Anthropic's at once
+    (`type`, `display_name`, `created_at`): both SDKs' `models.list()` read it."""
+
     id: str
     object: Literal["model"] = "model"
     created: int
     owned_by: str = "avito"
     root: str | None = None
+    type: Literal["model"] = "model"
+    display_name: str
+    created_at: str  # RFC 3339
 
 
 class ModelList(BaseModel):
     object: Literal["list"] = "list"
     data: list[ModelCard]
+    # Anthropic's paging fields (one page holds every name).
+    has_more: bool = False
+    first_id: str | None = None
+    last_id: str | None = None

@@ -4,6 +4,7 @@ messages → chat parts), and answers → OpenAI bodies or stream events (chunks
 from __future__ import annotations
 
 from collections.abc import AsyncGenerator, AsyncIterator
+from datetime import UTC, datetime
 
 from avito_ai.api.deps import Call
 from avito_ai.api.errors import stream_failure
@@ -31,6 +32,8 @@ from avito_ai.services.constraints import check_supported, constraint_from
 from avito_ai.services.images import off_loop
 from avito_ai.services.state import ServiceState
 from avito_ai.services.tools import apply_tool_choice, check_tools
+
+DISPLAY_NAMES: dict[Role, str] = {"avibe": "A-Vibe", "avision": "A-Vision"}
 
 
 def model_names(state: ServiceState, *, configured: bool = False) -> dict[str, Role]:
@@ -61,11 +64,19 @@ def resolve_role(model: str, state: ServiceState) -> Role:
 def model_list(state: ServiceState) -> ModelList:
     """Every name a client may use, for every configured role."""
     created = int(state.started_at)
+    at = datetime.fromtimestamp(created, UTC).isoformat().replace("+00:00", "Z")
     cards = [
-        ModelCard(id=name, created=created, root=state.engines[role].status().model_id or role)
+        ModelCard(
+            id=name,
+            created=created,
+            root=state.engines[role].status().model_id or role,
+            display_name=DISPLAY_NAMES[role] if name == role else f"{DISPLAY_NAMES[role]} ({name})",
+            created_at=at,
+        )
         for name, role in model_names(state, configured=True).items()
     ]
-    return ModelList(data=cards)
+    ids = [card.id for card in cards]
+    return ModelList(data=cards, first_id=ids[0] if ids else None, last_id=ids[-1] if ids else None)
 
 
 async def openai_events(
