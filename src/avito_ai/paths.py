@@ -3,7 +3,7 @@ and the OpenAPI builder read.
 
 A path's policy says whether it needs an API key (when keys are on), whether requests to
 it count against the rate limits, which dialect its errors speak (native JSON, OpenAI
-JSON, or the web page for a form post) and what its body may carry. Exact paths are
+JSON, Anthropic JSON, or the web page for a form post) and what its body may carry. Exact paths are
 looked up first, then prefixes (the longest that matches), then the default.
 """
 
@@ -15,7 +15,7 @@ from typing import Any, Literal
 
 # "writes": only methods that are not GET or HEAD (a form's POST; reading the page is free).
 When = Literal["always", "writes", "never"]
-Dialect = Literal["native", "openai", "page"]
+Dialect = Literal["native", "openai", "anthropic", "page"]
 # json: MAX_BODY_SIZE_MB; upload: room for one MAX_IMAGE_SIZE_MB image as base64 besides;
 # json_or_upload: the upload cap for a body that carries an image, the JSON cap for text.
 Body = Literal["json", "upload", "json_or_upload"]
@@ -36,6 +36,7 @@ FREE_READS = PathPolicy(limited="writes")  # pages and metrics views: reading co
 FORM = PathPolicy(key="writes", dialect="page")
 NATIVE_API = PathPolicy(key="always")
 OPENAI_API = PathPolicy(key="always", dialect="openai")
+ANTHROPIC_API = PathPolicy(key="always", dialect="anthropic", body="json_or_upload")
 
 EXACT: dict[str, PathPolicy] = {
     # Probes must never fail because of a limit. (GET /api/health is a status page too,
@@ -58,6 +59,9 @@ EXACT: dict[str, PathPolicy] = {
     "/api/v1/image/analyze": PathPolicy(key="always", body="upload"),
     "/v1": OPENAI_API,
     "/v1/chat/completions": PathPolicy(key="always", dialect="openai", body="json_or_upload"),
+    "/v1/responses": PathPolicy(key="always", dialect="openai", body="json_or_upload"),
+    "/v1/messages": ANTHROPIC_API,
+    "/v1/messages/count_tokens": ANTHROPIC_API,
 }
 PREFIXES: dict[str, PathPolicy] = {
     "/static/": FREE,

@@ -6,9 +6,11 @@ title the page shows, the OpenAPI description). A new error is a row; a new dial
 column and a body builder below.
 
 Native routes answer `{"error", "message", "request_id"}`; `/v1/*` answers the OpenAI shape
-`{"error": {"message", "type", "param", "code"}}`; a form's POST answers the page with the
-error in it (rendered by the function the app registers: `install_error_handlers`). A 500
-never shows a stack trace: the log line with the same request id does.
+`{"error": {"message", "type", "param", "code"}}`, `/v1/messages*` Anthropic's
+`{"type": "error", "error": {"type", "message"}, "request_id"}`; a form's POST answers the
+page with the error in it (rendered by the function the app registers:
+`install_error_handlers`). A 500 never shows a stack trace: the log line with the same
+request id does.
 """
 
 from __future__ import annotations
@@ -51,7 +53,8 @@ logger = logging.getLogger("avito_ai.errors")
 class ErrorKind:
     code: str
     status: int
-    openai_type: str
+    openai_type: str  # OpenAI's error.type (chat, completions, responses)
+    anthropic_type: str  # Anthropic's error.type (messages)
     rejection: str | None  # the reason label in avito_rejections_total; None: not counted
     title: str  # what a person reads on the page (and the console's scripts)
     description: str  # the OpenAPI document's words for it
@@ -60,61 +63,89 @@ class ErrorKind:
 KINDS: dict[str, ErrorKind] = {
     kind.code: kind
     for kind in (
+        # code, status; OpenAI type, Anthropic type, rejection reason; page title; OpenAPI
         ErrorKind(
-            "validation_error", 400, "invalid_request_error", "validation",
-            "Проверьте запрос", "the request is invalid; the message names the field",
+            "validation_error", 400,
+            "invalid_request_error", "invalid_request_error", "validation",
+            "Проверьте запрос",
+            "the request is invalid; the message names the field",
         ),
         ErrorKind(
-            "unauthorized", 401, "authentication_error", "unauthorized",
-            "Нужен API-ключ", "API keys are on and none valid was sent",
+            "unauthorized", 401,
+            "authentication_error", "authentication_error", "unauthorized",
+            "Нужен API-ключ",
+            "API keys are on and none valid was sent",
         ),
         ErrorKind(
-            "not_found", 404, "not_found_error", None, "Не найдено", "no such model",
+            "not_found", 404,
+            "not_found_error", "not_found_error", None,
+            "Не найдено",
+            "no such model",
         ),
         ErrorKind(
-            "method_not_allowed", 405, "invalid_request_error", None,
-            "Метод не поддерживается", "the path does not take this method",
+            "method_not_allowed", 405,
+            "invalid_request_error", "invalid_request_error", None,
+            "Метод не поддерживается",
+            "the path does not take this method",
         ),
         ErrorKind(
-            "request_timeout", 408, "invalid_request_error", None,
-            "Запрос пришёл не целиком", "the body did not arrive within BODY_READ_TIMEOUT",
+            "request_timeout", 408,
+            "invalid_request_error", "invalid_request_error", None,
+            "Запрос пришёл не целиком",
+            "the body did not arrive within BODY_READ_TIMEOUT",
         ),
         ErrorKind(
-            "payload_too_large", 413, "invalid_request_error", "payload_too_large",
-            "Слишком большой запрос", "the body is over its size limit",
+            "payload_too_large", 413,
+            "invalid_request_error", "request_too_large", "payload_too_large",
+            "Слишком большой запрос",
+            "the body is over its size limit",
         ),
         ErrorKind(
-            "request_header_fields_too_large", 431, "invalid_request_error",
-            "headers_too_large", "Слишком большие заголовки запроса",
+            "request_header_fields_too_large", 431,
+            "invalid_request_error", "invalid_request_error", "headers_too_large",
+            "Слишком большие заголовки запроса",
             "over MAX_HEADER_BYTES or MAX_HEADERS",
         ),
         ErrorKind(
-            "rate_limit_exceeded", 429, "rate_limit_error", "rate_limit",
-            "Слишком много запросов", "a rate limit or token budget, with Retry-After",
+            "rate_limit_exceeded", 429,
+            "rate_limit_error", "rate_limit_error", "rate_limit",
+            "Слишком много запросов",
+            "a rate limit or token budget, with Retry-After",
         ),
         ErrorKind(
-            "client_closed_request", 499, "invalid_request_error", None,
-            "Запрос отменён", "the client left (nginx's convention; only the access log sees it)",
+            "client_closed_request", 499,
+            "invalid_request_error", "invalid_request_error", None,
+            "Запрос отменён",
+            "the client left (nginx's convention; only the access log sees it)",
         ),
         ErrorKind(
-            "internal_error", 500, "server_error", None, "Внутренняя ошибка",
+            "internal_error", 500,
+            "server_error", "api_error", None,
+            "Внутренняя ошибка",
             "a fault of the service; the log line with the request id has the trace",
         ),
         ErrorKind(
-            "model_unavailable", 503, "service_unavailable_error", "model_unavailable",
-            "Модель недоступна", "not configured, loading or failed",
+            "model_unavailable", 503,
+            "service_unavailable_error", "overloaded_error", "model_unavailable",
+            "Модель недоступна",
+            "not configured, loading or failed",
         ),
         ErrorKind(
-            "overloaded", 503, "service_unavailable_error", "overload",
-            "Сервер перегружен", "the queue is full, with Retry-After",
+            "overloaded", 503,
+            "service_unavailable_error", "overloaded_error", "overload",
+            "Сервер перегружен",
+            "the queue is full, with Retry-After",
         ),
         ErrorKind(
-            "rate_limit_unavailable", 503, "service_unavailable_error",
-            "rate_limit_unavailable", "Проверка лимитов недоступна",
+            "rate_limit_unavailable", 503,
+            "service_unavailable_error", "api_error", "rate_limit_unavailable",
+            "Проверка лимитов недоступна",
             "the limits' storage is down and RATE_LIMIT_FAIL_MODE=closed",
         ),
         ErrorKind(
-            "timeout", 504, "timeout_error", "timeout", "Время ожидания истекло",
+            "timeout", 504,
+            "timeout_error", "api_error", "timeout",
+            "Время ожидания истекло",
             "no answer within REQUEST_TIMEOUT",
         ),
     )
@@ -164,6 +195,10 @@ def error_body(
                 "code": code,
             }
         }
+    if dialect == "anthropic":
+        text = f"{param}: {message}" if param and not message.startswith(param) else message
+        error = {"type": kind_of(code).anthropic_type, "message": text}
+        return {"type": "error", "error": error, "request_id": request_id}
     return {"error": code, "message": message, "request_id": request_id}
 
 
@@ -211,6 +246,8 @@ def error_response(request: Request, error: AvitoError, **page_fields: Any) -> R
         page.headers.update(error_headers(error))
         return page
     headers = {"X-Request-ID": rid, **error_headers(error)}
+    if dialect == "anthropic":
+        headers["request-id"] = rid  # where Anthropic's SDK reads it (error.request_id)
     body = error_body(error.code, error.message, rid, dialect=dialect, param=error.param)
     return JSONResponse(body, status_code=kind.status, headers=headers)
 

@@ -37,6 +37,20 @@ OPENAI_ERROR_SCHEMA: dict[str, Any] = {
         }
     },
 }
+ANTHROPIC_ERROR_SCHEMA: dict[str, Any] = {
+    "type": "object",
+    "title": "AnthropicErrorResponse",
+    "required": ["type", "error"],
+    "properties": {
+        "type": {"const": "error"},
+        "error": {
+            "type": "object",
+            "required": ["type", "message"],
+            "properties": {"type": {"type": "string"}, "message": {"type": "string"}},
+        },
+        "request_id": {"type": "string"},
+    },
+}
 # "Not only whitespace" for a JSON Schema pattern: one character that str.strip() keeps.
 # Spelled out, since `\S` means three different sets in Python, JavaScript and Rust regex.
 NOT_BLANK = (
@@ -45,6 +59,7 @@ NOT_BLANK = (
 )
 NATIVE_ERROR_REF = {"$ref": "#/components/schemas/ErrorResponse"}
 OPENAI_ERROR_REF = {"$ref": "#/components/schemas/OpenAIErrorResponse"}
+ANTHROPIC_ERROR_REF = {"$ref": "#/components/schemas/AnthropicErrorResponse"}
 
 
 def errors(*codes: int) -> dict[int | str, dict[str, Any]]:
@@ -72,6 +87,7 @@ def true_document(document: dict[str, Any], settings: Settings) -> dict[str, Any
     schemas.pop("HTTPValidationError", None)
     schemas.pop("ValidationError", None)
     schemas["OpenAIErrorResponse"] = OPENAI_ERROR_SCHEMA
+    schemas["AnthropicErrorResponse"] = ANTHROPIC_ERROR_SCHEMA
     schemas["ErrorResponse"] = ErrorResponse.model_json_schema()
     for path, item in document.get("paths", {}).items():
         for method, operation in item.items():
@@ -104,7 +120,9 @@ def _error_content(path: str, method: str) -> dict[str, Any]:
     dialect = error_dialect(path, method)
     if dialect == "page":
         return {"text/html": {"schema": {"type": "string"}}}
-    ref = OPENAI_ERROR_REF if dialect == "openai" else NATIVE_ERROR_REF
+    ref = {"openai": OPENAI_ERROR_REF, "anthropic": ANTHROPIC_ERROR_REF}.get(
+        dialect, NATIVE_ERROR_REF
+    )
     return {"application/json": {"schema": ref}}
 
 
@@ -136,6 +154,8 @@ def _settings_bounds(schemas: dict[str, Any], paths: dict[str, Any], settings: S
     )
     for name in ("max_tokens", "max_completion_tokens"):
         _edit(schemas, "ChatCompletionRequest", name, _maximum(any_cap), note=_caps(settings))
+    _edit(schemas, "ResponsesRequest", "max_output_tokens", _maximum(any_cap), note=_caps(settings))
+    _edit(schemas, "MessagesRequest", "max_tokens", _maximum(any_cap), note=_caps(settings))
     # Bodies documented inline (multipart and forms).
     inline_caps = {
         "/api/v1/image/analyze": settings.max_tokens_avision,

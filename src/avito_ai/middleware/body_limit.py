@@ -11,7 +11,10 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from avito_ai.paths import app_path
 
-_IMAGE_PART = b'"image_url"'
+# What marks a body that carries an image: OpenAI's image parts (chat's `image_url`,
+# Responses' `input_image`) and Anthropic's base64 image sources.
+_IMAGE_PARTS = (b'"image_url"', b'"input_image"', b'"base64"')
+_LONGEST = max(len(p) for p in _IMAGE_PARTS)
 
 
 class BodyLimitMiddleware:
@@ -83,8 +86,8 @@ class BodyLimitMiddleware:
                 if received > limit:
                     raise HTTPException(413, detail=message)
                 if not seen_image:
-                    seen_image = _IMAGE_PART in tail + body
-                    tail = body[-len(_IMAGE_PART) :]
+                    seen_image = any(p in tail + body for p in _IMAGE_PARTS)
+                    tail = body[-_LONGEST:]
                     if not seen_image and text_limit is not None and received > text_limit:
                         raise HTTPException(
                             413,

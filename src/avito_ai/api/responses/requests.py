@@ -1,0 +1,221 @@
+"""Responses API requests → GenerationRequests: `instructions` and `input` items become
+chat messages (function calls join the assistant message before them, their outputs
+become tool messages), tools and tool_choice ours, `text.format` a constraint, the
+reasoning effort the thinking switch."""
+
+from __future__ import annotations
+
+import time
+
+from avito_ai.api.openai.requests import EMPTY_PARAMETERS
+from avito_ai.api.requests import sampling_params
+from avito_ai.api.responses.protocol import (
+    Content,
+    FormatJSONObject,
+    FormatJSONSchema,
+    FormatText,
+    FunctionCallItem,
+    FunctionCallOutputItem,
+    InputImage,
+    MessageItem,
+    RefusalIn,
+    ResponseFunctionTool,
+    ResponsesRequest,
+    ToolChoiceFunction,
+)
+from avito_ai.config import Settings
+from avito_ai.engines.base import (
+    ChatMessage,
+    ContentPart,
+    GenerationRequest,
+    ImagePart,
+    OutputConstraint,
+    Role,
+    SamplingParams,
+    TextPart,
+    ToolCall,
+    ToolChoice,
+    ToolSpec,
+)
+from avito_ai.errors import ValidationFailed
+from avito_ai.schemas.sampling import SamplingBase, SamplingFields
+from avito_ai.schemas.structured import (
+    JSONSchemaSpec,
+    ResponseFormatJSONObject,
+    ResponseFormatJSONSchema,
+)
+from avito_ai.services.constraints import constraint_from
+from avito_ai.services.images import decode_base64_image, is_data_uri
+
+LOGPROBS = "message.output_text.logprobs"
+
+
+async def text_constraint(body: ResponsesRequest) -> OutputConstraint | None:
+    """`text.format` as a constraint (None: free text); errors name `text.format.schema`."""
+    form = body.text.format if body.text else None
+    if form is None or isinstance(form, FormatText):
+        return None
+    if isinstance(form, FormatJSONObject):
+        return await constraint_from(ResponseFormatJSONObject(type="json_object"), "text.format")
+    assert isinstance(form, FormatJSONSchema)
+    spec = JSONSchemaSpec(
+        name=form.name, description=form.description, schema=form.schema_, strict=form.strict
+    )
+    try:
+        return await constraint_from(
+            ResponseFormatJSONSchema(type="json_schema", json_schema=spec), "text.format"
+        )
+    except ValidationFailed as exc:
+        if exc.param == "text.format.json_schema.schema":
+            exc.param = "text.format.schema"
+        raise
+
+
+def _sampling(body: ResponsesRequest, role: Role, settings: Settings) -> SamplingParams:
+    shared = body.model_dump(include=set(SamplingBase.model_fields) - {"max_tokens"})
+    top = body.top_logprobs or 0
+    logprobs = LOGPROBS in (body.include or ()) or top > 0  # alternatives imply logprobs
+    fields = SamplingFields(
+        **shared, max_tokens=body.max_output_tokens, logprobs=logprobs, top_logprobs=top
+    )
+    return sampling_params(fields, role, settings, max_tokens_field="max_output_tokens")
+
+
+def _parts(content: Content, where: str, settings: Settings) -> tuple[list[ContentPart], int]:
+    """One message's parts and the number of text characters in them."""
+    if isinstance(content, str):
+        return [TextPart(content)], len(content)
+    parts: list[ContentPart] = []
+    chars = 0
+    for j, part in enumerate(content):
+        if not isinstance(part, InputImage):
+            text = part.refusal if isinstance(part, RefusalIn) else part.text
+            parts.append(TextPart(text))
+            chars += len(text)
+            continue
+        field = f"{where}.content.{j}"
+        if part.file_id is not None:
+            raise ValidationFailed(
+                "Files are not stored by this server: send the image as image_url, a data: "
+                "URI (data:image/png;base64,...)",
+                param=f"{field}.file_id",
+            )
+        if part.image_url is None or not is_data_uri(part.image_url):
+            raise ValidationFailed(
+                "image_url must be a data: URI (data:image/png;base64,...); "
+                "the server does not fetch images from the network",
+                param=f"{field}.image_url",
+            )
+        image = decode_base64_image(
+            part.image_url, settings.max_image_size_mb, param=f"{field}.image_url"
+        )
+        parts.append(ImagePart(image))
+    return parts, chars
+
+
+def _messages(body: ResponsesRequest, settings: Settings) -> tuple[list[ChatMessage], int]:
+    """The chat the input makes (instructions first), and its text length."""
+    messages: list[ChatMessage] = []
+    chars = 0
+    if body.instructions is not None and body.instructions.strip():
+        messages.append(ChatMessage.text("system", body.instructions))
+        chars += len(body.instructions)
+    if isinstance(body.input, str):
+        messages.append(ChatMessage.text("user", body.input))
+        return messages, chars + len(body.input)
+    called: set[str] = set()
+    for i, item in enumerate(body.input):
+        if isinstance(item, MessageItem):
+            parts, count = _parts(item.content, f"input.{i}", settings)
+            role = "system" if item.role == "developer" else item.role
+            messages.append(ChatMessage(role=role, content=tuple(parts)))
+            chars += count
+        elif isinstance(item, FunctionCallItem):
+            call = ToolCall(item.call_id, item.name, item.arguments)
+            called.add(item.call_id)
+            chars += len(item.arguments)
+            last = messages[-1] if messages else None
+            if last is not None and last.role == "assistant":  # calls of the same turn
+                messages[-1] = ChatMessage(
+                    "assistant", last.content, (*last.tool_calls, call), last.tool_call_id
+                )
+            else:
+                messages.append(ChatMessage("assistant", (), (call,)))
+        elif isinstance(item, FunctionCallOutputItem):
+            if item.call_id not in called:
+                raise ValidationFailed(
+                    f"No function_call item before this output has call_id {item.call_id!r}",
+                    param=f"input.{i}.call_id",
+                )
+            output = (
+                item.output
+                if isinstance(item.output, str)
+                else "".join(p.text for p in item.output)
+            )
+            messages.append(ChatMessage("tool", (TextPart(output),), tool_call_id=item.call_id))
+            chars += len(output)
+        # reasoning items: left out
+    return messages, chars
+
+
+def _checked(messages: list[ChatMessage], chars: int, role: Role, settings: Settings) -> None:
+    if chars > settings.max_prompt_length:
+        raise ValidationFailed(
+            f"Prompt too long. Maximum length: {settings.max_prompt_length} characters",
+            param="input",
+        )
+    if not any(m.role == "user" and m.content for m in messages):
+        raise ValidationFailed("input must contain a user message", param="input")
+    images = sum(isinstance(p, ImagePart) for m in messages for p in m.content)
+    if images and role == "avibe":
+        raise ValidationFailed(
+            "Model avibe does not accept images; use model 'avision'", param="input"
+        )
+    if images > settings.avision_max_images:
+        raise ValidationFailed(
+            f"Too many images: {images}; at most {settings.avision_max_images} per request "
+            "(AVISION_MAX_IMAGES)",
+            param="input",
+        )
+
+
+def tool_choice(body: ResponsesRequest, has_tools: bool) -> tuple[ToolChoice, str | None]:
+    """The Responses tool_choice as ours: (auto | none | required, the named function)."""
+    choice = body.tool_choice
+    if isinstance(choice, ToolChoiceFunction):
+        return "required", choice.name
+    if choice is None:
+        return ("auto" if has_tools else "none"), None
+    return choice, None
+
+
+def responses_request(
+    body: ResponsesRequest,
+    role: Role,
+    settings: Settings,
+    request_id: str,
+    constraint: OutputConstraint | None = None,
+) -> GenerationRequest:
+    """The generation a Responses request asks for (decodes its images: run it off the
+    event loop). Raises ValidationFailed naming the field."""
+    messages, chars = _messages(body, settings)
+    _checked(messages, chars, role, settings)
+    effort = body.reasoning.effort if body.reasoning else None
+    tools = tuple(
+        ToolSpec(t.name, EMPTY_PARAMETERS if t.parameters is None else t.parameters, t.description)
+        for t in body.tools or ()
+        if isinstance(t, ResponseFunctionTool)
+    )
+    choice, forced = tool_choice(body, bool(tools))
+    return GenerationRequest(
+        request_id=request_id,
+        sampling=_sampling(body, role, settings),
+        messages=messages,
+        enable_thinking=effort not in (None, "none"),
+        deadline=time.monotonic() + settings.request_timeout,
+        constraint=constraint,
+        tools=tools,
+        tool_choice=choice,
+        forced_tool=forced,
+        parallel_tool_calls=body.parallel_tool_calls is not False,
+    )
