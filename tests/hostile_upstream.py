@@ -1,6 +1,6 @@
 """An OpenAI-compatible upstream that misbehaves on request: the last user message names
 what it does wrong (see CASES; anything else is a good answer). It records what it was sent
-(`GET /recorded`) and how it was started (`GET /argv`).
+(`GET /recorded`, `GET /traceparents`) and how it was started (`GET /argv`).
 
 `python tests/hostile_upstream.py PORT`, or as a stand-in for vLLM started by the service:
 `VLLM_COMMAND="python tests/hostile_upstream.py vllm"` (then `serve <model> --port N ...`)."""
@@ -57,6 +57,7 @@ CASES: dict[str, list[Any]] = {
 
 
 RECORDED: list[dict[str, Any]] = []
+TRACEPARENTS: list[str | None] = []  # each request's W3C traceparent header
 SERVED = "hostile"
 
 
@@ -66,6 +67,10 @@ async def models(request: Request) -> Response:
 
 async def recorded(request: Request) -> Response:
     return JSONResponse(RECORDED)
+
+
+async def traceparents(request: Request) -> Response:
+    return JSONResponse(TRACEPARENTS)
 
 
 async def argv(request: Request) -> Response:
@@ -97,6 +102,7 @@ def tool_call(name: str) -> list[Any]:
 async def chat(request: Request) -> Response:
     body = await request.json()
     RECORDED.append(body)
+    TRACEPARENTS.append(request.headers.get("traceparent"))
     messages = body.get("messages") or [{"content": body.get("prompt")}]
     last = messages[-1]["content"]
     case = last if isinstance(last, str) and last in (*CASES, "not_sse", "long_line") else "good"
@@ -129,6 +135,7 @@ app = Starlette(
         Route("/v1/chat/completions", chat, methods=["POST"]),
         Route("/v1/completions", chat, methods=["POST"]),
         Route("/recorded", recorded),
+        Route("/traceparents", traceparents),
         Route("/argv", argv),
         Route("/health", health),
     ]

@@ -10,6 +10,7 @@ from fastapi.middleware.cors import CORSMiddleware
 from fastapi.staticfiles import StaticFiles
 
 from avito_ai import __version__
+from avito_ai.api.anthropic import router as anthropic
 from avito_ai.api.errors import (
     install_error_handlers,
     scope_error_response,
@@ -21,6 +22,7 @@ from avito_ai.api.native import router as native
 from avito_ai.api.openai import router as openai
 from avito_ai.api.openapi import install_openapi
 from avito_ai.api.probes import ProbeFastPath
+from avito_ai.api.responses import router as responses
 from avito_ai.api.routes import docs, health, metrics
 from avito_ai.config import Settings
 from avito_ai.engines.base import Engine, Role
@@ -35,6 +37,8 @@ from avito_ai.middleware.header_limit import HeaderLimitMiddleware
 from avito_ai.middleware.rate_limit import RateLimitMiddleware
 from avito_ai.middleware.request_id import RequestIdMiddleware
 from avito_ai.middleware.security_headers import SecurityHeadersMiddleware
+from avito_ai.middleware.tracing import TracingMiddleware
+from avito_ai.observability import tracing
 from avito_ai.paths import policy
 from avito_ai.services.state import ServiceState
 
@@ -87,6 +91,8 @@ def create_app(settings: Settings, engines: dict[Role, Engine] | None = None) ->
     app.include_router(metrics.router)
     app.include_router(native.router)
     app.include_router(openai.router)
+    app.include_router(responses.router)
+    app.include_router(anthropic.router)
     app.include_router(forms.router)
     app.include_router(docs.router)
     app.mount("/static", StaticFiles(directory=STATIC_DIR), name="static")
@@ -132,5 +138,7 @@ def create_app(settings: Settings, engines: dict[Role, Engine] | None = None) ->
     )
     app.add_middleware(SecurityHeadersMiddleware)
     app.add_middleware(AccessLogMiddleware)
+    if tracing.configured():  # (off: not even a no-op span per request)
+        app.add_middleware(TracingMiddleware)
     app.add_middleware(RequestIdMiddleware)
     return app

@@ -12,6 +12,7 @@ from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
 
+from avito_ai.observability import tracing
 from avito_ai.observability.system import prime_cpu_percent
 from avito_ai.services.state import ServiceState
 
@@ -22,9 +23,11 @@ logger = logging.getLogger("avito_ai.lifespan")
 async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     state: ServiceState = app.state.avito
     prime_cpu_percent()
+    tracing.start()  # in this process (each gunicorn worker: after the fork)
     await state.start_engines()
     logger.info("Avito AI API started; models are loading in the background")
     try:
         yield
     finally:
         await state.stop_engines()
+        tracing.stop()

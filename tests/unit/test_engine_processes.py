@@ -211,3 +211,15 @@ def test_a_worker_without_a_supervisor_says_how_to_start_one(tmp_path: Path) -> 
     status = _engine_in(tmp_path).status()
     assert status.state is EngineState.FAILED and "avito-ai serve" in str(status.reason)
     assert EngineRecord.read(tmp_path / "nothing.json") is None
+
+
+def test_with_tracing_on_the_engines_export_their_spans_too(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("OTEL_EXPORTER_OTLP_ENDPOINT", "http://collector:4318")
+    vllm = engine_spec("avibe", isolated_settings(**EAGLE), 1).argv
+    assert vllm[vllm.index("--otlp-traces-endpoint") + 1] == "http://collector:4318"
+    sglang = engine_spec("avibe", isolated_settings(**{**EAGLE, "avibe_backend": "sglang"}), 1)
+    assert "--enable-trace" in sglang.argv and "--otlp-traces-endpoint" in sglang.argv
+    monkeypatch.setenv("OTEL_SDK_DISABLED", "true")
+    assert "--otlp-traces-endpoint" not in engine_spec("avibe", isolated_settings(**EAGLE), 1).argv

@@ -224,6 +224,8 @@ class GenerationRequest:
     tool_choice: ToolChoice = "auto"
     forced_tool: str | None = None  # tool_choice naming one function
     parallel_tool_calls: bool = True
+    # The W3C trace headers of its `generate` span (tracing on): upstreams continue it.
+    trace: dict[str, str] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)

@@ -20,6 +20,8 @@ from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, 
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
+from opentelemetry.trace import StatusCode
+
 from avito_ai.clients import ANONYMOUS, PRIORITY_CLASSES, Client
 from avito_ai.config import Settings
 from avito_ai.engines.base import (
@@ -34,6 +36,7 @@ from avito_ai.engines.base import (
 )
 from avito_ai.errors import ClientDisconnected, ModelUnavailable, Timeout, ValidationFailed
 from avito_ai.observability import metrics
+from avito_ai.observability.tracing import carrier, tracer
 from avito_ai.services.admission import Governor, priority_of
 from avito_ai.services.answers import Answer, AnswerCollector
 from avito_ai.services.budgets import Reservation, prompt_tokens
@@ -188,6 +191,10 @@ class GenerationService:
                 # n choices the engine makes itself hold n places (as many as can be had)
                 places = min(request.sampling.n, admission.capacity, limit or request.sampling.n)
                 waiting.inc()
+                span = tracer().start_span(
+                    "admission",
+                    attributes={"gen_ai.request.model": role, "avito.priority": priority},
+                )
                 try:
                     async with asyncio.timeout(_remaining(request)):
                         for _ in range(places):
@@ -195,8 +202,13 @@ class GenerationService:
                                 admission.place(client.id, priority, limit)
                             )
                 except TimeoutError:
+                    span.set_status(StatusCode.ERROR, "timed out waiting for its turn")
                     raise Timeout("Request timed out waiting for its turn") from None
+                except Exception as exc:  # refused: the queue full, too many waiting
+                    span.set_status(StatusCode.ERROR, str(exc))
+                    raise
                 finally:
+                    span.end()
                     waiting.dec()
             chunks = _generate(engine, request, waiting, running, used)
             # aclosing: a client that leaves closes the engine's generator now, in this task.
@@ -293,6 +305,17 @@ async def _generate(
     engine: Engine, request: GenerationRequest, waiting: Any, running: Any, used: _Used
 ) -> AsyncGenerator[Chunk, None]:
     role = engine.role
+    # The engine's generation as a span (a child of the request's): its first token an
+    # event, its counts attributes; upstreams continue it (request.trace).
+    span = tracer().start_span(
+        "generate",
+        attributes={
+            "gen_ai.request.model": role,
+            "gen_ai.request.max_tokens": request.sampling.max_tokens,
+            "avito.request_id": request.request_id,
+        },
+    )
+    request = dataclasses.replace(request, trace=carrier(span))
     iterator = engine.generate(request)
     waiting.inc()
     state = "waiting"
@@ -317,9 +340,17 @@ async def _generate(
                 waiting.dec()
                 running.inc()
                 state = "running"
+                span.add_event("first_token")
             if chunk.is_final:
                 finished = True
                 record_generation(role, chunk)
+                span.set_attributes(
+                    {
+                        "gen_ai.usage.input_tokens": chunk.input_tokens or 0,
+                        "gen_ai.usage.output_tokens": chunk.generated_tokens or 0,
+                        "gen_ai.response.finish_reasons": [str(chunk.finish_reason)],
+                    }
+                )
                 if chunk.input_tokens is not None:
                     used.prompt = chunk.input_tokens
             if chunk.generated_tokens is not None:
@@ -332,8 +363,14 @@ async def _generate(
     except (GeneratorExit, asyncio.CancelledError):
         if not finished:  # the client went away: the engine's work for it is cancelled
             metrics.MODEL_REQUESTS.labels(role, "cancelled").inc()
+            span.set_attribute("avito.cancelled", True)
+        raise
+    except Exception as exc:
+        span.record_exception(exc)
+        span.set_status(StatusCode.ERROR, str(exc))
         raise
     finally:
+        span.end()
         (waiting if state == "waiting" else running).dec()
         aclose = getattr(iterator, "aclose", None)
         if aclose is not None:

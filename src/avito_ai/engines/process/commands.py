@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from typing import Literal
 
 from avito_ai.config import Role, Settings
+from avito_ai.observability import tracing
 
 Kind = Literal["vllm", "sglang", "command"]
 # Both engines answer GET /health with 200 once the model is loaded and serving.
@@ -93,6 +94,8 @@ def vllm_argv(role: Role, settings: Settings, port: int) -> list[str]:
         argv += ["--speculative-config", json.dumps(speculative, separators=(",", ":"))]
     if role == "avision":
         argv += ["--limit-mm-per-prompt", json.dumps({"image": own.max_images})]
+    if tracing.configured():  # it continues the traceparent the remote backend sends
+        argv += ["--otlp-traces-endpoint", tracing.traces_endpoint()]
     return argv + shlex.split(own.engine_args)
 
 
@@ -137,6 +140,8 @@ def sglang_argv(role: Role, settings: Settings, port: int) -> list[str]:
             "--speculative-num-draft-tokens",
             str(steps + 1),
         ]
+    if tracing.configured():
+        argv += ["--enable-trace", "--otlp-traces-endpoint", tracing.traces_endpoint()]
     return argv + shlex.split(own.engine_args)
 
 

@@ -29,6 +29,7 @@ from collections.abc import AsyncGenerator, AsyncIterator
 from typing import TYPE_CHECKING, Any
 
 import httpx
+from opentelemetry.trace import SpanKind, StatusCode
 
 from avito_ai.engines.base import (
     Capabilities,
@@ -61,6 +62,7 @@ from avito_ai.engines.remote.wire import (
     upstream_payload,
 )
 from avito_ai.errors import ModelUnavailable, Overloaded, Timeout, ValidationFailed
+from avito_ai.observability.tracing import carrier, parent, tracer
 
 if TYPE_CHECKING:
     pass
@@ -256,7 +258,13 @@ class RemoteEngine:
         calls: dict[int, HermesText] = {}  # per choice
         done = False
         upstream.outstanding += 1
-        headers = {"X-Request-ID": request.request_id}
+        span = tracer().start_span(
+            "upstream",
+            context=parent(request.trace),
+            kind=SpanKind.CLIENT,
+            attributes={"server.address": upstream.base, "gen_ai.request.model": body["model"]},
+        )
+        headers = {"X-Request-ID": request.request_id, **carrier(span)}
         bounds = UsageBounds(
             prompt=4 * estimate_prompt_tokens(request, self.config.max_pixels) + 4096,
             completion=request.sampling.max_tokens * request.sampling.n,
@@ -266,6 +274,7 @@ class RemoteEngine:
                 async with self._client.stream(
                     "POST", upstream.base + path, json=body, headers=headers
                 ) as response:
+                    span.set_attribute("http.response.status_code", response.status_code)
                     if response.status_code >= 400:
                         message = error_message(await response.aread())
                         self._raise_for_status(upstream, response.status_code, message)
@@ -320,8 +329,12 @@ class RemoteEngine:
                 if first_token is None:
                     raise _Retryable(message) from None
                 raise ModelUnavailable(message) from None
+        except Exception as exc:
+            span.set_status(StatusCode.ERROR, str(exc))
+            raise
         finally:
             upstream.outstanding -= 1
+            span.end()
         prompt, completion = usage if usage is not None else (0, sum(pieces))
         final = final_chunk(
             finishes[0],
