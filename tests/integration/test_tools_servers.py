@@ -165,3 +165,27 @@ def test_thinking_opened_by_the_template_comes_apart_from_the_answer(
     assert off.message.content and "reasoning_content" not in off.message.model_dump(
         exclude_none=True
     )
+
+
+def test_the_same_split_in_the_responses_and_messages_dialects(thinker: ServerProcess) -> None:
+    import anthropic
+
+    ask = [{"role": "user", "content": "Hi"}]
+    response = openai_client(thinker).responses.create(
+        model="avibe", input=ask, reasoning={"effort": "high"}, max_output_tokens=12, temperature=0
+    )  # type: ignore[arg-type]
+    kinds = [item.type for item in response.output]
+    assert kinds[0] == "reasoning" and "function_call" not in kinds
+    thought = response.output[0].content[0].text  # type: ignore[union-attr]
+    assert thought and "<think>" not in thought and not response.output_text
+    claude = anthropic.Anthropic(base_url=thinker.url, api_key="x", max_retries=0)
+    message = claude.messages.create(
+        model="avibe",
+        max_tokens=12,
+        messages=ask,  # type: ignore[arg-type]
+        thinking={"type": "enabled", "budget_tokens": 1024},
+        extra_body={"temperature": 0},
+    )
+    assert message.content[0].type == "thinking"
+    assert message.content[0].thinking == thought  # greedy: the same thinking
+    assert message.stop_reason == "max_tokens"
