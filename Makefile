@@ -14,6 +14,7 @@ PIP := $(BIN)/pip install --disable-pip-version-check -q
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
 .PHONY: serve test install install-transformers vllm-env sglang-env lint typecheck unit screenshots redis-server nginx chromium bench clean
+.PHONY: prometheus lint-deploy
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -52,11 +53,25 @@ sglang-env:
 serve: $(SERVE_STAMP)
 	$(BIN)/avito-ai serve
 
-lint: $(TEST_STAMP)
+lint: $(TEST_STAMP) lint-deploy
 	$(BIN)/ruff check src tests app_production.py gunicorn_config.py config.py
 	$(BIN)/ruff format --check src tests app_production.py gunicorn_config.py config.py
 	# The layering (pyproject.toml [tool.importlinter]): api -> services -> engines.
 	$(BIN)/lint-imports
+
+# The deployment files, checked offline with the ecosystem's own tools: Prometheus's config
+# and alert rules (with their unit tests, deploy/prometheus/tests), both Dockerfiles
+# (hadolint), the Kubernetes manifests against Kubernetes $(K8S_VERSION)'s schemas (strict:
+# an unknown field is an error), and compose.yaml against the Compose Specification's schema
+# (vendored: deploy/schemas).
+K8S_VERSION := 1.35.0
+lint-deploy: $(TEST_STAMP) prometheus
+	promtool check config deploy/prometheus.yml
+	promtool check rules deploy/prometheus/alerts.yml
+	promtool test rules deploy/prometheus/tests/*.yml
+	$(BIN)/hadolint Dockerfile deploy/Dockerfile.vllm
+	$(BIN)/kubernetes-validate --quiet --strict -k $(K8S_VERSION) deploy/k8s/*.yaml
+	$(BIN)/python deploy/schemas/validate_compose.py deploy/compose.yaml
 
 typecheck: $(TEST_STAMP)
 	$(BIN)/mypy
@@ -71,13 +86,19 @@ nginx:
 		($(SUDO) apt-get update -qq && $(SUDO) apt-get install -y -qq nginx-light || \
 		 $(SUDO) apt-get install -y -qq nginx)
 
+# Prometheus and promtool (tests/integration/test_prometheus.py, make lint-deploy).
+prometheus:
+	@(command -v prometheus && command -v promtool) >/dev/null || \
+		($(SUDO) apt-get update -qq && \
+		 $(SUDO) apt-get install -y -qq --no-install-recommends prometheus)
+
 # A real browser for the page tests, driven by Playwright (its own browser download cannot
 # work offline, so Debian's chromium is used through executable_path).
 chromium:
 	@command -v chromium >/dev/null || \
 		($(SUDO) apt-get update -qq && $(SUDO) apt-get install -y -qq chromium)
 
-test: $(TEST_STAMP) lint typecheck redis-server nginx chromium
+test: $(TEST_STAMP) lint typecheck redis-server nginx chromium prometheus
 	$(BIN)/pytest -q
 
 unit: $(TEST_STAMP)

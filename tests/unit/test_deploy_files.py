@@ -231,3 +231,22 @@ def test_engine_variants_in_compose_and_kubernetes() -> None:
     assert set(env) <= KNOWN_VARS and env["AVIBE_DRAFT_MODEL"] == "AvitoTech/avibe-eagle"
     assert container["readinessProbe"]["httpGet"]["path"] == "/api/health/ready"
     assert container["resources"]["limits"]["nvidia.com/gpu"] == 1
+
+
+def test_images_run_as_the_numeric_user_they_create() -> None:
+    """By number (hadolint DL3066), so Kubernetes' runAsNonRoot can check it."""
+    for path in (ROOT / "Dockerfile", ROOT / "deploy" / "Dockerfile.vllm"):
+        text = path.read_text()
+        uid = re.search(r"useradd .*--uid (\d+)", text)
+        assert uid and re.search(rf"^USER {uid.group(1)}$", text, re.M), path.name
+
+
+def test_compose_monitoring_profile_has_what_prometheus_yml_scrapes() -> None:
+    compose = yaml.safe_load((ROOT / "deploy" / "compose.yaml").read_text())
+    config = yaml.safe_load((ROOT / "deploy" / "prometheus.yml").read_text())
+    for job in config["scrape_configs"]:
+        for target in job["static_configs"][0]["targets"]:
+            host = target.split(":")[0]
+            assert host in compose["services"], (job["job_name"], target)
+    for name in ("prometheus", "dcgm-exporter"):
+        assert compose["services"][name]["profiles"] == ["monitoring"]
