@@ -350,6 +350,8 @@ async def test_token_budget_refuses_with_which_budget_and_reports_what_is_left(
         assert mine["tokens_per_day"] == {"used": spent, "limit": 1000}
         prometheus = (await client.get("/metrics")).text
         assert f'avito_client_tokens_total{{client="team-a"}} {float(spent)}' in prometheus
+        refusals = 'avito_client_budget_refusals_total{client="team-a",window="minute"}'
+        assert f"{refusals} 1.0" in prometheus  # (an alert rule's signal)
         assert "sk-a" not in prometheus
 
 

@@ -173,3 +173,27 @@ async def test_form_refusals_by_the_middlewares_are_counted_once() -> None:
         r = await client.post("/avibe", data={"prompt": "x" * 20_000})
         assert r.status_code == 413 and r.headers["content-type"].startswith("text/html")
         assert grown(before, await rejections_now(client)) == {"payload_too_large": 1.0}
+
+
+async def test_the_scrape_says_which_models_answer_and_how_full_their_queues_may_get() -> None:
+    from tests.api.conftest import running
+    from tests.conftest import isolated_settings
+
+    async with running(isolated_settings(max_queue_size=12)) as (_, client):
+        text = (await client.get("/metrics")).text
+    assert 'avito_model_ready{engine="fake",model="avibe"} 1.0' in text
+    assert 'avito_queue_capacity{model="avibe"} 12.0' in text
+    assert 'avito_admission_waiting{model="avibe"} 0.0' in text
+
+
+async def test_each_gpus_nvml_figures_are_in_the_scrape(monkeypatch: pytest.MonkeyPatch) -> None:
+    from avito_ai.api.routes import metrics as route
+    from tests.api.conftest import running
+
+    gpus = [{"index": 0.0, "used": 7e9, "total": 8e10, "utilization": 0.25}]
+    monkeypatch.setattr(route, "gpu_devices", lambda: gpus)
+    async with running() as (_, client):
+        text = (await client.get("/metrics")).text
+    assert 'avito_gpu_memory_used_bytes{gpu="0"} 7e+09' in text
+    assert 'avito_gpu_memory_total_bytes{gpu="0"} 8e+10' in text
+    assert 'avito_gpu_utilization_ratio{gpu="0"} 0.25' in text

@@ -30,13 +30,14 @@ def alerts() -> list[dict[str, Any]]:
 
 
 def exported_metrics() -> set[str]:
-    """Every series name the service's /metrics can have: its own metrics, and the engine
-    processes' gauges (written only when there are engine processes)."""
+    """Every series name the service's /metrics can have: its own metrics, the engine
+    processes' gauges (written only when there are engine processes), and what it reads at
+    the scrape (models' readiness; GPUs, where NVML finds any)."""
     from prometheus_client import generate_latest
     from prometheus_client.core import CollectorRegistry
 
     from avito_ai.observability import metrics
-    from avito_ai.observability.app_metrics import engine_metrics_text
+    from avito_ai.observability.app_metrics import engine_metrics_text, live_metrics_text
 
     registry = CollectorRegistry()
     for value in vars(metrics).values():
@@ -50,7 +51,9 @@ def exported_metrics() -> set[str]:
         ),
         "spec_accept_length": 1,
     }
-    text = generate_latest(registry) + engine_metrics_text({"avibe": view})
+    gpu = {"index": 0.0, "used": 1.0, "total": 2.0, "utilization": 0.5}
+    live = live_metrics_text({"avibe": ("ready", "openvino")}, [gpu])
+    text = generate_latest(registry) + engine_metrics_text({"avibe": view}) + live
     names = set(re.findall(r"^# TYPE (\S+) (\w+)", text.decode(), re.M))
     out = set()
     for name, kind in names:

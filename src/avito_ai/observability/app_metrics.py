@@ -11,7 +11,7 @@ from __future__ import annotations
 import json
 import os
 import tempfile
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -268,4 +268,44 @@ def engine_metrics_text(views: dict[str, dict[str, Any]]) -> bytes:
 
     registry = CollectorRegistry()
     registry.register(_Engines())
+    return generate_latest(registry)
+
+
+def live_metrics_text(models: Mapping[str, tuple[str, str]], gpus: list[dict[str, float]]) -> bytes:
+    """What this worker knows at the scrape: each model's readiness (`models`: role ->
+    (state, engine)) and each GPU's memory and utilization (NVML)."""
+    from prometheus_client.core import GaugeMetricFamily
+
+    ready = GaugeMetricFamily(
+        "avito_model_ready",
+        "1 while the model answers (its engine ready)",
+        labels=["model", "engine"],
+    )
+    for role, (state, engine) in models.items():
+        if state != "not_configured":
+            ready.add_metric([role, engine], 1.0 if state == "ready" else 0.0)
+    families = [ready]
+    if gpus:
+        used = GaugeMetricFamily(
+            "avito_gpu_memory_used_bytes", "GPU memory in use (NVML)", labels=["gpu"]
+        )
+        total = GaugeMetricFamily(
+            "avito_gpu_memory_total_bytes", "GPU memory (NVML)", labels=["gpu"]
+        )
+        busy = GaugeMetricFamily(
+            "avito_gpu_utilization_ratio", "GPU busy time, 0 to 1 (NVML)", labels=["gpu"]
+        )
+        for gpu in gpus:
+            label = [str(int(gpu["index"]))]
+            used.add_metric(label, gpu["used"])
+            total.add_metric(label, gpu["total"])
+            busy.add_metric(label, gpu["utilization"])
+        families += [used, total, busy]
+
+    class _Live:
+        def collect(self) -> Iterable[Metric]:
+            yield from families
+
+    registry = CollectorRegistry()
+    registry.register(_Live())
     return generate_latest(registry)

@@ -79,3 +79,20 @@ LOG_WRITE_ERRORS = Counter(
     "avito_log_write_errors_total",
     "Log lines LOG_FILE could not take (a full disk, say): lost, never a failed request",
 )
+ADMISSION_WAITING = Gauge(
+    "avito_admission_waiting",
+    "Requests waiting for a place in a model's fair queue (all workers)",
+    ["model"],
+    multiprocess_mode="livesum",
+)
+QUEUE_CAPACITY = Gauge(
+    "avito_queue_capacity",
+    "Requests a model's fair queue holds (MAX_QUEUE_SIZE per worker, all workers)",
+    ["model"],
+    multiprocess_mode="livesum",
+)
+BUDGET_REFUSALS = Counter(
+    "avito_client_budget_refusals_total",
+    "Generations refused because the client's token budget for a window was spent",
+    ["client", "window"],
+)

@@ -70,3 +70,34 @@ def gpu_metrics(index: int = 0) -> dict[str, Any]:
     finally:
         with contextlib.suppress(Exception):
             pynvml.nvmlShutdown()
+
+
+def gpu_devices() -> list[dict[str, float]]:
+    """Every NVIDIA GPU's memory (bytes) and utilization (0..1) from NVML; [] without any."""
+    try:
+        import pynvml
+
+        pynvml.nvmlInit()
+    except Exception:
+        return []
+    try:
+        devices = []
+        for index in range(pynvml.nvmlDeviceGetCount()):
+            handle = pynvml.nvmlDeviceGetHandleByIndex(index)
+            memory = pynvml.nvmlDeviceGetMemoryInfo(handle)
+            utilization = pynvml.nvmlDeviceGetUtilizationRates(handle)
+            devices.append(
+                {
+                    "index": float(index),
+                    "used": float(memory.used),
+                    "total": float(memory.total),
+                    "utilization": float(utilization.gpu) / 100,
+                }
+            )
+        return devices
+    except Exception as exc:
+        logger.warning("NVML query failed: %s", exc)
+        return []
+    finally:
+        with contextlib.suppress(Exception):
+            pynvml.nvmlShutdown()

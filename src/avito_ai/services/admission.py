@@ -25,10 +25,12 @@ from collections import OrderedDict, deque
 from collections.abc import AsyncIterator, Mapping
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
+from typing import Any
 
 from avito_ai.clients import DEFAULT_CLASS, PRIORITY_CLASSES, Client
 from avito_ai.config import Role, Settings
 from avito_ai.errors import Overloaded, RateLimited, ValidationFailed
+from avito_ai.observability import metrics
 from avito_ai.services.budgets import TokenBudgets
 
 
@@ -70,6 +72,7 @@ class Admission:
     waiting_by_client: dict[str, int] = field(default_factory=dict)
     # class rank -> client -> its waiters, in arrival order; the dict's order is the turn.
     queues: dict[int, OrderedDict[str, deque[_Waiter]]] = field(default_factory=dict)
+    gauge: Any = None  # the model's avito_admission_waiting child, when it has one
 
     @asynccontextmanager
     async def place(self, client: str, priority: str, limit: int = 0) -> AsyncIterator[None]:
@@ -122,9 +125,13 @@ class Admission:
         queue.setdefault(waiter.client, deque()).append(waiter)
         self.waiting += 1
         self.waiting_by_client[waiter.client] = self.waiting_by_client.get(waiter.client, 0) + 1
+        if self.gauge is not None:
+            self.gauge.inc()
 
     def _left_queue(self, client: str) -> None:
         self.waiting -= 1
+        if self.gauge is not None:
+            self.gauge.dec()
         left = self.waiting_by_client[client] - 1
         if left:
             self.waiting_by_client[client] = left
@@ -192,9 +199,16 @@ class Governor:
         self.budgets = TokenBudgets(settings)
         per_client = settings.client_max_waiting or max(1, settings.max_queue_size // 4)
         self.admissions = {
-            role: Admission(capacity_for(role, settings), settings.max_queue_size, per_client)
+            role: Admission(
+                capacity_for(role, settings),
+                settings.max_queue_size,
+                per_client,
+                gauge=metrics.ADMISSION_WAITING.labels(role),
+            )
             for role in engines
         }
+        for role in engines:
+            metrics.QUEUE_CAPACITY.labels(role).set(settings.max_queue_size)
 
     def concurrency_for(self, client: Client) -> int:
         own = client.policy.concurrency if client.policy else None

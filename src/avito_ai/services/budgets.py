@@ -34,6 +34,7 @@ from avito_ai.engines.base import (
 )
 from avito_ai.engines.prompts import estimate_prompt_tokens
 from avito_ai.errors import RateLimited, RateLimitUnavailable
+from avito_ai.observability import metrics
 from avito_ai.observability.logging import Throttled
 from avito_ai.storage import budget_store
 
@@ -121,6 +122,7 @@ class TokenBudgets:
             client.budget.update(figures)
         if refused:
             name, _, limit = windows[refused - 1]
+            metrics.BUDGET_REFUSALS.labels(client.name, name).inc()
             retry = max(1, left[refused - 1])
             raise RateLimited(
                 f"Token budget exceeded: {limit} tokens per {name} ({used[refused - 1]} used "

@@ -18,9 +18,10 @@ from avito_ai.observability.app_metrics import (
     current_totals,
     dashboard_totals,
     engine_metrics_text,
+    live_metrics_text,
     prometheus_text,
 )
-from avito_ai.observability.system import gpu_metrics, system_metrics
+from avito_ai.observability.system import gpu_devices, gpu_metrics, system_metrics
 from avito_ai.services.state import ServiceState
 
 router = APIRouter(tags=["monitoring"])
@@ -146,6 +147,12 @@ async def engine_views(state: ServiceState) -> dict[str, dict[str, Any]]:
 @router.get("/metrics", summary="Prometheus metrics", response_class=Response)
 async def prometheus(state: StateDep) -> Response:
     text = await asyncio.to_thread(prometheus_text)
+    models: dict[str, tuple[str, str]] = {
+        role: (status.state.value, status.engine or "-")
+        for role, status in ((r, e.status()) for r, e in state.engines.items())
+    }
+    live = live_metrics_text(models, await asyncio.to_thread(gpu_devices))
     return Response(
-        text + engine_metrics_text(await engine_views(state)), media_type=CONTENT_TYPE_LATEST
+        text + engine_metrics_text(await engine_views(state)) + live,
+        media_type=CONTENT_TYPE_LATEST,
     )
