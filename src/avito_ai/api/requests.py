@@ -42,6 +42,32 @@ def validate_prompt(prompt: object, settings: Settings, *, field: str = "prompt"
     return prompt
 
 
+def check_conversation(
+    messages: list[ChatMessage], chars: int, role: Role, settings: Settings, field: str
+) -> None:
+    """What every chat dialect checks of a conversation (`field`: where its messages are):
+    MAX_PROMPT_LENGTH characters in all, a user message, images only for A-Vision and at
+    most AVISION_MAX_IMAGES of them."""
+    if chars > settings.max_prompt_length:
+        raise ValidationFailed(
+            f"Prompt too long. Maximum length: {settings.max_prompt_length} characters",
+            param=field,
+        )
+    if not any(m.role == "user" and m.content for m in messages):
+        raise ValidationFailed(f"{field} must contain a user message", param=field)
+    images = sum(isinstance(p, ImagePart) for m in messages for p in m.content)
+    if images and role == "avibe":
+        raise ValidationFailed(
+            "Model avibe does not accept images; use model 'avision'", param=field
+        )
+    if images > settings.avision_max_images:
+        raise ValidationFailed(
+            f"Too many images: {images}; at most {settings.avision_max_images} per request "
+            "(AVISION_MAX_IMAGES)",
+            param=field,
+        )
+
+
 def question_or_default(question: str | None, default: str) -> str:
     """The question asked about an image: none, or only whitespace, means `default`."""
     return question if question is not None and question.strip() else default

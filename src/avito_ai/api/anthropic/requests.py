@@ -26,7 +26,7 @@ from avito_ai.api.anthropic.protocol import (
     ToolUseBlockIn,
     URLSource,
 )
-from avito_ai.api.requests import sampling_params
+from avito_ai.api.requests import check_conversation, sampling_params
 from avito_ai.config import Settings
 from avito_ai.engines.base import (
     ChatMessage,
@@ -233,20 +233,7 @@ def messages_request(
             param=f"messages.{last}.role",
         )
     messages = conversation.chat()
-    if conversation.chars > settings.max_prompt_length:
-        raise ValidationFailed(
-            f"Prompt too long. Maximum length: {settings.max_prompt_length} characters",
-            param="messages",
-        )
-    if not any(m.role == "user" and m.content for m in messages):
-        raise ValidationFailed("messages must contain a user message", param="messages")
-    images = sum(isinstance(p, ImagePart) for m in messages for p in m.content)
-    if images > settings.avision_max_images:
-        raise ValidationFailed(
-            f"Too many images: {images}; at most {settings.avision_max_images} per request "
-            "(AVISION_MAX_IMAGES)",
-            param="messages",
-        )
+    check_conversation(messages, conversation.chars, role, settings, "messages")
     tools = tuple(ToolSpec(t.name, t.input_schema or {}, t.description) for t in body.tools or ())
     choice, forced, parallel = tool_choice(body.tool_choice, bool(tools))
     return GenerationRequest(

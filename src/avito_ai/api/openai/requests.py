@@ -12,7 +12,7 @@ from avito_ai.api.openai.protocol import (
     NamedToolChoice,
     OpenAISampling,
 )
-from avito_ai.api.requests import sampling_params, validate_prompt
+from avito_ai.api.requests import check_conversation, sampling_params, validate_prompt
 from avito_ai.config import Settings
 from avito_ai.engines.base import (
     ChatMessage,
@@ -109,20 +109,7 @@ def chat_request(
                 tool_call_id=message.tool_call_id if message.role == "tool" else None,
             )
         )
-    if total_chars > settings.max_prompt_length:
-        raise ValidationFailed(
-            f"Prompt too long. Maximum length: {settings.max_prompt_length} characters",
-            param="messages",
-        )
-    if not any(m.role == "user" and m.content for m in messages):
-        raise ValidationFailed("messages must contain a user message", param="messages")
-    images = sum(isinstance(p, ImagePart) for m in messages for p in m.content)
-    if images > settings.avision_max_images:
-        raise ValidationFailed(
-            f"Too many images: {images}; at most {settings.avision_max_images} per request "
-            "(AVISION_MAX_IMAGES)",
-            param="messages",
-        )
+    check_conversation(messages, total_chars, role, settings, "messages")
     thinking = (
         body.enable_thinking
         or bool((body.chat_template_kwargs or {}).get("enable_thinking", False))

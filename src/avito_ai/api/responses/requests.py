@@ -8,7 +8,7 @@ from __future__ import annotations
 import time
 
 from avito_ai.api.openai.requests import EMPTY_PARAMETERS
-from avito_ai.api.requests import sampling_params
+from avito_ai.api.requests import check_conversation, sampling_params
 from avito_ai.api.responses.protocol import (
     Content,
     FormatJSONObject,
@@ -158,27 +158,6 @@ def _messages(body: ResponsesRequest, settings: Settings) -> tuple[list[ChatMess
     return messages, chars
 
 
-def _checked(messages: list[ChatMessage], chars: int, role: Role, settings: Settings) -> None:
-    if chars > settings.max_prompt_length:
-        raise ValidationFailed(
-            f"Prompt too long. Maximum length: {settings.max_prompt_length} characters",
-            param="input",
-        )
-    if not any(m.role == "user" and m.content for m in messages):
-        raise ValidationFailed("input must contain a user message", param="input")
-    images = sum(isinstance(p, ImagePart) for m in messages for p in m.content)
-    if images and role == "avibe":
-        raise ValidationFailed(
-            "Model avibe does not accept images; use model 'avision'", param="input"
-        )
-    if images > settings.avision_max_images:
-        raise ValidationFailed(
-            f"Too many images: {images}; at most {settings.avision_max_images} per request "
-            "(AVISION_MAX_IMAGES)",
-            param="input",
-        )
-
-
 def tool_choice(body: ResponsesRequest, has_tools: bool) -> tuple[ToolChoice, str | None]:
     """The Responses tool_choice as ours: (auto | none | required, the named function)."""
     choice = body.tool_choice
@@ -199,7 +178,7 @@ def responses_request(
     """The generation a Responses request asks for (decodes its images: run it off the
     event loop). Raises ValidationFailed naming the field."""
     messages, chars = _messages(body, settings)
-    _checked(messages, chars, role, settings)
+    check_conversation(messages, chars, role, settings, "input")
     effort = body.reasoning.effort if body.reasoning else None
     tools = tuple(
         ToolSpec(t.name, EMPTY_PARAMETERS if t.parameters is None else t.parameters, t.description)
