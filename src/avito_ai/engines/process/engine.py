@@ -35,7 +35,7 @@ from avito_ai.engines.base import (
 from avito_ai.engines.process.supervisor import STATE_DIR_VAR, EngineRecord, state_path
 from avito_ai.engines.remote.engine import RemoteEngine
 from avito_ai.engines.remote.upstreams import RemoteConfig
-from avito_ai.engines.remote.wire import CONSTRAINTS_OF, Flavour
+from avito_ai.engines.remote.wire import Flavour, upstream_capabilities
 from avito_ai.errors import ModelUnavailable
 
 logger = logging.getLogger(__name__)
@@ -168,13 +168,7 @@ class ProcessEngine:
 
     def capabilities(self) -> Capabilities:
         """Known before the engine answers: what its kind of server takes."""
-        return Capabilities(
-            constraints=CONSTRAINTS_OF[self.flavour],
-            logprobs=True,
-            top_logprobs=20,
-            choices=True,
-            tools=True,
-        )
+        return upstream_capabilities(self.flavour)
 
     @property
     def flavour(self) -> Flavour:

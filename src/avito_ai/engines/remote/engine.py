@@ -54,11 +54,11 @@ from avito_ai.engines.remote.events import (
 )
 from avito_ai.engines.remote.upstreams import RemoteConfig, Upstream
 from avito_ai.engines.remote.wire import (
-    CONSTRAINTS_OF,
     Flavour,
     api_base,
     error_kind,
     error_message,
+    upstream_capabilities,
     upstream_payload,
 )
 from avito_ai.errors import ModelUnavailable, Overloaded, Timeout, ValidationFailed
@@ -122,14 +122,7 @@ class RemoteEngine:
             await self._client.aclose()
 
     def capabilities(self) -> Capabilities:
-        # n > 1 travels as n: the upstream makes the choices from one prefill.
-        return Capabilities(
-            constraints=CONSTRAINTS_OF[self.flavour],
-            logprobs=True,
-            top_logprobs=20,
-            choices=True,
-            tools=True,
-        )
+        return upstream_capabilities(self.flavour)
 
     def status(self) -> EngineStatus:
         state = self._state

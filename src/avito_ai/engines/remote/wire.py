@@ -12,6 +12,7 @@ from typing import Any, Literal
 
 from avito_ai.engines.base import (
     ALL_CONSTRAINTS,
+    Capabilities,
     ConstraintKind,
     GenerationRequest,
     ImagePart,
@@ -44,6 +45,18 @@ CONSTRAINTS_OF: dict[Flavour, frozenset[ConstraintKind]] = {
     "vllm": ALL_CONSTRAINTS,
     "sglang": ALL_CONSTRAINTS,
 }
+
+
+def upstream_capabilities(flavour: Flavour) -> Capabilities:
+    """What an OpenAI-compatible server of this kind honours: n > 1 travels as n (one
+    prefill makes the choices), tools and tool_choice pass through to its parsers."""
+    return Capabilities(
+        constraints=CONSTRAINTS_OF[flavour],
+        logprobs=True,
+        top_logprobs=20,
+        choices=True,
+        tools=True,
+    )
 
 
 def constraint_fields(constraint: OutputConstraint, flavour: Flavour) -> dict[str, Any]:
