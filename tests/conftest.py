@@ -18,6 +18,8 @@ from avito_ai.config import Settings
 from avito_ai.engines.base import Engine, NotConfiguredEngine, Role
 from avito_ai.engines.fake import FakeEngine
 from avito_ai.engines.registry import AVISION_HINT
+from tests.ggufs import THINKING_TEMPLATE, with_chat_template
+from tests.servers import ServerProcess, dev_server, serving
 
 # Tests never talk to a model hub (server processes they start inherit this too).
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -136,3 +138,38 @@ def redis_server(tmp_path_factory) -> Iterator[RedisServer]:
         yield server
     finally:
         server.stop()
+
+
+# ------------------------------------------------------------------ shared servers
+
+# The embedded model on OpenVINO behind a dev server, started once for the session and
+# shared by the modules that only ask it questions (test_openvino_server.py,
+# test_structured_output_servers.py, test_tools_servers.py): limits raised so no test is
+# refused for its size or its count; servers with settings of their own (one slot, a bad
+# model) are started by their modules.
+EMBEDDED_OPEN = {
+    "RATE_LIMIT_PER_MINUTE": "100000",
+    "RATE_LIMIT_PER_HOUR": "100000",
+    "MAX_TOKENS_AVIBE": "4000",
+    "MAX_PROMPT_LENGTH": "200000",
+    "MAX_PROMPT_TOKENS": "100000",
+}
+
+
+@pytest.fixture(scope="session")
+def embedded_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
+    """The embedded SmolLM2 on OpenVINO (8 sequences a batch), limits raised."""
+    log = tmp_path_factory.mktemp("embedded") / "server.log"
+    with serving(dev_server({**EMBEDDED_OPEN, "MAX_BATCH_SIZE": "8"}, log), 120) as srv:
+        yield srv
+
+
+@pytest.fixture(scope="session")
+def thinking_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
+    """The embedded model with tests/ggufs.py's THINKING_TEMPLATE (thinking off opens a
+    `<think>` block in the prompt), on OpenVINO, limits raised."""
+    tmp = tmp_path_factory.mktemp("thinking")
+    model = with_chat_template(tmp / "thinking.gguf", THINKING_TEMPLATE)
+    env = {**EMBEDDED_OPEN, "AVIBE_MODEL": str(model)}
+    with serving(dev_server(env, tmp / "server.log"), 120) as srv:
+        yield srv

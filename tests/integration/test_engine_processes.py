@@ -35,6 +35,12 @@ STAND_IN = {
     "RATE_LIMIT_PER_HOUR": "100000",
     "ENGINE_STOP_TIMEOUT": "10",
 }
+# The same stand-in on the fake engine (the service's own answers, no model to load) where
+# what is tested is the supervision, not the answers.
+FAKE_ENGINE_COMMAND = (
+    "env AVIBE_BACKEND=fake {delay}RATE_LIMIT_PER_MINUTE=100000 RATE_LIMIT_PER_HOUR=100000 "
+    "{{python}} -m avito_ai serve --host 127.0.0.1 --port {{port}}"
+)
 CHAT = {
     "model": "avibe",
     "messages": [{"role": "user", "content": "What is the capital of France?"}],
@@ -185,21 +191,12 @@ def test_sigterm_drains_the_service_first_then_stops_the_engine(dev: ServerProce
     )
 
 
-def test_a_killed_service_takes_its_engine_with_it(tmp_path: Path) -> None:
-    srv = dev_server(STAND_IN, tmp_path / "server.log")
-    try:
-        srv.wait_live()
-        wait_ready(srv)
-        pid = engine_pid(srv)
-        assert pid is not None
-        srv.proc.kill()  # SIGKILL: no handler runs; the kernel's parent-death signal does
-        assert gone(pid), "orphaned engine"
-    finally:
-        srv.stop()
-
-
 def test_one_engine_for_all_gunicorn_workers_and_it_survives_a_reload(tmp_path: Path) -> None:
-    env: dict[str, Any] = {**STAND_IN, "PROMETHEUS_MULTIPROC_DIR": str(tmp_path / "prom")}
+    env: dict[str, Any] = {
+        **STAND_IN,
+        "AVIBE_ENGINE_COMMAND": FAKE_ENGINE_COMMAND.format(delay=""),
+        "PROMETHEUS_MULTIPROC_DIR": str(tmp_path / "prom"),
+    }
     srv = gunicorn_server(env, tmp_path / "server.log", workers=2)
     try:
         srv.wait_live()
@@ -300,24 +297,53 @@ def test_an_engine_that_cannot_start_reads_as_crashed_not_loading(tmp_path: Path
         supervisor.stop()
 
 
-def test_a_frozen_engine_is_killed_and_restarted_and_its_stream_ends_cleanly(
-    tmp_path: Path,
-) -> None:
-    """SIGSTOP: the process lives but answers nothing. The stream in flight ends with an
-    error event once no token came for UPSTREAM_READ_TIMEOUT (not at REQUEST_TIMEOUT),
-    and after ENGINE_UNHEALTHY_TIMEOUT the supervisor kills it and starts a new one."""
+class Restartable:
+    """A dev server started when a test first asks for it, and again if a test has
+    stopped it (so the tests that stop it may share it with those before them)."""
+
+    def __init__(self, env: dict[str, str], tmp: Path) -> None:
+        self.env, self.tmp = env, tmp
+        self.srv: ServerProcess | None = None
+        self.starts = 0
+
+    def get(self) -> ServerProcess:
+        if self.srv is None or self.srv.proc.poll() is not None:
+            if self.srv is not None:
+                self.srv.stop()  # (its log closed)
+            self.starts += 1
+            self.srv = dev_server(self.env, self.tmp / f"server-{self.starts}.log")
+            self.srv.wait_live()
+        return self.srv
+
+
+@pytest.fixture(scope="module")
+def fake_stand_in(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Restartable]:
+    """The dev server supervising the fake stand-in (0.1 s a token), its upstream and health
+    timeouts short: the frozen engine's test, then the killed service's."""
     env = {
         **STAND_IN,
-        "AVIBE_ENGINE_COMMAND": "env AVIBE_BACKEND=fake FAKE_TOKEN_DELAY=0.1 "
-        "RATE_LIMIT_PER_MINUTE=100000 {python} -m avito_ai serve --host 127.0.0.1 --port {port}",
+        "AVIBE_ENGINE_COMMAND": FAKE_ENGINE_COMMAND.format(delay="FAKE_TOKEN_DELAY=0.1 "),
         "UPSTREAM_READ_TIMEOUT": "2",
         "ENGINE_UNHEALTHY_TIMEOUT": "3",
         "REQUEST_TIMEOUT": "60",
     }
-    srv = dev_server(env, tmp_path / "server.log")
+    shared = Restartable(env, tmp_path_factory.mktemp("fake-stand-in"))
+    try:
+        yield shared
+    finally:
+        if shared.srv is not None:
+            shared.srv.stop()
+
+
+def test_a_frozen_engine_is_killed_and_restarted_and_its_stream_ends_cleanly(
+    fake_stand_in: Restartable,
+) -> None:
+    """SIGSTOP: the process lives but answers nothing. The stream in flight ends with an
+    error event once no token came for UPSTREAM_READ_TIMEOUT (not at REQUEST_TIMEOUT),
+    and after ENGINE_UNHEALTHY_TIMEOUT the supervisor kills it and starts a new one."""
+    srv = fake_stand_in.get()
     frozen: int | None = None
     try:
-        srv.wait_live()
         wait_ready(srv)
         frozen = engine_pid(srv)
         assert frozen is not None
@@ -353,4 +379,12 @@ def test_a_frozen_engine_is_killed_and_restarted_and_its_stream_ends_cleanly(
         if frozen is not None:
             with contextlib.suppress(ProcessLookupError):
                 os.kill(frozen, signal.SIGKILL)
-        srv.stop()
+
+
+def test_a_killed_service_takes_its_engine_with_it(fake_stand_in: Restartable) -> None:
+    srv = fake_stand_in.get()
+    wait_ready(srv)
+    pid = engine_pid(srv)
+    assert pid is not None
+    srv.proc.kill()  # SIGKILL: no handler runs; the kernel's parent-death signal does
+    assert gone(pid), "orphaned engine"

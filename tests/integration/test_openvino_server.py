@@ -16,31 +16,25 @@ import httpx
 import openai
 import pytest
 
-from tests.ggufs import THINKING_TEMPLATE, truncated, unsupported_architecture, with_chat_template
+from tests.conftest import EMBEDDED_OPEN
+from tests.ggufs import truncated, unsupported_architecture
 from tests.servers import ServerProcess, dev_server, openai_client, serving
 
 pytestmark = pytest.mark.integration
 
 FRANCE = "What is the capital of France?"
-OPEN = {
-    "RATE_LIMIT_PER_MINUTE": "100000",
-    "RATE_LIMIT_PER_HOUR": "100000",
-    "MAX_TOKENS_AVIBE": "4000",
-    "MAX_PROMPT_LENGTH": "200000",
-    "MAX_PROMPT_TOKENS": "100000",
-}
 
 
 def start(tmp: Path, name: str, **env: str) -> ServerProcess:
-    srv = dev_server({**OPEN, **env}, tmp / f"{name}.log")
+    srv = dev_server({**EMBEDDED_OPEN, **env}, tmp / f"{name}.log")
     srv.wait_live(60)
     return srv
 
 
 @pytest.fixture(scope="module")
-def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
-    with serving(start(tmp_path_factory.mktemp("ov"), "main", MAX_BATCH_SIZE="8"), 120) as srv:
-        yield srv
+def server(embedded_server: ServerProcess) -> ServerProcess:
+    """The session's embedded server (tests/conftest.py): the limits raised, 8 a batch."""
+    return embedded_server
 
 
 @pytest.fixture(scope="module")
@@ -254,23 +248,17 @@ def test_a_request_past_its_deadline_is_504(one_slot: ServerProcess) -> None:
 
 
 def test_thinking_switch_reaches_the_template_and_reasoning_is_hidden(
-    tmp_path_factory: pytest.TempPathFactory,
+    thinking_server: ServerProcess,
 ) -> None:
-    """The template opens `<think>` unless thinking is on: with it off, everything the
-    model says is reasoning (this small model never closes the block) and is hidden."""
-    tmp = tmp_path_factory.mktemp("think")
-    model = with_chat_template(tmp / "thinking.gguf", THINKING_TEMPLATE)
-    srv = start(tmp, "think", AVIBE_MODEL=str(model))
-    try:
-        srv.wait_ready(120)
-        asked = {"prompt": FRANCE, "temperature": 0, "max_tokens": 16}
-        off = generate(srv, **asked)["data"]
-        on = generate(srv, **asked, enable_thinking=True)["data"]
-        assert off["text"] == "" and off["generated_tokens"] > 0
-        assert on["text"] != ""
-        assert off["input_tokens"] > on["input_tokens"]  # "<think>" was in the prompt
-    finally:
-        srv.stop()
+    """The template (tests/ggufs.py's THINKING_TEMPLATE, on the session's thinking server)
+    opens `<think>` unless thinking is on: with it off, everything the model says is
+    reasoning (this small model never closes the block) and is hidden."""
+    asked = {"prompt": FRANCE, "temperature": 0, "max_tokens": 16}
+    off = generate(thinking_server, **asked)["data"]
+    on = generate(thinking_server, **asked, enable_thinking=True)["data"]
+    assert off["text"] == "" and off["generated_tokens"] > 0
+    assert on["text"] != ""
+    assert off["input_tokens"] > on["input_tokens"]  # "<think>" was in the prompt
 
 
 # ------------------------------------------------------------------ models that cannot load

@@ -42,19 +42,21 @@ class Fleet:
     restart: Callable[[int], ServerProcess]
 
 
-def start_upstream(kind: str, tmp: Path, port: int | None = None) -> ServerProcess:
+def start_upstream(
+    kind: str, tmp: Path, port: int | None = None, wait: bool = True
+) -> ServerProcess:
+    """An upstream (on `port`: a restart on the same address), ready unless not `wait`
+    (this service's own then loads while the caller starts another)."""
     log = tmp / f"upstream-{time.monotonic_ns()}.log"
     if kind == "avito":
-        srv = dev_server({**OPEN, "MAX_TOKENS_AVIBE": "512"}, log)
-        if port is not None:  # restart on the same address
-            srv.stop()
-            srv = ServerProcess(
-                [sys.executable, "app_production.py"],
-                {**OPEN, "MAX_TOKENS_AVIBE": "512"},
-                log,
-                port,
-            )
-        srv.wait_ready(180)
+        env = {**OPEN, "MAX_TOKENS_AVIBE": "512"}
+        srv = (
+            dev_server(env, log)
+            if port is None
+            else ServerProcess([sys.executable, "app_production.py"], env, log, port)
+        )
+        if wait:
+            srv.wait_ready(180)
         return srv
     port = port or free_port()
     cmd = [
@@ -93,7 +95,15 @@ def fleet(request, tmp_path_factory) -> Iterator[Fleet]:
     if kind == "llama_cpp" and importlib.util.find_spec("llama_cpp") is None:
         pytest.skip("llama-cpp-python[server] is not installed (CI does not compile llama.cpp)")
     tmp = tmp_path_factory.mktemp(f"remote-{kind}")
-    upstreams = [start_upstream(kind, tmp), start_upstream(kind, tmp)]
+    # Both load at once; each is ready before the front starts.
+    upstreams = [start_upstream(kind, tmp, wait=False), start_upstream(kind, tmp, wait=False)]
+    try:
+        for upstream in upstreams:
+            upstream.wait_ready(180)
+    except BaseException:
+        for upstream in upstreams:
+            upstream.stop()
+        raise
     env = {
         **OPEN,
         "AVIBE_BACKEND": "remote",

@@ -21,6 +21,9 @@ FAKE_ENV = {
     "LOG_FORMAT": "text",
     "RATE_LIMIT_PER_MINUTE": "100000",
     "RATE_LIMIT_PER_HOUR": "100000",
+    # 0.3 s a token: a request is still in flight when the last test sends SIGTERM.
+    "FAKE_TOKEN_DELAY": "0.3",
+    "GRACEFUL_TIMEOUT": "20",
 }
 STARTERS = {"dev": dev_server, "gunicorn": gunicorn_server}
 
@@ -109,37 +112,6 @@ def test_cors(server: ServerProcess) -> None:
     assert "access-control-allow-origin" not in bad.headers
 
 
-@pytest.mark.parametrize("kind", ["dev", "gunicorn"])
-def test_sigterm_lets_a_slow_request_finish_and_exits_0(kind: str, tmp_path) -> None:
-    env = {**FAKE_ENV, "FAKE_TOKEN_DELAY": "0.3", "GRACEFUL_TIMEOUT": "20"}
-    srv = STARTERS[kind](env, tmp_path / "stdout.log")
-    try:
-        srv.wait_ready(60)
-        result: dict[str, httpx.Response] = {}
-
-        def slow_request() -> None:
-            result["r"] = httpx.post(
-                srv.url + "/api/v1/text/generate",
-                json={"prompt": "one two three four five six seven"},
-                timeout=30,
-            )
-
-        worker = threading.Thread(target=slow_request)
-        worker.start()
-        time.sleep(0.8)  # the request is in flight (8 tokens x 0.3 s)
-        srv.signal(signal.SIGTERM)
-        worker.join(30)
-        assert srv.proc.wait(30) == 0, srv.output()
-        r = result["r"]
-        assert r.status_code == 200
-        assert r.json()["data"]["text"] == "Echo: one two three four five six seven"
-        with pytest.raises(httpx.ConnectError):
-            httpx.get(srv.url + "/api/health/live", timeout=2)
-        assert "Models released" in srv.output()
-    finally:
-        srv.stop()
-
-
 def test_log_file_keeps_receiving_lines_after_logrotate_renames_it(server: ServerProcess) -> None:
     log_file = server.log_path.parent / "app.log"
     rotated = server.log_path.parent / "app.log.1"
@@ -155,3 +127,29 @@ def test_log_file_keeps_receiving_lines_after_logrotate_renames_it(server: Serve
         time.sleep(0.05)
     assert "before-rotation" in rotated.read_text()
     assert "after-rotation" not in rotated.read_text()
+
+
+def test_sigterm_lets_a_slow_request_finish_and_exits_0(server: ServerProcess) -> None:
+    """Last in the module: it stops the server (each kind's, after that kind's tests)."""
+    srv = server
+    result: dict[str, httpx.Response] = {}
+
+    def slow_request() -> None:
+        result["r"] = httpx.post(
+            srv.url + "/api/v1/text/generate",
+            json={"prompt": "one two three four five six seven"},
+            timeout=30,
+        )
+
+    worker = threading.Thread(target=slow_request)
+    worker.start()
+    time.sleep(0.8)  # the request is in flight (8 tokens x 0.3 s)
+    srv.signal(signal.SIGTERM)
+    worker.join(30)
+    assert srv.proc.wait(30) == 0, srv.output()
+    r = result["r"]
+    assert r.status_code == 200
+    assert r.json()["data"]["text"] == "Echo: one two three four five six seven"
+    with pytest.raises(httpx.ConnectError):
+        httpx.get(srv.url + "/api/health/live", timeout=2)
+    assert "Models released" in srv.output()

@@ -7,7 +7,6 @@ from __future__ import annotations
 import json
 import socket
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Literal
 
@@ -17,16 +16,10 @@ import openai
 import pytest
 from pydantic import BaseModel, Field
 
-from tests.ggufs import THINKING_TEMPLATE, with_chat_template
-from tests.servers import ServerProcess, dev_server, openai_client, serving
+from tests.servers import ServerProcess, openai_client
 
 pytestmark = pytest.mark.integration
 
-OPEN = {
-    "RATE_LIMIT_PER_MINUTE": "100000",
-    "RATE_LIMIT_PER_HOUR": "100000",
-    "MAX_TOKENS_AVIBE": "400",
-}
 ASK = "A used red bicycle for sale in Moscow, 15000 roubles. Describe it as JSON."
 
 
@@ -44,10 +37,11 @@ class Listing(BaseModel):
 
 
 @pytest.fixture(scope="module")
-def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
-    log = tmp_path_factory.mktemp("structured") / "server.log"
-    with serving(dev_server(OPEN, log), 120) as srv:
-        yield srv
+def server(embedded_server: ServerProcess) -> ServerProcess:
+    """The session's embedded server (tests/conftest.py). Every answer generated here asks
+    for its own max_tokens (the requests without one are refused or abandoned), so its
+    raised MAX_TOKENS_AVIBE changes none."""
+    return embedded_server
 
 
 @pytest.fixture(scope="module")
@@ -211,19 +205,17 @@ def test_too_many_bounded_strings_for_openvino_are_a_400_not_a_stalled_engine(
 
 
 def test_with_a_thinking_block_the_constraint_holds_after_it(
-    tmp_path_factory: pytest.TempPathFactory,
+    thinking_server: ServerProcess,
 ) -> None:
-    """This template opens `<think>` in the prompt: the grammar lets the model think, then
-    holds the answer to the schema. The 135M model never closes its block, so the answer
-    is empty and says `length`: no thinking and no free text passes for the answer."""
-    tmp = tmp_path_factory.mktemp("think-json")
-    model = with_chat_template(tmp / "thinking.gguf", THINKING_TEMPLATE)
-    with serving(dev_server({**OPEN, "AVIBE_MODEL": str(model)}, tmp / "s.log"), 120) as srv:
-        data = httpx.post(
-            srv.url + "/api/v1/text/generate",
-            json={"prompt": ASK, "max_tokens": 60, "response_format": {"type": "json_object"}},
-            timeout=120,
-        ).json()["data"]
+    """This template (the session's thinking server, tests/conftest.py) opens `<think>` in
+    the prompt: the grammar lets the model think, then holds the answer to the schema. The
+    135M model never closes its block, so the answer is empty and says `length`: no
+    thinking and no free text passes for the answer."""
+    data = httpx.post(
+        thinking_server.url + "/api/v1/text/generate",
+        json={"prompt": ASK, "max_tokens": 60, "response_format": {"type": "json_object"}},
+        timeout=120,
+    ).json()["data"]
     assert (data["text"], data["finish_reason"], data["generated_tokens"]) == ("", "length", 60)
 
 

@@ -51,10 +51,10 @@ ASK = [{"role": "user", "content": "Sell my used red bicycle for 15000 roubles."
 
 
 @pytest.fixture(scope="module")
-def client(tmp_path_factory: pytest.TempPathFactory) -> Iterator[openai.OpenAI]:
-    log = tmp_path_factory.mktemp("tools") / "server.log"
-    with serving(dev_server(OPEN, log), 120) as srv:
-        yield openai_client(srv)
+def client(embedded_server: ServerProcess) -> openai.OpenAI:
+    """The session's embedded server (tests/conftest.py): the limits raised; every request
+    here asks for its own max_tokens."""
+    return openai_client(embedded_server)
 
 
 def valid_call(call: Any, tools: list[dict[str, Any]]) -> dict[str, Any]:

@@ -152,6 +152,8 @@ def test_badges_follow_the_models_without_a_reload(
 def test_an_answer_streams_in_and_shows_its_figures(browser: Any, real: ServerProcess) -> None:
     tab = open_tab(browser, real.url)
     page = tab.page
+    page.click(".settings summary")
+    page.fill("#max_tokens", "100")  # long enough to be seen growing, not MAX_TOKENS_AVIBE's 300
     page.fill("#prompt", "Write a long story about a cat who travels around the world.")
     page.click("#avibe-send")
     lengths: list[int] = []
