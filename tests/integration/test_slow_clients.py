@@ -101,20 +101,14 @@ def test_past_max_connections_new_requests_get_503(server: ServerProcess) -> Non
     assert httpx.get(server.url + "/api/health/live", timeout=5).status_code == 200
 
 
-@pytest.fixture(scope="module")
-def gunicorn(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
-    """One gunicorn worker with the same settings as `server`."""
-    log = tmp_path_factory.mktemp("slow-gunicorn") / "gunicorn.log"
-    with serving(gunicorn_server(ENV, log, 1)) as srv:
-        yield srv
-
-
-def test_gunicorn_workers_cut_off_slow_heads_too(gunicorn: ServerProcess) -> None:
-    sock = connect(gunicorn)
-    sock.sendall(b"GET /api/health/live HTTP/1.1\r\n")
-    assert closed_within(sock, 8)
-    sock.close()
-    assert httpx.get(gunicorn.url + "/api/health/live", timeout=5).status_code == 200
+def test_gunicorn_workers_cut_off_slow_heads_too(tmp_path) -> None:
+    srv = gunicorn_server(ENV, tmp_path / "gunicorn.log", 1)
+    with serving(srv):
+        sock = connect(srv)
+        sock.sendall(b"GET /api/health/live HTTP/1.1\r\n")
+        assert closed_within(sock, 8)
+        sock.close()
+        assert httpx.get(srv.url + "/api/health/live", timeout=5).status_code == 200
 
 
 def test_a_client_refused_mid_upload_can_finish_sending_and_read_the_answer(
@@ -163,11 +157,11 @@ def answer_of(sock: socket.socket) -> tuple[int, dict[str, str], bytes]:
 
 
 @pytest.fixture(scope="module", params=["dev", "gunicorn"])
-def either(request: pytest.FixtureRequest) -> ServerProcess:
-    """The module's dev server or its gunicorn (`server`, `gunicorn`)."""
-    name = "server" if request.param == "dev" else "gunicorn"
-    srv: ServerProcess = request.getfixturevalue(name)
-    return srv
+def either(request: pytest.FixtureRequest, tmp_path_factory) -> Iterator[ServerProcess]:
+    log = tmp_path_factory.mktemp(f"heads-{request.param}") / "server.log"
+    srv = dev_server(ENV, log) if request.param == "dev" else gunicorn_server(ENV, log, 1)
+    with serving(srv) as running:
+        yield running
 
 
 @pytest.mark.parametrize(
