@@ -1,50 +1,25 @@
 """A-Vibe on OpenVINO GenAI's continuous-batching pipeline: the CPU default.
 
-OpenVINO GenAI schedules the batch itself (paged KV cache, chunked prefill, prefix caching,
-per-request sampling); this engine feeds it and streams what it produces. Prompts are built
-and tokenized on the event loop (a template render and one tokenizer call). Everything that
-touches the pipeline runs on ONE worker thread, through the same bridge as the transformers
-engines (engines/bridge.py): each step it
-
-1. cancels the requests whose client went away or whose deadline passed
-   (`GenerationHandle.cancel()`: the pipeline drops them at this step);
-2. adds waiting requests while fewer than MAX_BATCH_SIZE run;
-3. runs one `step()` (the GIL is released inside), then reads every request's new tokens
-   and feeds them through its text pipeline (detokenize, strip thinking, stop strings),
-   ending the answers that finished.
+The worker, its step loop, rows and results are the OpenVINO engines' shared ones
+(`worker.py`); this engine loads a GGUF file or an IR folder (`loading.py`), and builds and
+tokenizes prompts on the event loop (a template render and one tokenizer call), so what it
+adds to the pipeline is token ids.
 
 Sampling is the pipeline's: temperature, top-p/k, repetition penalty and the request's own
-`rng_seed`; stop strings are applied by the pipeline (it stops generating) and by the text
-pipeline (it cuts the text exactly as the transformers engine does).
+`rng_seed`; stop strings are applied by the text pipeline (it cuts the text exactly as the
+transformers engine does, and the worker cancels the request).
 """
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
-import dataclasses
 import logging
-import time
-from collections.abc import AsyncIterator, Callable
 from typing import TYPE_CHECKING, Any
 
 from avito_ai.config import Settings
-from avito_ai.engines.base import (
-    ALL_CONSTRAINTS,
-    Capabilities,
-    Chunk,
-    EngineState,
-    FinishReason,
-    GenerationRequest,
-    Role,
-    TokenLogprob,
-    final_chunk,
-)
-from avito_ai.engines.bridge import Ticket, WorkerBridge
-from avito_ai.engines.lifecycle import InProcessEngine
+from avito_ai.engines.base import EngineState, GenerationRequest, Role
 from avito_ai.engines.models import EMBEDDED_MODEL_ID
-from avito_ai.engines.openvino.detokenize import detokenizers
-from avito_ai.engines.openvino.generation import Prepared, Row, constrain, generation_config
+from avito_ai.engines.openvino.generation import Prepared, constrain, generation_config
+from avito_ai.engines.openvino.worker import PipelineEngine
 from avito_ai.engines.prompts import (
     FALLBACK_STOPS,
     chat_input,
@@ -54,9 +29,9 @@ from avito_ai.engines.prompts import (
     special_spellings,
     takes_tools,
 )
-from avito_ai.engines.textstream import THINK_OPEN, Detokenizer, TextPipeline
+from avito_ai.engines.textstream import THINK_OPEN
 from avito_ai.engines.threads import run_in_own_thread
-from avito_ai.errors import ModelUnavailable, Timeout, ValidationFailed
+from avito_ai.errors import ValidationFailed
 
 if TYPE_CHECKING:
     from avito_ai.engines.openvino.loading import LoadedPipeline
@@ -64,7 +39,7 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 
-class OpenVINOTextEngine(InProcessEngine):
+class OpenVINOTextEngine(PipelineEngine):
     """Engine for role "avibe" on OpenVINO GenAI. Construction is cheap; start() loads."""
 
     role: Role = "avibe"
@@ -72,26 +47,12 @@ class OpenVINOTextEngine(InProcessEngine):
     engine = "openvino"
 
     def __init__(self, settings: Settings) -> None:
-        super().__init__(settings.role("avibe").model or EMBEDDED_MODEL_ID)
-        self._settings = settings
-        self._pipe: Any = None
+        super().__init__(settings.role("avibe").model or EMBEDDED_MODEL_ID, settings)
         self._tokenizer: Any = None
         self._has_template = False
         self._takes_tools = False
         self._specials: list[str] = []
-        self._eos: frozenset[int] = frozenset()
-        self._new_detokenizer: Callable[[], Detokenizer] | None = None
-        self._token_bytes: Callable[[int], bytes] = lambda token: b""
-        self._bridge: WorkerBridge[Prepared] = WorkerBridge(
-            max_queue_size=settings.max_queue_size, name="avibe-openvino"
-        )
-        self._max_batch = settings.max_batch_size
         self._context = 0  # the model's context in tokens; 0: unknown
-        self._rows: list[Row] = []  # worker-only
-        # Requests cancelled since the last step (worker-only): the pipeline frees their
-        # KV blocks at its next step, so one more step runs even when nothing else does.
-        self._cancelled = False
-        self._next_id = 0  # worker-only
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -131,35 +92,16 @@ class OpenVINOTextEngine(InProcessEngine):
             for t in tokenizer.get_vocab()
         )
         self._specials = special_spellings(vocab)
-        config = loaded.pipe.get_config()
-        self._eos = frozenset({int(config.eos_token_id), *map(int, config.stop_token_ids)})
-        self._new_detokenizer, self._token_bytes = detokenizers(tokenizer)
         self._context = loaded.context_length or 0
-        self._pipe, self._tokenizer = loaded.pipe, tokenizer
+        self._tokenizer = tokenizer
         self._device, self._dtype = "cpu", loaded.precision
-        self._bridge.start(self._run)
+        self._start_worker(loaded.pipe, tokenizer)
 
     async def stop(self) -> None:
-        """Stop the worker (queued requests: ShuttingDown; running: "cancelled")."""
-        self._stopping()
-        await asyncio.to_thread(self._bridge.stop)
-        self._pipe = self._tokenizer = None
-
-    def _worker_alive(self) -> bool:
-        return self._bridge.alive
+        await super().stop()
+        self._tokenizer = None
 
     # ----------------------------------------------------------------- generation
-
-    async def generate(self, request: GenerationRequest) -> AsyncIterator[Chunk]:
-        self._ensure_ready()
-        prepared = self.prepare(request)
-        async for chunk in self._relay(self._bridge.stream(prepared, deadline=request.deadline)):
-            yield chunk
-
-    def capabilities(self) -> Capabilities:
-        # n > 1: num_return_sequences hung the pipeline here (2026.4.1, the embedded GGUF),
-        # so the services run n generations (choices.py).
-        return Capabilities(constraints=ALL_CONSTRAINTS, logprobs=True, top_logprobs=0)
 
     def prompt_tokens(self, request: GenerationRequest) -> int:
         self._ensure_ready()
@@ -216,153 +158,5 @@ class OpenVINOTextEngine(InProcessEngine):
             thinking_open=opened,
         )
 
-    # ---------------------------------------------------------------- worker side
-
-    def _run(self) -> None:
-        bridge = self._bridge
-        try:
-            while bridge.wait_for_work(busy=bool(self._rows) or self._cancelled):
-                self._drop_gone()
-                for ticket in bridge.take(self._max_batch - len(self._rows)):
-                    self._admit(ticket)
-                if self._rows or self._cancelled:
-                    self._cancelled = False
-                    self._pipe.step()
-                    self._collect(time.monotonic())
-                bridge.flush()
-        except BaseException:  # pragma: no cover - a bug in the worker or the pipeline
-            log.exception("A-Vibe OpenVINO worker crashed")
-            bridge.fail([r.ticket for r in self._rows], RuntimeError("The A-Vibe worker stopped"))
-        finally:
-            bridge.close()
-            now = time.monotonic()
-            for row in self._rows:
-                self._cancel(row)
-                if not row.ticket.done:
-                    bridge.end(row.ticket, self._final(row, "cancelled", now))
-            self._rows = []
-            bridge.flush()
-            if self._cancelled and self._pipe is not None:
-                with contextlib.suppress(Exception):  # the pipeline is going away anyway
-                    self._pipe.step()  # frees the cancelled requests' KV blocks
-
-    def _drop_gone(self) -> None:
-        """Cancel requests whose client left or whose deadline passed; free their slots."""
-        now = time.monotonic()
-        keep: list[Row] = []
-        for row in self._rows:
-            if row.ticket.cancelled:
-                self._cancel(row)
-            elif row.ticket.expired(now):
-                self._cancel(row)
-                self._bridge.fail([row.ticket], Timeout("Request timed out"))
-            else:
-                keep.append(row)
-        self._rows = keep
-
-    def _cancel(self, row: Row) -> None:
-        row.handle.cancel()
-        self._cancelled = True
-
-    def _admit(self, ticket: Ticket[Prepared]) -> None:
-        prepared = ticket.payload
-        try:
-            handle = self._pipe.add_request(self._next_id, prepared.input_ids, prepared.config)
-        except Exception:  # e.g. a configuration the pipeline refuses
-            # Its text (a C++ check with the build's paths) is for the log, not the client.
-            request_id = prepared.request.request_id
-            log.exception("add_request failed", extra={"request_id": request_id})
-            refusal = ValidationFailed(
-                "The model could not take this request's generation settings; the service "
-                f"log has the details under request id {request_id}"
-            )
-            self._bridge.fail([ticket], refusal)
-            return
-        self._next_id += 1
-        assert self._new_detokenizer is not None  # set before the worker starts
-        text = TextPipeline(
-            self._new_detokenizer(),
-            stop=prepared.stop,
-            keep_thinking=prepared.keep_thinking,
-            thinking_open=prepared.thinking_open,
-        )
-        self._rows.append(Row(ticket, handle, text))
-
-    def _collect(self, now: float) -> None:
-        """Read every request's new tokens; end the answers that finished."""
-        import openvino_genai as genai
-
-        finished = genai.GenerationStatus.FINISHED
-        running = genai.GenerationStatus.RUNNING
-        keep: list[Row] = []
-        for row in self._rows:
-            if row.handle.can_read():
-                self._read(row, now)
-            status = row.handle.get_status()
-            if row.finish is None and status == finished:
-                row.finish = "stop"
-            if row.finish is not None:
-                if status == running:
-                    self._cancel(row)  # a stop string (the text pipeline's) matched
-                self._bridge.end(row.ticket, self._final(row, row.finish, now))
-            elif status != running:  # IGNORED: it can never fit the KV cache
-                self._bridge.fail(
-                    [row.ticket],
-                    ModelUnavailable(
-                        "The request does not fit the KV cache; retry with a shorter prompt "
-                        "or raise OPENVINO_KV_CACHE_GB"
-                    ),
-                )
-            else:
-                keep.append(row)
-        self._rows = keep
-
-    def _read(self, row: Row, now: float) -> None:
-        import openvino_genai as genai
-
-        length = genai.GenerationFinishReason.LENGTH
-        for output in row.handle.read().values():
-            scores = output.generated_log_probs if row.logprobs is not None else ()
-            for i, token in enumerate(output.generated_ids):
-                row.generated += 1
-                if row.first_token_at is None:
-                    row.first_token_at = now
-                if row.logprobs is not None:
-                    raw = self._token_bytes(int(token))
-                    text = raw.decode("utf-8", "replace")
-                    row.logprobs.append(TokenLogprob(text, float(scores[i]), tuple(raw)))
-                if token in self._eos:
-                    continue  # the end of the answer, not text
-                delta = row.text.push(int(token))
-                thought = row.text.take_reasoning()
-                if delta or thought:
-                    chunk = Chunk(
-                        delta,
-                        generated_tokens=row.generated,
-                        logprobs=row.take(),
-                        reasoning=thought,
-                    )
-                    self._bridge.send(row.ticket, chunk)
-                if row.text.stopped:
-                    row.finish = "stop"
-                    return
-            if output.finish_reason == length:
-                row.finish = "length"
-            elif output.finish_reason != genai.GenerationFinishReason.NONE:
-                row.finish = "stop"
-
-    def _final(self, row: Row, reason: FinishReason, now: float) -> list[Chunk]:
-        tail = row.text.finish()
-        thought = row.text.take_reasoning()
-        final = final_chunk(
-            reason,
-            input_tokens=row.ticket.payload.prompt_tokens,
-            generated_tokens=row.generated,
-            created=row.ticket.payload.request.created,
-            scheduled=row.scheduled_at,
-            first_token=row.first_token_at,
-            finished=now,
-        )
-        if row.logprobs:  # the tokens that made no text (the end, a held-back tail)
-            final = dataclasses.replace(final, logprobs=row.take())
-        return [Chunk(tail, reasoning=thought), final] if tail or thought else [final]
+    def _add_request(self, request_id: int, prepared: Prepared) -> Any:
+        return self._pipe.add_request(request_id, prepared.input_ids, prepared.config)

@@ -17,15 +17,20 @@ from avito_ai.errors import ValidationFailed
 
 @dataclass
 class Prepared:
-    """A tokenized request, ready for `add_request`."""
+    """A request ready for `add_request`: token ids (A-Vibe), or a prompt with its images
+    (A-Vision)."""
 
     request: GenerationRequest
-    input_ids: Any  # openvino.Tensor [1, n]
     prompt_tokens: int
     config: Any  # openvino_genai.GenerationConfig
     stop: tuple[str, ...]
     keep_thinking: bool  # the reasoning goes apart (Chunk.reasoning), not dropped
     thinking_open: bool  # the prompt opened a <think> block
+    input_ids: Any = None  # openvino.Tensor [1, n]
+    prompt: str = ""  # the chat-templated text, an image tag where each image goes
+    images: tuple[Any, ...] = ()  # openvino.Tensor [1, H, W, 3] uint8 each
+    # What add_request refusing it is about, in the client's message.
+    what: str = "generation settings"
 
 
 # OpenVINO compiles a request's grammar inside its step, where every other request waits:

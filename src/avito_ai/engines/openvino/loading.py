@@ -8,6 +8,7 @@ only; a transformers checkpoint folder or a hub id gets a reason that says what 
 
 from __future__ import annotations
 
+import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,6 +23,13 @@ _WHAT_TO_DO = (
     "(`optimum-cli export openvino --model <model> <folder>`), "
     "or serve it with AVIBE_BACKEND=transformers"
 )
+
+
+# One pipeline is built at a time in the process: OpenVINO GenAI's Python constructors point
+# it at its tokenizer library through an environment variable they set and unset around
+# themselves, so A-Vibe and A-Vision loading at once made one of them miss it ("Failed to
+# load shared object: .../libopenvino_tokenizers.so").
+CONSTRUCTION = threading.Lock()
 
 
 @dataclass(frozen=True)
@@ -92,7 +100,8 @@ def load_pipeline(source: ModelSource, settings: Settings) -> LoadedPipeline:
     if settings.openvino_threads:
         properties["INFERENCE_NUM_THREADS"] = settings.openvino_threads
     try:
-        pipe = genai.ContinuousBatchingPipeline(source.path, scheduler, "CPU", properties)
+        with CONSTRUCTION:
+            pipe = genai.ContinuousBatchingPipeline(source.path, scheduler, "CPU", properties)
     except Exception as exc:
         first = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:300]
         raise ModelLoadError(
