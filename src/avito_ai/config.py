@@ -126,7 +126,9 @@ class Settings(BaseSettings):
     avibe_model: str | None = None
     avision_model: str | None = None
     # auto: A-Vibe on OpenVINO on a CPU, on transformers when DEVICE asks for CUDA (or auto
-    # finds an NVIDIA GPU and the transformers extra); A-Vision on transformers.
+    # finds an NVIDIA GPU and the transformers extra). A-Vision on OpenVINO (CPU, continuous
+    # batching, the light install) when AVISION_MODEL is an OpenVINO IR folder (`make
+    # export-avision`) and DEVICE is not cuda; else on transformers (a checkpoint, a GPU).
     avibe_backend: Backend = "auto"
     avision_backend: Backend = "auto"
     # Remote backend (AVIBE_BACKEND=remote): OpenAI-compatible upstreams such as vLLM or

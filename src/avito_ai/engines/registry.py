@@ -29,8 +29,18 @@ def backend_for(role: Role, settings: Settings) -> Chosen:
     if chosen != "auto":
         return chosen
     if role == "avision":
-        return "transformers"  # the only in-process vision backend
+        # OpenVINO reads an IR folder (on the CPU), transformers a checkpoint or a hub id.
+        # DEVICE=cuda asks for the GPU, which only transformers uses.
+        if _is_ir_folder(settings.role(role).model) and not settings.device.startswith("cuda"):
+            return "openvino"
+        return "transformers"
     return "transformers" if _wants_cuda(settings.device) else "openvino"
+
+
+def _is_ir_folder(model: str | None) -> bool:
+    from avito_ai.engines.openvino.vision_loading import is_ir_folder
+
+    return is_ir_folder(model)
 
 
 @functools.cache  # the machine's GPUs do not change while the process runs
@@ -74,7 +84,13 @@ def _missing_for(role: Role, backend: Chosen, settings: Settings) -> str | None:
     absent = [m for m in modules if not _installed(m)]
     if not absent:
         return None
-    return f"{role.upper()}_BACKEND={backend} needs {', '.join(absent)}: pip install '{extra}'"
+    problem = f"{role.upper()}_BACKEND={backend} needs {', '.join(absent)}: pip install '{extra}'"
+    if role == "avision" and backend == "transformers":
+        problem += (
+            ", or export the model to an OpenVINO IR folder (make export-avision), which "
+            "the light install serves"
+        )
+    return problem
 
 
 def build_engine(role: Role, settings: Settings) -> Engine:
@@ -101,7 +117,9 @@ def build_engine(role: Role, settings: Settings) -> Engine:
         raise ConfigError(problem)
     if backend == "openvino":
         if role == "avision":
-            raise ConfigError("AVISION_BACKEND=openvino is not supported: use transformers")
+            from avito_ai.engines.openvino.vision import OpenVINOVisionEngine
+
+            return OpenVINOVisionEngine(settings)
         from avito_ai.engines.openvino.engine import OpenVINOTextEngine
 
         return OpenVINOTextEngine(settings)

@@ -183,12 +183,14 @@ def capacity_for(role: Role, settings: Settings) -> int:
     own = settings.role(role)
     if own.max_concurrency:
         return own.max_concurrency
-    backend = own.backend
+    from avito_ai.engines.registry import backend_for
+
+    backend = backend_for(role, settings)  # `auto` decided
     if backend in ("remote", "vllm", "sglang", "command"):
         return REMOTE_CAPACITY
-    if role == "avision" and backend != "fake":
-        return 1
-    return settings.max_batch_size
+    if role == "avision" and backend == "transformers":
+        return 1  # one request at a time (engines/transformers/vision.py)
+    return settings.max_batch_size  # OpenVINO (both roles), transformers text: the batch
 
 
 class Governor:
