@@ -14,7 +14,7 @@ PIP := $(BIN)/pip install --disable-pip-version-check -q
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
 .PHONY: serve test install install-transformers vllm-env sglang-env lint typecheck unit screenshots redis-server nginx chromium bench clean
-.PHONY: prometheus lint-deploy
+.PHONY: prometheus lint-deploy export-avision
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -49,6 +49,16 @@ vllm-env:
 sglang-env:
 	$(PYTHON) -m venv .venv-sglang
 	.venv-sglang/bin/pip install --disable-pip-version-check -q "sglang[all]==0.5.23"
+
+# A-Vision for the light install (docs/engines.md#a-vision-on-openvino): export a Qwen2.5-VL
+# checkpoint or hub id to an OpenVINO IR folder, in an environment of its own (optimum-intel
+# 2.2.0 with transformers 5.0.0 and torch pinned; never the service's).
+#   make export-avision MODEL=AvitoTech/avision OUT=/models/avision-ov [WEIGHTS=int8|fp16|int4]
+WEIGHTS ?= int8
+export-avision:
+	@[ -n "$(MODEL)" ] && [ -n "$(OUT)" ] || \
+		{ echo "usage: make export-avision MODEL=<hub id or folder> OUT=<folder> [WEIGHTS=int8|fp16|int4]" >&2; exit 2; }
+	PYTHON=$(PYTHON) scripts/export_avision.sh "$(MODEL)" "$(OUT)" "$(WEIGHTS)"
 
 serve: $(SERVE_STAMP)
 	$(BIN)/avito-ai serve
