@@ -18,7 +18,8 @@ log = logging.getLogger(__name__)
 
 
 class InProcessEngine:
-    """Base of the transformers engines: subclasses load, serve and say if the worker lives."""
+    """Base of the in-process engines (transformers, OpenVINO): subclasses load, serve and say
+    if the worker lives."""
 
     role: Role
     title: str  # "A-Vibe", "A-Vision": how messages name the model

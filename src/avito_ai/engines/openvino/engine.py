@@ -16,9 +16,9 @@ import logging
 from typing import TYPE_CHECKING, Any
 
 from avito_ai.config import Settings
-from avito_ai.engines.base import EngineState, GenerationRequest, Role
+from avito_ai.engines.base import GenerationRequest, Role
 from avito_ai.engines.models import EMBEDDED_MODEL_ID
-from avito_ai.engines.openvino.generation import Prepared, constrain, generation_config
+from avito_ai.engines.openvino.generation import Prepared, request_config
 from avito_ai.engines.openvino.worker import PipelineEngine
 from avito_ai.engines.prompts import (
     FALLBACK_STOPS,
@@ -26,11 +26,8 @@ from avito_ai.engines.prompts import (
     check_prompt_tokens,
     fallback_prompt,
     neutralize,
-    special_spellings,
     takes_tools,
 )
-from avito_ai.engines.textstream import THINK_OPEN
-from avito_ai.engines.threads import run_in_own_thread
 from avito_ai.errors import ValidationFailed
 
 if TYPE_CHECKING:
@@ -48,58 +45,23 @@ class OpenVINOTextEngine(PipelineEngine):
 
     def __init__(self, settings: Settings) -> None:
         super().__init__(settings.role("avibe").model or EMBEDDED_MODEL_ID, settings)
-        self._tokenizer: Any = None
         self._has_template = False
         self._takes_tools = False
-        self._specials: list[str] = []
-        self._context = 0  # the model's context in tokens; 0: unknown
 
     # ------------------------------------------------------------------ lifecycle
 
-    async def start(self) -> None:
-        """Load in a thread; end READY or FAILED (with a reason). Never raises an error."""
-        if self._state is EngineState.STOPPED:
-            return
+    def _load(self) -> LoadedPipeline:
         from avito_ai.engines.openvino.loading import load_pipeline, resolve_source
 
-        try:
-            source = resolve_source(self._settings.role("avibe").model)
-            self._model_id = source.model_id
-            loaded = await run_in_own_thread(
-                lambda: load_pipeline(source, self._settings), name="avibe-load"
-            )
-            if self.status().state is EngineState.STOPPED:  # stop() came during the load
-                return
-            self._install(loaded)
-        except Exception as exc:
-            log.exception("A-Vibe model failed to load")
-            self._fail(str(exc) or type(exc).__name__)
-            return
-        self._state = EngineState.READY
-        log.info(
-            "A-Vibe ready: %s on OpenVINO CPU (%s) in %.1f s",
-            self._model_id,
-            loaded.precision,
-            loaded.seconds,
-        )
+        source = resolve_source(self._settings.role("avibe").model)
+        self._model_id = source.model_id
+        return load_pipeline(source, self._settings)
 
     def _install(self, loaded: LoadedPipeline) -> None:
-        tokenizer = loaded.tokenizer
-        self._has_template = bool(tokenizer.chat_template)
-        self._takes_tools = takes_tools(tokenizer.chat_template)
-        vocab = (
-            t.decode("utf-8", "replace") if isinstance(t, bytes) else t
-            for t in tokenizer.get_vocab()
-        )
-        self._specials = special_spellings(vocab)
+        template = loaded.tokenizer.chat_template
+        self._has_template = bool(template)
+        self._takes_tools = takes_tools(template)
         self._context = loaded.context_length or 0
-        self._tokenizer = tokenizer
-        self._device, self._dtype = "cpu", loaded.precision
-        self._start_worker(loaded.pipe, tokenizer)
-
-    async def stop(self) -> None:
-        await super().stop()
-        self._tokenizer = None
 
     # ----------------------------------------------------------------- generation
 
@@ -137,17 +99,10 @@ class OpenVINOTextEngine(PipelineEngine):
         check_prompt_tokens(
             tokens, self._settings.max_prompt_tokens, raw=request.prompt is not None
         )
-        room = self._context - tokens if self._context else sampling.max_tokens
-        if room < 1:  # (the tokenizer cuts a longer prompt at the context: "at least")
-            raise ValidationFailed(
-                f"The prompt is at least {tokens} tokens; the model's context is "
-                f"{self._context} tokens",
-                param="prompt" if request.prompt is not None else "messages",
-            )
-        config = generation_config(sampling)
-        config.max_new_tokens = min(sampling.max_tokens, room)
-        opened = prompt.rstrip().endswith(THINK_OPEN)
-        constrain(config, request, thinking_opened=opened)
+        # (The tokenizer cuts a longer prompt at the context: "at least".)
+        config, opened = request_config(
+            request, prompt, tokens, self._context, counted=f"at least {tokens} tokens"
+        )
         return Prepared(
             request=request,
             input_ids=input_ids,

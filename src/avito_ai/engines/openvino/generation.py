@@ -11,7 +11,7 @@ from typing import Any
 from avito_ai.engines.base import FinishReason, GenerationRequest, SamplingParams, TokenLogprob
 from avito_ai.engines.bridge import Ticket
 from avito_ai.engines.grammar import after_thinking, bounded_character_runs
-from avito_ai.engines.textstream import TextPipeline
+from avito_ai.engines.textstream import THINK_OPEN, TextPipeline
 from avito_ai.errors import ValidationFailed
 
 
@@ -90,6 +90,26 @@ def constrain(config: Any, request: GenerationRequest, *, thinking_opened: bool)
     if request.enable_thinking or thinking_opened:
         grammar = after_thinking(grammar, opened=thinking_opened)
     config.structured_output_config = genai.StructuredOutputConfig(grammar=grammar)
+
+
+def request_config(
+    request: GenerationRequest, prompt: str, tokens: int, context: int, *, counted: str
+) -> tuple[Any, bool]:
+    """The request's GenerationConfig for a `tokens`-token prompt (`counted` says how they
+    were counted), its budget cut to what the model's `context` leaves (0: unknown), its
+    constraint set; and whether the prompt opened a thinking block. Raises ValidationFailed."""
+    sampling = request.sampling
+    room = context - tokens if context else sampling.max_tokens
+    if room < 1:
+        raise ValidationFailed(
+            f"The prompt is {counted}; the model's context is {context} tokens",
+            param="prompt" if request.prompt is not None else "messages",
+        )
+    config = generation_config(sampling)
+    config.max_new_tokens = min(sampling.max_tokens, room)
+    opened = prompt.rstrip().endswith(THINK_OPEN)
+    constrain(config, request, thinking_opened=opened)
+    return config, opened
 
 
 class Row:

@@ -74,9 +74,36 @@ def resolve_source(spec: str | None) -> ModelSource:
     )
 
 
+def new_pipeline(path: str, settings: Settings) -> Any:
+    """A ContinuousBatchingPipeline on the CPU for a GGUF file or an IR folder (text or
+    vision-language), with the service's scheduler. Blocking; raises OpenVINO's errors."""
+    import openvino_genai as genai
+
+    scheduler = genai.SchedulerConfig()
+    scheduler.cache_size = settings.openvino_kv_cache_gb
+    scheduler.max_num_seqs = settings.max_batch_size
+    # Chunked prefill: a long prompt (or an image's tokens) is prefilled a chunk per step,
+    # beside the running streams' decode tokens, so it never stalls them for the whole prompt.
+    scheduler.dynamic_split_fuse = True
+    scheduler.max_num_batched_tokens = settings.openvino_max_batched_tokens
+    scheduler.enable_prefix_caching = True
+    properties: dict[str, Any] = {}
+    if settings.openvino_threads:
+        properties["INFERENCE_NUM_THREADS"] = settings.openvino_threads
+    with CONSTRUCTION:
+        return genai.ContinuousBatchingPipeline(path, scheduler, "CPU", properties)
+
+
+def cpu_precision() -> str:
+    """The precision OpenVINO infers in on this CPU (bf16 where the CPU has it)."""
+    import openvino as ov
+
+    hint = ov.Core().get_property("CPU", "INFERENCE_PRECISION_HINT")
+    return hint.to_string() if hasattr(hint, "to_string") else str(hint)
+
+
 def load_pipeline(source: ModelSource, settings: Settings) -> LoadedPipeline:
     """Build the continuous-batching pipeline. Blocking: run it in a thread."""
-    import openvino as ov
     import openvino_genai as genai
 
     from avito_ai.engines.openvino.gguf_check import GGUFProblem, check_gguf
@@ -88,28 +115,15 @@ def load_pipeline(source: ModelSource, settings: Settings) -> LoadedPipeline:
             context = check_gguf(Path(source.path)).context_length
         except (GGUFProblem, OSError) as exc:
             raise ModelLoadError(f"cannot load {source.path}: {exc}; {_WHAT_TO_DO}") from exc
-    scheduler = genai.SchedulerConfig()
-    scheduler.cache_size = settings.openvino_kv_cache_gb
-    scheduler.max_num_seqs = settings.max_batch_size
-    # Chunked prefill: a long prompt is prefilled a chunk per step, beside the running
-    # streams' decode tokens, so it never stalls them for the whole prompt.
-    scheduler.dynamic_split_fuse = True
-    scheduler.max_num_batched_tokens = settings.openvino_max_batched_tokens
-    scheduler.enable_prefix_caching = True
-    properties: dict[str, Any] = {}
-    if settings.openvino_threads:
-        properties["INFERENCE_NUM_THREADS"] = settings.openvino_threads
     try:
-        with CONSTRUCTION:
-            pipe = genai.ContinuousBatchingPipeline(source.path, scheduler, "CPU", properties)
+        pipe = new_pipeline(source.path, settings)
     except Exception as exc:
         first = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:300]
         raise ModelLoadError(
             f"cannot load {source.path}: {first}. The file may be truncated, or its "
             f"architecture is one OpenVINO GenAI cannot serve; {_WHAT_TO_DO}"
         ) from exc
-    hint = ov.Core().get_property("CPU", "INFERENCE_PRECISION_HINT")
-    precision = hint.to_string() if hasattr(hint, "to_string") else str(hint)
+    precision = cpu_precision()
     # Warm up here, not in the first client's request: the first inference compiles kernels.
     warm = genai.GenerationConfig()
     warm.max_new_tokens = 2

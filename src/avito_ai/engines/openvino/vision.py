@@ -32,13 +32,11 @@ from typing import TYPE_CHECKING, Any
 from PIL import Image
 
 from avito_ai.config import Settings
-from avito_ai.engines.base import EngineState, GenerationRequest, ImagePart, Role, TextPart
+from avito_ai.engines.base import GenerationRequest, ImagePart, Role, TextPart
 from avito_ai.engines.images import fit_image
-from avito_ai.engines.openvino.generation import Prepared, constrain, generation_config
+from avito_ai.engines.openvino.generation import Prepared, request_config
 from avito_ai.engines.openvino.worker import PipelineEngine
-from avito_ai.engines.prompts import neutralize, special_spellings
-from avito_ai.engines.textstream import THINK_OPEN
-from avito_ai.engines.threads import run_in_own_thread
+from avito_ai.engines.prompts import neutralize
 from avito_ai.errors import ValidationFailed
 
 if TYPE_CHECKING:
@@ -107,61 +105,25 @@ class OpenVINOVisionEngine(PipelineEngine):
 
     def __init__(self, settings: Settings) -> None:
         super().__init__(settings.role("avision").model, settings)
-        self._tokenizer: Any = None
-        self._specials: list[str] = []
-        self._context = 0  # the model's context in tokens; 0: unknown
         self._geometry: ImageGeometry | None = None
         self._max_pixels = settings.avision_max_pixels
         self._max_images = settings.avision_max_images
 
     # ------------------------------------------------------------------ lifecycle
 
-    async def start(self) -> None:
-        """Load in a thread; end READY or FAILED (with a reason). Never raises an error."""
-        if self._state is EngineState.STOPPED:
-            return
+    def _load(self) -> LoadedVision:
         from avito_ai.engines.openvino.vision_loading import (
             load_vision_pipeline,
             resolve_vision_source,
         )
 
-        try:
-            source = resolve_vision_source(self._model_id)
-            loaded = await run_in_own_thread(
-                lambda: load_vision_pipeline(source, self._settings), name="avision-load"
-            )
-            if self.status().state is EngineState.STOPPED:  # stop() came during the load
-                return
-            self._context = source.context_length or 0
-            self._geometry = source.geometry
-            self._install(loaded)
-        except Exception as exc:
-            log.exception("A-Vision model failed to load")
-            self._fail(str(exc) or type(exc).__name__)
-            return
-        self._state = EngineState.READY
-        log.info(
-            "A-Vision ready: %s (%s) on OpenVINO CPU (%s) in %.1f s",
-            self._model_id,
-            source.architecture,
-            loaded.precision,
-            loaded.seconds,
-        )
+        source = resolve_vision_source(self._model_id)
+        self._context = source.context_length or 0
+        self._geometry = source.geometry
+        return load_vision_pipeline(source, self._settings)
 
     def _install(self, loaded: LoadedVision) -> None:
-        tokenizer = loaded.tokenizer
-        vocab = (
-            t.decode("utf-8", "replace") if isinstance(t, bytes) else t
-            for t in tokenizer.get_vocab()
-        )
-        self._specials = special_spellings(vocab) + list(GENAI_TAGS)
-        self._tokenizer = tokenizer
-        self._device, self._dtype = "cpu", loaded.precision
-        self._start_worker(loaded.pipe, tokenizer)
-
-    async def stop(self) -> None:
-        await super().stop()
-        self._tokenizer = None
+        self._specials = list(GENAI_TAGS)  # beside the tokenizer's own specials
 
     # ----------------------------------------------------------------- generation
 
@@ -213,18 +175,10 @@ class OpenVINOVisionEngine(PipelineEngine):
         tokens = int(ids.shape[1]) + sum(
             image_tokens(*image.size, self._geometry) - 1 for image in images
         )
-        room = self._context - tokens if self._context else sampling.max_tokens
-        if room < 1:
-            raise ValidationFailed(
-                f"The prompt is {tokens} tokens with its images; the model's context is "
-                f"{self._context} tokens",
-                param="prompt" if request.prompt is not None else "messages",
-            )
-        config = generation_config(sampling)
-        config.max_new_tokens = min(sampling.max_tokens, room)
+        config, opened = request_config(
+            request, prompt, tokens, self._context, counted=f"{tokens} tokens with its images"
+        )
         config.apply_chat_template = False  # the prompt is rendered already
-        opened = prompt.rstrip().endswith(THINK_OPEN)
-        constrain(config, request, thinking_opened=opened)
         return Prepared(
             request=request,
             prompt_tokens=tokens,

@@ -184,23 +184,11 @@ def load_vision_pipeline(source: VisionSource, settings: Settings) -> LoadedVisi
     import openvino as ov
     import openvino_genai as genai
 
-    from avito_ai.engines.openvino.loading import CONSTRUCTION
+    from avito_ai.engines.openvino.loading import cpu_precision, new_pipeline
 
     started = time.monotonic()
-    scheduler = genai.SchedulerConfig()
-    scheduler.cache_size = settings.openvino_kv_cache_gb
-    scheduler.max_num_seqs = settings.max_batch_size
-    # Chunked prefill, as for A-Vibe: an image prompt is prefilled a chunk per step beside
-    # the running streams' decode tokens.
-    scheduler.dynamic_split_fuse = True
-    scheduler.max_num_batched_tokens = settings.openvino_max_batched_tokens
-    scheduler.enable_prefix_caching = True
-    properties: dict[str, Any] = {}
-    if settings.openvino_threads:
-        properties["INFERENCE_NUM_THREADS"] = settings.openvino_threads
     try:
-        with CONSTRUCTION:  # one at a time (loading.py says why)
-            pipe = genai.ContinuousBatchingPipeline(str(source.path), scheduler, "CPU", properties)
+        pipe = new_pipeline(str(source.path), settings)
         # Warm up here, not in the first client's request: the first inference of each
         # part (vision encoder, merger, language model) compiles its kernels.
         warm = genai.GenerationConfig()
@@ -214,6 +202,4 @@ def load_vision_pipeline(source: VisionSource, settings: Settings) -> LoadedVisi
             f"cannot load {source.model_id}: {openvino_message(exc)}. A file of the folder "
             f"may be truncated or damaged: export the model again ({export_hint('<model>')})"
         ) from exc
-    hint = ov.Core().get_property("CPU", "INFERENCE_PRECISION_HINT")
-    precision = hint.to_string() if hasattr(hint, "to_string") else str(hint)
-    return LoadedVision(pipe, pipe.get_tokenizer(), precision, time.monotonic() - started)
+    return LoadedVision(pipe, pipe.get_tokenizer(), cpu_precision(), time.monotonic() - started)

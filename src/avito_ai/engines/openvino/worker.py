@@ -31,6 +31,7 @@ from avito_ai.engines.base import (
     ALL_CONSTRAINTS,
     Capabilities,
     Chunk,
+    EngineState,
     FinishReason,
     GenerationRequest,
     TokenLogprob,
@@ -40,7 +41,9 @@ from avito_ai.engines.bridge import Ticket, WorkerBridge
 from avito_ai.engines.lifecycle import InProcessEngine
 from avito_ai.engines.openvino.detokenize import detokenizers
 from avito_ai.engines.openvino.generation import Prepared, Row
+from avito_ai.engines.prompts import special_spellings
 from avito_ai.engines.textstream import Detokenizer, TextPipeline
+from avito_ai.engines.threads import run_in_own_thread
 from avito_ai.errors import ModelUnavailable, Timeout, ValidationFailed
 
 log = logging.getLogger(__name__)
@@ -53,6 +56,9 @@ class PipelineEngine(InProcessEngine):
         super().__init__(model_id)
         self._settings = settings
         self._pipe: Any = None
+        self._tokenizer: Any = None  # openvino_genai.Tokenizer
+        self._specials: list[str] = []  # the spellings a client's text may not hold
+        self._context = 0  # the model's context in tokens; 0: unknown
         self._eos: frozenset[int] = frozenset()
         self._new_detokenizer: Callable[[], Detokenizer] | None = None
         self._token_bytes: Callable[[int], bytes] = lambda token: b""
@@ -68,6 +74,14 @@ class PipelineEngine(InProcessEngine):
 
     # ------------------------------------------------------------------ subclass hooks
 
+    def _load(self) -> Any:
+        """Find, check and load the model (blocking, in a thread); returns what `_install`
+        takes, with `pipe`, `tokenizer`, `precision` and `seconds`. Raises ModelLoadError."""
+        raise NotImplementedError
+
+    def _install(self, loaded: Any) -> None:
+        """Take what `_load` returned (on the event loop), before the worker starts."""
+
     def prepare(self, request: GenerationRequest) -> Prepared:
         """The request ready for the pipeline. Raises ValidationFailed."""
         raise NotImplementedError
@@ -81,19 +95,48 @@ class PipelineEngine(InProcessEngine):
 
     # ------------------------------------------------------------------ lifecycle
 
-    def _start_worker(self, pipe: Any, tokenizer: Any) -> None:
+    async def start(self) -> None:
+        """Load in a thread; end READY or FAILED (with a reason). Never raises an error."""
+        if self._state is EngineState.STOPPED:
+            return
+        try:
+            loaded = await run_in_own_thread(self._load, name=f"{self.role}-load")
+            if self.status().state is EngineState.STOPPED:  # stop() came during the load
+                return
+            self._install(loaded)
+            self._start_worker(loaded.pipe, loaded.tokenizer, loaded.precision)
+        except Exception as exc:
+            log.exception("%s model failed to load", self.title)
+            self._fail(str(exc) or type(exc).__name__)
+            return
+        self._state = EngineState.READY
+        log.info(
+            "%s ready: %s on OpenVINO CPU (%s) in %.1f s",
+            self.title,
+            self._model_id,
+            loaded.precision,
+            loaded.seconds,
+        )
+
+    def _start_worker(self, pipe: Any, tokenizer: Any, precision: str) -> None:
         """Take the loaded pipeline and start the worker."""
+        vocab = (
+            t.decode("utf-8", "replace") if isinstance(t, bytes) else t
+            for t in tokenizer.get_vocab()
+        )
+        self._specials = [*special_spellings(vocab), *self._specials]
         config = pipe.get_config()
         self._eos = frozenset({int(config.eos_token_id), *map(int, config.stop_token_ids)})
         self._new_detokenizer, self._token_bytes = detokenizers(tokenizer)
-        self._pipe = pipe
+        self._pipe, self._tokenizer = pipe, tokenizer
+        self._device, self._dtype = "cpu", precision
         self._bridge.start(self._run)
 
     async def stop(self) -> None:
         """Stop the worker (queued requests: ShuttingDown; running: "cancelled")."""
         self._stopping()
         await asyncio.to_thread(self._bridge.stop)
-        self._pipe = None
+        self._pipe = self._tokenizer = None
 
     def _worker_alive(self) -> bool:
         return self._bridge.alive
