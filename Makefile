@@ -108,8 +108,12 @@ chromium:
 	@command -v chromium >/dev/null || \
 		($(SUDO) apt-get update -qq && $(SUDO) apt-get install -y -qq chromium)
 
+# The suite on TEST_WORKERS processes (pytest-xdist), a test file to a worker: its module
+# servers stay in one process. 2 by default (the cores CI has); TEST_WORKERS=0 runs it in
+# this process alone.
+TEST_WORKERS ?= 2
 test: $(TEST_STAMP) lint typecheck redis-server nginx chromium prometheus
-	$(BIN)/pytest -q
+	$(BIN)/pytest -q -n $(TEST_WORKERS) --dist loadfile
 
 unit: $(TEST_STAMP)
 	$(BIN)/pytest -q -m "not integration"

@@ -235,11 +235,36 @@ def analyze(server: ServerProcess, **body: Any) -> dict[str, Any]:
     return dict(r.json())
 
 
+LIGHT = """
+import importlib.util, os, sys
+HEAVY = {"torch", "torchvision", "transformers", "tokenizers", "accelerate"}
+LOG = os.environ["LIGHT_INSTALL_LOG"]
+open(LOG, "a").write(f"pid {os.getpid()}\\n")
+real = importlib.util.find_spec
+importlib.util.find_spec = lambda n, *a, **k: None if n.split(".")[0] in HEAVY else real(n, *a, **k)
+class LightInstall:
+    def find_spec(self, name, path=None, target=None):
+        if name.split(".")[0] in HEAVY:
+            open(LOG, "a").write(f"refused {name}\\n")
+            raise ModuleNotFoundError(f"No module named {name!r}", name=name)
+sys.meta_path.insert(0, LightInstall())
+"""
+
+
 @pytest.fixture(scope="module")
 def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
-    log = tmp_path_factory.mktemp("ov-vision") / "server.log"
-    srv = dev_server({**OPEN, "AVISION_MODEL": IR}, log)  # AVISION_BACKEND=auto
-    with serving(srv, 120) as ready:
+    """The light install's server: `make serve`'s environment has no torch nor transformers,
+    and a sitecustomize makes them unimportable in this server process
+    (AVISION_BACKEND=auto on the IR folder)."""
+    folder = tmp_path_factory.mktemp("ov-vision")
+    (folder / "sitecustomize.py").write_text(LIGHT)
+    env = {
+        **OPEN,
+        "AVISION_MODEL": IR,
+        "PYTHONPATH": str(folder),
+        "LIGHT_INSTALL_LOG": str(folder / "imports.log"),
+    }
+    with serving(dev_server(env, folder / "server.log"), 120) as ready:
         yield ready
 
 
@@ -320,38 +345,13 @@ def test_structured_output_on_image_requests(server: ServerProcess) -> None:
     assert re.fullmatch(r"(cat|dog) \d{3}", text), text
 
 
-LIGHT = """
-import importlib.util, os, sys
-HEAVY = {"torch", "torchvision", "transformers", "tokenizers", "accelerate"}
-LOG = os.environ["LIGHT_INSTALL_LOG"]
-open(LOG, "a").write(f"pid {os.getpid()}\\n")
-real = importlib.util.find_spec
-importlib.util.find_spec = lambda n, *a, **k: None if n.split(".")[0] in HEAVY else real(n, *a, **k)
-class LightInstall:
-    def find_spec(self, name, path=None, target=None):
-        if name.split(".")[0] in HEAVY:
-            open(LOG, "a").write(f"refused {name}\\n")
-            raise ModuleNotFoundError(f"No module named {name!r}", name=name)
-sys.meta_path.insert(0, LightInstall())
-"""
-
-
-def test_the_light_install_serves_a_vision_from_the_ir(tmp_path: Path) -> None:
-    """`make serve`'s environment has no torch nor transformers: a sitecustomize makes them
-    unimportable in the server process, which serves images from the IR all the same."""
-    (tmp_path / "sitecustomize.py").write_text(LIGHT)
-    log = tmp_path / "imports.log"
-    env = {**OPEN, "AVISION_MODEL": IR, "PYTHONPATH": str(tmp_path), "LIGHT_INSTALL_LOG": str(log)}
-    with serving(dev_server(env, tmp_path / "light.log"), 120) as srv:
-        models = httpx.get(srv.url + "/api/health", timeout=10).json()["models"]
-        assert models["avision"]["engine"] == "openvino"
-        answer = analyze(srv, max_tokens=8, ignore_eos=True, stream=False)["data"]
-        assert answer["generated_tokens"] == 8
-        regex = {"type": "regex", "regex": "(cat|dog) [0-9]{3}"}
-        assert re.fullmatch(r"(cat|dog) \d{3}", analyze(srv, response_format=regex)["data"]["text"])
-    # The server ran under it (its optional probes, such as apache-tvm-ffi's for torch,
-    # were refused, as on the light install).
-    assert f"pid {srv.proc.pid}" in log.read_text().splitlines()
+def test_the_light_install_serves_a_vision_from_the_ir(server: ServerProcess) -> None:
+    """Every answer of this module's server came from a process where torch, transformers
+    and tokenizers could not be imported (its optional probes, such as apache-tvm-ffi's for
+    torch, were refused, as on the light install)."""
+    assert analyze(server, max_tokens=8, ignore_eos=True)["data"]["generated_tokens"] == 8
+    log = (server.log_path.parent / "imports.log").read_text().splitlines()
+    assert f"pid {server.proc.pid}" in log
 
 
 def test_a_broken_ir_fails_a_vision_and_a_vibe_keeps_serving(tmp_path: Path) -> None:

@@ -25,7 +25,7 @@ import pytest
 from tests.browser import Tab, browser, open_tab
 from tests.images import encoded, noisy_png
 from tests.servers import ServerProcess, dev_server, serving
-from tests.tiny_vision_models import build_tiny_qwen2_5_vl
+from tests.tiny_vision_ir import TINY_VISION_IR
 
 pytestmark = pytest.mark.integration
 __all__ = ["browser"]  # the fixture, imported
@@ -42,9 +42,11 @@ def screenshot(tab: Tab, name: str) -> None:
 @pytest.fixture(scope="module")
 def real(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
     root = tmp_path_factory.mktemp("console")
-    vision = build_tiny_qwen2_5_vl(root / "qwen2_5_vl")
     env = {
-        "AVISION_MODEL": str(vision),
+        # Both models as `make serve` serves them on a CPU: on OpenVINO (A-Vision from the
+        # tiny Qwen2.5-VL's IR; tests/integration/test_anthropic_sdk.py serves its checkpoint
+        # on transformers).
+        "AVISION_MODEL": str(TINY_VISION_IR),
         "RATE_LIMIT_PER_MINUTE": "1000",
         "RATE_LIMIT_PER_HOUR": "10000",
         "MAX_IMAGE_SIZE_MB": "1",
@@ -129,7 +131,8 @@ def test_badges_follow_the_models_without_a_reload(
     browser: Any, tmp_path_factory: pytest.TempPathFactory
 ) -> None:
     log = tmp_path_factory.mktemp("console-loading") / "server.log"
-    env = {"AVIBE_BACKEND": "fake", "FAKE_LOAD_DELAY": "4"}
+    # Loading lasts long enough for the browser to start and draw the page on a busy machine.
+    env = {"AVIBE_BACKEND": "fake", "FAKE_LOAD_DELAY": "10"}
     server = dev_server(env, log)
     try:
         server.wait_live()
@@ -141,7 +144,7 @@ def test_badges_follow_the_models_without_a_reload(
         assert notice.is_visible() and "AVISION_MODEL" in notice.inner_text()
         assert tab.page.locator("#avision-send").is_disabled()
         wait_until(
-            tab, "document.querySelector('.model[data-role=avibe]').classList.contains('ready')", 20
+            tab, "document.querySelector('.model[data-role=avibe]').classList.contains('ready')", 30
         )
         assert "готова" in badge.inner_text()
         assert tab.errors == [], tab.errors
