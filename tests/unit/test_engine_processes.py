@@ -35,7 +35,7 @@ def test_vllm_command_line_with_eagle3_as_the_card_says() -> None:
         "--gpu-memory-utilization", "0.9",
         "--tensor-parallel-size", "1",
         "--scheduling-policy", "priority",
-        "--structured-outputs-config", '{"disable_any_whitespace":true}',
+        "--structured-outputs-config", '{"backend":"xgrammar","disable_any_whitespace":true}',
         "--enable-auto-tool-choice", "--tool-call-parser", "hermes",
         "--reasoning-parser", "qwen3",
         "--speculative-config",
@@ -61,7 +61,7 @@ def test_both_models_on_one_gpu_share_its_memory_and_vision_keeps_its_image_limi
     assert vision[-16:] == [
         "--tensor-parallel-size", "2",
         "--scheduling-policy", "priority",
-        "--structured-outputs-config", '{"disable_any_whitespace":true}',
+        "--structured-outputs-config", '{"backend":"xgrammar","disable_any_whitespace":true}',
         "--enable-auto-tool-choice", "--tool-call-parser", "hermes",
         "--max-model-len", "16384",
         "--limit-mm-per-prompt", '{"image": 2}',

@@ -74,8 +74,10 @@ def vllm_argv(role: Role, settings: Settings, port: int) -> list[str]:
         "priority",
         # Structured output as compact JSON: a grammar that allows any whitespace lets a
         # model write spaces until max_tokens (services/constraints.py does the same).
+        # vLLM takes disable_any_whitespace only with a named backend (xgrammar or
+        # guidance; its default, auto, exits 2): xgrammar, as the service's own engines.
         "--structured-outputs-config",
-        json.dumps({"disable_any_whitespace": True}, separators=(",", ":")),
+        json.dumps({"backend": "xgrammar", "disable_any_whitespace": True}, separators=(",", ":")),
         # Tool calls in the Hermes format both models write; requests' tools pass through.
         "--enable-auto-tool-choice",
         "--tool-call-parser",
