@@ -23,6 +23,7 @@ from avito_ai.services.tools import (
     ToolCallParser,
     check_tools,
     parse_calls,
+    partial_object,
     tool_grammar,
 )
 from tests.conftest import isolated_settings
@@ -40,16 +41,19 @@ TWO = (
 )
 
 
-def streamed(text: str, cut: int, parallel: bool = True) -> tuple[str, dict[int, str], list]:
+def streamed(
+    text: str, cut: int, parallel: bool = True, forced: str | None = None
+) -> tuple[str, dict[int, str], list]:
     """The text fed in two pieces split at `cut`: content, each call's arguments joined."""
-    parser = ToolCallParser(TOOLS, parallel)
+    parser = ToolCallParser(TOOLS, parallel, forced)
     content, arguments = "", {}
-    for piece in (text[:cut], text[cut:]):
-        released, pieces = parser.feed(piece)
+    for piece in (text[:cut], text[cut:], None):
+        released, pieces = parser.feed(piece) if piece is not None else parser.finish()
         content += released
+        assert len({p.index for p in pieces}) == len(pieces)  # one piece per call a feed
         for p in pieces:
             arguments[p.index] = arguments.get(p.index, "") + p.arguments
-    return content + parser.finish(), arguments, parser.calls
+    return content, arguments, parser.calls
 
 
 def test_calls_come_out_of_the_text_whatever_the_split() -> None:
@@ -67,23 +71,24 @@ def test_calls_come_out_of_the_text_whatever_the_split() -> None:
         assert [c.arguments for c in found] == [c.arguments for c in calls]
 
 
-def test_the_arguments_stream_in_the_pieces_the_model_wrote() -> None:
+def test_the_arguments_stream_as_the_model_writes_them_once_the_name_is_known() -> None:
     parser = ToolCallParser(TOOLS)
-    pieces = []
     tokens = ["<tool_call>\n", '{"name": "get_weather", ', '"arguments": {"ci', 'ty": "Ro']
-    for token in [*tokens, 'me"}}', "\n</tool_call>"]:
-        pieces += parser.feed(token)[1]
-    assert (pieces[0].id, pieces[0].name) == (parser.calls[0].id, "get_weather")
-    assert [p.arguments for p in pieces[1:]] == ['{"ci', 'ty": "Ro', 'me"}']
+    released = [parser.feed(token)[1] for token in [*tokens, 'me"}}', "\n</tool_call>"]]
+    assert released[:2] == [[], []]  # the name is not known before its arguments begin
+    first = released[2]
+    assert len(first) == 1  # the name and the first arguments in one piece
+    assert (first[0].id, first[0].name) == (parser.calls[0].id, "get_weather")
+    assert [p.arguments for ps in released[2:] for p in ps] == ['{"ci', 'ty": "Ro', 'me"}']
+    assert released[5] == []  # the call's own closing brace and tag are not arguments
 
 
 @pytest.mark.parametrize(
     "text",
     [
         '<tool_call>\n{"name": "delete_all", "arguments": {}}\n</tool_call>',  # unknown tool
-        '<tool_call>\n{"name": "get_weather", "arguments": {"city": \n</tool_call>',  # broken
         '<tool_call>\n{"name": "get_weather", "arguments": [1]}\n</tool_call>',  # not an object
-        'Sure <tool_call>\n{"name": "get_weather", "argu',  # cut by max_tokens
+        '<tool_call>\n{"arguments": {}, "name": "nope"}\n</tool_call>',  # name last, unknown
         "a <tool_ca",  # only the start of a tag
     ],
 )
@@ -91,6 +96,38 @@ def test_what_is_not_a_call_stays_content_as_written(text: str) -> None:
     for cut in range(len(text) + 1):
         content, arguments, calls = streamed(text, cut)
         assert (content, arguments, calls) == (text, {}, []), cut
+
+
+@pytest.mark.parametrize(
+    ("text", "forced", "name", "written"),
+    [
+        ('Sure <tool_call>\n{"name": "get_weather", "arguments": {"city": "Ro', None,
+         "get_weather", '{"city": "Ro'),
+        ('Sure <tool_call>\n{"name": "get_weather", "argu', None, "get_weather", ""),
+        ('Sure <tool_call>\n{"name": "get_wea', None, "get_weather", ""),  # one tool begins so
+        ('Sure <tool_call>\n{"name": "get_', "get_time", "get_time", ""),  # the forced one
+        ("Sure <tool_call>\n", "get_time", "get_time", ""),
+        ('Sure <tool_call>\n{"name": "get_weather", "arguments": {"city": \n</tool_call>',
+         None, "get_weather", '{"city": \n'),  # closed before its object: what was written
+    ],
+)  # fmt: skip
+def test_a_call_cut_short_is_a_call_with_what_was_written_and_no_markup(
+    text: str, forced: str | None, name: str, written: str
+) -> None:
+    for cut in range(len(text) + 1):
+        content, arguments, calls = streamed(text, cut, forced=forced)
+        assert content == "Sure", cut
+        assert [(c.name, c.arguments) for c in calls] == [(name, written)], cut
+        assert arguments == {0: written}, cut
+
+
+def test_a_call_cut_before_its_tool_is_certain_is_dropped_not_shown() -> None:
+    for text in ('<tool_call>\n{"name": "get_', "<tool_call>\n{", "<tool_call>"):
+        assert streamed(text, len(text) // 2)[:2] == ("", {})
+    assert partial_object('{"city": "Ro') == {"city": "Ro"}
+    assert partial_object('{"a": [1, {"b": tr') == {"a": [1, {}]}
+    assert partial_object('{"a": 1, "b') == {"a": 1}
+    assert partial_object("") == {} and partial_object("[1]") == {}
 
 
 def test_arguments_written_as_a_json_string_and_the_parameters_key() -> None:

@@ -17,9 +17,10 @@ from avito_ai.engines.base import (
     Timings,
     TokenLogprob,
     ToolCall,
+    ToolCallPiece,
 )
 from avito_ai.errors import ModelUnavailable
-from avito_ai.services.tools import ToolCallParser
+from avito_ai.services.tools import ToolCallParser, merged_pieces
 
 
 @dataclass(frozen=True)
@@ -54,6 +55,39 @@ class Answer:
         return round(self.generated_tokens / gen, 2) if gen > 0 else 0.0
 
 
+def _forced_tool(request: GenerationRequest | None) -> str | None:
+    """The tool a required choice must call, when only one can be: a call cut short
+    before its name was written whole is that tool's."""
+    if request is None or request.tool_choice != "required":
+        return None
+    if request.forced_tool is not None:
+        return request.forced_tool
+    return request.tools[0].name if len(request.tools) == 1 else None
+
+
+def _named_first(delta: Chunk | None) -> list[Chunk]:
+    """A delta that begins a call and carries its first arguments as two: the call named
+    (id, name, empty arguments), then the arguments, as OpenAI streams a call (clients
+    read the first entry for the name alone)."""
+    if delta is None:
+        return []
+    if not any(p.id is not None and p.arguments for p in delta.tool_calls):
+        return [delta]
+    named = tuple(
+        ToolCallPiece(p.index, p.id, p.name, "") if p.id is not None else p
+        for p in delta.tool_calls
+    )
+    arguments = tuple(
+        ToolCallPiece(p.index, None, None, p.arguments)
+        for p in delta.tool_calls
+        if p.id is not None and p.arguments
+    )
+    return [
+        dataclasses.replace(delta, tool_calls=named),
+        Chunk("", index=delta.index, tool_calls=arguments),
+    ]
+
+
 class AnswerCollector:
     """Gathers a stream's chunks into the Answer (text, reasoning, calls and logprobs per
     choice); `add` also gives the delta to send on, calls parsed out of its text."""
@@ -66,6 +100,7 @@ class AnswerCollector:
             else None
         )
         self._parallel = request is None or request.parallel_tool_calls
+        self._forced = _forced_tool(request)
         self._texts: dict[int, list[str]] = {}
         self._thoughts: dict[int, list[str]] = {}
         self._tokens: dict[int, list[TokenLogprob]] = {}
@@ -76,10 +111,13 @@ class AnswerCollector:
             return chunk
         parser = self._parsers.get(chunk.index)
         if parser is None:
-            parser = self._parsers[chunk.index] = ToolCallParser(self._tools, self._parallel)
+            parser = self._parsers[chunk.index] = ToolCallParser(
+                self._tools, self._parallel, self._forced
+            )
         text, pieces = parser.feed(chunk.text)
         if chunk.is_final:
-            text += parser.finish()
+            tail, more = parser.finish()
+            text, pieces = text + tail, merged_pieces(pieces + more)
         return dataclasses.replace(chunk, text=text, tool_calls=tuple(pieces))
 
     def _keep(self, chunk: Chunk) -> Chunk | None:
@@ -96,15 +134,17 @@ class AnswerCollector:
     def add(self, chunk: Chunk) -> tuple[list[Chunk], Answer | None]:
         """Take one chunk: the deltas to send on (finish and timings stay off them), and
         the Answer once the final chunk came."""
-        deltas = [d for d in (self._keep(self._parse(chunk)),) if d is not None]
+        deltas = _named_first(self._keep(self._parse(chunk)))
         if not chunk.is_final:
             return deltas, None
         if chunk.timings is None:
             raise ModelUnavailable("The model stopped without finishing the answer")
         for index, parser in self._parsers.items():  # the other choices' held text
             if index != chunk.index:
-                tail = self._keep(Chunk(parser.finish(), index=index))
-                deltas += [tail] if tail is not None else []
+                text, pieces = parser.finish()
+                deltas += _named_first(
+                    self._keep(Chunk(text, index=index, tool_calls=tuple(pieces)))
+                )
         ends = chunk.choices or (
             ChoiceEnd(0, chunk.finish_reason or "stop", chunk.generated_tokens or 0),
         )

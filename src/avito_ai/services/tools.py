@@ -4,9 +4,13 @@ makes a call certain when the client requires one.
 A-Vibe (Qwen3) calls a tool by writing `<tool_call>{"name": ..., "arguments": {...}}
 </tool_call>`; the embedded model is asked for the same format (engines/prompts.py). The
 parser runs over the answer as it streams: text outside calls is content (whitespace
-around calls dropped), a call that parses (a known name, arguments a JSON object) becomes
-a ToolCall, its arguments released in the pieces the model wrote them in; anything else
-(unknown name, broken JSON, a call cut by max_tokens) stays content, as written. vLLM and
+around calls dropped); once a call's name is known (a known tool, written before its
+arguments' object) the call begins and its arguments are released as the model writes
+them, to the end of their object (OpenAI's and vLLM's streams: one entry per call per
+chunk). A call in another form (arguments as a JSON string, or before the name) is read
+whole at its closing tag; one that does not parse there (unknown name, broken JSON) stays
+content, as written. A call cut by max_tokens is a call with the arguments written so far
+(its tool known, or certain by tool_choice); call markup is never released as content. vLLM and
 SGLang parse calls themselves; the remote backend writes theirs back in this format, so
 one parser serves every engine.
 
@@ -18,6 +22,7 @@ parallel calls are allowed) whose arguments match the function's JSON Schema.
 from __future__ import annotations
 
 import json
+import re
 import secrets
 from dataclasses import dataclass, field
 from typing import Any
@@ -42,17 +47,23 @@ CALL_OPEN = "<tool_call>"
 CALL_CLOSE = "</tool_call>"
 MAX_TOOLS = 128
 MAX_PARALLEL = 8  # calls a required choice may make at once
+# A call's head, its name known and its arguments' object begun: they stream from there.
+_HEAD = re.compile(
+    r'\s*\{\s*"name"\s*:\s*("(?:[^"\\]|\\.)*")\s*,\s*"(?:arguments|parameters)"\s*:\s*(?=\{)'
+)
+# A head cut short: the name as far as it came, and its closing quote if it came.
+_NAME = re.compile(r'\s*\{\s*"name"\s*:\s*"((?:[^"\\]|\\.)*)("?)')
+_HEAD_LIMIT = 4096  # a call's head longer than this: the call is read whole, at its end
 
 
 def new_call_id() -> str:
     return "call_" + secrets.token_hex(12)
 
 
-def _decoded(raw: str, tools: dict[str, ToolSpec]) -> tuple[str, str, tuple[int, int] | None]:
-    """(name, arguments JSON, where the arguments lie in `raw` when written as an object)
-    of one call's text; ValueError when it is not a call of a known tool."""
-    body = raw.strip()
-    call = json.loads(body)
+def _decoded(raw: str, tools: dict[str, ToolSpec]) -> tuple[str, str]:
+    """(name, arguments JSON) of one whole call's text; ValueError when it is not a call of
+    a known tool. The arguments as the model wrote them when it wrote an object."""
+    call = json.loads(raw.strip())
     if not isinstance(call, dict) or not isinstance(call.get("name"), str):
         raise ValueError("not a call")
     name = call["name"]
@@ -63,7 +74,7 @@ def _decoded(raw: str, tools: dict[str, ToolSpec]) -> tuple[str, str, tuple[int,
     if isinstance(arguments, str):  # written as a JSON string holding the object
         if not isinstance(json.loads(arguments), dict):
             raise ValueError("arguments must be an object")
-        return name, arguments, None
+        return name, arguments
     if not isinstance(arguments, dict):
         raise ValueError("arguments must be an object")
     # The object as the model wrote it: find it after its key, decode exactly its span.
@@ -79,45 +90,104 @@ def _decoded(raw: str, tools: dict[str, ToolSpec]) -> tuple[str, str, tuple[int,
         except ValueError:
             value, end = None, start
         if value == arguments:
-            return name, raw[start:end], (start, end)
+            return name, raw[start:end]
         at = raw.find(json.dumps(key), at + 1)
-    return name, json.dumps(arguments, ensure_ascii=False), None
+    return name, json.dumps(arguments, ensure_ascii=False)
+
+
+def partial_object(arguments: str) -> dict[str, Any]:
+    """What a call's arguments cut short (max_tokens) hold so far, as an object: the JSON
+    text closed where it stops (an unfinished member dropped); {} when nothing holds."""
+    try:
+        value = json.loads(arguments) if arguments.strip() else {}
+        return value if isinstance(value, dict) else {}
+    except ValueError:
+        pass
+    # The longest prefix that closes into JSON: each prefix's open strings and brackets.
+    stack: list[str] = []
+    in_string = escape = False
+    closings: list[tuple[int, str]] = []  # (prefix length, what closes it), ends of values
+    for i, ch in enumerate(arguments):
+        if in_string:
+            if escape:
+                escape = False
+            elif ch == "\\":
+                escape = True
+            elif ch == '"':
+                in_string = False
+                closings.append((i + 1, "".join(reversed(stack))))
+            continue
+        if ch == '"':
+            in_string = True
+        elif ch in "{[":
+            stack.append("}" if ch == "{" else "]")
+            closings.append((i + 1, "".join(reversed(stack))))
+        elif ch in "}]":
+            if stack:
+                stack.pop()
+            closings.append((i + 1, "".join(reversed(stack))))
+        elif ch not in " \t\r\n,:":
+            closings.append((i + 1, "".join(reversed(stack))))
+    if in_string:  # cut inside a string: closed where it stops
+        closings.append((len(arguments) - escape, '"' + "".join(reversed(stack))))
+    for length, closing in reversed(closings[-64:]):
+        head = arguments[:length].rstrip().rstrip(",").rstrip()
+        try:
+            value = json.loads(head + closing)
+        except ValueError:
+            continue
+        if isinstance(value, dict):
+            return value
+    return {}
+
+
+@dataclass
+class _Open:
+    """The call whose arguments are streaming: its place, its name, its JSON so far."""
+
+    index: int
+    id: str
+    name: str
+    dropped: bool  # a further call where one was asked for: read, never released
+    arguments: list[str] = field(default_factory=list)
+    depth: int = 0
+    in_string: bool = False
+    escape: bool = False
+    closed: bool = False  # the arguments object ended; what follows to </tool_call> is read
+    tail: str = ""  # after the object: text up to the closing tag
 
 
 @dataclass
 class ToolCallParser:
-    """One choice's text → content deltas and tool calls, as it streams."""
+    """One choice's text → content deltas and tool calls, as it streams.
+
+    A call's arguments are released as the model writes them, once its name is known (a
+    known tool, written before its arguments' object). `forced`: the tool the answer must
+    call (a named choice, or the only tool of a required one): a call cut short before
+    its name is complete is still that tool's call."""
 
     tools: dict[str, ToolSpec]
     parallel: bool = True
+    forced: str | None = None
     calls: list[ToolCall] = field(default_factory=list)
-    _held: str = ""  # text that may begin a call, or whitespace before one
-    _raw: list[str] | None = None  # inside a call: its text, in the deltas it came in
+    _held: str = ""  # text that may begin a call (or its end), or whitespace before one
+    _raw: str | None = None  # inside a call whose name is not known yet: its text
+    _head: bool = True  # the call's head may still be read as it comes
+    _open: _Open | None = None  # inside a call whose arguments stream
     _after_call: bool = False  # whitespace right after a call is dropped
     _gap: str = ""  # the whitespace before the call being read (kept if it is no call)
 
     def feed(self, text: str) -> tuple[str, list[ToolCallPiece]]:
-        """Content released by `text`, and pieces of the calls it completed."""
+        """Content released by `text`, and pieces of calls (one per call at most)."""
         content: list[str] = []
         pieces: list[ToolCallPiece] = []
         buf, self._held = self._held + text, ""
         while buf:
+            if self._open is not None:
+                buf = self._stream(buf, pieces)
+                continue
             if self._raw is not None:
-                self._raw.append(buf)
-                joined = "".join(self._raw)
-                end = joined.find(CALL_CLOSE)
-                if end < 0:
-                    break
-                deltas, offset = [], 0
-                for delta in self._raw:  # the deltas cut at the closing tag
-                    if offset < end:
-                        deltas.append(delta[: end - offset])
-                    offset += len(delta)
-                self._raw = deltas
-                released, completed = self._close()
-                content.append(released)
-                pieces += completed
-                buf = joined[end + len(CALL_CLOSE) :]
+                buf = self._read_head(buf, content, pieces)
                 continue
             if self._after_call:
                 buf = buf.lstrip()
@@ -135,43 +205,177 @@ class ToolCallParser:
             before = buf[:start]
             content.append(before.rstrip())
             self._gap = before[len(before.rstrip()) :]
-            self._raw = []
+            self._raw, self._head = "", True
             buf = buf[start + len(CALL_OPEN) :]
-        return "".join(content), pieces
+        return "".join(content), merged_pieces(pieces)
 
-    def _close(self) -> tuple[str, list[ToolCallPiece]]:
+    def _read_head(self, buf: str, content: list[str], pieces: list[ToolCallPiece]) -> str:
+        """Inside a call, its name not known yet: its arguments stream once it is (a known
+        tool); a call in any other form is read to its end and decided whole."""
         assert self._raw is not None
-        deltas, self._raw = [d for d in self._raw if d], None
-        raw = "".join(deltas)
+        raw = self._raw + buf
+        if self._head:
+            match = _HEAD.match(raw)
+            if match is not None:
+                name = json.loads(match.group(1))
+                if isinstance(name, str) and name in self.tools:
+                    self._raw = None
+                    self._begin(name, pieces)
+                    return raw[match.end() :]
+                self._head = False
+            elif len(raw) > _HEAD_LIMIT:
+                self._head = False
+        end = raw.find(CALL_CLOSE)
+        if end < 0:
+            self._raw = raw
+            return ""
+        self._raw = None
+        released, completed = self._whole(raw[:end])
+        content.append(released)
+        pieces += completed
+        return raw[end + len(CALL_CLOSE) :]
+
+    def _begin(self, name: str, pieces: list[ToolCallPiece]) -> None:
+        dropped = bool(self.calls) and not self.parallel  # one call asked for
+        index = len(self.calls)
+        self._open = _Open(index, new_call_id(), name, dropped)
+        if not dropped:
+            pieces.append(ToolCallPiece(index, self._open.id, name, ""))
+
+    def _stream(self, buf: str, pieces: list[ToolCallPiece]) -> str:
+        """The open call's arguments as they come, to the end of their object; then the
+        rest of the call, to its closing tag (a closing tag outside a string ends a call
+        whose object never closed)."""
+        call = self._open
+        assert call is not None
+        if call.closed:
+            tail = call.tail + buf
+            end = tail.find(CALL_CLOSE)
+            if end < 0:
+                call.tail = tail[-len(CALL_CLOSE) :]
+                return ""
+            self._end()
+            return tail[end + len(CALL_CLOSE) :]
+        i, n = 0, len(buf)
+        rest = ""
+        while i < n:
+            ch = buf[i]
+            if call.in_string:
+                if call.escape:
+                    call.escape = False
+                elif ch == "\\":
+                    call.escape = True
+                elif ch == '"':
+                    call.in_string = False
+            elif ch == '"':
+                call.in_string = True
+            elif ch in "{[":
+                call.depth += 1
+            elif ch in "}]":
+                call.depth -= 1
+                if call.depth <= 0:
+                    call.closed = True
+                    i += 1
+                    rest = buf[i:]
+                    break
+            elif ch == "<":
+                if buf.startswith(CALL_CLOSE, i):  # the call ended, its object unclosed
+                    self._release(buf[:i], pieces)
+                    self._end()
+                    return buf[i + len(CALL_CLOSE) :]
+                if CALL_CLOSE.startswith(buf[i:]):  # maybe the closing tag: wait
+                    self._release(buf[:i], pieces)
+                    self._held = buf[i:]
+                    return ""
+            i += 1
+        self._release(buf[:i], pieces)
+        return rest
+
+    def _release(self, text: str, pieces: list[ToolCallPiece]) -> None:
+        call = self._open
+        assert call is not None
+        if text:
+            call.arguments.append(text)
+            if not call.dropped:
+                pieces.append(ToolCallPiece(call.index, None, None, text))
+
+    def _end(self) -> None:
+        """The open call is complete (or cut short): it joins the calls."""
+        call, self._open = self._open, None
+        assert call is not None
+        self._after_call = True
+        if not call.dropped:
+            self.calls.append(ToolCall(call.id, call.name, "".join(call.arguments)))
+
+    def _whole(self, raw: str) -> tuple[str, list[ToolCallPiece]]:
+        """A call read whole (not in the streamed form): a call, or its text as written."""
         try:
-            name, arguments, span = _decoded(raw, self.tools)
+            name, arguments = _decoded(raw, self.tools)
         except ValueError:
             return self._gap + CALL_OPEN + raw + CALL_CLOSE, []  # no call: the text as written
         self._after_call = True
         if self.calls and not self.parallel:
             return "", []  # one call asked for: the model's further calls are dropped
-        index = len(self.calls)
         call = ToolCall(new_call_id(), name, arguments)
         self.calls.append(call)
-        pieces = [ToolCallPiece(index, call.id, name, "")]
-        if span is None:
-            pieces.append(ToolCallPiece(index, None, None, arguments))
-            return "", pieces
-        offset = 0
-        for delta in deltas:  # the arguments in the pieces the model wrote them in
-            lo, hi = max(span[0], offset), min(span[1], offset + len(delta))
-            if lo < hi:
-                pieces.append(ToolCallPiece(index, None, None, raw[lo:hi]))
-            offset += len(delta)
-        return "", pieces
+        return "", [ToolCallPiece(len(self.calls) - 1, call.id, name, arguments)]
 
-    def finish(self) -> str:
-        """The content still held when the answer ends (a call cut short stays text)."""
+    def finish(self) -> tuple[str, list[ToolCallPiece]]:
+        """What is still held when the answer ends. A call cut short (max_tokens) is a call
+        with the arguments written so far when its tool is known; no call markup is ever
+        released as content."""
         held, self._held = self._held, ""
+        pieces: list[ToolCallPiece] = []
+        if self._open is not None:
+            if not self._open.closed:
+                self._release(held, pieces)  # (text that might have begun the closing tag)
+            self._end()
+            return "", merged_pieces(pieces)
         if self._raw is not None:
-            raw, self._raw = "".join(self._raw), None
-            return held + self._gap + CALL_OPEN + raw
-        return "" if self.calls and not held.strip() else held
+            raw, self._raw = self._raw, None
+            name, arguments = self._cut_call(raw)
+            if name is not None and not (self.calls and not self.parallel):
+                call = ToolCall(new_call_id(), name, arguments)
+                self.calls.append(call)
+                pieces.append(ToolCallPiece(len(self.calls) - 1, call.id, name, arguments))
+            return "", pieces
+        return ("" if self.calls and not held.strip() else held), pieces
+
+    def _cut_call(self, raw: str) -> tuple[str | None, str]:
+        """The tool and arguments so far of a call cut before its arguments streamed: a
+        known tool's name written whole, else the forced tool, else the only tool whose
+        name begins as written; (None, "") when none is certain."""
+        match = _NAME.match(raw)
+        written = None
+        if match is not None:
+            try:
+                written = json.loads('"' + match.group(1) + '"')
+            except ValueError:
+                written = None
+        if match is not None and match.group(2) and written in self.tools:
+            return written, ""  # (its arguments' object had not begun: they would stream)
+        if self.forced is not None:
+            return self.forced, ""
+        if written is not None and match is not None and not match.group(2):
+            begun = [name for name in self.tools if name.startswith(written)]
+            if len(begun) == 1:
+                return begun[0], ""
+        return None, ""
+
+
+def merged_pieces(pieces: list[ToolCallPiece]) -> list[ToolCallPiece]:
+    """One piece per call: a call's name and the arguments that came with it together, as
+    the streaming APIs send one entry per call in a chunk."""
+    out: list[ToolCallPiece] = []
+    for piece in pieces:
+        last = out[-1] if out else None
+        if last is not None and last.index == piece.index and piece.id is None:
+            out[-1] = ToolCallPiece(
+                last.index, last.id, last.name, last.arguments + piece.arguments
+            )
+        else:
+            out.append(piece)
+    return out
 
 
 def parse_calls(
@@ -180,7 +384,7 @@ def parse_calls(
     """A whole answer's content and calls (the streaming parser, fed once)."""
     parser = ToolCallParser({t.name: t for t in tools}, parallel)
     content, _ = parser.feed(text)
-    return content + parser.finish(), parser.calls
+    return content + parser.finish()[0], parser.calls
 
 
 # --------------------------------------------------------------------- checking, grammar
@@ -265,16 +469,15 @@ async def tool_grammar(request: GenerationRequest, param: str = "tools") -> Outp
 
 async def apply_tool_choice(engine: Engine, request: GenerationRequest) -> None:
     """Make a required (or named) call certain: engines that apply tool_choice themselves
-    (vLLM, SGLang, remote upstreams, the fake) get it as it is; the others a grammar."""
+    (vLLM, SGLang, remote upstreams, the fake) get it as it is; the others a grammar. A
+    response format sent with it is set aside: the answer is the call."""
     if not request.tools or request.tool_choice != "required":
         return
+    # The call answers: a response format sent with it (instructor's tool modes send both)
+    # has no text to shape, and would contend with the call for the answer.
+    request.constraint = None
     caps = engine.capabilities() if isinstance(engine, DeclaresCapabilities) else None
     if caps is not None and caps.tools:
         return
-    if request.constraint is not None:
-        raise ValidationFailed(
-            "A required tool call and a response format cannot both hold the answer",
-            param="tool_choice",
-        )
     request.constraint = await tool_grammar(request)
     check_supported(engine, request.constraint, "tool_choice")

@@ -4,7 +4,6 @@ message_stop), as the SDK's stream accumulator reads them."""
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -19,6 +18,7 @@ from avito_ai.api.anthropic.protocol import (
 )
 from avito_ai.engines.base import Chunk, ToolCallPiece
 from avito_ai.services.answers import Answer
+from avito_ai.services.tools import partial_object
 
 # An event: its name (the SSE `event:` line, also its data's `type`) and its data.
 Event = tuple[str, dict[str, Any]]
@@ -46,12 +46,9 @@ def stop_reason(finish_reason: str) -> StopReason:
 
 
 def tool_input(arguments: str) -> dict[str, Any]:
-    """A call's arguments (JSON text, an object by the parser's rule) as its `input`."""
-    try:
-        value = json.loads(arguments) if arguments.strip() else {}
-    except ValueError:
-        return {}
-    return value if isinstance(value, dict) else {}
+    """A call's arguments (JSON text, an object by the parser's rule) as its `input`; a call
+    cut by max_tokens: what its arguments hold so far."""
+    return partial_object(arguments)
 
 
 def content_blocks(answer: Answer) -> list[ContentBlock]:

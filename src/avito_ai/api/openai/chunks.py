@@ -24,6 +24,7 @@ from avito_ai.api.openai.protocol import (
 from avito_ai.api.openai.protocol import TokenLogprob as WireTokenLogprob
 from avito_ai.engines.base import Chunk, TokenLogprob, ToolCallPiece
 from avito_ai.services.answers import Answer, ChoiceAnswer
+from avito_ai.services.tools import merged_pieces
 
 
 def completion_id(request_id: str, *, chat: bool) -> str:
@@ -92,10 +93,11 @@ def assistant_message(choice: ChoiceAnswer) -> AssistantMessage:
 
 
 def tool_call_deltas(pieces: Sequence[ToolCallPiece]) -> list[dict[str, Any]]:
-    """Streamed calls in OpenAI's shape: the first delta of a call has its id and name, the
-    next ones pieces of its arguments."""
+    """Streamed calls in OpenAI's shape, one entry per call in a chunk (the SDKs join the
+    entries of a chunk by index as new calls): a call's first entry has its id and name,
+    with the arguments that came with them; the next ones further pieces of its arguments."""
     out: list[dict[str, Any]] = []
-    for piece in pieces:
+    for piece in merged_pieces(list(pieces)):
         if piece.id is not None:
             function = {"name": piece.name, "arguments": piece.arguments}
             out.append(

@@ -117,7 +117,10 @@ class ResponseEvents:
         if isinstance(item, OutputFunctionCall):
             out.append(
                 self._item_event(
-                    "response.function_call_arguments.done", item, arguments=item.arguments
+                    "response.function_call_arguments.done",
+                    item,
+                    name=item.name,
+                    arguments=item.arguments,
                 )
             )
         else:
