@@ -137,8 +137,7 @@ async def test_system_prompts_stops_and_max_tokens() -> None:
             messages=HELLO,
         )
         assert stopped.content[0].text == "Echo: hello there "  # type: ignore[union-attr]
-        # The engines cannot tell a stop sequence from their end of turn (docs/anthropic.md).
-        assert stopped.stop_reason == "end_turn"
+        assert (stopped.stop_reason, stopped.stop_sequence) == ("stop_sequence", "world")
 
 
 async def test_a_stream_is_the_sdks_and_joins_to_the_whole_message() -> None:
@@ -510,7 +509,7 @@ async def test_a_failure_mid_stream_is_an_error_event_and_the_end() -> None:
         name, error = found[-1]
         assert name == "error" and error == {
             "type": "error",
-            "error": {"type": "api_error", "message": "Request timed out"},
+            "error": {"type": "timeout_error", "message": "Request timed out"},
             "request_id": r.headers["X-Request-ID"],
         }
         with pytest.raises(anthropic.APIStatusError, match="Request timed out"):

@@ -126,7 +126,7 @@ KINDS: dict[str, ErrorKind] = {
         ),
         ErrorKind(
             "model_unavailable", 503,
-            "service_unavailable_error", "overloaded_error", "model_unavailable",
+            "service_unavailable_error", "api_error", "model_unavailable",
             "Модель недоступна",
             "not configured, loading or failed",
         ),
@@ -144,7 +144,7 @@ KINDS: dict[str, ErrorKind] = {
         ),
         ErrorKind(
             "timeout", 504,
-            "timeout_error", "api_error", "timeout",
+            "timeout_error", "timeout_error", "timeout",
             "Время ожидания истекло",
             "no answer within REQUEST_TIMEOUT",
         ),

@@ -48,6 +48,9 @@ class Answer:
     logprobs: tuple[TokenLogprob, ...] | None = None  # the first choice's, when asked for
     reasoning: str = ""
     tool_calls: tuple[ToolCall, ...] = ()
+    # The stop sequence the answer ended at, where the serving layer cut it itself (the
+    # Anthropic dialect reports it); None otherwise.
+    stop_sequence: str | None = None
 
     @property
     def tokens_per_second(self) -> float:

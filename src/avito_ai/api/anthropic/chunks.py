@@ -39,10 +39,12 @@ def tool_use_id(call_id: str) -> str:
     return call_id if call_id.startswith("toolu_") else "toolu_" + call_id.removeprefix("call_")
 
 
-def stop_reason(finish_reason: str) -> StopReason:
-    """stop → end_turn: the engines say "stop" for their end of turn and for a stop
-    sequence alike, so `stop_sequence` is never reported (docs/anthropic.md)."""
-    return _STOP_REASONS.get(finish_reason, "end_turn")
+def stop_reason(answer: Answer) -> StopReason:
+    """stop → end_turn, or stop_sequence when the answer ended at one of the request's
+    `stop_sequences` (serving cuts at them itself, and knows which: api/anthropic/stops.py)."""
+    if answer.stop_sequence is not None:
+        return "stop_sequence"
+    return _STOP_REASONS.get(answer.finish_reason, "end_turn")
 
 
 def tool_input(arguments: str) -> dict[str, Any]:
@@ -75,7 +77,8 @@ def message(answer: Answer, request_id: str, model: str) -> Message:
         id=message_id(request_id),
         model=model,
         content=content_blocks(answer),
-        stop_reason=stop_reason(answer.finish_reason),
+        stop_reason=stop_reason(answer),
+        stop_sequence=answer.stop_sequence,
         usage=usage(answer),
     )
 
@@ -175,8 +178,8 @@ class StreamEvents:
                 {
                     "type": "message_delta",
                     "delta": {
-                        "stop_reason": stop_reason(answer.finish_reason),
-                        "stop_sequence": None,
+                        "stop_reason": stop_reason(answer),
+                        "stop_sequence": answer.stop_sequence,
                     },
                     # cumulative, as Anthropic's: the final counts
                     "usage": {

@@ -4,6 +4,8 @@ and prompt token counts."""
 
 from __future__ import annotations
 
+import contextlib
+import dataclasses
 from collections.abc import AsyncGenerator, AsyncIterator
 
 from avito_ai.api.anthropic.chunks import Event, StreamEvents, message
@@ -15,15 +17,18 @@ from avito_ai.api.anthropic.protocol import (
     TokenCount,
 )
 from avito_ai.api.anthropic.requests import messages_request
+from avito_ai.api.anthropic.stops import cut_at_stops
 from avito_ai.api.deps import Call
 from avito_ai.api.errors import stream_failure
 from avito_ai.api.openai.serving import resolve_role
 from avito_ai.api.sse import event
 from avito_ai.engines.base import Chunk, Engine, GenerationRequest
+from avito_ai.errors import ModelUnavailable
 from avito_ai.schemas.structured import JSONSchemaSpec, ResponseFormatJSONSchema
 from avito_ai.services.answers import Answer
 from avito_ai.services.budgets import prompt_tokens
 from avito_ai.services.constraints import check_schema, check_supported, constraint_from
+from avito_ai.services.generation import unless_disconnected
 from avito_ai.services.images import off_loop
 from avito_ai.services.state import ServiceState
 from avito_ai.services.tools import apply_tool_choice, check_tools
@@ -56,6 +61,15 @@ async def anthropic_events(
         await items.aclose()  # a client gone: the generation is cancelled
 
 
+async def _answer_of(items: AsyncGenerator[Chunk | Answer, None]) -> Answer:
+    """The Answer that ends `items` (its deltas passed over)."""
+    async with contextlib.aclosing(items):
+        async for item in items:
+            if isinstance(item, Answer):
+                return item
+    raise ModelUnavailable("The model stopped without finishing the answer")
+
+
 class AnthropicServing:
     def __init__(self, state: ServiceState) -> None:
         self.state = state
@@ -84,12 +98,22 @@ class AnthropicServing:
 
     async def messages(self, body: MessagesRequest, call: Call) -> Message | AsyncIterator[str]:
         engine, generation = await self._prepare(body, call)
+        stops = generation.sampling.stop
+        if not body.stream and not stops:
+            answer = await self.generation.complete(
+                engine, generation, call.client, call.disconnected
+            )
+            return message(answer, call.request_id, body.model)
+        # message_start says the prompt's tokens before the answer, as Anthropic's does.
+        counted = prompt_tokens(engine, generation, self.settings.avision_max_pixels)
+        if stops:  # cut here, to say which one ended the answer (stops.py)
+            generation.sampling = dataclasses.replace(generation.sampling, stop=())
+        items = await self.generation.stream(engine, generation, call.client, call.disconnected)
+        if stops:
+            items = cut_at_stops(items, stops, counted)
         if body.stream:
-            # message_start says the prompt's tokens before the answer, as Anthropic's does.
-            counted = prompt_tokens(engine, generation, self.settings.avision_max_pixels)
-            items = await self.generation.stream(engine, generation, call.client, call.disconnected)
             return anthropic_events(items, StreamEvents(call.request_id, body.model, counted))
-        answer = await self.generation.complete(engine, generation, call.client, call.disconnected)
+        answer = await unless_disconnected(_answer_of(items), call.disconnected)
         return message(answer, call.request_id, body.model)
 
     async def count_tokens(self, body: CountTokensRequest, call: Call) -> TokenCount:

@@ -46,6 +46,13 @@ _UNSUPPORTED_SCHEMA: dict[str, Any] = {
     "anyOf": _OFF,
 }
 
+CHAT_UNSUPPORTED = ("store", "web_search_options", "prediction")
+_CHAT_UNSUPPORTED_SCHEMA: dict[str, Any] = {
+    "description": 'not supported by this server: leave it out (null, false, [], {}, "" pass)',
+    "deprecated": True,
+    "anyOf": _OFF[:-1],
+}
+
 
 def _is_off(value: Any) -> bool:
     return (
@@ -217,6 +224,18 @@ class ChatCompletionRequest(OpenAISampling):
     parallel_tool_calls: StrictBool | None = None
     logprobs: StrictBool | None = None
     top_logprobs: Annotated[StrictInt, Field(ge=0, le=20), WholeNumber] | None = None
+    # Chat's own parts this server does not implement (stored completions, web search,
+    # predicted outputs): refused, never ignored; only their "off" values pass.
+    store: Any = Field(None, json_schema_extra=_CHAT_UNSUPPORTED_SCHEMA)
+    web_search_options: Any = Field(None, json_schema_extra=_CHAT_UNSUPPORTED_SCHEMA)
+    prediction: Any = Field(None, json_schema_extra=_CHAT_UNSUPPORTED_SCHEMA)
+
+    @field_validator(*CHAT_UNSUPPORTED)
+    @classmethod
+    def _refuse_chat_unsupported(cls, value: Any) -> Any:
+        if not _is_off(value) or type(value) is int:
+            raise ValueError("not supported by this server")
+        return value
 
     model_config = ConfigDict(
         extra="ignore",

@@ -1,4 +1,4 @@
-"""The OpenAI API's routes: /v1/chat/completions, /v1/completions, /v1/models. Thin: the
+"""The OpenAI API's routes: /v1/chat/completions, /v1/completions, /v1/models (and one). Thin: the
 serving layer answers; the route only picks a JSON body or an event stream."""
 
 from __future__ import annotations
@@ -14,6 +14,7 @@ from avito_ai.api.openai.protocol import (
     ChatCompletionRequest,
     Completion,
     CompletionRequest,
+    ModelCard,
     ModelList,
 )
 from avito_ai.api.openai.serving import OpenAIServing
@@ -53,3 +54,12 @@ async def completions(
 @router.get("/models", summary="Models this server answers to (roles and model ids)")
 async def list_models(state: StateDep) -> ModelList:
     return OpenAIServing(state).models()
+
+
+@router.get(
+    "/models/{model:path}",
+    summary="One model name (OpenAI's and Anthropic's `models.retrieve`)",
+    responses=errors(404),
+)
+async def retrieve_model(model: str, state: StateDep) -> ModelCard:
+    return OpenAIServing(state).model(model)

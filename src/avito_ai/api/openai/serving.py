@@ -152,6 +152,14 @@ class OpenAIServing:
     def models(self) -> ModelList:
         return model_list(self.state)
 
+    def model(self, name: str) -> ModelCard:
+        """One name's card (both SDKs' `models.retrieve`), as the list has it."""
+        card = next((c for c in model_list(self.state).data if c.id == name), None)
+        if card is None:
+            offered = ", ".join(model_names(self.state, configured=True))
+            raise NotFound(f"The model '{name}' does not exist. Available: {offered}")
+        return card
+
     @staticmethod
     def _frames(body: OpenAISampling, generation: GenerationRequest, *, chat: bool) -> StreamChunks:
         return StreamChunks(
