@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import argparse
 import json
+import shlex
 import sys
 from collections.abc import Sequence
+from typing import Any
 
 from avito_ai import __version__
 from avito_ai.config import ConfigError, Settings, load_settings
@@ -21,6 +23,12 @@ def _parser() -> argparse.ArgumentParser:
     serve.add_argument("--port", type=int, help="port (default: PORT or 8085)")
     config = sub.add_parser("config", help="print the effective configuration (secrets masked)")
     config.add_argument("--json", action="store_true", help="print JSON instead of KEY=value")
+    config.add_argument(
+        "--check-engines",
+        action="store_true",
+        help="run each engine command line through the installed engine's own parser "
+        "(vLLM, SGLang: in their environments; exit 1 if one is refused)",
+    )
     return parser
 
 
@@ -28,10 +36,11 @@ def checked_settings(*, serving: bool = True, **overrides: object) -> Settings:
     """Settings from the environment; ConfigError (one line naming the variable) on a bad
     value. `serving`: also refuse a configured backend whose libraries are not installed
     (a light install asked for the transformers engine), naming the extra to install."""
+    from avito_ai.engines.process.commands import engine_problem
     from avito_ai.engines.registry import missing_extra
 
     settings = load_settings(**{k: v for k, v in overrides.items() if v is not None})
-    problem = missing_extra(settings) if serving else None
+    problem = (missing_extra(settings) or engine_problem(settings)) if serving else None
     if problem is not None:
         raise ConfigError(problem)
     return settings
@@ -46,16 +55,43 @@ def settings_or_exit(*, serving: bool = True, **overrides: object) -> Settings:
         raise SystemExit(2) from None
 
 
+def _engine_lines(settings: Settings, check: bool) -> dict[str, dict[str, Any]]:
+    """The engine command lines this configuration starts (port: *_ENGINE_PORT, or the
+    free one chosen at start shown as 0), and with `check` what the installed engine's own
+    parser says of each."""
+    from avito_ai.engines.process.check import check_command_line
+    from avito_ai.engines.process.commands import engine_spec
+
+    lines: dict[str, dict[str, Any]] = {}
+    for role in settings.engine_processes():
+        spec = engine_spec(role, settings, settings.role(role).engine_port)
+        entry: dict[str, Any] = {"engine": spec.kind, "command_line": shlex.join(spec.argv)}
+        if check:
+            accepted, said = check_command_line(spec)
+            entry.update(accepted=accepted, check=said)
+        lines[role] = entry
+    return lines
+
+
 def main(argv: Sequence[str] | None = None) -> None:
     args = _parser().parse_args(argv)
     command = args.command or "serve"
     if command == "config":
-        view = settings_or_exit(serving=False).public_view()
+        settings = settings_or_exit(serving=False)
+        view = settings.public_view()
+        engines = _engine_lines(settings, check=args.check_engines)
         if args.json:
+            view["ENGINE_COMMAND_LINES"] = engines
             print(json.dumps(view, indent=2, ensure_ascii=False, default=str))
         else:
             for key, value in view.items():
                 print(f"{key}={'' if value is None else value}")
+            for role, engine in engines.items():  # comments: the output stays a .env
+                print(f"# {role} engine ({engine['engine']}): {engine['command_line']}")
+                if engine.get("check"):
+                    print(f"#   {engine['check']}")
+        if any(e.get("accepted") is False for e in engines.values()):
+            raise SystemExit(1)
         return
     settings = settings_or_exit(host=getattr(args, "host", None), port=getattr(args, "port", None))
     configure_logging(settings.log_level, settings.log_format, settings.log_file)

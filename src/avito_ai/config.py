@@ -7,6 +7,7 @@ explicitly, so tests and the CLI decide when the environment is read.
 from __future__ import annotations
 
 import dataclasses
+import shlex
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -39,6 +40,24 @@ NonNegativeFloat = Annotated[float, Field(ge=0)]
 
 def _default_cache_dir() -> Path:
     return Path.home() / ".cache" / "avito-ai"
+
+
+# The engine versions the service's command lines are built and checked for (the Makefile's
+# VLLM_VERSION and SGLANG_VERSION install them; tests/contract run them).
+ENGINE_VERSIONS = {"vllm": "0.33.0", "sglang": "0.5.23"}
+
+
+def engine_env(engine: str, envs_dir: Path) -> Path:
+    """Where `make vllm-env` / `make sglang-env` put that engine's environment."""
+    return envs_dir / f"{engine}-{ENGINE_VERSIONS[engine]}"
+
+
+def default_engine_command(engine: str, envs_dir: Path) -> str:
+    """VLLM_COMMAND / SGLANG_COMMAND when unset: the engine in its own environment."""
+    bin_dir = engine_env(engine, envs_dir).expanduser().absolute() / "bin"
+    if engine == "vllm":
+        return shlex.quote(str(bin_dir / "vllm"))
+    return shlex.join([str(bin_dir / "python"), "-m", "sglang.launch_server"])
 
 
 @dataclass(frozen=True)
@@ -145,8 +164,12 @@ class Settings(BaseSettings):
     # Engine processes (AVIBE_BACKEND=vllm|sglang|command): the service starts one engine
     # server per role on a loopback port, watches it, restarts it, and sends it the
     # requests through the remote backend above (docs/engines.md).
-    vllm_command: str = "vllm"  # its own environment, e.g. .venv-vllm/bin/vllm
-    sglang_command: str = "python3 -m sglang.launch_server"  # e.g. .venv-sglang/bin/python ...
+    # Where `make engine-envs` builds vLLM's and SGLang's own environments (the Makefile's
+    # ENGINE_ENVS_DIR): vllm-0.33.0/ and sglang-0.5.23/. Unset VLLM_COMMAND and
+    # SGLANG_COMMAND run the engines from there (absolute paths).
+    engine_envs_dir: Path = Field(default_factory=lambda: _default_cache_dir() / "engines")
+    vllm_command: str = ""  # unset: <ENGINE_ENVS_DIR>/vllm-0.33.0/bin/vllm
+    sglang_command: str = ""  # unset: <ENGINE_ENVS_DIR>/sglang-0.5.23/bin/python -m ...
     # backend "command": any OpenAI-compatible server; {port} and {model} are filled in.
     avibe_engine_command: str | None = None
     avision_engine_command: str | None = None
@@ -269,6 +292,22 @@ class Settings(BaseSettings):
         if isinstance(value, str) and value and not value.strip() and info.field_name:
             return cls.model_fields[info.field_name].get_default(call_default_factory=True)
         return value
+
+    @field_validator("vllm_command", "sglang_command")
+    @classmethod
+    def _engine_in_its_environment(cls, value: str, info: ValidationInfo) -> str:
+        """Unset: the engine in the environment `make vllm-env` / `make sglang-env` builds
+        (whether it is there is checked when the service starts one: `engine_problem`)."""
+        if value.strip():
+            try:
+                if not shlex.split(value):
+                    raise ValueError("names no program")
+            except ValueError as exc:
+                raise ValueError(f"not a command line: {exc}") from None
+            return value
+        folder = info.data.get("engine_envs_dir") or _default_cache_dir() / "engines"
+        engine = "vllm" if info.field_name == "vllm_command" else "sglang"
+        return default_engine_command(engine, Path(folder))
 
     @field_validator("api_keys_file")
     @classmethod

@@ -4,14 +4,15 @@ figures read from an engine's metrics, and what a worker answers for each engine
 from __future__ import annotations
 
 import json
+import shlex
 import sys
 from pathlib import Path
 
 import pytest
 
-from avito_ai.config import ConfigError, load_settings
+from avito_ai.config import ENGINE_VERSIONS, ConfigError, Settings, load_settings
 from avito_ai.engines.base import EngineState
-from avito_ai.engines.process.commands import engine_spec
+from avito_ai.engines.process.commands import child_environment, engine_spec
 from avito_ai.engines.process.engine import ProcessEngine, engine_figures
 from avito_ai.engines.process.supervisor import EngineRecord, state_path
 from avito_ai.errors import ModelUnavailable
@@ -64,7 +65,7 @@ def test_both_models_on_one_gpu_share_its_memory_and_vision_keeps_its_image_limi
         "--structured-outputs-config", '{"backend":"xgrammar","disable_any_whitespace":true}',
         "--enable-auto-tool-choice", "--tool-call-parser", "hermes",
         "--max-model-len", "16384",
-        "--limit-mm-per-prompt", '{"image": 2}',
+        "--limit-mm-per-prompt", '{"image":2}',
         "--enforce-eager", "--chat-template", "/x y/t.jinja",
     ]  # fmt: skip
     assert "--speculative-config" not in vision and "--reasoning-parser" not in vision
@@ -88,6 +89,8 @@ def test_sglang_command_line_with_eagle3() -> None:
         "--mem-fraction-static", "0.9",
         "--tp-size", "1",
         "--enable-metrics",
+        "--enable-priority-scheduling", "--schedule-low-priority-values-first",
+        "--default-priority-value", "0",
         "--constrained-json-disable-any-whitespace",
         "--tool-call-parser", "qwen25",
         "--reasoning-parser", "qwen3",
@@ -216,10 +219,198 @@ def test_a_worker_without_a_supervisor_says_how_to_start_one(tmp_path: Path) -> 
 def test_with_tracing_on_the_engines_export_their_spans_too(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    monkeypatch.setenv("OTEL_EXPORTER_OTLP_ENDPOINT", "http://collector:4318")
-    vllm = engine_spec("avibe", isolated_settings(**EAGLE), 1).argv
-    assert vllm[vllm.index("--otlp-traces-endpoint") + 1] == "http://collector:4318"
+    """vLLM 0.33 and SGLang 0.5.23 export over gRPC unless told http/protobuf, and post to
+    the endpoint they are given as it is: the full /v1/traces URL, and the protocol."""
+    monkeypatch.setenv("OTEL_EXPORTER_OTLP_ENDPOINT", "http://collector:4318/")
+    spec = engine_spec("avibe", isolated_settings(**EAGLE), 1)
+    vllm = spec.argv
+    assert vllm[vllm.index("--otlp-traces-endpoint") + 1] == "http://collector:4318/v1/traces"
+    env = child_environment(frozenset(), spec.environment)
+    assert env["OTEL_EXPORTER_OTLP_TRACES_PROTOCOL"] == "http/protobuf"
+    assert env["OTEL_SERVICE_NAME"] == "vllm-avibe"
     sglang = engine_spec("avibe", isolated_settings(**{**EAGLE, "avibe_backend": "sglang"}), 1)
-    assert "--enable-trace" in sglang.argv and "--otlp-traces-endpoint" in sglang.argv
+    at = sglang.argv.index("--otlp-traces-endpoint")
+    assert sglang.argv[at - 1 : at + 2] == [
+        "--enable-trace", "--otlp-traces-endpoint", "http://collector:4318/v1/traces",
+    ]  # fmt: skip
+    assert sglang.environment["OTEL_EXPORTER_OTLP_TRACES_PROTOCOL"] == "http/protobuf"
+    monkeypatch.setenv("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT", "https://c.example/otlp/traces")
+    vllm = engine_spec("avibe", isolated_settings(**EAGLE), 1).argv
+    assert vllm[vllm.index("--otlp-traces-endpoint") + 1] == "https://c.example/otlp/traces"
     monkeypatch.setenv("OTEL_SDK_DISABLED", "true")
     assert "--otlp-traces-endpoint" not in engine_spec("avibe", isolated_settings(**EAGLE), 1).argv
+
+
+# --- where the engines come from -------------------------------------------------------
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def test_unset_engine_commands_run_the_engines_from_their_cached_environments(
+    tmp_path: Path,
+) -> None:
+    settings = isolated_settings(engine_envs_dir=tmp_path / "my envs")
+    assert settings.vllm_command == shlex.quote(str(tmp_path / "my envs/vllm-0.33.0/bin/vllm"))
+    assert shlex.split(settings.sglang_command) == [
+        str(tmp_path / "my envs/sglang-0.5.23/bin/python"), "-m", "sglang.launch_server",
+    ]  # fmt: skip
+    argv = engine_spec("avibe", isolated_settings(**EAGLE, engine_envs_dir=tmp_path), 1).argv
+    assert argv[0] == str(tmp_path / "vllm-0.33.0/bin/vllm") and argv[1] == "serve"
+    own = isolated_settings(vllm_command="vllm", sglang_command="python3 -m sglang.launch_server")
+    assert (own.vllm_command, own.sglang_command) == ("vllm", "python3 -m sglang.launch_server")
+
+
+def test_the_makefile_builds_the_versions_the_command_lines_are_made_for() -> None:
+    makefile = (ROOT / "Makefile").read_text()
+    for engine, version in ENGINE_VERSIONS.items():
+        assert f"{engine.upper()}_VERSION := {version}" in makefile
+    assert "ENGINE_ENVS_DIR ?= $(HOME)/.cache/avito-ai/engines" in makefile
+    assert Settings.model_fields["engine_envs_dir"].default_factory() == (  # type: ignore[call-arg,misc]
+        Path.home() / ".cache/avito-ai/engines"
+    )
+
+
+def test_a_missing_engine_environment_stops_the_start_with_the_setting_and_the_target(
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+    clean_environment,
+) -> None:
+    from avito_ai.cli import settings_or_exit
+
+    monkeypatch.chdir(tmp_path)  # no .env
+    monkeypatch.setenv("ENGINE_ENVS_DIR", str(tmp_path / "envs"))
+    monkeypatch.setenv("AVIBE_BACKEND", "vllm")
+    monkeypatch.setenv("AVIBE_MODEL", "AvitoTech/avibe")
+    with pytest.raises(SystemExit) as stopped:
+        settings_or_exit()
+    assert stopped.value.code == 2
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert len(lines) == 1
+    expected = tmp_path / "envs/vllm-0.33.0/bin/vllm"
+    assert f"VLLM_COMMAND runs {expected}, which does not exist" in lines[0]
+    assert "`make vllm-env`" in lines[0] and "vLLM 0.33.0" in lines[0]
+    assert settings_or_exit(serving=False).vllm_command == str(expected)  # config still shows it
+
+    expected.parent.mkdir(parents=True)  # once `make vllm-env` has built it
+    expected.write_text("#!/bin/sh\n")
+    expected.chmod(0o755)
+    assert settings_or_exit().vllm_command == str(expected)
+
+    monkeypatch.setenv("AVIBE_BACKEND", "sglang")
+    with pytest.raises(SystemExit):
+        settings_or_exit()
+    assert "`make sglang-env`" in capsys.readouterr().err
+
+
+def test_avito_ai_config_prints_the_engine_command_lines(
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+    clean_environment,
+) -> None:
+    from avito_ai.cli import main
+
+    monkeypatch.chdir(tmp_path)
+    for name, value in {
+        "AVIBE_BACKEND": "vllm", "AVIBE_MODEL": "AvitoTech/avibe", "AVIBE_ENGINE_PORT": "8101",
+        "AVISION_BACKEND": "sglang", "AVISION_MODEL": "/models/avision",
+        "VLLM_COMMAND": "/opt/vllm/bin/vllm",
+        "SGLANG_COMMAND": "/opt/sg/bin/python -m sglang.launch_server",
+    }.items():  # fmt: skip
+        monkeypatch.setenv(name, value)
+    main(["config"])
+    out = capsys.readouterr().out.splitlines()
+    vibe = next(line for line in out if line.startswith("# avibe engine (vllm): "))
+    argv = shlex.split(vibe.split(": ", 1)[1])
+    assert argv[:4] == ["/opt/vllm/bin/vllm", "serve", "AvitoTech/avibe", "--host"]
+    assert argv[argv.index("--port") + 1] == "8101"
+    assert '{"backend":"xgrammar","disable_any_whitespace":true}' in argv
+    vision = next(line for line in out if line.startswith("# avision engine (sglang): "))
+    assert shlex.split(vision.split(": ", 1)[1])[:5] == [
+        "/opt/sg/bin/python", "-m", "sglang.launch_server", "--model-path", "/models/avision",
+    ]  # fmt: skip
+    main(["config", "--json"])
+    view = json.loads(capsys.readouterr().out)
+    assert view["ENGINE_COMMAND_LINES"]["avibe"]["command_line"] == vibe.split(": ", 1)[1]
+    # Asked to check them: no engine at /opt here, so it says so and refuses nothing.
+    main(["config", "--check-engines"])
+    said = capsys.readouterr().out
+    assert "#   not checked: /opt/vllm/bin/vllm is not installed (VLLM_COMMAND)" in said
+
+
+# --- a refused command line --------------------------------------------------------------
+
+REFUSING = (
+    "{python} -c \"import sys; print('starting', flush=True); "
+    "print('usage: vllm serve [model_tag] [options]', file=sys.stderr); "
+    "print('vllm serve: error: argument --dtype: invalid choice: ' + repr(sys.argv[-1]), "
+    'file=sys.stderr); sys.exit(2)"'
+)
+
+
+def test_an_engine_that_refuses_its_command_line_fails_once_with_its_error_and_the_setting(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    from avito_ai.engines.process.supervisor import EngineSupervisor
+
+    settings = isolated_settings(
+        avibe_backend="command",
+        avibe_model="m",
+        avibe_engine_command=REFUSING,
+        avibe_engine_args="--dtype float64",
+        engine_state_dir=tmp_path,
+    )
+    supervisor = EngineSupervisor("avibe", settings, tmp_path)
+    with caplog.at_level("INFO", logger="avito_ai.engine"):
+        supervisor.start()
+        supervisor._thread.join(timeout=30)  # it gives up: no restart loop
+        assert not supervisor._thread.is_alive()
+    record = EngineRecord.read(state_path(tmp_path, "avibe"))
+    assert record is not None and record.state == "failed" and record.restarts == 0
+    line = "vllm serve: error: argument --dtype: invalid choice: 'float64'"
+    assert record.reason == f"{line} (--dtype comes from AVIBE_ENGINE_ARGS)"
+    assert caplog.text.count("pid ") == 1  # started once
+    assert "refused its command line (exited with status 2) and is not restarted" in caplog.text
+    assert "The flag: --dtype comes from AVIBE_ENGINE_ARGS" in caplog.text
+    status = ProcessEngine("avibe", settings).status()  # what readiness and /api/health say
+    assert status.state is EngineState.FAILED
+    assert status.reason == f"command engine failed: {record.reason}"
+    supervisor.stop()
+
+
+def test_vllms_multi_line_refusal_is_read_whole_and_points_at_the_setting() -> None:
+    from avito_ai.engines.process.commands import origin_of
+    from avito_ai.engines.process.supervisor import usage_error_line
+
+    tail = [  # vLLM 0.33.0's own output for the issue's command line
+        "usage: vllm serve [model_tag] [options]",
+        "vllm serve: error: argument --structured-outputs-config: 1 validation error for "
+        "StructuredOutputsConfig",
+        "  Value error, disable_any_whitespace is only supported for xgrammar and guidance "
+        "backends. [type=value_error, input_value={'disable_any_whitespace': True}, "
+        "input_type=dict]",
+        "    For further information visit https://errors.pydantic.dev/2.14/v/value_error",
+    ]
+    line = usage_error_line(tail)
+    assert line == (
+        "vllm serve: error: argument --structured-outputs-config: 1 validation error for "
+        "StructuredOutputsConfig Value error, disable_any_whitespace is only supported for "
+        "xgrammar and guidance backends."
+    )
+    spec = engine_spec("avibe", isolated_settings(**EAGLE), 1)
+    assert origin_of(spec, line) == (
+        "--structured-outputs-config is always added by the service "
+        "(VLLM_COMMAND must run vLLM 0.33.0)"
+    )
+    assert origin_of(spec, "error: argument --speculative-config: bad").endswith(
+        "comes from AVIBE_DRAFT_MODEL, AVIBE_SPECULATIVE_TOKENS"
+    )
+    overridden = isolated_settings(**EAGLE, avibe_engine_args="--dtype bfloat16")
+    assert origin_of(engine_spec("avibe", overridden, 1), "error: argument --dtype: x") == (
+        "--dtype comes from AVIBE_ENGINE_ARGS"  # the last one given is the one parsed
+    )
+    assert origin_of(spec, "error: unrecognized arguments") == (
+        "check VLLM_COMMAND and AVIBE_ENGINE_ARGS"
+    )
+    assert usage_error_line(["Traceback (most recent call last):", "OSError: no"]) is None

@@ -123,7 +123,10 @@ class ProcessEngine:
         remote = dataclasses.replace(
             RemoteConfig.of(self.role, self.settings), urls=(base,), model=engine.served_model
         )
-        self._remote = RemoteEngine(remote, send_priority=self.kind == "vllm", flavour=self.flavour)
+        # Both engines are started scheduling by priority (commands.py): send each request's.
+        self._remote = RemoteEngine(
+            remote, send_priority=self.kind in ("vllm", "sglang"), flavour=self.flavour
+        )
         self._client = httpx.AsyncClient(base_url=base, timeout=1.0)
         await self._remote.start()
 

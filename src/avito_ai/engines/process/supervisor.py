@@ -9,7 +9,9 @@ keeps the engines running. Per engine, one thread:
 * forwards its output to the service log line by line, prefixed `[avibe vllm]`;
 * probes its health endpoint; the state goes starting → loading weights → ready;
 * on exit: crashed, then restarting after a backoff (1 s doubling to 30 s, back to 1 s
-  once an engine ran a minute);
+  once an engine ran a minute); an engine that refused its command line (exit 2 and an
+  `error:` line, before it was ever ready) is `failed` with that line and the setting the
+  flag came from, and is not restarted: the same flags would be refused again;
 * writes the state to `<ENGINE_STATE_DIR>/engine-<role>.json` (atomically) for the
   workers, which answer readiness and requests from it (engine.py).
 
@@ -26,6 +28,7 @@ import json
 import logging
 import os
 import re
+import shlex
 import signal
 import socket
 import subprocess
@@ -43,6 +46,7 @@ from avito_ai.engines.process.commands import (
     EngineSpec,
     child_environment,
     engine_spec,
+    origin_of,
 )
 
 logger = logging.getLogger("avito_ai.engine")
@@ -62,12 +66,16 @@ WEIGHTS = re.compile(
     re.IGNORECASE,
 )
 PR_SET_PDEATHSIG = 1
+# A refused command line: argparse's exit status and its `<prog>: error: <what>` line
+# (vLLM's and SGLang's parsers both). Not restarted: the next start would be refused too.
+USAGE_EXIT = 2
+USAGE_LINE = re.compile(r"(^|\s|:)error: ", re.IGNORECASE)
 
 
 @dataclass
 class EngineRecord:
     """What the workers read. `state`: starting, loading weights, ready, not responding,
-    crashed, restarting, stopped."""
+    crashed, restarting, failed (its command line refused: not restarted), stopped."""
 
     role: str
     kind: str
@@ -139,6 +147,8 @@ class EngineSupervisor:
         self._killed: str | None = None  # why the supervisor killed the last one
         self._stopping = threading.Event()
         self._tail: deque[str] = deque(maxlen=20)
+        self._ever_ready = False  # a usage error can only come before the first ready
+        self._pumping: threading.Thread | None = None
         self._thread = threading.Thread(target=self._run, name=f"engine-{role}", daemon=True)
         self._lock = threading.Lock()
 
@@ -215,6 +225,10 @@ class EngineSupervisor:
                 ran = time.monotonic() - started
             if self._stopping.is_set():
                 return
+            refused = self._usage_error(code)
+            if refused is not None:  # the same command line would be refused again
+                self._fail(code, refused)
+                return
             if ran >= STABLE_AFTER_S:
                 backoff = BACKOFF_FIRST_S
             self.state.restarts += 1
@@ -237,11 +251,37 @@ class EngineSupervisor:
                 return
             backoff = min(backoff * 2, BACKOFF_MAX_S)
 
+    def _usage_error(self, code: int | None) -> str | None:
+        """The engine's own error line when it refused its command line: vLLM and SGLang
+        (argparse) exit 2 with `<prog>: error: ...` before they load anything."""
+        if code != USAGE_EXIT or self._ever_ready:
+            return None
+        if self._pumping is not None:  # its last lines (the error) may still be in the pipe
+            self._pumping.join(timeout=2)
+        return usage_error_line(list(self._tail))
+
+    def _fail(self, code: int | None, line: str) -> None:
+        origin = origin_of(self.spec, line)
+        self._set("failed", pid=None, reason=f"{line} ({origin})", retry_after=None)
+        logger.error(
+            "%s refused its command line (%s) and is not restarted: %s. The flag: %s; "
+            "fix that setting and restart the service. Its command line: %s. Its last "
+            "lines:\n%s",
+            self.prefix,
+            _exit_wording(code),
+            line,
+            origin,
+            shlex.join(self.spec.argv),
+            "\n".join(self._tail),
+        )
+
     def _spawn(self) -> subprocess.Popen[bytes]:
         from avito_ai.config import Settings as _Settings
 
         self._tail.clear()
-        env = child_environment(frozenset(name.upper() for name in _Settings.model_fields))
+        env = child_environment(
+            frozenset(name.upper() for name in _Settings.model_fields), self.spec.environment
+        )
         proc = subprocess.Popen(
             self.spec.argv,
             stdin=subprocess.DEVNULL,
@@ -255,9 +295,10 @@ class EngineSupervisor:
         logger.info("%s pid %d on 127.0.0.1:%d", self.prefix, proc.pid, self.spec.port)
         self._set("restarting" if self.state.restarts else "starting", pid=proc.pid)
         assert proc.stdout is not None
-        threading.Thread(
+        self._pumping = threading.Thread(
             target=self._pump, args=(proc.stdout,), name=f"engine-{self.role}-log", daemon=True
-        ).start()
+        )
+        self._pumping.start()
         return proc
 
     def _pump(self, stream: IO[bytes]) -> None:
@@ -297,6 +338,7 @@ class EngineSupervisor:
                 misses = 0 if healthy else misses + 1
                 if healthy:
                     unhealthy_since = None
+                    self._ever_ready = True
                     if current != "ready":
                         self._set("ready")
                 elif current in ("ready", "not responding"):
@@ -340,6 +382,21 @@ class EngineSupervisor:
             return False
         finally:
             connection.close()
+
+
+def usage_error_line(tail: list[str]) -> str | None:
+    """The parser's `error:` line, with the lines that continue it (vLLM's pydantic
+    message: `argument --x: 1 validation error for ...`, then the reason), or None."""
+    found = [i for i, line in enumerate(tail) if USAGE_LINE.search(line)]
+    if not found:
+        return None
+    first = found[-1]
+    said = [tail[first].strip()]
+    for line in tail[first + 1 : first + 3]:
+        if not line.startswith((" ", "\t")) or "errors.pydantic.dev" in line:
+            break
+        said.append(line.strip().split(" [type=", 1)[0])
+    return " ".join(said)
 
 
 def _exit_wording(code: int | None) -> str:
