@@ -6,15 +6,21 @@ from __future__ import annotations
 import json
 import shlex
 import sys
+import time
 from pathlib import Path
+from typing import Any
 
+import httpx
 import pytest
 
 from avito_ai.config import ENGINE_VERSIONS, ConfigError, Settings, load_settings
-from avito_ai.engines.base import EngineState
+from avito_ai.engines.base import ChatMessage, EngineState, GenerationRequest, SamplingParams
 from avito_ai.engines.process.commands import child_environment, engine_spec
 from avito_ai.engines.process.engine import ProcessEngine, engine_figures
 from avito_ai.engines.process.supervisor import EngineRecord, state_path
+from avito_ai.engines.remote.engine import RemoteEngine
+from avito_ai.engines.remote.upstreams import RemoteConfig
+from avito_ai.engines.remote.wire import Flavour
 from avito_ai.errors import ModelUnavailable
 from tests.conftest import isolated_settings
 
@@ -414,3 +420,89 @@ def test_vllms_multi_line_refusal_is_read_whole_and_points_at_the_setting() -> N
         "check VLLM_COMMAND and AVIBE_ENGINE_ARGS"
     )
     assert usage_error_line(["Traceback (most recent call last):", "OSError: no"]) is None
+
+
+# --- what the remote backend sends the engines, and reads back ----------------------------
+
+
+def _scripted_engine(events: list[dict], sent: list[dict], flavour: Flavour) -> RemoteEngine:
+    body = "".join(f"data: {json.dumps(e)}\n\n" for e in events) + "data: [DONE]\n\n"
+
+    def answer(req: httpx.Request) -> httpx.Response:
+        if req.url.path == "/v1/models":
+            return httpx.Response(200, json={"data": [{"id": "m"}]})
+        sent.append(json.loads(req.content))
+        return httpx.Response(200, headers={"content-type": "text/event-stream"}, content=body)
+
+    settings = isolated_settings(avibe_backend="remote", avibe_upstream_urls="http://e.test")
+    return RemoteEngine(
+        RemoteConfig.of("avibe", settings),
+        transport=httpx.MockTransport(answer),
+        send_priority=True,
+        flavour=flavour,
+    )
+
+
+def _asked(**sampling: Any) -> GenerationRequest:
+    return GenerationRequest(
+        request_id="r-1",
+        sampling=SamplingParams(max_tokens=4, **sampling),
+        messages=[ChatMessage.text("user", "hi")],
+        deadline=time.monotonic() + 30,
+        priority=1,
+    )
+
+
+@pytest.mark.parametrize("flavour", ["vllm", "sglang"])
+async def test_n_greedy_choices_are_one_answer_asked_once_and_given_n_times(
+    flavour: Flavour,
+) -> None:
+    """vLLM refuses n > 1 at temperature 0 ("n must be 1 when using greedy sampling");
+    the in-process engines give the one greedy answer n times: so does an engine process."""
+    sent: list[dict] = []
+    events = [
+        {"choices": [{"index": 0, "delta": {"content": "Paris"}}]},
+        {"choices": [{"index": 0, "delta": {"content": "."}, "finish_reason": "stop"}]},
+        {"choices": [], "usage": {"prompt_tokens": 5, "completion_tokens": 2}},
+    ]
+    engine = _scripted_engine(events, sent, flavour)
+    await engine.start()
+    chunks = [c async for c in engine.generate(_asked(n=3, temperature=0.0))]
+    await engine.stop()
+    assert "n" not in sent[0] and sent[0]["temperature"] == 0.0 and sent[0]["priority"] == 1
+    texts = {
+        i: "".join(c.text for c in chunks if c.index == i and not c.is_final) for i in (0, 1, 2)
+    }
+    assert texts == {0: "Paris.", 1: "Paris.", 2: "Paris."}
+    final = chunks[-1]
+    assert final.is_final and final.generated_tokens == 6  # three answers of two tokens
+    assert [(e.index, e.finish_reason, e.generated_tokens) for e in final.choices or ()] == [
+        (0, "stop", 2), (1, "stop", 2), (2, "stop", 2),
+    ]  # fmt: skip
+    sampled = _scripted_engine(events, sent, flavour)
+    await sampled.start()
+    with pytest.raises(ModelUnavailable):  # sampled choices travel as n: this script has one only
+        [c async for c in sampled.generate(_asked(n=3, temperature=0.8))]
+    await sampled.stop()
+    assert sent[-1]["n"] == 3
+
+
+async def test_a_zero_probability_token_is_carried_as_minus_infinity() -> None:
+    """SGLang writes a log probability of -inf as null (orjson); vLLM floors at -9999.0."""
+    sent: list[dict] = []
+    top = [{"token": "a", "logprob": -0.1, "bytes": [97]}, {"token": "b", "logprob": None}]
+    events = [
+        {"choices": [{"index": 0, "delta": {"content": "a"}, "logprobs": {"content": [
+            {"token": "a", "logprob": None, "bytes": [97], "top_logprobs": top},
+            {"token": "c", "logprob": -9999.0, "bytes": [99], "top_logprobs": []},
+        ]}}]},
+        {"choices": [{"index": 0, "delta": {}, "finish_reason": "stop"}]},
+        {"choices": [], "usage": {"prompt_tokens": 5, "completion_tokens": 2}},
+    ]  # fmt: skip
+    engine = _scripted_engine(events, sent, "sglang")
+    await engine.start()
+    chunks = [c async for c in engine.generate(_asked(logprobs=True, top_logprobs=2))]
+    await engine.stop()
+    tokens = [t for c in chunks for t in c.logprobs or ()]
+    assert [(t.token, t.logprob) for t in tokens] == [("a", float("-inf")), ("c", -9999.0)]
+    assert [(t, p) for t, p, _ in tokens[0].top] == [("a", -0.1), ("b", float("-inf"))]

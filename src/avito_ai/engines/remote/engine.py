@@ -201,6 +201,13 @@ class RemoteEngine:
             raise ModelUnavailable(f"{self.role} upstreams are not connected")
         if self.model is None:
             raise ModelUnavailable(f"{self.role}: no upstream has answered yet")
+        copies = 1
+        if request.sampling.n > 1 and request.sampling.temperature <= 0:
+            # At temperature 0 every choice is the one greedy answer: asked for once and
+            # given n times, as the in-process engines do (vLLM refuses n > 1 when greedy).
+            copies = request.sampling.n
+            sampling = dataclasses.replace(request.sampling, n=1)
+            request = dataclasses.replace(request, sampling=sampling)
         args = (
             request,
             self.model,
@@ -220,7 +227,7 @@ class RemoteEngine:
             try:
                 # aclosing: a client that leaves closes the upstream stream now (vLLM and
                 # SGLang abort the request), not when the generator is collected.
-                stream = self._stream_from(upstream, path, body, request)
+                stream = self._stream_from(upstream, path, body, request, copies)
                 async with contextlib.aclosing(stream) as chunks:
                     async for chunk in chunks:
                         yield chunk
@@ -239,7 +246,12 @@ class RemoteEngine:
         )
 
     async def _stream_from(
-        self, upstream: Upstream, path: str, body: dict[str, Any], request: GenerationRequest
+        self,
+        upstream: Upstream,
+        path: str,
+        body: dict[str, Any],
+        request: GenerationRequest,
+        copies: int = 1,  # each choice given this many times (greedy n > 1: see generate)
     ) -> AsyncGenerator[Chunk, None]:
         assert self._client is not None
         started = time.monotonic()
@@ -298,12 +310,13 @@ class RemoteEngine:
                             if text or piece.logprobs or piece.reasoning:
                                 first_token = first_token or time.monotonic()
                                 pieces[piece.index] += 1
-                                yield Chunk(
-                                    text,
-                                    index=piece.index,
-                                    logprobs=piece.logprobs or None,
-                                    reasoning=piece.reasoning,
-                                )
+                                for index in range(piece.index, piece.index + copies):
+                                    yield Chunk(
+                                        text,
+                                        index=index,
+                                        logprobs=piece.logprobs or None,
+                                        reasoning=piece.reasoning,
+                                    )
                     if len(finishes) < n or not done:
                         missing = "a finish_reason" if len(finishes) < n else "data: [DONE]"
                         raise InvalidAnswer(f"the stream ended without {missing}")
@@ -341,6 +354,10 @@ class RemoteEngine:
         if n > 1:  # (each choice's own count: its deltas, one token each on vLLM and SGLang)
             ends = tuple(ChoiceEnd(i, finishes[i], pieces[i]) for i in range(n))
             final = dataclasses.replace(final, choices=ends)
+        elif copies > 1:  # one greedy answer as n choices, counted as n answers
+            one = usage[1] if usage is not None else pieces[0]
+            ends = tuple(ChoiceEnd(i, finishes[0], one) for i in range(copies))
+            final = dataclasses.replace(final, generated_tokens=one * copies, choices=ends)
         yield final
 
     @staticmethod

@@ -68,6 +68,10 @@ class Event:
 
 
 def _number(value: Any, what: str) -> float:
+    """A log probability: a number <= 0; null is -inf, as SGLang (orjson) and pydantic
+    write a probability of zero (JSON has no infinity), -Infinity too (Python's json)."""
+    if value is None:
+        return float("-inf")
     if type(value) not in (int, float) or not value <= 0:
         raise InvalidAnswer(f"{what} must be a number <= 0")
     return float(value)
