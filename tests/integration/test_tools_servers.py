@@ -6,6 +6,7 @@ nothing else), and a tiny random Qwen3 on transformers whose template opens `<th
 from __future__ import annotations
 
 import json
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -124,6 +125,158 @@ def test_under_auto_the_answer_is_text_or_a_parsed_call(client: openai.OpenAI) -
     for call in message.tool_calls or []:
         assert call.function.name == "create_listing"
         json.loads(call.function.arguments)
+
+
+# ---------------------------------------------------------------- as clients read calls
+
+LISTING_TOOL = {"type": "function", **LISTING["function"]}  # Responses' flat shape
+LISTING_INPUT = {"name": "create_listing", "input_schema": LISTING["function"]["parameters"]}
+
+
+def spread(times: list[float]) -> float:
+    return times[-1] - times[0] if times else 0.0
+
+
+def test_arguments_stream_as_they_are_generated_in_every_dialect(
+    embedded_server: ServerProcess, client: openai.OpenAI
+) -> None:
+    """Each dialect's argument pieces arrive while the model writes them (not all at once
+    at the end of the call): over the time of several tokens, one piece after another."""
+    import anthropic
+
+    ask: dict[str, Any] = {"model": "avibe", "temperature": 0}
+    named = {"type": "function", "function": {"name": "create_listing"}}
+    times: list[float] = []
+    with client.chat.completions.stream(
+        **ask, messages=ASK, tools=[LISTING], tool_choice=named, max_tokens=120
+    ) as stream:
+        for event in stream:
+            if event.type == "tool_calls.function.arguments.delta" and event.arguments_delta:
+                times.append(time.monotonic())
+        done = stream.get_final_completion()
+    (call,) = done.choices[0].message.tool_calls or []
+    valid_call(call.function, [LISTING])
+    assert len(times) > 3 and spread(times) > 0.05, times
+    times = []
+    events = client.responses.create(
+        **ask,
+        input=ASK,  # type: ignore[arg-type]
+        tools=[LISTING_TOOL],  # type: ignore[list-item]
+        tool_choice={"type": "function", "name": "create_listing"},
+        max_output_tokens=120,
+        stream=True,
+    )
+    for event in events:
+        if event.type == "response.function_call_arguments.delta":
+            times.append(time.monotonic())
+    assert len(times) > 3 and spread(times) > 0.05, times
+    times = []
+    claude = anthropic.Anthropic(base_url=embedded_server.url, api_key="x", max_retries=0)
+    with claude.messages.stream(
+        model="avibe",
+        max_tokens=120,
+        messages=ASK,  # type: ignore[arg-type]
+        tools=[LISTING_INPUT],  # type: ignore[list-item]
+        tool_choice={"type": "tool", "name": "create_listing"},
+        extra_body={"temperature": 0},
+    ) as messages:
+        for event in messages:
+            if event.type == "content_block_delta" and event.delta.type == "input_json_delta":
+                times.append(time.monotonic())
+        final = messages.get_final_message()
+    assert len(times) > 3 and spread(times) > 0.05, times
+    assert final.stop_reason == "tool_use" and final.content[-1].type == "tool_use"
+    jsonschema.validate(final.content[-1].input, LISTING["function"]["parameters"])
+
+
+def test_a_named_call_with_a_response_format_is_the_call(client: openai.OpenAI) -> None:
+    """instructor's tool modes send both; the call answers (before: a 400)."""
+    fmt = {"type": "json_schema", "json_schema": {"name": "x", "schema": {"type": "object"}}}
+    r = client.chat.completions.create(
+        model="avibe",
+        messages=ASK,  # type: ignore[arg-type]
+        tools=[LISTING],  # type: ignore[list-item]
+        tool_choice={"type": "function", "function": {"name": "create_listing"}},
+        response_format=fmt,  # type: ignore[arg-type]
+        max_tokens=120,
+    )
+    (call,) = r.choices[0].message.tool_calls or []
+    valid_call(call.function, [LISTING])
+    assert r.choices[0].finish_reason == "tool_calls" and r.choices[0].message.content is None
+
+
+def test_a_forced_call_cut_by_max_tokens_shows_no_markup(
+    embedded_server: ServerProcess, client: openai.OpenAI
+) -> None:
+    import anthropic
+
+    named = {"type": "function", "function": {"name": "create_listing"}}
+    for max_tokens in (3, 12):  # cut inside the call's head; inside its arguments
+        r = client.chat.completions.create(
+            model="avibe",
+            messages=ASK,  # type: ignore[arg-type]
+            tools=[LISTING],  # type: ignore[list-item]
+            tool_choice=named,  # type: ignore[arg-type]
+            max_tokens=max_tokens,
+        )
+        choice = r.choices[0]
+        assert choice.finish_reason == "length" and choice.message.content is None, choice
+        (call,) = choice.message.tool_calls or []
+        assert call.function.name == "create_listing"
+        assert "<tool_call>" not in call.function.arguments
+        response = client.responses.create(
+            model="avibe",
+            input=ASK,  # type: ignore[arg-type]
+            tools=[LISTING_TOOL],  # type: ignore[list-item]
+            tool_choice={"type": "function", "name": "create_listing"},
+            max_output_tokens=max_tokens,
+        )
+        assert response.status == "incomplete"
+        assert [item.type for item in response.output] == ["function_call"]
+        assert response.output_text == ""
+    claude = anthropic.Anthropic(base_url=embedded_server.url, api_key="x", max_retries=0)
+    message = claude.messages.create(
+        model="avibe",
+        max_tokens=12,
+        messages=ASK,  # type: ignore[arg-type]
+        tools=[LISTING_INPUT],  # type: ignore[list-item]
+        tool_choice={"type": "tool", "name": "create_listing"},
+    )
+    assert message.stop_reason == "max_tokens"
+    assert [block.type for block in message.content] == ["tool_use"]
+
+
+def test_stop_sequences_and_models_as_the_sdks_read_them(
+    embedded_server: ServerProcess, client: openai.OpenAI
+) -> None:
+    import anthropic
+
+    claude = anthropic.Anthropic(base_url=embedded_server.url, api_key="x", max_retries=0)
+    stops = ["e", "a", "o"]  # one of them comes within a few words of any English answer
+    message = claude.messages.create(
+        model="avibe",
+        max_tokens=60,
+        messages=[{"role": "user", "content": "Tell me about the sea."}],
+        stop_sequences=stops,
+        extra_body={"temperature": 0},
+    )
+    text = message.content[0].text  # type: ignore[union-attr]
+    assert (message.stop_reason, message.stop_sequence in stops) == ("stop_sequence", True)
+    assert not any(s in text for s in stops) and message.usage.output_tokens < 60
+    with claude.messages.stream(
+        model="avibe",
+        max_tokens=60,
+        messages=[{"role": "user", "content": "Tell me about the sea."}],
+        stop_sequences=stops,
+        extra_body={"temperature": 0},
+    ) as stream:
+        streamed = "".join(stream.text_stream)
+        final = stream.get_final_message()
+    assert streamed == text and final.stop_sequence == message.stop_sequence
+    listed = [m.id for m in client.models.list()]
+    for name in listed:
+        assert client.models.retrieve(name).id == name
+        assert claude.models.retrieve(name).display_name.startswith("A-Vibe")
 
 
 # ---------------------------------------------------------------- thinking, tiny Qwen3

@@ -124,6 +124,12 @@ def test_a_call_cut_short_is_a_call_with_what_was_written_and_no_markup(
 def test_a_call_cut_before_its_tool_is_certain_is_dropped_not_shown() -> None:
     for text in ('<tool_call>\n{"name": "get_', "<tool_call>\n{", "<tool_call>"):
         assert streamed(text, len(text) // 2)[:2] == ("", {})
+    # A required answer cut inside its first opening tag: the forced call, or nothing.
+    for forced, calls in ((None, []), ("get_time", [("get_time", "")])):
+        parser = ToolCallParser(TOOLS, forced=forced, required=True)
+        assert parser.feed("<tool_")[0] == ""
+        content, _ = parser.finish()
+        assert (content, [(c.name, c.arguments) for c in parser.calls]) == ("", calls)
     assert partial_object('{"city": "Ro') == {"city": "Ro"}
     assert partial_object('{"a": [1, {"b": tr') == {"a": [1, {}]}
     assert partial_object('{"a": 1, "b') == {"a": 1}

@@ -104,6 +104,7 @@ class AnswerCollector:
         )
         self._parallel = request is None or request.parallel_tool_calls
         self._forced = _forced_tool(request)
+        self._required = request is not None and request.tool_choice == "required"
         self._texts: dict[int, list[str]] = {}
         self._thoughts: dict[int, list[str]] = {}
         self._tokens: dict[int, list[TokenLogprob]] = {}
@@ -115,7 +116,7 @@ class AnswerCollector:
         parser = self._parsers.get(chunk.index)
         if parser is None:
             parser = self._parsers[chunk.index] = ToolCallParser(
-                self._tools, self._parallel, self._forced
+                self._tools, self._parallel, self._forced, self._required
             )
         text, pieces = parser.feed(chunk.text)
         if chunk.is_final:

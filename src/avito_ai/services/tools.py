@@ -164,11 +164,13 @@ class ToolCallParser:
     A call's arguments are released as the model writes them, once its name is known (a
     known tool, written before its arguments' object). `forced`: the tool the answer must
     call (a named choice, or the only tool of a required one): a call cut short before
-    its name is complete is still that tool's call."""
+    its name is complete is still that tool's call. `required`: the answer must be calls,
+    so even a cut opening tag is a call's beginning, never text."""
 
     tools: dict[str, ToolSpec]
     parallel: bool = True
     forced: str | None = None
+    required: bool = False  # the answer is calls (tool_choice required): no text at all
     calls: list[ToolCall] = field(default_factory=list)
     _held: str = ""  # text that may begin a call (or its end), or whitespace before one
     _raw: str | None = None  # inside a call whose name is not known yet: its text
@@ -339,6 +341,9 @@ class ToolCallParser:
                 self.calls.append(call)
                 pieces.append(ToolCallPiece(len(self.calls) - 1, call.id, name, arguments))
             return "", pieces
+        if self.required and held.strip() and CALL_OPEN.startswith(held.strip()):
+            self._raw = ""  # cut inside the opening tag of a call the answer must make
+            return self.finish()
         return ("" if self.calls and not held.strip() else held), pieces
 
     def _cut_call(self, raw: str) -> tuple[str | None, str]:
