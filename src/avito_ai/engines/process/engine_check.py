@@ -44,6 +44,11 @@ class Vllm:
             from vllm.platforms.cpu import CpuPlatform
 
             platforms.current_platform = CpuPlatform()
+        # The check is of the arguments: with HF_HUB_OFFLINE vLLM's engine arguments look the
+        # model up in the local cache, which a machine that only checks has not got.
+        import huggingface_hub.constants
+
+        huggingface_hub.constants.HF_HUB_OFFLINE = False
         import vllm
         from vllm.entrypoints.cli import serve
         from vllm.utils.argparse_utils import FlexibleArgumentParser
