@@ -55,5 +55,5 @@ def test_schemathesis_finds_no_mismatch(server: ServerProcess, tmp_path) -> None
     report = run.stdout + run.stderr
     assert run.returncode == 0, report[-20000:]
     assert "Configuration:    " in report and "schemathesis.toml" in report
-    assert " passed" in report and "20 selected / 20 total" in report
+    assert " passed" in report and "21 selected / 21 total" in report
     assert server.proc.poll() is None, server.output()[-5000:]
