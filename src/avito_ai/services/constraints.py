@@ -39,7 +39,7 @@ from avito_ai.engines.base import (
     Engine,
     OutputConstraint,
 )
-from avito_ai.engines.grammar import openvino_dialect
+from avito_ai.engines.grammar import expand_regex_rules, matches_nothing, openvino_dialect
 from avito_ai.errors import ValidationFailed
 from avito_ai.schemas.structured import (
     ResponseFormatGrammar,
@@ -179,7 +179,11 @@ def _compile(kind: ConstraintKind, source: str) -> str:
         compiled = grammar.from_regex(source)
     else:
         compiled = grammar.from_ebnf(source)
-    return openvino_dialect(str(compiled))
+    # Regex(...) rules written out: OpenVINO's grammar parser does not know them.
+    plain = expand_regex_rules(str(compiled), lambda pattern: str(grammar.from_regex(pattern)))
+    if matches_nothing(plain):  # xgrammar accepts it; an answer held to it never ends
+        raise RuntimeError("it matches no text: its root rule can never end")
+    return openvino_dialect(plain)
 
 
 _COMPILER = ThreadPoolExecutor(max_workers=2, thread_name_prefix="grammar")

@@ -41,6 +41,7 @@ from avito_ai.engines.bridge import Ticket, WorkerBridge
 from avito_ai.engines.lifecycle import InProcessEngine
 from avito_ai.engines.openvino.detokenize import detokenizers
 from avito_ai.engines.openvino.generation import Prepared, Row
+from avito_ai.engines.openvino.probe import shared_probe
 from avito_ai.engines.prompts import special_spellings
 from avito_ai.engines.textstream import Detokenizer, TextPipeline
 from avito_ai.engines.threads import run_in_own_thread
@@ -59,6 +60,7 @@ class PipelineEngine(InProcessEngine):
         self._tokenizer: Any = None  # openvino_genai.Tokenizer
         self._specials: list[str] = []  # the spellings a client's text may not hold
         self._context = 0  # the model's context in tokens; 0: unknown
+        self._vocab_size = 0  # the tokenizer's; what a grammar's compile cost scales with
         self._eos: frozenset[int] = frozenset()
         self._new_detokenizer: Callable[[], Detokenizer] | None = None
         self._token_bytes: Callable[[int], bytes] = lambda token: b""
@@ -124,7 +126,9 @@ class PipelineEngine(InProcessEngine):
             t.decode("utf-8", "replace") if isinstance(t, bytes) else t
             for t in tokenizer.get_vocab()
         )
-        self._specials = [*special_spellings(vocab), *self._specials]
+        spellings = list(vocab)
+        self._vocab_size = len(spellings)
+        self._specials = [*special_spellings(spellings), *self._specials]
         config = pipe.get_config()
         self._eos = frozenset({int(config.eos_token_id), *map(int, config.stop_token_ids)})
         self._new_detokenizer, self._token_bytes = detokenizers(tokenizer)
@@ -156,6 +160,9 @@ class PipelineEngine(InProcessEngine):
     async def generate(self, request: GenerationRequest) -> AsyncIterator[Chunk]:
         self._ensure_ready()
         prepared = await self._prepared(request)
+        structured = prepared.config.structured_output_config
+        if structured is not None:  # OpenVINO's own compiler accepts it first (probe.py)
+            await shared_probe().check(structured.grammar, self._vocab_size, "response_format")
         async for chunk in self._relay(self._bridge.stream(prepared, deadline=request.deadline)):
             yield chunk
 
@@ -175,8 +182,8 @@ class PipelineEngine(InProcessEngine):
                     self._admit(ticket)
                 if self._rows or self._cancelled:
                     self._cancelled = False
-                    self._pipe.step()
-                    self._collect(time.monotonic())
+                    if self._step():
+                        self._collect(time.monotonic())
                 bridge.flush()
         except BaseException:  # pragma: no cover - a bug in the worker or the pipeline
             log.exception("%s OpenVINO worker crashed", self.title)
@@ -195,6 +202,45 @@ class PipelineEngine(InProcessEngine):
             if self._cancelled and self._pipe is not None:
                 with contextlib.suppress(Exception):  # the pipeline is going away anyway
                     self._pipe.step()  # frees the cancelled requests' KV blocks
+
+    def _step(self) -> bool:
+        """One step of the pipeline. A step that raises (a request's configuration the
+        pipeline's own checks let through) leaves the pipeline unusable: the requests in it
+        fail with a reason, and a new pipeline is built in their place (the worker, the
+        queue and every waiting request carry on). False: the step failed."""
+        try:
+            self._pipe.step()
+            return True
+        except Exception as exc:
+            ids = [row.ticket.payload.request.request_id for row in self._rows]
+            log.exception("%s OpenVINO step failed; requests %s fail", self.title, ids)
+            reason = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+            self._bridge.fail(
+                [row.ticket for row in self._rows],
+                ModelUnavailable(
+                    f"The {self.title} model failed on a request in this batch and was "
+                    "restarted; retry the request"
+                ),
+            )
+            self._rows = []
+            self._restart_pipeline(reason)
+            return False
+
+    def _restart_pipeline(self, reason: str) -> None:
+        """Build the pipeline again, on the worker thread (waiting requests wait)."""
+        started = time.monotonic()
+        if self._state is EngineState.READY:  # not after stop()
+            self._state, self._reason = EngineState.LOADING, "restarting after a failed step"
+        self._pipe = None
+        self._pipe = self._load().pipe  # raises: the worker ends and the engine fails
+        if self._state is EngineState.LOADING:
+            self._state = EngineState.READY
+        log.warning(
+            "%s OpenVINO pipeline rebuilt in %.1f s after a failed step (%s)",
+            self.title,
+            time.monotonic() - started,
+            reason[:200],
+        )
 
     def _drop_gone(self) -> None:
         """Cancel requests whose client left or whose deadline passed; free their slots."""
