@@ -229,7 +229,7 @@ async def test_the_grammar_makes_a_call_of_a_named_or_any_tool() -> None:
     assert "?" not in single.grammar.split("\n")[0]
 
 
-def test_bad_tools_and_history_are_refused_naming_the_field() -> None:
+async def test_bad_tools_and_history_are_refused_naming_the_field() -> None:
     settings: Settings = isolated_settings(max_prompt_tokens=200)
     cases = [
         (_request(tools=(WEATHER, WEATHER)), "tools.1"),
@@ -250,5 +250,5 @@ def test_bad_tools_and_history_are_refused_naming_the_field() -> None:
     ]
     for request, param in cases:
         with pytest.raises(ValidationFailed) as info:
-            check_tools(request, settings)
+            await check_tools(request, settings)
         assert info.value.param == param, info.value.message

@@ -41,7 +41,12 @@ from avito_ai.engines.grammar import rename_rule
 from avito_ai.engines.prompts import estimate_prompt_tokens
 from avito_ai.engines.textstream import partial_suffix_len
 from avito_ai.errors import ValidationFailed
-from avito_ai.services.constraints import check_schema, check_supported, compiled
+from avito_ai.services.constraints import (
+    check_supported,
+    checked_schema,
+    compiled,
+    json_schema_problem,
+)
 
 CALL_OPEN = "<tool_call>"
 CALL_CLOSE = "</tool_call>"
@@ -395,8 +400,9 @@ def parse_calls(
 # --------------------------------------------------------------------- checking, grammar
 
 
-def check_tools(request: GenerationRequest, settings: Settings, param: str = "tools") -> None:
-    """The request's tools and choice make sense, or ValidationFailed naming the field."""
+async def check_tools(request: GenerationRequest, settings: Settings, param: str = "tools") -> None:
+    """The request's tools and choice make sense, or ValidationFailed naming the field.
+    The schemas are walked off the event loop, once per distinct schema."""
     if len(request.tools) > MAX_TOOLS:
         raise ValidationFailed(f"At most {MAX_TOOLS} tools per request", param=param)
     if request.tools:  # (engines count the rendered prompt exactly; this is a floor)
@@ -408,20 +414,16 @@ def check_tools(request: GenerationRequest, settings: Settings, param: str = "to
                 param=param,
             )
     names: set[str] = set()
-    from jsonschema import Draft202012Validator
-    from jsonschema.exceptions import SchemaError
-
     for i, tool in enumerate(request.tools):
         if tool.name in names:
             raise ValidationFailed(f"Two tools are named {tool.name!r}", param=f"{param}.{i}")
         names.add(tool.name)
-        try:
-            Draft202012Validator.check_schema(tool.parameters)
-        except SchemaError as exc:
+        problem = await json_schema_problem(tool.parameters)
+        if problem is not None:
             raise ValidationFailed(
-                f"The parameters of {tool.name!r} are not a JSON Schema: {exc.message}",
+                f"The parameters of {tool.name!r} are not a JSON Schema: {problem}",
                 param=f"{param}.{i}",
-            ) from None
+            )
     if request.forced_tool is not None and request.forced_tool not in names:
         raise ValidationFailed(
             f"tool_choice names {request.forced_tool!r}, which is not in tools",
@@ -457,7 +459,7 @@ async def tool_grammar(request: GenerationRequest, param: str = "tools") -> Outp
     chosen = [t for t in request.tools if request.forced_tool in (None, t.name)]
     for i, tool in enumerate(request.tools):
         if tool in chosen:
-            check_schema(tool.parameters, f"{param}.{i}.function.parameters")
+            await checked_schema(tool.parameters, f"{param}.{i}.function.parameters")
     schemas = [_call_schema(t) for t in chosen]
     schema = schemas[0] if len(schemas) == 1 else {"anyOf": schemas}
     call = rename_rule(await compiled("json_schema", json.dumps(schema), param), "root", "call")

@@ -27,7 +27,7 @@ from avito_ai.errors import ModelUnavailable
 from avito_ai.schemas.structured import JSONSchemaSpec, ResponseFormatJSONSchema
 from avito_ai.services.answers import Answer
 from avito_ai.services.budgets import prompt_tokens
-from avito_ai.services.constraints import check_schema, check_supported, constraint_from
+from avito_ai.services.constraints import check_supported, checked_schema, constraint_from
 from avito_ai.services.generation import unless_disconnected
 from avito_ai.services.images import off_loop
 from avito_ai.services.state import ServiceState
@@ -82,8 +82,8 @@ class AnthropicServing:
         engine = await self.generation.ready_engine(role)  # 503 before images or schemas
         output = body.output_config.format if body.output_config else None
         constraint = None
-        if output is not None:
-            check_schema(output.schema_, f"{OUTPUT_FORMAT}.schema")  # named as sent
+        if output is not None:  # named as sent (then constraint_from finds it cached)
+            await checked_schema(output.schema_, f"{OUTPUT_FORMAT}.schema")
             spec = JSONSchemaSpec(name="output", schema=output.schema_)
             response_format = ResponseFormatJSONSchema(type="json_schema", json_schema=spec)
             constraint = await constraint_from(response_format, OUTPUT_FORMAT)
@@ -92,7 +92,7 @@ class AnthropicServing:
         generation = await off_loop(
             messages_request, body, role, self.settings, call.request_id, constraint
         )
-        check_tools(generation, self.settings)
+        await check_tools(generation, self.settings)
         await apply_tool_choice(engine, generation)
         return engine, generation
 

@@ -118,7 +118,7 @@ class OpenAIServing:
         generation = await off_loop(
             chat_request, body, role, self.settings, call.request_id, constraint
         )
-        check_tools(generation, self.settings)
+        await check_tools(generation, self.settings)
         await apply_tool_choice(engine, generation)
         if body.stream:
             items = await self.generation.stream(engine, generation, call.client, call.disconnected)

@@ -47,7 +47,7 @@ class ResponsesServing:
         generation = await off_loop(
             responses_request, body, role, self.settings, call.request_id, constraint
         )
-        check_tools(generation, self.settings)
+        await check_tools(generation, self.settings)
         await _apply_tool_choice(engine, generation)
         frame = ResponseFrame(call.request_id, body, generation)
         if body.stream:
