@@ -13,6 +13,7 @@ import asyncio
 import base64
 import json
 import re
+import threading
 import time
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
@@ -377,3 +378,54 @@ def test_a_broken_ir_fails_a_vision_and_a_vibe_keeps_serving(tmp_path: Path) -> 
         assert text.status_code == 200 and srv.proc.poll() is None
     finally:
         srv.stop()
+
+
+def test_huge_images_cost_memory_by_the_models_size_not_the_files(server: ServerProcess) -> None:
+    """Four 1-bit 6300x6300 PNGs (about 26 kB of JSON) a request, six requests at once:
+    before, the process went from 0.5 to 4.3 GB and stayed at 3.2 GB (full-size RGB copies
+    held while waiting). Decoded straight to the model's budget, a request holds four
+    images of AVISION_MAX_PIXELS; the decode pool's two workers hold at most two files'
+    pixels at a time."""
+    import base64
+    import io
+    from concurrent.futures import ThreadPoolExecutor
+
+    import psutil
+    from PIL import Image, ImageDraw
+
+    sheet = Image.new("1", (6300, 6300), 1)
+    ImageDraw.Draw(sheet).rectangle((1000, 1000, 5000, 5000), fill=0)
+    buffer = io.BytesIO()
+    sheet.save(buffer, "PNG", optimize=True)
+    uri = "data:image/png;base64," + base64.b64encode(buffer.getvalue()).decode()
+    content = [*([{"type": "image_url", "image_url": {"url": uri}}] * 4),
+               {"type": "text", "text": "What is on these?"}]  # fmt: skip
+    body = {"model": "avision", "messages": [{"role": "user", "content": content}],
+            "max_tokens": 4}  # fmt: skip
+    process = psutil.Process(server.proc.pid)
+    before = process.memory_info().rss
+    peak = before
+    done = threading.Event()
+
+    def watch() -> None:
+        nonlocal peak
+        while not done.is_set():
+            peak = max(peak, process.memory_info().rss)
+            done.wait(0.02)
+
+    watcher = threading.Thread(target=watch)
+    watcher.start()
+    try:
+        with ThreadPoolExecutor(6) as pool:
+            answers = list(pool.map(
+                lambda _: httpx.post(server.url + "/v1/chat/completions", json=body, timeout=300),
+                range(6),
+            ))  # fmt: skip
+    finally:
+        done.set()
+        watcher.join()
+    assert [a.status_code for a in answers] == [200] * 6, answers[0].text
+    after = process.memory_info().rss
+    grown, kept = (peak - before) / 2**30, (after - before) / 2**30
+    assert grown < 1.0, f"peak +{grown:.2f} GB"  # before: +3.8 GB
+    assert kept < 0.5, f"kept +{kept:.2f} GB"  # before: +2.7 GB

@@ -9,7 +9,8 @@ import io
 import pytest
 from PIL import Image
 
-from avito_ai.errors import PayloadTooLarge, ValidationFailed
+from avito_ai.errors import Overloaded, PayloadTooLarge, ValidationFailed
+from avito_ai.services import images
 from avito_ai.services.images import (
     MAX_PIXELS,
     check_size,
@@ -300,3 +301,43 @@ def test_line_wrapped_base64_is_accepted() -> None:
     wrapped = "\n".join(text[i : i + 76] for i in range(0, len(text), 76)) + "\n"
     assert "\n" in wrapped.strip()
     assert decode_base64_image(wrapped, 16).mode == "RGB"
+
+
+# ----------------------------------------------------- decoded at the model's size
+
+
+def _encoded(image: Image.Image, fmt: str) -> bytes:
+    buffer = io.BytesIO()
+    image.save(buffer, fmt)
+    return buffer.getvalue()
+
+
+@pytest.mark.parametrize(
+    ("image", "fmt"),
+    [
+        (Image.new("1", (6300, 6300), 1), "PNG"),  # 1-bit: a byte a pixel once decoded
+        (Image.new("RGB", (4000, 3000), "red"), "JPEG"),  # decoded at a reduced scale
+        (Image.new("P", (3000, 3000), 3), "GIF"),
+    ],
+)
+def test_a_big_image_is_decoded_to_the_models_budget(image: Image.Image, fmt: str) -> None:
+    decoded = images.decode_image(_encoded(image, fmt), 50, max_pixels=1_003_520)
+    assert decoded.mode == "RGB"
+    assert decoded.width * decoded.height <= 1_003_520
+    assert abs(decoded.width / decoded.height - image.width / image.height) < 0.01
+
+
+def test_decoded_pixels_held_are_bounded_and_freed_with_the_image(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    data = _encoded(Image.new("RGB", (1000, 1000), "blue"), "PNG")
+    start = images.held_pixels()
+    monkeypatch.setattr(images, "MAX_HELD_PIXELS", start + 2_500_000)
+    first = images.decode_image(data, 10)
+    second = images.decode_image(data, 10)
+    assert images.held_pixels() == start + 2_000_000
+    with pytest.raises(Overloaded):
+        images.decode_image(data, 10)
+    del first, second  # the requests that held them ended
+    assert images.held_pixels() == start
+    assert images.decode_image(data, 10).size == (1000, 1000)

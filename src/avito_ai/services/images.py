@@ -13,14 +13,18 @@ import binascii
 import concurrent.futures
 import functools
 import io
+import math
 import re
+import threading
 import warnings
+import weakref
 from collections.abc import Callable
 from typing import Any, TypeVar
 
 from PIL import Image, UnidentifiedImageError
 
-from avito_ai.errors import PayloadTooLarge, ValidationFailed
+from avito_ai.engines.images import fit_image
+from avito_ai.errors import Overloaded, PayloadTooLarge, ValidationFailed
 
 FORMATS = ("JPEG", "PNG", "WEBP", "GIF")
 # 40 megapixels: more than any phone photo; a bomb declares far more than this.
@@ -47,8 +51,14 @@ def check_size(size_bytes: int, max_mb: float, *, param: str = "image") -> None:
         raise PayloadTooLarge(f"Image too large. Maximum size: {max_mb:g} MB", param=param)
 
 
-def decode_image(data: bytes, max_mb: float, *, param: str = "image") -> Image.Image:
-    """Validate and decode an uploaded image into an RGB Pillow image.
+def decode_image(
+    data: bytes, max_mb: float, *, param: str = "image", max_pixels: int | None = None
+) -> Image.Image:
+    """Validate and decode an uploaded image into an RGB Pillow image of at most
+    `max_pixels` (the model's budget, AVISION_MAX_PIXELS): a JPEG is decoded straight at a
+    reduced scale (`draft`), anything else reduced by a whole factor before its RGB copy,
+    so a request holds its images at the model's size, not the file's, while it waits.
+    Every image decoded counts against the pixels waiting requests may hold (`held`).
 
     `param` is the request field that carried it, named in every error.
     """
@@ -72,8 +82,11 @@ def decode_image(data: bytes, max_mb: float, *, param: str = "image") -> Image.I
                     param=param,
                 )
             image.seek(0)  # first frame of an animation
+            if max_pixels and fmt == "JPEG" and width * height > max_pixels:
+                scale = math.sqrt(max_pixels / (width * height))
+                image.draft("RGB", (math.ceil(width * scale), math.ceil(height * scale)))
             image.load()
-            return image.convert("RGB")
+            return _held(_to_budget(image, max_pixels) if max_pixels else image.convert("RGB"))
     except ValidationFailed:
         raise
     except (Image.DecompressionBombError, Image.DecompressionBombWarning):
@@ -88,7 +101,51 @@ def decode_image(data: bytes, max_mb: float, *, param: str = "image") -> Image.I
         ) from exc
 
 
-def decode_base64_image(value: str, max_mb: float, *, param: str = "image") -> Image.Image:
+def _to_budget(image: Image.Image, max_pixels: int) -> Image.Image:
+    """RGB, at most `max_pixels`: a whole-factor reduce first (cheap, on the decoded
+    palette or grey levels), then the exact fit the engines make."""
+    factor = math.isqrt(image.width * image.height // max_pixels)
+    if factor >= 2:
+        if image.mode == "1":  # (a byte a pixel already: grey keeps it so)
+            image = image.convert("L")
+        elif image.mode not in ("L", "RGB", "RGBA", "I", "F"):
+            image = image.convert("RGBA" if "transparency" in image.info else "RGB")
+        image = image.reduce(factor)
+    return fit_image(image.convert("RGB"), max_pixels)
+
+
+# Decoded pixels held by requests (waiting for admission or being answered): each image
+# is counted from its decoding until it is freed (weakref.finalize: when the request that
+# holds it ends). Past the bound, a new image is a fast 503, never more memory.
+MAX_HELD_PIXELS = 256_000_000  # about 768 MB of RGB
+_held_pixels = 0
+_held_lock = threading.Lock()
+
+
+def held_pixels() -> int:
+    return _held_pixels
+
+
+def _release(pixels: int) -> None:
+    global _held_pixels
+    with _held_lock:
+        _held_pixels -= pixels
+
+
+def _held(image: Image.Image) -> Image.Image:
+    global _held_pixels
+    pixels = image.width * image.height
+    with _held_lock:
+        if _held_pixels + pixels > MAX_HELD_PIXELS:
+            raise Overloaded("Too many images are waiting to be answered; retry in a moment")
+        _held_pixels += pixels
+    weakref.finalize(image, _release, pixels)
+    return image
+
+
+def decode_base64_image(
+    value: str, max_mb: float, *, param: str = "image", max_pixels: int | None = None
+) -> Image.Image:
     """A `data:` URI or bare base64 string → decoded image."""
     match = _DATA_URI.match(value)
     payload = value[match.end() :] if match else value
@@ -103,7 +160,7 @@ def decode_base64_image(value: str, max_mb: float, *, param: str = "image") -> I
         data = base64.b64decode(payload, validate=True)
     except (binascii.Error, ValueError):
         raise ValidationFailed("Image is not valid base64", param=param) from None
-    return decode_image(data, max_mb, param=param)
+    return decode_image(data, max_mb, param=param, max_pixels=max_pixels)
 
 
 # Image decoding is CPU work (0.25 s for a 24 MP JPEG): never on the event loop, and at most

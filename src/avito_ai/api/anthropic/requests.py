@@ -83,7 +83,12 @@ def _image(block: ImageBlockIn, field: str, role: Role, settings: Settings) -> I
         )
     data = source.data
     return ImagePart(
-        decode_base64_image(data, settings.max_image_size_mb, param=f"{field}.source.data")
+        decode_base64_image(
+            data,
+            settings.max_image_size_mb,
+            param=f"{field}.source.data",
+            max_pixels=settings.avision_max_pixels,
+        )
     )
 
 

@@ -115,6 +115,7 @@ class NativeServing:
         self, request: Request
     ) -> tuple[SamplingFields, str | None, Image.Image]:
         max_mb = self.settings.max_image_size_mb
+        budget = self.settings.avision_max_pixels  # decoded at the model's size
         content_type = request.headers.get("content-type", "")
         if content_type.startswith("multipart/form-data"):
             form = await request.form()
@@ -126,14 +127,15 @@ class NativeServing:
             values = form_values(form.multi_items())
             stops = [s for s in form.getlist("stop") if isinstance(s, str)]
             fields = sampling_from_form(values, stops)
-            image = await off_loop(decode_image, await upload.read(), max_mb)
+            image = await off_loop(decode_image, await upload.read(), max_mb, max_pixels=budget)
             return fields, values.get("prompt"), image
         if "json" in content_type:
             try:
                 body = ImageAnalyzeJSON.model_validate_json(await request.body())
             except ValidationError as exc:
                 raise validation_failed(exc.errors()) from None
-            return body, body.prompt, await off_loop(decode_base64_image, body.image, max_mb)
+            image = await off_loop(decode_base64_image, body.image, max_mb, max_pixels=budget)
+            return body, body.prompt, image
         raise ValidationFailed("Send multipart/form-data with an 'image' file, or JSON")
 
     async def _answer(

@@ -76,7 +76,10 @@ def _content(content: object, index: int, settings: Settings) -> tuple[list[Cont
                 "the server does not fetch images from the network",
                 param=field,
             )
-        parts.append(ImagePart(decode_base64_image(url, settings.max_image_size_mb, param=field)))
+        image = decode_base64_image(
+            url, settings.max_image_size_mb, param=field, max_pixels=settings.avision_max_pixels
+        )
+        parts.append(ImagePart(image))
     return parts, chars
 
 

@@ -107,7 +107,10 @@ def _parts(content: Content, where: str, settings: Settings) -> tuple[list[Conte
                 param=f"{field}.image_url",
             )
         image = decode_base64_image(
-            part.image_url, settings.max_image_size_mb, param=f"{field}.image_url"
+            part.image_url,
+            settings.max_image_size_mb,
+            param=f"{field}.image_url",
+            max_pixels=settings.avision_max_pixels,
         )
         parts.append(ImagePart(image))
     return parts, chars
