@@ -506,3 +506,22 @@ async def test_a_zero_probability_token_is_carried_as_minus_infinity() -> None:
     tokens = [t for c in chunks for t in c.logprobs or ()]
     assert [(t.token, t.logprob) for t in tokens] == [("a", float("-inf")), ("c", -9999.0)]
     assert [(t, p) for t, p, _ in tokens[0].top] == [("a", -0.1), ("b", float("-inf"))]
+
+
+def test_the_command_lines_in_docs_engines_md_are_the_codes() -> None:
+    """docs/engines.md shows the command lines scripts/engine_commands.py generates from the
+    code: after a change there, `scripts/engine_commands.py --write`."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location(
+        "engine_commands", ROOT / "scripts" / "engine_commands.py"
+    )
+    assert spec is not None and spec.loader is not None
+    script = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(script)
+    doc = (ROOT / "docs" / "engines.md").read_text()
+    assert script.current(doc) == script.generated(), "run scripts/engine_commands.py --write"
+    block = script.generated()
+    assert '\'{"backend":"xgrammar","disable_any_whitespace":true}\'' in block
+    assert "~/.cache/avito-ai/engines/vllm-0.33.0/bin/vllm serve AvitoTech/avibe" in block
+    assert "--otlp-traces-endpoint http://collector:4318/v1/traces" in block
