@@ -44,9 +44,11 @@ install-transformers: $(SERVE_STAMP)
 # environment, outside the clone, at a versioned place reused when present (vLLM pins
 # torch 2.14.0; SGLang torch 2.14.1 and transformers 5.19). The service's VLLM_COMMAND /
 # SGLANG_COMMAND defaults find them there (ENGINE_ENVS_DIR). NVIDIA hosts need them to
-# serve; `make test` runs the engine contract tests against them when they exist.
-# About 10 minutes and 9.5 GB (vLLM), 11 minutes and 11 GB (SGLang), downloaded once.
+# serve; `make test` runs the engine contract tests (tests/contract) against them when they
+# exist, and .ci/run builds them first. Measured on 2 cores, both at once: about 8 minutes
+# and 9.5 GB (vLLM), 11 minutes and 11 GB (SGLang), downloaded once.
 ENGINE_ENVS_DIR ?= $(HOME)/.cache/avito-ai/engines
+export ENGINE_ENVS_DIR
 VLLM_VERSION := 0.33.0
 SGLANG_VERSION := 0.5.23
 VLLM_ENV := $(ENGINE_ENVS_DIR)/vllm-$(VLLM_VERSION)
