@@ -346,6 +346,31 @@ def test_structured_output_on_image_requests(server: ServerProcess) -> None:
     assert re.fullmatch(r"(cat|dog) \d{3}", text), text
 
 
+def test_a_pattern_holds_and_a_freezing_regex_is_refused_on_image_requests(
+    server: ServerProcess,
+) -> None:
+    """A-Vision's step compiled grammars too: a `pattern` ended the worker ("Rule Regex is
+    not defined"), a costly regex froze the process. Now the first holds, the second is a
+    400 from OpenVINO's own compiler in its process apart, and A-Vision stays ready."""
+    sku = {"type": "string", "pattern": "^[A-Z]{2}[0-9]{3}$"}
+    schema = {"type": "object", "properties": {"sku": sku}, "required": ["sku"]}
+    done = analyze(
+        server,
+        max_tokens=30,
+        response_format={"type": "json_schema", "json_schema": {"name": "s", "schema": schema}},
+    )
+    assert re.fullmatch("[A-Z]{2}[0-9]{3}", json.loads(done["data"]["text"])["sku"])
+    refused = httpx.post(
+        server.url + "/api/v1/image/analyze",
+        json={"image": data_uri(), "max_tokens": 5,
+              "response_format": {"type": "regex", "regex": "(.|a){1,3000}" * 40}},
+        timeout=300,
+    )  # fmt: skip
+    assert refused.status_code == 400 and "too complex" in refused.text
+    models = httpx.get(server.url + "/api/health", timeout=10).json()["models"]
+    assert models["avision"]["state"] == "ready"
+
+
 def test_the_light_install_serves_a_vision_from_the_ir(server: ServerProcess) -> None:
     """Every answer of this module's server came from a process where torch, transformers
     and tokenizers could not be imported (its optional probes, such as apache-tvm-ffi's for
