@@ -38,6 +38,12 @@ class Unauthorized(AvitoError):
     code = "unauthorized"
 
 
+class CrossSiteForm(AvitoError):
+    """A form posted from another site's page (api/forms/origin.py)."""
+
+    code = "cross_site_form"
+
+
 class NotFound(AvitoError):
     code = "not_found"
 

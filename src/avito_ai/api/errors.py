@@ -77,6 +77,12 @@ KINDS: dict[str, ErrorKind] = {
             "API keys are on and none valid was sent",
         ),
         ErrorKind(
+            "cross_site_form", 403,
+            "permission_error", "permission_error", "cross_site_form",
+            "Форма отправлена с другого сайта",
+            "a form posted from another site's page (Origin or Referer not the service's)",
+        ),
+        ErrorKind(
             "not_found", 404,
             "not_found_error", "not_found_error", None,
             "Не найдено",

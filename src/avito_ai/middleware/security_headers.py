@@ -39,7 +39,9 @@ class SecurityHeadersMiddleware:
                 headers.setdefault("X-Content-Type-Options", "nosniff")
                 if headers.get("content-type", "").startswith("text/html"):
                     headers.setdefault("X-Frame-Options", "DENY")
-                    headers.setdefault("Referrer-Policy", "no-referrer")
+                    # same-origin: nothing leaves for other sites, and the page's own form
+                    # posts carry its Origin (no-referrer made it "null": api/forms/origin.py)
+                    headers.setdefault("Referrer-Policy", "same-origin")
                     headers.setdefault("Content-Security-Policy", DOCS_CSP if docs else PAGE_CSP)
             await send(message)
 

@@ -1,6 +1,7 @@
 """The web page's routes: GET / with two forms; POST /avibe and /avision render answers
 server-side, so the page works without JavaScript (a refusal: the page with the error in
-it, from api/errors.py). GET /dashboard: live charts."""
+it, from api/errors.py); a post from another site's page is refused first (origin.py).
+GET /dashboard: live charts."""
 
 from __future__ import annotations
 
@@ -12,6 +13,7 @@ from fastapi.responses import HTMLResponse, Response
 from avito_ai.api.deps import CallDep, StateDep
 from avito_ai.api.errors import error_response
 from avito_ai.api.forms.fields import form_values
+from avito_ai.api.forms.origin import check_form_origin
 from avito_ai.api.forms.page import TEMPLATES, page
 from avito_ai.api.forms.serving import FormServing
 from avito_ai.api.openapi import errors
@@ -46,7 +48,7 @@ _SAMPLING_FORM_FIELDS: dict[str, Any] = {
     "/avibe",
     response_class=HTMLResponse,
     summary="A-Vibe form (form data: prompt)",
-    responses=errors(400, 503, 504),
+    responses=errors(400, 403, 503, 504),
     openapi_extra=_form_body(
         "application/x-www-form-urlencoded",
         "prompt",
@@ -54,6 +56,10 @@ _SAMPLING_FORM_FIELDS: dict[str, Any] = {
     ),
 )
 async def avibe_form(request: Request, state: StateDep, call: CallDep) -> Response:
+    try:
+        check_form_origin(request)
+    except AvitoError as exc:
+        return error_response(request, exc)
     form = await request.form()
     values = form_values(form.multi_items())
     prompt = values.get("prompt")
@@ -70,7 +76,7 @@ async def avibe_form(request: Request, state: StateDep, call: CallDep) -> Respon
     "/avision",
     response_class=HTMLResponse,
     summary="A-Vision form (multipart: image, question)",
-    responses=errors(400, 503, 504),
+    responses=errors(400, 403, 503, 504),
     openapi_extra=_form_body(
         "multipart/form-data",
         "image",
@@ -84,6 +90,7 @@ async def avibe_form(request: Request, state: StateDep, call: CallDep) -> Respon
 async def avision_form(request: Request, state: StateDep, call: CallDep) -> Response:
     serving = FormServing(state)
     try:
+        check_form_origin(request)
         engine = await serving.vision_engine()
     except AvitoError as exc:
         return error_response(request, exc)
