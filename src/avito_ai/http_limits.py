@@ -18,12 +18,13 @@ from __future__ import annotations
 import json
 import logging
 import uuid
-from typing import Any
 
 import httptools
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
+from avito_ai.api.errors import error_body
 from avito_ai.middleware.header_limit import SCOPE_FLAG  # in scope["state"]: why refused
+from avito_ai.paths import Dialect, error_dialect
 
 logger = logging.getLogger("avito_ai.http")
 
@@ -35,6 +36,14 @@ def _message(max_bytes: int, max_headers: int) -> str:
         f"Request headers too large: at most {max_headers} fields and {max_bytes} bytes "
         "(MAX_HEADERS, MAX_HEADER_BYTES)"
     )
+
+
+def _dialect(url: bytes, method: str) -> Dialect:
+    """The error dialect of a request whose head is cut off: its path as far as it came
+    (without the query; the proxy already took ROOT_PATH off, as for every request)."""
+    path = url.split(b"?", 1)[0].decode("latin-1") or "/"
+    dialect = error_dialect(path, method)
+    return "native" if dialect == "page" else dialect
 
 
 def limited_protocol(max_bytes: int, max_headers: int) -> type[HttpToolsProtocol]:
@@ -74,34 +83,27 @@ def limited_protocol(max_bytes: int, max_headers: int) -> type[HttpToolsProtocol
                     self._refuse_now()
 
         def _refuse_now(self) -> None:
-            """A head that does not end: 431 in the native shape (the path may not even
-            be known yet), then the connection is closed."""
+            """A head that does not end: 431 in the asking dialect's shape, as the app
+            answers every other refusal (paths.py decides: Anthropic's on /v1/messages,
+            OpenAI's on the rest of /v1/, native elsewhere; a form's page cannot be drawn
+            here, so native JSON), then the connection is closed."""
             request_id = str(uuid.uuid4())
             message = _message(max_bytes, max_headers)
-            path = getattr(self, "url", b"")
-            body: dict[str, Any]
-            if path.startswith(b"/v1/") or path == b"/v1":
-                body = {
-                    "error": {
-                        "message": message,
-                        "type": "invalid_request_error",
-                        "param": None,
-                        "code": "request_header_fields_too_large",
-                    }
-                }
-            else:
-                body = {
-                    "error": "request_header_fields_too_large",
-                    "message": message,
-                    "request_id": request_id,
-                }
+            dialect = _dialect(getattr(self, "url", b""), self._method())
+            body = error_body(
+                "request_header_fields_too_large", message, request_id, dialect=dialect
+            )
+            anthropic = b"request-id: " + request_id.encode() + b"\r\n"
             content = json.dumps(body).encode()
             head = (
                 b"HTTP/1.1 431 Request Header Fields Too Large\r\n"
                 b"content-type: application/json\r\n"
                 b"content-length: " + str(len(content)).encode() + b"\r\n"
-                b"x-request-id: " + request_id.encode() + b"\r\n"
-                b"connection: close\r\n\r\n"
+                b"x-request-id: "
+                + request_id.encode()
+                + b"\r\n"
+                + (anthropic if dialect == "anthropic" else b"")
+                + b"connection: close\r\n\r\n"
             )
             logger.warning(
                 "431 for a request head over %d bytes from %s",
@@ -111,6 +113,12 @@ def limited_protocol(max_bytes: int, max_headers: int) -> type[HttpToolsProtocol
             )
             self.transport.write(head + content)
             self.transport.close()
+
+        def _method(self) -> str:
+            try:
+                return bytes(self.parser.get_method()).decode("ascii", "replace")
+            except Exception:  # the request line itself is not parsed yet
+                return "GET"
 
     assert httptools  # the protocol needs httptools (uvicorn[standard])
     return LimitedHttpToolsProtocol
