@@ -675,3 +675,40 @@ def test_a_line_the_real_engine_refuses_is_failed_once_with_its_words(
     assert restarts == 0 and status.state is EngineState.FAILED
     for words in said:
         assert words in str(status.reason), status.reason
+
+
+def test_avito_ai_config_checks_the_lines_with_the_installed_engines(tmp_path: Path) -> None:
+    """What an operator runs before a deployment: each engine command line, and what the
+    installed engine's own parser says of it (exit 1 when one is refused)."""
+    import os
+    import subprocess
+    import sys
+
+    from tests.contract.engines import envs_dir, require
+
+    for engine in ENGINES:
+        require(engine)
+    env = {
+        **os.environ,
+        "ENGINE_ENVS_DIR": str(envs_dir()),
+        "AVIBE_BACKEND": "vllm",
+        "AVIBE_MODEL": "AvitoTech/avibe",
+        "AVIBE_DRAFT_MODEL": "AvitoTech/avibe-eagle",
+        "AVIBE_ENGINE_ARGS": "--no-such-flag",
+        "AVISION_BACKEND": "sglang",
+        "AVISION_MODEL": "AvitoTech/avision",
+    }
+    done = subprocess.run(
+        [sys.executable, "-m", "avito_ai", "config", "--check-engines"],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    said = [line for line in done.stdout.splitlines() if line.startswith("#")]
+    assert done.returncode == 1, done.stderr
+    assert said[0].startswith(f"# avibe engine (vllm): {command_for('vllm')} serve AvitoTech/avibe")
+    assert said[1].startswith("#   refused by vLLM 0.33.0:") and "--no-such-flag" in said[1]
+    assert said[2].startswith("# avision engine (sglang): ")
+    assert said[3].startswith("#   accepted by SGLang 0.5.23's own parser")
