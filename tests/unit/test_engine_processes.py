@@ -3,6 +3,7 @@ figures read from an engine's metrics, and what a worker answers for each engine
 
 from __future__ import annotations
 
+import asyncio
 import json
 import shlex
 import sys
@@ -382,7 +383,19 @@ def test_an_engine_that_refuses_its_command_line_fails_once_with_its_error_and_t
     status = ProcessEngine("avibe", settings).status()  # what readiness and /api/health say
     assert status.state is EngineState.FAILED
     assert status.reason == f"command engine failed: {record.reason}"
+
+    async def probes() -> tuple[dict[str, Any], httpx.Response]:
+        from tests.api.conftest import running
+        from tests.conftest import engine_set
+
+        async with running(settings, engine_set(ProcessEngine("avibe", settings))) as (_, http):
+            return (await http.get("/api/health")).json(), await http.get("/api/health/ready")
+
+    health, ready = asyncio.run(probes())
     supervisor.stop()
+    assert health["models"]["avibe"]["state"] == "failed"
+    assert health["models"]["avibe"]["reason"] == status.reason
+    assert ready.status_code == 503 and line in ready.text
 
 
 def test_vllms_multi_line_refusal_is_read_whole_and_points_at_the_setting() -> None:
