@@ -5,7 +5,8 @@ Each choice is a generation of its own, through the same admission (a place in t
 queue, its reservation in the client's budgets): n choices count as n requests. Seeded
 requests give choice i the seed + i, so the n answers differ and a repeated request gives
 the same n. At temperature 0 every choice would be the one greedy answer: it is generated
-once and given n times (and counted n times, as n answers).
+once and given n times, and counted n times, as n answers: usage reports n times its tokens,
+and the client's budgets are charged (and reserved: n times max_tokens) as usage says.
 """
 
 from __future__ import annotations
@@ -18,7 +19,9 @@ from collections.abc import AsyncGenerator, AsyncIterator, Callable
 from avito_ai.engines.base import ChoiceEnd, Chunk, Engine, GenerationRequest
 from avito_ai.errors import ModelUnavailable
 
-Generate = Callable[[Engine, GenerationRequest], AsyncIterator[Chunk]]
+# (engine, one choice's request, copies): copies is how many answers that one generation
+# gives (n at temperature 0, else 1): its tokens are charged that many times.
+Generate = Callable[[Engine, GenerationRequest, int], AsyncIterator[Chunk]]
 _DONE = object()
 
 
@@ -33,10 +36,10 @@ async def fan_out(
 ) -> AsyncGenerator[Chunk, None]:
     n = request.sampling.n
     if request.sampling.temperature <= 0:
-        async for chunk in _repeated(generate(engine, _one(request, 0)), n):
+        async for chunk in _repeated(generate(engine, _one(request, 0), n), n):
             yield chunk
         return
-    async for chunk in _merged([generate(engine, _one(request, i)) for i in range(n)]):
+    async for chunk in _merged([generate(engine, _one(request, i), 1) for i in range(n)]):
         yield chunk
 
 

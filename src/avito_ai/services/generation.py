@@ -155,18 +155,19 @@ class GenerationService:
         return _deltas_then_answer(first, iterator, AnswerCollector(request))
 
     async def _chunks(
-        self, engine: Engine, request: GenerationRequest, client: Client
+        self, engine: Engine, request: GenerationRequest, client: Client, copies: int = 1
     ) -> AsyncGenerator[Chunk, None]:
         """The engine's chunks, bounded by the deadline even if the engine is stuck, after
-        fair admission."""
+        fair admission. `copies`: how many answers this generation gives (choices.py: one
+        greedy answer given n times), each charged to the budgets as usage reports it."""
         role = engine.role
         governor = self.governor
         check_options(engine, request.sampling, self.settings.max_choices)
         if request.sampling.n > 1 and not _capabilities(engine).choices:
             # The services make the n choices: each a generation of its own (and a request
             # for fair admission and the budgets), merged by index.
-            def one(engine: Engine, single: GenerationRequest) -> AsyncIterator[Chunk]:
-                return self._chunks(engine, single, client)
+            def one(engine: Engine, single: GenerationRequest, copies: int) -> AsyncIterator[Chunk]:
+                return self._chunks(engine, single, client, copies)
 
             async with contextlib.aclosing(fan_out(one, engine, request)) as merged:
                 async for chunk in merged:
@@ -174,7 +175,7 @@ class GenerationService:
             return
         waiting = metrics.REQUESTS_WAITING.labels(role)
         running = metrics.REQUESTS_RUNNING.labels(role)
-        used = _Used()
+        used = _Used(copies=copies)
         reservation: Reservation | None = None
         async with contextlib.AsyncExitStack() as stack:
             if governor is not None:
@@ -182,7 +183,7 @@ class GenerationService:
                 if governor.budgets.active(client):
                     used.prompt = prompt_tokens(engine, request, self.settings.avision_max_pixels)
                     # n choices made by the engine itself may each use max_tokens
-                    wanted = used.prompt + request.sampling.max_tokens * request.sampling.n
+                    wanted = used.prompt + request.sampling.max_tokens * request.sampling.n * copies
                     reservation = await governor.budgets.reserve(client, wanted)
                 stack.push_async_callback(_settle, governor, client, reservation, used)
                 request = dataclasses.replace(request, priority=PRIORITY_CLASSES[priority])
@@ -283,10 +284,11 @@ class _Used:
     reached: bool = False
     prompt: int = 0
     generated: int = 0
+    copies: int = 1  # answers this generation gives: its generated tokens count so often
 
     @property
     def tokens(self) -> int:
-        return self.prompt + self.generated if self.reached else 0
+        return self.prompt + self.generated * self.copies if self.reached else 0
 
 
 async def _settle(
