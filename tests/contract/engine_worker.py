@@ -129,7 +129,7 @@ class Vllm(engine_check.Vllm):
         from vllm.tool_parsers import ToolParserManager
 
         tok = AutoTokenizer.from_pretrained(spec["tokenizer"])
-        text = spec["model_text"]
+        text = spec.get("model_text", "")
         ids = tok.encode(text, add_special_tokens=False)
         lines: list[str] = []
         rid = "chatcmpl-contract"
@@ -138,6 +138,8 @@ class Vllm(engine_check.Vllm):
             lines.append(chunk.model_dump_json(exclude_unset=True, exclude_none=not chunk.choices))
 
         logprob_of = spec.get("logprobs") or {}
+        if spec["kind"] == "choices":  # n sampled choices, their tokens interleaved
+            return self._choices(tok, spec["texts"])
         if spec["kind"] == "completions":
             for i, token_id in enumerate(ids):
                 piece = tok.decode([token_id])
@@ -217,6 +219,31 @@ class Vllm(engine_check.Vllm):
         emit(last(id=rid, model="m", choices=[], usage=usage))
         return lines
 
+    @staticmethod
+    def _choices(tok: Any, texts: list[str]) -> list[str]:
+        from vllm.entrypoints.generate.base.protocol import DeltaMessage
+        from vllm.entrypoints.openai.chat_completion.protocol import (
+            ChatCompletionResponseStreamChoice,
+            ChatCompletionStreamResponse,
+        )
+        from vllm.entrypoints.serve.engine.protocol import UsageInfo
+
+        return _interleaved(
+            tok,
+            texts,
+            lambda i, piece, finish: ChatCompletionStreamResponse(
+                id="c", model="m",
+                choices=[ChatCompletionResponseStreamChoice(
+                    index=i, delta=DeltaMessage(content=piece), finish_reason=finish
+                )],
+            ),
+            lambda total: ChatCompletionStreamResponse(
+                id="c", model="m", choices=[],
+                usage=UsageInfo(prompt_tokens=7, completion_tokens=total, total_tokens=7 + total),
+            ),
+            lambda chunk: chunk.model_dump_json(exclude_unset=True, exclude_none=not chunk.choices),
+        )  # fmt: skip
+
     def error_event(self, message: str) -> str:
         """What vLLM writes when a stream fails after it began."""
         from vllm.entrypoints.serve import create_error_response
@@ -244,6 +271,24 @@ def _vllm_messages(body: dict) -> list[dict]:
             {"role": m["role"], "parts": parts, "tool_calls": len(m.get("tool_calls") or [])}
         )
     return out
+
+
+def _interleaved(tok: Any, texts: list[str], chunk: Any, usage: Any, dump: Any) -> list[str]:
+    """The choices' tokens in turn (as a server streams n choices of one request), each
+    choice's last chunk with its finish reason, then the usage-only chunk."""
+    pieces = []
+    for text in texts:
+        ids = tok.encode(text, add_special_tokens=False)
+        pieces.append(
+            [tok.decode(ids[: k + 1])[len(tok.decode(ids[:k])) :] for k in range(len(ids))]
+        )
+    lines = []
+    for step in range(max(len(p) for p in pieces)):
+        for i, own in enumerate(pieces):
+            if step < len(own):
+                lines.append(dump(chunk(i, own[step], "stop" if step == len(own) - 1 else None)))
+    lines.append(dump(usage(sum(len(p) for p in pieces))))
+    return lines
 
 
 def _float(value: Any) -> float:
@@ -347,6 +392,24 @@ class Sglang(engine_check.Sglang):
         from transformers import AutoTokenizer
 
         tok = AutoTokenizer.from_pretrained(spec["tokenizer"])
+        if spec["kind"] == "choices":
+            return _interleaved(
+                tok,
+                spec["texts"],
+                lambda i, piece, finish: ChatCompletionStreamResponse(
+                    id="s", model="m",
+                    choices=[ChatCompletionResponseStreamChoice(
+                        index=i, delta=DeltaMessage(content=piece), finish_reason=finish
+                    )],
+                ),
+                lambda total: ChatCompletionStreamResponse(
+                    id="s", model="m", choices=[],
+                    usage=UsageInfo(
+                        prompt_tokens=7, completion_tokens=total, total_tokens=7 + total
+                    ),
+                ),
+                lambda chunk: chunk.model_dump_json(),
+            )  # fmt: skip
         ids = tok.encode(spec["model_text"], add_special_tokens=False)
         pieces = [tok.decode(ids[: i + 1])[len(tok.decode(ids[:i])) :] for i in range(len(ids))]
         logprob_of = spec.get("logprobs") or {}

@@ -518,6 +518,37 @@ def text_tokens(events: list[str]) -> int:
     return sum(1 for c in chosen if c and c[0].get("text"))
 
 
+def test_n_sampled_choices_streamed_together_come_back_each_whole(
+    worker: Worker, tokenizer: Path
+) -> None:
+    """n > 1 with sampling travels as n; the engine streams the choices' tokens in turn,
+    each with its index: the service gives each choice whole, with its own count."""
+    texts = ["The capital of France is Paris.", "Paris.", "It is Paris, of course."]
+    events = worker.ask("stream", spec={"kind": "choices", "tokenizer": str(tokenizer),
+                                        "texts": texts})  # fmt: skip
+
+    async def ask() -> tuple[dict[str, Any], str]:
+        async with running(_settings(), engine_set(_served(events))) as (_, http):
+            body = {"model": "avibe", "messages": [{"role": "user", "content": "Capital?"}],
+                    "n": 3, "temperature": 0.9, "max_tokens": 64}  # fmt: skip
+            whole = (await http.post("/v1/chat/completions", json=body)).json()
+            streamed = await http.post("/v1/chat/completions", json={**body, "stream": True})
+            return whole, streamed.text
+
+    whole, streamed = asyncio.run(ask())
+    assert [c["message"]["content"] for c in whole["choices"]] == texts
+    assert [c["finish_reason"] for c in whole["choices"]] == ["stop"] * 3
+    assert whole["usage"]["completion_tokens"] == len(events) - 1  # a token an event
+    deltas: dict[int, str] = {}
+    for line in streamed.splitlines():
+        if line.startswith("data: {"):
+            for choice in json.loads(line[6:]).get("choices", []):
+                deltas[choice["index"]] = deltas.get(choice["index"], "") + (
+                    choice["delta"].get("content") or ""
+                )
+    assert [deltas[i] for i in range(3)] == texts
+
+
 def test_an_error_mid_stream_ends_the_answer_with_the_engines_message(worker: Worker) -> None:
     first = (
         '{"id":"c","object":"chat.completion.chunk","created":1,"model":"m",'
