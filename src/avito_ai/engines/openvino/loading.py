@@ -8,6 +8,9 @@ only; a transformers checkpoint folder or a hub id gets a reason that says what 
 
 from __future__ import annotations
 
+import logging
+import os
+import shutil
 import threading
 import time
 from dataclasses import dataclass
@@ -16,6 +19,8 @@ from typing import Any
 
 from avito_ai.config import Settings
 from avito_ai.engines.models import ModelLoadError, gguf_location
+
+log = logging.getLogger(__name__)
 
 IR_FILES = ("openvino_model.xml", "openvino_language_model.xml")
 _WHAT_TO_DO = (
@@ -102,6 +107,36 @@ def cpu_precision() -> str:
     return hint.to_string() if hasattr(hint, "to_string") else str(hint)
 
 
+def openable_gguf(path: Path, cache_dir: Path) -> Path:
+    """A path to `path` that OpenVINO GenAI can open. Its GGUF reader opens the file for
+    writing (2026.4: "Failed to open ... with gguf_open" for a file the process may only
+    read), so a GGUF this user cannot write, as an installed package's for a service user,
+    is copied once into MODEL_CACHE_DIR/gguf (reused while its size and time match)."""
+    if os.access(path, os.W_OK):
+        return path
+    stat = path.stat()
+    copy = cache_dir / "gguf" / f"{path.stem}-{stat.st_size}-{int(stat.st_mtime)}.gguf"
+    if copy.is_file() and copy.stat().st_size == stat.st_size:
+        return copy
+    started = time.monotonic()
+    copy.parent.mkdir(parents=True, exist_ok=True)
+    partial = copy.with_suffix(f".{os.getpid()}.partial")
+    try:
+        shutil.copyfile(path, partial)
+        partial.replace(copy)  # whole or not at all, for a concurrent worker too
+    finally:
+        partial.unlink(missing_ok=True)
+    log.info(
+        "%s is read-only for this user, and OpenVINO opens a GGUF for writing: copied to "
+        "%s (%.0f MB in %.1f s, once)",
+        path,
+        copy,
+        stat.st_size / 1e6,
+        time.monotonic() - started,
+    )
+    return copy
+
+
 def load_pipeline(source: ModelSource, settings: Settings) -> LoadedPipeline:
     """Build the continuous-batching pipeline. Blocking: run it in a thread."""
     import openvino_genai as genai
@@ -116,7 +151,10 @@ def load_pipeline(source: ModelSource, settings: Settings) -> LoadedPipeline:
         except (GGUFProblem, OSError) as exc:
             raise ModelLoadError(f"cannot load {source.path}: {exc}; {_WHAT_TO_DO}") from exc
     try:
-        pipe = new_pipeline(source.path, settings)
+        path = source.path
+        if path.lower().endswith(".gguf"):
+            path = str(openable_gguf(Path(path), settings.model_cache_dir))
+        pipe = new_pipeline(path, settings)
     except Exception as exc:
         first = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:300]
         raise ModelLoadError(

@@ -31,6 +31,7 @@ import re
 import sys
 import time
 from collections import OrderedDict
+from pathlib import Path
 from typing import Any
 
 from avito_ai.errors import ModelUnavailable, Overloaded, ValidationFailed
@@ -166,15 +167,15 @@ class GrammarProbe:
 _PROBE: GrammarProbe | None = None
 
 
-def shared_probe() -> GrammarProbe:
-    """The process's probe (one for both OpenVINO engines), on the embedded model."""
+def shared_probe(cache_dir: Path) -> GrammarProbe:
+    """The process's probe (one for both OpenVINO engines), on the embedded model (a copy
+    in `cache_dir`, MODEL_CACHE_DIR, where this user cannot write the installed one)."""
     global _PROBE
     if _PROBE is None:
-        from avito_ai.engines.models import gguf_location
+        from avito_ai.engines.models import embedded_gguf_path
+        from avito_ai.engines.openvino.loading import openable_gguf
 
-        found = gguf_location(None)
-        assert found is not None  # unset is the embedded model
-        _PROBE = GrammarProbe(str(found[1]))
+        _PROBE = GrammarProbe(str(openable_gguf(embedded_gguf_path(), cache_dir)))
     return _PROBE
 
 

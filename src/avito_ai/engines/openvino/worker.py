@@ -162,7 +162,8 @@ class PipelineEngine(InProcessEngine):
         prepared = await self._prepared(request)
         structured = prepared.config.structured_output_config
         if structured is not None:  # OpenVINO's own compiler accepts it first (probe.py)
-            await shared_probe().check(structured.grammar, self._vocab_size, "response_format")
+            probe = shared_probe(self._settings.model_cache_dir)
+            await probe.check(structured.grammar, self._vocab_size, "response_format")
         async for chunk in self._relay(self._bridge.stream(prepared, deadline=request.deadline)):
             yield chunk
 
