@@ -13,6 +13,22 @@ AVISION_HINT = (
     "A-Vision is not configured: set AVISION_MODEL to a local model folder or a hub id "
     "in the local Hugging Face cache"
 )
+# The light install (no torch, no transformers) serves A-Vision from an OpenVINO IR only.
+AVISION_HINT_LIGHT = (
+    "A-Vision is not configured: set AVISION_MODEL to an OpenVINO IR folder "
+    "(make export-avision writes one from a checkpoint)"
+)
+
+
+def serves_checkpoints() -> bool:
+    """Whether this install can serve a checkpoint or a hub id (the transformers extra)."""
+    return all(_installed(m) for m in _EXTRAS["transformers"][0])
+
+
+def avision_hint() -> str:
+    """What to set when A-Vision is not configured, for what this install can serve."""
+    return AVISION_HINT if serves_checkpoints() else AVISION_HINT_LIGHT
+
 
 Chosen = Literal["openvino", "transformers", "remote", "fake", "vllm", "sglang", "command"]
 # What each in-process backend needs installed, and what brings it: OpenVINO GenAI is in
@@ -111,7 +127,7 @@ def build_engine(role: Role, settings: Settings) -> Engine:
 
         return ProcessEngine(role, settings)
     if role == "avision" and settings.role(role).model is None:
-        return NotConfiguredEngine("avision", AVISION_HINT)
+        return NotConfiguredEngine("avision", avision_hint())
     problem = _missing_for(role, backend, settings)
     if problem is not None:
         raise ConfigError(problem)
@@ -145,14 +161,17 @@ def build_engines(settings: Settings) -> dict[Role, Engine]:
 def device_problem(settings: Settings) -> str | None:
     """Why the configured DEVICE cannot be used (a CUDA device that is not there), or None.
     Only in-process transformers engines use DEVICE: vLLM, SGLang and remote upstreams
-    pick their own GPUs, so they need neither torch here nor a CUDA check. (The fake
-    engine stands in for an in-process one, checks included.)"""
+    pick their own GPUs, and OpenVINO runs on the CPU, so they need neither torch here
+    nor a CUDA check. (The fake engine stands in for an in-process one: it checks the
+    device where torch is installed, and needs no extra where it is not.)"""
     if not settings.device.startswith("cuda"):
         return None
     backends = {backend_for(r, settings) for r in _loaded_roles(settings)}
     if not backends & {"transformers", "fake"}:
         return None
     if not _installed("torch"):
+        if "transformers" not in backends:
+            return None  # nothing here would use the GPU: no extra to ask for
         extra = _EXTRAS["transformers"][1]
         return f"DEVICE={settings.device} needs the transformers extra: pip install '{extra}'"
     from avito_ai.engines.transformers.device import cuda_problem

@@ -20,6 +20,7 @@ from fastapi.templating import Jinja2Templates
 from markupsafe import Markup
 
 from avito_ai.api.errors import ErrorKind, page_titles, retry_after
+from avito_ai.engines.registry import serves_checkpoints
 from avito_ai.errors import AvitoError
 from avito_ai.middleware.request_id import request_id_of
 from avito_ai.services.images import FORMATS
@@ -58,6 +59,17 @@ DEFAULT_QUESTION = "Что изображено на фото?"
 IMAGE_TYPES = [f"image/{name.lower()}" for name in FORMATS]
 
 
+def avision_notice() -> str:
+    """The page's notice when A-Vision is not configured, in the page's language (the
+    health API's reason says the same in English), for what this install can serve: the
+    light install serves an OpenVINO IR only, so a hub id would not help there."""
+    if serves_checkpoints():
+        where = "папку модели или её идентификатор в локальном кэше Hugging Face"
+    else:
+        where = "папку модели в формате OpenVINO IR (её готовит make export-avision)"
+    return f"A-Vision не настроена: укажите в AVISION_MODEL {where}."
+
+
 def _page_config(state: ServiceState) -> Markup:
     """The limits and wording app.js needs, as JSON inside <script type="application/json">
     (`<` escaped so the data cannot close the element)."""
@@ -91,6 +103,7 @@ def page(
         "page_config": _page_config(state),
         "avibe_form": {},
         "avision_form": {},
+        "avision_notice": avision_notice(),
         "avibe_answer": None,
         "avision_answer": None,
         "error": None,

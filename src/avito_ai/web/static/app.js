@@ -551,7 +551,7 @@
       notice.hidden = available && vision.state !== "failed";
       notice.textContent = vision.state === "failed"
         ? "A-Vision не загрузилась: " + (vision.reason || "")
-        : "A-Vision не настроена: " + (vision.reason || "");
+        : notice.dataset.notConfigured; // the page's own words, for this install
       visionForm.classList.toggle("available", vision.state === "ready" || vision.state === "loading");
       visionSend.disabled = !(vision.state === "ready" || vision.state === "loading") || visionRunner.active;
     }
