@@ -146,7 +146,7 @@ def test_vllm_gets_its_compact_json_flag_and_each_constraint_in_its_own_field(
     engine = engine_url(supervised)
     argv = httpx.get(engine + "/argv").json()
     flag = argv.index("--structured-outputs-config")
-    assert json.loads(argv[flag + 1]) == {"disable_any_whitespace": True}
+    assert json.loads(argv[flag + 1]) == {"backend": "xgrammar", "disable_any_whitespace": True}
     schema = {"type": "object", "properties": {"a": {"type": "integer"}}, "required": ["a"]}
     sent = [
         {"type": "json_schema", "json_schema": {"name": "x", "schema": schema, "strict": True}},

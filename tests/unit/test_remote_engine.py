@@ -344,7 +344,7 @@ async def test_n_travels_to_the_upstream_and_choices_come_back_by_index() -> Non
     e = scripted(events, sent)
     await e.start()
     asked = request()
-    asked.sampling = SamplingParams(max_tokens=2, n=3)
+    asked.sampling = SamplingParams(max_tokens=2, n=3, temperature=1.0)  # sampled: n is sent
     chunks = [c async for c in e.generate(asked)]
     await e.stop()
     assert sent[0]["n"] == 3

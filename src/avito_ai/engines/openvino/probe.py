@@ -30,6 +30,7 @@ import logging
 import re
 import sys
 import time
+import weakref
 from collections import OrderedDict
 from pathlib import Path
 from typing import Any
@@ -95,16 +96,23 @@ class GrammarProbe:
         limit = self.limit_for(vocab_size)
         started = time.monotonic()
         process.stdin.write(json.dumps({"grammar": grammar}).encode() + b"\n")
+        timed_out = False
         try:
             async with asyncio.timeout(limit * 3 + 2.0):  # the probe's own slack
                 await process.stdin.drain()
                 line = await process.stdout.readline()
         except TimeoutError:
-            line = b""
+            line, timed_out = b"", True
         if not line:  # past the limit (or the probe died): it is started afresh next time
             await self.close()
             waited = time.monotonic() - started
             log.warning("grammar probe: no verdict in %.1f s; the probe is restarted", waited)
+            if not timed_out:
+                crashed = process.returncode
+                return (
+                    f"OpenVINO's grammar compiler failed on this grammar (exit {crashed}); "
+                    "simplify it, or use another engine"
+                )
             return (
                 "The grammar is too complex: OpenVINO compiles it inside the step every "
                 f"request shares, and it took longer than {limit:.2g} s to compile; "
@@ -164,19 +172,23 @@ class GrammarProbe:
         await process.wait()
 
 
-_PROBE: GrammarProbe | None = None
+# One probe per event loop (its pipes belong to the loop that started it): a server has one.
+_PROBES: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, GrammarProbe] = (
+    weakref.WeakKeyDictionary()
+)
 
 
 def shared_probe(cache_dir: Path) -> GrammarProbe:
     """The process's probe (one for both OpenVINO engines), on the embedded model (a copy
     in `cache_dir`, MODEL_CACHE_DIR, where this user cannot write the installed one)."""
-    global _PROBE
-    if _PROBE is None:
+    loop = asyncio.get_running_loop()
+    probe = _PROBES.get(loop)
+    if probe is None:
         from avito_ai.engines.models import embedded_gguf_path
         from avito_ai.engines.openvino.loading import openable_gguf
 
-        _PROBE = GrammarProbe(str(openable_gguf(embedded_gguf_path(), cache_dir)))
-    return _PROBE
+        probe = _PROBES[loop] = GrammarProbe(str(openable_gguf(embedded_gguf_path(), cache_dir)))
+    return probe
 
 
 # ---------------------------------------------------------------------- the probe itself
