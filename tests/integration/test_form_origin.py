@@ -1,6 +1,8 @@
 """Cross-site form posts against a running server and in a real browser (Chromium through
 Playwright): a page on another origin that posts to /avibe or /avision by itself gets the
-refusal, while the console's own forms and a post without Origin/Referer (curl) are served."""
+refusal, while the console's own forms and a post without Origin/Referer (curl) are served;
+also behind deploy/nginx.conf under a prefix (ROOT_PATH), whose `Host $host` drops the port
+the browser used."""
 
 from __future__ import annotations
 
@@ -14,7 +16,8 @@ import httpx
 import pytest
 
 from tests.browser import browser, open_tab
-from tests.servers import ServerProcess, free_port
+from tests.integration.test_nginx import Nginx, in_front
+from tests.servers import ServerProcess, dev_server, free_port, serving
 
 pytestmark = pytest.mark.integration
 __all__ = ["browser"]  # the fixture, imported
@@ -117,3 +120,40 @@ def test_the_consoles_own_forms_still_work_with_and_without_javascript(
     meta.wait_for(timeout=60_000)
     assert scripted.page.locator(".message.assistant .body").last.inner_text().strip()
     assert scripted.outside == [] and scripted.errors == [], (scripted.outside, scripted.errors)
+
+
+@pytest.fixture(scope="module")
+def behind_nginx(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Nginx]:
+    folder = tmp_path_factory.mktemp("origin-nginx")
+    env = {"AVIBE_BACKEND": "fake", "RATE_LIMIT_PER_MINUTE": "1000", "ROOT_PATH": "/ai"}
+    with (
+        serving(dev_server(env, folder / "service.log")) as service,
+        in_front(folder, service, "/ai") as nginx,
+    ):
+        yield nginx
+
+
+def test_behind_a_proxy_under_a_prefix_own_posts_pass_and_other_sites_do_not(
+    browser: Any, behind_nginx: Nginx, other_site: OtherSite
+) -> None:
+    action = behind_nginx.url + "/ai/avibe"
+    data = {"prompt": "hello there"}
+    curl = httpx.post(action, data=data, timeout=30)
+    assert curl.status_code == 200 and 'id="avibe-answer"' in curl.text
+    # The other site is on the same host, another port: nginx's `Host $host` has no port.
+    other = httpx.post(action, data=data, headers={"Origin": other_site.url}, timeout=30)
+    assert other.status_code == 403 and "Форма отправлена с другого сайта" in other.text
+
+    plain = open_tab(browser, behind_nginx.url, "/ai/", java_script_enabled=False)
+    plain.page.fill("#prompt", "hello there")
+    plain.page.click("#avibe-form button[type=submit]")
+    assert plain.page.url == action
+    assert "Echo: hello there" in plain.page.locator("#avibe-answer pre").inner_text()
+
+    other_site.pages["prefixed"] = ATTACK.format(
+        action=action, enctype="application/x-www-form-urlencoded", field="prompt"
+    )
+    page = browser.new_context().new_page()
+    with page.expect_navigation(url=action):
+        page.goto(other_site.url + "/prefixed")
+    assert "Форма отправлена с другого сайта" in page.locator("#page-error").inner_text()

@@ -11,9 +11,10 @@ and a page cannot forge:
    service's own origin, or one listed in ALLOWED_ORIGINS (an explicit list: `*`, the CORS
    default, opens the JSON API to every site, not the forms). The service's own origin is
    the request's scheme (X-Forwarded-Proto from a trusted proxy: FORWARDED_ALLOW_IPS, as
-   uvicorn applies it) and Host. A Host without a port (nginx's `$host` drops it) matches
-   that host on any port, and a page on https matches a service that sees http (TLS ended
-   at a proxy that did not say so).
+   uvicorn applies it) and Host, its port included (none: the scheme's default); a page on
+   https matches a service that sees http (TLS ended at a proxy that did not say so). A
+   proxy that drops the port from Host (nginx's `$host`) on a port other than 80 or 443
+   leaves its own pages to rule 1, which every current browser meets; `$http_host` keeps it.
 3. `Origin: null` with no usable Referer (a sandboxed frame, a redirect hiding its source):
    refused.
 4. Neither header (nor `Sec-Fetch-Site` naming another site): not a browser's post
@@ -51,17 +52,13 @@ def _origin_of(url: str) -> tuple[str, str, int | None] | None:
 def _own(request: Request, claimed: tuple[str, str, int | None]) -> bool:
     scheme, host, port = claimed
     own_scheme = str(request.scope.get("scheme", "http")).lower()
-    served = _origin_of(f"{own_scheme}://{request.headers.get('host', '')}")
-    if served is None:
+    if own_scheme not in _DEFAULT_PORTS:
+        return False
+    if scheme != own_scheme and not (scheme == "https" and own_scheme == "http"):
         return False
     raw_host = request.headers.get("host", "")
-    port_given = raw_host.rsplit("]", 1)[-1].count(":") == 1  # [::1]:8085 or host:8085
-    if host != served[1]:
-        return False
-    if scheme != served[0] and not (scheme == "https" and served[0] == "http"):
-        return False
-    # The port: as Host says, or, when a proxy dropped it from Host, any.
-    return not port_given or port == served[2]
+    served = _origin_of(f"{scheme}://{raw_host}")  # no port in Host: the scheme's default
+    return served is not None and served[1:] == (host, port)
 
 
 def _listed(request: Request, claimed: tuple[str, str, int | None]) -> bool:
