@@ -8,6 +8,7 @@ has read the models' states (Chromium)."""
 from __future__ import annotations
 
 import re
+import time
 from collections.abc import Iterator
 from typing import Any
 
@@ -16,7 +17,7 @@ import pytest
 
 from tests.browser import browser, open_tab
 from tests.integration.test_web_console import wait_until
-from tests.servers import ServerProcess, dev_server, serving
+from tests.servers import ServerProcess, dev_server
 
 pytestmark = pytest.mark.integration
 __all__ = ["browser"]  # the fixture, imported
@@ -47,8 +48,19 @@ def light(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
     folder = tmp_path_factory.mktemp("light")
     (folder / "sitecustomize.py").write_text(LIGHT)
     env = {"AVIBE_BACKEND": "fake", "DEVICE": "cuda", "PYTHONPATH": str(folder)}
-    with serving(dev_server(env, folder / "server.log")) as srv:
+    srv = dev_server(env, folder / "server.log")
+    try:
+        srv.wait_live()  # (ready or not is the first test's question)
+        deadline = time.monotonic() + 30
+        while (
+            httpx.get(srv.url + "/api/health/models", timeout=5).json()["models"]["avibe"]["state"]
+            == "loading"
+            and time.monotonic() < deadline
+        ):
+            time.sleep(0.1)
         yield srv
+    finally:
+        srv.stop()
 
 
 def test_the_light_install_is_ready_with_cuda_set_and_no_transformers_engine(
