@@ -22,7 +22,6 @@ import uuid
 import httptools
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
-from avito_ai.api.errors import error_body
 from avito_ai.middleware.header_limit import SCOPE_FLAG  # in scope["state"]: why refused
 from avito_ai.paths import Dialect, error_dialect
 
@@ -87,6 +86,10 @@ def limited_protocol(max_bytes: int, max_headers: int) -> type[HttpToolsProtocol
             answers every other refusal (paths.py decides: Anthropic's on /v1/messages,
             OpenAI's on the rest of /v1/, native elsewhere; a form's page cannot be drawn
             here, so native JSON), then the connection is closed."""
+            # Imported here: gunicorn_config.py imports this module in the master, before
+            # the metrics folder exists, and api.errors creates the Prometheus metrics.
+            from avito_ai.api.errors import error_body
+
             request_id = str(uuid.uuid4())
             message = _message(max_bytes, max_headers)
             dialect = _dialect(getattr(self, "url", b""), self._method())

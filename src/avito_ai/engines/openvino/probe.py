@@ -39,8 +39,11 @@ from avito_ai.errors import ModelUnavailable, Overloaded, ValidationFailed
 
 log = logging.getLogger(__name__)
 
-# The most seconds a grammar may compile in the probe (for the probe's vocabulary).
-STEP_LIMIT_S = 1.0
+# The most seconds a grammar may compile in the probe (for the probe's vocabulary): the
+# serving step then stops the process about that long, once (OpenVINO caches it). A schema
+# of a few fields with bounded strings takes 0.3 to 2.5 s on a busy 2-core machine; the
+# grammars that froze the process took minutes.
+STEP_LIMIT_S = 5.0
 START_TIMEOUT_S = 180.0  # loading the probe's model on a busy machine
 MAX_WAITING = 32  # grammar checks queued for the probe; past it, 503
 CACHE_SIZE = 1024
@@ -98,7 +101,7 @@ class GrammarProbe:
         process.stdin.write(json.dumps({"grammar": grammar}).encode() + b"\n")
         timed_out = False
         try:
-            async with asyncio.timeout(limit * 3 + 2.0):  # the probe's own slack
+            async with asyncio.timeout(limit * 2 + 2.0):  # the probe's own slack
                 await process.stdin.drain()
                 line = await process.stdout.readline()
         except TimeoutError:
