@@ -31,6 +31,7 @@ bookworm)
     security=${mirror%/debian}/debian-security
     suites="bookworm bookworm-updates"
     security_suite=bookworm-security
+    components=main
     keyring=/usr/share/keyrings/debian-archive-keyring.gpg
     ;;
 noble)
@@ -51,6 +52,7 @@ noble)
     security=$mirror
     suites="noble noble-updates"
     security_suite=noble-security
+    components="main restricted universe multiverse"  # as ubuntu:24.04 (python3-venv: universe)
     keyring=/usr/share/keyrings/ubuntu-archive-keyring.gpg
     ;;
 *)
@@ -72,13 +74,13 @@ cat >"$rootfs/etc/apt/sources.list.d/$suite.sources" <<EOF
 Types: deb
 URIs: $mirror
 Suites: $suites
-Components: main
+Components: $components
 Signed-By: $keyring
 
 Types: deb
 URIs: $security
 Suites: $security_suite
-Components: main
+Components: $components
 Signed-By: $keyring
 EOF
 rm -rf "$rootfs"/var/lib/apt/lists/* "$rootfs"/var/cache/apt/*.bin \

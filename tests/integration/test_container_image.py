@@ -37,9 +37,12 @@ UID = 10001
 
 
 def make(*args: str, timeout: float) -> str:
+    # Not the flags of the `make test` this may run under (its jobserver, -k, ...).
+    env = {k: v for k, v in os.environ.items() if k not in ("MAKEFLAGS", "MFLAGS", "MAKELEVEL")}
     r = subprocess.run(
         ["make", "-s", "--no-print-directory", *args],
         cwd=ROOT,
+        env=env,
         capture_output=True,
         text=True,
         timeout=timeout,
@@ -209,3 +212,37 @@ def test_sigterm_finishes_a_stream_in_flight_and_exits_in_time(
     reasons = [c["choices"][0]["finish_reason"] for c in chunks if c["choices"]]
     assert reasons[-1] in ("stop", "length"), reasons
     assert stopped < GRACEFUL_TIMEOUT + 10, stopped
+
+
+def test_the_cuda_dockerfile_builds_on_a_stand_in_base(podman: list[str]) -> None:
+    """Every step of the CUDA `Dockerfile` after its FROM, built on a STAND-IN base: Ubuntu
+    24.04 made with debootstrap (`make image-cuda-standin`), the release of
+    nvidia/cuda:13.0.2-runtime-ubuntu24.04 and so its Python, without CUDA or a GPU
+    (nvidia/cuda cannot be pulled here). The environment it makes has the Python the unit
+    check expects of that base, and the torch whose CUDA build the FROM line names."""
+    from tests.unit.test_image_python import base_of, python_of
+
+    dockerfile = ROOT / "Dockerfile"
+    out = make("image-cuda-standin", timeout=3000)
+    print(out.strip())
+    tag = re.search(r"^(avito-ai:\S+-standin-\S+):", out, re.M)
+    assert tag, out
+    probe = (
+        "import os, sys, torch, avito_ai.app, xgrammar; "
+        "print(f'{sys.version_info[0]}.{sys.version_info[1]}', torch.__version__, "
+        "torch.version.cuda, os.getuid())"
+    )
+    r = subprocess.run(
+        [*podman, "run", "--rm", "--network", "host",
+         "--ulimit", "nofile=1024:1024", "--ulimit", "nproc=1024:1024",
+         f"localhost/{tag.group(1)}", "python", "-c", probe],
+        capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert r.returncode == 0, r.stderr
+    python, torch_version, cuda, uid = r.stdout.split()
+    base = base_of(dockerfile)
+    assert python == python_of(base)
+    pinned = re.search(r'"torch==([\d.]+)"', (ROOT / "pyproject.toml").read_text())
+    assert pinned and torch_version.split("+")[0] == pinned.group(1)
+    assert base.startswith(f"nvidia/cuda:{cuda}."), (base, cuda)
+    assert uid == str(UID)

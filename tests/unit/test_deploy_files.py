@@ -113,7 +113,7 @@ def test_cpu_dockerfile_is_the_light_install() -> None:
 
 
 def test_the_ca_bundle_is_a_build_secret_never_copied() -> None:
-    for path in (ROOT / "Dockerfile", CPU_DOCKERFILE):
+    for path in (ROOT / "Dockerfile", CPU_DOCKERFILE, ROOT / "deploy" / "Dockerfile.vllm"):
         text = path.read_text()
         pip_runs = re.findall(r"^RUN (.*(?:\\\n.*)*)", text, re.M)
         for run in (r for r in pip_runs if "pip install" in r):
