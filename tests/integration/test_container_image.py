@@ -182,6 +182,18 @@ def test_runs_as_the_non_root_user(podman: list[str], container: ServerProcess) 
     assert "gunicorn" in Path(f"/proc/{pid}/cmdline").read_text()
 
 
+def test_the_image_keeps_its_healthcheck_and_user(podman: list[str], image: str) -> None:
+    """Built in Docker's format: the OCI format has no HEALTHCHECK (buildah drops it)."""
+    out = subprocess.run(
+        [*podman, "image", "inspect", "--format", "{{.User}} {{json .HealthCheck}}", image],
+        capture_output=True, text=True, timeout=60, check=True,
+    ).stdout  # fmt: skip
+    user, health = out.split(" ", 1)
+    assert user == str(UID)
+    test = json.loads(health)["Test"]
+    assert "/api/health/live" in test[-1], test
+
+
 def test_sigterm_finishes_a_stream_in_flight_and_exits_in_time(
     container: ServerProcess,
 ) -> None:
