@@ -99,7 +99,7 @@ lint-deploy: $(TEST_STAMP) prometheus
 	promtool check config deploy/prometheus.yml
 	promtool check rules deploy/prometheus/alerts.yml
 	promtool test rules deploy/prometheus/tests/*.yml
-	$(BIN)/hadolint Dockerfile deploy/Dockerfile.vllm
+	$(BIN)/hadolint Dockerfile deploy/Dockerfile.cpu deploy/Dockerfile.vllm
 	$(BIN)/kubernetes-validate --quiet --strict -k $(K8S_VERSION) deploy/k8s/*.yaml
 	$(BIN)/python deploy/schemas/validate_compose.py deploy/compose.yaml
 
