@@ -41,10 +41,11 @@ from avito_ai.errors import ModelUnavailable, Overloaded, ValidationFailed
 log = logging.getLogger(__name__)
 
 # The most seconds a grammar may compile in the probe (for the probe's vocabulary): the
-# serving step then stops the process about that long, once (OpenVINO caches it). A schema
-# of a few fields with bounded strings takes 0.3 to 2.5 s on a busy 2-core machine; the
-# grammars that froze the process took minutes.
-STEP_LIMIT_S = 5.0
+# serving step then stops the process about that long, once (OpenVINO caches it). Real
+# schemas and forced tool calls took 0.3 to 5.4 s on a busy 2-core machine (where they
+# compiled in the step before, with no bound); the grammars that froze the process take
+# minutes.
+STEP_LIMIT_S = 15.0
 START_TIMEOUT_S = 180.0  # loading the probe's model on a busy machine
 MAX_WAITING = 32  # grammar checks queued for the probe; past it, 503
 CACHE_SIZE = 1024
