@@ -355,11 +355,7 @@ class Sglang(engine_check.Sglang):
                     "include_usage": bool(
                         request.stream_options and request.stream_options.include_usage
                     ),
-                    "tool_choice": _jsonable(
-                        request.tool_choice.model_dump()
-                        if hasattr(getattr(request, "tool_choice", None), "model_dump")
-                        else getattr(request, "tool_choice", None)
-                    ),
+                    "tool_choice": _jsonable(getattr(request, "tool_choice", None)),
                     "tools": [t.function.name for t in getattr(request, "tools", None) or []],
                     "parallel_tool_calls": getattr(request, "parallel_tool_calls", None),
                     "chat_template_kwargs": getattr(request, "chat_template_kwargs", None),
