@@ -47,7 +47,12 @@ class FormServing:
         upload = form.get("image")
         if not isinstance(upload, UploadFile):
             raise ValidationFailed("Choose an image file to analyze", param="image")
-        image = await off_loop(decode_image, await upload.read(), self.settings.max_image_size_mb)
+        image = await off_loop(
+            decode_image,
+            await upload.read(),
+            self.settings.max_image_size_mb,
+            max_pixels=self.settings.avision_max_pixels,  # held at the model's size
+        )
         text = validate_prompt(self.question(values), self.settings, field="question")
         fields = sampling_from_form(values, [])
         constraint = await constraint_from(fields.response_format, "json_schema")
