@@ -5,7 +5,6 @@ from __future__ import annotations
 import os
 import shutil
 import subprocess
-import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,6 +19,7 @@ from avito_ai.engines.fake import FakeEngine
 from avito_ai.engines.registry import AVISION_HINT
 from tests.ggufs import THINKING_TEMPLATE, with_chat_template
 from tests.servers import ServerProcess, dev_server, serving
+from tests.waiting import wait_until
 
 # Tests never talk to a model hub (server processes they start inherit this too).
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -138,15 +138,12 @@ def _spawn_redis(port: int, workdir: Path) -> subprocess.Popen[bytes]:
         stderr=subprocess.DEVNULL,
     )  # fmt: skip
     client = redis.Redis(port=port)
-    deadline = time.monotonic() + 10
-    while time.monotonic() < deadline:
-        try:
-            if client.ping():
-                return proc
-        except redis.ConnectionError:
-            time.sleep(0.05)
-    proc.kill()
-    raise RuntimeError("redis-server did not start")
+    try:
+        wait_until(client.ping, 10, "redis-server answers PING", ignoring=(redis.ConnectionError,))
+    except AssertionError:
+        proc.kill()
+        raise RuntimeError("redis-server did not start") from None
+    return proc
 
 
 @pytest.fixture(scope="session")

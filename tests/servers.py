@@ -8,12 +8,13 @@ import signal
 import socket
 import subprocess
 import sys
-import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
 import httpx
+
+from tests.waiting import wait_until
 
 ROOT = Path(__file__).resolve().parent.parent
 BIN = Path(sys.executable).parent
@@ -46,30 +47,21 @@ class ServerProcess:
         )
 
     def wait_live(self, timeout: float = 60.0) -> None:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"server exited with {self.proc.returncode}:\n{self.output()}")
-            try:
-                if httpx.get(self.url + "/api/health/live", timeout=1).status_code == 200:
-                    return
-            except httpx.HTTPError:
-                pass
-            time.sleep(0.1)
-        raise RuntimeError(f"server did not come up in {timeout}s:\n{self.output()}")
+        self._wait_health("/api/health/live", timeout, "live")
 
     def wait_ready(self, timeout: float = 120.0) -> None:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
+        self._wait_health("/api/health/ready", timeout, "ready")
+
+    def _wait_health(self, path: str, timeout: float, state: str) -> None:
+        def answers() -> bool:
             if self.proc.poll() is not None:
                 raise RuntimeError(f"server exited with {self.proc.returncode}:\n{self.output()}")
-            try:
-                if httpx.get(self.url + "/api/health/ready", timeout=1).status_code == 200:
-                    return
-            except httpx.HTTPError:
-                pass
-            time.sleep(0.2)
-        raise RuntimeError(f"server not ready in {timeout}s:\n{self.output()}")
+            return httpx.get(self.url + path, timeout=1).status_code == 200
+
+        try:
+            wait_until(answers, timeout, f"server {state}", ignoring=(httpx.HTTPError,))
+        except AssertionError:
+            raise RuntimeError(f"server not {state} in {timeout}s:\n{self.output()}") from None
 
     def output(self) -> str:
         self._log.flush()
@@ -122,12 +114,44 @@ def gunicorn_server(env: dict[str, str], log_path: Path, workers: int = 1) -> Se
 
 
 def wait_workers(srv: ServerProcess, count: int, timeout: float = 60.0) -> set[str]:
-    """Pids of gunicorn workers booted so far, once at least `count` have booted."""
+    """Pids of gunicorn workers booted so far, once at least `count` have booted (an
+    AssertionError if they have not within `timeout`)."""
     import re
 
-    deadline = time.monotonic() + timeout
-    while True:
-        pids = set(re.findall(r"Booting worker with pid: (\d+)", srv.output()))
-        if len(pids) >= count or time.monotonic() > deadline:
-            return pids
-        time.sleep(0.1)
+    pids: set[str] = set()
+
+    def enough() -> bool:
+        pids.update(re.findall(r"Booting worker with pid: (\d+)", srv.output()))
+        return len(pids) >= count
+
+    wait_until(enough, timeout, lambda: f"{count} workers booted:\n{srv.output()}")
+    return pids
+
+
+def dashboard(srv: ServerProcess) -> dict[str, Any]:
+    """The server's own counters (/api/metrics/dashboard, all workers): requests, running,
+    waiting, cancelled..."""
+    figures: dict[str, Any] = httpx.get(srv.url + "/api/metrics/dashboard", timeout=5).json()
+    return figures
+
+
+def wait_dashboard(
+    srv: ServerProcess, check: Callable[[dict[str, Any]], bool], message: str, timeout: float = 30
+) -> dict[str, Any]:
+    """The dashboard's figures once `check` holds for them."""
+
+    def reached() -> dict[str, Any] | None:
+        figures = dashboard(srv)
+        return figures if check(figures) else None
+
+    return wait_until(reached, timeout, lambda: f"{message}; now {dashboard(srv)}")
+
+
+def wait_logged(path: Path, *needles: str, timeout: float = 20) -> str:
+    """The text of the log file at `path` once it holds every one of `needles`."""
+
+    def logged() -> str | None:
+        text = path.read_text(errors="replace") if path.exists() else ""
+        return text if all(needle in text for needle in needles) else None
+
+    return wait_until(logged, timeout, f"{needles} in {path}")

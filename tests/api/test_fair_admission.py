@@ -12,6 +12,7 @@ import pytest
 
 from avito_ai.services.admission import Admission
 from tests.conftest import engine_set, isolated_settings
+from tests.waiting import wait_until_async
 
 from .conftest import running
 
@@ -36,11 +37,7 @@ def admitted_order(monkeypatch: pytest.MonkeyPatch) -> list[str]:
 
 
 async def wait_for(predicate: Any, within: float = 5.0) -> None:
-    for _ in range(int(within / 0.01)):
-        if predicate():
-            return
-        await asyncio.sleep(0.01)
-    raise AssertionError("condition not reached")
+    await wait_until_async(predicate, within, "the admission queue's state")
 
 
 def generate(client: httpx.AsyncClient, key: str, prompt: str = "a b c", **headers: str) -> Any:
@@ -138,7 +135,7 @@ async def test_one_client_runs_at_most_its_concurrency(
         dashboard_peak = seen["running"]
         while not all(t.done() for t in tasks):
             dashboard_peak = max(dashboard_peak, (await dashboard(client))["running"])
-            await asyncio.sleep(0.005)
+            await asyncio.wait(tasks, timeout=0.005)  # sampled until the requests are done
         results = await asyncio.gather(*tasks)
     assert all(r.status_code == 200 for r in results)
     assert max(peak) == 2 and len(peak) == 6
@@ -151,12 +148,12 @@ async def dashboard(client: httpx.AsyncClient) -> dict[str, int]:
 
 
 async def until_dashboard(client: httpx.AsyncClient, check: Any) -> dict[str, int]:
-    for _ in range(500):
+    async def reached() -> dict[str, int] | None:
         now = await dashboard(client)
-        if check(now):
-            return now
-        await asyncio.sleep(0.01)
-    raise AssertionError(f"not reached: {await dashboard(client)}")
+        return now if check(now) else None
+
+    seen: dict[str, int] = await wait_until_async(reached, 5, "the dashboard's counts")
+    return seen
 
 
 async def test_a_waiter_that_leaves_is_out_of_the_queue_at_once() -> None:

@@ -468,7 +468,7 @@ async def test_a_client_that_leaves_closes_the_generation() -> None:
     async def items() -> AsyncGenerator[Chunk | Answer, None]:
         try:
             yield Chunk("a")
-            await asyncio.sleep(30)
+            await asyncio.sleep(30)  # the behaviour under test: a generation still going
             yield Chunk("never")
         finally:
             closed.set()

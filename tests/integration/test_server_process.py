@@ -4,14 +4,13 @@ from __future__ import annotations
 
 import signal
 import threading
-import time
 import uuid
 from collections.abc import Iterator
 
 import httpx
 import pytest
 
-from tests.servers import ServerProcess, dev_server, gunicorn_server
+from tests.servers import ServerProcess, dev_server, gunicorn_server, wait_dashboard, wait_logged
 
 pytestmark = pytest.mark.integration
 
@@ -57,11 +56,8 @@ def test_request_ids_and_log_file(server: ServerProcess) -> None:
     assert r.headers["X-Response-Time"].endswith("s")
     generated = httpx.get(server.url + "/api/health", headers={"X-Request-ID": "bad id!"})
     assert uuid.UUID(generated.headers["X-Request-ID"]).version == 4
-    log_file = server.log_path.parent / "app.log"
-    deadline = time.monotonic() + 5
-    while rid not in log_file.read_text() and time.monotonic() < deadline:
-        time.sleep(0.05)
-    line = next(line for line in log_file.read_text().splitlines() if rid in line)
+    logged = wait_logged(server.log_path.parent / "app.log", rid, timeout=5)
+    line = next(line for line in logged.splitlines() if rid in line)
     assert f"[{rid}]" in line and '"GET /api/health" 200' in line and "127.0.0.1" in line
 
 
@@ -71,14 +67,8 @@ def test_a_url_cannot_forge_log_lines_or_paint_the_terminal(server: ServerProces
     for path in (f"/api/health%0a{forged}", f"/api/health%0d%0a{forged}", "/x%1b[31mred"):
         with httpx.Client() as http:  # the raw path, as a client would send it
             http.send(http.build_request("GET", server.url + path))
-    log_file = server.log_path.parent / "app.log"
-    deadline = time.monotonic() + 20  # until all three access lines are written
-    while time.monotonic() < deadline:
-        logged = log_file.read_text()
-        if marker in logged and "x1b[31m" in logged:
-            break
-        time.sleep(0.05)
-    text = log_file.read_text()
+    # until all three access lines are written
+    text = wait_logged(server.log_path.parent / "app.log", marker, "x1b[31m")
     assert marker in text  # logged, escaped, on the access line itself
     assert not any(line.startswith("2026-01-01") for line in text.splitlines())
     assert "\x1b" not in text and "\\x1b[31m" in text
@@ -119,15 +109,10 @@ def test_log_file_keeps_receiving_lines_after_logrotate_renames_it(server: Serve
     log_file = server.log_path.parent / "app.log"
     rotated = server.log_path.parent / "app.log.1"
     httpx.get(server.url + "/api/health", headers={"X-Request-ID": "before-rotation"})
-    deadline = time.monotonic() + 5
-    while "before-rotation" not in log_file.read_text() and time.monotonic() < deadline:
-        time.sleep(0.05)
+    wait_logged(log_file, "before-rotation", timeout=5)
     log_file.rename(rotated)  # what logrotate does without copytruncate
     httpx.get(server.url + "/api/health", headers={"X-Request-ID": "after-rotation"})
-    deadline = time.monotonic() + 5
-    while not (log_file.exists() and "after-rotation" in log_file.read_text()):
-        assert time.monotonic() < deadline, "no line reached the new log file"
-        time.sleep(0.05)
+    wait_logged(log_file, "after-rotation", timeout=5)  # a line reached the new log file
     assert "before-rotation" in rotated.read_text()
     assert "after-rotation" not in rotated.read_text()
 
@@ -146,7 +131,8 @@ def test_sigterm_lets_a_slow_request_finish_and_exits_0(server: ServerProcess) -
 
     worker = threading.Thread(target=slow_request)
     worker.start()
-    time.sleep(0.8)  # the request is in flight (8 tokens x 0.3 s)
+    # SIGTERM once the request is generating (8 tokens x 0.3 s: it has seconds to go)
+    wait_dashboard(srv, lambda now: now["running"] == 1, "the slow request generating")
     srv.signal(signal.SIGTERM)
     worker.join(30)
     assert srv.proc.wait(30) == 0, srv.output()
