@@ -91,16 +91,20 @@ lint: $(TEST_STAMP) lint-deploy
 
 # The deployment files, checked offline with the ecosystem's own tools: Prometheus's config
 # and alert rules (with their unit tests, deploy/prometheus/tests), both Dockerfiles
-# (hadolint), the Kubernetes manifests against Kubernetes $(K8S_VERSION)'s schemas (strict:
-# an unknown field is an error), and compose.yaml against the Compose Specification's schema
-# (vendored: deploy/schemas).
+# (hadolint), the Kubernetes manifests against Kubernetes $(K8S_VERSION)'s schemas and the
+# custom resources (Gateway, HTTPRoute, InferencePool) and Prometheus adapter rules against
+# their published schemas (strict: an unknown field is an error), and compose.yaml against
+# the Compose Specification's schema (all vendored: deploy/schemas). The gateway overlay is
+# also rendered by kustomize where kubectl is installed (its files are checked either way).
 K8S_VERSION := 1.35.0
 lint-deploy: $(TEST_STAMP) prometheus
 	promtool check config deploy/prometheus.yml
 	promtool check rules deploy/prometheus/alerts.yml
 	promtool test rules deploy/prometheus/tests/*.yml
 	$(BIN)/hadolint Dockerfile deploy/Dockerfile.cpu deploy/Dockerfile.vllm
-	$(BIN)/kubernetes-validate --quiet --strict -k $(K8S_VERSION) deploy/k8s/*.yaml
+	$(BIN)/python deploy/schemas/validate_k8s.py -k $(K8S_VERSION) deploy/k8s/*.yaml deploy/k8s/gateway
+	@if command -v kubectl >/dev/null; then f=$$(mktemp) && kubectl kustomize deploy/k8s/gateway >$$f \
+		&& $(BIN)/python deploy/schemas/validate_k8s.py -k $(K8S_VERSION) $$f; rc=$$?; rm -f $$f; exit $$rc; fi
 	$(BIN)/python deploy/schemas/validate_compose.py deploy/compose.yaml
 
 typecheck: $(TEST_STAMP)

@@ -158,3 +158,169 @@ def test_compose_file_is_valid() -> None:
 def test_compose_check_refuses_a_broken_file(service: dict[str, Any], problem: str) -> None:
     found = compose_validator().problems({"services": {"app": service}})
     assert found and any(problem in line for line in found), found
+
+
+# --- the Kubernetes check: core kinds, the gateway's custom resources, adapter rules ------
+
+GATEWAY = ROOT / "deploy" / "k8s" / "gateway"
+
+
+def k8s_validator() -> ModuleType:
+    path = ROOT / "deploy" / "schemas" / "validate_k8s.py"
+    spec = importlib.util.spec_from_file_location("validate_k8s", path)
+    assert spec and spec.loader
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def gateway_documents() -> list[dict[str, Any]]:
+    validator = k8s_validator()
+    return [doc for _, doc in validator.documents(str(GATEWAY))]
+
+
+def gateway_doc(kind: str, name: str) -> dict[str, Any]:
+    found = [d for d in gateway_documents() if d["kind"] == kind and d["metadata"]["name"] == name]
+    assert len(found) == 1, (kind, name)
+    return found[0]
+
+
+def test_the_vendored_crds_are_the_published_ones_with_their_license() -> None:
+    schemas = k8s_validator().crd_schemas()
+    assert {
+        ("gateway.networking.k8s.io/v1", "Gateway"),
+        ("gateway.networking.k8s.io/v1", "HTTPRoute"),
+    }
+    assert ("inference.networking.k8s.io/v1", "InferencePool") in schemas
+    assert ("gateway.networking.k8s.io/v1", "HTTPRoute") in schemas
+    for name in ("gateway-api", "gateway-api-inference-extension"):
+        assert "Apache License" in (ROOT / "deploy" / "schemas" / f"LICENSE.{name}").read_text()
+
+
+def test_every_manifest_is_valid_and_the_overlay_lists_every_file() -> None:
+    validator = k8s_validator()
+    paths = [*map(str, sorted((ROOT / "deploy" / "k8s").glob("*.yaml"))), str(GATEWAY)]
+    for path in paths:
+        for where, doc in validator.documents(path):
+            assert validator.problems(doc, "1.35.0") == [], where
+    listed = {p.name for p in validator.manifest_files(GATEWAY)}
+    assert listed == {p.name for p in GATEWAY.glob("*.yaml")} - {"kustomization.yaml"}
+
+
+def with_change(kind: str, name: str, change: str) -> dict[str, Any]:
+    """A copy of one gateway manifest with one mistake a person could make."""
+    doc: dict[str, Any] = json.loads(json.dumps(gateway_doc(kind, name)))
+    spec = doc["spec"]
+    if change == "typo":  # an unknown field, misspelt
+        key = next(iter(spec))
+        spec[key + "z"] = spec.pop(key)
+    elif change == "wrong-type":
+        spec["minReplicas" if kind == "HorizontalPodAutoscaler" else "replicas"] = "two"
+    elif change == "bad-enum":
+        spec["endpointPickerRef"]["failureMode"] = "FailSoft"
+    elif change == "missing":
+        spec["rules"][0]["backendRefs"][0].pop("name")
+    return doc
+
+
+@pytest.mark.parametrize(
+    ("kind", "name", "change", "problem"),
+    [
+        ("InferencePool", "vllm-avibe", "typo", "targetPortsz"),
+        ("InferencePool", "vllm-avibe", "bad-enum", "FailSoft"),
+        ("HTTPRoute", "vllm-avibe", "typo", "parentRefsz"),
+        ("HTTPRoute", "vllm-avibe", "missing", "'name' is a required property"),
+        ("Gateway", "inference-gateway", "typo", "gatewayClassNamez"),
+        ("HorizontalPodAutoscaler", "vllm-avibe", "typo", "scaleTargetRef"),
+        ("HorizontalPodAutoscaler", "avito-ai", "wrong-type", "'two'"),
+        ("Deployment", "vllm-avibe-epp", "wrong-type", "'two'"),
+    ],
+)
+def test_the_k8s_check_refuses_a_broken_manifest(
+    kind: str, name: str, change: str, problem: str
+) -> None:
+    found = k8s_validator().problems(with_change(kind, name, change), "1.35.0")
+    assert found and any(problem in line for line in found), found
+
+
+def test_the_k8s_check_refuses_an_unknown_kind_and_broken_adapter_rules() -> None:
+    validator = k8s_validator()
+    unknown = {"apiVersion": "inference.networking.x-k8s.io/v1alpha2", "kind": "InferenceModel"}
+    assert any("no schema" in line for line in validator.problems(unknown, "1.35.0"))
+    adapter = json.loads(json.dumps(gateway_doc("ConfigMap", "adapter-config")))
+    adapter["data"]["config.yaml"] = adapter["data"]["config.yaml"].replace("metricsQuery", "query")
+    found = validator.problems(adapter, "1.35.0")
+    assert found and all("config.yaml" in line and "'query'" in line for line in found), found
+
+
+def adapter_rules() -> dict[str, Any]:
+    rules: dict[str, Any] = yaml.safe_load(
+        gateway_doc("ConfigMap", "adapter-config")["data"]["config.yaml"]
+    )
+    return rules
+
+
+def test_each_autoscaler_metric_has_its_adapter_rule_over_a_real_series() -> None:
+    """The adapter serves a metric under `name.as` of a rule whose series the service or
+    vLLM exports: each HPA's Pods metric is a `rules` entry, each External an `externalRules`."""
+    rules = adapter_rules()
+    served = {
+        "Pods": {r["name"]["as"]: r["seriesQuery"] for r in rules["rules"]},
+        "External": {r["name"]["as"]: r["seriesQuery"] for r in rules["externalRules"]},
+    }
+    exported = exported_metrics()
+    used = 0
+    for doc in gateway_documents():
+        if doc["kind"] != "HorizontalPodAutoscaler":
+            continue
+        for metric in doc["spec"]["metrics"]:
+            if metric["type"] == "Resource":
+                continue
+            name = metric[metric["type"].lower()]["metric"]["name"]
+            series = served[metric["type"]][name]
+            assert series.split("{")[0] in exported or series.startswith("vllm:"), series
+            used += 1
+    assert used == 3
+
+
+def test_the_gateway_front_is_the_plain_front_with_the_gateway_as_upstream() -> None:
+    plain = [d for d in yaml.safe_load_all((ROOT / "deploy/k8s/avito-ai.yaml").read_text())]
+    front = [d for d in yaml.safe_load_all((GATEWAY / "front.yaml").read_text())]
+    assert [d["kind"] for d in plain] == [d["kind"] for d in front]
+
+    def env_of(d: dict[str, Any]) -> dict[str, str]:
+        return {
+            e["name"]: e["value"] for e in d["spec"]["template"]["spec"]["containers"][0]["env"]
+        }
+
+    plain_env, front_env = env_of(plain[0]), env_of(front[0])
+    # The same container, but for the upstream settings.
+    changed = {
+        k for k in plain_env.keys() | front_env.keys() if plain_env.get(k) != front_env.get(k)
+    }
+    assert changed == {
+        "AVIBE_UPSTREAM_URLS",
+        "AVISION_UPSTREAM_URLS",
+        "AVIBE_UPSTREAM_MODEL",
+        "AVISION_UPSTREAM_MODEL",
+    }
+    for d in (plain[0], front[0]):
+        d["spec"]["template"]["spec"]["containers"][0].pop("env")
+    assert plain == front
+    # Each upstream URL is the gateway's listener whose route leads to that model's pool.
+    gateway = gateway_doc("Gateway", "inference-gateway")
+    ports = {listener["name"]: listener["port"] for listener in gateway["spec"]["listeners"]}
+    for model in ("avibe", "avision"):
+        route = gateway_doc("HTTPRoute", f"vllm-{model}")
+        assert route["spec"]["parentRefs"][0]["sectionName"] == model
+        assert route["spec"]["rules"][0]["backendRefs"][0]["kind"] == "InferencePool"
+        pool = gateway_doc("InferencePool", route["spec"]["rules"][0]["backendRefs"][0]["name"])
+        engine = gateway_doc("Deployment", f"vllm-{model}")
+        labels = engine["spec"]["template"]["metadata"]["labels"]
+        assert pool["spec"]["selector"]["matchLabels"].items() <= labels.items()
+        epp = gateway_doc("Service", pool["spec"]["endpointPickerRef"]["name"])
+        assert pool["spec"]["endpointPickerRef"]["port"]["number"] in [
+            p["port"] for p in epp["spec"]["ports"]
+        ]
+        url = f"http://{gateway['metadata']['name']}-istio:{ports[model]}"
+        assert front_env[f"{model.upper()}_UPSTREAM_URLS"] == url
