@@ -178,12 +178,13 @@ def test_text_stream_chunks() -> None:
         assert body["model"] == "fake-avibe"
 
 
-def test_stream_created_defaults_to_now_and_stays_fixed() -> None:
+def test_stream_created_defaults_to_now_and_stays_fixed(monkeypatch: pytest.MonkeyPatch) -> None:
     before = int(time.time())
     chunks = StreamChunks(REQUEST_ID, "avibe", chat=True)
     assert before <= chunks.created <= int(time.time())
     first = chunks.delta(Chunk("a"))["created"]
-    time.sleep(0.01)
+    later = time.time() + 5  # the stream goes on into another second (a sleep of 0.01 s
+    monkeypatch.setattr(time, "time", lambda: later)  # almost never reached one)
     assert chunks.delta(Chunk("b"))["created"] == first == chunks.finishes(answer())[0]["created"]
 
 

@@ -34,7 +34,7 @@ def test_a_burst_of_traffic_starts_one_sweep_not_one_per_10_ms(
     began = time.monotonic()
     while time.monotonic() - began < 0.3:  # the parent would sweep ~30 times
         storage.acquire_entry(f"k{len(started)}-{time.monotonic()}", 10, 60)
-        time.sleep(0.001)
+        time.sleep(0.001)  # the behaviour under test: traffic spread over 0.3 s
     assert len(started) <= 1
 
 
@@ -44,5 +44,5 @@ async def test_windows_still_expire_by_time() -> None:
     assert not await storage.acquire_entry("client", 1, 1)
     start, count = await storage.get_moving_window("client", 1, 1)
     assert count == 1 and start <= time.time()
-    await asyncio.sleep(1.05)
+    await asyncio.sleep(1.05)  # the behaviour under test: the 1 s window passes
     assert await storage.acquire_entry("client", 1, 1)

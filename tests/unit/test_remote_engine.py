@@ -240,7 +240,7 @@ async def test_closing_the_answer_closes_the_upstream_stream() -> None:
     class Stream(httpx.AsyncByteStream):
         async def __aiter__(self):  # type: ignore[override]
             yield sse("a").split(b"\n\n")[0] + b"\n\n"  # one whole event, then silence
-            await asyncio.sleep(30)
+            await asyncio.sleep(30)  # the behaviour under test: an upstream gone silent
             yield b""
 
         async def aclose(self) -> None:

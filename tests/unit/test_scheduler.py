@@ -26,6 +26,7 @@ from avito_ai.engines.transformers.detokenize import detokenizer_factory
 from avito_ai.engines.transformers.scheduler import BatchScheduler, SequenceSpec
 from avito_ai.errors import Overloaded, ShuttingDown, Timeout
 from tests.tiny_models import train_tokenizer
+from tests.waiting import wait_until_async
 
 VOCAB_PAD = 8  # spare ids past the tokenizer's vocabulary
 
@@ -96,7 +97,7 @@ class ScriptedLM:
             if q > 1:
                 self.prefills.append((batch, q))
         if self.delay:
-            time.sleep(self.delay)
+            time.sleep(self.delay)  # the behaviour under test: a forward pass takes time
         return SimpleNamespace(logits=logits)
 
 
@@ -186,7 +187,8 @@ async def test_mixed_lengths_joining_mid_flight_keep_their_own_answers(make: Any
     ]
 
     async def one(i: int) -> str:
-        await asyncio.sleep(0.004 * i)  # staggered arrivals: joins happen mid-generation
+        # Staggered arrivals: request i joins after the model's 2*i-th step, mid-generation.
+        await wait_until_async(lambda: h.model.calls >= 2 * i, 10, f"step {2 * i}")
         prompt, answer = cases[i]
         text, final = await collect(h.scheduler.stream(h.spec(prompt, answer)))
         assert final.finish_reason == "stop"
@@ -267,8 +269,7 @@ async def test_full_queue_raises_overloaded_immediately(make: Any) -> None:
     assert not first.is_final
     waiting = h.scheduler.stream(h.spec("Wait:", "y"))
     waiting_task = asyncio.ensure_future(collect(waiting))
-    await asyncio.sleep(0.05)
-    assert h.scheduler.waiting_count == 1
+    await wait_until_async(lambda: h.scheduler.waiting_count == 1, 5, "one waiting")
     started = time.monotonic()
     with pytest.raises(Overloaded):
         await h.scheduler.stream(h.spec("Third:", "z")).__anext__()
@@ -315,16 +316,14 @@ async def test_cancelled_while_queued_leaves_the_queue(make: Any) -> None:
     running = h.scheduler.stream(h.spec("Long:", "x " * 300))
     await running.__anext__()
     queued = asyncio.ensure_future(collect(h.scheduler.stream(h.spec("Queued:", "q"))))
-    await asyncio.sleep(0.03)
-    assert h.scheduler.waiting_count == 1
+    await wait_until_async(lambda: h.scheduler.waiting_count == 1, 5, "one queued")
     queued.cancel()
     with contextlib.suppress(asyncio.CancelledError):
         await queued
     assert h.scheduler.waiting_count == 0
     # The queue place is free again at once.
     again = asyncio.ensure_future(collect(h.scheduler.stream(h.spec("Again:", "a"))))
-    await asyncio.sleep(0.03)
-    assert h.scheduler.waiting_count == 1
+    await wait_until_async(lambda: h.scheduler.waiting_count == 1, 5, "the place taken again")
     await running.aclose()
     assert (await asyncio.wait_for(again, 5))[0] == "a"
 
@@ -361,10 +360,7 @@ async def test_prefill_budget_splits_a_burst_but_serves_everyone(make: Any) -> N
     length = len(specs[0].prompt_ids)
     assert all(len(s.prompt_ids) == length for s in specs) and length > 4  # warm-up is 4
     burst = asyncio.gather(*(collect(h.scheduler.stream(s)) for s in specs))
-    for _ in range(1000):  # up to ~5 s
-        if h.scheduler.waiting_count == 8:
-            break
-        await asyncio.sleep(0.005)
+    await wait_until_async(lambda: h.scheduler.waiting_count == 8, 5, "the burst waiting")
     h.model.gate.set()
     assert h.scheduler.waiting_count == 8
     results = await burst
@@ -381,7 +377,7 @@ async def test_stop_ends_waiting_and_running_requests(make: Any) -> None:
     running = h.scheduler.stream(h.spec("Long:", "x " * 500))
     await running.__anext__()
     queued = asyncio.ensure_future(collect(h.scheduler.stream(h.spec("Queued:", "q"))))
-    await asyncio.sleep(0.03)
+    await wait_until_async(lambda: h.scheduler.waiting_count == 1, 5, "one queued")
     await asyncio.to_thread(h.scheduler.stop, 5)
     with pytest.raises(ShuttingDown):
         await queued

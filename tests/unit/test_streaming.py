@@ -12,6 +12,7 @@ from avito_ai.engines.fake import FakeEngine
 from avito_ai.errors import ClientDisconnected, ModelUnavailable, Overloaded
 from avito_ai.services.generation import GenerationService
 from tests.conftest import isolated_settings
+from tests.waiting import wait_until_async
 
 # The generation service on its own: no fair admission in front of the engine.
 SERVICE = GenerationService(isolated_settings(), {}, None)
@@ -41,8 +42,7 @@ async def test_disconnect_cancels_a_non_streaming_generation() -> None:
         await disconnected.wait()
 
     task = asyncio.create_task(SERVICE.complete(engine, request(), disconnected=wait_disconnect))
-    await asyncio.sleep(0.12)
-    assert engine.active == 1
+    await wait_until_async(lambda: engine.active == 1, 5, "the generation running")
     disconnected.set()
     with pytest.raises(ClientDisconnected):
         await task
