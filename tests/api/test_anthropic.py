@@ -17,11 +17,12 @@ import jsonschema
 import pytest
 
 from avito_ai.api.anthropic.protocol import MessagesRequest
-from avito_ai.api.anthropic.requests import messages_request
+from avito_ai.api.anthropic.requests import messages_output, messages_request
 from avito_ai.config import Settings
 from avito_ai.engines.base import Chunk, Engine, GenerationRequest, Role
 from avito_ai.engines.fake import FakeEngine
 from avito_ai.errors import Timeout, ValidationFailed
+from avito_ai.services.pipeline import with_output
 from tests.conftest import engine_set, isolated_settings
 from tests.images import encoded
 
@@ -278,8 +279,10 @@ async def test_a_two_step_tool_loop_with_a_result() -> None:
 
 
 def mapped(**body: Any) -> GenerationRequest:
+    """The conversation and sampling, with the tools and tool_choice the pipeline adds."""
     request = MessagesRequest.model_validate({"model": "avibe", "max_tokens": 16, **body})
-    return messages_request(request, "avibe", isolated_settings(), "rid")
+    built = messages_request(request, "avibe", isolated_settings(), "rid")
+    return with_output(built, messages_output(request))
 
 
 def test_the_request_as_the_engines_see_it() -> None:

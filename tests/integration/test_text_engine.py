@@ -355,8 +355,8 @@ async def test_tiny_constrained_and_free_rows_share_a_batch(tiny: TransformersTe
 
     import jsonschema
 
-    from avito_ai.schemas.structured import ResponseFormatJSONSchema, ResponseFormatRegex
-    from avito_ai.services.constraints import constraint_from
+    from avito_ai.services.constraints import constraint_for
+    from avito_ai.services.output import CHAT_FIELDS, OutputSpec
 
     schema = {
         "type": "object",
@@ -368,12 +368,12 @@ async def test_tiny_constrained_and_free_rows_share_a_batch(tiny: TransformersTe
         "required": ["kind", "rooms", "tags"],
         "additionalProperties": False,
     }
-    as_json = await constraint_from(
-        ResponseFormatJSONSchema.model_validate(
-            {"type": "json_schema", "json_schema": {"name": "l", "schema": schema}}
-        )
+    as_json = await constraint_for(
+        OutputSpec(format="json_schema", schema=schema, name="l"), CHAT_FIELDS
     )
-    as_regex = await constraint_from(ResponseFormatRegex(type="regex", regex="(yes|no)-[0-9]{2}"))
+    as_regex = await constraint_for(
+        OutputSpec(format="regex", pattern="(yes|no)-[0-9]{2}"), CHAT_FIELDS
+    )
     free = chat("one two three", max_tokens=20)
     alone = (await collect(tiny.generate(free)))[0]
     rows = [

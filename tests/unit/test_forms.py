@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 
-from avito_ai.api.forms.fields import sampling_from_form
+from avito_ai.api.form_fields import sampling_from_form
 from avito_ai.errors import ValidationFailed
 
 BOOL_FIELDS = ("stream", "enable_thinking", "ignore_eos")

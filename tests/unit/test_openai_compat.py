@@ -17,17 +17,13 @@ from avito_ai.api.openai.chunks import (
     usage,
 )
 from avito_ai.api.openai.protocol import ChatCompletionRequest, CompletionRequest
-from avito_ai.api.openai.serving import (
-    chat_request,
-    completion_request,
-    model_list,
-    model_names,
-    resolve_role,
-)
+from avito_ai.api.openai.requests import chat_request, completion_request
+from avito_ai.api.openai.serving import model_list
 from avito_ai.engines.base import Chunk, ImagePart, TextPart, Timings
 from avito_ai.engines.fake import FakeEngine
 from avito_ai.errors import NotFound, PayloadTooLarge, ValidationFailed
 from avito_ai.services.answers import Answer, ChoiceAnswer
+from avito_ai.services.models import model_names, resolve_role
 from avito_ai.services.state import ServiceState
 from tests.conftest import engine_set, isolated_settings
 from tests.images import encoded

@@ -1,6 +1,7 @@
 """What every dialect's serving shares on the way in: the original specification's prompt
-rules, sampling fields → SamplingParams, and the single-turn chat the native API and the
-forms send (an optional system message, then the user's text or image and question)."""
+rules, sampling fields → SamplingParams, `response_format` (OpenAI's and the native API's)
+→ an OutputSpec, and the single-turn chat the native API and the forms send (an optional
+system message, then the user's text or image and question)."""
 
 from __future__ import annotations
 
@@ -13,16 +14,46 @@ from avito_ai.engines.base import (
     ContentPart,
     GenerationRequest,
     ImagePart,
-    OutputConstraint,
     Role,
     SamplingParams,
     TextPart,
 )
 from avito_ai.errors import ValidationFailed
 from avito_ai.schemas.sampling import SamplingFields
+from avito_ai.schemas.structured import (
+    ResponseFormatGrammar,
+    ResponseFormatJSONObject,
+    ResponseFormatJSONSchema,
+    ResponseFormatRegex,
+)
+from avito_ai.services.output import OutputSpec
 
 if TYPE_CHECKING:
     from PIL.Image import Image
+
+# A function declared without parameters takes none.
+EMPTY_PARAMETERS = {"type": "object", "properties": {}}
+
+
+def response_format_output(response_format: object) -> OutputSpec:
+    """`response_format` (schemas/structured.py: OpenAI's kinds and the native API's regex
+    and grammar) as an OutputSpec; None or text: free text."""
+    if isinstance(response_format, ResponseFormatJSONObject):
+        return OutputSpec(format="json_object")
+    if isinstance(response_format, ResponseFormatJSONSchema):
+        spec = response_format.json_schema
+        return OutputSpec(
+            format="json_schema",
+            schema=spec.schema_,
+            name=spec.name,
+            strict=bool(spec.strict),
+            description=spec.description,
+        )
+    if isinstance(response_format, ResponseFormatRegex):
+        return OutputSpec(format="regex", pattern=response_format.regex)
+    if isinstance(response_format, ResponseFormatGrammar):
+        return OutputSpec(format="grammar", pattern=response_format.grammar)
+    return OutputSpec()
 
 
 def validate_prompt(prompt: object, settings: Settings, *, field: str = "prompt") -> str:
@@ -113,7 +144,6 @@ def chat_request(
     user_content: list[ContentPart],
     fields: SamplingFields,
     settings: Settings,
-    constraint: OutputConstraint | None = None,
 ) -> GenerationRequest:
     """A single-turn chat (optional system message) as the native API and forms send it."""
     messages: list[ChatMessage] = []
@@ -127,7 +157,6 @@ def chat_request(
         messages=messages,
         enable_thinking=fields.enable_thinking,
         deadline=time.monotonic() + settings.request_timeout,
-        constraint=constraint,
     )
 
 
@@ -136,7 +165,6 @@ def text_request(
     fields: SamplingFields,
     settings: Settings,
     request_id: str,
-    constraint: OutputConstraint | None = None,
 ) -> GenerationRequest:
     text = validate_prompt(prompt, settings)
     return chat_request(
@@ -145,7 +173,6 @@ def text_request(
         user_content=[TextPart(text)],
         fields=fields,
         settings=settings,
-        constraint=constraint,
     )
 
 
@@ -155,7 +182,6 @@ def image_request(
     fields: SamplingFields,
     settings: Settings,
     request_id: str,
-    constraint: OutputConstraint | None = None,
 ) -> GenerationRequest:
     """An image and a (validated) question for A-Vision."""
     return chat_request(
@@ -164,5 +190,4 @@ def image_request(
         user_content=[ImagePart(image), TextPart(text)],
         fields=fields,
         settings=settings,
-        constraint=constraint,
     )

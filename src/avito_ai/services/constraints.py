@@ -27,12 +27,11 @@ import json
 import re
 import sys
 import types
-from collections import OrderedDict
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
-from pydantic import BaseModel
+from cachetools import LRUCache
 
 from avito_ai.engines.base import (
     ConstraintKind,
@@ -42,13 +41,7 @@ from avito_ai.engines.base import (
 )
 from avito_ai.engines.grammar import expand_regex_rules, matches_nothing, openvino_dialect
 from avito_ai.errors import ValidationFailed
-from avito_ai.schemas.structured import (
-    ResponseFormatGrammar,
-    ResponseFormatJSONObject,
-    ResponseFormatJSONSchema,
-    ResponseFormatRegex,
-    ResponseFormatText,
-)
+from avito_ai.services.output import FieldNames, OutputSpec
 
 MAX_SCHEMA_BYTES = 64 * 1024
 MAX_SCHEMA_DEPTH = 32
@@ -86,18 +79,15 @@ _MAP = ("properties", "$defs", "definitions", "patternProperties")
 SCHEMA_CACHE_SIZE = 512
 # (check, the schema's canonical JSON) -> None (fine) or why not: a repeated schema costs a
 # lookup, a new one a walk off the event loop (a 60 kB schema took 0.75 s of loop time).
-_SCHEMA_VERDICTS: OrderedDict[tuple[str, str], str | None] = OrderedDict()
+_SCHEMA_VERDICTS: LRUCache[tuple[str, str], str | None] = LRUCache(SCHEMA_CACHE_SIZE)
 
 
 async def _schema_verdict(check: Callable[[Any], str | None], schema: Any) -> str | None:
     key = (check.__name__, json.dumps(schema, sort_keys=True))
     if key in _SCHEMA_VERDICTS:
-        _SCHEMA_VERDICTS.move_to_end(key)
         return _SCHEMA_VERDICTS[key]
     problem = await asyncio.get_running_loop().run_in_executor(_COMPILER, check, schema)
     _SCHEMA_VERDICTS[key] = problem
-    if len(_SCHEMA_VERDICTS) > SCHEMA_CACHE_SIZE:
-        _SCHEMA_VERDICTS.popitem(last=False)
     return problem
 
 
@@ -243,7 +233,7 @@ def _compile(kind: ConstraintKind, source: str) -> str:
 
 _COMPILER = ThreadPoolExecutor(max_workers=2, thread_name_prefix="grammar")
 CACHE_SIZE = 512
-_CACHE: OrderedDict[tuple[ConstraintKind, str], str] = OrderedDict()
+_CACHE: LRUCache[tuple[ConstraintKind, str], str] = LRUCache(CACHE_SIZE)
 
 
 async def compiled(kind: ConstraintKind, source: str, param: str) -> str:
@@ -253,7 +243,6 @@ async def compiled(kind: ConstraintKind, source: str, param: str) -> str:
     key = (kind, source)
     cached = _CACHE.get(key)
     if cached is not None:
-        _CACHE.move_to_end(key)
         return cached
     loop = asyncio.get_running_loop()
     what = kind.replace("_", " ")
@@ -272,46 +261,37 @@ async def compiled(kind: ConstraintKind, source: str, param: str) -> str:
             f"The {what} cannot be compiled: {_clean(exc)}", param=param
         ) from None
     _CACHE[key] = grammar
-    if len(_CACHE) > CACHE_SIZE:
-        _CACHE.popitem(last=False)
     return grammar
 
 
-# ------------------------------------------------------------------------ the wire
+# ------------------------------------------------------------------------ the request
 
 
-async def constraint_from(
-    response_format: BaseModel | None, param: str = "response_format"
-) -> OutputConstraint | None:
-    """A `response_format` (schemas/structured.py) as a compiled constraint; None: text."""
-    if response_format is None or isinstance(response_format, ResponseFormatText):
+async def constraint_for(output: OutputSpec, names: FieldNames) -> OutputConstraint | None:
+    """What the client asked of the answer's format as a compiled constraint (None: text);
+    errors name the dialect's own field (`names`)."""
+    if output.format == "text":
         return None
-    if isinstance(response_format, ResponseFormatJSONObject):
+    if output.format == "json_object":
         schema: dict[str, Any] = {"type": "object"}
-        grammar = await compiled("json_object", json.dumps(schema), param)
+        grammar = await compiled("json_object", json.dumps(schema), names.format)
         return OutputConstraint("json_object", grammar, schema=schema)
-    if isinstance(response_format, ResponseFormatJSONSchema):
-        spec = response_format.json_schema
-        where = f"{param}.json_schema.schema"
-        schema = {} if spec.schema_ is None else spec.schema_  # none: any JSON value
-        await checked_schema(schema, where)
+    if output.format == "json_schema":
+        schema = {} if output.schema is None else output.schema  # none: any JSON value
+        await checked_schema(schema, names.schema)
         source = json.dumps(schema)  # (its order is the answer's order)
         return OutputConstraint(
             "json_schema",
-            await compiled("json_schema", source, where),
+            await compiled("json_schema", source, names.schema),
             schema=schema,
-            name=spec.name,
-            strict=bool(spec.strict),
-            description=spec.description,
+            name=output.name,
+            strict=output.strict,
+            description=output.description,
         )
-    if isinstance(response_format, ResponseFormatRegex):
-        where = f"{param}.regex"
-        grammar = await compiled("regex", response_format.regex, where)
-        return OutputConstraint("regex", grammar, pattern=response_format.regex)
-    assert isinstance(response_format, ResponseFormatGrammar)
-    where = f"{param}.grammar"
-    grammar = await compiled("grammar", response_format.grammar, where)
-    return OutputConstraint("grammar", grammar, pattern=response_format.grammar)
+    kind: ConstraintKind = "regex" if output.format == "regex" else "grammar"
+    source = output.pattern or ""
+    where = names.regex if kind == "regex" else names.grammar
+    return OutputConstraint(kind, await compiled(kind, source, where), pattern=source)
 
 
 def check_supported(engine: Engine, constraint: OutputConstraint | None, param: str) -> None:

@@ -21,6 +21,7 @@ parallel calls are allowed) whose arguments match the function's JSON Schema.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import re
 import secrets
@@ -47,6 +48,7 @@ from avito_ai.services.constraints import (
     compiled,
     json_schema_problem,
 )
+from avito_ai.services.output import CHAT_FIELDS, FieldNames
 
 CALL_OPEN = "<tool_call>"
 CALL_CLOSE = "</tool_call>"
@@ -400,9 +402,12 @@ def parse_calls(
 # --------------------------------------------------------------------- checking, grammar
 
 
-async def check_tools(request: GenerationRequest, settings: Settings, param: str = "tools") -> None:
+async def check_tools(
+    request: GenerationRequest, settings: Settings, names: FieldNames = CHAT_FIELDS
+) -> None:
     """The request's tools and choice make sense, or ValidationFailed naming the field.
     The schemas are walked off the event loop, once per distinct schema."""
+    param = names.tools
     if len(request.tools) > MAX_TOOLS:
         raise ValidationFailed(f"At most {MAX_TOOLS} tools per request", param=param)
     if request.tools:  # (engines count the rendered prompt exactly; this is a floor)
@@ -413,25 +418,25 @@ async def check_tools(request: GenerationRequest, settings: Settings, param: str
                 f"{settings.max_prompt_tokens} (MAX_PROMPT_TOKENS)",
                 param=param,
             )
-    names: set[str] = set()
+    seen: set[str] = set()
     for i, tool in enumerate(request.tools):
-        if tool.name in names:
+        if tool.name in seen:
             raise ValidationFailed(f"Two tools are named {tool.name!r}", param=f"{param}.{i}")
-        names.add(tool.name)
+        seen.add(tool.name)
         problem = await json_schema_problem(tool.parameters)
         if problem is not None:
             raise ValidationFailed(
                 f"The parameters of {tool.name!r} are not a JSON Schema: {problem}",
                 param=f"{param}.{i}",
             )
-    if request.forced_tool is not None and request.forced_tool not in names:
+    if request.forced_tool is not None and request.forced_tool not in seen:
         raise ValidationFailed(
             f"tool_choice names {request.forced_tool!r}, which is not in tools",
-            param="tool_choice",
+            param=names.tool_choice,
         )
     if request.tool_choice == "required" and not request.tools:
         raise ValidationFailed(
-            "tool_choice requires a call, but there are no tools", param="tool_choice"
+            "tool_choice requires a call, but there are no tools", param=names.tool_choice
         )
     called = {c.id for m in request.messages for c in m.tool_calls}
     for i, message in enumerate(request.messages):
@@ -452,17 +457,20 @@ def _call_schema(tool: ToolSpec) -> dict[str, Any]:
     }
 
 
-async def tool_grammar(request: GenerationRequest, param: str = "tools") -> OutputConstraint:
+async def tool_grammar(
+    request: GenerationRequest, names: FieldNames = CHAT_FIELDS
+) -> OutputConstraint:
     """The answer as one call of the named tool, or calls of any of them (several when
     parallel calls are allowed: up to one per tool), arguments valid against each tool's
     schema."""
     chosen = [t for t in request.tools if request.forced_tool in (None, t.name)]
     for i, tool in enumerate(request.tools):
         if tool in chosen:
-            await checked_schema(tool.parameters, f"{param}.{i}.function.parameters")
+            await checked_schema(tool.parameters, names.tool_parameters.format(i))
     schemas = [_call_schema(t) for t in chosen]
     schema = schemas[0] if len(schemas) == 1 else {"anyOf": schemas}
-    call = rename_rule(await compiled("json_schema", json.dumps(schema), param), "root", "call")
+    compiled_call = await compiled("json_schema", json.dumps(schema), names.tools)
+    call = rename_rule(compiled_call, "root", "call")
     one = f'"{CALL_OPEN}\\n" call "\\n{CALL_CLOSE}"'
     # Parallel calls: up to one per tool (MAX_PARALLEL at most). Unbounded, a small model
     # repeated its call until max_tokens.
@@ -474,17 +482,19 @@ async def tool_grammar(request: GenerationRequest, param: str = "tools") -> Outp
     return OutputConstraint("grammar", grammar, pattern=grammar, name="tool_call")
 
 
-async def apply_tool_choice(engine: Engine, request: GenerationRequest) -> None:
-    """Make a required (or named) call certain: engines that apply tool_choice themselves
-    (vLLM, SGLang, remote upstreams, the fake) get it as it is; the others a grammar. A
-    response format sent with it is set aside: the answer is the call."""
+async def apply_tool_choice(
+    engine: Engine, request: GenerationRequest, names: FieldNames = CHAT_FIELDS
+) -> GenerationRequest:
+    """The request with a required (or named) call made certain: engines that apply
+    tool_choice themselves (vLLM, SGLang, remote upstreams, the fake) get it as it is; the
+    others a grammar. A response format sent with it is set aside: the answer is the call."""
     if not request.tools or request.tool_choice != "required":
-        return
+        return request
     # The call answers: a response format sent with it (instructor's tool modes send both)
     # has no text to shape, and would contend with the call for the answer.
-    request.constraint = None
     caps = engine.capabilities() if isinstance(engine, DeclaresCapabilities) else None
     if caps is not None and caps.tools:
-        return
-    request.constraint = await tool_grammar(request)
-    check_supported(engine, request.constraint, "tool_choice")
+        return dataclasses.replace(request, constraint=None)
+    grammar = await tool_grammar(request, names)
+    check_supported(engine, grammar, names.tool_choice)
+    return dataclasses.replace(request, constraint=grammar)

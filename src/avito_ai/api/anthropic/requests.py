@@ -33,7 +33,6 @@ from avito_ai.engines.base import (
     ContentPart,
     GenerationRequest,
     ImagePart,
-    OutputConstraint,
     Role,
     SamplingParams,
     TextPart,
@@ -44,6 +43,7 @@ from avito_ai.engines.base import (
 from avito_ai.errors import ValidationFailed
 from avito_ai.schemas.sampling import SamplingBase, SamplingFields
 from avito_ai.services.images import decode_base64_image
+from avito_ai.services.output import FieldNames, OutputSpec
 
 ERROR_PREFIX = "Error: "  # a tool_result with is_error: true, as the model reads it
 
@@ -218,13 +218,35 @@ def _system(body: MessagesInput) -> list[str]:
     return [block.text for block in body.system]
 
 
+# Where an Anthropic client writes what it asks of the answer.
+MESSAGES_FIELDS = FieldNames(
+    format="output_config.format",
+    schema="output_config.format.schema",
+    tool_parameters="tools.{}.input_schema",
+)
+
+
+def messages_output(body: MessagesInput) -> OutputSpec:
+    """What a Messages request asks of the answer: `output_config.format` (a JSON Schema),
+    its tools and tool_choice."""
+    tools = tuple(ToolSpec(t.name, t.input_schema or {}, t.description) for t in body.tools or ())
+    choice, forced, parallel = tool_choice(body.tool_choice, bool(tools))
+    output = body.output_config.format if body.output_config else None
+    return OutputSpec(
+        format="text" if output is None else "json_schema",
+        schema=None if output is None else output.schema_,
+        name="output",
+        tools=tools,
+        tool_choice=choice,
+        forced_tool=forced,
+        parallel_tool_calls=parallel,
+    )
+
+
 def messages_request(
-    body: MessagesInput,
-    role: Role,
-    settings: Settings,
-    request_id: str,
-    constraint: OutputConstraint | None = None,
+    body: MessagesInput, role: Role, settings: Settings, request_id: str
 ) -> GenerationRequest:
+    """The conversation and sampling of a Messages request (its output: `messages_output`)."""
     conversation = _Conversation(role, settings)
     conversation.system = _system(body)
     conversation.chars = sum(len(t) for t in conversation.system)
@@ -239,19 +261,12 @@ def messages_request(
         )
     messages = conversation.chat()
     check_conversation(messages, conversation.chars, role, settings, "messages")
-    tools = tuple(ToolSpec(t.name, t.input_schema or {}, t.description) for t in body.tools or ())
-    choice, forced, parallel = tool_choice(body.tool_choice, bool(tools))
     return GenerationRequest(
         request_id=request_id,
         sampling=_sampling(body, role, settings),
         messages=messages,
         enable_thinking=isinstance(body.thinking, ThinkingEnabled | ThinkingAdaptive),
         deadline=time.monotonic() + settings.request_timeout,
-        constraint=constraint,
-        tools=tools,
-        tool_choice=choice,
-        forced_tool=forced,
-        parallel_tool_calls=parallel,
     )
 
 

@@ -16,24 +16,18 @@ from avito_ai.api.anthropic.protocol import (
     MessagesRequest,
     TokenCount,
 )
-from avito_ai.api.anthropic.requests import messages_request
+from avito_ai.api.anthropic.requests import MESSAGES_FIELDS, messages_output, messages_request
 from avito_ai.api.anthropic.stops import cut_at_stops
 from avito_ai.api.deps import Call
 from avito_ai.api.errors import stream_failure
-from avito_ai.api.openai.serving import resolve_role
 from avito_ai.api.sse import event
-from avito_ai.engines.base import Chunk, Engine, GenerationRequest
+from avito_ai.engines.base import Chunk
 from avito_ai.errors import ModelUnavailable
-from avito_ai.schemas.structured import JSONSchemaSpec, ResponseFormatJSONSchema
 from avito_ai.services.answers import Answer
 from avito_ai.services.budgets import prompt_tokens
-from avito_ai.services.constraints import check_supported, checked_schema, constraint_from
 from avito_ai.services.generation import unless_disconnected
-from avito_ai.services.images import off_loop
+from avito_ai.services.pipeline import Prepared, prepare
 from avito_ai.services.state import ServiceState
-from avito_ai.services.tools import apply_tool_choice, check_tools
-
-OUTPUT_FORMAT = "output_config.format"
 
 
 def _frames(events: list[Event]) -> list[str]:
@@ -76,28 +70,19 @@ class AnthropicServing:
         self.settings = state.settings
         self.generation = state.generation
 
-    async def _prepare(self, body: MessagesInput, call: Call) -> tuple[Engine, GenerationRequest]:
+    async def _prepare(self, body: MessagesInput, call: Call) -> Prepared:
         """The engine and the checked request: the same for an answer and a count."""
-        role = resolve_role(body.model, self.state)
-        engine = await self.generation.ready_engine(role)  # 503 before images or schemas
-        output = body.output_config.format if body.output_config else None
-        constraint = None
-        if output is not None:  # named as sent (then constraint_from finds it cached)
-            await checked_schema(output.schema_, f"{OUTPUT_FORMAT}.schema")
-            spec = JSONSchemaSpec(name="output", schema=output.schema_)
-            response_format = ResponseFormatJSONSchema(type="json_schema", json_schema=spec)
-            constraint = await constraint_from(response_format, OUTPUT_FORMAT)
-            check_supported(engine, constraint, OUTPUT_FORMAT)
-        # Off the loop: it decodes the images of the messages.
-        generation = await off_loop(
-            messages_request, body, role, self.settings, call.request_id, constraint
+        return await prepare(
+            self.state,
+            body.model,
+            messages_output(body),
+            MESSAGES_FIELDS,
+            lambda role: messages_request(body, role, self.settings, call.request_id),
         )
-        await check_tools(generation, self.settings)
-        await apply_tool_choice(engine, generation)
-        return engine, generation
 
     async def messages(self, body: MessagesRequest, call: Call) -> Message | AsyncIterator[str]:
-        engine, generation = await self._prepare(body, call)
+        ready = await self._prepare(body, call)
+        engine, generation = ready.engine, ready.request
         stops = generation.sampling.stop
         if not body.stream and not stops:
             answer = await self.generation.complete(
@@ -107,7 +92,8 @@ class AnthropicServing:
         # message_start says the prompt's tokens before the answer, as Anthropic's does.
         counted = prompt_tokens(engine, generation, self.settings.avision_max_pixels)
         if stops:  # cut here, to say which one ended the answer (stops.py)
-            generation.sampling = dataclasses.replace(generation.sampling, stop=())
+            sampling = dataclasses.replace(generation.sampling, stop=())
+            generation = dataclasses.replace(generation, sampling=sampling)
         items = await self.generation.stream(engine, generation, call.client, call.disconnected)
         if stops:
             items = cut_at_stops(items, stops, counted)
@@ -119,7 +105,9 @@ class AnthropicServing:
     async def count_tokens(self, body: CountTokensRequest, call: Call) -> TokenCount:
         """The prompt's tokens, as the model will see it (the engine counts when it can:
         then it is the answer's usage.input_tokens exactly; otherwise an estimate)."""
-        engine, generation = await self._prepare(body, call)
+        ready = await self._prepare(body, call)
         return TokenCount(
-            input_tokens=prompt_tokens(engine, generation, self.settings.avision_max_pixels)
+            input_tokens=prompt_tokens(
+                ready.engine, ready.request, self.settings.avision_max_pixels
+            )
         )

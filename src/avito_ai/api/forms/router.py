@@ -12,7 +12,7 @@ from fastapi.responses import HTMLResponse, Response
 
 from avito_ai.api.deps import CallDep, StateDep
 from avito_ai.api.errors import error_response
-from avito_ai.api.forms.fields import form_values
+from avito_ai.api.form_fields import form_values
 from avito_ai.api.forms.origin import check_form_origin
 from avito_ai.api.forms.page import TEMPLATES, page
 from avito_ai.api.forms.serving import FormServing
@@ -91,14 +91,14 @@ async def avision_form(request: Request, state: StateDep, call: CallDep) -> Resp
     serving = FormServing(state)
     try:
         check_form_origin(request)
-        engine = await serving.vision_engine()
+        await serving.vision_engine()  # 503 before the upload is read
     except AvitoError as exc:
         return error_response(request, exc)
     form = await request.form()
     values = form_values(form.multi_items())
     question = serving.question(values)
     try:
-        answer = await serving.avision(engine, form, values, call)
+        answer = await serving.avision(form, values, call)
     except AvitoError as exc:
         return error_response(request, exc, question=question, avision_form=values)
     return page(

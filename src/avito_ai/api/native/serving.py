@@ -5,7 +5,7 @@ original specification's JSON body, or its Server-Sent Events when `stream` is s
 
 from __future__ import annotations
 
-from collections.abc import AsyncGenerator, AsyncIterator
+from collections.abc import AsyncGenerator, AsyncIterator, Callable
 
 from PIL import Image
 from pydantic import ValidationError
@@ -14,7 +14,7 @@ from starlette.requests import Request
 
 from avito_ai.api.deps import Call
 from avito_ai.api.errors import stream_failure
-from avito_ai.api.forms.fields import form_values, sampling_from_form
+from avito_ai.api.form_fields import form_values, sampling_from_form
 from avito_ai.api.native.protocol import (
     GenerationData,
     GenerationMetrics,
@@ -24,14 +24,21 @@ from avito_ai.api.native.protocol import (
     NativeTopLogprob,
     TextGenerateRequest,
 )
-from avito_ai.api.requests import image_request, question_or_default, text_request, validate_prompt
+from avito_ai.api.requests import (
+    image_request,
+    question_or_default,
+    response_format_output,
+    text_request,
+    validate_prompt,
+)
 from avito_ai.api.sse import event
-from avito_ai.engines.base import Chunk, Engine, GenerationRequest
+from avito_ai.engines.base import Chunk, Engine, GenerationRequest, Role
 from avito_ai.errors import ValidationFailed
 from avito_ai.schemas.sampling import SamplingFields
 from avito_ai.services.answers import Answer
-from avito_ai.services.constraints import check_supported, constraint_from
-from avito_ai.services.images import decode_base64_image, decode_image, off_loop
+from avito_ai.services.images import decode_base64_image, decode_image
+from avito_ai.services.output import CHAT_FIELDS
+from avito_ai.services.pipeline import prepare
 from avito_ai.services.state import ServiceState
 from avito_ai.services.validation import validation_failed
 
@@ -90,30 +97,46 @@ async def native_events(
 
 class NativeServing:
     def __init__(self, state: ServiceState) -> None:
+        self.state = state
         self.settings = state.settings
         self.generation = state.generation
 
     async def text(self, body: TextGenerateRequest, call: Call) -> NativeAnswer:
-        constraint = await constraint_from(body.response_format)
-        generation = text_request(body.prompt, body, self.settings, call.request_id, constraint)
-        engine = await self.generation.ready_engine("avibe")
-        check_supported(engine, constraint, "response_format")
-        return await self._answer(engine, generation, body.stream, call)
+        ready = await prepare(
+            self.state,
+            "avibe",
+            response_format_output(body.response_format),
+            CHAT_FIELDS,
+            lambda _: text_request(body.prompt, body, self.settings, call.request_id),
+        )
+        return await self._answer(ready.engine, ready.request, body.stream, call)
 
     async def image(self, request: Request, call: Call) -> NativeAnswer:
         """Multipart (an `image` file and form fields) or JSON (the image as base64 or a
         `data:` URI)."""
-        engine = await self.generation.ready_engine("avision")  # 503 before any decoding
+        await self.generation.ready_engine("avision")  # 503 before the body is read
         fields, prompt, image = await self._image_input(request)
-        text = validate_prompt(question_or_default(prompt, DEFAULT_IMAGE_PROMPT), self.settings)
-        constraint = await constraint_from(fields.response_format)
-        check_supported(engine, constraint, "response_format")
-        generation = image_request(image, text, fields, self.settings, call.request_id, constraint)
-        return await self._answer(engine, generation, fields.stream, call)
+
+        def build(_: Role) -> GenerationRequest:
+            question = question_or_default(prompt, DEFAULT_IMAGE_PROMPT)
+            decoded = image()  # (at the model's size)
+            text = validate_prompt(question, self.settings)
+            return image_request(decoded, text, fields, self.settings, call.request_id)
+
+        ready = await prepare(
+            self.state,
+            "avision",
+            response_format_output(fields.response_format),
+            CHAT_FIELDS,
+            build,
+        )
+        return await self._answer(ready.engine, ready.request, fields.stream, call)
 
     async def _image_input(
         self, request: Request
-    ) -> tuple[SamplingFields, str | None, Image.Image]:
+    ) -> tuple[SamplingFields, str | None, Callable[[], Image.Image]]:
+        """The fields, the prompt and the image's decoding (blocking: prepare runs it off
+        the loop)."""
         max_mb = self.settings.max_image_size_mb
         budget = self.settings.avision_max_pixels  # decoded at the model's size
         content_type = request.headers.get("content-type", "")
@@ -127,15 +150,22 @@ class NativeServing:
             values = form_values(form.multi_items())
             stops = [s for s in form.getlist("stop") if isinstance(s, str)]
             fields = sampling_from_form(values, stops)
-            image = await off_loop(decode_image, await upload.read(), max_mb, max_pixels=budget)
-            return fields, values.get("prompt"), image
+            data = await upload.read()
+            return (
+                fields,
+                values.get("prompt"),
+                lambda: decode_image(data, max_mb, max_pixels=budget),
+            )
         if "json" in content_type:
             try:
                 body = ImageAnalyzeJSON.model_validate_json(await request.body())
             except ValidationError as exc:
                 raise validation_failed(exc.errors()) from None
-            image = await off_loop(decode_base64_image, body.image, max_mb, max_pixels=budget)
-            return body, body.prompt, image
+            return (
+                body,
+                body.prompt,
+                lambda: decode_base64_image(body.image, max_mb, max_pixels=budget),
+            )
         raise ValidationFailed("Send multipart/form-data with an 'image' file, or JSON")
 
     async def _answer(

@@ -16,13 +16,10 @@ from pydantic import (
     model_validator,
 )
 
+from avito_ai.schemas.chat import MAX_MESSAGES, MAX_PARTS, MAX_TOOLS, FunctionName
 from avito_ai.schemas.sampling import EXAMPLE_IMAGE, SamplingBase, Text, WholeNumber
 from avito_ai.schemas.structured import ResponseFormat
 
-# Bounds checked while the body is parsed, before any work: a 12 MB body of 600,000 empty
-# messages once held the event loop for 19 s.
-MAX_MESSAGES = 256
-MAX_PARTS = 32
 UNSUPPORTED = (
     "functions",
     "function_call",
@@ -86,11 +83,6 @@ class ImageContentPart(BaseModel):
 
 
 ContentPartIn = Annotated[TextContentPart | ImageContentPart, Field(discriminator="type")]
-
-
-MAX_TOOLS = 128
-# OpenAI's rule for function names.
-FunctionName = Annotated[StrictStr, Field(pattern=r"^[a-zA-Z0-9_-]{1,64}$")]
 
 
 class FunctionCallIn(BaseModel):

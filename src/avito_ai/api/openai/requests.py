@@ -12,14 +12,19 @@ from avito_ai.api.openai.protocol import (
     NamedToolChoice,
     OpenAISampling,
 )
-from avito_ai.api.requests import check_conversation, sampling_params, validate_prompt
+from avito_ai.api.requests import (
+    EMPTY_PARAMETERS,
+    check_conversation,
+    response_format_output,
+    sampling_params,
+    validate_prompt,
+)
 from avito_ai.config import Settings
 from avito_ai.engines.base import (
     ChatMessage,
     ContentPart,
     GenerationRequest,
     ImagePart,
-    OutputConstraint,
     Role,
     SamplingParams,
     TextPart,
@@ -30,8 +35,7 @@ from avito_ai.engines.base import (
 from avito_ai.errors import NotFound, ValidationFailed
 from avito_ai.schemas.sampling import SamplingBase, SamplingFields
 from avito_ai.services.images import decode_base64_image, is_data_uri
-
-EMPTY_PARAMETERS = {"type": "object", "properties": {}}
+from avito_ai.services.output import OutputSpec
 
 
 def _sampling(body: OpenAISampling, role: Role, settings: Settings) -> SamplingParams:
@@ -83,13 +87,31 @@ def _content(content: object, index: int, settings: Settings) -> tuple[list[Cont
     return parts, chars
 
 
+def chat_output(body: ChatCompletionRequest) -> OutputSpec:
+    """What a chat request asks of the answer: `response_format`, its tools and
+    tool_choice."""
+    tools = tuple(
+        ToolSpec(
+            t.function.name,
+            EMPTY_PARAMETERS if t.function.parameters is None else t.function.parameters,
+            t.function.description,
+        )
+        for t in body.tools or ()
+    )
+    choice, forced = tool_choice(body.tool_choice, bool(tools))
+    return dataclasses.replace(
+        response_format_output(body.response_format),
+        tools=tools,
+        tool_choice=choice,
+        forced_tool=forced,
+        parallel_tool_calls=body.parallel_tool_calls is not False,
+    )
+
+
 def chat_request(
-    body: ChatCompletionRequest,
-    role: Role,
-    settings: Settings,
-    request_id: str,
-    constraint: OutputConstraint | None = None,
+    body: ChatCompletionRequest, role: Role, settings: Settings, request_id: str
 ) -> GenerationRequest:
+    """The conversation and sampling of a chat request (its output: `chat_output`)."""
     messages: list[ChatMessage] = []
     total_chars = 0
     for i, message in enumerate(body.messages):
@@ -118,26 +140,12 @@ def chat_request(
         or bool((body.chat_template_kwargs or {}).get("enable_thinking", False))
         or body.reasoning_effort not in (None, "none")
     )
-    tools = tuple(
-        ToolSpec(
-            t.function.name,
-            EMPTY_PARAMETERS if t.function.parameters is None else t.function.parameters,
-            t.function.description,
-        )
-        for t in body.tools or ()
-    )
-    choice, forced = tool_choice(body.tool_choice, bool(tools))
     return GenerationRequest(
         request_id=request_id,
         sampling=_sampling(body, role, settings),
         messages=messages,
         enable_thinking=thinking,
         deadline=time.monotonic() + settings.request_timeout,
-        constraint=constraint,
-        tools=tools,
-        tool_choice=choice,
-        forced_tool=forced,
-        parallel_tool_calls=body.parallel_tool_calls is not False,
     )
 
 
@@ -154,11 +162,7 @@ def tool_choice(
 
 
 def completion_request(
-    body: CompletionRequest,
-    role: Role,
-    settings: Settings,
-    request_id: str,
-    constraint: OutputConstraint | None = None,
+    body: CompletionRequest, role: Role, settings: Settings, request_id: str
 ) -> GenerationRequest:
     if role != "avibe":
         # 404, as OpenAI answers a chat-only model on this endpoint.
@@ -174,5 +178,4 @@ def completion_request(
         sampling=_sampling(body, role, settings),
         prompt=prompt,
         deadline=time.monotonic() + settings.request_timeout,
-        constraint=constraint,
     )

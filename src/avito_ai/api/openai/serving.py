@@ -18,62 +18,26 @@ from avito_ai.api.openai.protocol import (
     ModelList,
     OpenAISampling,
 )
-from avito_ai.api.openai.requests import chat_request, completion_request
+from avito_ai.api.openai.requests import chat_output, chat_request, completion_request
+from avito_ai.api.requests import response_format_output
 from avito_ai.api.sse import event
-from avito_ai.engines.base import (
-    Chunk,
-    EngineState,
-    GenerationRequest,
-    Role,
-)
-from avito_ai.errors import NotFound
+from avito_ai.engines.base import Chunk, GenerationRequest
 from avito_ai.services.answers import Answer
-from avito_ai.services.constraints import check_supported, constraint_from
-from avito_ai.services.images import off_loop
+from avito_ai.services.models import offered_models, unknown_model
+from avito_ai.services.output import CHAT_FIELDS
+from avito_ai.services.pipeline import prepare
 from avito_ai.services.state import ServiceState
-from avito_ai.services.tools import apply_tool_choice, check_tools
-
-DISPLAY_NAMES: dict[Role, str] = {"avibe": "A-Vibe", "avision": "A-Vision"}
-
-
-def model_names(state: ServiceState, *, configured: bool = False) -> dict[str, Role]:
-    """Every name a client may use: the role, and the configured model id of each role.
-
-    `configured`: only the roles that have a model (what a client is offered); a request
-    for a role without one still resolves, and gets 503 saying what to set.
-    """
-    names: dict[str, Role] = {}
-    for role, engine in state.engines.items():
-        if configured and engine.status().state is EngineState.NOT_CONFIGURED:
-            continue
-        names[role] = role
-        model_id = engine.status().model_id
-        if model_id:
-            names.setdefault(model_id, role)
-    return names
-
-
-def resolve_role(model: str, state: ServiceState) -> Role:
-    role = model_names(state).get(model)
-    if role is None:
-        offered = ", ".join(model_names(state, configured=True))
-        raise NotFound(f"The model '{model}' does not exist. Available: {offered}", param="model")
-    return role
 
 
 def model_list(state: ServiceState) -> ModelList:
-    """Every name a client may use, for every configured role."""
+    """Every name a client may use, for every configured role (services/models.py)."""
     created = int(state.started_at)
     at = datetime.fromtimestamp(created, UTC).isoformat().replace("+00:00", "Z")
     cards = [
         ModelCard(
-            id=name,
-            created=created,
-            root=state.engines[role].status().model_id or role,
-            display_name=DISPLAY_NAMES[role] if name == role else f"{DISPLAY_NAMES[role]} ({name})",
-            created_at=at,
+            id=m.name, created=created, root=m.root, display_name=m.display_name, created_at=at
         )
-        for name, role in model_names(state, configured=True).items()
+        for m in offered_models(state)
     ]
     ids = [card.id for card in cards]
     return ModelList(data=cards, first_id=ids[0] if ids else None, last_id=ids[-1] if ids else None)
@@ -110,16 +74,14 @@ class OpenAIServing:
     async def chat(
         self, body: ChatCompletionRequest, call: Call
     ) -> ChatCompletion | AsyncIterator[str]:
-        role = resolve_role(body.model, self.state)
-        engine = await self.generation.ready_engine(role)  # 503 before images or schemas
-        constraint = await constraint_from(body.response_format)
-        check_supported(engine, constraint, "response_format")
-        # Off the loop: it decodes the images of the messages.
-        generation = await off_loop(
-            chat_request, body, role, self.settings, call.request_id, constraint
+        ready = await prepare(
+            self.state,
+            body.model,
+            chat_output(body),
+            CHAT_FIELDS,
+            lambda role: chat_request(body, role, self.settings, call.request_id),
         )
-        await check_tools(generation, self.settings)
-        await apply_tool_choice(engine, generation)
+        engine, generation = ready.engine, ready.request
         if body.stream:
             items = await self.generation.stream(engine, generation, call.client, call.disconnected)
             return openai_events(
@@ -131,11 +93,14 @@ class OpenAIServing:
     async def completions(
         self, body: CompletionRequest, call: Call
     ) -> Completion | AsyncIterator[str]:
-        role = resolve_role(body.model, self.state)
-        constraint = await constraint_from(body.response_format)
-        generation = completion_request(body, role, self.settings, call.request_id, constraint)
-        engine = await self.generation.ready_engine(role)
-        check_supported(engine, constraint, "response_format")
+        ready = await prepare(
+            self.state,
+            body.model,
+            response_format_output(body.response_format),
+            CHAT_FIELDS,
+            lambda role: completion_request(body, role, self.settings, call.request_id),
+        )
+        engine, generation = ready.engine, ready.request
         echo = (generation.prompt or "") if body.echo else ""
         if body.stream:
             items = await self.generation.stream(engine, generation, call.client, call.disconnected)
@@ -156,8 +121,7 @@ class OpenAIServing:
         """One name's card (both SDKs' `models.retrieve`), as the list has it."""
         card = next((c for c in model_list(self.state).data if c.id == name), None)
         if card is None:
-            offered = ", ".join(model_names(self.state, configured=True))
-            raise NotFound(f"The model '{name}' does not exist. Available: {offered}")
+            raise unknown_model(name, self.state, param=None)
         return card
 
     @staticmethod

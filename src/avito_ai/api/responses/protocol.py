@@ -29,7 +29,7 @@ from pydantic import (
     field_validator,
 )
 
-from avito_ai.api.openai.protocol import MAX_MESSAGES, MAX_PARTS, MAX_TOOLS, FunctionName
+from avito_ai.schemas.chat import MAX_MESSAGES, MAX_PARTS, MAX_TOOLS, FunctionName
 from avito_ai.schemas.sampling import SamplingBase, Text, WholeNumber
 
 # What an "off" value of an unsupported field is: absent, null, false, empty.

@@ -5,15 +5,14 @@ reasoning effort the thinking switch."""
 
 from __future__ import annotations
 
+import dataclasses
 import time
 
-from avito_ai.api.openai.requests import EMPTY_PARAMETERS
-from avito_ai.api.requests import check_conversation, sampling_params
+from avito_ai.api.requests import EMPTY_PARAMETERS, check_conversation, sampling_params
 from avito_ai.api.responses.protocol import (
     Content,
     FormatJSONObject,
     FormatJSONSchema,
-    FormatText,
     FunctionCallItem,
     FunctionCallOutputItem,
     InputImage,
@@ -29,7 +28,6 @@ from avito_ai.engines.base import (
     ContentPart,
     GenerationRequest,
     ImagePart,
-    OutputConstraint,
     Role,
     SamplingParams,
     TextPart,
@@ -39,36 +37,14 @@ from avito_ai.engines.base import (
 )
 from avito_ai.errors import ValidationFailed
 from avito_ai.schemas.sampling import SamplingBase, SamplingFields
-from avito_ai.schemas.structured import (
-    JSONSchemaSpec,
-    ResponseFormatJSONObject,
-    ResponseFormatJSONSchema,
-)
-from avito_ai.services.constraints import constraint_from
 from avito_ai.services.images import decode_base64_image, is_data_uri
+from avito_ai.services.output import FieldNames, OutputSpec
 
 LOGPROBS = "message.output_text.logprobs"
-
-
-async def text_constraint(body: ResponsesRequest) -> OutputConstraint | None:
-    """`text.format` as a constraint (None: free text); errors name `text.format.schema`."""
-    form = body.text.format if body.text else None
-    if form is None or isinstance(form, FormatText):
-        return None
-    if isinstance(form, FormatJSONObject):
-        return await constraint_from(ResponseFormatJSONObject(type="json_object"), "text.format")
-    assert isinstance(form, FormatJSONSchema)
-    spec = JSONSchemaSpec(
-        name=form.name, description=form.description, schema=form.schema_, strict=form.strict
-    )
-    try:
-        return await constraint_from(
-            ResponseFormatJSONSchema(type="json_schema", json_schema=spec), "text.format"
-        )
-    except ValidationFailed as exc:
-        if exc.param == "text.format.json_schema.schema":
-            exc.param = "text.format.schema"
-        raise
+# Where a Responses client writes what it asks of the answer (its tools are flat).
+RESPONSES_FIELDS = FieldNames(
+    format="text.format", schema="text.format.schema", tool_parameters="tools.{}.parameters"
+)
 
 
 def _sampling(body: ResponsesRequest, role: Role, settings: Settings) -> SamplingParams:
@@ -171,33 +147,49 @@ def tool_choice(body: ResponsesRequest, has_tools: bool) -> tuple[ToolChoice, st
     return choice, None
 
 
-def responses_request(
-    body: ResponsesRequest,
-    role: Role,
-    settings: Settings,
-    request_id: str,
-    constraint: OutputConstraint | None = None,
-) -> GenerationRequest:
-    """The generation a Responses request asks for (decodes its images: run it off the
-    event loop). Raises ValidationFailed naming the field."""
-    messages, chars = _messages(body, settings)
-    check_conversation(messages, chars, role, settings, "input")
-    effort = body.reasoning.effort if body.reasoning else None
+def responses_output(body: ResponsesRequest) -> OutputSpec:
+    """What a Responses request asks of the answer: `text.format`, its function tools and
+    tool_choice."""
     tools = tuple(
         ToolSpec(t.name, EMPTY_PARAMETERS if t.parameters is None else t.parameters, t.description)
         for t in body.tools or ()
         if isinstance(t, ResponseFunctionTool)
     )
     choice, forced = tool_choice(body, bool(tools))
+    form = body.text.format if body.text else None
+    output = OutputSpec()
+    if isinstance(form, FormatJSONObject):
+        output = OutputSpec(format="json_object")
+    elif isinstance(form, FormatJSONSchema):
+        output = OutputSpec(
+            format="json_schema",
+            schema=form.schema_,
+            name=form.name,
+            strict=bool(form.strict),
+            description=form.description,
+        )
+    return dataclasses.replace(
+        output,
+        tools=tools,
+        tool_choice=choice,
+        forced_tool=forced,
+        parallel_tool_calls=body.parallel_tool_calls is not False,
+    )
+
+
+def responses_request(
+    body: ResponsesRequest, role: Role, settings: Settings, request_id: str
+) -> GenerationRequest:
+    """The conversation and sampling a Responses request asks for (decodes its images: run
+    it off the event loop; its output: `responses_output`). Raises ValidationFailed naming
+    the field."""
+    messages, chars = _messages(body, settings)
+    check_conversation(messages, chars, role, settings, "input")
+    effort = body.reasoning.effort if body.reasoning else None
     return GenerationRequest(
         request_id=request_id,
         sampling=_sampling(body, role, settings),
         messages=messages,
         enable_thinking=effort not in (None, "none"),
         deadline=time.monotonic() + settings.request_timeout,
-        constraint=constraint,
-        tools=tools,
-        tool_choice=choice,
-        forced_tool=forced,
-        parallel_tool_calls=body.parallel_tool_calls is not False,
     )
