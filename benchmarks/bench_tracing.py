@@ -3,16 +3,19 @@ this process) and off, asked in turns, request by request, in one run.
 
     python benchmarks/bench_tracing.py                   # ~1 minute
     python benchmarks/bench_tracing.py --requests 500
+    python benchmarks/bench_tracing.py --compare ../old-checkout   # its tracing too
 
 Reported per path: median and p95 latency on and off, and the median of the paired
 differences (each "on" request against the "off" one right after it, so a slow spell of
 the machine hits both). `GET /api/health` (a probe) and a streamed chat answer of 32
-tokens from the fake engine (no model cost: what differs is the service alone).
+tokens from the fake engine (no model cost: what differs is the service alone). With
+`--compare`, that checkout's service traced as well, against the same untraced one.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import statistics
 import sys
 import tempfile
@@ -77,18 +80,26 @@ def compare(
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--requests", type=int, default=300)
+    parser.add_argument("--compare", type=Path, help="another checkout, traced alongside")
     args = parser.parse_args()
     receiver = Receiver()
     tmp = Path(tempfile.mkdtemp(prefix="bench-tracing-"))
     traced = {**ENV, "OTEL_EXPORTER_OTLP_ENDPOINT": receiver.url, "OTEL_BSP_SCHEDULE_DELAY": "500"}
-    with (
-        serving(dev_server(traced, tmp / "on.log"), 60) as on,
-        serving(dev_server(ENV, tmp / "off.log"), 60) as off,
-    ):
-        print("| request | off median ms | off p95 | on median ms | on p95 | paired added |")
-        print("| --- | ---: | ---: | ---: | ---: | ---: |")
-        print(compare(on, off, args.requests, "GET", "/api/health"))
-        print(compare(on, off, args.requests // 3, "POST", "/v1/chat/completions", json=CHAT))
+    with contextlib.ExitStack() as stack:
+        off = stack.enter_context(serving(dev_server(ENV, tmp / "off.log"), 60))
+        tracing = {
+            "this tree": stack.enter_context(serving(dev_server(traced, tmp / "on.log"), 60))
+        }
+        if args.compare is not None:  # ahead of this tree's editable install on sys.path
+            other = {**traced, "PYTHONPATH": str(args.compare.resolve() / "src")}
+            server = dev_server(other, tmp / "other.log")
+            tracing[args.compare.name] = stack.enter_context(serving(server, 60))
+        for name, on in tracing.items():
+            print(f"\ntraced: {name}\n")
+            print("| request | off median ms | off p95 | on median ms | on p95 | paired added |")
+            print("| --- | ---: | ---: | ---: | ---: | ---: |")
+            print(compare(on, off, args.requests, "GET", "/api/health"))
+            print(compare(on, off, args.requests // 3, "POST", "/v1/chat/completions", json=CHAT))
     print(f"\nspans received: {len(receiver.spans)}")
     receiver.server.shutdown()
 

@@ -37,7 +37,7 @@ from avito_ai.middleware.header_limit import HeaderLimitMiddleware
 from avito_ai.middleware.rate_limit import RateLimitMiddleware
 from avito_ai.middleware.request_id import RequestIdMiddleware
 from avito_ai.middleware.security_headers import SecurityHeadersMiddleware
-from avito_ai.middleware.tracing import TracingMiddleware
+from avito_ai.middleware.tracing import traced
 from avito_ai.observability import tracing
 from avito_ai.paths import policy
 from avito_ai.services.state import ServiceState
@@ -139,6 +139,6 @@ def create_app(settings: Settings, engines: dict[Role, Engine] | None = None) ->
     app.add_middleware(SecurityHeadersMiddleware)
     app.add_middleware(AccessLogMiddleware)
     if tracing.configured():  # (off: not even a no-op span per request)
-        app.add_middleware(TracingMiddleware)
+        app.add_middleware(traced)
     app.add_middleware(RequestIdMiddleware)
     return app

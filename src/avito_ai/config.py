@@ -127,7 +127,8 @@ class Settings(BaseSettings):
     # The same bound in tokens, on the rendered A-Vibe prompt (chat template included):
     # characters undercount text the tokenizer splits finely (an emoji can be 3 tokens).
     max_prompt_tokens: PositiveInt = 4096
-    # memory:// (one process) or redis://host:port/db (shared by workers and replicas).
+    # memory:// (one process) or Redis, shared by workers and replicas: redis://host:port/db,
+    # redis+cluster://host:port,host:port or redis+sentinel://host:port,host:port/service.
     rate_limit_storage_uri: str = "memory://"
     # When the rate-limit storage is unreachable: "open" serves requests unlimited,
     # "closed" refuses them with 503. Either way the answer is fast and logged.
@@ -344,8 +345,11 @@ class Settings(BaseSettings):
     @field_validator("rate_limit_storage_uri")
     @classmethod
     def _known_storage(cls, value: str) -> str:
-        if not value.startswith(("memory://", "redis://", "rediss://", "redis+unix://")):
-            raise ValueError("must be memory:// or a redis:// URI")
+        schemes = ("memory", "redis", "rediss", "redis+unix", "redis+cluster", "redis+sentinel")
+        if not value.startswith(tuple(f"{scheme}://" for scheme in schemes)):
+            raise ValueError(
+                "must be memory:// or a redis://, redis+cluster:// or redis+sentinel:// URI"
+            )
         return value
 
     @field_validator("root_path")

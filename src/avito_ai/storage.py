@@ -1,102 +1,139 @@
 """The storage shared by the request limits (middleware/rate_limit.py) and the token
 budgets (services/budgets.py): RATE_LIMIT_STORAGE_URI, `memory://` (one process) or Redis
-(shared by workers and replicas, kept across restarts).
+(shared by workers and replicas, kept across restarts): one server (`redis://`,
+`rediss://`, `redis+unix://`), a Cluster (`redis+cluster://host:port,host:port`) or a
+primary found through Sentinel (`redis+sentinel://host:port,host:port/service_name`), the
+URI forms `limits` reads (docs/redis.md).
 
-Request limits use `limits`' moving windows on it; budgets use counters with an expiry,
-changed atomically across windows (one synchronous step in memory, a Lua script on Redis).
+Request limits use `limits.aio`'s moving-window strategy on it; budgets use counters with
+an expiry, changed atomically across windows (one synchronous step in memory, a Lua script
+on Redis, its keys in one Cluster slot).
 """
 
 from __future__ import annotations
 
 import math
-import threading
 import time
+import urllib.parse
+from collections import deque
 from collections.abc import Sequence
-from typing import Protocol
+from typing import Any, Protocol
 
 from limits.aio.storage import MovingWindowSupport, Storage
-from limits.storage import MemoryStorage, storage_from_string
+from limits.storage import storage_from_string
 
 STORAGE_TIMEOUT_S = 0.5  # a Redis that does not answer within this is unreachable
 
 
-class WindowStorage(Protocol):
-    """What the limits need of a `limits` storage (memory or Redis): moving windows for
-    request counts, counters for the budgets' usage view (services/budgets.py)."""
+class MemoryWindows(Storage, MovingWindowSupport):
+    """Moving windows in this process, for `limits.aio`'s MovingWindowRateLimiter (through
+    its public storage interface).
 
-    async def acquire_entry(self, key: str, limit: int, expiry: int, amount: int = 1) -> bool: ...
-
-    async def get_moving_window(self, key: str, limit: int, expiry: int) -> tuple[float, int]: ...
-
-    async def incr(self, key: str, expiry: int, amount: int = 1) -> int: ...
-
-    async def get(self, key: str) -> int: ...
-
-    async def get_expiry(self, key: str) -> float: ...
-
-
-class SweptMemoryStorage(MemoryStorage):
-    """`limits`' memory storage, with expired entries swept every SWEEP_INTERVAL_S.
-
-    The parent sweeps every key in a fresh thread 10 ms after any traffic: under load, a
-    thread and a pass over every client seen in the last hour, a hundred times a second
-    (with 30,000 clients that doubled the cost of a request). Expired entries are never
-    counted either way (the window is read by time); the sweep only frees memory, so once
-    a minute, the shorter window, is enough. (Overrides the parent's private
-    scheduling hook; `limits` is pinned and tests/unit/test_rate_limit_storage.py checks it.)
+    `limits`' own memory storages sweep every key after any traffic: the asyncio one hands
+    each key to a thread, the synchronous one starts a thread every 10 ms (with 30,000
+    clients that doubled the cost of a request). Here each window is trimmed when it is
+    used, and keys left idle are dropped once a minute (SWEEP_INTERVAL_S), inline: nothing
+    runs between requests, and every operation is one synchronous step on the event loop.
+    Refused requests store nothing, so a key holds at most its limit's timestamps.
     """
 
     SWEEP_INTERVAL_S = 60.0
 
     def __init__(self) -> None:
-        self._next_sweep = 0.0
         super().__init__()
+        # key -> (its window in seconds, the times of its entries, oldest first)
+        self._windows: dict[str, tuple[int, deque[float]]] = {}
+        self._counters: dict[str, tuple[int, float]] = {}  # key -> (count, expires at)
+        self._next_sweep = time.time() + self.SWEEP_INTERVAL_S
 
-    def _MemoryStorage__schedule_expiry(self) -> None:
-        now = time.monotonic()
-        if now >= self._next_sweep and not self.timer.is_alive():
-            self._next_sweep = now + self.SWEEP_INTERVAL_S
-            sweep = self._MemoryStorage__expire_events  # type: ignore[attr-defined]
-            self.timer = threading.Timer(0, sweep)
-            self.timer.daemon = True
-            self.timer.start()
+    @property
+    def base_exceptions(self) -> type[Exception] | tuple[type[Exception], ...]:
+        return ValueError
 
+    def _window(self, key: str, expiry: int, now: float) -> deque[float]:
+        if now >= self._next_sweep:
+            self._sweep(now)
+        entry = self._windows.get(key)
+        if entry is None:
+            events: deque[float] = deque()
+            self._windows[key] = (expiry, events)
+            return events
+        events = entry[1]
+        cutoff = now - expiry
+        while events and events[0] < cutoff:
+            events.popleft()
+        return events
 
-class InlineMemoryStorage:
-    """`limits`' synchronous memory storage, called inline from the event loop.
-
-    Its operations do no I/O and take microseconds. (The asyncio memory storage of `limits`
-    hands every stored key to a thread on each expiry sweep: that cost more than the rest
-    of a request.)"""
-
-    def __init__(self) -> None:
-        self.storage = SweptMemoryStorage()
+    def _sweep(self, now: float) -> None:
+        self._next_sweep = now + self.SWEEP_INTERVAL_S
+        self._windows = {
+            key: (expiry, events)
+            for key, (expiry, events) in self._windows.items()
+            if events and events[-1] >= now - expiry
+        }
+        self._counters = {key: value for key, value in self._counters.items() if value[1] > now}
 
     async def acquire_entry(self, key: str, limit: int, expiry: int, amount: int = 1) -> bool:
-        return self.storage.acquire_entry(key, limit, expiry, amount)
+        now = time.time()
+        events = self._window(key, expiry, now)
+        if len(events) + amount > limit:
+            return False
+        events.extend([now] * amount)
+        return True
 
     async def get_moving_window(self, key: str, limit: int, expiry: int) -> tuple[float, int]:
-        return self.storage.get_moving_window(key, limit, expiry)
+        now = time.time()
+        events = self._window(key, expiry, now)
+        return (events[0], len(events)) if events else (now, 0)
+
+    def _counter(self, key: str, now: float) -> tuple[int, float] | None:
+        entry = self._counters.get(key)
+        if entry is not None and entry[1] <= now:
+            del self._counters[key]
+            return None
+        return entry
 
     async def incr(self, key: str, expiry: int, amount: int = 1) -> int:
-        return self.storage.incr(key, expiry, amount)
+        now = time.time()
+        count, expires = self._counter(key, now) or (0, now + expiry)
+        self._counters[key] = (count + amount, expires)
+        return count + amount
 
     async def get(self, key: str) -> int:
-        return self.storage.get(key)
+        entry = self._counter(key, time.time())
+        return entry[0] if entry else 0
 
     async def get_expiry(self, key: str) -> float:
-        return self.storage.get_expiry(key)
+        now = time.time()
+        entry = self._counter(key, now)
+        return entry[1] if entry else now
+
+    async def check(self) -> bool:
+        return True
+
+    async def reset(self) -> int | None:
+        count = len(self._windows) + len(self._counters)
+        self._windows.clear()
+        self._counters.clear()
+        return count
+
+    async def clear(self, key: str) -> None:
+        self._windows.pop(key, None)
+        self._counters.pop(key, None)
 
 
-def make_storage(uri: str) -> WindowStorage:
+def make_storage(uri: str) -> Storage:
+    """The request limits' storage: memory, or `limits`' Redis storage for the URI (one
+    server, Cluster or Sentinel), each operation bounded by STORAGE_TIMEOUT_S."""
     if uri.startswith("memory://"):
-        return InlineMemoryStorage()
-    storage = storage_from_string(
-        "async+" + uri,
-        implementation="redispy",
-        socket_timeout=STORAGE_TIMEOUT_S,
-        socket_connect_timeout=STORAGE_TIMEOUT_S,
-    )
+        return MemoryWindows()
+    timeouts: dict[str, Any] = {
+        "socket_timeout": STORAGE_TIMEOUT_S,
+        "socket_connect_timeout": STORAGE_TIMEOUT_S,
+    }
+    if uri.startswith("redis+sentinel://"):  # (the sentinels are asked with the same bound)
+        timeouts["sentinel_kwargs"] = dict(timeouts)
+    storage = storage_from_string("async+" + uri, implementation="redispy", **timeouts)
     assert isinstance(storage, Storage) and isinstance(storage, MovingWindowSupport)
     return storage
 
@@ -222,16 +259,50 @@ return 0
 """
 
 
+def redis_client(uri: str) -> Any:
+    """A redis-py asyncio client for a RATE_LIMIT_STORAGE_URI, read as `limits` reads it:
+    `redis+cluster://[user:password@]host:port[,host:port...]` (any of the nodes: the rest
+    are discovered), `redis+sentinel://[user:password@]host:port[,host:port...]/service`
+    (the password is the primary's and the sentinels'), else a redis-py URL
+    (`redis+unix:///path` as `unix:///path`). Every call bounded by STORAGE_TIMEOUT_S."""
+    import redis.asyncio as aioredis
+
+    timeouts: dict[str, Any] = {
+        "socket_timeout": STORAGE_TIMEOUT_S,
+        "socket_connect_timeout": STORAGE_TIMEOUT_S,
+    }
+    scheme, _, rest = uri.partition("://")
+    if scheme not in ("redis+cluster", "redis+sentinel"):
+        url = "unix://" + rest if scheme == "redis+unix" else uri
+        return aioredis.Redis.from_url(url, **timeouts)
+    parsed = urllib.parse.urlsplit(uri)
+    auth: dict[str, Any] = {
+        name: urllib.parse.unquote(value)
+        for name, value in (("username", parsed.username), ("password", parsed.password))
+        if value
+    }
+    hosts = parsed.netloc.rpartition("@")[2]
+    nodes = [(host, int(port)) for host, _, port in (h.rpartition(":") for h in hosts.split(","))]
+    if scheme == "redis+cluster":
+        from redis.asyncio.cluster import ClusterNode, RedisCluster
+
+        startup = [ClusterNode(host, port) for host, port in nodes]
+        return RedisCluster(startup_nodes=startup, **auth, **timeouts)
+    service = parsed.path.strip("/")
+    if not service:
+        raise ValueError("redis+sentinel:// needs the service name: host:port/service_name")
+    from redis.asyncio.sentinel import Sentinel
+
+    sentinel = Sentinel(nodes, sentinel_kwargs={**auth, **timeouts}, **auth, **timeouts)
+    return sentinel.master_for(service)
+
+
 class RedisBudgetStore:
-    """Counters in Redis, changed by Lua scripts: one round trip, atomic across workers."""
+    """Counters in Redis, changed by Lua scripts: one round trip, atomic across workers.
+    A script's keys share a Cluster slot (budgets.py tags them with the client's id)."""
 
     def __init__(self, uri: str) -> None:
-        import redis.asyncio as aioredis
-
-        url = "unix://" + uri.removeprefix("redis+unix://") if uri.startswith("redis+") else uri
-        self._redis = aioredis.Redis.from_url(
-            url, socket_timeout=STORAGE_TIMEOUT_S, socket_connect_timeout=STORAGE_TIMEOUT_S
-        )
+        self._redis = redis_client(uri)
         self._reserve = self._redis.register_script(_RESERVE)
         self._adjust = self._redis.register_script(_ADJUST)
 

@@ -6,8 +6,9 @@ the peer is a trusted proxy (FORWARDED_ALLOW_IPS, handled by uvicorn/gunicorn), 
 cannot dodge its limit by sending its own X-Forwarded-For. Which paths count: paths.py.
 
 Storage (avito_ai/storage.py) is `memory://` (one process) or Redis (shared by workers and
-replicas); the async API keeps the event loop free. A moving window gives exact counts:
-the 11th request within any 60 seconds is refused.
+replicas: one server, Cluster or Sentinel); `limits.aio`'s MovingWindowRateLimiter counts
+on it without blocking the event loop. A moving window gives exact counts: the 11th
+request within any 60 seconds is refused.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ import time
 from collections.abc import Callable
 
 from limits import RateLimitItem, RateLimitItemPerHour, RateLimitItemPerMinute
+from limits.aio.strategies import MovingWindowRateLimiter
 from starlette.responses import Response
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
@@ -54,7 +56,7 @@ class RateLimitMiddleware:
             (RateLimitItemPerMinute(per_minute), f"{per_minute} requests per minute"),
             (RateLimitItemPerHour(per_hour), f"{per_hour} requests per hour"),
         ]
-        self.storage = make_storage(storage_uri)
+        self.limiter = MovingWindowRateLimiter(make_storage(storage_uri))
         self.fail_open = fail_mode == "open"
         self.error_responder = error_responder
         self.policy = ", ".join(f"{item.amount};w={item.get_expiry()}" for item, _ in self.windows)
@@ -102,31 +104,26 @@ class RateLimitMiddleware:
     async def _check(self, key: str) -> tuple[RateLimited | None, str]:
         """Count one request in every window: (refusal or None, `RateLimit` header value).
 
-        `limits`' moving window on its storage, as its MovingWindowRateLimiter does it, with
-        each window's key built once. Windows are hit in order (minute first): a request
-        refused by the minute window does not use up the hourly budget.
+        Windows are hit in order (minute first): a request refused by the minute window
+        does not use up the hourly budget.
         """
-        keys = []
+        limiter = self.limiter
         for item, wording in self.windows:
-            window_key = item.key_for(key)
-            expiry = item.get_expiry()
-            if not await self.storage.acquire_entry(window_key, item.amount, expiry):
-                start, _ = await self.storage.get_moving_window(window_key, item.amount, expiry)
-                retry = max(1, math.ceil(start + expiry - time.time()))
+            if not await limiter.hit(item, key):
+                stats = await limiter.get_window_stats(item, key)
+                retry = max(1, math.ceil(stats.reset_time - time.time()))
                 refusal = RateLimited(f"Rate limit exceeded: {wording}", retry_after=retry)
                 return refusal, f"limit={item.amount}, remaining=0, reset={retry}"
-            keys.append(window_key)
         # Report the window with the least room left.
-        tightest: tuple[int, int, int] | None = None
-        for (item, _), window_key in zip(self.windows, keys, strict=True):
-            expiry = item.get_expiry()
-            start, count = await self.storage.get_moving_window(window_key, item.amount, expiry)
-            remaining = max(0, item.amount - count)
-            reset = max(0, math.ceil(start + expiry - time.time()))
-            if tightest is None or remaining < tightest[1]:
-                tightest = (item.amount, remaining, reset)
+        tightest: tuple[int, int, float] | None = None
+        for item, _ in self.windows:
+            stats = await limiter.get_window_stats(item, key)
+            if tightest is None or stats.remaining < tightest[1]:
+                tightest = (item.amount, stats.remaining, stats.reset_time)
         assert tightest is not None
-        return None, f"limit={tightest[0]}, remaining={tightest[1]}, reset={tightest[2]}"
+        amount, remaining, reset_at = tightest
+        reset = max(0, math.ceil(reset_at - time.time()))
+        return None, f"limit={amount}, remaining={max(0, remaining)}, reset={reset}"
 
     def _warn_storage(self, exc: Exception) -> None:
         self._storage_log.error(

@@ -7,11 +7,11 @@ its argument, `OTEL_EXPORTER_OTLP_HEADERS`, `OTEL_BSP_*`). Spans go out over OTL
 (protobuf) from the SDK's batch processor, on its own thread: a request never waits for the
 collector, and a collector that is down costs dropped spans and a log line, not a request.
 
-Each request gets a server span (api/tracing.py's middleware) continuing the W3C
-`traceparent` it came with; the generation service adds `admission` and `generate` spans;
-the remote backend an `upstream` span, whose `traceparent` the upstream (vLLM with
-`--otlp-traces-endpoint`, SGLang, another instance of this service) continues. Spans
-carry the request id and the client's name, never a key.
+Each request gets a server span (middleware/tracing.py: opentelemetry-instrumentation-asgi
+with our attributes) continuing the W3C `traceparent` it came with; the generation service
+adds `admission` and `generate` spans; the remote backend an `upstream` span, whose
+`traceparent` the upstream (vLLM with `--otlp-traces-endpoint`, SGLang, another instance of
+this service) continues. Spans carry the request id and the client's name, never a key.
 """
 
 from __future__ import annotations

@@ -82,7 +82,9 @@ class TokenBudgets:
 
     @staticmethod
     def _key(client: Client, window: str) -> str:
-        return f"avito-tokens/{window}/{client.id}"
+        # The id in braces: a Redis Cluster hash tag, so a client's windows share the slot
+        # that the reservation's one Lua script needs.
+        return f"avito-tokens/{{{client.id}}}/{window}"
 
     def _failed(self, what: str, exc: Exception) -> None:
         # (Imported here: the gunicorn master imports this module before it has made the
