@@ -72,9 +72,9 @@ def on_starting(server: Any) -> None:
 
     configure_master_logging(_settings.log_level, _settings.log_format, _settings.log_file)
     # Before any worker is forked: workers read their engines' states in that folder.
-    folder = start_engine_processes(_settings)
+    folder = start_engine_processes(_settings.engines)
     if folder is not None:
-        remember(_settings.model_copy(update={"engine_state_dir": folder}))
+        remember(_settings.with_engine_state_dir(folder))
 
 
 def on_exit(server: Any) -> None:

@@ -112,8 +112,7 @@ async def start_in_memory(engine: TransformersTextEngine, model: Any, tokenizer:
     from avito_ai.engines.transformers.loading import LoadedTextModel, TextModelSource
     from avito_ai.engines.transformers.scheduler import warm_up
 
-    settings = engine._settings
-    engine._placement = resolve_placement(settings.device, settings.dtype)
+    engine._placement = resolve_placement(engine._local.device, engine._local.dtype)
     engine._model_id = "Qwen3-8B architecture, random weights"
     source = TextModelSource("folder", "-", engine._model_id)
     warm_up(model, engine._placement.device)
@@ -273,7 +272,9 @@ async def main() -> None:
         max_batch_size=max(args.concurrency),
         max_queue_size=max(64, max(args.concurrency)),
     )
-    engine = TransformersTextEngine(settings)
+    engine = TransformersTextEngine(
+        settings.avibe, settings.in_process, max_queue_size=settings.max_queue_size
+    )
     began = time.perf_counter()
     if args.qwen3_8b_random:
         device = "cuda" if torch.cuda.is_available() else "cpu"

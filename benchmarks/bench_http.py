@@ -106,7 +106,7 @@ class Ceiling:
         from avito_ai.engines.openvino.loading import load_pipeline, resolve_source
 
         settings = Settings(max_batch_size=max_batch)
-        loaded = load_pipeline(resolve_source(None), settings)
+        loaded = load_pipeline(resolve_source(None), settings.in_process, settings.openvino)
         self.genai, self.pipe, self.tokenizer = genai, loaded.pipe, loaded.tokenizer
         self.next_id = 0
 

@@ -21,21 +21,9 @@ ENVS = "~/.cache/avito-ai/engines"  # ENGINE_ENVS_DIR's default, as a reader's s
 
 
 def _settings(**values: Any) -> Any:
-    from pydantic_settings import BaseSettings, PydanticBaseSettingsSource
-
     from avito_ai.config import Settings
 
-    class Given(Settings):  # the values given and the defaults: no .env, no environment
-        @classmethod
-        def settings_customise_sources(
-            cls,
-            settings_cls: type[BaseSettings],
-            init_settings: PydanticBaseSettingsSource,
-            **others: PydanticBaseSettingsSource,
-        ) -> tuple[PydanticBaseSettingsSource, ...]:
-            return (init_settings,)
-
-    return Given(**values)
+    return Settings.given(**values)  # the values given and the defaults: no .env, no environment
 
 
 def _shown(argv: list[str]) -> str:
@@ -102,7 +90,7 @@ def generated() -> str:
                   "OTEL_SDK_DISABLED", "OTEL_TRACES_EXPORTER")}  # fmt: skip
         os.environ.update(environ)
         try:
-            spec = engine_spec(role, _settings(**values), 41234)  # type: ignore[arg-type]
+            spec = engine_spec(role, _settings(**values).engines, 41234)  # type: ignore[arg-type]
         finally:
             for name in environ:
                 os.environ.pop(name, None)

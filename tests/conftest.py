@@ -11,12 +11,13 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from pydantic_settings import BaseSettings, PydanticBaseSettingsSource
 
-from avito_ai.config import Settings
+from avito_ai.config import Settings, env_names
 from avito_ai.engines.base import Engine, NotConfiguredEngine, Role
 from avito_ai.engines.fake import FakeEngine
+from avito_ai.engines.process.engine import ProcessEngine
 from avito_ai.engines.registry import AVISION_HINT
+from avito_ai.engines.remote.upstreams import RemoteConfig
 from tests.ggufs import THINKING_TEMPLATE, with_chat_template
 from tests.servers import ServerProcess, dev_server, serving
 from tests.waiting import wait_until
@@ -51,26 +52,24 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     items.sort(key=lambda item: rank.get(item.path.name, len(rank)))  # stable: files stay whole
 
 
-SETTINGS_VARS = frozenset(name.upper() for name in Settings.model_fields)
-
-
-class IsolatedSettings(Settings):
-    """Settings from the values given and the defaults only: no .env, no environment."""
-
-    @classmethod
-    def settings_customise_sources(
-        cls,
-        settings_cls: type[BaseSettings],
-        init_settings: PydanticBaseSettingsSource,
-        env_settings: PydanticBaseSettingsSource,
-        dotenv_settings: PydanticBaseSettingsSource,
-        file_secret_settings: PydanticBaseSettingsSource,
-    ) -> tuple[PydanticBaseSettingsSource, ...]:
-        return (init_settings,)
+SETTINGS_VARS = env_names()
 
 
 def isolated_settings(**values: Any) -> Settings:
-    return IsolatedSettings(**values)
+    """Settings from the values given and the defaults only: no .env, no environment."""
+    return Settings.given(**values)
+
+
+def remote_config(settings: Settings, role: Role = "avibe") -> RemoteConfig:
+    """The remote backend's configuration of `role`, as the registry builds it."""
+    engines = settings.engines
+    return RemoteConfig.of(engines.role(role), engines.remote, engines.avision.max_pixels)
+
+
+def process_engine(settings: Settings, role: Role = "avibe") -> ProcessEngine:
+    """What a worker serves `role` through when it runs in an engine process."""
+    engines = settings.engines
+    return ProcessEngine(engines.role(role), engines.process, remote_config(settings, role))
 
 
 def engine_set(

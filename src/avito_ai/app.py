@@ -74,7 +74,7 @@ def text_limits(settings: Settings) -> Callable[[str], int | None]:
 
 
 def create_app(settings: Settings, engines: dict[Role, Engine] | None = None) -> FastAPI:
-    state = ServiceState(settings=settings, engines=engines or build_engines(settings))
+    state = ServiceState(settings=settings, engines=engines or build_engines(settings.engines))
     app = FastAPI(
         title="Avito AI API",
         version=__version__,

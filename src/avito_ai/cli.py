@@ -11,7 +11,7 @@ from typing import Any
 
 from avito_ai import __version__
 from avito_ai.config import ConfigError, Settings, load_settings
-from avito_ai.observability.logging import configure_logging
+from avito_ai.observability.logging import configure_logging, log_file_problem
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -24,6 +24,11 @@ def _parser() -> argparse.ArgumentParser:
     config = sub.add_parser("config", help="print the effective configuration (secrets masked)")
     config.add_argument("--json", action="store_true", help="print JSON instead of KEY=value")
     config.add_argument(
+        "--example",
+        action="store_true",
+        help="print .env.example: every variable with its description and default",
+    )
+    config.add_argument(
         "--check-engines",
         action="store_true",
         help="run each engine command line through the installed engine's own parser "
@@ -34,15 +39,22 @@ def _parser() -> argparse.ArgumentParser:
 
 def checked_settings(*, serving: bool = True, **overrides: object) -> Settings:
     """Settings from the environment; ConfigError (one line naming the variable) on a bad
-    value. `serving`: also refuse a configured backend whose libraries are not installed
-    (a light install asked for the transformers engine), naming the extra to install."""
+    value, or a LOG_FILE that cannot be written (the start-up step that makes its folder and
+    opens it, as the server will). `serving`: also refuse a configured backend whose
+    libraries are not installed (a light install asked for the transformers engine), naming
+    the extra to install, or an engine process whose program is not there."""
     from avito_ai.engines.process.commands import engine_problem
     from avito_ai.engines.registry import missing_extra
 
     settings = load_settings(**{k: v for k, v in overrides.items() if v is not None})
-    problem = (missing_extra(settings) or engine_problem(settings)) if serving else None
-    if problem is not None:
-        raise ConfigError(problem)
+    problems = (
+        missing_extra(settings.engines) if serving else None,
+        engine_problem(settings.engines) if serving else None,
+        log_file_problem(settings.log_file),  # (`config` too: it says what serving would)
+    )
+    for problem in problems:
+        if problem is not None:
+            raise ConfigError(problem)
     return settings
 
 
@@ -64,7 +76,7 @@ def _engine_lines(settings: Settings, check: bool) -> dict[str, dict[str, Any]]:
 
     lines: dict[str, dict[str, Any]] = {}
     for role in settings.engine_processes():
-        spec = engine_spec(role, settings, settings.role(role).engine_port)
+        spec = engine_spec(role, settings.engines, settings.role(role).engine_port)
         entry: dict[str, Any] = {"engine": spec.kind, "command_line": shlex.join(spec.argv)}
         if check:
             accepted, said = check_command_line(spec)
@@ -76,6 +88,11 @@ def _engine_lines(settings: Settings, check: bool) -> dict[str, dict[str, Any]]:
 def main(argv: Sequence[str] | None = None) -> None:
     args = _parser().parse_args(argv)
     command = args.command or "serve"
+    if command == "config" and args.example:
+        from avito_ai.config.example import env_example
+
+        print(env_example(), end="")
+        return
     if command == "config":
         settings = settings_or_exit(serving=False)
         view = settings.public_view()

@@ -125,9 +125,9 @@ def serve(settings: Settings) -> None:
     )
 
     try:
-        folder = start_engine_processes(settings)
+        folder = start_engine_processes(settings.engines)
         if folder is not None:  # where the engines' states are, for this process's app
-            settings = settings.model_copy(update={"engine_state_dir": folder})
+            settings = settings.with_engine_state_dir(folder)
         app = create_app(settings)
         DrainingServer(uvicorn_config(app, settings), settings.header_read_timeout).run()
     finally:

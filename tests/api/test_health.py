@@ -82,14 +82,14 @@ def test_only_in_process_engines_need_the_cuda_device_here(make_settings) -> Non
     from avito_ai.engines.registry import device_problem
 
     vllm = make_settings(device="cuda:7", avibe_backend="vllm", avibe_model="/m")
-    assert device_problem(vllm) is None
+    assert device_problem(vllm.engines) is None
     remote = make_settings(device="cuda", avibe_backend="remote", avibe_upstream_urls="http://u")
-    assert device_problem(remote) is None
+    assert device_problem(remote.engines) is None
     import torch
 
     if torch.cuda.device_count() <= 7:
         local = make_settings(device="cuda:7", avibe_backend="transformers")
-        assert "cuda:7" in str(device_problem(local))
+        assert "cuda:7" in str(device_problem(local.engines))
 
 
 async def test_drain_turns_readiness_503_but_accepted_requests_are_served(client) -> None:

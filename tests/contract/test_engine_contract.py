@@ -41,10 +41,9 @@ from avito_ai.engines.base import (
 from avito_ai.engines.process.check import engine_arguments
 from avito_ai.engines.process.commands import EngineSpec, engine_spec
 from avito_ai.engines.remote.engine import RemoteEngine
-from avito_ai.engines.remote.upstreams import RemoteConfig
 from avito_ai.engines.remote.wire import upstream_payload
 from tests.api.conftest import running
-from tests.conftest import engine_set, isolated_settings
+from tests.conftest import engine_set, isolated_settings, process_engine, remote_config
 from tests.contract.engines import ENGINES, Worker, command_for, qwen3_tokenizer
 
 pytestmark = pytest.mark.integration
@@ -101,7 +100,7 @@ def spec_of(engine: str, role: Role, values: dict[str, Any], port: int = 8101) -
         both["avision_backend"] = engine
         values = {"avibe_model": "AvitoTech/avibe", **values}
     settings = isolated_settings(**both, **values, **{f"{engine}_command": command_for(engine)})
-    return engine_spec(role, settings, port)
+    return engine_spec(role, settings.engines, port)
 
 
 def test_every_command_line_passes_the_engines_own_parser(
@@ -396,7 +395,7 @@ def _served(events: list[str]) -> RemoteEngine:
         return httpx.Response(200, headers={"content-type": "text/event-stream"}, content=body)
 
     settings = isolated_settings(avibe_backend="remote", avibe_upstream_urls="http://engine")
-    return RemoteEngine(RemoteConfig.of("avibe", settings), transport=httpx.MockTransport(answer))
+    return RemoteEngine(remote_config(settings), transport=httpx.MockTransport(answer))
 
 
 def _settings() -> Settings:
@@ -672,7 +671,6 @@ def test_a_line_the_real_engine_refuses_is_failed_once_with_its_words(
     parser it does not know. The engine exits 2 with its `error:` line; the supervisor says
     `failed` with that line and the setting behind the flag, and does not restart it."""
     from avito_ai.engines.base import EngineState
-    from avito_ai.engines.process.engine import ProcessEngine
     from avito_ai.engines.process.supervisor import EngineSupervisor
 
     if worker.engine == "vllm":
@@ -700,7 +698,7 @@ def test_a_line_the_real_engine_refuses_is_failed_once_with_its_words(
     supervisor.start()
     supervisor._thread.join(timeout=240)  # it gives up by itself: no restart loop
     assert not supervisor._thread.is_alive()
-    status = ProcessEngine("avibe", settings).status()  # readiness and /api/health
+    status = process_engine(settings).status()  # readiness and /api/health
     restarts = supervisor.state.restarts
     supervisor.stop()
     assert restarts == 0 and status.state is EngineState.FAILED

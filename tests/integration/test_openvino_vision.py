@@ -83,7 +83,10 @@ async def collect(engine: Any, request: GenerationRequest) -> tuple[str, Chunk]:
 
 
 async def started(model: str, **settings: Any) -> OpenVINOVisionEngine:
-    engine = OpenVINOVisionEngine(isolated_settings(avision_model=model, **settings))
+    own = isolated_settings(avision_model=model, **settings)
+    engine = OpenVINOVisionEngine(
+        own.avision, own.in_process, own.openvino, max_queue_size=own.max_queue_size
+    )
     await engine.start()
     return engine
 
@@ -123,8 +126,9 @@ async def test_answers_match_the_transformers_engine(tmp_path: Path) -> None:
 
     checkpoint = build_tiny_qwen2_5_vl(tmp_path / "checkpoint", seed=0)
     ours = await started(IR)
+    other = isolated_settings(avision_model=str(checkpoint), device="cpu", dtype="float32")
     theirs = TransformersVisionEngine(
-        isolated_settings(avision_model=str(checkpoint), device="cpu", dtype="float32")
+        other.avision, other.in_process, max_queue_size=other.max_queue_size
     )
     await theirs.start()
     try:

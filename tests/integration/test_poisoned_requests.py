@@ -256,7 +256,10 @@ def test_a_failed_step_fails_its_requests_and_the_engine_rebuilds_its_pipeline()
     from avito_ai.engines.openvino.engine import OpenVINOTextEngine
 
     async def scenario() -> None:
-        engine = OpenVINOTextEngine(isolated_settings(max_batch_size=4))
+        own = isolated_settings(max_batch_size=4)
+        engine = OpenVINOTextEngine(
+            own.avibe, own.in_process, own.openvino, max_queue_size=own.max_queue_size
+        )
         await engine.start()
         assert engine.status().state is EngineState.READY
         engine._pipe = _FailingOnce(engine._pipe)

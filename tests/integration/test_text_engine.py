@@ -52,6 +52,12 @@ pytestmark = pytest.mark.integration
 DEVICE = os.environ.get("AVIBE_TEST_DEVICE", "cpu")
 
 
+def text_engine(settings: Settings) -> TransformersTextEngine:
+    return TransformersTextEngine(
+        settings.avibe, settings.in_process, max_queue_size=settings.max_queue_size
+    )
+
+
 def settings_for(model: str | None, **overrides: Any) -> Settings:
     values: dict[str, Any] = {"avibe_model": model, "device": DEVICE, "dtype": "float32"}
     values.update(overrides)
@@ -79,7 +85,7 @@ async def collect(stream: AsyncIterator[Chunk]) -> tuple[str, Chunk, list[str]]:
 
 
 async def started(settings: Settings) -> TransformersTextEngine:
-    engine = TransformersTextEngine(settings)
+    engine = text_engine(settings)
     await engine.start()
     status = engine.status()
     assert status.state is EngineState.READY, status.reason
@@ -282,12 +288,12 @@ async def test_tiny_says_shutting_down_while_it_stops(tiny_folder: Path) -> None
 
 
 async def test_bad_model_settings_fail_with_a_reason(tmp_path: Path) -> None:
-    missing_hub = TransformersTextEngine(settings_for("AvitoTech/no-such-model-here"))
+    missing_hub = text_engine(settings_for("AvitoTech/no-such-model-here"))
     await missing_hub.start()
     status = missing_hub.status()
     assert status.state is EngineState.FAILED
     assert status.reason and "not found in the local Hugging Face cache" in status.reason
-    no_config = TransformersTextEngine(settings_for(str(tmp_path)))
+    no_config = text_engine(settings_for(str(tmp_path)))
     await no_config.start()
     assert no_config.status().reason == f"model folder {tmp_path} has no config.json"
     with pytest.raises(ModelUnavailable):
@@ -331,11 +337,9 @@ async def test_embedded_batching_does_not_change_greedy_answers(
 async def test_embedded_model_loads_from_its_cache_quickly(smol: TransformersTextEngine) -> None:
     from avito_ai.engines.transformers.device import resolve_placement
 
-    settings = settings_for(None)
+    cache = settings_for(None).in_process.model_cache_dir
     began = time.monotonic()
-    loaded = load_text_model(
-        resolve_text_source(None), resolve_placement("cpu", "float32"), settings.model_cache_dir
-    )
+    loaded = load_text_model(resolve_text_source(None), resolve_placement("cpu", "float32"), cache)
     assert not loaded.converted
     assert time.monotonic() - began < 10
     del loaded

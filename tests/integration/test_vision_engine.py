@@ -51,6 +51,12 @@ DEVICE = os.environ.get("AVISION_TEST_DEVICE", "cpu")
 DTYPE = os.environ.get("AVISION_TEST_DTYPE", "float32")
 
 
+def vision_engine(settings: Settings) -> TransformersVisionEngine:
+    return TransformersVisionEngine(
+        settings.avision, settings.in_process, max_queue_size=settings.max_queue_size
+    )
+
+
 def settings_for(model: str, **overrides: Any) -> Settings:
     values: dict[str, Any] = {"avision_model": model, "device": DEVICE, "dtype": DTYPE}
     values.update(overrides)
@@ -122,7 +128,7 @@ async def engines(
 ) -> AsyncIterator[dict[str, TransformersVisionEngine]]:
     loaded: dict[str, TransformersVisionEngine] = {}
     for name, folder in model_dirs.items():
-        engine = TransformersVisionEngine(settings_for(str(folder)))
+        engine = vision_engine(settings_for(str(folder)))
         await engine.start()
         assert engine.status().state is EngineState.READY, engine.status().reason
         loaded[name] = engine
@@ -328,7 +334,7 @@ async def test_unprocessable_image_is_a_validation_error(
 
 
 async def test_full_queue_is_overloaded_at_once(model_dirs: dict[str, Path]) -> None:
-    engine = TransformersVisionEngine(settings_for(str(model_dirs["qwen2_5_vl"]), max_queue_size=1))
+    engine = vision_engine(settings_for(str(model_dirs["qwen2_5_vl"]), max_queue_size=1))
     await engine.start()
     running = engine.generate(ask(max_tokens=LONG, request_id="running"))
     waiting = engine.generate(ask(max_tokens=4, request_id="waiting"))
@@ -401,7 +407,7 @@ async def test_deadline_raises_timeout(engines: dict[str, TransformersVisionEngi
 
 
 async def test_stop_cancels_running_work(model_dirs: dict[str, Path]) -> None:
-    engine = TransformersVisionEngine(settings_for(str(model_dirs["idefics3"])))
+    engine = vision_engine(settings_for(str(model_dirs["idefics3"])))
     await engine.start()
     stream = engine.generate(ask(max_tokens=LONG))
     await asyncio.wait_for(anext(stream), 10)
@@ -424,7 +430,7 @@ async def test_stop_cancels_running_work(model_dirs: dict[str, Path]) -> None:
     ["avito-no-such-org/no-such-vision-model", "/nonexistent/avision-folder"],
 )
 async def test_absent_model_fails_with_reason(model: str) -> None:
-    engine = TransformersVisionEngine(settings_for(model))
+    engine = vision_engine(settings_for(model))
     await engine.start()  # never raises
     status = engine.status()
     assert status.state is EngineState.FAILED
@@ -436,7 +442,7 @@ async def test_absent_model_fails_with_reason(model: str) -> None:
 
 async def test_folder_without_a_model_fails(tmp_path: Path) -> None:
     (tmp_path / "README.md").write_text("not a model")
-    engine = TransformersVisionEngine(settings_for(str(tmp_path)))
+    engine = vision_engine(settings_for(str(tmp_path)))
     await engine.start()
     status = engine.status()
     assert status.state is EngineState.FAILED

@@ -14,16 +14,15 @@ from typing import Any
 import httpx
 import pytest
 
-from avito_ai.config import ENGINE_VERSIONS, ConfigError, Settings, load_settings
+from avito_ai.config import ENGINE_VERSIONS, ConfigError, ProcessSettings, load_settings
 from avito_ai.engines.base import ChatMessage, EngineState, GenerationRequest, SamplingParams
 from avito_ai.engines.process.commands import child_environment, engine_spec
 from avito_ai.engines.process.engine import ProcessEngine, engine_figures
 from avito_ai.engines.process.supervisor import EngineRecord, state_path
 from avito_ai.engines.remote.engine import RemoteEngine
-from avito_ai.engines.remote.upstreams import RemoteConfig
 from avito_ai.engines.remote.wire import Flavour
 from avito_ai.errors import ModelUnavailable
-from tests.conftest import isolated_settings
+from tests.conftest import isolated_settings, process_engine, remote_config
 
 EAGLE = {
     "avibe_backend": "vllm",
@@ -34,7 +33,9 @@ EAGLE = {
 
 
 def test_vllm_command_line_with_eagle3_as_the_card_says() -> None:
-    spec = engine_spec("avibe", isolated_settings(**EAGLE, vllm_command="/opt/vllm/bin/vllm"), 8101)
+    spec = engine_spec(
+        "avibe", isolated_settings(**EAGLE, vllm_command="/opt/vllm/bin/vllm").engines, 8101
+    )
     assert spec.argv == [
         "/opt/vllm/bin/vllm", "serve", "AvitoTech/avibe",
         "--host", "127.0.0.1", "--port", "8101",
@@ -62,8 +63,8 @@ def test_both_models_on_one_gpu_share_its_memory_and_vision_keeps_its_image_limi
         avision_tensor_parallel_size=2,
         avision_engine_args='--enforce-eager --chat-template "/x y/t.jinja"',
     )
-    vibe = engine_spec("avibe", settings, 1).argv
-    vision = engine_spec("avision", settings, 2).argv
+    vibe = engine_spec("avibe", settings.engines, 1).argv
+    vision = engine_spec("avision", settings.engines, 2).argv
     assert vibe[vibe.index("--gpu-memory-utilization") + 1] == "0.55"
     assert vision[vision.index("--gpu-memory-utilization") + 1] == "0.35"
     assert vision[-16:] == [
@@ -77,7 +78,7 @@ def test_both_models_on_one_gpu_share_its_memory_and_vision_keeps_its_image_limi
     ]  # fmt: skip
     assert "--speculative-config" not in vision and "--reasoning-parser" not in vision
     own = isolated_settings(**EAGLE, avibe_gpu_memory=0.7)
-    argv = engine_spec("avibe", own, 1).argv
+    argv = engine_spec("avibe", own.engines, 1).argv
     assert argv[argv.index("--gpu-memory-utilization") + 1] == "0.7"
 
 
@@ -87,7 +88,7 @@ def test_sglang_command_line_with_eagle3() -> None:
         avibe_max_model_len=32768,
         sglang_command="/opt/sglang/bin/python -m sglang.launch_server",
     )
-    assert engine_spec("avibe", settings, 30000).argv == [
+    assert engine_spec("avibe", settings.engines, 30000).argv == [
         "/opt/sglang/bin/python", "-m", "sglang.launch_server",
         "--model-path", "AvitoTech/avibe",
         "--host", "127.0.0.1", "--port", "30000",
@@ -117,7 +118,7 @@ def test_command_form_fills_port_model_and_python() -> None:
         avibe_engine_command="env A=1 {python} -m server --port {port} --model {model}",
         avibe_engine_health_path="/ready",
     )
-    spec = engine_spec("avibe", settings, 9000)
+    spec = engine_spec("avibe", settings.engines, 9000)
     assert spec.argv == [
         "env",
         "A=1",
@@ -194,7 +195,7 @@ def _engine_in(tmp_path: Path, **record: object) -> ProcessEngine:
     if record:
         fields = {"role": "avibe", "kind": "command", "port": 1, "served_model": None, **record}
         state_path(tmp_path, "avibe").write_text(json.dumps(fields))
-    return ProcessEngine("avibe", settings)
+    return process_engine(settings)
 
 
 async def test_what_a_worker_answers_for_each_engine_state(tmp_path: Path) -> None:
@@ -229,23 +230,28 @@ def test_with_tracing_on_the_engines_export_their_spans_too(
     """vLLM 0.33 and SGLang 0.5.23 export over gRPC unless told http/protobuf, and post to
     the endpoint they are given as it is: the full /v1/traces URL, and the protocol."""
     monkeypatch.setenv("OTEL_EXPORTER_OTLP_ENDPOINT", "http://collector:4318/")
-    spec = engine_spec("avibe", isolated_settings(**EAGLE), 1)
+    spec = engine_spec("avibe", isolated_settings(**EAGLE).engines, 1)
     vllm = spec.argv
     assert vllm[vllm.index("--otlp-traces-endpoint") + 1] == "http://collector:4318/v1/traces"
     env = child_environment(frozenset(), spec.environment)
     assert env["OTEL_EXPORTER_OTLP_TRACES_PROTOCOL"] == "http/protobuf"
     assert env["OTEL_SERVICE_NAME"] == "vllm-avibe"
-    sglang = engine_spec("avibe", isolated_settings(**{**EAGLE, "avibe_backend": "sglang"}), 1)
+    sglang = engine_spec(
+        "avibe", isolated_settings(**{**EAGLE, "avibe_backend": "sglang"}).engines, 1
+    )
     at = sglang.argv.index("--otlp-traces-endpoint")
     assert sglang.argv[at - 1 : at + 2] == [
         "--enable-trace", "--otlp-traces-endpoint", "http://collector:4318/v1/traces",
     ]  # fmt: skip
     assert sglang.environment["OTEL_EXPORTER_OTLP_TRACES_PROTOCOL"] == "http/protobuf"
     monkeypatch.setenv("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT", "https://c.example/otlp/traces")
-    vllm = engine_spec("avibe", isolated_settings(**EAGLE), 1).argv
+    vllm = engine_spec("avibe", isolated_settings(**EAGLE).engines, 1).argv
     assert vllm[vllm.index("--otlp-traces-endpoint") + 1] == "https://c.example/otlp/traces"
     monkeypatch.setenv("OTEL_SDK_DISABLED", "true")
-    assert "--otlp-traces-endpoint" not in engine_spec("avibe", isolated_settings(**EAGLE), 1).argv
+    assert (
+        "--otlp-traces-endpoint"
+        not in engine_spec("avibe", isolated_settings(**EAGLE).engines, 1).argv
+    )
 
 
 # --- where the engines come from -------------------------------------------------------
@@ -257,14 +263,21 @@ def test_unset_engine_commands_run_the_engines_from_their_cached_environments(
     tmp_path: Path,
 ) -> None:
     settings = isolated_settings(engine_envs_dir=tmp_path / "my envs")
-    assert settings.vllm_command == shlex.quote(str(tmp_path / "my envs/vllm-0.33.0/bin/vllm"))
-    assert shlex.split(settings.sglang_command) == [
+    assert settings.process.vllm_command == shlex.quote(
+        str(tmp_path / "my envs/vllm-0.33.0/bin/vllm")
+    )
+    assert shlex.split(settings.process.sglang_command) == [
         str(tmp_path / "my envs/sglang-0.5.23/bin/python"), "-m", "sglang.launch_server",
     ]  # fmt: skip
-    argv = engine_spec("avibe", isolated_settings(**EAGLE, engine_envs_dir=tmp_path), 1).argv
+    argv = engine_spec(
+        "avibe", isolated_settings(**EAGLE, engine_envs_dir=tmp_path).engines, 1
+    ).argv
     assert argv[0] == str(tmp_path / "vllm-0.33.0/bin/vllm") and argv[1] == "serve"
     own = isolated_settings(vllm_command="vllm", sglang_command="python3 -m sglang.launch_server")
-    assert (own.vllm_command, own.sglang_command) == ("vllm", "python3 -m sglang.launch_server")
+    assert (own.process.vllm_command, own.process.sglang_command) == (
+        "vllm",
+        "python3 -m sglang.launch_server",
+    )
 
 
 def test_the_makefile_builds_the_versions_the_command_lines_are_made_for() -> None:
@@ -272,7 +285,7 @@ def test_the_makefile_builds_the_versions_the_command_lines_are_made_for() -> No
     for engine, version in ENGINE_VERSIONS.items():
         assert f"{engine.upper()}_VERSION := {version}" in makefile
     assert "ENGINE_ENVS_DIR ?= $(HOME)/.cache/avito-ai/engines" in makefile
-    assert Settings.model_fields["engine_envs_dir"].default_factory() == (  # type: ignore[call-arg,misc]
+    assert ProcessSettings.model_fields["engine_envs_dir"].default_factory() == (  # type: ignore[call-arg,misc]
         Path.home() / ".cache/avito-ai/engines"
     )
 
@@ -297,12 +310,14 @@ def test_a_missing_engine_environment_stops_the_start_with_the_setting_and_the_t
     expected = tmp_path / "envs/vllm-0.33.0/bin/vllm"
     assert f"VLLM_COMMAND runs {expected}, which does not exist" in lines[0]
     assert "`make vllm-env`" in lines[0] and "vLLM 0.33.0" in lines[0]
-    assert settings_or_exit(serving=False).vllm_command == str(expected)  # config still shows it
+    assert settings_or_exit(serving=False).process.vllm_command == str(
+        expected
+    )  # config still shows it
 
     expected.parent.mkdir(parents=True)  # once `make vllm-env` has built it
     expected.write_text("#!/bin/sh\n")
     expected.chmod(0o755)
-    assert settings_or_exit().vllm_command == str(expected)
+    assert settings_or_exit().process.vllm_command == str(expected)
 
     monkeypatch.setenv("AVIBE_BACKEND", "sglang")
     with pytest.raises(SystemExit):
@@ -380,7 +395,7 @@ def test_an_engine_that_refuses_its_command_line_fails_once_with_its_error_and_t
     assert caplog.text.count("pid ") == 1  # started once
     assert "refused its command line (exited with status 2) and is not restarted" in caplog.text
     assert "The flag: --dtype comes from AVIBE_ENGINE_ARGS" in caplog.text
-    status = ProcessEngine("avibe", settings).status()  # what readiness and /api/health say
+    status = process_engine(settings).status()  # what readiness and /api/health say
     assert status.state is EngineState.FAILED
     assert status.reason == f"command engine failed: {record.reason}"
 
@@ -388,7 +403,7 @@ def test_an_engine_that_refuses_its_command_line_fails_once_with_its_error_and_t
         from tests.api.conftest import running
         from tests.conftest import engine_set
 
-        async with running(settings, engine_set(ProcessEngine("avibe", settings))) as (_, http):
+        async with running(settings, engine_set(process_engine(settings))) as (_, http):
             return (await http.get("/api/health")).json(), await http.get("/api/health/ready")
 
     health, ready = asyncio.run(probes())
@@ -417,7 +432,7 @@ def test_vllms_multi_line_refusal_is_read_whole_and_points_at_the_setting() -> N
         "StructuredOutputsConfig Value error, disable_any_whitespace is only supported for "
         "xgrammar and guidance backends."
     )
-    spec = engine_spec("avibe", isolated_settings(**EAGLE), 1)
+    spec = engine_spec("avibe", isolated_settings(**EAGLE).engines, 1)
     assert origin_of(spec, line) == (
         "--structured-outputs-config is always added by the service "
         "(VLLM_COMMAND must run vLLM 0.33.0)"
@@ -426,7 +441,7 @@ def test_vllms_multi_line_refusal_is_read_whole_and_points_at_the_setting() -> N
         "comes from AVIBE_DRAFT_MODEL, AVIBE_SPECULATIVE_TOKENS"
     )
     overridden = isolated_settings(**EAGLE, avibe_engine_args="--dtype bfloat16")
-    assert origin_of(engine_spec("avibe", overridden, 1), "error: argument --dtype: x") == (
+    assert origin_of(engine_spec("avibe", overridden.engines, 1), "error: argument --dtype: x") == (
         "--dtype comes from AVIBE_ENGINE_ARGS"  # the last one given is the one parsed
     )
     assert origin_of(spec, "error: unrecognized arguments") == (
@@ -449,7 +464,7 @@ def _scripted_engine(events: list[dict], sent: list[dict], flavour: Flavour) -> 
 
     settings = isolated_settings(avibe_backend="remote", avibe_upstream_urls="http://e.test")
     return RemoteEngine(
-        RemoteConfig.of("avibe", settings),
+        remote_config(settings),
         transport=httpx.MockTransport(answer),
         send_priority=True,
         flavour=flavour,

@@ -55,5 +55,5 @@ def test_a_backend_whose_extra_is_missing_stops_start_with_one_line(monkeypatch,
     lines = capsys.readouterr().err.strip().splitlines()
     assert len(lines) == 1 and "pip install 'avito-ai[transformers]'" in lines[0]
     monkeypatch.setenv("AVIBE_BACKEND", "auto")  # auto on a CPU: OpenVINO, nothing missing
-    assert settings_or_exit().avibe_backend == "auto"
-    assert registry.backend_for("avibe", settings_or_exit()) == "openvino"
+    assert settings_or_exit().avibe.backend == "auto"
+    assert registry.backend_for("avibe", settings_or_exit().engines) == "openvino"

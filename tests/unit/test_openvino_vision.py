@@ -46,21 +46,25 @@ def test_auto_serves_an_ir_folder_on_openvino_and_a_checkpoint_on_transformers(
     checkpoint = tmp_path / "checkpoint"
     checkpoint.mkdir()
     (checkpoint / "config.json").write_text("{}")
-    assert registry.backend_for("avision", isolated_settings(avision_model=IR)) == "openvino"
+    assert (
+        registry.backend_for("avision", isolated_settings(avision_model=IR).engines) == "openvino"
+    )
     for model in (str(checkpoint), "AvitoTech/avision"):
-        chosen = registry.backend_for("avision", isolated_settings(avision_model=model))
+        chosen = registry.backend_for("avision", isolated_settings(avision_model=model).engines)
         assert chosen == "transformers"
     gpu = isolated_settings(avision_model=IR, device="cuda")
-    assert registry.backend_for("avision", gpu) == "transformers"  # the GPU is transformers'
+    assert (
+        registry.backend_for("avision", gpu.engines) == "transformers"
+    )  # the GPU is transformers'
     text = text_ir(tmp_path / "text-ir")  # any IR: the OpenVINO engine says what it lacks
-    assert registry.backend_for("avision", isolated_settings(avision_model=str(text))) == (
+    assert registry.backend_for("avision", isolated_settings(avision_model=str(text)).engines) == (
         "openvino"
     )
 
 
 def test_the_openvino_backend_builds_the_vision_engine() -> None:
     settings = isolated_settings(avision_model=IR, avision_backend="openvino")
-    assert isinstance(registry.build_engine("avision", settings), OpenVINOVisionEngine)
+    assert isinstance(registry.build_engine("avision", settings.engines), OpenVINOVisionEngine)
 
 
 def test_fair_admission_lets_the_batch_generate_at_once() -> None:
@@ -79,10 +83,10 @@ def test_a_light_install_asked_for_a_checkpoint_is_told_about_the_export(
 ) -> None:
     real = registry._installed
     monkeypatch.setattr(registry, "_installed", lambda m: m != "torch" and real(m))
-    problem = registry.missing_extra(isolated_settings(avision_model="AvitoTech/avision"))
+    problem = registry.missing_extra(isolated_settings(avision_model="AvitoTech/avision").engines)
     assert problem is not None
     assert "pip install 'avito-ai[transformers]'" in problem and "make export-avision" in problem
-    assert registry.missing_extra(isolated_settings(avision_model=IR)) is None
+    assert registry.missing_extra(isolated_settings(avision_model=IR).engines) is None
 
 
 # ------------------------------------------------------------------ folders that cannot serve

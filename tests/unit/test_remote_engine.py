@@ -19,10 +19,9 @@ from avito_ai.engines.base import (
     TextPart,
 )
 from avito_ai.engines.remote.engine import RemoteEngine
-from avito_ai.engines.remote.upstreams import RemoteConfig
 from avito_ai.engines.remote.wire import upstream_payload
 from avito_ai.errors import ModelUnavailable, Overloaded, ValidationFailed
-from tests.conftest import isolated_settings
+from tests.conftest import isolated_settings, remote_config
 
 A, B = "http://a.test", "http://b.test"
 SSE = {"content-type": "text/event-stream"}
@@ -43,7 +42,7 @@ def engine(
     handler: Callable[[httpx.Request], httpx.Response], urls: str = f"{A},{B}"
 ) -> RemoteEngine:
     settings = isolated_settings(avibe_backend="remote", avibe_upstream_urls=urls)
-    return RemoteEngine(RemoteConfig.of("avibe", settings), transport=httpx.MockTransport(handler))
+    return RemoteEngine(remote_config(settings), transport=httpx.MockTransport(handler))
 
 
 def request() -> GenerationRequest:
@@ -290,11 +289,9 @@ def test_constraints_travel_in_each_upstreams_own_fields() -> None:
 
 def test_a_plain_openai_upstream_declares_json_only() -> None:
     settings = isolated_settings(avibe_backend="remote", avibe_upstream_urls=A)
-    plain = RemoteEngine(RemoteConfig.of("avibe", settings)).capabilities().constraints
+    plain = RemoteEngine(remote_config(settings)).capabilities().constraints
     assert plain == {"json_schema", "json_object"}
-    assert RemoteEngine(
-        RemoteConfig.of("avibe", settings), flavour="vllm"
-    ).capabilities().constraints == {
+    assert RemoteEngine(remote_config(settings), flavour="vllm").capabilities().constraints == {
         "json_schema",
         "json_object",
         "regex",

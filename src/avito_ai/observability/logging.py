@@ -130,6 +130,21 @@ class LogFileHandler(logging.handlers.WatchedFileHandler):
             )
 
 
+def log_file_problem(path: Path | None) -> str | None:
+    """A start-up step (cli.checked_settings): open LOG_FILE for appending, its folder made,
+    as the handler will, so a path the server cannot write stops it with one line naming
+    the variable, not a traceback. None when it can write there (or no LOG_FILE)."""
+    if path is None:
+        return None
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with path.open("a", encoding="utf-8"):
+            pass
+    except OSError as exc:
+        return f"Invalid configuration: LOG_FILE: cannot write {path}: {exc.strerror or exc}"
+    return None
+
+
 def _attach(logger: logging.Logger, fmt: str, log_file: Path | None) -> None:
     """Our handlers (stderr, and LOG_FILE) on `logger`, replacing ours from before."""
     formatter: logging.Formatter = JsonFormatter() if fmt == "json" else TextFormatter(TEXT_FORMAT)

@@ -185,12 +185,12 @@ def capacity_for(role: Role, settings: Settings) -> int:
         return own.max_concurrency
     from avito_ai.engines.registry import backend_for
 
-    backend = backend_for(role, settings)  # `auto` decided
+    backend = backend_for(role, settings.engines)  # `auto` decided
     if backend in ("remote", "vllm", "sglang", "command"):
         return REMOTE_CAPACITY
     if role == "avision" and backend == "transformers":
         return 1  # one request at a time (engines/transformers/vision.py)
-    return settings.max_batch_size  # OpenVINO (both roles), transformers text: the batch
+    return settings.in_process.max_batch_size  # OpenVINO (both roles), transformers text: the batch
 
 
 class Governor:

@@ -50,7 +50,7 @@ class ServiceState:
         problems: list[str] = []
         if self.draining:
             problems.append("shutting down")
-        problem = device_problem(self.settings)
+        problem = device_problem(self.settings.engines)
         if problem:
             problems.append(problem)
         for role, engine in self.engines.items():

@@ -15,7 +15,7 @@ from __future__ import annotations
 import logging
 from typing import TYPE_CHECKING, Any
 
-from avito_ai.config import Settings
+from avito_ai.config import AvibeSettings, InProcessSettings, OpenVINOSettings
 from avito_ai.engines.base import GenerationRequest, Role
 from avito_ai.engines.models import EMBEDDED_MODEL_ID
 from avito_ai.engines.openvino.generation import Prepared, request_config
@@ -43,8 +43,18 @@ class OpenVINOTextEngine(PipelineEngine):
     title = "A-Vibe"
     engine = "openvino"
 
-    def __init__(self, settings: Settings) -> None:
-        super().__init__(settings.role("avibe").model or EMBEDDED_MODEL_ID, settings)
+    def __init__(
+        self,
+        own: AvibeSettings,
+        local: InProcessSettings,
+        settings: OpenVINOSettings,
+        *,
+        max_queue_size: int,
+    ) -> None:
+        super().__init__(
+            own.model or EMBEDDED_MODEL_ID, local, settings, max_queue_size=max_queue_size
+        )
+        self._own = own
         self._has_template = False
         self._takes_tools = False
 
@@ -53,9 +63,9 @@ class OpenVINOTextEngine(PipelineEngine):
     def _load(self) -> LoadedPipeline:
         from avito_ai.engines.openvino.loading import load_pipeline, resolve_source
 
-        source = resolve_source(self._settings.role("avibe").model)
+        source = resolve_source(self._own.model)
         self._model_id = source.model_id
-        return load_pipeline(source, self._settings)
+        return load_pipeline(source, self._local, self._settings)
 
     def _install(self, loaded: LoadedPipeline) -> None:
         template = loaded.tokenizer.chat_template
@@ -96,9 +106,7 @@ class OpenVINOTextEngine(PipelineEngine):
             special = False  # the template wrote the special tokens it wants
         input_ids = self._tokenizer.encode(prompt, add_special_tokens=special).input_ids
         tokens = int(input_ids.shape[1])
-        check_prompt_tokens(
-            tokens, self._settings.max_prompt_tokens, raw=request.prompt is not None
-        )
+        check_prompt_tokens(tokens, self._own.max_prompt_tokens, raw=request.prompt is not None)
         # (The tokenizer cuts a longer prompt at the context: "at least".)
         config, opened = request_config(
             request, prompt, tokens, self._context, counted=f"at least {tokens} tokens"

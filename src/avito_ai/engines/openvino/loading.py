@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from avito_ai.config import Settings
+from avito_ai.config import InProcessSettings, OpenVINOSettings
 from avito_ai.engines.models import ModelLoadError, gguf_location
 
 log = logging.getLogger(__name__)
@@ -79,22 +79,22 @@ def resolve_source(spec: str | None) -> ModelSource:
     )
 
 
-def new_pipeline(path: str, settings: Settings) -> Any:
+def new_pipeline(path: str, max_batch_size: int, settings: OpenVINOSettings) -> Any:
     """A ContinuousBatchingPipeline on the CPU for a GGUF file or an IR folder (text or
     vision-language), with the service's scheduler. Blocking; raises OpenVINO's errors."""
     import openvino_genai as genai
 
     scheduler = genai.SchedulerConfig()
-    scheduler.cache_size = settings.openvino_kv_cache_gb
-    scheduler.max_num_seqs = settings.max_batch_size
+    scheduler.cache_size = settings.kv_cache_gb
+    scheduler.max_num_seqs = max_batch_size
     # Chunked prefill: a long prompt (or an image's tokens) is prefilled a chunk per step,
     # beside the running streams' decode tokens, so it never stalls them for the whole prompt.
     scheduler.dynamic_split_fuse = True
-    scheduler.max_num_batched_tokens = settings.openvino_max_batched_tokens
+    scheduler.max_num_batched_tokens = settings.max_batched_tokens
     scheduler.enable_prefix_caching = True
     properties: dict[str, Any] = {}
-    if settings.openvino_threads:
-        properties["INFERENCE_NUM_THREADS"] = settings.openvino_threads
+    if settings.threads:
+        properties["INFERENCE_NUM_THREADS"] = settings.threads
     with CONSTRUCTION:
         return genai.ContinuousBatchingPipeline(path, scheduler, "CPU", properties)
 
@@ -137,7 +137,9 @@ def openable_gguf(path: Path, cache_dir: Path) -> Path:
     return copy
 
 
-def load_pipeline(source: ModelSource, settings: Settings) -> LoadedPipeline:
+def load_pipeline(
+    source: ModelSource, local: InProcessSettings, settings: OpenVINOSettings
+) -> LoadedPipeline:
     """Build the continuous-batching pipeline. Blocking: run it in a thread."""
     import openvino_genai as genai
 
@@ -153,8 +155,8 @@ def load_pipeline(source: ModelSource, settings: Settings) -> LoadedPipeline:
     try:
         path = source.path
         if path.lower().endswith(".gguf"):
-            path = str(openable_gguf(Path(path), settings.model_cache_dir))
-        pipe = new_pipeline(path, settings)
+            path = str(openable_gguf(Path(path), local.model_cache_dir))
+        pipe = new_pipeline(path, local.max_batch_size, settings)
     except Exception as exc:
         first = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:300]
         raise ModelLoadError(

@@ -31,7 +31,7 @@ from typing import TYPE_CHECKING, Any
 
 from PIL import Image
 
-from avito_ai.config import Settings
+from avito_ai.config import AvisionSettings, InProcessSettings, OpenVINOSettings
 from avito_ai.engines.base import GenerationRequest, ImagePart, Role, TextPart
 from avito_ai.engines.images import fit_image
 from avito_ai.engines.openvino.generation import Prepared, request_config
@@ -103,11 +103,18 @@ class OpenVINOVisionEngine(PipelineEngine):
     title = "A-Vision"
     engine = "openvino"
 
-    def __init__(self, settings: Settings) -> None:
-        super().__init__(settings.role("avision").model, settings)
+    def __init__(
+        self,
+        own: AvisionSettings,
+        local: InProcessSettings,
+        settings: OpenVINOSettings,
+        *,
+        max_queue_size: int,
+    ) -> None:
+        super().__init__(own.model, local, settings, max_queue_size=max_queue_size)
         self._geometry: ImageGeometry | None = None
-        self._max_pixels = settings.avision_max_pixels
-        self._max_images = settings.avision_max_images
+        self._max_pixels = own.max_pixels
+        self._max_images = own.max_images
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -120,7 +127,7 @@ class OpenVINOVisionEngine(PipelineEngine):
         source = resolve_vision_source(self._model_id)
         self._context = source.context_length or 0
         self._geometry = source.geometry
-        return load_vision_pipeline(source, self._settings)
+        return load_vision_pipeline(source, self._local, self._settings)
 
     def _install(self, loaded: LoadedVision) -> None:
         self._specials = list(GENAI_TAGS)  # beside the tokenizer's own specials

@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from avito_ai.config import Settings
+from avito_ai.config import InProcessSettings, OpenVINOSettings
 from avito_ai.engines.models import ModelLoadError
 
 # The files of a vision-language IR (optimum-intel's names), beyond the language model.
@@ -178,7 +178,9 @@ def openvino_message(exc: BaseException) -> str:
     return (useful or lines or [type(exc).__name__])[-1][:300]
 
 
-def load_vision_pipeline(source: VisionSource, settings: Settings) -> LoadedVision:
+def load_vision_pipeline(
+    source: VisionSource, local: InProcessSettings, settings: OpenVINOSettings
+) -> LoadedVision:
     """Build the continuous-batching pipeline and warm it up. Blocking: run in a thread."""
     import numpy as np
     import openvino as ov
@@ -188,7 +190,7 @@ def load_vision_pipeline(source: VisionSource, settings: Settings) -> LoadedVisi
 
     started = time.monotonic()
     try:
-        pipe = new_pipeline(str(source.path), settings)
+        pipe = new_pipeline(str(source.path), local.max_batch_size, settings)
         # Warm up here, not in the first client's request: the first inference of each
         # part (vision encoder, merger, language model) compiles its kernels.
         warm = genai.GenerationConfig()

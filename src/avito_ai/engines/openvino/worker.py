@@ -26,7 +26,7 @@ import time
 from collections.abc import AsyncIterator, Callable
 from typing import Any
 
-from avito_ai.config import Settings
+from avito_ai.config import InProcessSettings, OpenVINOSettings
 from avito_ai.engines.base import (
     ALL_CONSTRAINTS,
     Capabilities,
@@ -53,8 +53,16 @@ log = logging.getLogger(__name__)
 class PipelineEngine(InProcessEngine):
     """An engine on one ContinuousBatchingPipeline; subclasses load, prepare and add."""
 
-    def __init__(self, model_id: str | None, settings: Settings) -> None:
+    def __init__(
+        self,
+        model_id: str | None,
+        local: InProcessSettings,
+        settings: OpenVINOSettings,
+        *,
+        max_queue_size: int,
+    ) -> None:
         super().__init__(model_id)
+        self._local = local
         self._settings = settings
         self._pipe: Any = None
         self._tokenizer: Any = None  # openvino_genai.Tokenizer
@@ -65,9 +73,9 @@ class PipelineEngine(InProcessEngine):
         self._new_detokenizer: Callable[[], Detokenizer] | None = None
         self._token_bytes: Callable[[int], bytes] = lambda token: b""
         self._bridge: WorkerBridge[Prepared] = WorkerBridge(
-            max_queue_size=settings.max_queue_size, name=f"{self.role}-openvino"
+            max_queue_size=max_queue_size, name=f"{self.role}-openvino"
         )
-        self._max_batch = settings.max_batch_size
+        self._max_batch = local.max_batch_size
         self._rows: list[Row] = []  # worker-only
         # Requests cancelled since the last step (worker-only): the pipeline frees their
         # KV blocks at its next step, so one more step runs even when nothing else does.
@@ -162,7 +170,7 @@ class PipelineEngine(InProcessEngine):
         prepared = await self._prepared(request)
         structured = prepared.config.structured_output_config
         if structured is not None:  # OpenVINO's own compiler accepts it first (probe.py)
-            probe = shared_probe(self._settings.model_cache_dir)
+            probe = shared_probe(self._local.model_cache_dir)
             await probe.check(structured.grammar, self._vocab_size, "response_format")
         async for chunk in self._relay(self._bridge.stream(prepared, deadline=request.deadline)):
             yield chunk

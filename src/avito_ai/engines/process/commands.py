@@ -18,7 +18,14 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Literal
 
-from avito_ai.config import ENGINE_VERSIONS, Role, Settings, engine_env
+from avito_ai.config import (
+    ENGINE_VERSIONS,
+    AvibeSettings,
+    AvisionSettings,
+    EngineSettings,
+    Role,
+    engine_env,
+)
 from avito_ai.observability import tracing
 
 Kind = Literal["vllm", "sglang", "command"]
@@ -44,7 +51,7 @@ class EngineSpec:
     environment: dict[str, str] = field(default_factory=dict)  # set in the engine's
 
 
-def memory_share(role: Role, settings: Settings) -> float:
+def memory_share(role: Role, settings: EngineSettings) -> float:
     """GPU memory for this role's engine: as set, else 0.9 alone, 0.55/0.35 when both
     engines share the GPU (A-Vibe's KV cache needs the larger part)."""
     own = settings.role(role).gpu_memory
@@ -55,7 +62,7 @@ def memory_share(role: Role, settings: Settings) -> float:
     return 0.55 if role == "avibe" else 0.35
 
 
-def served_name(role: Role, settings: Settings) -> str:
+def served_name(role: Role, settings: EngineSettings) -> str:
     return settings.role(role).upstream_model or str(settings.role(role).model)
 
 
@@ -110,15 +117,15 @@ def tracing_environment(role: Role, kind: str) -> dict[str, str]:
 TRACING_SETTING = "OTEL_EXPORTER_OTLP_ENDPOINT (or OTEL_EXPORTER_OTLP_TRACES_ENDPOINT)"
 
 
-def vllm_line(role: Role, settings: Settings, port: int) -> _Line:
+def vllm_line(role: Role, settings: EngineSettings, port: int) -> _Line:
     own = settings.role(role)
     name = role.upper()
-    line = _Line(settings.vllm_command, "VLLM_COMMAND")
+    line = _Line(settings.process.vllm_command, "VLLM_COMMAND")
     always = _always("vllm")
     line.add(f"{name}_MODEL", "serve", str(own.model))
     line.add(f"{name}_ENGINE_PORT", "--host", "127.0.0.1", "--port", str(port))
     line.add(f"{name}_UPSTREAM_MODEL", "--served-model-name", served_name(role, settings))
-    line.add("DTYPE", "--dtype", settings.dtype)
+    line.add("DTYPE", "--dtype", settings.in_process.dtype)
     line.add(f"{name}_GPU_MEMORY", "--gpu-memory-utilization", f"{memory_share(role, settings):g}")
     line.add(
         f"{name}_TENSOR_PARALLEL_SIZE", "--tensor-parallel-size", str(own.tensor_parallel_size)
@@ -137,7 +144,7 @@ def vllm_line(role: Role, settings: Settings, port: int) -> _Line:
         line.add(always, "--reasoning-parser", "qwen3")
     if own.max_model_len:
         line.add(f"{name}_MAX_MODEL_LEN", "--max-model-len", str(own.max_model_len))
-    if own.draft_model:
+    if isinstance(own, AvibeSettings) and own.draft_model:
         speculative = {
             "method": "eagle3",
             "model": own.draft_model,
@@ -148,7 +155,7 @@ def vllm_line(role: Role, settings: Settings, port: int) -> _Line:
             "--speculative-config",
             _json(speculative),
         )
-    if role == "avision":
+    if isinstance(own, AvisionSettings):
         line.add(f"{name}_MAX_IMAGES", "--limit-mm-per-prompt", _json({"image": own.max_images}))
     if tracing.configured():  # it continues the traceparent the remote backend sends
         line.add(TRACING_SETTING, "--otlp-traces-endpoint", traces_url())
@@ -156,15 +163,15 @@ def vllm_line(role: Role, settings: Settings, port: int) -> _Line:
     return line
 
 
-def sglang_line(role: Role, settings: Settings, port: int) -> _Line:
+def sglang_line(role: Role, settings: EngineSettings, port: int) -> _Line:
     own = settings.role(role)
     name = role.upper()
-    line = _Line(settings.sglang_command, "SGLANG_COMMAND")
+    line = _Line(settings.process.sglang_command, "SGLANG_COMMAND")
     always = _always("sglang")
     line.add(f"{name}_MODEL", "--model-path", str(own.model))
     line.add(f"{name}_ENGINE_PORT", "--host", "127.0.0.1", "--port", str(port))
     line.add(f"{name}_UPSTREAM_MODEL", "--served-model-name", served_name(role, settings))
-    line.add("DTYPE", "--dtype", settings.dtype)
+    line.add("DTYPE", "--dtype", settings.in_process.dtype)
     line.add(f"{name}_GPU_MEMORY", "--mem-fraction-static", f"{memory_share(role, settings):g}")
     line.add(f"{name}_TENSOR_PARALLEL_SIZE", "--tp-size", str(own.tensor_parallel_size))
     line.add(always, "--enable-metrics")  # SGLang serves /metrics only when asked
@@ -183,7 +190,7 @@ def sglang_line(role: Role, settings: Settings, port: int) -> _Line:
         line.add(always, "--reasoning-parser", "qwen3")
     if own.max_model_len:
         line.add(f"{name}_MAX_MODEL_LEN", "--context-length", str(own.max_model_len))
-    if own.draft_model:
+    if isinstance(own, AvibeSettings) and own.draft_model:
         steps = own.speculative_tokens
         line.add(
             f"{name}_DRAFT_MODEL, {name}_SPECULATIVE_TOKENS",
@@ -208,7 +215,7 @@ def _json(value: object) -> str:
     return json.dumps(value, separators=(",", ":"))
 
 
-def command_argv(role: Role, settings: Settings, port: int) -> list[str]:
+def command_argv(role: Role, settings: EngineSettings, port: int) -> list[str]:
     own = settings.role(role)
     model = own.model or ""
     template = shlex.split(own.engine_command or "")
@@ -216,7 +223,7 @@ def command_argv(role: Role, settings: Settings, port: int) -> list[str]:
     return argv + shlex.split(own.engine_args)
 
 
-def engine_spec(role: Role, settings: Settings, port: int) -> EngineSpec:
+def engine_spec(role: Role, settings: EngineSettings, port: int) -> EngineSpec:
     kind: Kind = settings.role(role).backend  # type: ignore[assignment]
     if kind in ("vllm", "sglang"):
         line = (vllm_line if kind == "vllm" else sglang_line)(role, settings, port)
@@ -260,7 +267,7 @@ def origin_of(spec: EngineSpec, message: str) -> str:
     return f"check {spec.command_setting} and {spec.role.upper()}_ENGINE_ARGS"
 
 
-def engine_problem(settings: Settings) -> str | None:
+def engine_problem(settings: EngineSettings) -> str | None:
     """One line when an engine process this configuration starts has no executable (its
     environment was never built): the setting, the make target, the path looked for."""
     for role in settings.engine_processes():
@@ -268,12 +275,12 @@ def engine_problem(settings: Settings) -> str | None:
         if kind not in ("vllm", "sglang"):
             continue
         setting = f"{kind.upper()}_COMMAND"
-        command = settings.vllm_command if kind == "vllm" else settings.sglang_command
+        command = settings.process.command(kind)
         program = shlex.split(command)[0]
         if shutil.which(program) is not None:
             continue
         name = f"{ENGINE_NAMES[kind]} {ENGINE_VERSIONS[kind]}"
-        where = engine_env(kind, settings.engine_envs_dir)
+        where = engine_env(kind, settings.process.engine_envs_dir)
         return (
             f"{role.upper()}_BACKEND={kind}: {setting} runs {program}, which does not exist: "
             f"build {name}'s environment with `make {kind}-env` (it goes to {where}; "

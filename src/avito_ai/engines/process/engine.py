@@ -23,7 +23,7 @@ from typing import Any
 import httpx
 from prometheus_client.parser import text_string_to_metric_families
 
-from avito_ai.config import Settings
+from avito_ai.config import ProcessSettings, RoleSettings
 from avito_ai.engines.base import (
     Capabilities,
     Chunk,
@@ -91,12 +91,14 @@ def engine_figures(kind: str, text: str) -> dict[str, float]:
 
 
 class ProcessEngine:
-    def __init__(self, role: Role, settings: Settings) -> None:
-        self.role: Role = role
-        self.settings = settings
-        self.kind = settings.role(role).backend
-        folder = settings.engine_state_dir
-        self.path: Path | None = state_path(folder, role) if folder else None
+    def __init__(self, own: RoleSettings, process: ProcessSettings, remote: RemoteConfig) -> None:
+        """`own`: the role's settings; `remote`: how to reach an upstream (its URL and model
+        are the engine's, once the supervisor says where it listens)."""
+        self.role: Role = own.role
+        self.kind = own.backend
+        self._remote_config = remote
+        folder = process.engine_state_dir
+        self.path: Path | None = state_path(folder, self.role) if folder else None
         self._remote: RemoteEngine | None = None
         self._stopped = False
         self._cached: tuple[float, EngineRecord | None] = (-1.0, None)
@@ -120,9 +122,7 @@ class ProcessEngine:
         if engine is None:
             return  # status() says why
         base = f"http://127.0.0.1:{engine.port}"
-        remote = dataclasses.replace(
-            RemoteConfig.of(self.role, self.settings), urls=(base,), model=engine.served_model
-        )
+        remote = dataclasses.replace(self._remote_config, urls=(base,), model=engine.served_model)
         # Both engines are started scheduling by priority (commands.py): send each request's.
         self._remote = RemoteEngine(
             remote, send_priority=self.kind in ("vllm", "sglang"), flavour=self.flavour

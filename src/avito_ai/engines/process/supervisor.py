@@ -40,7 +40,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import IO
 
-from avito_ai.config import ConfigError, Role, Settings
+from avito_ai.config import ConfigError, EngineSettings, ProcessSettings, Role, env_names
 from avito_ai.engines.process.commands import (
     CHILD_MARKER,
     EngineSpec,
@@ -97,7 +97,7 @@ class EngineRecord:
             return None
 
 
-def state_dir(settings: Settings) -> Path:
+def state_dir(settings: ProcessSettings) -> Path:
     """ENGINE_STATE_DIR, or a fresh folder; exported to this process's environment so the
     workers forked from it (and their settings) find the same one."""
     folder = settings.engine_state_dir or Path(tempfile.mkdtemp(prefix="avito-ai-engines-"))
@@ -127,9 +127,9 @@ def _die_with_parent() -> None:  # runs in the child between fork and exec
 
 
 class EngineSupervisor:
-    def __init__(self, role: Role, settings: Settings, folder: Path) -> None:
+    def __init__(self, role: Role, settings: EngineSettings, folder: Path) -> None:
         self.role: Role = role
-        self.settings = settings
+        self.settings = settings.process
         port = settings.role(role).engine_port or free_port()
         self.spec: EngineSpec = engine_spec(role, settings, port)
         self.path = state_path(folder, role)
@@ -276,12 +276,8 @@ class EngineSupervisor:
         )
 
     def _spawn(self) -> subprocess.Popen[bytes]:
-        from avito_ai.config import Settings as _Settings
-
         self._tail.clear()
-        env = child_environment(
-            frozenset(name.upper() for name in _Settings.model_fields), self.spec.environment
-        )
+        env = child_environment(env_names(), self.spec.environment)
         proc = subprocess.Popen(
             self.spec.argv,
             stdin=subprocess.DEVNULL,
@@ -411,7 +407,7 @@ def _exit_wording(code: int | None) -> str:
 _SUPERVISORS: list[EngineSupervisor] = []
 
 
-def start_engine_processes(settings: Settings) -> Path | None:
+def start_engine_processes(settings: EngineSettings) -> Path | None:
     """Start an engine per role that asks for one; the folder of their states (None: no
     role asked). Idempotent: a second call (a reloaded config) starts nothing."""
     roles = settings.engine_processes()
@@ -424,7 +420,7 @@ def start_engine_processes(settings: Settings) -> Path | None:
             "this service runs as an engine of another one and may not start engines itself: "
             f"unset {', '.join(r.upper() + '_BACKEND' for r in roles)} in its environment or .env"
         )
-    folder = state_dir(settings)
+    folder = state_dir(settings.process)
     for role in roles:
         supervisor = EngineSupervisor(role, settings, folder)
         supervisor.start()

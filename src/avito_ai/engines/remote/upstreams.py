@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING
 from avito_ai.engines.base import Role
 
 if TYPE_CHECKING:
-    from avito_ai.config import Settings
+    from avito_ai.config import RemoteSettings, RoleSettings
 
 logger = logging.getLogger(__name__)
 
@@ -31,18 +31,19 @@ class RemoteConfig:
     max_pixels: int  # images are sent scaled to this (AVISION_MAX_PIXELS)
 
     @classmethod
-    def of(cls, role: Role, settings: Settings) -> RemoteConfig:
-        own = settings.role(role)
+    def of(cls, own: RoleSettings, remote: RemoteSettings, max_pixels: int) -> RemoteConfig:
+        """The role's upstreams (`<ROLE>_UPSTREAM_*`) and the backend's timeouts
+        (`UPSTREAM_*`); images go up at most `max_pixels` (AVISION_MAX_PIXELS)."""
         key = own.upstream_api_key
         return cls(
-            role=role,
+            role=own.role,
             urls=own.upstream_urls,
             model=own.upstream_model,
             api_key=key.get_secret_value() if key else None,
-            connect_timeout=settings.upstream_connect_timeout,
-            read_timeout=settings.upstream_read_timeout,
-            health_interval=settings.upstream_health_interval,
-            max_pixels=settings.avision_max_pixels,
+            connect_timeout=remote.connect_timeout,
+            read_timeout=remote.read_timeout,
+            health_interval=remote.health_interval,
+            max_pixels=max_pixels,
         )
 
 

@@ -24,7 +24,7 @@ import logging
 from collections.abc import AsyncIterator
 from typing import Any
 
-from avito_ai.config import Settings
+from avito_ai.config import AvibeSettings, InProcessSettings
 from avito_ai.engines.base import (
     ALL_CONSTRAINTS,
     Capabilities,
@@ -70,10 +70,14 @@ class TransformersTextEngine(InProcessEngine):
     title = "A-Vibe"
     engine = "transformers"
 
-    def __init__(self, settings: Settings) -> None:
-        super().__init__(settings.role("avibe").model or EMBEDDED_MODEL_ID)
+    def __init__(
+        self, own: AvibeSettings, local: InProcessSettings, *, max_queue_size: int
+    ) -> None:
+        super().__init__(own.model or EMBEDDED_MODEL_ID)
         self._placement: Placement | None = None
-        self._settings = settings
+        self._own = own
+        self._local = local
+        self._max_queue_size = max_queue_size
         self._loaded: LoadedTextModel | None = None
         self._scheduler: BatchScheduler | None = None
         self._tokenizer: Any = None
@@ -90,14 +94,12 @@ class TransformersTextEngine(InProcessEngine):
         self._state = EngineState.LOADING
         self._reason = None
         try:
-            source = resolve_text_source(self._settings.role("avibe").model)
+            source = resolve_text_source(self._own.model)
             self._model_id = source.model_id
-            self._placement = placement = resolve_placement(
-                self._settings.device, self._settings.dtype
-            )
+            self._placement = placement = resolve_placement(self._local.device, self._local.dtype)
             self._device, self._dtype = placement.device, placement.dtype_name
             loaded = await run_in_own_thread(
-                lambda: load_text_model(source, placement, self._settings.model_cache_dir),
+                lambda: load_text_model(source, placement, self._local.model_cache_dir),
                 name="avibe-load",
             )
             if self._state is EngineState.STOPPED:  # stop() came during the load: stay so
@@ -132,8 +134,8 @@ class TransformersTextEngine(InProcessEngine):
             eos_token_ids=eos,
             pad_token_id=pad_token_id(tokenizer, eos),
             device=self._placement.device,
-            max_batch_size=self._settings.max_batch_size,
-            max_queue_size=self._settings.max_queue_size,
+            max_batch_size=self._local.max_batch_size,
+            max_queue_size=self._max_queue_size,
             name="avibe",
         )
         scheduler.start()
@@ -195,9 +197,7 @@ class TransformersTextEngine(InProcessEngine):
             ids, fallback = self._encode_chat(request)
             if fallback:
                 stops += FALLBACK_STOPS
-        check_prompt_tokens(
-            len(ids), self._settings.max_prompt_tokens, raw=request.prompt is not None
-        )
+        check_prompt_tokens(len(ids), self._own.max_prompt_tokens, raw=request.prompt is not None)
         room = self._context_length - len(ids)
         if room < 1:
             raise ValidationFailed(

@@ -44,7 +44,7 @@ from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Literal
 
-from avito_ai.config import Settings
+from avito_ai.config import AvisionSettings, InProcessSettings
 from avito_ai.engines.base import (
     ALL_CONSTRAINTS,
     Capabilities,
@@ -84,20 +84,22 @@ class TransformersVisionEngine(InProcessEngine):
     title = "A-Vision"
     engine = "transformers"
 
-    def __init__(self, settings: Settings) -> None:
+    def __init__(
+        self, own: AvisionSettings, local: InProcessSettings, *, max_queue_size: int
+    ) -> None:
         # Cheap on purpose: nothing is imported or loaded until start().
-        super().__init__(settings.role("avision").model)
+        super().__init__(own.model)
         self._placement: Placement | None = None
-        self._settings = settings
+        self._local = local
         self._loaded: LoadedVisionModel | None = None
         self._eos: frozenset[int] = frozenset()
         self._new_detokenizer: Callable[[], Any] | None = None
         self._grammars: GrammarCompiler | None = None
         self._bridge: WorkerBridge[_Job] = WorkerBridge(
-            max_queue_size=settings.max_queue_size, name="avision-generate"
+            max_queue_size=max_queue_size, name="avision-generate"
         )
         self._running: Ticket[_Job] | None = None  # worker-only
-        self._max_pixels: int = settings.avision_max_pixels
+        self._max_pixels: int = own.max_pixels
         self._started = False
         self._specials: list[str] = []  # special-token spellings user text must not forge
 
@@ -145,7 +147,7 @@ class TransformersVisionEngine(InProcessEngine):
 
         if not self._model_id:
             raise ModelLoadError("AVISION_MODEL is not set")
-        placement = resolve_placement(self._settings.device, self._settings.dtype)
+        placement = resolve_placement(self._local.device, self._local.dtype)
         return load_vision_model(self._model_id, placement), placement
 
     async def stop(self) -> None:
@@ -175,9 +177,6 @@ class TransformersVisionEngine(InProcessEngine):
 
     async def generate(self, request: GenerationRequest) -> AsyncIterator[Chunk]:
         self._ensure_ready()
-        deadline = request.deadline
-        if deadline is None:
-            deadline = request.created + self._settings.request_timeout
         grammar = None
         if request.constraint is not None:
             assert self._grammars is not None
@@ -186,7 +185,7 @@ class TransformersVisionEngine(InProcessEngine):
                 text = after_thinking(text, opened=False)
             grammar = await self._grammars.compile(text)
         job = _Job(request, grammar)
-        async for chunk in self._relay(self._bridge.stream(job, deadline=deadline)):
+        async for chunk in self._relay(self._bridge.stream(job, deadline=request.deadline)):
             yield chunk
 
     # ---------------------------------------------------------------- generation (worker side)
