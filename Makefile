@@ -14,7 +14,7 @@ PIP := $(BIN)/pip install --disable-pip-version-check -q
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
 .PHONY: serve test install install-transformers vllm-env sglang-env engine-envs lint typecheck unit screenshots redis-server nginx chromium bench clean
-.PHONY: prometheus lint-deploy export-avision
+.PHONY: prometheus lint-deploy export-avision bench-scale
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -260,3 +260,9 @@ endif
 # The podman command line these targets use (tests/integration/test_container_image.py).
 podman-command:
 	@echo $(PODMAN)
+
+# The front door against LiteLLM's proxy and the direct path, in front of a synthetic
+# upstream (docs/benchmarks.md; ~6 minutes; installs LiteLLM into its own environment,
+# ~/.cache/avito-ai/bench/litellm, on first use).
+bench-scale: $(TEST_STAMP)
+	$(BIN)/python benchmarks/bench_scale.py --rounds 2
