@@ -25,6 +25,21 @@ from limits.storage import storage_from_string
 STORAGE_TIMEOUT_S = 0.5  # a Redis that does not answer within this is unreachable
 
 
+def _client_options() -> dict[str, Any]:
+    """How every Redis call is bounded: STORAGE_TIMEOUT_S to connect and to answer, and
+    one immediate retry on a new connection (one pooled before a restart or a failover
+    is stale), then RATE_LIMIT_FAIL_MODE decides. (redis-py's default, 10 retries backing
+    off up to 1 s each, held requests for seconds while a Cluster failed over.)"""
+    from redis.asyncio.retry import Retry
+    from redis.backoff import NoBackoff
+
+    return {
+        "socket_timeout": STORAGE_TIMEOUT_S,
+        "socket_connect_timeout": STORAGE_TIMEOUT_S,
+        "retry": Retry(NoBackoff(), 1),
+    }
+
+
 class MemoryWindows(Storage, MovingWindowSupport):
     """Moving windows in this process, for `limits.aio`'s MovingWindowRateLimiter (through
     its public storage interface).
@@ -127,13 +142,10 @@ def make_storage(uri: str) -> Storage:
     server, Cluster or Sentinel), each operation bounded by STORAGE_TIMEOUT_S."""
     if uri.startswith("memory://"):
         return MemoryWindows()
-    timeouts: dict[str, Any] = {
-        "socket_timeout": STORAGE_TIMEOUT_S,
-        "socket_connect_timeout": STORAGE_TIMEOUT_S,
-    }
+    options = _client_options()
     if uri.startswith("redis+sentinel://"):  # (the sentinels are asked with the same bound)
-        timeouts["sentinel_kwargs"] = dict(timeouts)
-    storage = storage_from_string("async+" + uri, implementation="redispy", **timeouts)
+        options["sentinel_kwargs"] = _client_options()
+    storage = storage_from_string("async+" + uri, implementation="redispy", **options)
     assert isinstance(storage, Storage) and isinstance(storage, MovingWindowSupport)
     return storage
 
@@ -264,17 +276,13 @@ def redis_client(uri: str) -> Any:
     `redis+cluster://[user:password@]host:port[,host:port...]` (any of the nodes: the rest
     are discovered), `redis+sentinel://[user:password@]host:port[,host:port...]/service`
     (the password is the primary's and the sentinels'), else a redis-py URL
-    (`redis+unix:///path` as `unix:///path`). Every call bounded by STORAGE_TIMEOUT_S."""
+    (`redis+unix:///path` as `unix:///path`). Every call bounded (_client_options)."""
     import redis.asyncio as aioredis
 
-    timeouts: dict[str, Any] = {
-        "socket_timeout": STORAGE_TIMEOUT_S,
-        "socket_connect_timeout": STORAGE_TIMEOUT_S,
-    }
     scheme, _, rest = uri.partition("://")
     if scheme not in ("redis+cluster", "redis+sentinel"):
         url = "unix://" + rest if scheme == "redis+unix" else uri
-        return aioredis.Redis.from_url(url, **timeouts)
+        return aioredis.Redis.from_url(url, **_client_options())
     parsed = urllib.parse.urlsplit(uri)
     auth: dict[str, Any] = {
         name: urllib.parse.unquote(value)
@@ -287,13 +295,14 @@ def redis_client(uri: str) -> Any:
         from redis.asyncio.cluster import ClusterNode, RedisCluster
 
         startup = [ClusterNode(host, port) for host, port in nodes]
-        return RedisCluster(startup_nodes=startup, **auth, **timeouts)
+        return RedisCluster(startup_nodes=startup, **auth, **_client_options())
     service = parsed.path.strip("/")
     if not service:
         raise ValueError("redis+sentinel:// needs the service name: host:port/service_name")
     from redis.asyncio.sentinel import Sentinel
 
-    sentinel = Sentinel(nodes, sentinel_kwargs={**auth, **timeouts}, **auth, **timeouts)
+    sentinel_options = {**auth, **_client_options()}
+    sentinel = Sentinel(nodes, sentinel_kwargs=sentinel_options, **auth, **_client_options())
     return sentinel.master_for(service)
 
 
