@@ -225,11 +225,14 @@ async def one_stream(
     ).encode() + body
     reader: asyncio.StreamReader | None = None
     writer: asyncio.StreamWriter | None = None
+    ended = 0.0  # when this connection's previous answer ended (0: a new connection)
     while time.monotonic() < deadline:
         got = 0
+        start = time.monotonic()
         try:
             if writer is None:
                 reader, writer = await asyncio.open_connection(host, port, limit=1 << 20)
+                ended = 0.0
             assert reader is not None
             start = time.monotonic()
             writer.write(request)
@@ -265,8 +268,12 @@ async def one_stream(
                     done = True
             if not done or got != tokens:
                 result.errors.append(f"incomplete: {got}/{tokens} tokens, done={done}")
+            ended = time.monotonic()
         except (OSError, asyncio.IncompleteReadError, asyncio.LimitOverrunError, ValueError) as e:
-            result.errors.append(f"{type(e).__name__} after {got} tokens: {e}"[:200])
+            # Where it broke tells whose it is: a reused keep-alive connection the server had
+            # left idle (a new request racing the server's keep-alive close), or mid-answer.
+            where = f"a connection idle {start - ended:.1f} s" if ended else "a new connection"
+            result.errors.append(f"{type(e).__name__} after {got} tokens on {where}: {e}"[:200])
             if writer is not None:
                 writer.close()
             writer = None
