@@ -332,6 +332,42 @@ async def set_delay(url: str, delay: float) -> None:
     writer.close()
 
 
+async def keepalive_probe(url: str, idles: list[float]) -> list[str]:
+    """For each idle time: one streamed request on a new connection, that long idle, then a
+    second request on the same connection. What the second one met: "ok", or the error a
+    client sees when its request races the server closing the idle connection."""
+    host, port = url.removeprefix("http://").split(":")
+    body = json.dumps(
+        {"model": MODEL, "messages": [{"role": "user", "content": "x"}], "max_tokens": 3}
+        | {"stream": True}
+    ).encode()
+    request = (
+        f"POST /v1/chat/completions HTTP/1.1\r\nhost: {host}\r\nauthorization: Bearer {KEY}"
+        f"\r\ncontent-type: application/json\r\ncontent-length: {len(body)}\r\n\r\n"
+    ).encode() + body
+
+    async def probe(idle: float) -> str:
+        reader, writer = await asyncio.open_connection(host, int(port))
+
+        async def one() -> None:
+            writer.write(request)
+            await reader.readuntil(b"\r\n\r\n")
+            while await read_chunk(reader):
+                pass
+
+        try:
+            await one()
+            await asyncio.sleep(idle)
+            await one()
+            return "ok"
+        except (OSError, asyncio.IncompleteReadError) as e:
+            return type(e).__name__
+        finally:
+            writer.close()
+
+    return list(await asyncio.gather(*(probe(idle) for idle in idles)))
+
+
 # --- the servers ---------------------------------------------------------------------------
 
 BARE_APP = """
@@ -463,6 +499,11 @@ def main() -> None:
     parser.add_argument("--loads", nargs="+", default=["64", "256", "sat64"])
     parser.add_argument("--no-health", action="store_true")
     parser.add_argument("--upstream-only", type=int, metavar="PORT")
+    parser.add_argument(
+        "--keepalive-probe",
+        action="store_true",
+        help="only: requests sent on keep-alive connections idle 4.8-5.2 s (the server's 5 s)",
+    )
     parser.add_argument("--hold", type=float, default=0, help="keep the servers this long after")
     args = parser.parse_args()
     if args.upstream_only:
@@ -489,6 +530,14 @@ def main() -> None:
         for name in args.paths:
             if name != "direct":
                 wait_answering(urls[name], "/v1/models", servers[name])
+        if args.keepalive_probe:
+            idles = [round(4.8 + 0.01 * i, 2) for i in range(41)]
+            asyncio.run(set_delay(upstream, 0.0))
+            met = asyncio.run(keepalive_probe(urls["service"], idles))
+            for outcome in dict.fromkeys(met):
+                seen = [t for t, m in zip(idles, met, strict=True) if m == outcome]
+                print(f"idle {min(seen):.2f}-{max(seen):.2f} s: {outcome} ({len(seen)})")
+            return
         print(
             f"pids: {', '.join(f'{k} {v.proc.pid}' for k, v in servers.items())}; logs in {tmp}",
             flush=True,
