@@ -27,29 +27,49 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 
 
-# `make test` runs the suite on two workers (pytest-xdist, a file to a worker), which take
-# files in collection order: the longest first, so that none of them starts last and keeps
-# one worker busy alone at the end. (Seconds on this project's 2-core machine.)
-LONGEST_FIRST = (
-    "test_web_console.py",  # ~100 s: a browser, several servers
-    "test_structured_output_servers.py",
-    "test_openvino_vision.py",
-    "test_remote_backend.py",
-    "test_engine_processes.py",
-    "test_openvino_server.py",
-    "test_openapi_contract.py",
-    "test_anthropic_sdk.py",
-    "test_responses_sdk.py",
-    "test_tools_servers.py",
-    "test_long_answers.py",
-    "test_text_engine.py",
-    "test_slow_clients.py",
-)
+# `make test` runs the suite on two workers (pytest-xdist, --dist loadfile: a file to a
+# worker), which take files in collection order: the longest go first, so that none of them
+# starts last and keeps one worker busy alone at the end. A file's length is its time in
+# the last run that ran it whole (kept in .pytest_cache); a file never measured counts as
+# long if it is marked `integration` (it starts servers or loads models), as short if not.
+DURATIONS_KEY = "avito/file_durations"
+UNMEASURED_INTEGRATION_S = 60.0
+_measured: dict[str, float] = {}
 
 
-def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    rank = {name: i for i, name in enumerate(LONGEST_FIRST)}
-    items.sort(key=lambda item: rank.get(item.path.name, len(rank)))  # stable: files stay whole
+def _file_of(nodeid: str) -> str:
+    return nodeid.split("::", 1)[0]
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    known: dict[str, float] = config.cache.get(DURATIONS_KEY, {}) if config.cache else {}
+    heavy = {_file_of(item.nodeid) for item in items if item.get_closest_marker("integration")}
+
+    def length(item: pytest.Item) -> float:
+        file = _file_of(item.nodeid)
+        return known.get(file, UNMEASURED_INTEGRATION_S if file in heavy else 0.0)
+
+    items.sort(key=length, reverse=True)  # stable: a file's tests stay together, in order
+
+
+def pytest_runtest_logreport(report: pytest.TestReport) -> None:
+    file = _file_of(report.nodeid)
+    _measured[file] = _measured.get(file, 0.0) + report.duration
+
+
+def pytest_sessionfinish(session: pytest.Session) -> None:
+    """Keep each file's time (setup, call and teardown of its tests) for the next run's
+    order, from the process that saw every file (xdist's controller, or the only one),
+    unless tests were picked from inside files (-k, -m, file::test): then files ran part."""
+    config = session.config
+    if hasattr(config, "workerinput") or config.cache is None or not _measured:
+        return
+    args = config.invocation_params.args
+    if config.option.keyword or config.option.markexpr or any("::" in str(a) for a in args):
+        return
+    known: dict[str, float] = config.cache.get(DURATIONS_KEY, {})
+    known.update({file: round(seconds, 1) for file, seconds in _measured.items()})
+    config.cache.set(DURATIONS_KEY, known)
 
 
 SETTINGS_VARS = env_names()
