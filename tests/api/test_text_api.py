@@ -48,7 +48,9 @@ async def test_request_timeout_is_504(make_settings, fake_engines) -> None:
         assert r.json()["error"] == "timeout"
         assert r.headers["x-should-retry"] == "false"  # the OpenAI SDKs would retry twice
         await asyncio.sleep(0)
-        assert engines["avibe"].active == 0  # the abandoned generation was closed
+        # The abandoned generation was closed (started, then cancelled: not left running,
+        # nor merely never begun, which would leave nothing active too).
+        assert engines["avibe"].active == 0 and engines["avibe"].cancelled == 1
 
 
 async def test_a_full_queue_answers_503_overloaded_with_retry_after_at_once(fake_engines) -> None:
