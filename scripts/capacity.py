@@ -54,10 +54,10 @@ class Figures:
     events_per_worker: float = 13_500.0
     request_overhead_s: float = 0.0012
     workers_per_replica: int = 2  # WEB_CONCURRENCY in deploy/k8s
-    # Redis: operations a request costs (rate-limit windows hit + read; token budgets) and
-    # operations one primary serves per second.
+    # Redis: script calls a generation costs (the two rate-limit windows' hit and read, a
+    # budget reservation and its settlement) and calls one primary's core serves a second.
     redis_ops_per_request: float = 6.0
-    redis_ops_per_primary: float = 50_000.0
+    redis_ops_per_primary: float = 14_500.0
     # Engines, per H100: output tokens/s for text at the SLO, and image requests/s.
     text_tokens_per_gpu: float = 14_540.0
     vision_requests_per_gpu: float = 23.6
@@ -73,9 +73,10 @@ class Figures:
 MEASURED: dict[str, str] = {
     "events_per_worker": "measured: bench_scale.py saturation (issue 34's run: 13.2-13.7k)",
     "request_overhead_s": "placeholder: per-request CPU (bench_scale.py /api/health, TTFT)",
-    "redis_ops_per_request": "placeholder: 4 for the two rate-limit windows (docs/benchmarks.md) "
-    "+ 2 for token budgets; the Redis Cluster/Sentinel measurement replaces it",
-    "redis_ops_per_primary": "measured: redis-benchmark INCR, this 2-core machine, 52k/s",
+    "redis_ops_per_request": "measured: benchmarks/redis_ops.py, 6 script calls a generation "
+    "(docs/redis.md)",
+    "redis_ops_per_primary": "measured: 413 µs of Redis time for those 6 calls (docs/redis.md), "
+    "so ~14,500 calls/s a primary's core",
     "text_tokens_per_gpu": "published: vLLM, Qwen3-8B bf16, one H100, chat 128/128, "
     "512 users at TTFT p99 2 s / ITL 50 ms (silybench-data)",
     "vision_requests_per_gpu": "derived: no published Qwen2.5-VL-7B serving figure; Qwen3-8B's "
