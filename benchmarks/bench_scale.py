@@ -3,6 +3,7 @@
     make bench-scale                                   # or:
     python benchmarks/bench_scale.py --rounds 2 --seconds 12
     python benchmarks/bench_scale.py --upstream-only 8001     # just the synthetic upstream
+    python benchmarks/bench_scale.py --paths direct service --compare ../before  # A/B
 
 One run, each load measured on the three paths in turn (the first path alternating by
 round), in front of the same synthetic OpenAI upstream:
@@ -428,9 +429,12 @@ def start_litellm(tmp: Path, upstream: str) -> ServerProcess:
     return ServerProcess(cmd, env, tmp / "litellm.log", port)
 
 
-def start_service(tmp: Path, upstream: str) -> ServerProcess:
+def start_service(
+    tmp: Path, upstream: str, tree: Path = ROOT, name: str = "service"
+) -> ServerProcess:
+    """The service of a checkout (`tree`: this one, or --compare's), its own gunicorn_config.py."""
     env = {
-        "PYTHONPATH": str(ROOT / "src"),
+        "PYTHONPATH": str(tree / "src"),
         "AVIBE_BACKEND": "remote",
         "AVIBE_UPSTREAM_URLS": upstream,
         "AVIBE_UPSTREAM_MODEL": MODEL,
@@ -442,10 +446,16 @@ def start_service(tmp: Path, upstream: str) -> ServerProcess:
         "RATE_LIMIT_PER_HOUR": "1000000000",
         "LOG_LEVEL": "WARNING",
         "MAX_TOKENS_AVIBE": "4096",
-        "PROMETHEUS_MULTIPROC_DIR": str(tmp / "prom"),
+        "PROMETHEUS_MULTIPROC_DIR": str(tmp / f"prom-{name}"),
+        "WEB_CONCURRENCY": "1",
     }
-    (tmp / "prom").mkdir()
-    return gunicorn_server(env, tmp / "service.log", workers=1)
+    (tmp / f"prom-{name}").mkdir()
+    if tree == ROOT:
+        return gunicorn_server(env, tmp / f"{name}.log", workers=1)
+    port = free_port()
+    config = str(tree / "gunicorn_config.py")
+    cmd = [str(BIN / "gunicorn"), "-c", config, "--chdir", str(tree), "app_production:app"]
+    return ServerProcess(cmd, env, tmp / f"{name}.log", port)
 
 
 def start_bare(tmp: Path) -> ServerProcess:
@@ -498,6 +508,9 @@ def main() -> None:
     parser.add_argument("--paths", nargs="+", default=["direct", "service", "litellm"])
     parser.add_argument("--loads", nargs="+", default=["64", "256", "sat64"])
     parser.add_argument("--no-health", action="store_true")
+    parser.add_argument(
+        "--compare", type=Path, help="another checkout's service too, as path 'before'"
+    )
     parser.add_argument("--upstream-only", type=int, metavar="PORT")
     parser.add_argument(
         "--keepalive-probe",
@@ -523,6 +536,10 @@ def main() -> None:
         if "service" in args.paths:
             servers["service"] = start_service(tmp, upstream)
             urls["service"] = servers["service"].url
+        if args.compare is not None:
+            servers["before"] = start_service(tmp, upstream, args.compare.resolve(), "before")
+            urls["before"] = servers["before"].url
+            args.paths = [*args.paths, "before"]
         if "litellm" in args.paths:
             servers["litellm"] = start_litellm(tmp, upstream)
             urls["litellm"] = servers["litellm"].url
