@@ -10,16 +10,18 @@ from typing import Any
 import pytest
 
 from avito_ai.api.openai.chunks import (
-    StreamChunks,
+    ChatChunks,
+    TextChunks,
     chat_completion,
     completion_id,
     text_completion,
     usage,
+    wire,
 )
 from avito_ai.api.openai.protocol import ChatCompletionRequest, CompletionRequest
 from avito_ai.api.openai.requests import chat_request, completion_request
 from avito_ai.api.openai.serving import model_list
-from avito_ai.engines.base import Chunk, ImagePart, TextPart, Timings
+from avito_ai.engines.base import Chunk, ImagePart, TextPart, Timings, TokenLogprob
 from avito_ai.engines.fake import FakeEngine
 from avito_ai.errors import NotFound, PayloadTooLarge, ValidationFailed
 from avito_ai.services.answers import Answer, ChoiceAnswer
@@ -128,13 +130,13 @@ def test_text_completion_with_echo_starts_with_the_prompt() -> None:
 
 
 def test_chat_stream_chunks() -> None:
-    chunks = StreamChunks(REQUEST_ID, "avibe", chat=True, created=1_700_000_000)
+    chunks = ChatChunks(REQUEST_ID, "avibe", created=1_700_000_000)
     final = answer("Echo: hi", "length", 7, 5)
     bodies = [
-        chunks.openings()[0],
-        chunks.delta(Chunk("Echo:")),
-        chunks.finishes(final)[0],
-        chunks.usage(final),
+        wire(chunks.opening_chunks()[0]),
+        wire(chunks.delta_chunk(Chunk("Echo:"))),
+        wire(chunks.finish_chunks(final)[0]),
+        wire(chunks.usage_chunk(final)),
     ]
     assert all(b is not None for b in bodies)
     opening, delta, finish, use = bodies
@@ -153,14 +155,34 @@ def test_chat_stream_chunks() -> None:
     assert "usage" not in delta and "usage" not in finish
 
 
+def test_chat_stream_logprobs_are_openais_whole_shape() -> None:
+    """A delta names only what it carries, but its logprobs are the whole object, as the
+    answer's (`refusal` included)."""
+    chunks = ChatChunks(REQUEST_ID, "avibe", logprobs=True, created=1)
+    token = TokenLogprob("Hi", -0.5, (72, 105), (("Hi", -0.5, (72, 105)),))
+    delta = wire(chunks.delta_chunk(Chunk("Hi", logprobs=(token,))))
+    assert delta["choices"][0]["logprobs"] == {
+        "content": [
+            {
+                "token": "Hi",
+                "logprob": -0.5,
+                "bytes": [72, 105],
+                "top_logprobs": [{"token": "Hi", "logprob": -0.5, "bytes": [72, 105]}],
+            }
+        ],
+        "refusal": None,
+    }
+    assert delta["choices"][0]["delta"] == {"content": "Hi"}
+
+
 def test_text_stream_chunks() -> None:
-    chunks = StreamChunks(REQUEST_ID, "fake-avibe", chat=False, created=1_700_000_001)
+    chunks = TextChunks(REQUEST_ID, "fake-avibe", logprobs=False, created=1_700_000_001)
     final = answer(" world", "stop", 2, 1)
-    assert chunks.openings() == []  # text streams start straight with text
+    assert chunks.opening_chunks() == []  # text streams start straight with text
     delta, finish, use = (
-        chunks.delta(Chunk(" world")),
-        chunks.finishes(final)[0],
-        chunks.usage(final),
+        wire(chunks.delta_chunk(Chunk(" world"))),
+        wire(chunks.finish_chunks(final)[0]),
+        wire(chunks.usage_chunk(final)),
     )
     assert delta["choices"] == [
         {"index": 0, "text": " world", "finish_reason": None, "logprobs": None}
@@ -176,12 +198,13 @@ def test_text_stream_chunks() -> None:
 
 def test_stream_created_defaults_to_now_and_stays_fixed(monkeypatch: pytest.MonkeyPatch) -> None:
     before = int(time.time())
-    chunks = StreamChunks(REQUEST_ID, "avibe", chat=True)
+    chunks = ChatChunks(REQUEST_ID, "avibe")
     assert before <= chunks.created <= int(time.time())
-    first = chunks.delta(Chunk("a"))["created"]
+    first = chunks.delta_chunk(Chunk("a")).created
     later = time.time() + 5  # the stream goes on into another second (a sleep of 0.01 s
     monkeypatch.setattr(time, "time", lambda: later)  # almost never reached one)
-    assert chunks.delta(Chunk("b"))["created"] == first == chunks.finishes(answer())[0]["created"]
+    last = chunks.finish_chunks(answer())[0]
+    assert chunks.delta_chunk(Chunk("b")).created == first == last.created  # type: ignore[attr-defined]
 
 
 # ------------------------------------------------------------------ chat_request

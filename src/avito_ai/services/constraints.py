@@ -13,9 +13,14 @@ grammar compiler honours (`not`, `if`, `uniqueItems`... it would silently ignore
 answer could break them); regexes and grammars parse. Compiling runs off the event loop,
 bounded in time.
 
-xgrammar's package imports torch on import (for its matcher and test helpers); its grammar
-compiler is C++ without torch. The light install (no torch) therefore enters the package
-through its grammar module alone (`_grammar_class`).
+Why xgrammar is not simply imported (checked for xgrammar 0.2.9, the pinned version):
+its `__init__` imports `testing`, `matcher` and `contrib.hf`, each of which runs
+`import torch` at module level (xgrammar/testing.py:9, matcher.py:9, contrib/hf.py:8), so
+`import xgrammar` raises ModuleNotFoundError in the light install, which has no torch (the
+package declares torch as a dependency and is installed --no-deps there). The grammar
+compiler itself is C++ (load_binding) and `xgrammar.grammar` imports no torch. Without
+torch, `_grammar_class` therefore registers an empty `xgrammar` package (its real path) and
+imports `load_binding` and `grammar` alone; with torch installed, the ordinary import.
 """
 
 from __future__ import annotations

@@ -4,8 +4,8 @@ message_stop), as the SDK's stream accumulator reads them."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-from typing import Any, Literal
+from collections.abc import Sequence
+from typing import Any
 
 from avito_ai.api.anthropic.protocol import (
     ContentBlock,
@@ -16,13 +16,13 @@ from avito_ai.api.anthropic.protocol import (
     ToolUseBlock,
     Usage,
 )
-from avito_ai.engines.base import Chunk, ToolCallPiece
+from avito_ai.api.errors import stream_failure
+from avito_ai.api.sse import event
+from avito_ai.api.streaming import BlockSequence
+from avito_ai.engines.base import TokenLogprob, ToolCallPiece
 from avito_ai.services.answers import Answer
 from avito_ai.services.tools import partial_object
 
-# An event: its name (the SSE `event:` line, also its data's `type`) and its data.
-Event = tuple[str, dict[str, Any]]
-BlockKind = Literal["thinking", "text", "tool_use"]
 _STOP_REASONS: dict[str, StopReason] = {
     "length": "max_tokens",
     "tool_calls": "tool_use",
@@ -83,20 +83,21 @@ def message(answer: Answer, request_id: str, model: str) -> Message:
     )
 
 
-@dataclass
-class StreamEvents:
-    """The events of one streamed answer. A block opens when its first delta comes and
-    closes when another begins: thinking, text, then each tool call, indices increasing."""
+class StreamEvents(BlockSequence):
+    """The events of one streamed answer (api/streaming.py drives them). A block opens when
+    its first delta comes and closes when another begins: thinking, text, then each tool
+    call, indices increasing."""
 
-    request_id: str
-    model: str
-    input_tokens: int  # counted before the answer (message_start); the final count at the end
-    _open: BlockKind | None = None
-    _index: int = -1
-    _calls: dict[int, int] = field(default_factory=dict)  # call index → block index
-    _texts: int = 0  # text blocks opened
+    def __init__(self, request_id: str, model: str, input_tokens: int) -> None:
+        super().__init__()
+        self.request_id = request_id
+        self.model = model
+        self.input_tokens = input_tokens  # counted before the answer; the final at the end
+        self._index = -1
+        self._calls: dict[int, int] = {}  # call index → block index
+        self._texts = 0  # text blocks opened
 
-    def start(self) -> list[Event]:
+    def start(self) -> list[str]:
         body = Message(
             id=message_id(self.request_id),
             model=self.model,
@@ -104,90 +105,66 @@ class StreamEvents:
             stop_reason=None,
             usage=Usage(input_tokens=self.input_tokens, output_tokens=0),
         )
-        return [("message_start", {"type": "message_start", "message": body.model_dump()})]
+        return [_event("message_start", message=body.model_dump())]
 
-    def _begin(self, kind: BlockKind, block: dict[str, Any]) -> list[Event]:
-        events = self._close()
+    def _begin(self, block: dict[str, Any]) -> list[str]:
         self._index += 1
-        self._open = kind
-        self._texts += kind == "text"
-        events.append(
-            (
-                "content_block_start",
-                {"type": "content_block_start", "index": self._index, "content_block": block},
-            )
-        )
-        return events
+        return [_event("content_block_start", index=self._index, content_block=block)]
 
-    def _close(self) -> list[Event]:
-        if self._open is None:
-            return []
-        self._open = None
-        return [("content_block_stop", {"type": "content_block_stop", "index": self._index})]
+    def end_block(self) -> list[str]:
+        return [_event("content_block_stop", index=self._index)]
 
-    def _delta(self, index: int, delta: dict[str, Any]) -> Event:
-        return (
-            "content_block_delta",
-            {"type": "content_block_delta", "index": index, "delta": delta},
-        )
+    def _delta(self, index: int, delta: dict[str, Any]) -> list[str]:
+        return [_event("content_block_delta", index=index, delta=delta)]
 
-    def delta(self, chunk: Chunk) -> list[Event]:
-        events: list[Event] = []
-        if chunk.reasoning:
-            if self._open != "thinking":
-                events += self._begin(
-                    "thinking", {"type": "thinking", "thinking": "", "signature": ""}
-                )
-            events.append(
-                self._delta(self._index, {"type": "thinking_delta", "thinking": chunk.reasoning})
-            )
-        if chunk.text:
-            if self._open != "text":
-                events += self._begin("text", {"type": "text", "text": ""})
-            events.append(self._delta(self._index, {"type": "text_delta", "text": chunk.text}))
-        for piece in chunk.tool_calls:
-            events += self._piece(piece)
-        return events
+    def begin_thinking(self) -> list[str]:
+        return self._begin({"type": "thinking", "thinking": "", "signature": ""})
 
-    def _piece(self, piece: ToolCallPiece) -> list[Event]:
-        events: list[Event] = []
-        if piece.id is not None:
-            block = {
-                "type": "tool_use",
-                "id": tool_use_id(piece.id),
-                "name": piece.name or "",
-                "input": {},
-            }
-            events += self._begin("tool_use", block)
-            self._calls[piece.index] = self._index
+    def thinking(self, text: str) -> list[str]:
+        return self._delta(self._index, {"type": "thinking_delta", "thinking": text})
+
+    def begin_text(self) -> list[str]:
+        self._texts += 1
+        return self._begin({"type": "text", "text": ""})
+
+    def text(self, text: str, logprobs: Sequence[TokenLogprob] | None) -> list[str]:
+        return self._delta(self._index, {"type": "text_delta", "text": text})
+
+    def begin_call(self, piece: ToolCallPiece) -> list[str]:
+        assert piece.id is not None
+        block = {"type": "tool_use", "id": tool_use_id(piece.id), "name": piece.name or ""}
+        out = self._begin({**block, "input": {}})
+        self._calls[piece.index] = self._index
+        return out
+
+    def arguments(self, piece: ToolCallPiece) -> list[str]:
         index = self._calls.get(piece.index)
-        if index is not None and piece.arguments:
-            events.append(
-                self._delta(index, {"type": "input_json_delta", "partial_json": piece.arguments})
-            )
-        return events
+        if index is None:
+            return []
+        return self._delta(index, {"type": "input_json_delta", "partial_json": piece.arguments})
 
-    def finish(self, answer: Answer) -> list[Event]:
-        events: list[Event] = []
-        if not self._texts and not answer.tool_calls:
-            events += self._begin("text", {"type": "text", "text": ""})  # as content_blocks
-        events += self._close()
-        events.append(
-            (
-                "message_delta",
-                {
-                    "type": "message_delta",
-                    "delta": {
-                        "stop_reason": stop_reason(answer),
-                        "stop_sequence": answer.stop_sequence,
-                    },
-                    # cumulative, as Anthropic's: the final counts
-                    "usage": {
-                        "input_tokens": answer.input_tokens,
-                        "output_tokens": answer.generated_tokens,
-                    },
-                },
-            )
-        )
-        events.append(("message_stop", {"type": "message_stop"}))
-        return events
+    def finish(self, answer: Answer) -> list[str]:
+        out: list[str] = []
+        if not self._texts and not answer.tool_calls:  # an empty text, as content_blocks
+            out += self.close_block()
+            self.open_kind = "text"
+            out += self.begin_text()
+        out += self.close_block()
+        # usage cumulative, as Anthropic's: the final counts
+        usage = {"input_tokens": answer.input_tokens, "output_tokens": answer.generated_tokens}
+        delta = {"stop_reason": stop_reason(answer), "stop_sequence": answer.stop_sequence}
+        out.append(_event("message_delta", delta=delta, usage=usage))
+        out.append(_event("message_stop"))
+        return out
+
+    def failure(self, exc: BaseException) -> list[str]:
+        """An `error` event: the stream ends there."""
+        return [event(stream_failure(exc, self.request_id, "anthropic"), "error")]
+
+    def end(self) -> list[str]:
+        return []
+
+
+def _event(kind: str, **data: Any) -> str:
+    """An event named by its type (the SSE `event:` line, also its data's `type`)."""
+    return event({"type": kind, **data}, kind)

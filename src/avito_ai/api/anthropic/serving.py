@@ -8,7 +8,7 @@ import contextlib
 import dataclasses
 from collections.abc import AsyncGenerator, AsyncIterator
 
-from avito_ai.api.anthropic.chunks import Event, StreamEvents, message
+from avito_ai.api.anthropic.chunks import StreamEvents, message
 from avito_ai.api.anthropic.protocol import (
     CountTokensRequest,
     Message,
@@ -19,8 +19,7 @@ from avito_ai.api.anthropic.protocol import (
 from avito_ai.api.anthropic.requests import MESSAGES_FIELDS, messages_output, messages_request
 from avito_ai.api.anthropic.stops import cut_at_stops
 from avito_ai.api.deps import Call
-from avito_ai.api.errors import stream_failure
-from avito_ai.api.sse import event
+from avito_ai.api.streaming import drive
 from avito_ai.engines.base import Chunk
 from avito_ai.errors import ModelUnavailable
 from avito_ai.services.answers import Answer
@@ -28,31 +27,6 @@ from avito_ai.services.budgets import prompt_tokens
 from avito_ai.services.generation import unless_disconnected
 from avito_ai.services.pipeline import Prepared, prepare
 from avito_ai.services.state import ServiceState
-
-
-def _frames(events: list[Event]) -> list[str]:
-    return [event(data, name) for name, data in events]
-
-
-async def anthropic_events(
-    items: AsyncGenerator[Chunk | Answer, None], frames: StreamEvents
-) -> AsyncIterator[str]:
-    """message_start, the content blocks, message_delta and message_stop; a failure after
-    the start is an `error` event, and the stream ends there."""
-    try:
-        for frame in _frames(frames.start()):
-            yield frame
-        async for item in items:
-            if isinstance(item, Answer):
-                for frame in _frames(frames.finish(item)):
-                    yield frame
-            else:
-                for frame in _frames(frames.delta(item)):
-                    yield frame
-    except Exception as exc:
-        yield event(stream_failure(exc, frames.request_id, "anthropic"), "error")
-    finally:
-        await items.aclose()  # a client gone: the generation is cancelled
 
 
 async def _answer_of(items: AsyncGenerator[Chunk | Answer, None]) -> Answer:
@@ -98,7 +72,7 @@ class AnthropicServing:
         if stops:
             items = cut_at_stops(items, stops, counted)
         if body.stream:
-            return anthropic_events(items, StreamEvents(call.request_id, body.model, counted))
+            return drive(items, StreamEvents(call.request_id, body.model, counted))
         answer = await unless_disconnected(_answer_of(items), call.disconnected)
         return message(answer, call.request_id, body.model)
 

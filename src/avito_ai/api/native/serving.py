@@ -5,7 +5,7 @@ original specification's JSON body, or its Server-Sent Events when `stream` is s
 
 from __future__ import annotations
 
-from collections.abc import AsyncGenerator, AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable
 
 from PIL import Image
 from pydantic import ValidationError
@@ -32,6 +32,7 @@ from avito_ai.api.requests import (
     validate_prompt,
 )
 from avito_ai.api.sse import event
+from avito_ai.api.streaming import drive
 from avito_ai.engines.base import Chunk, Engine, GenerationRequest, Role
 from avito_ai.errors import ValidationFailed
 from avito_ai.schemas.sampling import SamplingFields
@@ -77,22 +78,32 @@ def native_response(result: Answer, request_id: str) -> GenerationResponse:
     )
 
 
-async def native_events(
-    items: AsyncGenerator[Chunk | Answer, None], request_id: str
-) -> AsyncIterator[str]:
-    try:
-        async for item in items:
-            if isinstance(item, Answer):
-                yield event(native_response(item, request_id).model_dump(), "done")
-            else:
-                if item.reasoning:
-                    yield event({"reasoning": item.reasoning}, "reasoning")
-                if item.text:
-                    yield event({"text": item.text}, "delta")
-    except Exception as exc:
-        yield event(stream_failure(exc, request_id, "native"), "error")
-    finally:
-        await items.aclose()
+class NativeEvents:
+    """The native stream (api/streaming.py drives it): `reasoning` and `delta` events, then
+    `done` with the whole body, or `error`."""
+
+    def __init__(self, request_id: str) -> None:
+        self.request_id = request_id
+
+    def start(self) -> list[str]:
+        return []
+
+    def delta(self, chunk: Chunk) -> list[str]:
+        out: list[str] = []
+        if chunk.reasoning:
+            out.append(event({"reasoning": chunk.reasoning}, "reasoning"))
+        if chunk.text:
+            out.append(event({"text": chunk.text}, "delta"))
+        return out
+
+    def finish(self, answer: Answer) -> list[str]:
+        return [event(native_response(answer, self.request_id).model_dump(), "done")]
+
+    def failure(self, exc: BaseException) -> list[str]:
+        return [event(stream_failure(exc, self.request_id, "native"), "error")]
+
+    def end(self) -> list[str]:
+        return []
 
 
 class NativeServing:
@@ -173,6 +184,6 @@ class NativeServing:
     ) -> NativeAnswer:
         if stream:
             items = await self.generation.stream(engine, generation, call.client, call.disconnected)
-            return native_events(items, call.request_id)
+            return drive(items, NativeEvents(call.request_id))
         answer = await self.generation.complete(engine, generation, call.client, call.disconnected)
         return native_response(answer, call.request_id)

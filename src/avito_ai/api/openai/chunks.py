@@ -4,24 +4,35 @@ chunks of a streamed one (`chat.completion.chunk` or `text_completion`)."""
 from __future__ import annotations
 
 import time
+from abc import ABC, abstractmethod
 from collections.abc import Sequence
-from dataclasses import dataclass, field
 from typing import Any
 
+from pydantic import BaseModel
+
+from avito_ai.api.errors import stream_failure
 from avito_ai.api.openai.protocol import (
     AssistantMessage,
     ChatChoice,
+    ChatChunkChoice,
     ChatCompletion,
+    ChatCompletionChunk,
     ChoiceLogprobs,
     Completion,
     CompletionChoice,
+    CompletionChunk,
+    CompletionChunkChoice,
     CompletionLogprobs,
+    DeltaFunctionCall,
+    DeltaMessage,
+    DeltaToolCall,
     FunctionCallOut,
     ToolCallOut,
     TopLogprob,
     Usage,
 )
 from avito_ai.api.openai.protocol import TokenLogprob as WireTokenLogprob
+from avito_ai.api.sse import event
 from avito_ai.engines.base import Chunk, TokenLogprob, ToolCallPiece
 from avito_ai.services.answers import Answer, ChoiceAnswer
 from avito_ai.services.tools import merged_pieces
@@ -56,7 +67,8 @@ def chat_logprobs(tokens: Sequence[TokenLogprob] | None) -> ChoiceLogprobs | Non
                 ],
             )
             for t in tokens
-        ]
+        ],
+        refusal=None,  # set, so a streamed chunk (which sends what is set) has it too
     )
 
 
@@ -92,19 +104,22 @@ def assistant_message(choice: ChoiceAnswer) -> AssistantMessage:
     )
 
 
-def tool_call_deltas(pieces: Sequence[ToolCallPiece]) -> list[dict[str, Any]]:
+def tool_call_deltas(pieces: Sequence[ToolCallPiece]) -> list[DeltaToolCall]:
     """Streamed calls in OpenAI's shape, one entry per call in a chunk (the SDKs join the
     entries of a chunk by index as new calls): a call's first entry has its id and name,
     with the arguments that came with them; the next ones further pieces of its arguments."""
-    out: list[dict[str, Any]] = []
+    out: list[DeltaToolCall] = []
     for piece in merged_pieces(list(pieces)):
         if piece.id is not None:
-            function = {"name": piece.name, "arguments": piece.arguments}
+            function = DeltaFunctionCall.model_construct(name=piece.name, arguments=piece.arguments)
             out.append(
-                {"index": piece.index, "id": piece.id, "type": "function", "function": function}
+                DeltaToolCall.model_construct(
+                    index=piece.index, id=piece.id, type="function", function=function
+                )
             )
         else:
-            out.append({"index": piece.index, "function": {"arguments": piece.arguments}})
+            function = DeltaFunctionCall.model_construct(arguments=piece.arguments)
+            out.append(DeltaToolCall.model_construct(index=piece.index, function=function))
     return out
 
 
@@ -145,81 +160,150 @@ def text_completion(answer: Answer, request_id: str, model: str, echo: str = "")
     )
 
 
-@dataclass
-class StreamChunks:
-    """The bodies of one streamed answer's chunks (`chat.completion.chunk` or
-    `text_completion`), with the same id, model and creation time in each. Choices
-    (n > 1) interleave, each chunk naming its `index`."""
+class OpenAIChunks(ABC):
+    """What both of OpenAI's streams share (api/streaming.py drives them): one id, model and
+    creation time in every chunk; choices (n > 1) interleave, each chunk naming its
+    `index`; the usage chunk when asked for; an error body, then `data: [DONE]`."""
 
-    request_id: str
-    model: str
-    chat: bool
-    n: int = 1
-    logprobs: bool = False
-    created: int = field(default_factory=lambda: int(time.time()))
-    _offsets: dict[int, int] = field(default_factory=dict)
+    def __init__(
+        self,
+        request_id: str,
+        model: str,
+        *,
+        n: int = 1,
+        logprobs: bool = False,
+        include_usage: bool = False,
+        created: int | None = None,
+    ) -> None:
+        self.request_id = request_id
+        self.model = model
+        self.n = n
+        self.logprobs = logprobs
+        self.include_usage = include_usage
+        self.created = int(time.time()) if created is None else created
 
-    def _body(self, choice: dict[str, Any] | None, **extra: Any) -> dict[str, Any]:
-        return {
-            "id": completion_id(self.request_id, chat=self.chat),
-            "object": "chat.completion.chunk" if self.chat else "text_completion",
-            "created": self.created,
-            "model": self.model,
-            "choices": [] if choice is None else [choice],
+    def start(self) -> list[str]:
+        return [_frame(c) for c in self.opening_chunks()]
+
+    def delta(self, chunk: Chunk) -> list[str]:
+        return [_frame(self.delta_chunk(chunk))]
+
+    def finish(self, answer: Answer) -> list[str]:
+        frames = [_frame(c) for c in self.finish_chunks(answer)]
+        if self.include_usage:
+            frames.append(_frame(self.usage_chunk(answer)))
+        return frames
+
+    def failure(self, exc: BaseException) -> list[str]:
+        return [event(stream_failure(exc, self.request_id, "openai"))]
+
+    def end(self) -> list[str]:
+        return [event("[DONE]")]
+
+    def opening_chunks(self) -> list[BaseModel]:
+        return []
+
+    def finish_chunks(self, answer: Answer) -> list[BaseModel]:
+        """Each choice's last chunk, with its finish_reason."""
+        return [self._chunk([self._finish(c.index, c.finish_reason)]) for c in answer.choices]
+
+    def usage_chunk(self, answer: Answer) -> BaseModel:
+        """No choices, the usage (sent last, when asked for)."""
+        return self._chunk([], usage=usage(answer))
+
+    @abstractmethod
+    def delta_chunk(self, chunk: Chunk) -> BaseModel: ...
+
+    @abstractmethod
+    def _chunk(self, choices: list[Any], **extra: Any) -> BaseModel: ...
+
+    @abstractmethod
+    def _finish(self, index: int, reason: str) -> BaseModel: ...
+
+
+class ChatChunks(OpenAIChunks):
+    """`chat.completion.chunk`s: each choice opens with the assistant role, then deltas of
+    thinking, content and tool calls, then its finish_reason."""
+
+    def _chunk(self, choices: list[Any], **extra: Any) -> ChatCompletionChunk:
+        return ChatCompletionChunk.model_construct(
+            id=completion_id(self.request_id, chat=True),
+            object="chat.completion.chunk",
+            created=self.created,
+            model=self.model,
+            choices=choices,
             **extra,
-        }
+        )
 
-    def openings(self) -> list[dict[str, Any]]:
-        """Chat streams open each choice with the assistant role; text streams do not."""
-        if not self.chat:
-            return []
+    def opening_chunks(self) -> list[BaseModel]:
+        opening = DeltaMessage.model_construct(role="assistant", content="")
         return [
-            self._body(
-                {"index": i, "delta": {"role": "assistant", "content": ""}, "finish_reason": None}
+            self._chunk(
+                [ChatChunkChoice.model_construct(index=i, delta=opening, finish_reason=None)]
             )
             for i in range(self.n)
         ]
 
-    def _logprobs(self, index: int, tokens: Sequence[TokenLogprob] | None) -> Any:
-        if not self.logprobs:
-            return None
-        if self.chat:
-            wire = chat_logprobs(tokens or ())
-            return wire.model_dump() if wire else None
-        offset = self._offsets.get(index, 0)
-        self._offsets[index] = offset + sum(len(t.token) for t in tokens or ())
-        text = completion_logprobs(tokens or (), offset)
-        return text.model_dump() if text else None
+    def delta_chunk(self, chunk: Chunk) -> ChatCompletionChunk:
+        delta: dict[str, Any] = {}
+        if chunk.reasoning:
+            delta["reasoning_content"] = delta["reasoning"] = chunk.reasoning
+        if chunk.text or not (chunk.reasoning or chunk.tool_calls):
+            delta["content"] = chunk.text
+        if chunk.tool_calls:
+            delta["tool_calls"] = tool_call_deltas(chunk.tool_calls)
+        choice: dict[str, Any] = {
+            "index": chunk.index,
+            "delta": DeltaMessage.model_construct(**delta),
+            "finish_reason": None,
+        }
+        if self.logprobs:
+            choice["logprobs"] = chat_logprobs(chunk.logprobs or ())
+        return self._chunk([ChatChunkChoice.model_construct(**choice)])
 
-    def delta(self, chunk: Chunk) -> dict[str, Any]:
-        logprobs = self._logprobs(chunk.index, chunk.logprobs)
-        if self.chat:
-            delta: dict[str, Any] = {}
-            if chunk.reasoning:
-                delta["reasoning_content"] = delta["reasoning"] = chunk.reasoning
-            if chunk.text or not (chunk.reasoning or chunk.tool_calls):
-                delta["content"] = chunk.text
-            if chunk.tool_calls:
-                delta["tool_calls"] = tool_call_deltas(chunk.tool_calls)
-            choice: dict[str, Any] = {"index": chunk.index, "delta": delta, "finish_reason": None}
-            if logprobs is not None:
-                choice["logprobs"] = logprobs
-            return self._body(choice)
-        return self._body(
-            {"index": chunk.index, "text": chunk.text, "finish_reason": None, "logprobs": logprobs}
+    def _finish(self, index: int, reason: str) -> ChatChunkChoice:
+        empty = DeltaMessage.model_construct()
+        return ChatChunkChoice.model_construct(index=index, delta=empty, finish_reason=reason)
+
+
+class TextChunks(OpenAIChunks):
+    """`text_completion` chunks (/v1/completions): text deltas, with each token's logprobs
+    and offset when asked for, then each choice's finish_reason."""
+
+    def __init__(self, request_id: str, model: str, **options: Any) -> None:
+        super().__init__(request_id, model, **options)
+        self._offsets: dict[int, int] = {}
+
+    def _chunk(self, choices: list[Any], **extra: Any) -> CompletionChunk:
+        return CompletionChunk.model_construct(
+            id=completion_id(self.request_id, chat=False),
+            object="text_completion",
+            created=self.created,
+            model=self.model,
+            choices=choices,
+            **extra,
         )
 
-    def finishes(self, answer: Answer) -> list[dict[str, Any]]:
-        """Each choice's last chunk, with its finish_reason."""
-        if self.chat:
-            return [
-                self._body({"index": c.index, "delta": {}, "finish_reason": c.finish_reason})
-                for c in answer.choices
-            ]
-        return [
-            self._body({"index": c.index, "text": "", "finish_reason": c.finish_reason})
-            for c in answer.choices
-        ]
+    def delta_chunk(self, chunk: Chunk) -> CompletionChunk:
+        wire = None
+        if self.logprobs:
+            tokens = chunk.logprobs or ()
+            offset = self._offsets.get(chunk.index, 0)
+            self._offsets[chunk.index] = offset + sum(len(t.token) for t in tokens)
+            wire = completion_logprobs(tokens, offset)
+        choice = CompletionChunkChoice.model_construct(
+            index=chunk.index, text=chunk.text, finish_reason=None, logprobs=wire
+        )
+        return self._chunk([choice])
 
-    def usage(self, answer: Answer) -> dict[str, Any]:
-        return self._body(None, usage=usage(answer).model_dump())
+    def _finish(self, index: int, reason: str) -> CompletionChunkChoice:
+        return CompletionChunkChoice.model_construct(index=index, text="", finish_reason=reason)
+
+
+def wire(chunk: BaseModel) -> dict[str, Any]:
+    """A chunk as sent: the fields it sets (a delta names only what it carries)."""
+    return chunk.model_dump(exclude_unset=True)
+
+
+def _frame(chunk: BaseModel) -> str:
+    return event(wire(chunk))

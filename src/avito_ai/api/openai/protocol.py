@@ -358,6 +358,65 @@ class Completion(BaseModel):
     usage: Usage
 
 
+# Streamed answers (`chat.completion.chunk`, `text_completion` chunks), as vLLM's protocol
+# has them: built with model_construct (no validation per event) and sent without the
+# fields a chunk does not set (api/openai/chunks.py), so the key order is the wire's.
+
+
+class DeltaFunctionCall(BaseModel):
+    name: str | None = None
+    arguments: str | None = None
+
+
+class DeltaToolCall(BaseModel):
+    """A call's first entry has its id, type and name; the next ones only arguments."""
+
+    index: int
+    id: str | None = None
+    type: Literal["function"] | None = None
+    function: DeltaFunctionCall
+
+
+class DeltaMessage(BaseModel):
+    role: Literal["assistant"] | None = None
+    reasoning_content: str | None = None
+    reasoning: str | None = None
+    content: str | None = None
+    tool_calls: list[DeltaToolCall] | None = None
+
+
+class ChatChunkChoice(BaseModel):
+    index: int
+    delta: DeltaMessage
+    finish_reason: str | None = None
+    logprobs: ChoiceLogprobs | None = None
+
+
+class ChatCompletionChunk(BaseModel):
+    id: str
+    object: Literal["chat.completion.chunk"] = "chat.completion.chunk"
+    created: int
+    model: str
+    choices: list[ChatChunkChoice]
+    usage: Usage | None = None
+
+
+class CompletionChunkChoice(BaseModel):
+    index: int
+    text: str
+    finish_reason: str | None = None
+    logprobs: CompletionLogprobs | None = None
+
+
+class CompletionChunk(BaseModel):
+    id: str
+    object: Literal["text_completion"] = "text_completion"
+    created: int
+    model: str
+    choices: list[CompletionChunkChoice]
+    usage: Usage | None = None
+
+
 class ModelCard(BaseModel):
     """A name every dialect's `model` takes, in OpenAI's shape and Anthropic's at once
     (`type`, `display_name`, `created_at`): both SDKs' `models.list()` read it."""

@@ -5,10 +5,10 @@ from __future__ import annotations
 
 from collections.abc import AsyncGenerator, AsyncIterator
 from datetime import UTC, datetime
+from typing import Any
 
 from avito_ai.api.deps import Call
-from avito_ai.api.errors import stream_failure
-from avito_ai.api.openai.chunks import StreamChunks, chat_completion, text_completion
+from avito_ai.api.openai.chunks import ChatChunks, TextChunks, chat_completion, text_completion
 from avito_ai.api.openai.protocol import (
     ChatCompletion,
     ChatCompletionRequest,
@@ -20,7 +20,7 @@ from avito_ai.api.openai.protocol import (
 )
 from avito_ai.api.openai.requests import chat_output, chat_request, completion_request
 from avito_ai.api.requests import response_format_output
-from avito_ai.api.sse import event
+from avito_ai.api.streaming import drive
 from avito_ai.engines.base import Chunk, GenerationRequest
 from avito_ai.services.answers import Answer
 from avito_ai.services.models import offered_models, unknown_model
@@ -43,28 +43,6 @@ def model_list(state: ServiceState) -> ModelList:
     return ModelList(data=cards, first_id=ids[0] if ids else None, last_id=ids[-1] if ids else None)
 
 
-async def openai_events(
-    items: AsyncGenerator[Chunk | Answer, None], frames: StreamChunks, *, include_usage: bool
-) -> AsyncIterator[str]:
-    """OpenAI streaming chunks ending with `data: [DONE]`; `echo` (completions) first."""
-    for opening in frames.openings():
-        yield event(opening)
-    try:
-        async for item in items:
-            if not isinstance(item, Answer):
-                yield event(frames.delta(item))
-                continue
-            for finish in frames.finishes(item):
-                yield event(finish)
-            if include_usage:
-                yield event(frames.usage(item))
-    except Exception as exc:
-        yield event(stream_failure(exc, frames.request_id, "openai"))
-    finally:
-        await items.aclose()
-    yield event("[DONE]")
-
-
 class OpenAIServing:
     def __init__(self, state: ServiceState) -> None:
         self.state = state
@@ -84,8 +62,8 @@ class OpenAIServing:
         engine, generation = ready.engine, ready.request
         if body.stream:
             items = await self.generation.stream(engine, generation, call.client, call.disconnected)
-            return openai_events(
-                items, self._frames(body, generation, chat=True), include_usage=_usage(body)
+            return drive(
+                items, ChatChunks(call.request_id, body.model, **_options(body, generation))
             )
         answer = await self.generation.complete(engine, generation, call.client, call.disconnected)
         return chat_completion(answer, call.request_id, body.model)
@@ -104,13 +82,9 @@ class OpenAIServing:
         echo = (generation.prompt or "") if body.echo else ""
         if body.stream:
             items = await self.generation.stream(engine, generation, call.client, call.disconnected)
-            frames = self._frames(body, generation, chat=False)
+            chunks = TextChunks(call.request_id, body.model, **_options(body, generation))
             # With echo the prompt comes back first, as in the whole answer.
-            return openai_events(
-                _preceded_by(echo, items) if echo else items,
-                frames,
-                include_usage=_usage(body),
-            )
+            return drive(_preceded_by(echo, items) if echo else items, chunks)
         answer = await self.generation.complete(engine, generation, call.client, call.disconnected)
         return text_completion(answer, call.request_id, body.model, echo)
 
@@ -124,19 +98,13 @@ class OpenAIServing:
             raise unknown_model(name, self.state, param=None)
         return card
 
-    @staticmethod
-    def _frames(body: OpenAISampling, generation: GenerationRequest, *, chat: bool) -> StreamChunks:
-        return StreamChunks(
-            generation.request_id,
-            body.model,
-            chat,
-            n=generation.sampling.n,
-            logprobs=generation.sampling.logprobs,
-        )
 
-
-def _usage(body: OpenAISampling) -> bool:
-    return bool(body.stream_options and body.stream_options.include_usage)
+def _options(body: OpenAISampling, generation: GenerationRequest) -> dict[str, Any]:
+    return {
+        "n": generation.sampling.n,
+        "logprobs": generation.sampling.logprobs,
+        "include_usage": bool(body.stream_options and body.stream_options.include_usage),
+    }
 
 
 async def _preceded_by(

@@ -29,6 +29,7 @@ from avito_ai.api.responses.objects import (
 )
 from avito_ai.api.responses.output import ResponseFrame, logprobs, status_of
 from avito_ai.api.sse import event
+from avito_ai.api.streaming import BlockSequence, drive
 from avito_ai.engines.base import Chunk, TokenLogprob, ToolCallPiece
 from avito_ai.services.answers import Answer
 
@@ -51,10 +52,12 @@ def _delta_logprobs(tokens: Sequence[TokenLogprob] | None) -> list[dict[str, Any
     ]
 
 
-class ResponseEvents:
-    """The events of one streamed response, numbered; the output items as they grow."""
+class ResponseEvents(BlockSequence):
+    """The events of one streamed response, numbered; the output items as they grow
+    (api/streaming.py drives them and sequences the items)."""
 
     def __init__(self, frame: ResponseFrame) -> None:
+        super().__init__()
         self.frame = frame
         self.sequence = 0
         self.items: list[OutputItem] = []
@@ -69,7 +72,7 @@ class ResponseEvents:
     def _item_event(self, kind: str, item: OutputItem, **fields: Any) -> str:
         return self._event(kind, item_id=item.id, output_index=self.items.index(item), **fields)
 
-    def openings(self) -> list[str]:
+    def start(self) -> list[str]:
         snapshot = self.frame.response("in_progress", []).model_dump(mode="json")
         return [
             self._event("response.created", response=snapshot),
@@ -79,8 +82,8 @@ class ResponseEvents:
     # ---------------------------------------------------------------- items
 
     def _add(self, item: OutputItem) -> list[str]:
-        """Close the open item, open `item`."""
-        out = self._close()
+        """Open `item` (the one before it closed)."""
+        out: list[str] = []
         self.items.append(item)
         self._open = item
         out.append(
@@ -108,7 +111,7 @@ class ResponseEvents:
             )
         return out
 
-    def _close(self, status: ItemStatus = "completed") -> list[str]:
+    def end_block(self, status: ItemStatus = "completed") -> list[str]:
         item, self._open = self._open, None
         if item is None:
             return []
@@ -162,44 +165,33 @@ class ResponseEvents:
 
     # ---------------------------------------------------------------- content
 
-    def delta(self, chunk: Chunk) -> list[str]:
-        out: list[str] = []
-        if chunk.reasoning:
-            out += self._reasoning(chunk.reasoning)
-        if chunk.text:
-            out += self._text(chunk.text, chunk.logprobs)
-        for piece in chunk.tool_calls:
-            out += self._call(piece)
-        return out
-
-    def _reasoning(self, text: str) -> list[str]:
-        out: list[str] = []
-        item = self._open
-        if not isinstance(item, OutputReasoning):
-            index = len(self.items)
-            item = OutputReasoning(
-                id=self.frame.item_id("rs", index), content=[], status="in_progress"
-            )
-            out += self._add(item)
-        item.content[0].text += text
-        out.append(
-            self._item_event("response.reasoning_text.delta", item, content_index=0, delta=text)
+    def begin_thinking(self) -> list[str]:
+        index = len(self.items)
+        return self._add(
+            OutputReasoning(id=self.frame.item_id("rs", index), content=[], status="in_progress")
         )
-        return out
 
-    def _text(self, text: str, tokens: Sequence[TokenLogprob] | None) -> list[str]:
-        out: list[str] = []
+    def thinking(self, text: str) -> list[str]:
         item = self._open
-        if not isinstance(item, OutputMessage):
-            index = len(self.items)
-            item = OutputMessage(
-                id=self.frame.item_id("msg", index), status="in_progress", content=[]
-            )
-            out += self._add(item)
+        assert isinstance(item, OutputReasoning)
+        item.content[0].text += text
+        return [
+            self._item_event("response.reasoning_text.delta", item, content_index=0, delta=text)
+        ]
+
+    def begin_text(self) -> list[str]:
+        index = len(self.items)
+        return self._add(
+            OutputMessage(id=self.frame.item_id("msg", index), status="in_progress", content=[])
+        )
+
+    def text(self, text: str, tokens: Sequence[TokenLogprob] | None) -> list[str]:
+        item = self._open
+        assert isinstance(item, OutputMessage)
         part = item.content[0]
         part.text += text
         part.logprobs += logprobs(tokens)
-        out.append(
+        return [
             self._item_event(
                 "response.output_text.delta",
                 item,
@@ -207,31 +199,26 @@ class ResponseEvents:
                 delta=text,
                 logprobs=_delta_logprobs(tokens),
             )
-        )
-        return out
+        ]
 
-    def _call(self, piece: ToolCallPiece) -> list[str]:
-        out: list[str] = []
-        if piece.id is not None:
-            index = len(self.items)
-            call = OutputFunctionCall(
-                id=self.frame.item_id("fc", index),
-                call_id=piece.id,
-                name=piece.name or "",
-                arguments="",
-                status="in_progress",
-            )
-            out += self._add(call)
-            self._calls[piece.index] = call
+    def begin_call(self, piece: ToolCallPiece) -> list[str]:
+        assert piece.id is not None
+        call = OutputFunctionCall(
+            id=self.frame.item_id("fc", len(self.items)),
+            call_id=piece.id,
+            name=piece.name or "",
+            arguments="",
+            status="in_progress",
+        )
+        self._calls[piece.index] = call
+        return self._add(call)
+
+    def arguments(self, piece: ToolCallPiece) -> list[str]:
         call = self._calls[piece.index]
-        if piece.arguments:
-            call.arguments += piece.arguments
-            out.append(
-                self._item_event(
-                    "response.function_call_arguments.delta", call, delta=piece.arguments
-                )
-            )
-        return out
+        call.arguments += piece.arguments
+        return [
+            self._item_event("response.function_call_arguments.delta", call, delta=piece.arguments)
+        ]
 
     # ---------------------------------------------------------------- the end
 
@@ -239,11 +226,11 @@ class ResponseEvents:
         """Close the last item (an empty message when nothing came), then the response."""
         out: list[str] = []
         if not self.items:
-            out += self._add(
-                OutputMessage(id=self.frame.item_id("msg", 0), status="in_progress", content=[])
-            )
+            self.open_kind = "text"
+            out += self.begin_text()
         status = status_of(answer.finish_reason)
-        out += self._close("incomplete" if status == "incomplete" else "completed")
+        self.open_kind = None
+        out += self.end_block("incomplete" if status == "incomplete" else "completed")
         response = self.frame.response(status, self.items, answer).model_dump(mode="json")
         kind = "response.incomplete" if status == "incomplete" else "response.completed"
         out.append(self._event(kind, response=response))
@@ -264,21 +251,13 @@ class ResponseEvents:
         out.append(self._event("response.failed", response=failed.model_dump(mode="json")))
         return out
 
+    def end(self) -> list[str]:
+        return []
 
-async def response_events(
+
+def response_events(
     items: AsyncGenerator[Chunk | Answer, None], events: ResponseEvents
 ) -> AsyncIterator[str]:
     """The stream's SSE frames. Closing it (the client left) closes `items`, which stops
     the generation."""
-    for opening in events.openings():
-        yield opening
-    try:
-        async for item in items:
-            frames = events.finish(item) if isinstance(item, Answer) else events.delta(item)
-            for frame in frames:
-                yield frame
-    except Exception as exc:
-        for frame in events.failure(exc):
-            yield frame
-    finally:
-        await items.aclose()
+    return drive(items, events)
