@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import dataclasses
 import json
 import re
 import threading
@@ -179,8 +180,8 @@ async def test_seeds_stops_and_a_regex_on_an_image_request(engine: OpenVINOVisio
     stop = plain[5:8]
     cut, final = await collect(engine, ask(max_tokens=20, ignore_eos=True, stop=(stop,)))
     assert cut == plain[: plain.index(stop)] and final.finish_reason == "stop"
-    request = ask(max_tokens=20)
-    request.constraint = OutputConstraint("regex", 'root ::= ("cat" | "dog") " " [0-9] [0-9]')
+    constraint = OutputConstraint("regex", 'root ::= ("cat" | "dog") " " [0-9] [0-9]')
+    request = dataclasses.replace(ask(max_tokens=20), constraint=constraint)
     text, final = await collect(engine, request)
     assert re.fullmatch(r"(cat|dog) \d\d", text), text
 
@@ -190,8 +191,7 @@ async def test_the_thinking_switch_reaches_the_template(tmp_path: Path) -> None:
     thinking = await started(str(with_thinking_template(tmp_path / "think")))
     try:
         hidden, off = await collect(thinking, ask(max_tokens=10, ignore_eos=True))
-        request = ask(max_tokens=10, ignore_eos=True)
-        request.enable_thinking = True
+        request = dataclasses.replace(ask(max_tokens=10, ignore_eos=True), enable_thinking=True)
         shown, on = await collect(thinking, request)
         assert (hidden, off.generated_tokens) == ("", 10) and shown != ""
         assert (off.input_tokens or 0) > (on.input_tokens or 0)  # "<think>" was in the prompt

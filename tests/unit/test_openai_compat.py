@@ -272,7 +272,10 @@ def test_chat_request_decodes_images_for_avision(url_as_string: bool) -> None:
 
 def test_chat_request_refuses_images_for_avibe() -> None:
     body = chat(messages=[image_message(data_uri())])
-    error = refused(chat_request, body, "avibe", isolated_settings(), REQUEST_ID)
+    takes = FakeEngine("avibe").capabilities().images  # A-Vibe's engine says it takes none
+    with pytest.raises(ValidationFailed) as info:
+        chat_request(body, "avibe", isolated_settings(), REQUEST_ID, images=takes)
+    error = info.value
     assert error.param == "messages"
     assert "avision" in error.message
 
@@ -427,8 +430,9 @@ def test_completion_request_refuses_the_vision_model_as_openai_does() -> None:
     from avito_ai.errors import NotFound
 
     body = CompletionRequest(model="avision", prompt="hi")
+    takes = FakeEngine("avision").capabilities().completions  # a chat-only model
     with pytest.raises(NotFound) as exc:  # 404, like a chat-only model on OpenAI's endpoint
-        completion_request(body, "avision", isolated_settings(), REQUEST_ID)
+        completion_request(body, "avision", isolated_settings(), REQUEST_ID, completions=takes)
     assert exc.value.param == "model"
     assert "/v1/chat/completions" in exc.value.message
 

@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
+from avito_ai.config import Settings
 from avito_ai.engines import registry
 from avito_ai.engines.models import ModelLoadError
 from avito_ai.engines.openvino.vision import (
@@ -68,14 +69,17 @@ def test_the_openvino_backend_builds_the_vision_engine() -> None:
 
 
 def test_fair_admission_lets_the_batch_generate_at_once() -> None:
+    def capacity(settings: Settings) -> int:  # what the engine built for them declares
+        return capacity_for("avision", settings, registry.build_engine("avision", settings))
+
     batch = isolated_settings(avision_model=IR, max_batch_size=6)
-    assert capacity_for("avision", batch) == 6  # auto: OpenVINO, continuous batching
+    assert capacity(batch) == 6  # auto: OpenVINO, continuous batching
     explicit = isolated_settings(avision_model=IR, avision_backend="openvino", max_batch_size=3)
-    assert capacity_for("avision", explicit) == 3
+    assert capacity(explicit) == 3
     one = isolated_settings(avision_model="AvitoTech/avision", max_batch_size=6)
-    assert capacity_for("avision", one) == 1  # transformers: one request at a time
+    assert capacity(one) == 1  # transformers: one request at a time
     own = isolated_settings(avision_model=IR, avision_max_concurrency=2)
-    assert capacity_for("avision", own) == 2
+    assert capacity(own) == 2
 
 
 def test_a_light_install_asked_for_a_checkpoint_is_told_about_the_export(

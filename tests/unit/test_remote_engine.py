@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import json
 import time
 from collections.abc import Callable
@@ -321,8 +322,9 @@ async def test_upstream_logprobs_are_asked_for_checked_and_passed_on() -> None:
     ]
     e = scripted(events, sent)
     await e.start()
-    asked = request()
-    asked.sampling = SamplingParams(max_tokens=2, logprobs=True, top_logprobs=1)
+    asked = dataclasses.replace(
+        request(), sampling=SamplingParams(max_tokens=2, logprobs=True, top_logprobs=1)
+    )
     chunks = [c async for c in e.generate(asked)]
     await e.stop()
     assert (sent[0]["logprobs"], sent[0]["top_logprobs"]) == (True, 1)
@@ -340,8 +342,8 @@ async def test_n_travels_to_the_upstream_and_choices_come_back_by_index() -> Non
     ]
     e = scripted(events, sent)
     await e.start()
-    asked = request()
-    asked.sampling = SamplingParams(max_tokens=2, n=3, temperature=1.0)  # sampled: n is sent
+    sampled = SamplingParams(max_tokens=2, n=3, temperature=1.0)  # sampled: n is sent
+    asked = dataclasses.replace(request(), sampling=sampled)
     chunks = [c async for c in e.generate(asked)]
     await e.stop()
     assert sent[0]["n"] == 3

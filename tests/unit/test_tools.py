@@ -10,15 +10,18 @@ import pytest
 from avito_ai.config import Settings
 from avito_ai.engines.base import (
     ChatMessage,
+    Chunk,
     GenerationRequest,
     SamplingParams,
     TextPart,
     ToolCall,
     ToolSpec,
+    final_chunk,
 )
 from avito_ai.engines.prompts import chat_input, takes_tools
-from avito_ai.engines.remote.events import HermesText
+from avito_ai.engines.remote.events import tool_call_deltas
 from avito_ai.errors import ValidationFailed
+from avito_ai.services.answers import AnswerCollector
 from avito_ai.services.tools import (
     ToolCallParser,
     check_tools,
@@ -152,13 +155,33 @@ def test_one_call_when_parallel_calls_are_off() -> None:
     assert arguments == {0: '{"city": "Paris"}'}
 
 
-def test_an_upstreams_parsed_calls_are_written_back_as_hermes_text() -> None:
-    hermes = HermesText()
-    text = hermes.feed(((0, "get_weather", ""), (0, None, '{"city": '), (0, None, '"Paris"}')))
-    text += hermes.feed(((1, "get_time", ""),)) + hermes.close()
-    content, calls = parse_calls(text, [WEATHER, TIME])
-    assert content == ""
-    assert [(c.name, json.loads(c.arguments)) for c in calls] == [
+def test_an_upstreams_parsed_calls_pass_through_as_they_are() -> None:
+    """An engine that parses calls itself (an upstream's parser) hands its pieces over:
+    they reach the client as sent and make the answer's calls, with no re-parse."""
+    pieces = tool_call_deltas(
+        [
+            {"index": 0, "id": "call_up", "function": {"name": "get_weather", "arguments": ""}},
+            {"index": 0, "function": {"arguments": '{"city": '}},
+            {"index": 0, "function": {"arguments": '"Paris"}'}},
+            {"index": 1, "function": {"name": "get_time"}},
+        ]
+    )
+    request = _request(tools=(WEATHER, TIME))
+    collector = AnswerCollector(request, parses_tools=True)
+    deltas, _ = collector.add(Chunk("", tool_calls=pieces))
+    final = final_chunk(
+        "stop",
+        input_tokens=1,
+        generated_tokens=2,
+        created=0,
+        scheduled=0,
+        first_token=0,
+        finished=1,
+    )
+    more, answer = collector.add(final)
+    assert next(p for d in deltas + more for p in d.tool_calls).id == "call_up"
+    assert answer is not None and answer.text == "" and answer.finish_reason == "tool_calls"
+    assert [(c.name, json.loads(c.arguments)) for c in answer.tool_calls] == [
         ("get_weather", {"city": "Paris"}),
         ("get_time", {}),  # no arguments sent: an empty object
     ]

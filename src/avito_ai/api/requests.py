@@ -73,12 +73,24 @@ def validate_prompt(prompt: object, settings: Settings, *, field: str = "prompt"
     return prompt
 
 
+def no_images(role: Role, field: str) -> ValidationFailed:
+    return ValidationFailed(
+        f"Model {role} does not accept images; use model 'avision'", param=field
+    )
+
+
 def check_conversation(
-    messages: list[ChatMessage], chars: int, role: Role, settings: Settings, field: str
+    messages: list[ChatMessage],
+    chars: int,
+    role: Role,
+    settings: Settings,
+    field: str,
+    *,
+    images: bool = True,
 ) -> None:
     """What every chat dialect checks of a conversation (`field`: where its messages are):
-    MAX_PROMPT_LENGTH characters in all, a user message, images only for A-Vision and at
-    most AVISION_MAX_IMAGES of them."""
+    MAX_PROMPT_LENGTH characters in all, a user message, images only for a model that
+    takes them (`images`: its engine's capabilities) and at most AVISION_MAX_IMAGES."""
     if chars > settings.max_prompt_length:
         raise ValidationFailed(
             f"Prompt too long. Maximum length: {settings.max_prompt_length} characters",
@@ -86,14 +98,12 @@ def check_conversation(
         )
     if not any(m.role == "user" and m.content for m in messages):
         raise ValidationFailed(f"{field} must contain a user message", param=field)
-    images = sum(isinstance(p, ImagePart) for m in messages for p in m.content)
-    if images and role == "avibe":
+    count = sum(isinstance(p, ImagePart) for m in messages for p in m.content)
+    if count and not images:
+        raise no_images(role, field)
+    if count > settings.avision_max_images:
         raise ValidationFailed(
-            "Model avibe does not accept images; use model 'avision'", param=field
-        )
-    if images > settings.avision_max_images:
-        raise ValidationFailed(
-            f"Too many images: {images}; at most {settings.avision_max_images} per request "
+            f"Too many images: {count}; at most {settings.avision_max_images} per request "
             "(AVISION_MAX_IMAGES)",
             param=field,
         )

@@ -8,6 +8,7 @@ Routes and services only ever see these types; an engine never sees HTTP.
 from __future__ import annotations
 
 import re
+import secrets
 import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
@@ -119,6 +120,11 @@ class ToolCallPiece:
     arguments: str
 
 
+def new_call_id() -> str:
+    """A tool call's id, OpenAI's shape (call_ and 24 hex digits)."""
+    return "call_" + secrets.token_hex(12)
+
+
 # auto: the model decides; none: no calls; required: at least one call (one of
 # `GenerationRequest.tools`, or `forced_tool` alone when it is set).
 ToolChoice = Literal["auto", "none", "required"]
@@ -183,7 +189,8 @@ class OutputConstraint:
 
 @dataclass(frozen=True)
 class Capabilities:
-    """What an engine honours beyond plain sampling, known before a request runs.
+    """What an engine is and honours beyond plain sampling, known before a request runs:
+    the services and the API layer ask this, never the role or the backend's name.
 
     `logprobs`: it gives each token's log probability; `top_logprobs`: how many
     alternatives per token at most (0: the chosen token only); `choices`: it makes n > 1
@@ -195,6 +202,21 @@ class Capabilities:
     choices: bool = False
     # It applies tool_choice itself (vLLM, SGLang, remote upstreams); else a grammar does.
     tools: bool = False
+    # It takes images in the messages (a vision model).
+    images: bool = False
+    # It continues a raw prompt (/v1/completions); a chat-only model does not.
+    completions: bool = True
+    # How many requests it works on at once (fair admission's places); None: the
+    # in-process batch (MAX_BATCH_SIZE). A role's MAX_CONCURRENCY overrides either.
+    capacity: int | None = None
+    # Its chunks carry tool calls already parsed (`Chunk.tool_calls`: an upstream's own
+    # parser); else the services parse the Hermes calls out of its text.
+    parses_tools: bool = False
+
+
+def capabilities_of(engine: object) -> Capabilities:
+    """What `engine` declares; an engine that declares nothing honours nothing extra."""
+    return engine.capabilities() if isinstance(engine, DeclaresCapabilities) else Capabilities()
 
 
 ALL_CONSTRAINTS: frozenset[ConstraintKind] = frozenset(
@@ -202,9 +224,13 @@ ALL_CONSTRAINTS: frozenset[ConstraintKind] = frozenset(
 )
 
 
-@dataclass
+@dataclass(frozen=True)
 class GenerationRequest:
-    """One generation. `prompt` (raw text, no chat template) or `messages` (chat)."""
+    """One generation. `prompt` (raw text, no chat template) or `messages` (chat).
+
+    Immutable once built (services/pipeline.py): a step that changes it makes a new one
+    (`dataclasses.replace`), so what a client's request became is what every later step,
+    and the engine, sees."""
 
     request_id: str
     sampling: SamplingParams

@@ -78,6 +78,8 @@ class FakeEngine:
             logprobs=True,
             top_logprobs=20,
             tools=True,
+            images=self.role == "avision",  # the fake stands in for each role's model
+            completions=self.role != "avision",
         )
 
     @staticmethod

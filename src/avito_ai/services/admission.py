@@ -29,6 +29,7 @@ from typing import Any
 
 from avito_ai.clients import DEFAULT_CLASS, PRIORITY_CLASSES, Client
 from avito_ai.config import Role, Settings
+from avito_ai.engines.base import capabilities_of
 from avito_ai.errors import Overloaded, RateLimited, ValidationFailed
 from avito_ai.observability import metrics
 from avito_ai.services.budgets import TokenBudgets
@@ -174,23 +175,15 @@ class Admission:
         return None
 
 
-# in-process engines batch MAX_BATCH_SIZE; in-process vision answers one at a time; remote
-# and engine-process backends batch far more (vLLM's default max_num_seqs).
-REMOTE_CAPACITY = 256
-
-
-def capacity_for(role: Role, settings: Settings) -> int:
+def capacity_for(role: Role, settings: Settings, engine: object) -> int:
+    """How many of a model's requests generate at once: the role's MAX_CONCURRENCY, else
+    what its engine declares (an upstream batches far more, an in-process vision model
+    answers one at a time), else the in-process batch (MAX_BATCH_SIZE)."""
     own = settings.role(role)
     if own.max_concurrency:
         return own.max_concurrency
-    from avito_ai.engines.registry import backend_for
-
-    backend = backend_for(role, settings.engines)  # `auto` decided
-    if backend in ("remote", "vllm", "sglang", "command"):
-        return REMOTE_CAPACITY
-    if role == "avision" and backend == "transformers":
-        return 1  # one request at a time (engines/transformers/vision.py)
-    return settings.in_process.max_batch_size  # OpenVINO (both roles), transformers text: the batch
+    declared = capabilities_of(engine).capacity
+    return settings.in_process.max_batch_size if declared is None else declared
 
 
 class Governor:
@@ -202,12 +195,12 @@ class Governor:
         per_client = settings.client_max_waiting or max(1, settings.max_queue_size // 4)
         self.admissions = {
             role: Admission(
-                capacity_for(role, settings),
+                capacity_for(role, settings, engine),
                 settings.max_queue_size,
                 per_client,
                 gauge=metrics.ADMISSION_WAITING.labels(role),
             )
-            for role in engines
+            for role, engine in engines.items()
         }
         for role in engines:
             metrics.QUEUE_CAPACITY.labels(role).set(settings.max_queue_size)

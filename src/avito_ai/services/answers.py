@@ -91,15 +91,45 @@ def _named_first(delta: Chunk | None) -> list[Chunk]:
     ]
 
 
+class _PassedCalls:
+    """The calls an engine parsed itself (an upstream's parser), gathered as they pass."""
+
+    def __init__(self) -> None:
+        self._calls: dict[int, list[str]] = {}  # call index → [id, name, arguments...]
+
+    def add(self, pieces: tuple[ToolCallPiece, ...]) -> None:
+        for piece in pieces:
+            if piece.id is not None:
+                self._calls[piece.index] = [piece.id, piece.name or "", piece.arguments]
+            elif piece.index in self._calls:
+                self._calls[piece.index].append(piece.arguments)
+
+    @property
+    def calls(self) -> list[ToolCall]:
+        """Each call whole; one sent without arguments takes none: an empty object."""
+        return [
+            ToolCall(call_id, name, "".join(arguments) or "{}")
+            for call_id, name, *arguments in (self._calls[i] for i in sorted(self._calls))
+        ]
+
+
 class AnswerCollector:
     """Gathers a stream's chunks into the Answer (text, reasoning, calls and logprobs per
-    choice); `add` also gives the delta to send on, calls parsed out of its text."""
+    choice); `add` also gives the delta to send on, calls parsed out of its text, or, from
+    an engine that parses them itself (`parses_tools`), its calls as they come."""
 
-    def __init__(self, request: GenerationRequest | None = None) -> None:
+    def __init__(
+        self, request: GenerationRequest | None = None, *, parses_tools: bool = False
+    ) -> None:
         self.logprobs = request is not None and request.sampling.logprobs
+        self.parses_tools = parses_tools
+        self._passed: dict[int, _PassedCalls] = {}
         self._tools = (
             {t.name: t for t in request.tools}
-            if request is not None and request.tools and request.tool_choice != "none"
+            if request is not None
+            and request.tools
+            and request.tool_choice != "none"
+            and not parses_tools
             else None
         )
         self._parallel = request is None or request.parallel_tool_calls
@@ -111,6 +141,8 @@ class AnswerCollector:
         self._parsers: dict[int, ToolCallParser] = {}
 
     def _parse(self, chunk: Chunk) -> Chunk:
+        if self.parses_tools and chunk.tool_calls:
+            self._passed.setdefault(chunk.index, _PassedCalls()).add(chunk.tool_calls)
         if self._tools is None:
             return chunk
         parser = self._parsers.get(chunk.index)
@@ -168,7 +200,8 @@ class AnswerCollector:
 
     def _choice(self, end: ChoiceEnd) -> ChoiceAnswer:
         parser = self._parsers.get(end.index)
-        calls = tuple(parser.calls) if parser is not None else ()
+        passed = self._passed.get(end.index)
+        calls = tuple(parser.calls if parser is not None else passed.calls if passed else ())
         finish = "tool_calls" if calls and end.finish_reason == "stop" else end.finish_reason
         return ChoiceAnswer(
             end.index,

@@ -40,9 +40,9 @@ from cachetools import LRUCache
 
 from avito_ai.engines.base import (
     ConstraintKind,
-    DeclaresCapabilities,
     Engine,
     OutputConstraint,
+    capabilities_of,
 )
 from avito_ai.engines.grammar import expand_regex_rules, matches_nothing, openvino_dialect
 from avito_ai.errors import ValidationFailed
@@ -303,7 +303,7 @@ def check_supported(engine: Engine, constraint: OutputConstraint | None, param: 
     """Refuse (400) before anything runs a constraint the engine cannot honour."""
     if constraint is None:
         return
-    kinds = engine.capabilities().constraints if isinstance(engine, DeclaresCapabilities) else ()
+    kinds = capabilities_of(engine).constraints
     if constraint.kind not in kinds:
         backend = engine.status().engine or "this"
         raise ValidationFailed(

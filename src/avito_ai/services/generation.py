@@ -25,14 +25,13 @@ from opentelemetry.trace import StatusCode
 from avito_ai.clients import ANONYMOUS, PRIORITY_CLASSES, Client
 from avito_ai.config import Settings
 from avito_ai.engines.base import (
-    Capabilities,
     Chunk,
-    DeclaresCapabilities,
     Engine,
     EngineState,
     GenerationRequest,
     Role,
     SamplingParams,
+    capabilities_of,
 )
 from avito_ai.errors import ClientDisconnected, ModelUnavailable, Timeout, ValidationFailed
 from avito_ai.observability import metrics
@@ -48,16 +47,12 @@ Disconnect = Callable[[], Awaitable[None]] | None
 LOAD_POLL_S = 0.05
 
 
-def _capabilities(engine: Engine) -> Capabilities:
-    return engine.capabilities() if isinstance(engine, DeclaresCapabilities) else Capabilities()
-
-
 def check_options(engine: Engine, sampling: SamplingParams, max_choices: int | None) -> None:
     """Refuse (400) before anything runs the options this engine cannot honour, and more
     choices than MAX_CHOICES."""
     if max_choices is not None and sampling.n > max_choices:
         raise ValidationFailed(f"n must be between 1 and {max_choices} (MAX_CHOICES)", param="n")
-    can = _capabilities(engine)
+    can = capabilities_of(engine)
     backend = engine.status().engine or "this"
     if sampling.logprobs and not can.logprobs:
         raise ValidationFailed(
@@ -121,7 +116,7 @@ class GenerationService:
         generation would otherwise run to its end."""
 
         async def collect() -> Answer:
-            collector = AnswerCollector(request)
+            collector = AnswerCollector(request, parses_tools=capabilities_of(engine).parses_tools)
             async for chunk in self._chunks(engine, request, client):
                 _, answer = collector.add(chunk)
                 if answer is not None:
@@ -152,7 +147,8 @@ class GenerationService:
         except BaseException:
             await iterator.aclose()
             raise
-        return _deltas_then_answer(first, iterator, AnswerCollector(request))
+        collector = AnswerCollector(request, parses_tools=capabilities_of(engine).parses_tools)
+        return _deltas_then_answer(first, iterator, collector)
 
     async def _chunks(
         self, engine: Engine, request: GenerationRequest, client: Client, copies: int = 1
@@ -163,7 +159,7 @@ class GenerationService:
         role = engine.role
         governor = self.governor
         check_options(engine, request.sampling, self.settings.max_choices)
-        if request.sampling.n > 1 and not _capabilities(engine).choices:
+        if request.sampling.n > 1 and not capabilities_of(engine).choices:
             # The services make the n choices: each a generation of its own (and a request
             # for fair admission and the budgets), merged by index.
             def one(engine: Engine, single: GenerationRequest, copies: int) -> AsyncIterator[Chunk]:

@@ -12,7 +12,8 @@ one order for every dialect:
    loading never costs a schema compile or an image decode;
 3. compile the output constraint (400 naming the format's field), cached per schema;
 4. check the engine can honour it (400);
-5. build the request off the event loop (it decodes images and validates the prompt);
+5. build the request off the event loop (it decodes images and validates the prompt,
+   refusing what the engine does not take: images, a raw prompt);
 6. check the tools and the tool_choice (400 naming `tools...` / `tool_choice`);
 7. apply tool_choice: a required call becomes the answer's grammar on engines that do
    not apply it themselves.
@@ -24,7 +25,14 @@ import dataclasses
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from avito_ai.engines.base import Engine, GenerationRequest, OutputConstraint, Role
+from avito_ai.engines.base import (
+    Capabilities,
+    Engine,
+    GenerationRequest,
+    OutputConstraint,
+    Role,
+    capabilities_of,
+)
 from avito_ai.services.constraints import check_supported, constraint_for
 from avito_ai.services.images import off_loop
 from avito_ai.services.models import resolve_role
@@ -61,15 +69,17 @@ async def prepare(
     model: str,
     output: OutputSpec,
     names: FieldNames,
-    build: Callable[[Role], GenerationRequest],
+    build: Callable[[Role, Capabilities], GenerationRequest],
 ) -> Prepared:
     """The request's engine and generation, checked in the order this module gives.
-    `build(role)` is blocking (images decoded, prompt validated): it runs off the loop."""
+    `build(role, capabilities)` is blocking (images decoded, prompt validated): it runs
+    off the loop, and learns from the engine's capabilities what it takes (images, a raw
+    prompt)."""
     role = resolve_role(model, state)
     engine = await state.generation.ready_engine(role)
     constraint = await constraint_for(output, names)
     check_supported(engine, constraint, names.format)
-    request = with_output(await off_loop(build, role), output, constraint)
+    request = with_output(await off_loop(build, role, capabilities_of(engine)), output, constraint)
     await check_tools(request, state.settings, names)
     request = await apply_tool_choice(engine, request, names)
     return Prepared(role, engine, request)

@@ -24,19 +24,19 @@ from __future__ import annotations
 import dataclasses
 import json
 import re
-import secrets
 from dataclasses import dataclass, field
 from typing import Any
 
 from avito_ai.config import Settings
 from avito_ai.engines.base import (
-    DeclaresCapabilities,
     Engine,
     GenerationRequest,
     OutputConstraint,
     ToolCall,
     ToolCallPiece,
     ToolSpec,
+    capabilities_of,
+    new_call_id,
 )
 from avito_ai.engines.grammar import rename_rule
 from avito_ai.engines.prompts import estimate_prompt_tokens
@@ -61,10 +61,6 @@ _HEAD = re.compile(
 # A head cut short: the name as far as it came, and its closing quote if it came.
 _NAME = re.compile(r'\s*\{\s*"name"\s*:\s*"((?:[^"\\]|\\.)*)("?)')
 _HEAD_LIMIT = 4096  # a call's head longer than this: the call is read whole, at its end
-
-
-def new_call_id() -> str:
-    return "call_" + secrets.token_hex(12)
 
 
 def _decoded(raw: str, tools: dict[str, ToolSpec]) -> tuple[str, str]:
@@ -492,8 +488,7 @@ async def apply_tool_choice(
         return request
     # The call answers: a response format sent with it (instructor's tool modes send both)
     # has no text to shape, and would contend with the call for the answer.
-    caps = engine.capabilities() if isinstance(engine, DeclaresCapabilities) else None
-    if caps is not None and caps.tools:
+    if capabilities_of(engine).tools:
         return dataclasses.replace(request, constraint=None)
     grammar = await tool_grammar(request, names)
     check_supported(engine, grammar, names.tool_choice)

@@ -26,7 +26,7 @@ from avito_ai.api.anthropic.protocol import (
     ToolUseBlockIn,
     URLSource,
 )
-from avito_ai.api.requests import check_conversation, sampling_params
+from avito_ai.api.requests import check_conversation, no_images, sampling_params
 from avito_ai.config import Settings
 from avito_ai.engines.base import (
     ChatMessage,
@@ -63,7 +63,9 @@ def _sampling(body: MessagesInput, role: Role, settings: Settings) -> SamplingPa
     return sampling_params(SamplingFields(**shared), role, settings)
 
 
-def _image(block: ImageBlockIn, field: str, role: Role, settings: Settings) -> ImagePart:
+def _image(
+    block: ImageBlockIn, field: str, role: Role, settings: Settings, images: bool
+) -> ImagePart:
     source = block.source
     if isinstance(source, URLSource):
         raise ValidationFailed(
@@ -77,10 +79,8 @@ def _image(block: ImageBlockIn, field: str, role: Role, settings: Settings) -> I
             '{"type": "base64", ...})',
             param=f"{field}.source",
         )
-    if role == "avibe":
-        raise ValidationFailed(
-            "Model avibe does not accept images; use model 'avision'", param=field
-        )
+    if not images:  # refused before it is decoded
+        raise no_images(role, field)
     data = source.data
     return ImagePart(
         decode_base64_image(
@@ -113,9 +113,10 @@ def _tool_result_text(block: ToolResultBlockIn, field: str) -> str:
 class _Conversation:
     """The wire messages as chat messages, checked block by block."""
 
-    def __init__(self, role: Role, settings: Settings) -> None:
+    def __init__(self, role: Role, settings: Settings, images: bool) -> None:
         self.role: Role = role
         self.settings = settings
+        self.images = images
         self.messages: list[ChatMessage] = []
         self.system: list[str] = []
         self.chars = 0
@@ -172,7 +173,7 @@ class _Conversation:
                 parts.append(TextPart(block.text))
                 self.chars += len(block.text)
             elif isinstance(block, ImageBlockIn):
-                parts.append(_image(block, where, self.role, self.settings))
+                parts.append(_image(block, where, self.role, self.settings, self.images))
             else:
                 kind = getattr(block, "type", "this")
                 raise ValidationFailed(
@@ -244,10 +245,16 @@ def messages_output(body: MessagesInput) -> OutputSpec:
 
 
 def messages_request(
-    body: MessagesInput, role: Role, settings: Settings, request_id: str
+    body: MessagesInput,
+    role: Role,
+    settings: Settings,
+    request_id: str,
+    *,
+    images: bool = True,
 ) -> GenerationRequest:
-    """The conversation and sampling of a Messages request (its output: `messages_output`)."""
-    conversation = _Conversation(role, settings)
+    """The conversation and sampling of a Messages request (its output: `messages_output`).
+    `images`: whether the model takes images (its engine's capabilities)."""
+    conversation = _Conversation(role, settings, images)
     conversation.system = _system(body)
     conversation.chars = sum(len(t) for t in conversation.system)
     for i, message in enumerate(body.messages):
@@ -260,7 +267,7 @@ def messages_request(
             param=f"messages.{last}.role",
         )
     messages = conversation.chat()
-    check_conversation(messages, conversation.chars, role, settings, "messages")
+    check_conversation(messages, conversation.chars, role, settings, "messages", images=images)
     return GenerationRequest(
         request_id=request_id,
         sampling=_sampling(body, role, settings),

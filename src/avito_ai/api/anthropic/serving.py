@@ -51,7 +51,9 @@ class AnthropicServing:
             body.model,
             messages_output(body),
             MESSAGES_FIELDS,
-            lambda role: messages_request(body, role, self.settings, call.request_id),
+            lambda role, can: messages_request(
+                body, role, self.settings, call.request_id, images=can.images
+            ),
         )
 
     async def messages(self, body: MessagesRequest, call: Call) -> Message | AsyncIterator[str]:

@@ -9,12 +9,13 @@ from avito_ai.api.deps import Call
 from avito_ai.api.form_fields import sampling_from_form
 from avito_ai.api.requests import (
     image_request,
+    no_images,
     question_or_default,
     response_format_output,
     text_request,
     validate_prompt,
 )
-from avito_ai.engines.base import Engine, GenerationRequest, Role
+from avito_ai.engines.base import Capabilities, Engine, GenerationRequest, Role
 from avito_ai.errors import ValidationFailed
 from avito_ai.services.answers import Answer
 from avito_ai.services.images import decode_image
@@ -47,7 +48,9 @@ class FormServing:
             "avibe",
             response_format_output(fields.response_format),
             FORM_FIELDS,
-            lambda _: text_request(values.get("prompt"), fields, self.settings, call.request_id),
+            lambda _, __: text_request(
+                values.get("prompt"), fields, self.settings, call.request_id
+            ),
         )
         return await self._complete(ready, call)
 
@@ -67,7 +70,9 @@ class FormServing:
         fields = sampling_from_form(values, [])
         settings = self.settings
 
-        def build(_: Role) -> GenerationRequest:
+        def build(role: Role, can: Capabilities) -> GenerationRequest:
+            if not can.images:
+                raise no_images(role, "image")
             # held at the model's size
             image = decode_image(
                 data, settings.max_image_size_mb, max_pixels=settings.avision_max_pixels

@@ -26,6 +26,7 @@ from avito_ai.api.native.protocol import (
 )
 from avito_ai.api.requests import (
     image_request,
+    no_images,
     question_or_default,
     response_format_output,
     text_request,
@@ -33,7 +34,7 @@ from avito_ai.api.requests import (
 )
 from avito_ai.api.sse import event
 from avito_ai.api.streaming import drive
-from avito_ai.engines.base import Chunk, Engine, GenerationRequest, Role
+from avito_ai.engines.base import Capabilities, Chunk, Engine, GenerationRequest, Role
 from avito_ai.errors import ValidationFailed
 from avito_ai.schemas.sampling import SamplingFields
 from avito_ai.services.answers import Answer
@@ -118,7 +119,7 @@ class NativeServing:
             "avibe",
             response_format_output(body.response_format),
             CHAT_FIELDS,
-            lambda _: text_request(body.prompt, body, self.settings, call.request_id),
+            lambda _, __: text_request(body.prompt, body, self.settings, call.request_id),
         )
         return await self._answer(ready.engine, ready.request, body.stream, call)
 
@@ -128,7 +129,9 @@ class NativeServing:
         await self.generation.ready_engine("avision")  # 503 before the body is read
         fields, prompt, image = await self._image_input(request)
 
-        def build(_: Role) -> GenerationRequest:
+        def build(role: Role, can: Capabilities) -> GenerationRequest:
+            if not can.images:
+                raise no_images(role, "image")
             question = question_or_default(prompt, DEFAULT_IMAGE_PROMPT)
             decoded = image()  # (at the model's size)
             text = validate_prompt(question, self.settings)

@@ -15,6 +15,7 @@ from avito_ai.api.openai.protocol import (
 from avito_ai.api.requests import (
     EMPTY_PARAMETERS,
     check_conversation,
+    no_images,
     response_format_output,
     sampling_params,
     validate_prompt,
@@ -109,18 +110,22 @@ def chat_output(body: ChatCompletionRequest) -> OutputSpec:
 
 
 def chat_request(
-    body: ChatCompletionRequest, role: Role, settings: Settings, request_id: str
+    body: ChatCompletionRequest,
+    role: Role,
+    settings: Settings,
+    request_id: str,
+    *,
+    images: bool = True,
 ) -> GenerationRequest:
-    """The conversation and sampling of a chat request (its output: `chat_output`)."""
+    """The conversation and sampling of a chat request (its output: `chat_output`).
+    `images`: whether the model takes images (its engine's capabilities)."""
     messages: list[ChatMessage] = []
     total_chars = 0
     for i, message in enumerate(body.messages):
         parts, chars = _content(message.content, i, settings)
         total_chars += chars
-        if role == "avibe" and any(isinstance(p, ImagePart) for p in parts):
-            raise ValidationFailed(
-                "Model avibe does not accept images; use model 'avision'", param="messages"
-            )
+        if not images and any(isinstance(p, ImagePart) for p in parts):
+            raise no_images(role, "messages")
         calls = tuple(
             ToolCall(c.id, c.function.name, c.function.arguments) for c in message.tool_calls or ()
         )
@@ -134,7 +139,7 @@ def chat_request(
                 tool_call_id=message.tool_call_id if message.role == "tool" else None,
             )
         )
-    check_conversation(messages, total_chars, role, settings, "messages")
+    check_conversation(messages, total_chars, role, settings, "messages", images=images)
     thinking = (
         body.enable_thinking
         or bool((body.chat_template_kwargs or {}).get("enable_thinking", False))
@@ -162,9 +167,15 @@ def tool_choice(
 
 
 def completion_request(
-    body: CompletionRequest, role: Role, settings: Settings, request_id: str
+    body: CompletionRequest,
+    role: Role,
+    settings: Settings,
+    request_id: str,
+    *,
+    completions: bool = True,
 ) -> GenerationRequest:
-    if role != "avibe":
+    """`completions`: whether the model continues a raw prompt (its engine's capabilities)."""
+    if not completions:
         # 404, as OpenAI answers a chat-only model on this endpoint.
         raise NotFound(
             f"The model '{body.model}' is not served on /v1/completions (text models only); "

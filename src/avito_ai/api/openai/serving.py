@@ -57,7 +57,9 @@ class OpenAIServing:
             body.model,
             chat_output(body),
             CHAT_FIELDS,
-            lambda role: chat_request(body, role, self.settings, call.request_id),
+            lambda role, can: chat_request(
+                body, role, self.settings, call.request_id, images=can.images
+            ),
         )
         engine, generation = ready.engine, ready.request
         if body.stream:
@@ -76,7 +78,9 @@ class OpenAIServing:
             body.model,
             response_format_output(body.response_format),
             CHAT_FIELDS,
-            lambda role: completion_request(body, role, self.settings, call.request_id),
+            lambda role, can: completion_request(
+                body, role, self.settings, call.request_id, completions=can.completions
+            ),
         )
         engine, generation = ready.engine, ready.request
         echo = (generation.prompt or "") if body.echo else ""

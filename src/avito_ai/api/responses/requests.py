@@ -178,13 +178,18 @@ def responses_output(body: ResponsesRequest) -> OutputSpec:
 
 
 def responses_request(
-    body: ResponsesRequest, role: Role, settings: Settings, request_id: str
+    body: ResponsesRequest,
+    role: Role,
+    settings: Settings,
+    request_id: str,
+    *,
+    images: bool = True,
 ) -> GenerationRequest:
     """The conversation and sampling a Responses request asks for (decodes its images: run
     it off the event loop; its output: `responses_output`). Raises ValidationFailed naming
     the field."""
     messages, chars = _messages(body, settings)
-    check_conversation(messages, chars, role, settings, "input")
+    check_conversation(messages, chars, role, settings, "input", images=images)
     effort = body.reasoning.effort if body.reasoning else None
     return GenerationRequest(
         request_id=request_id,

@@ -32,7 +32,9 @@ class ResponsesServing:
             body.model,
             responses_output(body),
             RESPONSES_FIELDS,
-            lambda role: responses_request(body, role, self.settings, call.request_id),
+            lambda role, can: responses_request(
+                body, role, self.settings, call.request_id, images=can.images
+            ),
         )
         engine, generation = ready.engine, ready.request
         frame = ResponseFrame(call.request_id, body, generation)

@@ -24,6 +24,7 @@ image's tokens from Qwen2-VL's own sizing (`smart_resize`: 28x28 pixels a token)
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 import math
 import re
@@ -32,7 +33,7 @@ from typing import TYPE_CHECKING, Any
 from PIL import Image
 
 from avito_ai.config import AvisionSettings, InProcessSettings, OpenVINOSettings
-from avito_ai.engines.base import GenerationRequest, ImagePart, Role, TextPart
+from avito_ai.engines.base import Capabilities, GenerationRequest, ImagePart, Role, TextPart
 from avito_ai.engines.images import fit_image
 from avito_ai.engines.openvino.generation import Prepared, request_config
 from avito_ai.engines.openvino.worker import PipelineEngine
@@ -138,6 +139,10 @@ class OpenVINOVisionEngine(PipelineEngine):
         # Scaling a big photo takes a while (PIL releases the GIL): not on the event loop.
         images = await asyncio.to_thread(self.images, request)
         return self._build(request, images)
+
+    def capabilities(self) -> Capabilities:
+        # The same pipeline as text, and it takes images (a chat model: no completions).
+        return dataclasses.replace(super().capabilities(), images=True, completions=False)
 
     def prepare(self, request: GenerationRequest) -> Prepared:
         """Check and scale the images, render and count the prompt, map the sampling.

@@ -171,7 +171,7 @@ class ProcessEngine:
 
     def capabilities(self) -> Capabilities:
         """Known before the engine answers: what its kind of server takes."""
-        return upstream_capabilities(self.flavour)
+        return upstream_capabilities(self.flavour, images=self.role == "avision")
 
     @property
     def flavour(self) -> Flavour:

@@ -45,12 +45,12 @@ from avito_ai.engines.base import (
 )
 from avito_ai.engines.prompts import estimate_prompt_tokens
 from avito_ai.engines.remote.events import (
-    HermesText,
     InvalidAnswer,
     UpstreamError,
     UsageBounds,
     parse_event,
-    sse_lines,
+    renamed_calls,
+    sse_data,
 )
 from avito_ai.engines.remote.upstreams import RemoteConfig, Upstream
 from avito_ai.engines.remote.wire import (
@@ -122,7 +122,7 @@ class RemoteEngine:
             await self._client.aclose()
 
     def capabilities(self) -> Capabilities:
-        return upstream_capabilities(self.flavour)
+        return upstream_capabilities(self.flavour, images=self.role == "avision")
 
     def status(self) -> EngineStatus:
         state = self._state
@@ -260,7 +260,6 @@ class RemoteEngine:
         pieces = [0] * n  # per choice: deltas, its token count when the upstream gives none
         usage: tuple[int, int] | None = None
         finishes: dict[int, FinishReason] = {}
-        calls: dict[int, HermesText] = {}  # per choice
         done = False
         upstream.outstanding += 1
         span = tracer().start_span(
@@ -287,11 +286,10 @@ class RemoteEngine:
                     if not kind.startswith("text/event-stream"):
                         kind = kind or "no content type"
                         raise InvalidAnswer(f"a 200 that is not an event stream ({kind})")
-                    async for line in sse_lines(response):
-                        if not line.startswith(b"data:"):
+                    async for data in sse_data(response):
+                        if not data:  # an event without data (a ping): nothing to read
                             continue
-                        data = line[5:].strip()
-                        if data == b"[DONE]":
+                        if data.strip() == "[DONE]":
                             # Read on to the end of the body (nothing more comes): a response
                             # left unread closes its connection instead of going back to the
                             # pool, and every request would open a new one.
@@ -302,20 +300,22 @@ class RemoteEngine:
                             raise UpstreamError(event.error)
                         usage = event.usage or usage
                         for piece in event.pieces:
-                            hermes = calls.setdefault(piece.index, HermesText())
-                            text = hermes.feed(piece.calls) + piece.text
                             if piece.finish is not None:
                                 finishes[piece.index] = piece.finish
-                                text += hermes.close()
-                            if text or piece.logprobs or piece.reasoning:
+                            if piece.text or piece.logprobs or piece.reasoning or piece.calls:
                                 first_token = first_token or time.monotonic()
                                 pieces[piece.index] += 1
                                 for index in range(piece.index, piece.index + copies):
                                     yield Chunk(
-                                        text,
+                                        piece.text,
                                         index=index,
                                         logprobs=piece.logprobs or None,
                                         reasoning=piece.reasoning,
+                                        # the upstream's parsed calls, as they are (each
+                                        # copy its own call ids)
+                                        tool_calls=piece.calls
+                                        if index == piece.index
+                                        else renamed_calls(piece.calls),
                                     )
                     if len(finishes) < n or not done:
                         missing = "a finish_reason" if len(finishes) < n else "data: [DONE]"

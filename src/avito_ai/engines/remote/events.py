@@ -7,11 +7,12 @@ from __future__ import annotations
 import json
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, cast
 
 import httpx
+from httpx_sse import EventSource
 
-from avito_ai.engines.base import FinishReason, TokenLogprob
+from avito_ai.engines.base import FinishReason, TokenLogprob, ToolCallPiece, new_call_id
 from avito_ai.engines.remote.wire import error_message
 
 
@@ -23,9 +24,8 @@ class UpstreamError(Exception):
     """The upstream reported an error inside its stream."""
 
 
-# Longest event line an upstream may send: a token's event is a few hundred bytes; one
-# line of 400 MB with no newline was buffered whole (memory 75 -> 200 MB in 10 s).
-MAX_LINE_BYTES = 1 << 20
+# Calls one answer may make (an index beyond it is not an upstream's parser at work).
+MAX_CALLS = 128
 # finish_reason values of the API reference (and vLLM's "abort"): all end the answer.
 KNOWN_FINISH: dict[str, FinishReason] = {
     "stop": "stop",
@@ -56,8 +56,9 @@ class Piece:
     finish: FinishReason | None = None
     logprobs: tuple[TokenLogprob, ...] = ()
     reasoning: str = ""
-    # Tool call deltas the upstream parsed: (call index, name on its first delta, arguments)
-    calls: tuple[tuple[int, str | None, str], ...] = ()
+    # Pieces of the tool calls the upstream's parser made: the first names the call (its
+    # id, the upstream's or a new one), the next carry its arguments.
+    calls: tuple[ToolCallPiece, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -144,7 +145,9 @@ def _logprobs(choice: dict[str, Any]) -> tuple[TokenLogprob, ...]:
     )
 
 
-def _tool_call_deltas(found: Any) -> tuple[tuple[int, str | None, str], ...]:
+def tool_call_deltas(found: Any) -> tuple[ToolCallPiece, ...]:
+    """An upstream's tool call deltas (OpenAI's stream shape): a call begins with its name
+    (and id), its arguments follow in pieces."""
     if found is None:
         return ()
     if not isinstance(found, list) or not all(isinstance(c, dict) for c in found):
@@ -153,42 +156,30 @@ def _tool_call_deltas(found: Any) -> tuple[tuple[int, str | None, str], ...]:
     for call in found:
         index = call.get("index", 0)
         function = call.get("function") or {}
-        if type(index) is not int or not isinstance(function, dict):
+        if type(index) is not int or not 0 <= index < MAX_CALLS or not isinstance(function, dict):
             raise InvalidAnswer("a tool call delta needs an index and a function object")
         name = function.get("name")
         arguments = function.get("arguments") or ""
         if (name is not None and not isinstance(name, str)) or not isinstance(arguments, str):
             raise InvalidAnswer("a tool call's name and arguments must be strings")
-        out.append((index, name, arguments))
+        call_id = call.get("id")
+        if call_id is not None and (not isinstance(call_id, str) or len(call_id) > 128):
+            raise InvalidAnswer("a tool call's id must be a string")
+        if name is None:
+            out.append(ToolCallPiece(index, None, None, arguments))
+        else:  # the call begins
+            out.append(ToolCallPiece(index, call_id or new_call_id(), name, arguments))
     return tuple(out)
 
 
-class HermesText:
-    """An upstream's parsed tool calls written back as the Hermes text the services parse
-    (services/tools.py), so calls from every engine take one path."""
-
-    def __init__(self) -> None:
-        self._open: int | None = None
-        self._arguments = False
-
-    def feed(self, calls: tuple[tuple[int, str | None, str], ...]) -> str:
-        out: list[str] = []
-        for index, name, arguments in calls:
-            if index != self._open:
-                out.append(self.close())
-                out.append('<tool_call>\n{"name": ' + json.dumps(name or "") + ', "arguments": ')
-                self._open = index
-            out.append(arguments)
-            self._arguments = self._arguments or bool(arguments)
-        return "".join(out)
-
-    def close(self) -> str:
-        if self._open is None:
-            return ""
-        self._open = None
-        text = ("" if self._arguments else "{}") + "}\n</tool_call>"
-        self._arguments = False
-        return text
+def renamed_calls(calls: tuple[ToolCallPiece, ...]) -> tuple[ToolCallPiece, ...]:
+    """The same calls under new ids (a copy of a choice makes calls of its own)."""
+    return tuple(
+        piece
+        if piece.id is None
+        else ToolCallPiece(piece.index, new_call_id(), piece.name, piece.arguments)
+        for piece in calls
+    )
 
 
 def _count(usage: dict[str, Any], name: str, bound: int) -> int:
@@ -199,13 +190,13 @@ def _count(usage: dict[str, Any], name: str, bound: int) -> int:
     return value
 
 
-def parse_event(data: bytes, bounds: UsageBounds, choices_asked: int = 1) -> Event:
+def parse_event(data: str | bytes, bounds: UsageBounds, choices_asked: int = 1) -> Event:
     """One `data:` event of a chat or text completion stream, checked against the shapes
     of the API reference. Raises InvalidAnswer."""
     try:
         event = json.loads(data)
     except ValueError:
-        shown = data[:100].decode(errors="replace")
+        shown = data[:100] if isinstance(data, str) else data[:100].decode(errors="replace")
         raise InvalidAnswer(f"an event that is not JSON: {shown}") from None
     if not isinstance(event, dict):
         raise InvalidAnswer("an event that is not a JSON object")
@@ -242,7 +233,7 @@ def parse_event(data: bytes, bounds: UsageBounds, choices_asked: int = 1) -> Eve
             if not isinstance(reason, str) or reason not in KNOWN_FINISH:
                 raise InvalidAnswer(f"unknown finish_reason {str(reason)[:40]}")
             finish = KNOWN_FINISH[reason]
-        calls = _tool_call_deltas((delta or {}).get("tool_calls"))
+        calls = tool_call_deltas((delta or {}).get("tool_calls"))
         pieces.append(Piece(index, "".join(text), finish, _logprobs(choice), reasoning, calls))
     usage = event.get("usage")
     counts: tuple[int, int] | None = None
@@ -256,19 +247,35 @@ def parse_event(data: bytes, bounds: UsageBounds, choices_asked: int = 1) -> Eve
     return Event(tuple(pieces), counts)
 
 
-async def sse_lines(response: httpx.Response) -> AsyncIterator[bytes]:
-    """The lines of an event stream, as bytes: httpx's aiter_lines decodes every chunk to
-    text and splits it again, a cost paid per token on every stream. A line longer than
-    MAX_LINE_BYTES is an invalid answer, not a reason to buffer without end."""
-    pending = b""
-    async for data in response.aiter_bytes():
-        lines = (pending + data).split(b"\n")
-        pending = lines.pop()
-        if len(pending) > MAX_LINE_BYTES:
-            raise InvalidAnswer(f"a line longer than {MAX_LINE_BYTES} bytes")
-        for line in lines:
-            if len(line) > MAX_LINE_BYTES:
-                raise InvalidAnswer(f"a line longer than {MAX_LINE_BYTES} bytes")
-            yield line.rstrip(b"\r")
-    if pending:
-        yield pending.rstrip(b"\r")
+# Longest line an upstream may send, in characters: a token's event is a few hundred; one
+# line of 400 MB with no newline was buffered whole (memory 75 -> 200 MB in 10 s).
+MAX_LINE_CHARS = 1 << 20
+
+
+class _BoundedText:
+    """The response as httpx-sse reads it (its headers, its text), refusing a line longer
+    than MAX_LINE_CHARS instead of buffering it without end (httpx-sse buffers a line
+    until it ends). httpx-sse reads only these two of a response."""
+
+    def __init__(self, response: httpx.Response) -> None:
+        self.headers = response.headers
+        self._response = response
+
+    async def aiter_text(self) -> AsyncIterator[str]:
+        line = 0  # characters since the last line break
+        async for text in self._response.aiter_text():
+            end = max(text.rfind("\n"), text.rfind("\r"))
+            line = len(text) - end - 1 if end >= 0 else line + len(text)
+            if line > MAX_LINE_CHARS:
+                raise InvalidAnswer(f"a line longer than {MAX_LINE_CHARS} characters")
+            yield text
+        # The stream's end ends its last event too: an upstream whose body stops without
+        # the blank line after it (the spec would drop that event) is read as before.
+        yield "\n\n"
+
+
+async def sse_data(response: httpx.Response) -> AsyncIterator[str]:
+    """The `data` of each event of an upstream's stream (httpx-sse parses the stream)."""
+    source = EventSource(cast(httpx.Response, _BoundedText(response)))
+    async for sse in source.aiter_sse():
+        yield sse.data

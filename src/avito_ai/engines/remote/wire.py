@@ -47,15 +47,26 @@ CONSTRAINTS_OF: dict[Flavour, frozenset[ConstraintKind]] = {
 }
 
 
-def upstream_capabilities(flavour: Flavour) -> Capabilities:
+# Requests an upstream works on at once: such servers batch far more than an in-process
+# engine (vLLM's default max_num_seqs).
+UPSTREAM_CAPACITY = 256
+
+
+def upstream_capabilities(flavour: Flavour, *, images: bool) -> Capabilities:
     """What an OpenAI-compatible server of this kind honours: n > 1 travels as n (one
-    prefill makes the choices), tools and tool_choice pass through to its parsers."""
+    prefill makes the choices), tools and tool_choice pass through to its parsers, whose
+    parsed calls come back as they are (events.py). `images`: it serves a vision model
+    (a chat model: no raw-prompt completions)."""
     return Capabilities(
         constraints=CONSTRAINTS_OF[flavour],
         logprobs=True,
         top_logprobs=20,
         choices=True,
         tools=True,
+        images=images,
+        completions=not images,
+        capacity=UPSTREAM_CAPACITY,
+        parses_tools=True,
     )
 
 
@@ -183,11 +194,12 @@ def error_kind(error: str | None) -> str:
     return error.split(":", 1)[0]
 
 
-def error_message(response_body: bytes) -> str:
+def error_message(response_body: str | bytes) -> str:
     try:
         data = json.loads(response_body)
     except ValueError:
-        return response_body[:300].decode(errors="replace")
+        head = response_body[:300]
+        return head if isinstance(head, str) else head.decode(errors="replace")
     error = data.get("error", data) if isinstance(data, dict) else data
     if isinstance(error, dict):
         return str(error.get("message") or error)

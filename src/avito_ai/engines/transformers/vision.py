@@ -173,7 +173,15 @@ class TransformersVisionEngine(InProcessEngine):
     # ---------------------------------------------------------------- generation (loop side)
 
     def capabilities(self) -> Capabilities:
-        return Capabilities(constraints=ALL_CONSTRAINTS, logprobs=True, top_logprobs=20)
+        # One request at a time; a chat model of images (no raw-prompt completions).
+        return Capabilities(
+            constraints=ALL_CONSTRAINTS,
+            logprobs=True,
+            top_logprobs=20,
+            images=True,
+            completions=False,
+            capacity=1,
+        )
 
     async def generate(self, request: GenerationRequest) -> AsyncIterator[Chunk]:
         self._ensure_ready()
