@@ -8,9 +8,11 @@ from pathlib import Path
 from fastapi import FastAPI
 from fastapi.middleware.cors import CORSMiddleware
 from fastapi.staticfiles import StaticFiles
+from pydantic import BaseModel
 
 from avito_ai import __version__
 from avito_ai.api.anthropic import router as anthropic
+from avito_ai.api.batches import router as batch_api
 from avito_ai.api.errors import (
     install_error_handlers,
     scope_error_response,
@@ -20,10 +22,14 @@ from avito_ai.api.forms import page as form_page
 from avito_ai.api.forms import router as forms
 from avito_ai.api.native import router as native
 from avito_ai.api.openai import router as openai
+from avito_ai.api.openai.protocol import ChatCompletionRequest, CompletionRequest
 from avito_ai.api.openapi import install_openapi
 from avito_ai.api.probes import ProbeFastPath
 from avito_ai.api.responses import router as responses
+from avito_ai.api.responses.protocol import ResponsesRequest
 from avito_ai.api.routes import docs, health, metrics
+from avito_ai.batches import lifecycle as batches
+from avito_ai.batches.settings import BatchSettings, load_batch_settings
 from avito_ai.config import Settings
 from avito_ai.engines.base import Engine, Role
 from avito_ai.engines.registry import build_engines
@@ -53,15 +59,18 @@ Errors answer `{"error": code, "message": ..., "request_id": ...}`.
 STATIC_DIR = Path(__file__).resolve().parent / "web" / "static"
 
 
-def body_limits(settings: Settings) -> Callable[[str], int]:
+def body_limits(settings: Settings, file_limit: int = 0) -> Callable[[str], int]:
     """Bytes a request body may have on a path (paths.py says which carry images): JSON
     1 MB (MAX_BODY_SIZE_MB), image routes room for one MAX_IMAGE_SIZE_MB image as base64
-    plus the other fields."""
+    plus the other fields, a Batch API upload BATCH_MAX_FILE_BYTES plus its form."""
     json_limit = int(settings.max_body_size_mb * 1024 * 1024)
     upload_limit = int(settings.max_image_size_mb * 1024 * 1024 * 4 / 3) + json_limit
 
     def limit_for(path: str) -> int:
-        return json_limit if policy(path).body == "json" else upload_limit
+        body = policy(path).body
+        if body == "file":
+            return file_limit + 64 * 1024
+        return json_limit if body == "json" else upload_limit
 
     return limit_for
 
@@ -73,8 +82,21 @@ def text_limits(settings: Settings) -> Callable[[str], int | None]:
     return lambda path: json_limit if policy(path).body == "json_or_upload" else None
 
 
-def create_app(settings: Settings, engines: dict[Role, Engine] | None = None) -> FastAPI:
+# Each Batch API endpoint's online request model: a batch's lines are validated with them.
+BATCH_MODELS: dict[str, type[BaseModel]] = {
+    "/v1/chat/completions": ChatCompletionRequest,
+    "/v1/completions": CompletionRequest,
+    "/v1/responses": ResponsesRequest,
+}
+
+
+def create_app(
+    settings: Settings,
+    engines: dict[Role, Engine] | None = None,
+    batch_settings: BatchSettings | None = None,
+) -> FastAPI:
     state = ServiceState(settings=settings, engines=engines or build_engines(settings.engines))
+    batch_settings = batch_settings or load_batch_settings()
     app = FastAPI(
         title="Avito AI API",
         version=__version__,
@@ -94,6 +116,8 @@ def create_app(settings: Settings, engines: dict[Role, Engine] | None = None) ->
     app.include_router(responses.router)
     app.include_router(anthropic.router)
     app.include_router(forms.router)
+    app.include_router(batch_api.router)
+    batches.install(app, batch_settings, models=BATCH_MODELS, policies=settings.api_key_policies())
     app.include_router(docs.router)
     app.mount("/static", StaticFiles(directory=STATIC_DIR), name="static")
 
@@ -107,7 +131,7 @@ def create_app(settings: Settings, engines: dict[Role, Engine] | None = None) ->
     app.add_middleware(HeadAsGetMiddleware)
     app.add_middleware(
         BodyLimitMiddleware,
-        limit_for=body_limits(settings),
+        limit_for=body_limits(settings, batch_settings.max_file_bytes),
         text_limit_for=text_limits(settings),
         read_timeout=settings.body_read_timeout,
     )

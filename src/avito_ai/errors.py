@@ -97,6 +97,18 @@ class Timeout(AvitoError):
     code = "timeout"
 
 
+class Conflict(AvitoError):
+    """The object is not in a state that allows this (cancelling a finished batch)."""
+
+    code = "conflict"
+
+
+class BatchStoreUnavailable(ModelUnavailable):
+    """The Batch API's database is unreachable (online generation is unaffected)."""
+
+    code = "batch_store_unavailable"
+
+
 class ShuttingDown(ModelUnavailable):
     pass
 

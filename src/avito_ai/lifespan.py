@@ -12,6 +12,7 @@ from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
 
+from avito_ai.batches import lifecycle as batches
 from avito_ai.observability import tracing
 from avito_ai.observability.system import prime_cpu_percent
 from avito_ai.services.state import ServiceState
@@ -25,9 +26,11 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     prime_cpu_percent()
     tracing.start()  # in this process (each gunicorn worker: after the fork)
     await state.start_engines()
+    await batches.start(app)  # the Batch API's runner (avito_ai/batches/)
     logger.info("Avito AI API started; models are loading in the background")
     try:
         yield
     finally:
+        await batches.stop(app)
         await state.stop_engines()
         tracing.stop()

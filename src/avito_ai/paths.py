@@ -18,7 +18,8 @@ When = Literal["always", "writes", "never"]
 Dialect = Literal["native", "openai", "anthropic", "page"]
 # json: MAX_BODY_SIZE_MB; upload: room for one MAX_IMAGE_SIZE_MB image as base64 besides;
 # json_or_upload: the upload cap for a body that carries an image, the JSON cap for text.
-Body = Literal["json", "upload", "json_or_upload"]
+# file: a Batch API upload (BATCH_MAX_FILE_BYTES).
+Body = Literal["json", "upload", "json_or_upload", "file"]
 READS = ("GET", "HEAD")
 
 
@@ -37,6 +38,8 @@ FORM = PathPolicy(key="writes", dialect="page")
 NATIVE_API = PathPolicy(key="always")
 OPENAI_API = PathPolicy(key="always", dialect="openai")
 ANTHROPIC_API = PathPolicy(key="always", dialect="anthropic", body="json_or_upload")
+# The Batch API: uploads and creating or cancelling a batch count; polling is free.
+BATCH_API = PathPolicy(key="always", limited="writes", dialect="openai")
 
 EXACT: dict[str, PathPolicy] = {
     # Probes must never fail because of a limit. (GET /api/health is a status page too,
@@ -62,12 +65,16 @@ EXACT: dict[str, PathPolicy] = {
     "/v1/responses": PathPolicy(key="always", dialect="openai", body="json_or_upload"),
     "/v1/messages": ANTHROPIC_API,
     "/v1/messages/count_tokens": ANTHROPIC_API,
+    "/v1/files": PathPolicy(key="always", limited="writes", dialect="openai", body="file"),
+    "/v1/batches": BATCH_API,
 }
 PREFIXES: dict[str, PathPolicy] = {
     "/static/": FREE,
     "/docs/": FREE,
     "/api/v1/": NATIVE_API,
     "/v1/": OPENAI_API,
+    "/v1/files/": BATCH_API,
+    "/v1/batches/": BATCH_API,
 }
 _BY_LENGTH = sorted(PREFIXES.items(), key=lambda item: -len(item[0]))
 

@@ -86,13 +86,19 @@ KINDS: dict[str, ErrorKind] = {
             "not_found", 404,
             "not_found_error", "not_found_error", None,
             "Не найдено",
-            "no such model",
+            "no such model, file or batch (another key's included)",
         ),
         ErrorKind(
             "method_not_allowed", 405,
             "invalid_request_error", "invalid_request_error", None,
             "Метод не поддерживается",
             "the path does not take this method",
+        ),
+        ErrorKind(
+            "conflict", 409,
+            "invalid_request_error", "invalid_request_error", None,
+            "Действие недоступно",
+            "the object's state does not allow it (cancelling a finished batch)",
         ),
         ErrorKind(
             "request_timeout", 408,
@@ -141,6 +147,12 @@ KINDS: dict[str, ErrorKind] = {
             "service_unavailable_error", "overloaded_error", "overload",
             "Сервер перегружен",
             "the queue is full, with Retry-After",
+        ),
+        ErrorKind(
+            "batch_store_unavailable", 503,
+            "service_unavailable_error", "api_error", None,
+            "Пакетная обработка недоступна",
+            "the batches' database is unreachable (BATCH_DATABASE_URL); generation is not",
         ),
         ErrorKind(
             "rate_limit_unavailable", 503,

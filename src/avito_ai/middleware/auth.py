@@ -23,6 +23,17 @@ from avito_ai.paths import app_path, needs_key
 
 ErrorResponder = Callable[[Scope, AvitoError], Response]
 
+# A request the service makes to itself (a batch line, avito_ai/batches/runner.py) carries
+# its client here, in the scope's state: only code inside the process can put an object
+# there (no header can), and such a request is its owner's, in the owner's budgets.
+IN_PROCESS_CLIENT = "in_process_client"
+
+
+def in_process(scope: Scope) -> bool:
+    """A request the service made to itself (not counted in the per-request rate limits:
+    its batch was, once; its tokens count in the owner's budgets)."""
+    return (scope.get("state") or {}).get(IN_PROCESS_CLIENT) is not None
+
 
 def address_id(scope: Scope, ipv6_prefix: int = 64) -> str:
     """A client without a key is its address; an IPv6 address by its network prefix (/64
@@ -91,6 +102,11 @@ class ClientMiddleware:
             await self.app(scope, receive, send)
             return
         state = scope.setdefault("state", {})
+        preset = state.get(IN_PROCESS_CLIENT)
+        if isinstance(preset, Client):
+            state["client"] = preset
+            await self.app(scope, receive, send)
+            return
         key = presented_key(scope) if self._keys else None
         policy = self._match(key) if key is not None else None
         if policy is not None and key is not None:

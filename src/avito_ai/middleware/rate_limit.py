@@ -24,7 +24,7 @@ from starlette.responses import Response
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from avito_ai.errors import AvitoError, RateLimited, RateLimitUnavailable
-from avito_ai.middleware.auth import address_id, client_of
+from avito_ai.middleware.auth import address_id, client_of, in_process
 from avito_ai.observability.logging import Throttled
 from avito_ai.observability.metrics import RATE_LIMIT_STORAGE_ERRORS
 from avito_ai.paths import app_path, is_limited
@@ -67,7 +67,7 @@ class RateLimitMiddleware:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        if not is_limited(app_path(scope), scope["method"]):
+        if not is_limited(app_path(scope), scope["method"]) or in_process(scope):
             await self.app(scope, receive, send)
             return
         client = client_of(scope)

@@ -96,3 +96,20 @@ BUDGET_REFUSALS = Counter(
     "Generations refused because the client's token budget for a window was spent",
     ["client", "window"],
 )
+
+# --- Batch API (avito_ai/batches/runner.py)
+BATCH_LINES = Counter(
+    "avito_batch_lines_total", "Batch lines finished, by outcome (done, failed)", ["outcome"]
+)
+BATCH_LINES_RUNNING = Gauge(
+    "avito_batch_lines_running", "Batch lines running now", multiprocess_mode="livesum"
+)
+BATCH_LINES_WAITING = Gauge(
+    "avito_batch_lines_waiting",
+    "Lines of unfinished batches not yet run (the whole database, as one process last read it)",
+    multiprocess_mode="livemax",
+)
+BATCH_STORE_ERRORS = Counter(
+    "avito_batch_store_errors_total",
+    "Batch database operations that failed (database away: batches pause, online traffic goes on)",
+)

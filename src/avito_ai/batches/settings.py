@@ -1,0 +1,70 @@
+"""The Batch API's settings (BATCH_*), a class of their own beside the service's."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Any
+
+from pydantic import Field, ValidationError
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+MB = 1024 * 1024
+
+
+def default_database_url() -> str:
+    """An SQLite file beside the model cache: nothing to start, kept across restarts."""
+    return f"sqlite:///{Path.home() / '.cache' / 'avito-ai' / 'batches.sqlite3'}"
+
+
+class BatchSettings(BaseSettings):
+    """Names are the environment variable names (BATCH_DATABASE_URL, ...)."""
+
+    model_config = SettingsConfigDict(
+        env_prefix="BATCH_",
+        env_file=".env",
+        env_file_encoding="utf-8",
+        case_sensitive=False,
+        extra="ignore",
+        env_ignore_empty=True,
+    )
+
+    # The batches' database: sqlite:///path (the default; one machine) or
+    # postgresql://user:password@host/db (several replicas share the work).
+    database_url: str = Field(default_factory=default_database_url)
+    # An uploaded file: bytes, lines, bytes of one line (OpenAI: 200 MB, 50,000 lines).
+    max_file_bytes: Annotated[int, Field(gt=0)] = 200 * MB
+    max_lines: Annotated[int, Field(gt=0)] = 50_000
+    max_line_bytes: Annotated[int, Field(gt=0)] = 16 * MB
+    # Lines this process runs at once (each replica, each gunicorn worker: its own); they
+    # wait in fair admission's lowest class behind every interactive request.
+    lines_in_flight: Annotated[int, Field(gt=0)] = 4
+    # A claimed line belongs to its process this long, renewed while it runs; a process
+    # that died loses its lines to the others after it.
+    lease_seconds: Annotated[float, Field(ge=2)] = 30.0
+    # Files (uploads and outputs) and finished batches are deleted this long after creation.
+    retention_hours: Annotated[float, Field(gt=0)] = 30 * 24.0
+    # Off: no /v1/files and /v1/batches runner in this process (the routes answer 503).
+    enabled: bool = True
+
+    def public_view(self) -> dict[str, Any]:
+        """KEY=value for `avito-ai config`, the database password masked."""
+        from sqlalchemy.engine import make_url
+
+        view: dict[str, Any] = {}
+        for name in type(self).model_fields:
+            value = getattr(self, name)
+            if name == "database_url":
+                value = make_url(value).render_as_string(hide_password=True)
+            view[f"BATCH_{name.upper()}"] = value
+        return view
+
+
+def load_batch_settings(**overrides: Any) -> BatchSettings:
+    """From the environment and .env; ConfigError (one line) on a bad value."""
+    from avito_ai.config import ConfigError, format_validation_error
+
+    try:
+        return BatchSettings(**overrides)
+    except ValidationError as exc:
+        message = format_validation_error(exc)
+        raise ConfigError(message.replace(": ", ": BATCH_", 1)) from None
