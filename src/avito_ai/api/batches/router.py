@@ -8,6 +8,7 @@ from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, File, Form, Query, Request, UploadFile
 from fastapi.responses import StreamingResponse
+from starlette.exceptions import HTTPException
 
 from avito_ai.api.batches.protocol import (
     Batch,
@@ -43,7 +44,7 @@ async def create_file(
     request: Request,
     client: ClientDep,
     file: Annotated[UploadFile, File()],
-    purpose: Annotated[str, Form()],
+    purpose: Annotated[str, Form(min_length=1)],
 ) -> dict[str, Any]:
     return await service(request).upload(client, file.file, file.filename or "", purpose)
 
@@ -141,3 +142,25 @@ async def get_batch(request: Request, client: ClientDep, batch_id: str) -> dict[
 )
 async def cancel_batch(request: Request, client: ClientDep, batch_id: str) -> dict[str, Any]:
     return await service(request).cancel(client, batch_id)
+
+
+# A path with two methods is two routes; a 405 names both in Allow (Starlette's would name
+# the first route's only), so other methods meet this route, undocumented.
+OTHER_METHODS = ("DELETE", "OPTIONS", "PATCH", "POST", "PUT", "TRACE")
+ALLOWED = {"/files": "GET, POST", "/files/{file_id}": "DELETE, GET", "/batches": "GET, POST"}
+
+
+def _refuse(allow: str) -> Any:
+    async def refuse() -> None:
+        raise HTTPException(405, headers={"Allow": allow})
+
+    return refuse
+
+
+for _path, _allow in ALLOWED.items():
+    router.add_api_route(
+        _path,
+        _refuse(_allow),
+        methods=[m for m in OTHER_METHODS if m not in _allow],
+        include_in_schema=False,
+    )
