@@ -13,7 +13,7 @@ PIP := $(BIN)/pip install --disable-pip-version-check -q
 
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
-.PHONY: serve test install install-transformers vllm-env sglang-env engine-envs lint typecheck unit screenshots redis-server nginx chromium bench clean
+.PHONY: serve test install install-transformers vllm-env sglang-env engine-envs lint typecheck unit screenshots redis-server postgresql nginx chromium bench clean
 .PHONY: prometheus lint-deploy export-avision bench-scale
 
 $(BIN)/python:
@@ -115,6 +115,12 @@ redis-server:
 	@command -v redis-server >/dev/null || \
 		($(SUDO) apt-get update -qq && $(SUDO) apt-get install -y -qq redis-server)
 
+# The Batch API's replica tests run a real PostgreSQL (Debian's; started as an ordinary
+# user in a temporary folder by tests/postgres.py, stopped afterwards).
+postgresql:
+	@command -v initdb >/dev/null || ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || \
+		($(SUDO) apt-get update -qq && $(SUDO) apt-get install -y -qq postgresql)
+
 nginx:
 	@command -v nginx >/dev/null || [ -x /usr/sbin/nginx ] || \
 		($(SUDO) apt-get update -qq && $(SUDO) apt-get install -y -qq nginx-light || \
@@ -136,7 +142,7 @@ chromium:
 # servers stay in one process. 2 by default (the cores CI has); TEST_WORKERS=0 runs it in
 # this process alone.
 TEST_WORKERS ?= 2
-test: $(TEST_STAMP) lint typecheck redis-server nginx chromium prometheus
+test: $(TEST_STAMP) lint typecheck redis-server postgresql nginx chromium prometheus
 	$(BIN)/pytest -q -n $(TEST_WORKERS) --dist loadfile
 
 unit: $(TEST_STAMP)

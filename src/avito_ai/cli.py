@@ -34,7 +34,52 @@ def _parser() -> argparse.ArgumentParser:
         help="run each engine command line through the installed engine's own parser "
         "(vLLM, SGLang: in their environments; exit 1 if one is refused)",
     )
+    batch = sub.add_parser(
+        "batch",
+        help="run a JSONL file of requests on a running service's Batch API, write the output",
+    )
+    batch.add_argument("file", help="the input: one request a line (OpenAI's batch format)")
+    batch.add_argument("-o", "--output", required=True, help="where the output lines go")
+    batch.add_argument(
+        "--endpoint",
+        help="/v1/chat/completions, /v1/completions or /v1/responses (default: the first "
+        "line's url)",
+    )
+    batch.add_argument("--url", help="the service (default: AVITO_AI_URL or http://127.0.0.1:PORT)")
+    batch.add_argument("--api-key", help="an API key (default: AVITO_AI_API_KEY)")
     return parser
+
+
+def _batch(args: argparse.Namespace) -> None:
+    """`avito-ai batch`: the Batch API from the command line (avito_ai/batches/client.py)."""
+    import os
+    from pathlib import Path
+
+    import httpx
+
+    from avito_ai.batches.client import BatchCommandError, run
+
+    port = os.environ.get("PORT", "8085")
+    url = args.url or os.environ.get("AVITO_AI_URL") or f"http://127.0.0.1:{port}"
+    try:
+        status = run(
+            Path(args.file),
+            Path(args.output),
+            url=url,
+            api_key=args.api_key or os.environ.get("AVITO_AI_API_KEY"),
+            endpoint=args.endpoint,
+        )
+    except KeyboardInterrupt:
+        print(
+            "\navito-ai: interrupted; the batch goes on in the service: run the same command "
+            "again to reattach to it",
+            file=sys.stderr,
+        )
+        raise SystemExit(130) from None
+    except (BatchCommandError, OSError, httpx.HTTPError) as exc:
+        print(f"avito-ai: {exc}", file=sys.stderr)
+        raise SystemExit(1) from None
+    raise SystemExit(status)
 
 
 def checked_settings(*, serving: bool = True, **overrides: object) -> Settings:
@@ -88,6 +133,8 @@ def _engine_lines(settings: Settings, check: bool) -> dict[str, dict[str, Any]]:
 def main(argv: Sequence[str] | None = None) -> None:
     args = _parser().parse_args(argv)
     command = args.command or "serve"
+    if command == "batch":
+        _batch(args)
     if command == "config" and args.example:
         from avito_ai.config.example import env_example
 

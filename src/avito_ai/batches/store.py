@@ -473,6 +473,7 @@ class BatchStore:
                     prompt_tokens=prompt_tokens,
                     completion_tokens=completion_tokens,
                     finished_at=time.time(),
+                    finished_by=me,
                     lease_owner=None,
                     lease_until=None,
                 )

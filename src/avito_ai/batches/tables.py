@@ -92,5 +92,6 @@ lines = Table(
     Column("prompt_tokens", Integer, nullable=False, default=0),
     Column("completion_tokens", Integer, nullable=False, default=0),
     Column("finished_at", Float),
+    Column("finished_by", String(128)),  # the process that wrote its result
     Index("ix_batch_lines_status", "status", "not_before"),
 )

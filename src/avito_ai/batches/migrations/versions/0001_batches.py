@@ -83,6 +83,7 @@ def upgrade() -> None:
         sa.Column("prompt_tokens", sa.Integer, nullable=False, server_default="0"),
         sa.Column("completion_tokens", sa.Integer, nullable=False, server_default="0"),
         sa.Column("finished_at", sa.Float),
+        sa.Column("finished_by", sa.String(128)),
     )
     op.create_index("ix_batch_lines_status", "batch_lines", ["status", "not_before"])
 
