@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import shutil
 import subprocess
+import tempfile
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -25,6 +26,11 @@ from tests.waiting import wait_until
 # Tests never talk to a model hub (server processes they start inherit this too).
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+# Nor do they share the user's Batch API database (~/.cache/avito-ai/batches.sqlite3): this
+# session's apps and servers keep their batches in a file of its own, unless a test names one.
+os.environ.setdefault(
+    "BATCH_DATABASE_URL", f"sqlite:///{tempfile.mkdtemp(prefix='avito-batches-')}/batches.sqlite3"
+)
 
 
 # `make test` runs the suite on two workers (pytest-xdist, --dist loadfile: a file to a

@@ -177,13 +177,16 @@ def dashboard_totals() -> dict[str, Any]:
     requests, errors by status: HTTP requests to the application (probes, scrapes and static
     files left out); latency, ttft: generation end-to-end and time-to-first-token histograms
     as cumulative bucket counts by upper bound; tokens: generated tokens; running, waiting:
-    generations now; cancelled: generations that ended because the client went away."""
+    generations now; cancelled: generations that ended because the client went away;
+    batch: Batch API lines waiting and running now, done and failed so far (lines/s from
+    their differences)."""
     requests = 0.0
     tokens = 0.0
     cancelled = 0.0
     running = 0.0
     waiting = 0.0
     errors: dict[str, float] = {}
+    batch = {"waiting": 0.0, "running": 0.0, "done": 0.0, "failed": 0.0}
     buckets: dict[str, dict[str, float]] = {"latency": {}, "ttft": {}}
     for metric in collect():
         for sample in metric.samples:
@@ -207,6 +210,12 @@ def dashboard_totals() -> dict[str, Any]:
                 running += value
             elif name == "avito_requests_waiting":
                 waiting += value
+            elif name == "avito_batch_lines_total" and labels.get("outcome") in batch:
+                batch[labels["outcome"]] += value
+            elif name == "avito_batch_lines_running":
+                batch["running"] += value
+            elif name == "avito_batch_lines_waiting":  # the database's figure: the latest read
+                batch["waiting"] = max(batch["waiting"], value)
     return {
         "requests": int(requests),
         "errors": {status: int(count) for status, count in sorted(errors.items())},
@@ -216,6 +225,7 @@ def dashboard_totals() -> dict[str, Any]:
         "cancelled": int(cancelled),
         "running": int(running),
         "waiting": int(waiting),
+        "batch": {name: int(value) for name, value in batch.items()},
     }
 
 

@@ -84,6 +84,12 @@
         push("ttft", "p95", quantile(0.95, now.ttft, previous.ttft));
         push("queue", "выполняются", now.running);
         push("queue", "ждут", now.waiting);
+        if (now.batch) {
+          push("batch", "ждут", now.batch.waiting);
+          push("batch", "выполняются", now.batch.running);
+          push("batchrate", "готово/с", rate(now.batch.done, (previous.batch || now.batch).done));
+          push("batchrate", "ошибок/с", rate(now.batch.failed, (previous.batch || now.batch).failed));
+        }
         if (Object.keys(now.errors).length && series.errors) delete series.errors["ошибок нет"];
         const codes = new Set(Object.keys(now.errors).concat(Object.keys(series.errors || {})));
         for (const code of codes) {
@@ -95,7 +101,7 @@
           push("gpu", "загрузка, %", now.gpu.utilization_percent);
           push("gpu", "память, GB", now.gpu.memory_used_gb);
         }
-        for (const name of ["rps", "latency", "ttft", "tps", "queue", "errors", "gpu"]) draw(name);
+        for (const name of ["rps", "latency", "ttft", "tps", "queue", "batch", "batchrate", "errors", "gpu"]) draw(name);
       }
     }
     previous = now;
