@@ -50,6 +50,16 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _batch_view() -> dict[str, Any]:
+    from avito_ai.batches.settings import load_batch_settings
+
+    try:
+        return load_batch_settings().public_view()
+    except ConfigError as exc:
+        print(f"avito-ai: {exc}", file=sys.stderr)
+        raise SystemExit(2) from None
+
+
 def _batch(args: argparse.Namespace) -> None:
     """`avito-ai batch`: the Batch API from the command line (avito_ai/batches/client.py)."""
     import os
@@ -143,6 +153,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     if command == "config":
         settings = settings_or_exit(serving=False)
         view = settings.public_view()
+        view.update(_batch_view())  # the Batch API's own class (avito_ai/batches/settings.py)
         engines = _engine_lines(settings, check=args.check_engines)
         if args.json:
             view["ENGINE_COMMAND_LINES"] = engines
