@@ -3,6 +3,7 @@ dialect wrote each part of it (`FieldNames`): what services/pipeline.py prepares
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -44,3 +45,20 @@ class FieldNames:
 
 
 CHAT_FIELDS = FieldNames()
+
+
+def with_tools(
+    output: OutputSpec,
+    tools: tuple[ToolSpec, ...],
+    choice: tuple[ToolChoice, str | None],
+    parallel: bool,
+) -> OutputSpec:
+    """`output` with the tools a client offered and its choice among them (`choice`: ours,
+    and the function it names)."""
+    return dataclasses.replace(
+        output,
+        tools=tools,
+        tool_choice=choice[0],
+        forced_tool=choice[1],
+        parallel_tool_calls=parallel,
+    )

@@ -43,7 +43,7 @@ from avito_ai.engines.base import (
 from avito_ai.errors import ValidationFailed
 from avito_ai.schemas.sampling import SamplingBase, SamplingFields
 from avito_ai.services.images import decode_base64_image
-from avito_ai.services.output import FieldNames, OutputSpec
+from avito_ai.services.output import FieldNames, OutputSpec, with_tools
 
 ERROR_PREFIX = "Error: "  # a tool_result with is_error: true, as the model reads it
 
@@ -232,16 +232,9 @@ def messages_output(body: MessagesInput) -> OutputSpec:
     its tools and tool_choice."""
     tools = tuple(ToolSpec(t.name, t.input_schema or {}, t.description) for t in body.tools or ())
     choice, forced, parallel = tool_choice(body.tool_choice, bool(tools))
-    output = body.output_config.format if body.output_config else None
-    return OutputSpec(
-        format="text" if output is None else "json_schema",
-        schema=None if output is None else output.schema_,
-        name="output",
-        tools=tools,
-        tool_choice=choice,
-        forced_tool=forced,
-        parallel_tool_calls=parallel,
-    )
+    form = body.output_config.format if body.output_config else None
+    output = OutputSpec() if form is None else OutputSpec("json_schema", form.schema_, "output")
+    return with_tools(output, tools, (choice, forced), parallel)
 
 
 def messages_request(

@@ -6,7 +6,7 @@ from __future__ import annotations
 import time
 from abc import ABC, abstractmethod
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, ClassVar
 
 from pydantic import BaseModel
 
@@ -165,6 +165,10 @@ class OpenAIChunks(ABC):
     creation time in every chunk; choices (n > 1) interleave, each chunk naming its
     `index`; the usage chunk when asked for; an error body, then `data: [DONE]`."""
 
+    CHUNK: ClassVar[type[BaseModel]]  # the chunk's class, its `object`, chat or text ids
+    OBJECT: ClassVar[str]
+    CHAT: ClassVar[bool]
+
     def __init__(
         self,
         request_id: str,
@@ -214,8 +218,15 @@ class OpenAIChunks(ABC):
     @abstractmethod
     def delta_chunk(self, chunk: Chunk) -> BaseModel: ...
 
-    @abstractmethod
-    def _chunk(self, choices: list[Any], **extra: Any) -> BaseModel: ...
+    def _chunk(self, choices: list[Any], **extra: Any) -> BaseModel:
+        return self.CHUNK.model_construct(
+            id=completion_id(self.request_id, chat=self.CHAT),
+            object=self.OBJECT,
+            created=self.created,
+            model=self.model,
+            choices=choices,
+            **extra,
+        )
 
     @abstractmethod
     def _finish(self, index: int, reason: str) -> BaseModel: ...
@@ -225,15 +236,7 @@ class ChatChunks(OpenAIChunks):
     """`chat.completion.chunk`s: each choice opens with the assistant role, then deltas of
     thinking, content and tool calls, then its finish_reason."""
 
-    def _chunk(self, choices: list[Any], **extra: Any) -> ChatCompletionChunk:
-        return ChatCompletionChunk.model_construct(
-            id=completion_id(self.request_id, chat=True),
-            object="chat.completion.chunk",
-            created=self.created,
-            model=self.model,
-            choices=choices,
-            **extra,
-        )
+    CHUNK, OBJECT, CHAT = ChatCompletionChunk, "chat.completion.chunk", True
 
     def opening_chunks(self) -> list[BaseModel]:
         opening = DeltaMessage.model_construct(role="assistant", content="")
@@ -244,7 +247,7 @@ class ChatChunks(OpenAIChunks):
             for i in range(self.n)
         ]
 
-    def delta_chunk(self, chunk: Chunk) -> ChatCompletionChunk:
+    def delta_chunk(self, chunk: Chunk) -> BaseModel:
         delta: dict[str, Any] = {}
         if chunk.reasoning:
             delta["reasoning_content"] = delta["reasoning"] = chunk.reasoning
@@ -274,17 +277,9 @@ class TextChunks(OpenAIChunks):
         super().__init__(request_id, model, **options)
         self._offsets: dict[int, int] = {}
 
-    def _chunk(self, choices: list[Any], **extra: Any) -> CompletionChunk:
-        return CompletionChunk.model_construct(
-            id=completion_id(self.request_id, chat=False),
-            object="text_completion",
-            created=self.created,
-            model=self.model,
-            choices=choices,
-            **extra,
-        )
+    CHUNK, OBJECT, CHAT = CompletionChunk, "text_completion", False
 
-    def delta_chunk(self, chunk: Chunk) -> CompletionChunk:
+    def delta_chunk(self, chunk: Chunk) -> BaseModel:
         wire = None
         if self.logprobs:
             tokens = chunk.logprobs or ()

@@ -36,7 +36,7 @@ from avito_ai.engines.base import (
 from avito_ai.errors import NotFound, ValidationFailed
 from avito_ai.schemas.sampling import SamplingBase, SamplingFields
 from avito_ai.services.images import decode_base64_image, is_data_uri
-from avito_ai.services.output import OutputSpec
+from avito_ai.services.output import OutputSpec, with_tools
 
 
 def _sampling(body: OpenAISampling, role: Role, settings: Settings) -> SamplingParams:
@@ -99,14 +99,9 @@ def chat_output(body: ChatCompletionRequest) -> OutputSpec:
         )
         for t in body.tools or ()
     )
-    choice, forced = tool_choice(body.tool_choice, bool(tools))
-    return dataclasses.replace(
-        response_format_output(body.response_format),
-        tools=tools,
-        tool_choice=choice,
-        forced_tool=forced,
-        parallel_tool_calls=body.parallel_tool_calls is not False,
-    )
+    choice = tool_choice(body.tool_choice, bool(tools))
+    output = response_format_output(body.response_format)
+    return with_tools(output, tools, choice, body.parallel_tool_calls is not False)
 
 
 def chat_request(

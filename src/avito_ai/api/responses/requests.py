@@ -5,7 +5,6 @@ reasoning effort the thinking switch."""
 
 from __future__ import annotations
 
-import dataclasses
 import time
 
 from avito_ai.api.requests import EMPTY_PARAMETERS, check_conversation, sampling_params
@@ -38,7 +37,7 @@ from avito_ai.engines.base import (
 from avito_ai.errors import ValidationFailed
 from avito_ai.schemas.sampling import SamplingBase, SamplingFields
 from avito_ai.services.images import decode_base64_image, is_data_uri
-from avito_ai.services.output import FieldNames, OutputSpec
+from avito_ai.services.output import FieldNames, OutputSpec, with_tools
 
 LOGPROBS = "message.output_text.logprobs"
 # Where a Responses client writes what it asks of the answer (its tools are flat).
@@ -155,7 +154,6 @@ def responses_output(body: ResponsesRequest) -> OutputSpec:
         for t in body.tools or ()
         if isinstance(t, ResponseFunctionTool)
     )
-    choice, forced = tool_choice(body, bool(tools))
     form = body.text.format if body.text else None
     output = OutputSpec()
     if isinstance(form, FormatJSONObject):
@@ -168,13 +166,8 @@ def responses_output(body: ResponsesRequest) -> OutputSpec:
             strict=bool(form.strict),
             description=form.description,
         )
-    return dataclasses.replace(
-        output,
-        tools=tools,
-        tool_choice=choice,
-        forced_tool=forced,
-        parallel_tool_calls=body.parallel_tool_calls is not False,
-    )
+    choice = tool_choice(body, bool(tools))
+    return with_tools(output, tools, choice, body.parallel_tool_calls is not False)
 
 
 def responses_request(
