@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
@@ -55,3 +56,13 @@ def open_tab(browser: Any, base: str, path: str = "/", **context: Any) -> Tab:
     page.on("pageerror", lambda e: tab.errors.append(str(e)))
     page.goto(base + path)
     return tab
+
+
+def wait_in_page(tab: Tab, expression: str, timeout: float = 30.0) -> None:
+    """Poll a JavaScript expression until it is truthy. (Playwright's wait_for_function
+    evaluates its predicate with eval inside the page, which the page's CSP refuses.) The
+    pause between polls is Playwright's own, so the page's events keep being served."""
+    deadline = time.monotonic() + timeout
+    while not tab.page.evaluate(expression):
+        assert time.monotonic() < deadline, f"not true within {timeout} s: {expression}"
+        tab.page.wait_for_timeout(50)

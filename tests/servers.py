@@ -155,3 +155,27 @@ def wait_logged(path: Path, *needles: str, timeout: float = 20) -> str:
         return text if all(needle in text for needle in needles) else None
 
     return wait_until(logged, timeout, f"{needles} in {path}")
+
+
+def metric(srv: ServerProcess, name: str, **labels: str) -> float:
+    """The sum of the server's /metrics samples called `name` whose labels include
+    `labels` (0.0 when there is none yet)."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    text = httpx.get(srv.url + "/metrics", timeout=5).text
+    return sum(
+        sample.value
+        for family in text_string_to_metric_families(text)
+        for sample in family.samples
+        if sample.name == name and labels.items() <= sample.labels.items()
+    )
+
+
+def exited(pid: int) -> bool:
+    """Whether process `pid` has exited (a zombie not yet reaped has)."""
+    import psutil
+
+    try:
+        return not psutil.pid_exists(pid) or psutil.Process(pid).status() == psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return True

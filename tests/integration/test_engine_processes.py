@@ -20,7 +20,15 @@ import httpx
 import psutil
 import pytest
 
-from tests.servers import ServerProcess, dev_server, gunicorn_server, openai_client, wait_workers
+from tests.servers import (
+    ServerProcess,
+    dev_server,
+    exited,
+    gunicorn_server,
+    openai_client,
+    wait_workers,
+)
+from tests.waiting import wait_until
 
 pytestmark = pytest.mark.integration
 
@@ -57,25 +65,23 @@ def engine_pid(srv: ServerProcess) -> int | None:
 def wait_ready(srv: ServerProcess, timeout: float = 90) -> list[str]:
     """Readiness until 200; the engine states it reported meanwhile."""
     seen: list[str] = []
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
+
+    def ready() -> bool:
         r = httpx.get(srv.url + "/api/health/ready")
         if r.status_code == 200:
-            return seen
+            return True
         reason = r.json()["models"]["avibe"]["reason"] or ""
         if not seen or seen[-1] != reason:
             seen.append(reason)
-        time.sleep(0.1)
-    raise AssertionError(f"not ready in {timeout} s; saw {seen}\n{srv.output()[-3000:]}")
+        return False
+
+    wait_until(ready, timeout, lambda: f"ready; saw {seen}\n{srv.output()[-3000:]}")
+    return seen
 
 
 def gone(pid: int, within: float = 15) -> bool:
-    deadline = time.monotonic() + within
-    while time.monotonic() < deadline:
-        if not psutil.pid_exists(pid) or psutil.Process(pid).status() == psutil.STATUS_ZOMBIE:
-            return True
-        time.sleep(0.1)
-    return False
+    """True once process `pid` has exited; an AssertionError if it lives on past `within`."""
+    return wait_until(lambda: exited(pid), within, f"process {pid} exited")
 
 
 def stand_ins(port: int) -> list[psutil.Process]:
@@ -140,16 +146,16 @@ def test_a_killed_engine_is_restarted_and_requests_fail_fast_meanwhile(dev: Serv
     os.kill(old, signal.SIGKILL)
     refusals: list[httpx.Response] = []
     took: list[float] = []
-    deadline = time.monotonic() + 90
-    while time.monotonic() < deadline:
+
+    def back_after_refusals() -> bool:
         started = time.monotonic()
         r = httpx.post(dev.url + "/v1/chat/completions", json={**CHAT, "max_tokens": 4}, timeout=30)
         took.append(time.monotonic() - started)
-        if r.status_code == 200 and refusals:
-            break
         if r.status_code == 503:
             refusals.append(r)
-        time.sleep(0.2)
+        return r.status_code == 200 and bool(refusals)
+
+    wait_until(back_after_refusals, 90, "refusals, then the engine back", interval=0.2)
     assert refusals, "the engine came back before any request saw it down"
     assert all(r.json()["error"]["code"] == "model_unavailable" for r in refusals)
     assert all(int(r.headers["retry-after"]) >= 1 for r in refusals)
@@ -177,9 +183,7 @@ def test_sigterm_drains_the_service_first_then_stops_the_engine(dev: ServerProce
 
     reader = threading.Thread(target=stream)
     reader.start()
-    deadline = time.monotonic() + 30
-    while not chunks and time.monotonic() < deadline:
-        time.sleep(0.02)
+    wait_until(lambda: chunks, 30, "the stream's first chunk", interval=0.02)
     dev.signal(signal.SIGTERM)
     reader.join(60)
     assert finish == ["length"], (finish, len(chunks))  # the stream in flight completed
@@ -262,10 +266,7 @@ def test_an_engine_deaf_to_sigterm_is_killed_after_the_stop_timeout(
     )
     supervisor = EngineSupervisor("avibe", settings, tmp_path)
     supervisor.start()
-    deadline = time.monotonic() + 20
-    while supervisor.state.state != "ready" and time.monotonic() < deadline:
-        time.sleep(0.05)
-    assert supervisor.state.state == "ready"
+    wait_until(lambda: supervisor.state.state == "ready", 20, "the engine ready")
     pid = supervisor.state.pid
     assert pid is not None
     started = time.monotonic()
@@ -288,10 +289,7 @@ def test_an_engine_that_cannot_start_reads_as_crashed_not_loading(tmp_path: Path
     supervisor = EngineSupervisor("avibe", settings, tmp_path)
     supervisor.start()
     try:
-        deadline = time.monotonic() + 5
-        while supervisor.state.state != "crashed" and time.monotonic() < deadline:
-            time.sleep(0.02)
-        assert supervisor.state.state == "crashed"
+        wait_until(lambda: supervisor.state.state == "crashed", 5, "crashed", interval=0.02)
         assert "could not start" in str(supervisor.state.reason)
     finally:
         supervisor.stop()
@@ -365,10 +363,12 @@ def test_a_frozen_engine_is_killed_and_restarted_and_its_stream_ends_cleanly(
         assert "error" in events[-1], events[-1]
         assert events[-1]["error"]["code"] == "timeout"
         assert took < 15, took  # UPSTREAM_READ_TIMEOUT, far from REQUEST_TIMEOUT
-        deadline = time.monotonic() + 60
-        while engine_pid(srv) in (frozen, None):
-            assert time.monotonic() < deadline, srv.output()[-3000:]
-            time.sleep(0.2)
+        wait_until(
+            lambda: engine_pid(srv) not in (frozen, None),
+            60,
+            lambda: f"a new engine\n{srv.output()[-3000:]}",
+            interval=0.2,
+        )
         assert gone(frozen)
         wait_ready(srv)
         answer = openai_client(srv).chat.completions.create(**CHAT, max_tokens=3)

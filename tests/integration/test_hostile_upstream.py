@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import json
 import sys
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -16,6 +15,7 @@ import psutil
 import pytest
 
 from tests.servers import ROOT, ServerProcess, dev_server, free_port, serving
+from tests.waiting import wait_until
 
 pytestmark = pytest.mark.integration
 
@@ -65,10 +65,9 @@ def front(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
 
 
 def ask(front: ServerProcess, case: str, stream: bool = False) -> httpx.Response:
-    deadline = time.monotonic() + 10
-    while httpx.get(front.url + "/api/health/ready").status_code != 200:  # (not ejected)
-        assert time.monotonic() < deadline
-        time.sleep(0.05)
+    wait_until(  # (not ejected)
+        lambda: httpx.get(front.url + "/api/health/ready").status_code == 200, 10, "ready"
+    )
     return httpx.post(
         front.url + "/v1/chat/completions",
         json={"model": "avibe", "messages": [{"role": "user", "content": case}], "stream": stream},

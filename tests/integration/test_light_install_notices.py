@@ -8,16 +8,15 @@ has read the models' states (Chromium)."""
 from __future__ import annotations
 
 import re
-import time
 from collections.abc import Iterator
 from typing import Any
 
 import httpx
 import pytest
 
-from tests.browser import browser, open_tab
-from tests.integration.test_web_console import wait_until
+from tests.browser import browser, open_tab, wait_in_page
 from tests.servers import ServerProcess, dev_server
+from tests.waiting import wait_until
 
 pytestmark = pytest.mark.integration
 __all__ = ["browser"]  # the fixture, imported
@@ -51,13 +50,16 @@ def light(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
     srv = dev_server(env, folder / "server.log")
     try:
         srv.wait_live()  # (ready or not is the first test's question)
-        deadline = time.monotonic() + 30
-        while (
-            httpx.get(srv.url + "/api/health/models", timeout=5).json()["models"]["avibe"]["state"]
-            == "loading"
-            and time.monotonic() < deadline
-        ):
-            time.sleep(0.1)
+        wait_until(
+            lambda: (
+                httpx.get(srv.url + "/api/health/models", timeout=5).json()["models"]["avibe"][
+                    "state"
+                ]
+                != "loading"
+            ),
+            30,
+            "the model's load over",
+        )
         yield srv
     finally:
         srv.stop()
@@ -90,7 +92,7 @@ def test_the_full_installs_notice_stays_russian_after_the_script_runs(
     assert "Hugging Face" in notice and not LATIN_WORDS.search(notice)
     tab = open_tab(browser, embedded_server.url)
     badge = "document.querySelector('.model[data-role=avision]').textContent"
-    wait_until(tab, f"{badge}.includes('не настроена')")  # the script has read the states
+    wait_in_page(tab, f"{badge}.includes('не настроена')")  # the script has read the states
     shown = tab.page.locator("#avision-notice")
     assert shown.is_visible() and shown.inner_text() == notice
     assert tab.errors == [], tab.errors

@@ -24,8 +24,9 @@ from typing import Any
 import httpx
 import pytest
 
-from tests.browser import Tab, browser, open_tab
+from tests.browser import browser, open_tab, wait_in_page
 from tests.servers import ROOT, ServerProcess, dev_server, free_port, gunicorn_server, serving
+from tests.waiting import wait_until
 
 pytestmark = pytest.mark.integration
 __all__ = ["browser"]  # the fixture, imported
@@ -82,15 +83,12 @@ class Nginx:
         )
 
     def wait_up(self) -> None:
-        deadline = time.monotonic() + 20
-        while time.monotonic() < deadline:
+        def listening() -> bool:
             assert self.proc.poll() is None, (self.folder / "stderr.log").read_text()
-            try:
-                with socket.create_connection(("127.0.0.1", self.port), timeout=1):
-                    return
-            except OSError:
-                time.sleep(0.1)
-        raise AssertionError("nginx did not start")
+            with socket.create_connection(("127.0.0.1", self.port), timeout=1):
+                return True
+
+        wait_until(listening, 20, "nginx listening", ignoring=(OSError,))
 
     def stop(self) -> None:
         self.proc.terminate()
@@ -282,27 +280,18 @@ def test_under_a_prefix_the_pages_assets_and_api_calls_stay_under_it(prefixed: N
     assert httpx.get(prefixed.url + "/static/app.js", timeout=10).status_code == 404
 
 
-def wait_until(tab: Tab, expression: str, timeout: float = 30.0) -> None:
-    """Poll a JavaScript expression until it is truthy (the page's CSP refuses the eval
-    Playwright's wait_for_function would use)."""
-    deadline = time.monotonic() + timeout
-    while not tab.page.evaluate(expression):
-        assert time.monotonic() < deadline, f"not true within {timeout} s: {expression}"
-        tab.page.wait_for_timeout(50)
-
-
 def test_the_console_under_a_prefix_in_a_browser(browser: Any, prefixed: Nginx) -> None:
     """Every request the pages make outside the prefix is blocked and recorded."""
     base = prefixed.url + PREFIX
     tab = open_tab(browser, base, "/")
     page = tab.page
     # The badges polled from the page's script (server-rendered they read "ready").
-    wait_until(
+    wait_in_page(
         tab, "document.querySelector('.model[data-role=avibe]').textContent.includes('готова')"
     )
     page.fill("#prompt", "привет из-под префикса")
     page.click("#avibe-send")
-    wait_until(
+    wait_in_page(
         tab,
         "document.querySelector('.message.assistant .meta:not(:empty)') !== null"
         " || document.getElementById('avibe-status').classList.contains('error')",
@@ -312,7 +301,7 @@ def test_the_console_under_a_prefix_in_a_browser(browser: Any, prefixed: Nginx) 
     assert "привет из-под префикса" in answer, answer
 
     dashboard = open_tab(browser, base, "/dashboard")
-    wait_until(
+    wait_in_page(
         dashboard, "document.getElementById('dash-status').textContent.startsWith('Обновлено')"
     )
     for opened in (tab, dashboard):

@@ -18,7 +18,8 @@ import pytest
 
 from tests.conftest import EMBEDDED_OPEN
 from tests.ggufs import truncated, unsupported_architecture
-from tests.servers import ServerProcess, dev_server, openai_client, serving
+from tests.servers import ServerProcess, dev_server, metric, openai_client, serving
+from tests.waiting import wait_until
 
 pytestmark = pytest.mark.integration
 
@@ -173,10 +174,7 @@ def test_a_client_that_leaves_stops_its_generation(server: ServerProcess) -> Non
         lines = response.iter_lines()
         next(line for line in lines if line.startswith("data:"))
         assert running(server) == 1
-    deadline = time.monotonic() + 10
-    while running(server) and time.monotonic() < deadline:
-        time.sleep(0.1)
-    assert running(server) == 0
+    wait_until(lambda: running(server) == 0, 10, "the abandoned generation stopped")
     assert "Paris" in generate(server, prompt=FRANCE, temperature=0)["data"]["text"]
 
 
@@ -214,7 +212,15 @@ def test_a_full_queue_answers_503_at_once(one_slot: ServerProcess) -> None:
                 )
             )
             queued.start()
-            time.sleep(0.5)  # it waits in the queue
+            wait_until(  # it waits in the queue
+                lambda: (
+                    metric(one_slot, "avito_admission_waiting")
+                    + metric(one_slot, "avito_requests_waiting")
+                    == 1
+                ),
+                30,
+                "the second request queued",
+            )
             began = time.monotonic()
             third = http.post(one_slot.url + "/api/v1/text/generate", json={"prompt": "hi"})
             assert time.monotonic() - began < 1.0
@@ -275,13 +281,13 @@ def test_a_bad_model_fails_with_a_reason_and_the_service_stays_up(
     }[kind]()
     srv = start(tmp_path, kind, AVIBE_MODEL=str(path))
     try:
-        deadline = time.monotonic() + 60
-        while True:
-            ready = httpx.get(srv.url + "/api/health/ready", timeout=10)
-            state = ready.json()["models"]["avibe"]["state"]
-            if state != "loading" or time.monotonic() > deadline:
-                break
-            time.sleep(0.2)
+
+        def settled() -> httpx.Response | None:
+            r = httpx.get(srv.url + "/api/health/ready", timeout=10)
+            return None if r.json()["models"]["avibe"]["state"] == "loading" else r
+
+        ready = wait_until(settled, 60, "the model's load over")
+        state = ready.json()["models"]["avibe"]["state"]
         assert ready.status_code == 503 and state == "failed"
         reason = ready.json()["models"]["avibe"]["reason"]
         assert str(path.name) in reason

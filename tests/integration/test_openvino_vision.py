@@ -42,6 +42,7 @@ from tests.conftest import isolated_settings
 from tests.images import encoded
 from tests.servers import ServerProcess, dev_server, openai_client, serving
 from tests.tiny_vision_ir import TINY_VISION_IR, truncated, with_thinking_template
+from tests.waiting import wait_until, wait_until_async
 
 pytestmark = pytest.mark.integration
 
@@ -155,12 +156,7 @@ async def test_closing_the_stream_frees_its_place_within_a_step(
     await anext(stream)
     assert engine.active_count == 1
     await stream.aclose()
-    end = time.monotonic() + 5
-    while time.monotonic() < end:
-        if not engine.active_count:
-            break
-        await asyncio.sleep(0.01)
-    assert engine.active_count == 0
+    await wait_until_async(lambda: engine.active_count == 0, 5, "its place free")
 
 
 async def test_a_deadline_ends_the_request(engine: OpenVINOVisionEngine) -> None:
@@ -325,10 +321,7 @@ def test_concurrent_image_requests_run_together_and_a_client_can_leave(
         finally:
             for s in streams:
                 s.__exit__(None, None, None)
-    end = time.monotonic() + 10
-    while running(server) and time.monotonic() < end:
-        time.sleep(0.1)
-    assert running(server) == 0
+    wait_until(lambda: running(server) == 0, 10, "the closed streams stopped")
     assert analyze(server, max_tokens=2)["data"]["generated_tokens"] == 2
 
 
@@ -390,12 +383,13 @@ def test_a_broken_ir_fails_a_vision_and_a_vibe_keeps_serving(tmp_path: Path) -> 
     srv = dev_server(env, tmp_path / "broken.log")
     try:
         srv.wait_live(60)
-        end = time.monotonic() + 60
-        while time.monotonic() < end:
-            ready = httpx.get(srv.url + "/api/health/ready", timeout=10).json()["models"]
-            if ready["avision"]["state"] != "loading" and ready["avibe"]["state"] == "ready":
-                break
-            time.sleep(0.2)
+
+        def settled() -> dict[str, Any] | None:
+            models = httpx.get(srv.url + "/api/health/ready", timeout=10).json()["models"]
+            vision_loaded = models["avision"]["state"] != "loading"
+            return models if vision_loaded and models["avibe"]["state"] == "ready" else None
+
+        ready = wait_until(settled, 60, "A-Vision's load over, A-Vibe ready")
         avision = ready["avision"]
         assert avision["state"] == "failed" and "broken-avision" in avision["reason"]
         assert "export" in avision["reason"]

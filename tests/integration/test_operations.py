@@ -6,13 +6,13 @@ from __future__ import annotations
 import re
 import signal
 import threading
-import time
 from collections.abc import Iterator
 
 import httpx
 import pytest
 
-from tests.servers import ServerProcess, gunicorn_server, wait_workers
+from tests.servers import ServerProcess, exited, gunicorn_server, wait_workers
+from tests.waiting import wait_until
 
 pytestmark = pytest.mark.integration
 
@@ -121,14 +121,19 @@ def test_sigterm_during_a_stream_lets_it_finish_and_exits_0(tmp_path) -> None:
         lines: list[str] = []
         done = threading.Event()
         threading.Thread(target=stream_lines, args=(srv.url, lines, done), daemon=True).start()
-        deadline = time.monotonic() + 10
-        while not any(line.startswith("event: delta") for line in lines):
-            assert time.monotonic() < deadline
-            time.sleep(0.05)
+        wait_until(
+            lambda: any(line.startswith("event: delta") for line in lines), 10, "a first delta"
+        )
         srv.signal(signal.SIGTERM)
-        time.sleep(0.5)
-        with pytest.raises(httpx.ConnectError):  # new connections are refused while draining
-            httpx.get(srv.url + "/api/health/live", timeout=2)
+
+        def refused() -> bool:
+            try:
+                httpx.get(srv.url + "/api/health/live", timeout=2)
+            except httpx.ConnectError:
+                return True
+            return False
+
+        wait_until(refused, 10, "new connections refused while draining")
         assert done.wait(30)
         assert "event: done" in lines, lines
         final = lines[lines.index("event: done") + 1]
@@ -161,15 +166,21 @@ def test_hup_reload_fails_no_request(tmp_path) -> None:
         threads = [threading.Thread(target=load) for _ in range(12)]
         for t in threads:
             t.start()
+        current, retired = before, set()
         for _ in range(2):  # before the fix, two reloads under this load dropped a request
-            time.sleep(1.0)
+            answered = len(results)
+            wait_until(lambda n=answered: len(results) >= n + 24, 30, "requests under load")
             srv.signal(signal.SIGHUP)
-            deadline = time.monotonic() + 30
-            while len(worker_pids(srv) - before) < 2:
-                assert time.monotonic() < deadline, srv.output()
-                time.sleep(0.1)
+            wait_until(
+                lambda old=before: len(worker_pids(srv) - old) >= 2,
+                30,
+                lambda: f"two new workers\n{srv.output()}",
+            )
+            retired |= current
+            current = worker_pids(srv) - before
             before = worker_pids(srv)
-        time.sleep(1.5)  # keep the load on while the old workers drain
+        # Keep the load on while the old workers drain, until they have all exited.
+        wait_until(lambda: all(exited(int(pid)) for pid in retired), 60, "old workers exited")
         stop.set()
         for t in threads:
             t.join(30)

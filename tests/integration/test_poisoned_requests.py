@@ -30,6 +30,7 @@ from avito_ai.engines.base import EngineState, GenerationRequest, SamplingParams
 from avito_ai.errors import ModelUnavailable
 from tests.conftest import isolated_settings
 from tests.servers import ServerProcess
+from tests.waiting import wait_until
 
 pytestmark = pytest.mark.integration
 
@@ -192,9 +193,7 @@ def test_a_grammar_that_would_freeze_the_process_is_refused_while_it_lives(
     assert worst < 2.0
     assert _ready(embedded_server) == "ready"
     # The other client's stream was not touched.
-    deadline = time.monotonic() + 300
-    while stream_beside["finish"] is None and time.monotonic() < deadline:
-        time.sleep(0.1)  # polling the stream's own state, with a deadline
+    wait_until(lambda: stream_beside["finish"] is not None, 300, "the stream beside finished")
     assert stream_beside["finish"] == "length"
 
 

@@ -12,7 +12,6 @@ import re
 import shutil
 import signal
 import subprocess
-import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,6 +22,7 @@ import pytest
 import yaml
 
 from tests.servers import ROOT, ServerProcess, free_port, gunicorn_server
+from tests.waiting import wait_until
 
 pytestmark = pytest.mark.integration
 
@@ -89,14 +89,7 @@ def prometheus_config(target: str, tmp: Path) -> Path:
 
 def eventually(check: Callable[[], Any], what: str, timeout: float = 30.0) -> Any:
     """check()'s first truthy answer, polled until `timeout`."""
-    deadline = time.monotonic() + timeout
-    while True:
-        answer = check()
-        if answer:
-            return answer
-        if time.monotonic() > deadline:
-            raise AssertionError(f"{what}: not within {timeout} s (last: {answer!r})")
-        time.sleep(0.25)
+    return wait_until(check, timeout, what, interval=0.25)
 
 
 @pytest.fixture(scope="module")

@@ -21,6 +21,7 @@ import openai
 import pytest
 
 from tests.servers import ROOT, ServerProcess, dev_server, free_port
+from tests.waiting import wait_until
 
 pytestmark = pytest.mark.integration
 
@@ -64,15 +65,16 @@ def start_upstream(
         "--host", "127.0.0.1", "--port", str(port), "--model_alias", "smollm2",
     ]  # fmt: skip
     srv = ServerProcess(cmd, {}, log, port)
-    deadline = time.monotonic() + 120
-    while time.monotonic() < deadline:
-        try:
-            if httpx.get(srv.url + "/v1/models", timeout=1).status_code == 200:
-                break
-        except httpx.HTTPError:
-            time.sleep(0.2)
-    else:
-        raise RuntimeError(srv.output())
+    try:
+        wait_until(
+            lambda: httpx.get(srv.url + "/v1/models", timeout=1).status_code == 200,
+            120,
+            "llama-cpp-python's server up",
+            interval=0.2,
+            ignoring=(httpx.HTTPError,),
+        )
+    except AssertionError:
+        raise RuntimeError(srv.output()) from None
     # The upstream itself must answer before our front can be judged in front of it.
     # (Seen here: llama-cpp-python 0.3.36 built on this machine segfaults, exit 139, on
     # its second plain completion, with no request from this service involved.)
@@ -228,10 +230,7 @@ def test_client_disconnect_reaches_the_upstream(fleet: Fleet) -> None:
             deltas += line.startswith("event: delta")
             if deltas >= 3:
                 break  # leaving the block closes the connection
-    deadline = time.monotonic() + 15
-    while cancelled_total(fleet.upstreams) <= before:
-        assert time.monotonic() < deadline, "the upstream never saw the cancel"
-        time.sleep(0.2)
+    wait_until(lambda: cancelled_total(fleet.upstreams) > before, 15, "the upstream saw the cancel")
 
 
 def test_a_killed_upstream_costs_no_request_without_tokens(fleet: Fleet) -> None:
@@ -250,19 +249,21 @@ def test_a_killed_upstream_costs_no_request_without_tokens(fleet: Fleet) -> None
 def test_readiness_follows_upstream_health(fleet: Fleet) -> None:
     fleet.upstreams[1].proc.send_signal(signal.SIGKILL)
     fleet.upstreams[1].proc.wait(10)
-    deadline = time.monotonic() + 10
-    while httpx.get(fleet.front.url + "/api/health/ready").status_code != 503:
-        assert time.monotonic() < deadline
-        time.sleep(0.2)
+    wait_until(
+        lambda: httpx.get(fleet.front.url + "/api/health/ready").status_code == 503,
+        10,
+        "not ready without upstreams",
+    )
     body = httpx.get(fleet.front.url + "/api/health/ready").json()
     assert any("no upstream answers" in p for p in body["problems"])
     r = generate(fleet.front.url)
     assert r.status_code == 503 and r.json()["error"] == "model_unavailable"
     fleet.restart(0)
-    deadline = time.monotonic() + 10
-    while httpx.get(fleet.front.url + "/api/health/ready").status_code != 200:
-        assert time.monotonic() < deadline
-        time.sleep(0.2)
+    wait_until(
+        lambda: httpx.get(fleet.front.url + "/api/health/ready").status_code == 200,
+        10,
+        "ready with an upstream back",
+    )
     assert generate(fleet.front.url).status_code == 200
 
 

@@ -13,6 +13,7 @@ import httpx
 import pytest
 
 from tests.servers import ServerProcess, dev_server, gunicorn_server, serving
+from tests.waiting import wait_until
 
 pytestmark = pytest.mark.integration
 
@@ -73,7 +74,7 @@ def test_a_kept_alive_connection_that_trickles_its_next_head_is_cut_off(
     assert b"200 OK" in sock.recv(4096)
     for _ in range(3):  # a byte every half second keeps uvicorn's keep-alive timer off
         sock.sendall(b"G")
-        time.sleep(0.5)
+        time.sleep(0.5)  # the behaviour under test: a client trickling its head
     assert closed_within(sock, 8)
     sock.close()
 
@@ -82,7 +83,7 @@ def test_a_slow_but_honest_client_is_served(server: ServerProcess) -> None:
     sock = connect(server)
     for part in (b"GET /api/health/live HTTP/1.1\r\n", b"Host: x\r\n", b"\r\n"):
         sock.sendall(part)
-        time.sleep(0.2)
+        time.sleep(0.2)  # the behaviour under test: a slow client
     sock.settimeout(5)
     assert b"200 OK" in sock.recv(4096)
     sock.close()
@@ -91,14 +92,24 @@ def test_a_slow_but_honest_client_is_served(server: ServerProcess) -> None:
 def test_past_max_connections_new_requests_get_503(server: ServerProcess) -> None:
     held = [connect(server) for _ in range(16)]
     try:
-        time.sleep(0.3)
-        r = httpx.get(server.url + "/api/health/live", timeout=5)
+        # Once the server has taken the 16 connections in, a 17th request is refused.
+        r = wait_until(
+            lambda: (
+                (r := httpx.get(server.url + "/api/health/live", timeout=5)).status_code == 503
+                and r
+            ),
+            10,
+            "a request past the connections held refused",
+        )
         assert r.status_code == 503
     finally:
         for sock in held:
             sock.close()
-    time.sleep(0.3)
-    assert httpx.get(server.url + "/api/health/live", timeout=5).status_code == 200
+    wait_until(
+        lambda: httpx.get(server.url + "/api/health/live", timeout=5).status_code == 200,
+        10,
+        "served again once they are closed",
+    )
 
 
 def test_gunicorn_workers_cut_off_slow_heads_too(tmp_path) -> None:
@@ -128,7 +139,7 @@ def test_a_client_refused_mid_upload_can_finish_sending_and_read_the_answer(
     while time.monotonic() - began < 4 and sent < size:  # 4 s > HEADER_READ_TIMEOUT (2 s)
         sock.sendall(chunk)
         sent += len(chunk)
-        time.sleep(0.1)
+        time.sleep(0.1)  # the behaviour under test: a slow upload past HEADER_READ_TIMEOUT
     sock.settimeout(5)
     assert b" 413 " in sock.recv(65536).split(b"\r\n", 1)[0]
     sock.close()

@@ -16,7 +16,8 @@ import openai
 import pytest
 from pydantic import BaseModel, Field
 
-from tests.servers import ServerProcess, openai_client
+from tests.servers import ServerProcess, metric, openai_client
+from tests.waiting import wait_until
 
 pytestmark = pytest.mark.integration
 
@@ -167,15 +168,35 @@ def test_a_client_gone_while_its_schema_compiles_costs_nothing(server: ServerPro
             "response_format": {"type": "json_schema", "json_schema": {"name": "b", "schema": big}},
         }
     ).encode()
+    wait_until(
+        lambda: (
+            metric(server, "avito_requests_running") + metric(server, "avito_requests_waiting") == 0
+        ),
+        30,
+        "no generation left from earlier tests",
+    )
+    route = {"method": "POST", "route": "/api/v1/text/generate"}
+    gone_before = metric(server, "avito_http_requests_total", status="499", **route)
+    tokens_before = metric(server, "avito_generation_tokens_total", model="avibe")
     with socket.create_connection(("127.0.0.1", server.port)) as sock:
         sock.sendall(
             b"POST /api/v1/text/generate HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
             b"Content-Length: %d\r\n\r\n%s" % (len(body), body)
         )
-    time.sleep(1.0)
+    # The server is done with it once it counts it as the client's leaving (499): the
+    # schema compiled first (seconds; its first compile imports the compiler too).
+    wait_until(
+        lambda: (
+            metric(server, "avito_http_requests_total", status="499", **route) == gone_before + 1
+        ),
+        120,
+        "the gone client's request counted as 499",
+    )
     assert httpx.get(server.url + "/api/health/ready").status_code == 200
-    metrics = httpx.get(server.url + "/metrics").text
-    assert 'avito_requests_running{model="avibe"} 0.0' in metrics
+    assert metric(server, "avito_requests_running", model="avibe") == 0
+    assert metric(server, "avito_requests_waiting", model="avibe") == 0
+    # Nothing generated for it: the engine let it go before its first token.
+    assert metric(server, "avito_generation_tokens_total", model="avibe") == tokens_before
     assert "Traceback" not in server.output()
 
 

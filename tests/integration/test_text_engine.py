@@ -45,6 +45,7 @@ from avito_ai.errors import (
 )
 from tests.conftest import isolated_settings
 from tests.tiny_models import build_tiny_qwen3
+from tests.waiting import wait_until_async
 
 # Loads real models (tiny or embedded) in this process: integration, not unit.
 pytestmark = pytest.mark.integration
@@ -174,7 +175,7 @@ async def test_tiny_batching_does_not_change_greedy_answers(tiny: TransformersTe
     alone = [(await collect(tiny.generate(r)))[0] for r in requests]
 
     async def staggered(i: int, request: GenerationRequest) -> str:
-        await asyncio.sleep(0.003 * i)  # some join a running batch mid-generation
+        await asyncio.sleep(0.003 * i)  # the behaviour under test: arrivals spread in time
         return (await collect(tiny.generate(request)))[0]
 
     together = await asyncio.gather(*(staggered(i, r) for i, r in enumerate(requests)))
@@ -239,7 +240,9 @@ async def test_tiny_queue_full_cancel_and_timeout(tiny_folder: Path) -> None:
         running = engine.generate(long)
         await running.__anext__()
         queued = asyncio.ensure_future(collect(engine.generate(chat("queued", 5))))
-        await asyncio.sleep(0.05)
+        scheduler = engine.scheduler
+        assert scheduler is not None
+        await wait_until_async(lambda: scheduler.waiting_count == 1, 10, "one queued")
         began = time.monotonic()
         with pytest.raises(Overloaded):
             await engine.generate(chat("third", 5)).__anext__()

@@ -20,7 +20,8 @@ from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import (
     ExportTraceServiceResponse,
 )
 
-from tests.servers import ROOT, ServerProcess, dev_server, free_port, serving
+from tests.servers import ROOT, ServerProcess, dev_server, free_port, serving, wait_logged
+from tests.waiting import wait_until
 
 pytestmark = pytest.mark.integration
 
@@ -64,13 +65,13 @@ class Receiver:
         threading.Thread(target=self.server.serve_forever, daemon=True).start()
 
     def trace(self, trace_id: str, names: set[str], timeout: float = 20) -> dict[str, dict]:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            found = {s["name"]: s for s in self.spans if s["trace_id"] == trace_id}
-            if names <= {n.split(" ")[0] for n in found}:
-                return found
-            time.sleep(0.1)
-        raise AssertionError(f"spans of {trace_id}: {[s['name'] for s in self.spans]}")
+        def found() -> dict[str, dict] | None:
+            spans = {s["name"]: s for s in self.spans if s["trace_id"] == trace_id}
+            return spans if names <= {n.split(" ")[0] for n in spans} else None
+
+        return wait_until(
+            found, timeout, lambda: f"spans of {trace_id}: {[s['name'] for s in self.spans]}"
+        )
 
 
 def decoded(span: Any) -> dict[str, Any]:
@@ -180,11 +181,13 @@ def test_without_a_caller_a_trace_starts_here_and_errors_are_marked(
     r = httpx.post(front.url + "/v1/chat/completions", json={**CHAT, "model": "nope"})
     assert r.status_code == 404
     rid = r.headers["x-request-id"]
-    deadline = time.monotonic() + 20
-    while not any(s["attributes"].get("avito.request_id") == rid for s in receiver.spans):
-        assert time.monotonic() < deadline, "no span for the refused request"
-        time.sleep(0.1)
-    span = next(s for s in receiver.spans if s["attributes"].get("avito.request_id") == rid)
+    span = wait_until(
+        lambda: next(
+            (s for s in receiver.spans if s["attributes"].get("avito.request_id") == rid), None
+        ),
+        20,
+        "a span for the refused request",
+    )
     assert span["parent"] == "" and span["attributes"]["http.response.status_code"] == 404
     # The probes are traced too (their cost: benchmarks/bench_tracing.py).
     assert httpx.get(front.url + "/api/health").status_code == 200
@@ -200,7 +203,8 @@ def test_a_collector_that_is_down_costs_no_request(upstream: ServerProcess, tmp_
             r = httpx.post(srv.url + "/v1/chat/completions", json=CHAT, timeout=10)
             assert r.status_code == 200, r.text
             assert time.monotonic() - started < 2  # the export never waits in a request
-        time.sleep(1)  # an export fails meanwhile
+        # An export fails meanwhile (the exporter gives up after OTEL_EXPORTER_OTLP_TIMEOUT).
+        wait_logged(srv.log_path, "Failed to export spans batch", timeout=30)
         assert httpx.get(srv.url + "/api/health").status_code == 200
         started = time.monotonic()
         srv.proc.terminate()

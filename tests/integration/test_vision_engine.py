@@ -37,6 +37,7 @@ from avito_ai.engines.transformers.vision import TransformersVisionEngine
 from avito_ai.errors import ModelUnavailable, Overloaded, Timeout, ValidationFailed
 from tests.conftest import isolated_settings
 from tests.tiny_vision_models import BUILDERS
+from tests.waiting import wait_until_async
 
 # Loads real models (tiny or embedded) in this process: integration, not unit.
 pytestmark = pytest.mark.integration
@@ -105,12 +106,7 @@ async def collect(engine: Engine, request: GenerationRequest) -> tuple[list[str]
 
 
 async def wait_until(predicate: Callable[[], bool], within: float = 3.0) -> bool:
-    end = time.monotonic() + within
-    while time.monotonic() < end:
-        if predicate():
-            return True
-        await asyncio.sleep(0.01)
-    return predicate()
+    return bool(await wait_until_async(predicate, within, "the engine's counts"))
 
 
 # ------------------------------------------------------------------ fixtures
@@ -368,7 +364,7 @@ async def test_closing_the_iterator_frees_the_engine(
 
     # The event loop stays responsive while the worker decodes.
     began = time.monotonic()
-    await asyncio.sleep(0.05)
+    await asyncio.sleep(0.05)  # the behaviour under test: a timer fires while it decodes
     assert time.monotonic() - began < 0.5
 
     await stream.aclose()  # client gone
@@ -384,7 +380,6 @@ async def test_cancelled_task_frees_the_engine(
     engine = engines["idefics3"]
     task = asyncio.create_task(collect(engine, ask(max_tokens=LONG)))
     assert await wait_until(lambda: engine.active_count == 1)
-    await asyncio.sleep(0.05)
     task.cancel()
     with pytest.raises(asyncio.CancelledError):
         await task

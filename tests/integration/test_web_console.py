@@ -22,10 +22,11 @@ from typing import Any
 import httpx
 import pytest
 
-from tests.browser import Tab, browser, open_tab
+from tests.browser import Tab, browser, open_tab, wait_in_page
 from tests.images import encoded, noisy_png
 from tests.servers import ServerProcess, dev_server, serving
 from tests.tiny_vision_ir import TINY_VISION_IR
+from tests.waiting import wait_until
 
 pytestmark = pytest.mark.integration
 __all__ = ["browser"]  # the fixture, imported
@@ -77,15 +78,6 @@ def limited(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]
         yield srv
 
 
-def wait_until(tab: Tab, expression: str, timeout: float = 30.0) -> None:
-    """Poll a JavaScript expression until it is truthy. (Playwright's wait_for_function
-    evaluates its predicate with eval inside the page, which the page's CSP refuses.)"""
-    deadline = time.monotonic() + timeout
-    while not tab.page.evaluate(expression):
-        assert time.monotonic() < deadline, f"not true within {timeout} s: {expression}"
-        tab.page.wait_for_timeout(50)
-
-
 def chat_bodies(tab: Tab) -> list[dict[str, Any]]:
     """The JSON bodies the page posts to the chat endpoint, as they are sent."""
     bodies: list[dict[str, Any]] = []
@@ -102,7 +94,7 @@ def ask(tab: Tab, text: str) -> str:
     done = page.locator(".message.assistant .meta:not(:empty)").count()
     page.fill("#prompt", text)
     page.click("#avibe-send")
-    wait_until(
+    wait_in_page(
         tab,
         f"document.querySelectorAll('.message.assistant .meta:not(:empty)').length > {done}",
         timeout=60,
@@ -119,7 +111,7 @@ def test_page_loads_clean_with_everything_from_the_service(
     browser: Any, real: ServerProcess
 ) -> None:
     tab = open_tab(browser, real.url)
-    wait_until(
+    wait_in_page(
         tab, "document.querySelector('.model[data-role=avision]').textContent.includes('готова')"
     )
     assert tab.page.locator("#avision-notice").is_hidden()
@@ -143,7 +135,7 @@ def test_badges_follow_the_models_without_a_reload(
         notice = tab.page.locator("#avision-notice")
         assert notice.is_visible() and "AVISION_MODEL" in notice.inner_text()
         assert tab.page.locator("#avision-send").is_disabled()
-        wait_until(
+        wait_in_page(
             tab, "document.querySelector('.model[data-role=avibe]').classList.contains('ready')", 30
         )
         assert "готова" in badge.inner_text()
@@ -222,7 +214,7 @@ def test_answers_render_as_markdown_with_nothing_active(browser: Any, slow: Serv
     assert answer.locator("pre button.copy").count() == 1
     assert tab.page.evaluate("window.pwned === undefined")
     # The client sees its use of its token budget after an answer.
-    wait_until(tab, "document.getElementById('usage').textContent.includes('из 100000')")
+    wait_in_page(tab, "document.getElementById('usage').textContent.includes('из 100000')")
     assert "токенов в минуту" in tab.page.inner_text("#usage")
     assert tab.outside == [] and tab.errors == [], (tab.outside, tab.errors)
 
@@ -245,16 +237,17 @@ def test_stop_cancels_the_generation_on_the_server(browser: Any, slow: ServerPro
     # The fake engine echoes the prompt at 50 ms a token: this one takes ~10 s.
     page.fill("#prompt", " ".join(["word"] * 200))
     page.click("#avibe-send")
-    wait_until(tab, "document.querySelector('.message.assistant .body').textContent.length > 20")
+    wait_in_page(tab, "document.querySelector('.message.assistant .body').textContent.length > 20")
     assert dashboard_figures(slow)["running"] == 1
     page.click("#avibe-stop")
     page.wait_for_selector(".message.assistant .meta:has-text('остановлено')")
-    deadline = time.monotonic() + 10
-    while time.monotonic() < deadline:
-        figures = dashboard_figures(slow)
-        if figures["cancelled"] == before + 1 and figures["running"] == 0:
-            break
-        time.sleep(0.1)
+    figures = wait_until(
+        lambda: (
+            (f := dashboard_figures(slow))["cancelled"] == before + 1 and f["running"] == 0 and f
+        ),
+        10,
+        lambda: f"cancelled {before + 1}, none running: {dashboard_figures(slow)}",
+    )
     assert figures["cancelled"] == before + 1 and figures["running"] == 0, figures
     assert page.locator("#avibe-send").is_enabled()
     assert tab.errors == [], tab.errors
@@ -269,7 +262,7 @@ def test_an_image_shows_a_preview_and_gets_a_streamed_answer(
     page.set_input_files(
         "#image", files=[{"name": "red.png", "mimeType": "image/png", "buffer": encoded("PNG")}]
     )
-    wait_until(tab, "document.getElementById('preview').naturalWidth === 64")
+    wait_in_page(tab, "document.getElementById('preview').naturalWidth === 64")
     assert str(page.get_attribute("#preview", "src")).startswith("blob:")
     page.fill("#question", "What colour is it?")
     page.click("#avision-send")
@@ -352,7 +345,7 @@ def test_the_dashboard_draws_live_charts_from_the_traffic(
 ) -> None:
     tab = open_tab(browser, real.url, "/dashboard")
     page = tab.page
-    wait_until(tab, "window.avitoDashboard && window.avitoDashboard.times.length >= 1")
+    wait_in_page(tab, "window.avitoDashboard && window.avitoDashboard.times.length >= 1")
 
     # For the README's screenshot, a longer, busier stretch than the test needs.
     rounds = 12 if os.environ.get("SCREENSHOTS_DIR") else 3
@@ -364,7 +357,7 @@ def test_the_dashboard_draws_live_charts_from_the_traffic(
                 json={"prompt": "Count from one to ten.", "max_tokens": 40},
                 timeout=60,
             )
-            time.sleep(0.5)
+            time.sleep(0.5)  # the behaviour under test: traffic spread over the charts' ticks
 
     senders = [threading.Thread(target=traffic) for _ in range(2 if rounds > 3 else 1)]
     for sender in senders:
@@ -373,7 +366,7 @@ def test_the_dashboard_draws_live_charts_from_the_traffic(
     # handler (which blocks the outside ones), served only while Playwright is called.
     while any(sender.is_alive() for sender in senders):
         page.wait_for_timeout(100)
-    wait_until(
+    wait_in_page(
         tab,
         """(() => {
           const s = window.avitoDashboard.series;
@@ -430,5 +423,5 @@ def test_a_schema_box_that_is_not_json_is_said_in_place(browser: Any, real: Serv
     page.fill("#json_schema", "{not json")
     page.fill("#prompt", "Hi")
     page.click("#avibe-send")
-    wait_until(tab, "document.getElementById('avibe-status').textContent.includes('JSON-схема')")
+    wait_in_page(tab, "document.getElementById('avibe-status').textContent.includes('JSON-схема')")
     assert bodies == [] and page.input_value("#prompt") == "Hi"
