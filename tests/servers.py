@@ -47,19 +47,21 @@ class ServerProcess:
         )
 
     def wait_live(self, timeout: float = 60.0) -> None:
-        self._wait_health("/api/health/live", timeout, "live")
+        self._wait_health("/api/health/live", timeout, "live", 0.1)
 
     def wait_ready(self, timeout: float = 120.0) -> None:
-        self._wait_health("/api/health/ready", timeout, "ready")
+        self._wait_health("/api/health/ready", timeout, "ready", 0.2)
 
-    def _wait_health(self, path: str, timeout: float, state: str) -> None:
+    def _wait_health(self, path: str, timeout: float, state: str, interval: float) -> None:
         def answers() -> bool:
             if self.proc.poll() is not None:
                 raise RuntimeError(f"server exited with {self.proc.returncode}:\n{self.output()}")
             return httpx.get(self.url + path, timeout=1).status_code == 200
 
         try:
-            wait_until(answers, timeout, f"server {state}", ignoring=(httpx.HTTPError,))
+            wait_until(
+                answers, timeout, f"server {state}", interval=interval, ignoring=(httpx.HTTPError,)
+            )
         except AssertionError:
             raise RuntimeError(f"server not {state} in {timeout}s:\n{self.output()}") from None
 
@@ -124,7 +126,7 @@ def wait_workers(srv: ServerProcess, count: int, timeout: float = 60.0) -> set[s
         pids.update(re.findall(r"Booting worker with pid: (\d+)", srv.output()))
         return len(pids) >= count
 
-    wait_until(enough, timeout, lambda: f"{count} workers booted:\n{srv.output()}")
+    wait_until(enough, timeout, lambda: f"{count} workers booted:\n{srv.output()}", interval=0.1)
     return pids
 
 

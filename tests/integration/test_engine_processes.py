@@ -75,7 +75,12 @@ def wait_ready(srv: ServerProcess, timeout: float = 90) -> list[str]:
             seen.append(reason)
         return False
 
-    wait_until(ready, timeout, lambda: f"ready; saw {seen}\n{srv.output()[-3000:]}")
+    wait_until(
+        ready,
+        timeout,
+        lambda: f"ready; saw {seen}\n{srv.output()[-3000:]}",
+        ignoring=(httpx.TimeoutException,),  # a probe answered late: not ready yet
+    )
     return seen
 
 
