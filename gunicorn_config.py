@@ -5,6 +5,7 @@ Values come from the service's own settings (environment over `.env`, see `.env.
 
 from __future__ import annotations
 
+import gc
 import os
 import shutil
 import tempfile
@@ -35,7 +36,11 @@ worker_class = "avito_ai.gunicorn_worker.AvitoUvicornWorker"
 timeout = _settings.gunicorn_timeout
 # SIGTERM/HUP: in-flight requests (long generations, streams) get this long to finish.
 graceful_timeout = int(_settings.graceful_timeout)
-keepalive = 5
+# An idle keep-alive connection is closed after this long. Longer than the idle timeouts of
+# the balancers in front (AWS ALB 60 s, nginx's upstream keepalive_timeout 60 s): the side
+# that closes an idle connection first must be the client's, or a request it sends as the
+# server closes is lost (a POST is not retried). Clients keep their own idle expiry below it.
+keepalive = 75
 # Per worker: open connections plus running requests before uvicorn answers 503.
 worker_connections = _settings.max_connections
 
@@ -75,6 +80,18 @@ def on_starting(server: Any) -> None:
     folder = start_engine_processes(_settings.engines)
     if folder is not None:
         remember(_settings.with_engine_state_dir(folder))
+
+
+def post_worker_init(worker: Any) -> None:
+    """The worker has imported the app: what is alive now lives as long as the worker, so
+    the collector stops walking it (gc.freeze), and collects young objects less often (a
+    streamed event allocates a few dozen, all freed by reference counting)."""
+    gc.collect()
+    gc.freeze()
+    gc.set_threshold(GC_GEN0_THRESHOLD, *gc.get_threshold()[1:])
+
+
+GC_GEN0_THRESHOLD = 10_000
 
 
 def on_exit(server: Any) -> None:

@@ -149,6 +149,12 @@ async def serve_upstream(port: int) -> None:
 # --- the client ---------------------------------------------------------------------------
 
 GRACE = 15.0
+# The server's keep-alive (gunicorn_config.py) and the client's idle expiry below it: a
+# connection idle longer is not reused (as httpx's pool drops one past keepalive_expiry).
+SERVER_KEEPALIVE = float(
+    re.search(r"(?m)^keepalive = (\d+)", (ROOT / "gunicorn_config.py").read_text()).group(1)  # type: ignore[union-attr]
+)
+CLIENT_IDLE_EXPIRY = 4.0
 TOKEN_RE = re.compile(rb'"content":\s*"(?!")')
 
 
@@ -231,6 +237,9 @@ async def one_stream(
         got = 0
         start = time.monotonic()
         try:
+            if writer is not None and ended and time.monotonic() - ended > CLIENT_IDLE_EXPIRY:
+                writer.close()  # as httpx's pool does: never reuse one the server may close
+                writer = None
             if writer is None:
                 reader, writer = await asyncio.open_connection(host, port, limit=1 << 20)
                 ended = 0.0
@@ -515,7 +524,7 @@ def main() -> None:
     parser.add_argument(
         "--keepalive-probe",
         action="store_true",
-        help="only: requests sent on keep-alive connections idle 4.8-5.2 s (the server's 5 s)",
+        help="only: requests sent on keep-alive connections idle the server's keep-alive ±0.2 s",
     )
     parser.add_argument("--hold", type=float, default=0, help="keep the servers this long after")
     args = parser.parse_args()
@@ -548,7 +557,7 @@ def main() -> None:
             if name != "direct":
                 wait_answering(urls[name], "/v1/models", servers[name])
         if args.keepalive_probe:
-            idles = [round(4.8 + 0.01 * i, 2) for i in range(41)]
+            idles = [round(SERVER_KEEPALIVE - 0.2 + 0.01 * i, 2) for i in range(41)]
             asyncio.run(set_delay(upstream, 0.0))
             met = asyncio.run(keepalive_probe(urls["service"], idles))
             for outcome in dict.fromkeys(met):

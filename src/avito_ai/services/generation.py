@@ -299,6 +299,44 @@ def _remaining(request: GenerationRequest) -> float | None:
     return None if request.deadline is None else request.deadline - time.monotonic()
 
 
+class _Watchdog:
+    """At `deadline` (time.monotonic()), cancels the task that `arm()`ed it if it is still
+    `awaiting` (the first chunk may come in a task of its own, the rest in the response's);
+    `fired()` says whether it did, and takes that cancellation back."""
+
+    def __init__(self, deadline: float | None) -> None:
+        self.awaiting = False
+        self._task: asyncio.Task[Any] | None = None
+        self._cancelled = False
+        self._handle: asyncio.TimerHandle | None = None
+        if deadline is not None:
+            loop = asyncio.get_running_loop()
+            self._handle = loop.call_at(loop.time() + deadline - time.monotonic(), self._expire)
+
+    def arm(self) -> None:
+        self._task = asyncio.current_task()
+        self.awaiting = True
+
+    def _expire(self) -> None:
+        self._handle = None
+        if self.awaiting and self._task is not None:
+            self._cancelled = True
+            self._task.cancel()
+
+    def fired(self) -> bool:
+        if not self._cancelled:
+            return False
+        self._cancelled = False
+        assert self._task is not None
+        # Another cancellation (the client gone) too: that one wins.
+        return self._task.uncancel() == 0
+
+    def close(self) -> None:
+        if self._handle is not None:
+            self._handle.cancel()
+            self._handle = None
+
+
 async def _generate(
     engine: Engine, request: GenerationRequest, waiting: Any, running: Any, used: _Used
 ) -> AsyncGenerator[Chunk, None]:
@@ -319,21 +357,33 @@ async def _generate(
     state = "waiting"
     finished = False
     used.reached = True
+    # The deadline cancels this task, not wait_for's helper: the engine's generator must run
+    # in this task, so a cancellation (client gone) unwinds it here and now, not in a helper
+    # task that could still be running when we close it. One timer for the whole generation
+    # (a timer per event cost 7% of the CPU of a stream): it cancels only while the engine is
+    # awaited, never across a `yield` (this task is then running the consumer's code); a
+    # deadline passed meanwhile is caught before the next await.
+    watchdog = _Watchdog(request.deadline)
     try:
         while True:
             remaining = _remaining(request)
             if remaining is not None and remaining <= 0:
                 raise Timeout("Request timed out")
-            # asyncio.timeout, not wait_for: the engine's generator must run in this task,
-            # so a cancellation (client gone) unwinds it here and now, not in a helper task
-            # that could still be running when we close it.
             try:
-                async with asyncio.timeout(remaining):
-                    chunk = await anext(iterator)
+                watchdog.arm()
+                chunk = await anext(iterator)
             except StopAsyncIteration:
                 return
+            except asyncio.CancelledError:
+                if watchdog.fired():
+                    raise Timeout("Request timed out") from None
+                raise
             except TimeoutError:
                 raise Timeout("Request timed out") from None
+            finally:
+                watchdog.awaiting = False
+            if watchdog.fired():  # as the engine answered
+                raise Timeout("Request timed out")
             if state == "waiting":
                 waiting.dec()
                 running.inc()
@@ -368,6 +418,7 @@ async def _generate(
         span.set_status(StatusCode.ERROR, str(exc))
         raise
     finally:
+        watchdog.close()
         span.end()
         (waiting if state == "waiting" else running).dec()
         aclose = getattr(iterator, "aclose", None)

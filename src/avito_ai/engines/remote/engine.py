@@ -106,7 +106,14 @@ class RemoteEngine:
         self._client = httpx.AsyncClient(
             headers=self._headers,
             timeout=httpx.Timeout(c.read_timeout, connect=c.connect_timeout),
-            limits=httpx.Limits(max_connections=None, max_keepalive_connections=64),
+            # Every connection a stream used stays pooled (no cap on idle ones: past a cap,
+            # each stream beyond it opened a new TCP connection to the upstream, and a
+            # burst of them timed out connecting). Idle ones are dropped after 4 s, before
+            # an upstream's 5 s keep-alive (uvicorn's, so vLLM's and SGLang's) closes them
+            # under a request sent at that moment.
+            limits=httpx.Limits(
+                max_connections=None, max_keepalive_connections=None, keepalive_expiry=4.0
+            ),
             transport=self._transport,
         )
         await self.check_health()
