@@ -4,13 +4,13 @@ constraint may cost, and its row in the pipeline. Shared by the OpenVINO engines
 from __future__ import annotations
 
 import secrets
-import time
 from dataclasses import dataclass
 from typing import Any
 
-from avito_ai.engines.base import FinishReason, GenerationRequest, SamplingParams, TokenLogprob
+from avito_ai.engines.base import FinishReason, GenerationRequest, SamplingParams
 from avito_ai.engines.bridge import Ticket
 from avito_ai.engines.grammar import after_thinking, bounded_character_runs
+from avito_ai.engines.inprocess import Output
 from avito_ai.engines.textstream import THINK_OPEN, TextPipeline
 from avito_ai.errors import ValidationFailed
 
@@ -113,34 +113,18 @@ def request_config(
 
 
 class Row:
-    """A request in the pipeline: its handle, text pipeline, counts and moments."""
+    """A request in the pipeline: its handle, its output so far, why it ends."""
 
-    __slots__ = (
-        "finish",
-        "first_token_at",
-        "generated",
-        "handle",
-        "logprobs",
-        "scheduled_at",
-        "text",
-        "ticket",
-    )
+    __slots__ = ("finish", "handle", "output", "ticket")
 
     def __init__(self, ticket: Ticket[Prepared], handle: Any, text: TextPipeline) -> None:
         self.ticket = ticket
         self.handle = handle
-        self.text = text
-        self.generated = 0
-        self.finish: FinishReason | None = None
-        self.scheduled_at = time.monotonic()
-        self.first_token_at: float | None = None
-        # Each token's log probability since the last delta, when the client asked.
-        self.logprobs: list[TokenLogprob] | None = (
-            [] if ticket.payload.request.sampling.logprobs else None
+        prepared = ticket.payload
+        self.output = Output(
+            text,
+            input_tokens=prepared.prompt_tokens,
+            created=prepared.request.created,
+            logprobs=prepared.request.sampling.logprobs,
         )
-
-    def take(self) -> tuple[TokenLogprob, ...] | None:
-        if self.logprobs is None:
-            return None
-        taken, self.logprobs = tuple(self.logprobs), []
-        return taken
+        self.finish: FinishReason | None = None

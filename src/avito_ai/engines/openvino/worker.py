@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import dataclasses
 import logging
 import time
 from collections.abc import AsyncIterator, Callable
@@ -35,10 +34,9 @@ from avito_ai.engines.base import (
     FinishReason,
     GenerationRequest,
     TokenLogprob,
-    final_chunk,
 )
 from avito_ai.engines.bridge import Ticket, WorkerBridge
-from avito_ai.engines.lifecycle import InProcessEngine
+from avito_ai.engines.inprocess import InProcessEngine
 from avito_ai.engines.openvino.detokenize import detokenizers
 from avito_ai.engines.openvino.generation import Prepared, Row
 from avito_ai.engines.openvino.probe import shared_probe
@@ -150,18 +148,11 @@ class PipelineEngine(InProcessEngine):
         await asyncio.to_thread(self._bridge.stop)
         self._pipe = self._tokenizer = None
 
-    def _worker_alive(self) -> bool:
-        return self._bridge.alive
+    def _worker(self) -> WorkerBridge[Prepared]:
+        return self._bridge
 
-    @property
-    def waiting_count(self) -> int:
-        """Requests queued for a place in the batch."""
-        return self._bridge.waiting_count
-
-    @property
-    def active_count(self) -> int:
-        """Requests in the batch (read from another thread: a step's staleness at most)."""
-        return len(self._rows)
+    def _running(self) -> int:
+        return len(self._rows)  # in the batch
 
     # ----------------------------------------------------------------- generation
 
@@ -177,7 +168,7 @@ class PipelineEngine(InProcessEngine):
 
     def capabilities(self) -> Capabilities:
         # n > 1: num_return_sequences hung the pipeline here (2026.4.1, the embedded GGUF),
-        # so the services run n generations (choices.py).
+        # so the services run n generations (services/choices.py).
         return Capabilities(constraints=ALL_CONSTRAINTS, logprobs=True, top_logprobs=0)
 
     # ---------------------------------------------------------------- worker side
@@ -326,29 +317,20 @@ class PipelineEngine(InProcessEngine):
         import openvino_genai as genai
 
         length = genai.GenerationFinishReason.LENGTH
+        ours = row.output
         for output in row.handle.read().values():
-            scores = output.generated_log_probs if row.logprobs is not None else ()
+            scores = output.generated_log_probs if ours.logprobs is not None else ()
             for i, token in enumerate(output.generated_ids):
-                row.generated += 1
-                if row.first_token_at is None:
-                    row.first_token_at = now
-                if row.logprobs is not None:
+                logprob = None
+                if ours.logprobs is not None:
                     raw = self._token_bytes(int(token))
                     text = raw.decode("utf-8", "replace")
-                    row.logprobs.append(TokenLogprob(text, float(scores[i]), tuple(raw)))
-                if token in self._eos:
-                    continue  # the end of the answer, not text
-                delta = row.text.push(int(token))
-                thought = row.text.take_reasoning()
-                if delta or thought:
-                    chunk = Chunk(
-                        delta,
-                        generated_tokens=row.generated,
-                        logprobs=row.take(),
-                        reasoning=thought,
-                    )
-                    self._bridge.send(row.ticket, chunk)
-                if row.text.stopped:
+                    logprob = TokenLogprob(text, float(scores[i]), tuple(raw))
+                # An end token is the end of the answer, not text.
+                delta = ours.token(int(token), now, logprob, text=token not in self._eos)
+                if delta is not None:
+                    self._bridge.send(row.ticket, delta)
+                if ours.stopped:
                     row.finish = "stop"
                     return
             if output.finish_reason == length:
@@ -357,17 +339,4 @@ class PipelineEngine(InProcessEngine):
                 row.finish = "stop"
 
     def _final(self, row: Row, reason: FinishReason, now: float) -> list[Chunk]:
-        tail = row.text.finish()
-        thought = row.text.take_reasoning()
-        final = final_chunk(
-            reason,
-            input_tokens=row.ticket.payload.prompt_tokens,
-            generated_tokens=row.generated,
-            created=row.ticket.payload.request.created,
-            scheduled=row.scheduled_at,
-            first_token=row.first_token_at,
-            finished=now,
-        )
-        if row.logprobs:  # the tokens that made no text (the end, a held-back tail)
-            final = dataclasses.replace(final, logprobs=row.take())
-        return [Chunk(tail, reasoning=thought), final] if tail or thought else [final]
+        return row.output.finish(reason, now)

@@ -334,7 +334,7 @@ class BatchScheduler:
         self.tokens_generated += 1
         ticket = row.ticket
         if ticket.cancelled:
-            row.seq.generated += 1
+            row.seq.skip()
             return
         delta, finish = row.seq.accept(token, now)
         if delta is not None:

@@ -1,14 +1,14 @@
 """One generation, token by token: what the text scheduler and the vision engine share.
 
-A `Sequence` owns a request's sampler (its own seeded generator, repetition history), its
-text pipeline (detokenize, strip thinking, stop strings) and its counts, and decides after
-every token whether the answer is finished and why. The engines differ only in how tokens
-are produced (a batched forward, or `generate()`), not in what a token means.
+A `Sequence` owns a request's sampler (its own seeded generator, repetition history) and
+its output (engines/inprocess.py's `Output`: the text pipeline, counts and log
+probabilities, as OpenVINO's worker keeps them too), and decides after every token whether
+the answer is finished and why. The engines differ only in how tokens are produced (a
+batched forward, or `generate()`), not in what a token means.
 """
 
 from __future__ import annotations
 
-import dataclasses
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -16,7 +16,8 @@ from typing import Any
 
 import torch
 
-from avito_ai.engines.base import Chunk, FinishReason, SamplingParams, TokenLogprob, final_chunk
+from avito_ai.engines.base import Chunk, FinishReason, SamplingParams, TokenLogprob
+from avito_ai.engines.inprocess import Output
 from avito_ai.engines.textstream import Detokenizer, TextPipeline
 from avito_ai.engines.transformers.grammar import TokenGrammar
 from avito_ai.engines.transformers.sampling import RowSampler
@@ -47,16 +48,7 @@ class SequenceSpec:
 class Sequence:
     """Worker-side state of one generation (see the module docstring)."""
 
-    __slots__ = (
-        "_eos",
-        "_logprobs",
-        "first_token_at",
-        "generated",
-        "pipeline",
-        "sampler",
-        "scheduled_at",
-        "spec",
-    )
+    __slots__ = ("_eos", "output", "sampler", "spec")
 
     def __init__(
         self,
@@ -77,79 +69,54 @@ class Sequence:
             device=device,
             grammar=TokenGrammar(spec.grammar, spec.vocab_size) if spec.grammar else None,
         )
-        self.pipeline = TextPipeline(
+        pipeline = TextPipeline(
             new_detokenizer(),
             stop=spec.stop,
             keep_thinking=spec.keep_thinking,
             thinking_open=spec.thinking_open,
         )
-        self.generated = 0
-        self._logprobs: list[TokenLogprob] = []
-        self.scheduled_at = time.monotonic() if scheduled_at is None else scheduled_at
-        self.first_token_at: float | None = None
+        self.output = Output(
+            pipeline,
+            input_tokens=len(spec.prompt_ids),
+            created=spec.created,
+            logprobs=spec.token_bytes is not None and self.sampler.logprobs,
+            scheduled_at=scheduled_at,
+        )
+
+    @property
+    def generated(self) -> int:
+        return self.output.generated
 
     def accept(self, token: int, now: float) -> tuple[Chunk | None, FinishReason | None]:
         """Take one sampled token: the delta it releases (None: nothing yet), and why the
         answer ends (or None)."""
-        self.generated += 1
-        if self.first_token_at is None:
-            self.first_token_at = now
         self.sampler.record(token)
-        self._note_logprob(token)
-        if token in self._eos:
+        end = token in self._eos
+        delta = self.output.token(token, now, self._logprob(token), text=not end)
+        if end:
             return None, "stop"
-        text = self.pipeline.push(token)
-        reasoning = self.pipeline.take_reasoning()
-        delta = self.delta(text, reasoning) if text or reasoning else None
-        if self.pipeline.stopped:
+        if self.output.stopped:
             return delta, "stop"
-        if self.generated >= self.spec.max_new_tokens:
+        if self.output.generated >= self.spec.max_new_tokens:
             return delta, "length"
         return delta, None
 
-    def _note_logprob(self, token: int) -> None:
+    def skip(self) -> None:
+        """A token sampled for a request whose client left: counted, nothing more."""
+        self.output.generated += 1
+
+    def _logprob(self, token: int) -> TokenLogprob | None:
         chosen, self.sampler.chosen_logprob = self.sampler.chosen_logprob, None
         name = self.spec.token_bytes
         if chosen is None or name is None:
-            return
+            return None
         raw = name(token)
         top = tuple((name(t).decode("utf-8", "replace"), lp, tuple(name(t))) for t, lp in chosen[1])
-        self._logprobs.append(
-            TokenLogprob(raw.decode("utf-8", "replace"), chosen[0], tuple(raw), top)
-        )
-
-    def take_logprobs(self) -> tuple[TokenLogprob, ...] | None:
-        """The tokens' log probabilities since the last call (None: not asked for)."""
-        if self.spec.token_bytes is None or not self.sampler.logprobs:
-            return None
-        taken, self._logprobs = tuple(self._logprobs), []
-        return taken
-
-    def delta(self, text: str, reasoning: str = "") -> Chunk:
-        return Chunk(
-            text,
-            generated_tokens=self.generated,
-            logprobs=self.take_logprobs(),
-            reasoning=reasoning,
-        )
+        return TokenLogprob(raw.decode("utf-8", "replace"), chosen[0], tuple(raw), top)
 
     def finish(self, reason: FinishReason, now: float) -> list[Chunk]:
         """The chunks that end the answer: any text still held back, then the summary."""
-        tail = self.pipeline.finish()
-        thought = self.pipeline.take_reasoning()
-        final = final_chunk(
-            reason,
-            input_tokens=len(self.spec.prompt_ids),
-            generated_tokens=self.generated,
-            created=self.spec.created,
-            scheduled=self.scheduled_at,
-            first_token=self.first_token_at,
-            finished=now,
-        )
-        logprobs = self.take_logprobs()
-        if logprobs:  # the tokens that made no text (the end, a held-back tail)
-            final = dataclasses.replace(final, logprobs=logprobs)
-        return [Chunk(tail, reasoning=thought), final] if tail or thought else [final]
+        return self.output.finish(reason, now)
 
 
 def generation_failure(exc: BaseException) -> BaseException:

@@ -34,7 +34,7 @@ from avito_ai.engines.base import (
     Role,
 )
 from avito_ai.engines.grammar import after_thinking
-from avito_ai.engines.lifecycle import InProcessEngine
+from avito_ai.engines.inprocess import InProcessEngine
 from avito_ai.engines.models import EMBEDDED_MODEL_ID
 from avito_ai.engines.prompts import (
     FALLBACK_STOPS,
@@ -153,8 +153,12 @@ class TransformersTextEngine(InProcessEngine):
         self._tokenizer = None
         await asyncio.to_thread(free_memory, self._placement)
 
-    def _worker_alive(self) -> bool:
-        return self._scheduler is not None and self._scheduler.alive
+    def _worker(self) -> BatchScheduler | None:
+        return self._scheduler
+
+    def _running(self) -> int:
+        scheduler = self._scheduler
+        return scheduler.active_count if scheduler is not None else 0
 
     @property
     def scheduler(self) -> BatchScheduler | None:

@@ -59,7 +59,7 @@ from avito_ai.engines.base import (
 from avito_ai.engines.bridge import Ticket, WorkerBridge
 from avito_ai.engines.grammar import after_thinking
 from avito_ai.engines.images import fit_image
-from avito_ai.engines.lifecycle import InProcessEngine
+from avito_ai.engines.inprocess import InProcessEngine
 from avito_ai.engines.prompts import neutralize, special_spellings
 from avito_ai.engines.threads import run_in_own_thread
 from avito_ai.engines.transformers.detokenize import detokenizer_factory, prompt_opens_thinking
@@ -98,7 +98,7 @@ class TransformersVisionEngine(InProcessEngine):
         self._bridge: WorkerBridge[_Job] = WorkerBridge(
             max_queue_size=max_queue_size, name="avision-generate"
         )
-        self._running: Ticket[_Job] | None = None  # worker-only
+        self._job: Ticket[_Job] | None = None  # worker-only: the one it generates
         self._max_pixels: int = own.max_pixels
         self._started = False
         self._specials: list[str] = []  # special-token spellings user text must not forge
@@ -157,18 +157,11 @@ class TransformersVisionEngine(InProcessEngine):
         self._loaded = None
         await asyncio.to_thread(free_memory, self._placement)
 
-    def _worker_alive(self) -> bool:
-        return self._bridge.alive
+    def _worker(self) -> WorkerBridge[_Job]:
+        return self._bridge
 
-    @property
-    def waiting_count(self) -> int:
-        """Requests queued behind the running one."""
-        return self._bridge.waiting_count
-
-    @property
-    def active_count(self) -> int:
-        """1 while the worker runs a request, else 0."""
-        return int(self._running is not None)
+    def _running(self) -> int:
+        return int(self._job is not None)  # one at a time
 
     # ---------------------------------------------------------------- generation (loop side)
 
@@ -206,15 +199,15 @@ class TransformersVisionEngine(InProcessEngine):
             with torch.inference_mode():
                 while bridge.wait_for_work():
                     for ticket in bridge.take(1):
-                        self._running = ticket
+                        self._job = ticket
                         self._serve(ticket)
-                        self._running = None
+                        self._job = None
                     bridge.flush()  # also the Timeout of a ticket that expired in the queue
         except BaseException:  # pragma: no cover - a bug in the worker itself
             log.exception("avision worker crashed")
-            if self._running is not None:  # its consumer must not wait for its deadline
-                bridge.fail([self._running], RuntimeError("The A-Vision worker stopped"))
-                self._running = None
+            if self._job is not None:  # its consumer must not wait for its deadline
+                bridge.fail([self._job], RuntimeError("The A-Vision worker stopped"))
+                self._job = None
         finally:
             bridge.close()
             bridge.flush()
