@@ -177,7 +177,7 @@ class GenerationService:
             if governor is not None:
                 priority = priority_of(client)
                 if governor.budgets.active(client):
-                    used.prompt = prompt_tokens(engine, request, self.settings.avision_max_pixels)
+                    used.prompt = prompt_tokens(engine, request, self.settings.avision.max_pixels)
                     # n choices made by the engine itself may each use max_tokens
                     wanted = used.prompt + request.sampling.max_tokens * request.sampling.n * copies
                     reservation = await governor.budgets.reserve(client, wanted)

@@ -407,11 +407,11 @@ async def check_tools(
     if len(request.tools) > MAX_TOOLS:
         raise ValidationFailed(f"At most {MAX_TOOLS} tools per request", param=param)
     if request.tools:  # (engines count the rendered prompt exactly; this is a floor)
-        least = estimate_prompt_tokens(request, settings.avision_max_pixels)
-        if least > settings.max_prompt_tokens:
+        least = estimate_prompt_tokens(request, settings.avision.max_pixels)
+        if least > settings.avibe.max_prompt_tokens:
             raise ValidationFailed(
                 f"The tools and messages are at least {least} tokens; the limit is "
-                f"{settings.max_prompt_tokens} (MAX_PROMPT_TOKENS)",
+                f"{settings.avibe.max_prompt_tokens} (MAX_PROMPT_TOKENS)",
                 param=param,
             )
     seen: set[str] = set()
