@@ -3,6 +3,9 @@ chunks of a streamed one (`chat.completion.chunk` or `text_completion`)."""
 
 from __future__ import annotations
 
+import dataclasses
+import functools
+import json
 import time
 from abc import ABC, abstractmethod
 from collections.abc import Sequence
@@ -238,6 +241,25 @@ class ChatChunks(OpenAIChunks):
 
     CHUNK, OBJECT, CHAT = ChatCompletionChunk, "chat.completion.chunk", True
 
+    def delta(self, chunk: Chunk) -> list[str]:
+        if chunk.reasoning or chunk.tool_calls or self.logprobs:
+            return super().delta(chunk)
+        # Most deltas carry content only: their frame is the one the models give (made once
+        # per choice) with the text in its place, not the models built and dumped again for
+        # every token (12% of a worker's CPU at saturation).
+        halves = self._content_frames.get(chunk.index)
+        if halves is None:
+            placeholder = dataclasses.replace(chunk, text=_PLACEHOLDER)
+            halves = _frame(self.delta_chunk(placeholder)).split(_PLACEHOLDER_JSON)
+            self._content_frames[chunk.index] = halves
+        if len(halves) != 2:
+            return super().delta(chunk)
+        return [halves[0] + json.dumps(chunk.text, ensure_ascii=False) + halves[1]]
+
+    @functools.cached_property
+    def _content_frames(self) -> dict[int, list[str]]:
+        return {}
+
     def opening_chunks(self) -> list[BaseModel]:
         opening = DeltaMessage.model_construct(role="assistant", content="")
         return [
@@ -293,6 +315,10 @@ class TextChunks(OpenAIChunks):
 
     def _finish(self, index: int, reason: str) -> CompletionChunkChoice:
         return CompletionChunkChoice.model_construct(index=index, text="", finish_reason=reason)
+
+
+_PLACEHOLDER = "\ue000avito-delta-text\ue000"
+_PLACEHOLDER_JSON = json.dumps(_PLACEHOLDER, ensure_ascii=False)
 
 
 def wire(chunk: BaseModel) -> dict[str, Any]:
