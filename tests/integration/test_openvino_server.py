@@ -196,6 +196,9 @@ def one_slot(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess
         yield srv
 
 
+QUEUE_GAUGES = ("requests_waiting", "requests_running", "admission_waiting")
+
+
 def test_a_full_queue_answers_503_at_once(one_slot: ServerProcess) -> None:
     import threading
 
@@ -212,14 +215,13 @@ def test_a_full_queue_answers_503_at_once(one_slot: ServerProcess) -> None:
                 )
             )
             queued.start()
-            wait_until(  # it waits in the queue
-                lambda: (
-                    metric(one_slot, "avito_admission_waiting")
-                    + metric(one_slot, "avito_requests_waiting")
-                    == 1
-                ),
+            wait_until(  # it waits in the queue (no token yet, wherever it waits)
+                lambda: metric(one_slot, "avito_requests_waiting", model="avibe") == 1,
                 30,
-                "the second request queued",
+                lambda: (
+                    "the second request queued; waiting, running, in admission: "
+                    + str([metric(one_slot, f"avito_{n}") for n in QUEUE_GAUGES])
+                ),
             )
             began = time.monotonic()
             third = http.post(one_slot.url + "/api/v1/text/generate", json={"prompt": "hi"})

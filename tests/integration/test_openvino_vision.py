@@ -389,7 +389,9 @@ def test_a_broken_ir_fails_a_vision_and_a_vibe_keeps_serving(tmp_path: Path) -> 
             vision_loaded = models["avision"]["state"] != "loading"
             return models if vision_loaded and models["avibe"]["state"] == "ready" else None
 
-        ready = wait_until(settled, 60, "A-Vision's load over, A-Vibe ready")
+        # (120 s: A-Vibe's load, as the session's embedded server is given; before, 60 s
+        # here and A-Vibe's first answer another 60)
+        ready = wait_until(settled, 120, "A-Vision's load over, A-Vibe ready")
         avision = ready["avision"]
         assert avision["state"] == "failed" and "broken-avision" in avision["reason"]
         assert "export" in avision["reason"]
