@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import json
 import time
@@ -129,10 +130,14 @@ class BatchService:
         check = UploadCheck(
             self.settings.max_file_bytes, self.settings.max_lines, self.settings.max_line_bytes
         )
-        upload.seek(0)
-        while data := upload.read(CHUNK):
-            check.feed(data)
-        check.finish()
+
+        def read_all() -> None:  # up to 200 MB of JSON parsed: off the event loop
+            upload.seek(0)
+            while data := upload.read(CHUNK):
+                check.feed(data)
+            check.finish()
+
+        await asyncio.to_thread(read_all)
         now = int(time.time())
         row = {
             "id": f"file-{uuid.uuid4().hex}",
