@@ -382,13 +382,15 @@ class BatchStore:
 
     async def claim_lines(self, me: str, count: int, lease: float) -> list[Claimed]:
         """Up to `count` lines to run: pending ones whose time has come, and running ones
-        whose process's lease lapsed (it died); oldest batch first."""
+        whose process's lease lapsed (it died); oldest batch first. Never a line this
+        process runs itself, however late its renewal (a loaded machine): it would run
+        twice and be charged twice."""
         now = time.time()
         params = {"me": me, "now": now, "until": now + lease, "n": count}
         pick = (
             "SELECT l.{key} FROM batch_lines l JOIN batches b ON b.id = l.batch_id "
             "WHERE b.status = 'in_progress' AND ((l.status = 'pending' AND l.not_before <= :now)"
-            " OR (l.status = 'running' AND l.lease_until < :now)) "
+            " OR (l.status = 'running' AND l.lease_until < :now AND l.lease_owner <> :me)) "
             "ORDER BY b.created_at, l.batch_id, l.line_no LIMIT :n"
         )
         returning = (
