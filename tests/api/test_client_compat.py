@@ -307,3 +307,18 @@ async def test_chat_fields_this_server_does_not_implement_are_refused(
         off = {"store": False, "web_search_options": None, "prediction": None}
         ok = await http.post("/v1/chat/completions", json={**body, **off})
         assert ok.status_code == 200, ok.text
+
+
+async def test_null_n_and_stream_mean_their_defaults() -> None:
+    """OpenAI types `n` and `stream` as "or null": clients that write every field send
+    null for the ones they leave unset, and get one choice, not streamed."""
+    body = {"model": "avibe", "messages": ASK, "max_tokens": 4, "n": None, "stream": None}
+    async with clients() as (_, _, http):
+        r = await http.post("/v1/chat/completions", json=body)
+        assert r.status_code == 200, r.text
+        assert r.headers["content-type"].startswith("application/json")
+        assert len(r.json()["choices"]) == 1
+        plain = {k: v for k, v in body.items() if k != "messages"}
+        r = await http.post("/v1/completions", json={**plain, "prompt": "Hi"})
+        assert r.status_code == 200, r.text
+        assert len(r.json()["choices"]) == 1

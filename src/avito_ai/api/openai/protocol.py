@@ -171,6 +171,15 @@ class OpenAISampling(SamplingBase):
     logit_bias: Any = Field(None, json_schema_extra=_UNSUPPORTED_SCHEMA)
     suffix: Any = Field(None, json_schema_extra=_UNSUPPORTED_SCHEMA)
 
+    @field_validator("n", "stream", mode="before")
+    @classmethod
+    def _null_is_the_default(cls, value: Any, info: ValidationInfo) -> Any:
+        # OpenAI's reference types both as "integer or null" / "boolean or null": null
+        # means the default (1 choice, no stream), as clients that send every field write it.
+        if value is None:
+            return 1 if info.field_name == "n" else False
+        return value
+
     @field_validator(*UNSUPPORTED)
     @classmethod
     def _refuse_unsupported(cls, value: Any) -> Any:
