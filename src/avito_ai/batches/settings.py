@@ -28,23 +28,49 @@ class BatchSettings(BaseSettings):
         env_ignore_empty=True,
     )
 
-    # The batches' database: sqlite:///path (the default; one machine) or
-    # postgresql://user:password@host/db (several replicas share the work).
-    database_url: str = Field(default_factory=default_database_url)
-    # An uploaded file: bytes, lines, bytes of one line (OpenAI: 200 MB, 50,000 lines).
-    max_file_bytes: Annotated[int, Field(gt=0)] = 200 * MB
-    max_lines: Annotated[int, Field(gt=0)] = 50_000
-    max_line_bytes: Annotated[int, Field(gt=0)] = 16 * MB
-    # Lines this process runs at once (each replica, each gunicorn worker: its own); they
-    # wait in fair admission's lowest class behind every interactive request.
-    lines_in_flight: Annotated[int, Field(gt=0)] = 4
-    # A claimed line belongs to its process this long, renewed while it runs; a process
-    # that died loses its lines to the others after it.
-    lease_seconds: Annotated[float, Field(ge=2)] = 30.0
-    # Files (uploads and outputs) and finished batches are deleted this long after creation.
-    retention_hours: Annotated[float, Field(gt=0)] = 30 * 24.0
-    # Off: no /v1/files and /v1/batches runner in this process (the routes answer 503).
-    enabled: bool = True
+    database_url: str = Field(
+        default_factory=default_database_url,
+        description="the batches' database: sqlite:///path (default ~/.cache/avito-ai/"
+        "batches.sqlite3; one machine) or postgresql://user:password@host/db (several "
+        "replicas share the work)",
+    )
+    max_file_bytes: Annotated[
+        int, Field(gt=0, description="an uploaded file's bytes at most (OpenAI: 200 MB)")
+    ] = 200 * MB
+    max_lines: Annotated[
+        int, Field(gt=0, description="lines in one file at most (OpenAI: 50,000)")
+    ] = 50_000
+    max_line_bytes: Annotated[int, Field(gt=0, description="bytes of one line at most")] = 16 * MB
+    lines_in_flight: Annotated[
+        int,
+        Field(
+            gt=0,
+            description="lines this process runs at once (each replica, each gunicorn "
+            "worker: its own); they wait in fair admission's lowest class behind every "
+            "interactive request",
+        ),
+    ] = 4
+    lease_seconds: Annotated[
+        float,
+        Field(
+            ge=2,
+            description="a claimed line belongs to its process this long, renewed while "
+            "it runs; a process that died loses its lines to the others after it",
+        ),
+    ] = 30.0
+    retention_hours: Annotated[
+        float,
+        Field(
+            gt=0,
+            description="files (uploads and outputs) and finished batches are deleted "
+            "this long after creation",
+        ),
+    ] = 30 * 24.0
+    enabled: bool = Field(
+        True,
+        description="off: no batch runner in this process, and /v1/files and /v1/batches "
+        "answer 503",
+    )
 
     def public_view(self) -> dict[str, Any]:
         """KEY=value for `avito-ai config`, the database password masked."""

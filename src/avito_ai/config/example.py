@@ -51,8 +51,23 @@ def _block(section: type[Section]) -> list[str]:
     return lines
 
 
+def _batch_block() -> list[str]:
+    """The Batch API's BATCH_* (its own class, batches/settings.py, read by its runner)."""
+    from avito_ai.batches.settings import BatchSettings
+
+    lines = ["", "# --- Batch API (/v1/files, /v1/batches; docs/batch.md) ---"]
+    for name, field in BatchSettings.model_fields.items():
+        if field.description:
+            lines += textwrap.wrap(
+                field.description, 90, initial_indent="# ", subsequent_indent="# "
+            )
+        lines.append(f"BATCH_{name.upper()}={_default(field)}")
+    return lines
+
+
 def env_example() -> str:
     lines = HEADER.splitlines()
     for section in (*FRONT_DOOR, *SECTIONS.values()):
         lines += _block(section)
+    lines += _batch_block()
     return "\n".join(lines) + "\n"
