@@ -29,6 +29,7 @@ import logging
 import os
 import re
 import shlex
+import shutil
 import signal
 import socket
 import subprocess
@@ -97,10 +98,16 @@ class EngineRecord:
             return None
 
 
+_MADE_FOLDERS: list[Path] = []
+
+
 def state_dir(settings: ProcessSettings) -> Path:
     """ENGINE_STATE_DIR, or a fresh folder; exported to this process's environment so the
     workers forked from it (and their settings) find the same one."""
-    folder = settings.engine_state_dir or Path(tempfile.mkdtemp(prefix="avito-ai-engines-"))
+    folder = settings.engine_state_dir
+    if folder is None:  # ours: removed again when the engines stop
+        folder = Path(tempfile.mkdtemp(prefix="avito-ai-engines-"))
+        _MADE_FOLDERS.append(folder)
     folder.mkdir(parents=True, exist_ok=True)
     os.environ[STATE_DIR_VAR] = str(folder)
     return folder
@@ -431,3 +438,5 @@ def start_engine_processes(settings: EngineSettings) -> Path | None:
 def stop_engine_processes() -> None:
     while _SUPERVISORS:
         _SUPERVISORS.pop().stop()
+    while _MADE_FOLDERS:  # a fresh folder per start would otherwise pile up in /tmp
+        shutil.rmtree(_MADE_FOLDERS.pop(), ignore_errors=True)
