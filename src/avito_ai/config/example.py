@@ -10,7 +10,6 @@ from enum import Enum
 from pydantic import SecretStr
 from pydantic.fields import FieldInfo
 
-from avito_ai.config.section import Section
 from avito_ai.config.service import FRONT_DOOR, SECTIONS
 
 HEADER = """\
@@ -39,10 +38,9 @@ def _default(field: FieldInfo) -> str:
     return str(value)
 
 
-def _block(section: type[Section]) -> list[str]:
-    lines = ["", f"# --- {section.heading} ---"]
-    names = section.env_names()
-    for name, field in section.model_fields.items():
+def _block(heading: str, fields: dict[str, FieldInfo], names: dict[str, str]) -> list[str]:
+    lines = ["", f"# --- {heading} ---"]
+    for name, field in fields.items():
         if field.description:
             lines += textwrap.wrap(
                 field.description, 90, initial_indent="# ", subsequent_indent="# "
@@ -51,23 +49,17 @@ def _block(section: type[Section]) -> list[str]:
     return lines
 
 
-def _batch_block() -> list[str]:
-    """The Batch API's BATCH_* (its own class, batches/settings.py, read by its runner)."""
+def env_example() -> str:
+    # The Batch API's BATCH_* are a class of their own (batches/settings.py, its runner's).
     from avito_ai.batches.settings import BatchSettings
 
-    lines = ["", "# --- Batch API (/v1/files, /v1/batches; docs/batch.md) ---"]
-    for name, field in BatchSettings.model_fields.items():
-        if field.description:
-            lines += textwrap.wrap(
-                field.description, 90, initial_indent="# ", subsequent_indent="# "
-            )
-        lines.append(f"BATCH_{name.upper()}={_default(field)}")
-    return lines
-
-
-def env_example() -> str:
     lines = HEADER.splitlines()
     for section in (*FRONT_DOOR, *SECTIONS.values()):
-        lines += _block(section)
-    lines += _batch_block()
+        lines += _block(section.heading, section.model_fields, section.env_names())
+    batch = BatchSettings.model_fields
+    lines += _block(
+        "Batch API (/v1/files, /v1/batches; docs/batch.md)",
+        batch,
+        {name: f"BATCH_{name.upper()}" for name in batch},
+    )
     return "\n".join(lines) + "\n"
