@@ -206,8 +206,7 @@ class BatchRunner:
                 self.lines[key] = line
                 self.running[key] = asyncio.create_task(self._run(line), name=f"batch-line-{key}")
             metrics.BATCH_LINES_RUNNING.set(len(self.running))
-        counts = await self.store.line_counts()
-        metrics.BATCH_LINES_WAITING.set(counts.get("pending", 0))
+        metrics.BATCH_LINES_WAITING.set(await self.store.waiting_lines())
 
     # ------------------------------------------------------------------ validation
 

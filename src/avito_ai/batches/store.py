@@ -548,6 +548,13 @@ class BatchStore:
     ) -> bool:
         now = int(time.time())
         async with self.engine.begin() as conn:
+            out = await conn.execute(
+                select(lines.c.line_no)
+                .where(lines.c.batch_id == batch["id"], lines.c.status.in_(("pending", "running")))
+                .limit(1)
+            )
+            if out.first() is not None:  # (one index probe, each turn, each open batch)
+                return False
             counts = await self._counts(conn, [batch["id"]]).__anext__()
             if counts["pending"] or counts["running"]:
                 return False
@@ -614,16 +621,19 @@ class BatchStore:
                 await conn.execute(delete(lines).where(lines.c.batch_id.in_(part)))
                 await conn.execute(delete(batches).where(batches.c.id.in_(part)))
 
-    async def line_counts(self) -> dict[str, int]:
-        """Lines of unfinished batches by status, for the gauges."""
+    async def waiting_lines(self) -> int:
+        """Pending lines of unfinished batches, for the gauge (each runner turn: an
+        index-only count of the pending entries, not a read of every line)."""
+        open_batches = select(batches.c.id).where(
+            batches.c.status.in_(("in_progress", "cancelling"))
+        )
         async with self.engine.connect() as conn:
-            rows = await conn.execute(
-                select(lines.c.status, func.count())
-                .join(batches, batches.c.id == lines.c.batch_id)
-                .where(batches.c.status.in_(("in_progress", "cancelling")))
-                .group_by(lines.c.status)
+            count = await conn.execute(
+                select(func.count()).where(
+                    lines.c.status == "pending", lines.c.batch_id.in_(open_batches)
+                )
             )
-            return {status: int(count) for status, count in rows}
+            return int(count.scalar() or 0)
 
 
 class _Raced(Exception):

@@ -94,4 +94,8 @@ lines = Table(
     Column("finished_at", Float),
     Column("finished_by", String(128)),  # the process that wrote its result
     Index("ix_batch_lines_status", "status", "not_before"),
+    # counts by status and the tokens' sums read from the index alone (migration 0002)
+    Index(
+        "ix_batch_lines_batch_status", "batch_id", "status", "prompt_tokens", "completion_tokens"
+    ),
 )
