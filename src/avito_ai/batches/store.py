@@ -606,13 +606,16 @@ class BatchStore:
             return [r.id for r in rows]
 
     async def forget_batches(self, before: float) -> None:
-        """Finished batches created before `before`, with their lines."""
+        """Finished batches created before `before`, with their lines, once their output
+        and error files are gone too (those files' content is the lines: a batch that
+        finished late keeps them until its files expire, BATCH_RETENTION_HOURS after)."""
+        has_files = select(files.c.id).where(files.c.batch_id == batches.c.id).exists()
         async with self.engine.begin() as conn:
             ids = [
                 r.id
                 for r in await conn.execute(
                     select(batches.c.id).where(
-                        batches.c.status.in_(FINISHED), batches.c.created_at < before
+                        batches.c.status.in_(FINISHED), batches.c.created_at < before, ~has_files
                     )
                 )
             ]
