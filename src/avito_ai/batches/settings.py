@@ -62,8 +62,8 @@ class BatchSettings(BaseSettings):
         float,
         Field(
             gt=0,
-            description="files (uploads and outputs) and finished batches are deleted "
-            "this long after creation",
+            description="files (uploads and outputs) are deleted this long after they "
+            "were made, a finished batch once it is older and its files are gone",
         ),
     ] = 30 * 24.0
     enabled: bool = Field(
