@@ -160,13 +160,19 @@ Reserved = tuple[int, list[int], list[int]]
 class BudgetStore(Protocol):
     """Counters with an expiry, changed atomically across windows."""
 
-    async def reserve(self, keys: Keys, limits: Ints, amounts: Ints, expiries: Ints) -> Reserved:
-        """Add `amounts` to every key if each fits its limit, else change nothing."""
+    async def reserve(
+        self, keys: Keys, limits: Ints, amounts: Ints, expiries: Ints, once: str | None = None
+    ) -> Reserved:
+        """Add `amounts` to every key if each fits its limit, else change nothing. `once`:
+        a key naming this operation (in the keys' slot): the same call again (a client's
+        retry after a timeout) answers as the first did and changes nothing."""
         ...
 
-    async def adjust(self, keys: Keys, deltas: Ints, expiries: Ints) -> None:
+    async def adjust(
+        self, keys: Keys, deltas: Ints, expiries: Ints, once: str | None = None
+    ) -> None:
         """Add `deltas` (negative: give back, never below 0 nor into a window that has
-        ended; positive: charge, starting a window if none is open)."""
+        ended; positive: charge, starting a window if none is open). `once`: as above."""
         ...
 
     async def read(self, key: str) -> tuple[int, int]:
@@ -195,8 +201,10 @@ class MemoryBudgetStore:
             self._next_sweep = now + self.SWEEP_EVERY_S
             self._counts = {k: v for k, v in self._counts.items() if v[1] > now}
 
-    async def reserve(self, keys: Keys, limits: Ints, amounts: Ints, expiries: Ints) -> Reserved:
-        now = time.time()
+    async def reserve(
+        self, keys: Keys, limits: Ints, amounts: Ints, expiries: Ints, once: str | None = None
+    ) -> Reserved:
+        now = time.time()  # (`once` unused: nothing here is retried)
         self._sweep(now)
         entries = [self._live(key, now) for key in keys]
         used = [entry[0] if entry else 0 for entry in entries]
@@ -212,7 +220,9 @@ class MemoryBudgetStore:
             left[i] = math.ceil(expires - now)
         return 0, used, left
 
-    async def adjust(self, keys: Keys, deltas: Ints, expiries: Ints) -> None:
+    async def adjust(
+        self, keys: Keys, deltas: Ints, expiries: Ints, once: str | None = None
+    ) -> None:
         now = time.time()
         for key, delta, expiry in zip(keys, deltas, expiries, strict=True):
             entry = self._live(key, now)
@@ -228,9 +238,30 @@ class MemoryBudgetStore:
         return (entry[0], math.ceil(entry[1] - now)) if entry else (0, 0)
 
 
-# KEYS: the windows' keys; ARGV: per window, its limit, the amount and its expiry (s).
-_RESERVE = """
-local n = #KEYS
+# Both scripts run at most once per operation: redis-py retries a command whose answer
+# timed out (STORAGE_TIMEOUT_S; an event loop busy for longer on a loaded machine is
+# enough), and a script that had run would run again: a reservation charged twice and
+# settled once (the restart test's budget was overcharged by ~8 lines' tokens a group).
+# So a `once` key after the windows' keys: its first run stores its answer there
+# (ONCE_S), a retry finds it and answers the same.
+_ONCE = """
+local n = #ARGV / {per}
+local once = KEYS[n + 1]
+if once then
+  local seen = redis.call('GET', once)
+  if seen then return cjson.decode(seen) end
+end
+"""
+_REMEMBER = """
+if once then redis.call('SET', once, cjson.encode(result), 'EX', {seconds}) end
+return result
+"""
+ONCE_S = 300
+# KEYS: the windows' keys (and the `once` key); ARGV: per window, its limit, the amount and
+# its expiry (s).
+_RESERVE = (
+    _ONCE.format(per=3)
+    + """
 local used, left = {}, {}
 for i = 1, n do
   used[i] = tonumber(redis.call('GET', KEYS[i]) or '0')
@@ -238,7 +269,10 @@ for i = 1, n do
 end
 for i = 1, n do
   if used[i] + tonumber(ARGV[3 * i - 1]) > tonumber(ARGV[3 * i - 2]) then
-    return {i, used, left}
+    local result = {i, used, left}
+"""
+    + _REMEMBER.format(seconds=ONCE_S)
+    + """
   end
 end
 for i = 1, n do
@@ -248,11 +282,15 @@ for i = 1, n do
   end
   left[i] = redis.call('TTL', KEYS[i])
 end
-return {0, used, left}
+local result = {0, used, left}
 """
-# KEYS: the windows' keys; ARGV: per window, the change and its expiry (s).
-_ADJUST = """
-for i = 1, #KEYS do
+    + _REMEMBER.format(seconds=ONCE_S)
+)
+# KEYS: the windows' keys (and the `once` key); ARGV: per window, the change and its expiry.
+_ADJUST = (
+    _ONCE.format(per=2)
+    + """
+for i = 1, n do
   local delta = tonumber(ARGV[2 * i - 1])
   if delta < 0 then
     if redis.call('EXISTS', KEYS[i]) == 1 then
@@ -267,8 +305,10 @@ for i = 1, #KEYS do
     end
   end
 end
-return 0
+local result = 0
 """
+    + _REMEMBER.format(seconds=ONCE_S)
+)
 
 
 def redis_client(uri: str) -> Any:
@@ -315,14 +355,19 @@ class RedisBudgetStore:
         self._reserve = self._redis.register_script(_RESERVE)
         self._adjust = self._redis.register_script(_ADJUST)
 
-    async def reserve(self, keys: Keys, limits: Ints, amounts: Ints, expiries: Ints) -> Reserved:
+    async def reserve(
+        self, keys: Keys, limits: Ints, amounts: Ints, expiries: Ints, once: str | None = None
+    ) -> Reserved:
         args = [value for row in zip(limits, amounts, expiries, strict=True) for value in row]
-        refused, used, left = await self._reserve(keys=list(keys), args=args)
+        names = [*keys, once] if once else list(keys)
+        refused, used, left = await self._reserve(keys=names, args=args)
         return int(refused), [int(u) for u in used], [max(0, int(s)) for s in left]
 
-    async def adjust(self, keys: Keys, deltas: Ints, expiries: Ints) -> None:
+    async def adjust(
+        self, keys: Keys, deltas: Ints, expiries: Ints, once: str | None = None
+    ) -> None:
         args = [value for row in zip(deltas, expiries, strict=True) for value in row]
-        await self._adjust(keys=list(keys), args=args)
+        await self._adjust(keys=[*keys, once] if once else list(keys), args=args)
 
     async def read(self, key: str) -> tuple[int, int]:
         used = await self._redis.get(key)

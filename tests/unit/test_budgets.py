@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator
+from typing import Any
 
 import pytest
 
@@ -51,3 +52,22 @@ async def test_concurrent_reservations_never_overbook(store: BudgetStore) -> Non
     results = await asyncio.gather(*(store.reserve(["c"], [300], [61], [60]) for _ in range(12)))
     assert sum(refused == 0 for refused, _, _ in results) == 4  # 4 x 61 <= 300 < 5 x 61
     assert (await store.read("c"))[0] == 244
+
+
+async def test_a_retried_change_is_applied_once(redis_server: Any) -> None:
+    """redis-py sends a command again when its answer timed out (the event loop busy past
+    STORAGE_TIMEOUT_S): a reservation or a settlement named `once` changes the budget once.
+    (Memory: nothing is retried.)"""
+    import redis
+
+    redis.Redis(port=redis_server.port).flushall()
+    store = RedisBudgetStore(redis_server.uri)
+    first = await store.reserve(["r"], [1000], [40], [60], once="op-1")
+    again = await store.reserve(["r"], [1000], [40], [60], once="op-1")
+    assert first[:2] == again[:2] == (0, [40])
+    assert (await store.read("r"))[0] == 40
+    await store.adjust(["r"], [-10], [60], once="op-2")
+    await store.adjust(["r"], [-10], [60], once="op-2")
+    assert (await store.read("r"))[0] == 30
+    await store.reserve(["r"], [1000], [40], [60], once="op-3")  # a new one counts
+    assert (await store.read("r"))[0] == 70

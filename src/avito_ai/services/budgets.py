@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import uuid
 from dataclasses import dataclass
 from typing import Any
 
@@ -58,6 +59,7 @@ class Reservation:
     keys: list[str]
     amounts: list[int]
     expiries: list[int]
+    once: str | None = None  # its settlement's name: a retried settlement is applied once
     settled: bool = False
 
 
@@ -86,6 +88,12 @@ class TokenBudgets:
         # that the reservation's one Lua script needs.
         return f"avito-tokens/{{{client.id}}}/{window}"
 
+    @staticmethod
+    def _once(client: Client) -> str:
+        """A fresh name for one change of the client's budgets, in the same Cluster slot:
+        the storage applies a change once however often its client retries it."""
+        return f"avito-tokens/{{{client.id}}}/once/{uuid.uuid4().hex}"
+
     def _failed(self, what: str, exc: Exception) -> None:
         # (Imported here: the gunicorn master imports this module before it has made the
         # metrics folder.)
@@ -107,7 +115,11 @@ class TokenBudgets:
         expiries = [seconds for _, seconds, _ in windows]
         try:
             refused, used, left = await self.store.reserve(
-                keys, [limit for _, _, limit in windows], amounts, expiries
+                keys,
+                [limit for _, _, limit in windows],
+                amounts,
+                expiries,
+                once=self._once(client),
             )
         except Exception as exc:
             self._failed("reserving", exc)
@@ -131,7 +143,7 @@ class TokenBudgets:
                 f"or held, this request may use up to {tokens}); retry in {retry} s",
                 retry_after=retry,
             )
-        return Reservation(client, keys, amounts, expiries)
+        return Reservation(client, keys, amounts, expiries, self._once(client))
 
     async def settle(self, reservation: Reservation | None, used: int) -> None:
         """Give back what the request did not use (or charge what it used past its
@@ -149,7 +161,9 @@ class TokenBudgets:
 
     async def _adjust(self, reservation: Reservation, deltas: list[int], used: int) -> None:
         try:
-            await self.store.adjust(reservation.keys, deltas, reservation.expiries)
+            await self.store.adjust(
+                reservation.keys, deltas, reservation.expiries, once=reservation.once
+            )
         except Exception as exc:  # the answer is given: log (throttled), do not fail it
             self._failed(f"settling {used} tokens of {reservation.client.name}", exc)
 
