@@ -256,7 +256,7 @@ _REMEMBER = """
 if once then redis.call('SET', once, cjson.encode(result), 'EX', {seconds}) end
 return result
 """
-ONCE_S = 300
+ONCE_S = 30  # the retry is immediate (one, no backoff): kept briefly, as each request makes two
 # KEYS: the windows' keys (and the `once` key); ARGV: per window, its limit, the amount and
 # its expiry (s).
 _RESERVE = (
