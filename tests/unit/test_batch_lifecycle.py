@@ -31,6 +31,7 @@ from avito_ai.batches.store import BatchStore
 from avito_ai.batches.tables import batches, file_chunks, files, lines
 from avito_ai.clients import Client
 from avito_ai.errors import NotFound
+from tests.waiting import wait_until_async
 
 CLIENT = Client(id="public", name="test")
 EXPIRED_MESSAGE = "This request could not be executed before the completion window expired."
@@ -243,3 +244,36 @@ async def test_a_batch_stays_while_its_output_does(
     assert (await service.get(CLIENT, batch["id"]))["status"] == "completed"
     out = await content(service, done["output_file_id"])
     assert [o["custom_id"] for o in out] == ["a"]
+
+
+async def test_stopping_while_a_line_waits_for_the_database_ends_at_once(
+    world: tuple[BatchService, BatchRunner, LineApp],
+) -> None:
+    """A line whose result cannot be written (the database refuses it) retries the write;
+    stopping the process (SIGTERM's shutdown) ends that retry instead of waiting for the
+    database for ever: the line's lease lapses and it runs again elsewhere."""
+    from avito_ai.observability import metrics
+
+    service, runner, app = world
+    source = await service.upload(CLIENT, jsonl([line("held", "hold")]), "in.jsonl", "batch")
+    await service.create(
+        CLIENT,
+        input_file_id=source["id"],
+        endpoint="/v1/chat/completions",
+        completion_window="24h",
+        metadata=None,
+    )
+    await runner.turn()
+    await app.held.wait()
+    async with service.store.engine.begin() as conn:  # the result's write will fail
+        await conn.exec_driver_sql("ALTER TABLE batch_lines RENAME TO batch_lines_away")
+    errors = metrics.BATCH_STORE_ERRORS._value.get()
+    app.release.set()
+    await wait_until_async(
+        lambda: metrics.BATCH_STORE_ERRORS._value.get() > errors, 30, "the write failed"
+    )
+    tasks = list(runner.running.values())
+    await asyncio.wait_for(runner.stop(), 30)
+    assert all(task.done() for task in tasks)
+    await asyncio.sleep(0.6)  # the behaviour under test: the retry's backoff (0.5 s) passes
+    assert metrics.BATCH_STORE_ERRORS._value.get() == errors + 1  # no write after the stop

@@ -130,6 +130,10 @@ class BatchRunner:
         self.wake = asyncio.Event()
         self.paused = False
         self._task: asyncio.Task[None] | None = None
+        # Every line task this process started, and whether it is shutting down: stopping
+        # ends them all, even one whose result is still waiting for the database.
+        self._line_tasks: set[asyncio.Task[None]] = set()
+        self._stopping = False
         self._renewed = 0.0
         self._kept = 0.0
         self._db_log = Throttled(logger)
@@ -142,11 +146,12 @@ class BatchRunner:
     async def stop(self) -> None:
         """Stop claiming; lines running now are cancelled (their leases lapse and another
         process, or this one restarted, runs them again)."""
+        self._stopping = True
         if self._task is not None:
             self._task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._task
-        tasks = list(self.running.values())
+        tasks = list(self._line_tasks)
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
@@ -203,8 +208,13 @@ class BatchRunner:
                 self._renewed = time.time()
             for line in claimed:
                 key = (line.batch_id, line.line_no)
+                if key in self.running:  # already running here: never a second copy
+                    continue
                 self.lines[key] = line
-                self.running[key] = asyncio.create_task(self._run(line), name=f"batch-line-{key}")
+                task = asyncio.create_task(self._run(line), name=f"batch-line-{key}")
+                self.running[key] = task
+                self._line_tasks.add(task)
+                task.add_done_callback(self._line_tasks.discard)
             metrics.BATCH_LINES_RUNNING.set(len(self.running))
         metrics.BATCH_LINES_WAITING.set(await self.store.waiting_lines())
 
@@ -341,6 +351,8 @@ class BatchRunner:
                 raise
             except Exception as exc:
                 metrics.BATCH_STORE_ERRORS.inc()
+                if self._stopping:  # shutting down: the lease lapses, the line runs again
+                    raise
                 self._db_log.error("Batch database unavailable writing a line (%s); retrying", exc)
                 await asyncio.sleep(delay)  # backoff while the database is away
                 delay = min(delay * 2, 10.0)
