@@ -15,6 +15,7 @@ from fastapi import FastAPI
 from avito_ai.batches import lifecycle as batches
 from avito_ai.observability import tracing
 from avito_ai.observability.system import prime_cpu_percent
+from avito_ai.services import constraints
 from avito_ai.services.state import ServiceState
 
 logger = logging.getLogger("avito_ai.lifespan")
@@ -26,6 +27,7 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     prime_cpu_percent()
     tracing.start()  # in this process (each gunicorn worker: after the fork)
     await state.start_engines()
+    constraints.warm_compiler()  # structured output's compiler, imported in the background
     await batches.start(app)  # the Batch API's runner (avito_ai/batches/)
     logger.info("Avito AI API started; models are loading in the background")
     try:

@@ -241,6 +241,14 @@ CACHE_SIZE = 512
 _CACHE: LRUCache[tuple[ConstraintKind, str], str] = LRUCache(CACHE_SIZE)
 
 
+def warm_compiler() -> None:
+    """Import the grammar compiler in the background at start-up: its first import (with
+    torch installed, torch's too) takes seconds, which the first schema should not wait
+    for. A failure here is the first compile's to report."""
+    future = asyncio.get_running_loop().run_in_executor(_COMPILER, _grammar_class)
+    future.add_done_callback(lambda done: done.cancelled() or done.exception())
+
+
 async def compiled(kind: ConstraintKind, source: str, param: str) -> str:
     """The answer grammar, cached per distinct source (a repeated schema costs a dict
     lookup); compiled off the event loop, at most COMPILE_TIMEOUT_S. Raises
