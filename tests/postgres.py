@@ -85,7 +85,14 @@ class PostgresServer:
     def stop(self) -> None:
         """Gone at once (an immediate shutdown, as a crash or a lost network looks)."""
         if self.proc is not None and self.proc.poll() is None:
-            self.proc.terminate()  # runuser passes it on
+            # pg_ctl's immediate mode signals the postmaster itself and waits for it to be
+            # gone; a signal to `runuser` reached it as a smart shutdown, which waits for
+            # the replicas' connections to end, and the next start found its lock file.
+            subprocess.run(
+                [*_as_user(), pg_bin("pg_ctl"), "stop", "-D", str(self.workdir / "data"),
+                 "-m", "immediate", "-w", "-t", "30"],
+                capture_output=True,
+            )  # fmt: skip
             self.proc.wait(30)
 
     def log(self) -> str:

@@ -66,6 +66,37 @@ def test_interrupted_and_rerun_it_reattaches_and_writes_the_output(
     assert sorted(line["custom_id"] for line in lines) == sorted(f"c{i}" for i in range(16))
 
 
+def test_stopped_before_it_noted_its_batch_a_rerun_still_finds_it(
+    server: ServerProcess, tmp_path: Path
+) -> None:
+    """Ctrl+C after the service created the batch but before the command wrote it down
+    (its state file lost): the rerun finds the batch by the run's key in its metadata."""
+    source = tmp_path / "lost.jsonl"  # a name of its own among the module's files
+    source.write_bytes(jsonl([chat_line(f"k{i}", max_tokens=10) for i in range(4)]))
+    out = tmp_path / "out.jsonl"
+    first = command(server, tmp_path, str(source), "-o", str(out))
+    mine = lambda: [  # noqa: E731
+        b for b in httpx.get(server.url + "/v1/batches").json()["data"]
+        if (b.get("metadata") or {}).get("avito_ai_batch_cli")
+        and b["input_file_id"] in ids_of(source.name)
+    ]  # fmt: skip
+    ids_of = lambda name: {  # noqa: E731
+        f["id"] for f in httpx.get(server.url + "/v1/files").json()["data"]
+        if f["filename"] == name
+    }  # fmt: skip
+    started = wait_until(mine, 60, "the command created its batch")
+    first.send_signal(signal.SIGINT)
+    first.communicate(timeout=30)
+    for state in (tmp_path / ".cache" / "avito-ai" / "batch-cli").glob("*.json"):
+        state.unlink()  # as if it stopped before writing it
+
+    second = command(server, tmp_path, str(source), "-o", str(out))
+    _, said = second.communicate(timeout=240)
+    assert second.returncode == 0, said
+    assert f"batch {started[0]['id']} reattached" in said
+    assert len(mine()) == 1
+
+
 def test_a_file_the_service_refuses_says_why(server: ServerProcess, tmp_path: Path) -> None:
     source = tmp_path / "bad.jsonl"
     source.write_text("not json\n")

@@ -21,6 +21,8 @@ from tqdm import tqdm
 
 FINISHED = ("completed", "failed", "expired", "cancelled")
 STATE_DIR = Path.home() / ".cache" / "avito-ai" / "batch-cli"
+# The batch's metadata names the run (the state file's name): a rerun finds its batch by it.
+METADATA_KEY = "avito_ai_batch_cli"
 
 
 class BatchCommandError(Exception):
@@ -82,6 +84,8 @@ def run(
     with httpx.Client(base_url=url.rstrip("/"), headers=headers, timeout=120) as http:
         batch = _reattach(http, state_file)
         if batch is None:
+            batch = _find(http, state_file.stem)  # created, but stopped before noting it
+        if batch is None:
             with path.open("rb") as content:
                 uploaded = _check(
                     http.post("/v1/files", files={"file": (path.name, content)},
@@ -91,7 +95,8 @@ def run(
                 http.post(
                     "/v1/batches",
                     json={"input_file_id": uploaded["id"], "endpoint": endpoint,
-                          "completion_window": "24h"},
+                          "completion_window": "24h",
+                          "metadata": {METADATA_KEY: state_file.stem}},
                 )
             )  # fmt: skip
             state_file.parent.mkdir(parents=True, exist_ok=True)
@@ -116,6 +121,25 @@ def _reattach(http: httpx.Client, state_file: Path) -> dict[str, Any] | None:
         state_file.unlink(missing_ok=True)  # a new run for a batch that cannot go on
         return None
     return batch
+
+
+def _find(http: httpx.Client, run_key: str) -> dict[str, Any] | None:
+    """The batch an earlier run of this command created, found by the run's key in its
+    metadata: Ctrl+C can come after the service created it and before the state file was
+    written. The newest first, one page of them."""
+    response = http.get("/v1/batches", params={"limit": 100})
+    if response.status_code >= 400:
+        return None
+    for batch in response.json().get("data", []):
+        if (batch.get("metadata") or {}).get(METADATA_KEY) == run_key and batch["status"] not in (
+            "failed",
+            "cancelled",
+            "expired",
+            "cancelling",
+        ):
+            found: dict[str, Any] = batch
+            return found
+    return None
 
 
 def _follow(http: httpx.Client, batch: dict[str, Any], poll: float) -> dict[str, Any]:
