@@ -134,6 +134,8 @@ def stream_beside(embedded_server: ServerProcess) -> Iterator[dict[str, Any]]:
             "messages": [{"role": "user", "content": "Tell a long story about the sea."}],
             "max_tokens": 150,
             "stream": True,
+            # Greedy: sampled, the 135M model sometimes ends its story before 150 tokens.
+            "temperature": 0,
         }
         with httpx.stream(
             "POST", embedded_server.url + "/v1/chat/completions", json=body, timeout=300
