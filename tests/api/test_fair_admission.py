@@ -127,7 +127,9 @@ async def test_one_client_runs_at_most_its_concurrency(
         avibe_max_concurrency=8,  # places to spare: only its own concurrency holds it
         rate_limit_per_minute=1000,
     )
-    async with running(settings, engine_set(token_delay=0.02)) as (_, client):
+    # Each answer (3 tokens) runs long enough for a busy machine's dashboard call to see
+    # two of them between their first token and their end.
+    async with running(settings, engine_set(token_delay=0.3)) as (_, client):
         tasks = [asyncio.create_task(generate(client, "sk-a")) for _ in range(6)]
         # What the dashboard shows meanwhile ("waiting" also counts an admitted request
         # until its first token).

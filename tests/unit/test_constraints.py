@@ -73,6 +73,27 @@ def test_keywords_the_grammar_would_ignore_are_refused(schema: dict, words: str)
     assert refused.value.param == "response_format.json_schema.schema"
 
 
+def test_the_whole_package_follows_the_grammar_compiler_in_one_process() -> None:
+    """The services import xgrammar's compiler alone (not its Hugging Face glue, which
+    imports transformers); a transformers engine in the same process later gets the whole
+    package, the same `Grammar` class included."""
+    import subprocess
+    import sys
+
+    script = """
+import sys
+from avito_ai.engines import xgrammar_import
+grammar = xgrammar_import.grammar_class()
+assert 'transformers' not in sys.modules and 'xgrammar.matcher' not in sys.modules
+xgr = xgrammar_import.full()
+assert xgr.Grammar is grammar and 'xgrammar.matcher' in sys.modules
+assert xgr.GrammarMatcher and xgr.TokenizerInfo and xgrammar_import.full() is xgr
+print('ok')
+"""
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True)
+    assert done.stdout.strip() == "ok", done.stderr[-2000:]
+
+
 def test_grammars_compile_without_torch_as_on_the_light_install() -> None:
     """`make serve` installs xgrammar without torch (its package imports torch; its grammar
     compiler does not need it): the service compiles through the grammar module alone."""

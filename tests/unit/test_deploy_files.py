@@ -16,6 +16,7 @@ import pytest
 import yaml
 
 from avito_ai.app import create_app
+from avito_ai.batches.settings import BatchSettings
 from avito_ai.config import env_names
 from avito_ai.engines.fake import FakeEngine
 from tests.conftest import engine_set, isolated_settings
@@ -35,7 +36,7 @@ IMAGE_VARS = {
     "PIP_DISABLE_PIP_VERSION_CHECK",
     "PATH",
 }
-SETTINGS_VARS = set(env_names())
+SETTINGS_VARS = set(env_names()) | set(BatchSettings.env_names().values())
 KNOWN_VARS = SETTINGS_VARS | EXTERNAL_VARS
 
 

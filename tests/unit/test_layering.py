@@ -1,5 +1,9 @@
 """The service starts and answers without the transformers backend's heavy libraries when
-that backend is not used (the import contract in pyproject.toml checks the source)."""
+that backend is not used (the import contract in pyproject.toml checks the source).
+
+torch is made unimportable, as on the light install (`make serve`, the CPU image), where it
+is not installed: with torch installed, xgrammar's C++ binding layer (tvm_ffi) imports it
+first thing, which is no concern of the service's."""
 
 from __future__ import annotations
 
@@ -11,6 +15,11 @@ ROOT = Path(__file__).resolve().parents[2]
 
 SCRIPT = """
 import sys
+class NoTorch:
+    def find_spec(self, name, path=None, target=None):
+        if name.split('.')[0] == 'torch':
+            raise ImportError('no torch on the light install')
+sys.meta_path.insert(0, NoTorch())
 from fastapi.testclient import TestClient
 from avito_ai.app import create_app
 from avito_ai.config import Settings
@@ -19,8 +28,14 @@ settings = Settings(_env_file=None, avibe_backend="fake", avision_backend="fake"
 with TestClient(create_app(settings)) as client:
     r = client.post("/api/v1/text/generate", json={"prompt": "hello there"})
     assert r.status_code == 200, r.text
+    schema = {"type": "object", "properties": {"a": {"type": "integer"}}, "required": ["a"]}
+    r = client.post("/v1/chat/completions", json={
+        "model": "avibe", "messages": [{"role": "user", "content": "hi"}],
+        "response_format": {"type": "json_schema", "json_schema": {"name": "x", "schema": schema}},
+    })
+    assert r.status_code == 200, r.text
     assert client.get("/api/health/ready").status_code == 200
-heavy = sorted(m for m in ("torch", "transformers", "tokenizers") if m in sys.modules)
+heavy = sorted(m for m in ("transformers", "tokenizers", "xgrammar.matcher") if m in sys.modules)
 print(",".join(heavy) or "none")
 """
 

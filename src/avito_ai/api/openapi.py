@@ -15,10 +15,33 @@ from typing import Any
 
 from fastapi import FastAPI
 from fastapi.openapi.utils import get_openapi
+from pydantic import BaseModel
 
 from avito_ai.api.errors import ErrorResponse, status_description
 from avito_ai.config import Settings
 from avito_ai.paths import error_dialect, is_limited, needs_key
+
+
+def inline_schema(model: type[BaseModel]) -> dict[str, Any]:
+    """`model`'s JSON Schema with its `$defs` written in place, for an operation's
+    `openapi_extra`: a `#/$defs/...` reference there would point at the document's root,
+    where nothing is (schemathesis: "unresolvable reference")."""
+    schema = model.model_json_schema()
+    defs: dict[str, Any] = schema.pop("$defs", {})
+
+    def inline(node: Any) -> Any:
+        if isinstance(node, dict):
+            ref = node.get("$ref")
+            if isinstance(ref, str) and ref.startswith("#/$defs/"):
+                return inline(defs[ref.removeprefix("#/$defs/")])
+            return {key: inline(value) for key, value in node.items()}
+        if isinstance(node, list):
+            return [inline(item) for item in node]
+        return node
+
+    inlined: dict[str, Any] = inline(schema)
+    return inlined
+
 
 OPENAI_ERROR_SCHEMA: dict[str, Any] = {
     "type": "object",

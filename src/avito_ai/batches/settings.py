@@ -72,16 +72,21 @@ class BatchSettings(BaseSettings):
         "answer 503",
     )
 
+    @classmethod
+    def env_names(cls) -> dict[str, str]:
+        """Field name → its environment variable."""
+        return {name: f"BATCH_{name.upper()}" for name in cls.model_fields}
+
     def public_view(self) -> dict[str, Any]:
         """KEY=value for `avito-ai config`, the database password masked."""
         from sqlalchemy.engine import make_url
 
         view: dict[str, Any] = {}
-        for name in type(self).model_fields:
+        for name, env in self.env_names().items():
             value = getattr(self, name)
             if name == "database_url":
                 value = make_url(value).render_as_string(hide_password=True)
-            view[f"BATCH_{name.upper()}"] = value
+            view[env] = value
         return view
 
 

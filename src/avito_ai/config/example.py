@@ -56,10 +56,9 @@ def env_example() -> str:
     lines = HEADER.splitlines()
     for section in (*FRONT_DOOR, *SECTIONS.values()):
         lines += _block(section.heading, section.model_fields, section.env_names())
-    batch = BatchSettings.model_fields
     lines += _block(
         "Batch API (/v1/files, /v1/batches; docs/batch.md)",
-        batch,
-        {name: f"BATCH_{name.upper()}" for name in batch},
+        BatchSettings.model_fields,
+        BatchSettings.env_names(),
     )
     return "\n".join(lines) + "\n"

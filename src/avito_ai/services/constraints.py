@@ -13,25 +13,15 @@ grammar compiler honours (`not`, `if`, `uniqueItems`... it would silently ignore
 answer could break them); regexes and grammars parse. Compiling runs off the event loop,
 bounded in time.
 
-Why xgrammar is not simply imported (checked for xgrammar 0.2.9, the pinned version):
-its `__init__` imports `testing`, `matcher` and `contrib.hf`, each of which runs
-`import torch` at module level (xgrammar/testing.py:9, matcher.py:9, contrib/hf.py:8), so
-`import xgrammar` raises ModuleNotFoundError in the light install, which has no torch (the
-package declares torch as a dependency and is installed --no-deps there). The grammar
-compiler itself is C++ (load_binding) and `xgrammar.grammar` imports no torch. Without
-torch, `_grammar_class` therefore registers an empty `xgrammar` package (its real path) and
-imports `load_binding` and `grammar` alone; with torch installed, the ordinary import.
+xgrammar is imported without torch (engines/xgrammar_import.py says why).
 """
 
 from __future__ import annotations
 
 import asyncio
 import functools
-import importlib.util
 import json
 import re
-import sys
-import types
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
@@ -45,6 +35,7 @@ from avito_ai.engines.base import (
     capabilities_of,
 )
 from avito_ai.engines.grammar import expand_regex_rules, matches_nothing, openvino_dialect
+from avito_ai.engines.xgrammar_import import grammar_class
 from avito_ai.errors import ValidationFailed
 from avito_ai.services.output import FieldNames, OutputSpec
 
@@ -197,22 +188,8 @@ def _check_keywords(node: Any, param: str, where: str, depth: int) -> None:
 
 @functools.cache
 def _grammar_class() -> Any:
-    """xgrammar's `Grammar`, without importing torch when torch is not installed."""
-    if "xgrammar" in sys.modules or importlib.util.find_spec("torch") is not None:
-        import xgrammar
-
-        return xgrammar.Grammar
-    spec = importlib.util.find_spec("xgrammar")
-    if spec is None or not spec.submodule_search_locations:
-        raise RuntimeError("xgrammar is not installed (`make serve` installs it)")
-    package = types.ModuleType("xgrammar")
-    package.__path__ = list(spec.submodule_search_locations)
-    package.__package__ = "xgrammar"
-    sys.modules["xgrammar"] = package
-    import xgrammar.load_binding  # the C++ library, as the package's __init__ loads it first
-    from xgrammar.grammar import Grammar
-
-    return Grammar
+    """xgrammar's `Grammar`, without importing torch."""
+    return grammar_class()
 
 
 def _clean(exc: Exception) -> str:

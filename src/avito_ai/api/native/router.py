@@ -10,7 +10,7 @@ from fastapi.responses import StreamingResponse
 from avito_ai.api.deps import CallDep, StateDep
 from avito_ai.api.native.protocol import GenerationResponse, ImageAnalyzeJSON, TextGenerateRequest
 from avito_ai.api.native.serving import DEFAULT_IMAGE_PROMPT, NativeAnswer, NativeServing
-from avito_ai.api.openapi import errors
+from avito_ai.api.openapi import errors, inline_schema
 from avito_ai.api.sse import sse_response
 
 router = APIRouter(prefix="/api/v1", tags=["native API"])
@@ -72,7 +72,7 @@ _MULTIPART_SCHEMA = {
             "required": True,
             "content": {
                 "multipart/form-data": {"schema": _MULTIPART_SCHEMA},
-                "application/json": {"schema": ImageAnalyzeJSON.model_json_schema()},
+                "application/json": {"schema": inline_schema(ImageAnalyzeJSON)},
             },
         }
     },

@@ -51,6 +51,12 @@ _CHAT_UNSUPPORTED_SCHEMA: dict[str, Any] = {
 }
 
 
+def _or_null(schema: dict[str, Any]) -> None:
+    """The field's schema also admits null, which its validator reads as the default."""
+    typed = {k: schema.pop(k) for k in ("type", "minimum", "maximum") if k in schema}
+    schema["anyOf"] = [typed, {"type": "null"}]
+
+
 def _is_off(value: Any) -> bool:
     return (
         value is None
@@ -158,8 +164,8 @@ class OpenAISampling(SamplingBase):
     model: StrictStr
     max_completion_tokens: Annotated[StrictInt, Field(ge=1), WholeNumber] | None = None
     # Choices per request; the server's bound is MAX_CHOICES (a 400 past it).
-    n: Annotated[StrictInt, Field(ge=1, le=128), WholeNumber] = 1
-    stream: StrictBool = False
+    n: Annotated[StrictInt, Field(ge=1, le=128, json_schema_extra=_or_null), WholeNumber] = 1
+    stream: Annotated[StrictBool, Field(json_schema_extra=_or_null)] = False
     stream_options: StreamOptions | None = None
     user: str | None = None
     # Parts of the OpenAI API this server does not implement: refused, never ignored. Only

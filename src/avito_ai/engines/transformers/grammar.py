@@ -16,6 +16,7 @@ from typing import Any
 
 import torch
 
+from avito_ai.engines import xgrammar_import
 from avito_ai.errors import ValidationFailed
 
 COMPILE_TIMEOUT_S = 10.0
@@ -25,7 +26,7 @@ class GrammarCompiler:
     """Compiles answer grammars (xgrammar EBNF) against one model's tokenizer."""
 
     def __init__(self, tokenizer: Any, vocab_size: int, stop_token_ids: Iterable[int]) -> None:
-        import xgrammar as xgr
+        xgr = xgrammar_import.full()
 
         info = xgr.TokenizerInfo.from_huggingface(
             tokenizer, vocab_size=vocab_size, stop_token_ids=sorted(stop_token_ids)
@@ -51,14 +52,14 @@ class TokenGrammar:
     __slots__ = ("_bitmask", "_matcher")
 
     def __init__(self, compiled: Any, vocab_size: int) -> None:
-        import xgrammar as xgr
+        xgr = xgrammar_import.full()
 
         self._matcher = xgr.GrammarMatcher(compiled)
         self._bitmask = xgr.allocate_token_bitmask(1, vocab_size)
 
     def mask(self, logits: torch.Tensor) -> torch.Tensor:
         """A copy of one row of logits with the forbidden tokens at -inf."""
-        import xgrammar as xgr
+        xgr = xgrammar_import.full()
 
         self._matcher.fill_next_token_bitmask(self._bitmask)
         out = logits.clone()[None, :]
