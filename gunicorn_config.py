@@ -55,8 +55,9 @@ loglevel = _settings.log_level.lower()
 # Prometheus multiprocess mode: every worker writes its samples to this folder, so any
 # worker answers /metrics and /api/metrics with the totals of all of them.
 # (Exported to os.environ: prometheus_client reads it there, in every worker.)
+_OWN_METRICS_PREFIX = "avito-ai-metrics-"  # a folder made here, removed at exit
 os.environ["PROMETHEUS_MULTIPROC_DIR"] = str(
-    _settings.prometheus_multiproc_dir or tempfile.mkdtemp(prefix="avito-ai-metrics-")
+    _settings.prometheus_multiproc_dir or tempfile.mkdtemp(prefix=_OWN_METRICS_PREFIX)
 )
 
 
@@ -95,10 +96,16 @@ GC_GEN0_THRESHOLD = 10_000
 
 
 def on_exit(server: Any) -> None:
-    """After the workers drained and exited: stop the engines (SIGTERM, then SIGKILL)."""
+    """After the workers drained and exited: stop the engines (SIGTERM, then SIGKILL), and
+    remove the metrics folder if this file made it (one given by the setting stays)."""
     from avito_ai.engines.process.supervisor import stop_engine_processes
 
     stop_engine_processes()
+    folder = Path(os.environ["PROMETHEUS_MULTIPROC_DIR"])
+    if folder.name.startswith(_OWN_METRICS_PREFIX) and folder.parent == Path(
+        tempfile.gettempdir()
+    ):
+        shutil.rmtree(folder, ignore_errors=True)
 
 
 def child_exit(server: Any, worker: Any) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import atexit
 import os
 import shutil
 import subprocess
@@ -28,9 +29,10 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 # Nor do they share the user's Batch API database (~/.cache/avito-ai/batches.sqlite3): this
 # session's apps and servers keep their batches in a file of its own, unless a test names one.
-os.environ.setdefault(
-    "BATCH_DATABASE_URL", f"sqlite:///{tempfile.mkdtemp(prefix='avito-batches-')}/batches.sqlite3"
-)
+if "BATCH_DATABASE_URL" not in os.environ:
+    _BATCHES = tempfile.mkdtemp(prefix="avito-batches-")
+    atexit.register(shutil.rmtree, _BATCHES, True)
+    os.environ["BATCH_DATABASE_URL"] = f"sqlite:///{_BATCHES}/batches.sqlite3"
 
 
 # `make test` runs the suite on two workers (pytest-xdist, --dist loadfile: a file to a
