@@ -277,3 +277,59 @@ async def test_stopping_while_a_line_waits_for_the_database_ends_at_once(
     assert all(task.done() for task in tasks)
     await asyncio.sleep(0.6)  # the behaviour under test: the retry's backoff (0.5 s) passes
     assert metrics.BATCH_STORE_ERRORS._value.get() == errors + 1  # no write after the stop
+
+
+async def test_no_line_starts_while_interactive_users_are_served(tmp_path: Path) -> None:
+    """Batches fill the time interactive users leave idle: while an interactive request
+    runs on this process, and BATCH_YIELD_SECONDS after the last one, no line starts."""
+    settings = BatchSettings(
+        database_url=f"sqlite:///{tmp_path / 'batches.sqlite3'}",
+        lines_in_flight=2,
+        yield_seconds=2,
+        enabled=True,
+    )
+    quiet = [0.0]  # what fair admission says: an interactive request is running now
+    store = BatchStore(settings.database_url)
+    runner = BatchRunner(
+        LineApp(), store, settings, models=BATCH_MODELS, policies=[], quiet_for=lambda: quiet[0]
+    )
+    service = BatchService(store, settings, runner)
+    try:
+        source = await service.upload(CLIENT, jsonl([line("a"), line("b")]), "in.jsonl", "batch")
+        batch = await service.create(
+            CLIENT,
+            input_file_id=source["id"],
+            endpoint="/v1/chat/completions",
+            completion_window="24h",
+            metadata=None,
+        )
+        await runner.turn()  # validated, nothing claimed
+        assert (await service.get(CLIENT, batch["id"]))["status"] == "in_progress"
+        assert not runner.running
+        quiet[0] = 1.5  # the last interactive request ended 1.5 s ago
+        await runner.turn()
+        assert not runner.running
+        quiet[0] = 2.5
+        await runner.turn()
+        assert len(runner.running) == 2
+        await settle(runner)
+        await runner.turn()
+        view = await service.get(CLIENT, batch["id"])
+        assert view["status"] == "completed" and view["request_counts"]["completed"] == 2
+    finally:
+        await runner.stop()
+        await store.close()
+
+
+async def test_fair_admission_says_how_long_interactive_traffic_has_been_quiet() -> None:
+    from avito_ai.services.admission import Governor
+    from tests.conftest import engine_set, isolated_settings
+
+    governor = Governor(isolated_settings(), engine_set())
+    admission = governor.admissions["avibe"]
+    assert governor.quiet_for() == float("inf")  # none ever came
+    async with admission.place("batch-owner", "batch"):
+        assert governor.quiet_for() == float("inf")  # a batch line is not interactive
+    async with admission.place("someone", "interactive"):
+        assert governor.quiet_for() == 0.0
+    assert 0.0 < governor.quiet_for() < 60

@@ -30,7 +30,14 @@ def install(
     if not settings.enabled:
         return
     store = BatchStore(settings.database_url)
-    runner = BatchRunner(app, store, settings, models=models, policies=policies)
+    runner = BatchRunner(
+        app,
+        store,
+        settings,
+        models=models,
+        policies=policies,
+        quiet_for=lambda: app.state.avito.governor.quiet_for(),
+    )
     app.state.batches = BatchService(store, settings, runner)
 
 

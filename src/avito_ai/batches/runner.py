@@ -118,8 +118,11 @@ class BatchRunner:
         *,
         models: Mapping[str, type[BaseModel]],
         policies: list[KeyPolicy],
+        quiet_for: Callable[[], float] = lambda: float("inf"),
     ) -> None:
         self.app = app
+        # Seconds since interactive traffic last ran on this process (fair admission's).
+        self.quiet_for = quiet_for
         self.store = store
         self.settings = settings
         self.models = models
@@ -202,6 +205,8 @@ class BatchRunner:
             await self._retention(now)
             self._kept = now
         free = self.settings.lines_in_flight - len(self.running)
+        if free > 0 and self.quiet_for() < self.settings.yield_seconds:
+            free = 0  # interactive users now or a moment ago: start nothing new this turn
         if free > 0:
             claimed = await self.store.claim_lines(self.me, free, self.settings.lease_seconds)
             if claimed:

@@ -50,6 +50,16 @@ class BatchSettings(BaseSettings):
             "interactive request",
         ),
     ] = 4
+    yield_seconds: Annotated[
+        float,
+        Field(
+            ge=0,
+            description="after an interactive request on this process ends, new lines wait "
+            "this long (lines already running go on): batches fill the time interactive "
+            "users leave idle. 0: lines only queue behind interactive requests in fair "
+            "admission (for an engine that schedules by priority itself, vLLM or SGLang)",
+        ),
+    ] = 2.0
     lease_seconds: Annotated[
         float,
         Field(

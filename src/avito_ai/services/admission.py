@@ -21,6 +21,7 @@ queue with priority classes. One client cannot starve the rest.
 from __future__ import annotations
 
 import asyncio
+import time
 from collections import OrderedDict, deque
 from collections.abc import AsyncIterator, Mapping
 from contextlib import asynccontextmanager
@@ -33,6 +34,8 @@ from avito_ai.engines.base import capabilities_of
 from avito_ai.errors import Overloaded, RateLimited, ValidationFailed
 from avito_ai.observability import metrics
 from avito_ai.services.budgets import TokenBudgets
+
+LOWEST_RANK = max(PRIORITY_CLASSES.values())
 
 
 def priority_of(client: Client) -> str:
@@ -74,10 +77,29 @@ class Admission:
     # class rank -> client -> its waiters, in arrival order; the dict's order is the turn.
     queues: dict[int, OrderedDict[str, deque[_Waiter]]] = field(default_factory=dict)
     gauge: Any = None  # the model's avito_admission_waiting child, when it has one
+    # Requests above the lowest class (interactive ones) waiting or running, and when the
+    # last of them ended: the Batch API's runner starts no line while they come.
+    above_lowest: int = 0
+    quiet_since: float = float("-inf")
 
     @asynccontextmanager
     async def place(self, client: str, priority: str, limit: int = 0) -> AsyncIterator[None]:
         """Hold a place while the body runs; waits for one (fairly) when all are taken."""
+        if PRIORITY_CLASSES[priority] == LOWEST_RANK:
+            async with self._place(client, priority, limit):
+                yield
+            return
+        self.above_lowest += 1
+        try:
+            async with self._place(client, priority, limit):
+                yield
+        finally:
+            self.above_lowest -= 1
+            if not self.above_lowest:
+                self.quiet_since = time.monotonic()
+
+    @asynccontextmanager
+    async def _place(self, client: str, priority: str, limit: int) -> AsyncIterator[None]:
         if self.running < self.capacity and self._under(client, limit):
             self._start(client)
         else:
@@ -204,6 +226,14 @@ class Governor:
         }
         for role in engines:
             metrics.QUEUE_CAPACITY.labels(role).set(settings.max_queue_size)
+
+    def quiet_for(self) -> float:
+        """Seconds since the last request above the lowest class ended on any model of
+        this process (0 while one waits or runs; inf if none ever came)."""
+        if any(a.above_lowest for a in self.admissions.values()):
+            return 0.0
+        last = max((a.quiet_since for a in self.admissions.values()), default=float("-inf"))
+        return time.monotonic() - last
 
     def concurrency_for(self, client: Client) -> int:
         own = client.policy.concurrency if client.policy else None
