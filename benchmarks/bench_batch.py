@@ -14,6 +14,9 @@ One dev server on the embedded SmolLM2 (OpenVINO, MAX_BATCH_SIZE=8), BATCH_LINES
    from creation to `completed`.  Target: ≥ 0.9× the loop's lines per second.
 3. Interactive time to first token, p95 of --probes streamed requests one after another:
    on the idle service, then with a batch of the same lines running.  Target: ≤ 1.25×.
+   Then the same with --sparse-probes requests --sparse-gap seconds apart: past
+   BATCH_YIELD_SECONDS, so each one meets the lines the batch started meanwhile (the
+   batch's pause cannot help the first request of a quiet spell).
 """
 
 from __future__ import annotations
@@ -112,10 +115,13 @@ def batch_seconds(url: str, lines: list[dict[str, Any]]) -> float:
         return elapsed
 
 
-async def probes(url: str, count: int, tokens: int) -> list[float]:
+async def probes(url: str, count: int, tokens: int, gap: float = 0.0) -> list[float]:
+    """TTFTs of `count` streamed requests, one after another, `gap` seconds apart."""
     ttfts = []
     async with httpx.AsyncClient(timeout=600) as client:
-        for _ in range(count):
+        for i in range(count):
+            if i and gap:
+                await asyncio.sleep(gap)  # the traffic's shape: a user every `gap` seconds
             ttfts.append((await one(client, url, tokens, "Say hello to a new customer."))[0])
     return ttfts
 
@@ -130,6 +136,14 @@ def main() -> None:
     parser.add_argument("--concurrency", type=int, default=4)
     parser.add_argument("--tokens", type=int, default=16)
     parser.add_argument("--probes", type=int, default=40)
+    parser.add_argument(
+        "--sparse-gap",
+        type=float,
+        default=3.0,
+        help="seconds between the sparse probes: past BATCH_YIELD_SECONDS (2), so each "
+        "meets the batch lines that started after the previous one",
+    )
+    parser.add_argument("--sparse-probes", type=int, default=20)
     args = parser.parse_args()
     folder = Path(tempfile.mkdtemp(prefix="bench-batch-"))
     env = {
@@ -149,11 +163,13 @@ def main() -> None:
         loop_s = asyncio.run(client_loop(url, lines, args.concurrency))
         batch_s = batch_seconds(url, lines)
         idle = asyncio.run(probes(url, args.probes, args.tokens))
+        idle_sparse = asyncio.run(probes(url, args.sparse_probes, args.tokens, args.sparse_gap))
         with httpx.Client(base_url=url, timeout=600) as client:
             running = submit(client, bodies(args.lines, args.tokens))
             while client.get(f"/v1/batches/{running}").json()["request_counts"]["completed"] < 1:
                 time.sleep(0.2)  # the batch is under way
             busy = asyncio.run(probes(url, args.probes, args.tokens))
+            sparse = asyncio.run(probes(url, args.sparse_probes, args.tokens, args.sparse_gap))
             left = client.get(f"/v1/batches/{running}").json()
             client.post(f"/v1/batches/{running}/cancel")
         assert left["status"] == "in_progress", "the batch ended before the probes did"
@@ -170,6 +186,13 @@ def main() -> None:
             "ttft_p95_ratio": round(p95(busy) / p95(idle), 3),
             "ttft_p50_idle_s": round(statistics.median(idle), 4),
             "ttft_p50_with_batch_s": round(statistics.median(busy), 4),
+            "sparse_gap_s": args.sparse_gap,
+            "sparse_ttft_p95_idle_s": round(p95(idle_sparse), 4),
+            "sparse_ttft_p95_with_batch_s": round(p95(sparse), 4),
+            "sparse_ttft_p95_ratio": round(p95(sparse) / p95(idle_sparse), 3),
+            "sparse_ttft_p50_ratio": round(
+                statistics.median(sparse) / statistics.median(idle_sparse), 3
+            ),
         }
         print(json.dumps(report, indent=2))
     finally:
