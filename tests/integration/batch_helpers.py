@@ -34,13 +34,29 @@ def upload(client: Any, lines: list[dict[str, Any]], name: str = "input.jsonl") 
     return client.files.create(file=(name, io.BytesIO(jsonl(lines))), purpose="batch")
 
 
-def run_batch(client: Any, lines: list[dict[str, Any]], endpoint: str, timeout: float = 240) -> Any:
-    """files.create → batches.create → poll until finished: the SDK user's loop."""
+def start_batch(
+    client: Any, lines: list[dict[str, Any]], endpoint: str = "/v1/chat/completions"
+) -> Any:
+    """files.create → batches.create: the batch as created."""
     source = upload(client, lines)
-    batch = client.batches.create(
+    return client.batches.create(
         input_file_id=source.id, endpoint=endpoint, completion_window="24h"
     )
-    return wait_finished(client, batch.id, timeout)
+
+
+def run_batch(client: Any, lines: list[dict[str, Any]], endpoint: str, timeout: float = 240) -> Any:
+    """files.create → batches.create → poll until finished: the SDK user's loop."""
+    return wait_finished(client, start_batch(client, lines, endpoint).id, timeout)
+
+
+def wait_completed(client: Any, batch_id: str, count: int, timeout: float = 120) -> None:
+    """Until at least `count` of the batch's lines completed."""
+    wait_until(
+        lambda: client.batches.retrieve(batch_id).request_counts.completed >= count,
+        timeout,
+        f"{count} lines of batch {batch_id} finished",
+        interval=0.2,
+    )
 
 
 def wait_finished(client: Any, batch_id: str, timeout: float = 240) -> Any:

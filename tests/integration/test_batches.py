@@ -19,12 +19,13 @@ from tests.integration.batch_helpers import (
     jsonl,
     lines_of,
     run_batch,
+    start_batch,
     upload,
+    wait_completed,
     wait_finished,
 )
 from tests.servers import ServerProcess, dev_server, serving
 from tests.tiny_vision_ir import TINY_VISION_IR
-from tests.waiting import wait_until
 
 pytestmark = pytest.mark.integration
 
@@ -193,14 +194,8 @@ def test_validation_failures_name_each_line(server: ServerProcess) -> None:
 def test_cancel_mid_way_keeps_what_finished(server: ServerProcess) -> None:
     client = sdk(server)
     lines = [chat_line(f"l{i}", f"Tell me about the number {i}.", max_tokens=8) for i in range(30)]
-    source = upload(client, lines)
-    batch = client.batches.create(
-        input_file_id=source.id, endpoint="/v1/chat/completions", completion_window="24h"
-    )
-    wait_until(
-        lambda: client.batches.retrieve(batch.id).request_counts.completed >= 1,  # type: ignore[union-attr]
-        120, "a line finished", interval=0.2,
-    )  # fmt: skip
+    batch = start_batch(client, lines)
+    wait_completed(client, batch.id, 1, 120)
     cancelling = client.batches.cancel(batch.id)
     assert cancelling.status in ("cancelling", "cancelled")
     done = wait_finished(client, batch.id, 60)

@@ -15,7 +15,14 @@ import openai
 import psycopg
 import pytest
 
-from tests.integration.batch_helpers import chat_line, lines_of, upload, wait_finished
+from tests.integration.batch_helpers import (
+    chat_line,
+    lines_of,
+    start_batch,
+    upload,
+    wait_completed,
+    wait_finished,
+)
 from tests.postgres import PostgresServer, postgres
 from tests.servers import ServerProcess, gunicorn_server, wait_workers
 from tests.waiting import wait_until
@@ -116,14 +123,8 @@ def test_database_away_pauses_batches_not_online_traffic(
     second = replicas[1]
     client = sdk(second)
     lines = [chat_line(f"p{i}", f"Item {i}: say ok.", max_tokens=4) for i in range(12)]
-    source = upload(client, lines)
-    batch = client.batches.create(
-        input_file_id=source.id, endpoint="/v1/chat/completions", completion_window="24h"
-    )
-    wait_until(
-        lambda: client.batches.retrieve(batch.id).request_counts.completed >= 1,  # type: ignore[union-attr]
-        120, "a line finished", interval=0.2,
-    )  # fmt: skip
+    batch = start_batch(client, lines)
+    wait_completed(client, batch.id, 1, 120)
     database.stop()
     try:
         answer = client.chat.completions.create(

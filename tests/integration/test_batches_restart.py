@@ -15,9 +15,14 @@ import openai
 import pytest
 
 from tests.conftest import RedisServer
-from tests.integration.batch_helpers import chat_line, lines_of, upload, wait_finished
+from tests.integration.batch_helpers import (
+    chat_line,
+    lines_of,
+    start_batch,
+    wait_completed,
+    wait_finished,
+)
 from tests.servers import ServerProcess, dev_server, serving
-from tests.waiting import wait_until
 
 pytestmark = pytest.mark.integration
 
@@ -64,14 +69,8 @@ def test_kill_9_mid_batch_then_restart_completes_it_once(
             extra.append(budget_used(first, key) - before - answer.usage.total_tokens)
         assert extra[0] == extra[1] >= 0, extra
         calibration = budget_used(first, key)
-        source = upload(client, lines)
-        batch = client.batches.create(
-            input_file_id=source.id, endpoint="/v1/chat/completions", completion_window="24h"
-        )
-        wait_until(
-            lambda: client.batches.retrieve(batch.id).request_counts.completed >= 20,  # type: ignore[union-attr]
-            240, "20 lines finished before the kill", interval=0.2,
-        )  # fmt: skip
+        batch = start_batch(client, lines)
+        wait_completed(client, batch.id, 20, 240)
     finally:
         first.proc.kill()  # SIGKILL: no shutdown, no cleanup
         first.proc.wait()

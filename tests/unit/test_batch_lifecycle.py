@@ -94,6 +94,20 @@ async def world(tmp_path: Path) -> AsyncIterator[tuple[BatchService, BatchRunner
     await store.close()
 
 
+async def submit(
+    service: BatchService, rows: list[dict[str, Any]], name: str = "in.jsonl"
+) -> dict[str, Any]:
+    """`rows` uploaded and created as a chat batch, as the routes do: the batch's view."""
+    source = await service.upload(CLIENT, jsonl(rows), name, "batch")
+    return await service.create(
+        CLIENT,
+        input_file_id=source["id"],
+        endpoint="/v1/chat/completions",
+        completion_window="24h",
+        metadata=None,
+    )
+
+
 async def settle(runner: BatchRunner) -> None:
     """The lines the runner started, finished (those that can)."""
     await asyncio.gather(*runner.running.values())
@@ -110,16 +124,7 @@ async def test_past_its_window_a_batch_expires_and_keeps_what_finished(
     world: tuple[BatchService, BatchRunner, LineApp],
 ) -> None:
     service, runner, app = world
-    source = await service.upload(
-        CLIENT, jsonl([line("a"), line("held", "hold"), line("c"), line("d")]), "in.jsonl", "batch"
-    )
-    batch = await service.create(
-        CLIENT,
-        input_file_id=source["id"],
-        endpoint="/v1/chat/completions",
-        completion_window="24h",
-        metadata=None,
-    )
+    batch = await submit(service, [line("a"), line("held", "hold"), line("c"), line("d")])
     await runner.turn()  # validated; "a" and "held" claimed (2 in flight)
     await app.held.wait()
     await asyncio.gather(*[t for k, t in runner.running.items() if k[1] == 1])  # "a" done
@@ -164,14 +169,7 @@ async def test_past_retention_files_and_batches_are_deleted(
     world: tuple[BatchService, BatchRunner, LineApp], tmp_path: Path
 ) -> None:
     service, runner, _ = world
-    old = await service.upload(CLIENT, jsonl([line("a"), line("b")]), "old.jsonl", "batch")
-    batch = await service.create(
-        CLIENT,
-        input_file_id=old["id"],
-        endpoint="/v1/chat/completions",
-        completion_window="24h",
-        metadata=None,
-    )
+    batch = await submit(service, [line("a"), line("b")], "old.jsonl")
     for _ in range(3):  # validate and run; close
         await runner.turn()
         await settle(runner)
@@ -192,7 +190,7 @@ async def test_past_retention_files_and_batches_are_deleted(
     again = BatchRunner(LineApp(), store, settings, models=BATCH_MODELS, policies=[])
     await again.turn()
 
-    for file_id in (old["id"], done["output_file_id"]):
+    for file_id in (batch["input_file_id"], done["output_file_id"]):
         with pytest.raises(NotFound):
             await service.get_file(CLIENT, file_id)
         with pytest.raises(NotFound):
@@ -206,8 +204,8 @@ async def test_past_retention_files_and_batches_are_deleted(
     assert [f["id"] for f in listed["data"]] == [fresh["id"]]  # the young file stays
     async with store.engine.connect() as conn:
         for table, where in (
-            (files, files.c.id.in_([old["id"], done["output_file_id"]])),
-            (file_chunks, file_chunks.c.file_id == old["id"]),
+            (files, files.c.id.in_([batch["input_file_id"], done["output_file_id"]])),
+            (file_chunks, file_chunks.c.file_id == batch["input_file_id"]),
             (batches, batches.c.id == batch["id"]),
             (lines, lines.c.batch_id == batch["id"]),
         ):
@@ -222,14 +220,7 @@ async def test_a_batch_stays_while_its_output_does(
     """A batch created more than the retention ago but finished later: its output file is
     younger than the retention, so the batch and its lines (the output's content) stay."""
     service, runner, _ = world
-    source = await service.upload(CLIENT, jsonl([line("a")]), "in.jsonl", "batch")
-    batch = await service.create(
-        CLIENT,
-        input_file_id=source["id"],
-        endpoint="/v1/chat/completions",
-        completion_window="24h",
-        metadata=None,
-    )
+    batch = await submit(service, [line("a")])
     for _ in range(3):
         await runner.turn()
         await settle(runner)
@@ -255,14 +246,7 @@ async def test_stopping_while_a_line_waits_for_the_database_ends_at_once(
     from avito_ai.observability import metrics
 
     service, runner, app = world
-    source = await service.upload(CLIENT, jsonl([line("held", "hold")]), "in.jsonl", "batch")
-    await service.create(
-        CLIENT,
-        input_file_id=source["id"],
-        endpoint="/v1/chat/completions",
-        completion_window="24h",
-        metadata=None,
-    )
+    await submit(service, [line("held", "hold")])
     await runner.turn()
     await app.held.wait()
     async with service.store.engine.begin() as conn:  # the result's write will fail
@@ -295,14 +279,7 @@ async def test_no_line_starts_while_interactive_users_are_served(tmp_path: Path)
     )
     service = BatchService(store, settings, runner)
     try:
-        source = await service.upload(CLIENT, jsonl([line("a"), line("b")]), "in.jsonl", "batch")
-        batch = await service.create(
-            CLIENT,
-            input_file_id=source["id"],
-            endpoint="/v1/chat/completions",
-            completion_window="24h",
-            metadata=None,
-        )
+        batch = await submit(service, [line("a"), line("b")])
         await runner.turn()  # validated, nothing claimed
         assert (await service.get(CLIENT, batch["id"]))["status"] == "in_progress"
         assert not runner.running
