@@ -102,9 +102,7 @@ def on_exit(server: Any) -> None:
 
     stop_engine_processes()
     folder = Path(os.environ["PROMETHEUS_MULTIPROC_DIR"])
-    if folder.name.startswith(_OWN_METRICS_PREFIX) and folder.parent == Path(
-        tempfile.gettempdir()
-    ):
+    if folder.name.startswith(_OWN_METRICS_PREFIX) and folder.parent == Path(tempfile.gettempdir()):
         shutil.rmtree(folder, ignore_errors=True)
 
 
