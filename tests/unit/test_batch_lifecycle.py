@@ -310,3 +310,16 @@ async def test_fair_admission_says_how_long_interactive_traffic_has_been_quiet()
     async with admission.place("someone", "interactive"):
         assert governor.quiet_for() == 0.0
     assert 0.0 < governor.quiet_for() < 60
+
+
+async def test_an_engine_on_its_own_gpu_server_is_not_yielded_to() -> None:
+    """An upstream (vLLM, SGLang) batches many sequences and schedules by priority itself:
+    its interactive requests do not pause batches."""
+    from avito_ai.engines.remote.engine import RemoteEngine
+    from avito_ai.services.admission import Governor
+    from tests.conftest import engine_set, isolated_settings, remote_config
+
+    settings = isolated_settings(avibe_backend="remote", avibe_upstream_urls="http://127.0.0.1:9")
+    governor = Governor(settings, engine_set(RemoteEngine(remote_config(settings))))
+    async with governor.admissions["avibe"].place("someone", "interactive"):
+        assert governor.quiet_for() == float("inf")

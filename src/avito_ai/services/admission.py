@@ -226,13 +226,22 @@ class Governor:
         }
         for role in engines:
             metrics.QUEUE_CAPACITY.labels(role).set(settings.max_queue_size)
+        # The models whose interactive requests batches yield to: those of in-process
+        # engines, where a batch sequence in the same step slows theirs (CPU). An engine that
+        # declares its capacity (an upstream or engine process on a GPU, vLLM and SGLang
+        # scheduling by priority themselves) batches many sequences at little cost each.
+        self.yielded_to = [
+            self.admissions[role]
+            for role, engine in engines.items()
+            if capabilities_of(engine).capacity is None
+        ]
 
     def quiet_for(self) -> float:
-        """Seconds since the last request above the lowest class ended on any model of
-        this process (0 while one waits or runs; inf if none ever came)."""
-        if any(a.above_lowest for a in self.admissions.values()):
+        """Seconds since the last request above the lowest class ended on an in-process
+        model of this process (0 while one waits or runs; inf if none ever came)."""
+        if any(a.above_lowest for a in self.yielded_to):
             return 0.0
-        last = max((a.quiet_since for a in self.admissions.values()), default=float("-inf"))
+        last = max((a.quiet_since for a in self.yielded_to), default=float("-inf"))
         return time.monotonic() - last
 
     def concurrency_for(self, client: Client) -> int:
