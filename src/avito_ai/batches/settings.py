@@ -54,10 +54,11 @@ class BatchSettings(BaseSettings):
         float,
         Field(
             ge=0,
-            description="after an interactive request on this process ends, new lines wait "
-            "this long (lines already running go on): batches fill the time interactive "
-            "users leave idle. 0: lines only queue behind interactive requests in fair "
-            "admission (for an engine that schedules by priority itself, vLLM or SGLang)",
+            description="after an interactive request to an in-process model (OpenVINO, "
+            "transformers) of this process ends, new lines wait this long (lines already "
+            "running go on): batches fill the time interactive users leave idle. 0: lines "
+            "only queue behind interactive requests in fair admission. Upstreams and vLLM or "
+            "SGLang engine processes are never waited for",
         ),
     ] = 2.0
     lease_seconds: Annotated[
