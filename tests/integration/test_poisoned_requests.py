@@ -16,6 +16,7 @@ because decoding could produce nothing else.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import re
 import threading
@@ -28,9 +29,9 @@ import pytest
 
 from avito_ai.engines.base import EngineState, GenerationRequest, SamplingParams
 from avito_ai.errors import ModelUnavailable
-from tests.conftest import isolated_settings
-from tests.servers import ServerProcess
-from tests.waiting import wait_until
+from tests.conftest import EMBEDDED_OPEN, isolated_settings
+from tests.servers import ServerProcess, dev_server, serving
+from tests.waiting import wait_until, wait_until_async
 
 pytestmark = pytest.mark.integration
 
@@ -123,8 +124,19 @@ def test_a_schema_pattern_holds_the_answer_from_every_door(
     assert _ready(embedded_server) == "ready"
 
 
+@pytest.fixture(scope="module")
+def strict_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
+    """The embedded model with a grammar limit of 3 s: the probe gives up on FREEZER after
+    8 s of compiling, which a busy machine (the probe runs at a low priority) still gives
+    it within the request's time."""
+    log = tmp_path_factory.mktemp("strict") / "server.log"
+    env = {**EMBEDDED_OPEN, "MAX_BATCH_SIZE": "8", "OPENVINO_GRAMMAR_LIMIT": "3"}
+    with serving(dev_server(env, log), 120) as srv:
+        yield srv
+
+
 @pytest.fixture
-def stream_beside(embedded_server: ServerProcess) -> Iterator[dict[str, Any]]:
+def stream_beside(strict_server: ServerProcess) -> Iterator[dict[str, Any]]:
     """Another client's stream, running while the test sends its poison."""
     seen: dict[str, Any] = {"chunks": 0, "finish": None, "started": threading.Event()}
 
@@ -138,7 +150,7 @@ def stream_beside(embedded_server: ServerProcess) -> Iterator[dict[str, Any]]:
             "temperature": 0,
         }
         with httpx.stream(
-            "POST", embedded_server.url + "/v1/chat/completions", json=body, timeout=300
+            "POST", strict_server.url + "/v1/chat/completions", json=body, timeout=300
         ) as r:
             for line in r.iter_lines():
                 if not line.startswith("data: {"):
@@ -157,7 +169,7 @@ def stream_beside(embedded_server: ServerProcess) -> Iterator[dict[str, Any]]:
 
 
 def test_a_grammar_that_would_freeze_the_process_is_refused_while_it_lives(
-    embedded_server: ServerProcess, stream_beside: dict[str, Any]
+    strict_server: ServerProcess, stream_beside: dict[str, Any]
 ) -> None:
     """OpenVINO compiles a grammar inside its step with the GIL held. The probe compiles it
     first in a process of its own and gives up at its time limit: a 400 naming why, while
@@ -169,7 +181,7 @@ def test_a_grammar_that_would_freeze_the_process_is_refused_while_it_lives(
         nonlocal worst
         while not done.is_set():
             started = time.monotonic()
-            httpx.get(embedded_server.url + "/api/health/live", timeout=600)
+            httpx.get(strict_server.url + "/api/health/live", timeout=600)
             worst = max(worst, time.monotonic() - started)
             done.wait(0.05)
 
@@ -177,7 +189,7 @@ def test_a_grammar_that_would_freeze_the_process_is_refused_while_it_lives(
     watcher.start()
     try:
         refused = httpx.post(
-            embedded_server.url + "/api/v1/text/generate",
+            strict_server.url + "/api/v1/text/generate",
             json={
                 "prompt": "hi",
                 "max_tokens": 5,
@@ -193,7 +205,7 @@ def test_a_grammar_that_would_freeze_the_process_is_refused_while_it_lives(
     # Before: over six minutes without an answer. A busy 2-core machine answers a probe in
     # milliseconds; 2 s leaves room for its noise, not for a step compiling the grammar.
     assert worst < 2.0
-    assert _ready(embedded_server) == "ready"
+    assert _ready(strict_server) == "ready"
     # The other client's stream was not touched.
     wait_until(lambda: stream_beside["finish"] is not None, 300, "the stream beside finished")
     assert stream_beside["finish"] == "length"
@@ -213,6 +225,39 @@ def test_a_grammar_openvino_cannot_parse_is_refused_in_its_own_words() -> None:
             with pytest.raises(ValidationFailed, match="OpenVINO cannot use this grammar: EBNF"):
                 await probe.check("root ::= [a-z]{2, -1}", 49152, "response_format")
             await probe.check("root ::= [a-z]{2, 2} [a-z]*", 49152, "response_format")
+        finally:
+            await probe.close()
+
+    asyncio.run(scenario())
+
+
+def test_a_check_whose_client_left_does_not_answer_the_next_one() -> None:
+    """A check cancelled while the probe compiles (its client left, its deadline passed)
+    must not leave that grammar's answer behind, to be read as the next grammar's verdict:
+    here, an acceptance read for a grammar OpenVINO cannot parse."""
+    from avito_ai.engines.models import embedded_gguf_path
+    from avito_ai.engines.openvino.probe import GrammarProbe, _cpu_seconds
+    from avito_ai.errors import ValidationFailed
+
+    slow = "root ::= " + " | ".join(f'"listing-{i}"' for i in range(20000))
+
+    async def scenario() -> None:
+        probe = GrammarProbe(str(embedded_gguf_path()))
+        try:
+            await probe.check('root ::= "a"', 49152, "response_format")  # started
+            process = probe._process
+            assert process is not None
+            base = _cpu_seconds(process.pid)
+            left = asyncio.create_task(probe.check(slow, 49152, "response_format"))
+            await wait_until_async(
+                lambda: _cpu_seconds(process.pid) > base + 0.1, 60, "the probe compiling"
+            )
+            left.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await left
+            assert left.cancelled()  # it was still compiling: the case under test
+            with pytest.raises(ValidationFailed, match="OpenVINO cannot use this grammar"):
+                await probe.check("root ::= [a-z]{2, -1}", 49152, "response_format")
         finally:
             await probe.close()
 

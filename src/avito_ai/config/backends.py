@@ -79,6 +79,12 @@ class OpenVINOSettings(Section):
         description="tokens per step (decode plus a chunk of prefill: lower keeps streams "
         "smooth while long prompts arrive)",
     )
+    grammar_limit: Annotated[float, Field(gt=0)] = Field(
+        15.0,
+        description="seconds a structured-output grammar may take to compile (on an idle "
+        "core, for the embedded model's vocabulary; less for a larger one): OpenVINO compiles "
+        "it inside the step every request shares, so a longer one is refused with a 400",
+    )
 
 
 class ProcessSettings(Section):

@@ -49,6 +49,13 @@ STEP_LIMIT_S = 15.0
 START_TIMEOUT_S = 180.0  # loading the probe's model on a busy machine
 MAX_WAITING = 32  # grammar checks queued for the probe; past it, 503
 CACHE_SIZE = 1024
+POLL_S = 0.25  # how often a compile's time is read while it runs
+# Wall seconds (in limits, at least a minute) after which a compile that used little CPU is
+# given up: the machine is too busy to say (503, asked again next time), not the grammar
+# too complex.
+STARVED_FACTOR = 6.0
+STARVED_MIN_S = 60.0
+_CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
 _LINE_LIMIT = 1 << 24  # the probe's answers are short; requests may be large
 
 
@@ -96,26 +103,58 @@ class GrammarProbe:
         return self._limit_s * min(1.0, self._vocab / vocab_size)
 
     async def _verdict(self, grammar: str, vocab_size: int) -> str | None:
+        """OpenVINO's verdict on `grammar`. Its cost is the compile's time on an idle
+        machine, which is at most its CPU time (and at most its wall time): the probe runs
+        at a low priority, so on a busy machine its wall time is the machine's load, not the
+        grammar's. A grammar past twice the limit is stopped there, by the same measure."""
         process = await self._started()
         assert process.stdin is not None and process.stdout is not None
         limit = self.limit_for(vocab_size)
         started = time.monotonic()
+        base_cpu = _cpu_seconds(process.pid)
         process.stdin.write(json.dumps({"grammar": grammar}).encode() + b"\n")
-        timed_out = False
+        read: asyncio.Future[bytes] | None = None
+        cost = 0.0
         try:
-            async with asyncio.timeout(limit * 2 + 2.0):  # the probe's own slack
-                await process.stdin.drain()
-                line = await process.stdout.readline()
-        except TimeoutError:
-            line, timed_out = b"", True
+            await process.stdin.drain()
+            read = asyncio.ensure_future(process.stdout.readline())
+            while not read.done():
+                await asyncio.wait({read}, timeout=POLL_S)
+                wall = time.monotonic() - started
+                cost = min(wall, _cpu_seconds(process.pid) - base_cpu)
+                if read.done() or cost > limit * 2 + 2.0:  # the probe's own slack
+                    break
+                if wall > max(limit * STARVED_FACTOR, STARVED_MIN_S):
+                    # Hardly any CPU in all that time: the machine is busy, not the grammar
+                    # too complex. Not cached: the next request asks again.
+                    self._discard()
+                    raise Overloaded(
+                        "Structured output's grammar check is short of CPU on this busy "
+                        "server; retry shortly"
+                    )
+            line = read.result() if read.done() else b""
+            if not line and read.done():  # the probe ended by itself: its exit status
+                await process.wait()
+        except BaseException:
+            # Cancelled (the client left, its deadline passed) with the grammar in the probe:
+            # its answer would be read as the next grammar's. A fresh probe next time.
+            self._discard()
+            raise
+        finally:
+            if read is not None and not read.done():
+                read.cancel()
         if not line:  # past the limit (or the probe died): it is started afresh next time
+            exceeded = process.returncode is None
             await self.close()
-            waited = time.monotonic() - started
-            log.warning("grammar probe: no verdict in %.1f s; the probe is restarted", waited)
-            if not timed_out:
-                crashed = process.returncode
+            log.warning(
+                "grammar probe: no verdict in %.1f s (%.1f s of compiling); the probe is restarted",
+                time.monotonic() - started,
+                cost,
+            )
+            if not exceeded:
                 return (
-                    f"OpenVINO's grammar compiler failed on this grammar (exit {crashed}); "
+                    "OpenVINO's grammar compiler failed on this grammar (exit "
+                    f"{process.returncode}); "
                     "simplify it, or use another engine"
                 )
             return (
@@ -128,13 +167,28 @@ class GrammarProbe:
         if "error" in answer:  # its pipeline is unusable now: a fresh probe next time
             await self.close()
             return f"OpenVINO cannot use this grammar: {answer['error']}"
-        if float(answer["seconds"]) > limit:
+        cost = min(float(answer["seconds"]), float(answer["cpu"]))
+        if cost > 1.0:
+            log.info(
+                "grammar probe: compiled in %.1f s (%.1f s of CPU; at most %.2g s)",
+                float(answer["seconds"]),
+                float(answer["cpu"]),
+                limit,
+            )
+        if cost > limit:
             return (
                 "The grammar is too complex: OpenVINO compiles it inside the step every "
-                f"request shares, and it took {float(answer['seconds']):.2g} s to compile "
+                f"request shares, and it took {cost:.2g} s to compile "
                 f"(at most {limit:.2g} s); simplify it, or use another engine"
             )
         return None
+
+    def _discard(self) -> None:
+        """Kill the probe now, without waiting (its exit is reaped by asyncio)."""
+        process, self._process = self._process, None
+        if process is not None and process.returncode is None:
+            with contextlib.suppress(ProcessLookupError):
+                process.kill()
 
     async def _started(self) -> asyncio.subprocess.Process:
         if self._process is not None and self._process.returncode is None:
@@ -183,20 +237,31 @@ _PROBES: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, GrammarProbe] = (
 )
 
 
-def shared_probe(cache_dir: Path) -> GrammarProbe:
+def shared_probe(cache_dir: Path, limit_s: float = STEP_LIMIT_S) -> GrammarProbe:
     """The process's probe (one for both OpenVINO engines), on the embedded model (a copy
-    in `cache_dir`, MODEL_CACHE_DIR, where this user cannot write the installed one)."""
+    in `cache_dir`, MODEL_CACHE_DIR, where this user cannot write the installed one), with
+    OPENVINO_GRAMMAR_LIMIT."""
     loop = asyncio.get_running_loop()
     probe = _PROBES.get(loop)
     if probe is None:
         from avito_ai.engines.models import embedded_gguf_path
         from avito_ai.engines.openvino.loading import openable_gguf
 
-        probe = _PROBES[loop] = GrammarProbe(str(openable_gguf(embedded_gguf_path(), cache_dir)))
+        path = str(openable_gguf(embedded_gguf_path(), cache_dir))
+        probe = _PROBES[loop] = GrammarProbe(path, limit_s=limit_s)
     return probe
 
 
 # ---------------------------------------------------------------------- the probe itself
+
+
+def _cpu_seconds(pid: int) -> float:
+    """A process's CPU time (all its threads, user and system); 0 once it is gone."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return 0.0
+    return (int(fields[11]) + int(fields[12])) / _CLOCK_TICKS  # utime, stime
 
 
 def _clean(message: str) -> str:
@@ -214,18 +279,19 @@ def _new_pipeline(path: str) -> Any:
     return genai.ContinuousBatchingPipeline(path, scheduler, "CPU", {})
 
 
-def _compile_seconds(pipe: Any, prompt: Any, grammar: str) -> float:
-    """Run a one-token request under `grammar`: what a serving step does with it."""
+def _compile_seconds(pipe: Any, prompt: Any, grammar: str) -> dict[str, float]:
+    """Run a one-token request under `grammar`, what a serving step does with it: its wall
+    time and the CPU time it took (every thread of this process)."""
     import openvino_genai as genai
 
     config = genai.GenerationConfig()
     config.max_new_tokens = 1
     config.structured_output_config = genai.StructuredOutputConfig(grammar=grammar)
-    started = time.monotonic()
+    started, cpu = time.monotonic(), _cpu_seconds(os.getpid())
     handle = pipe.add_request(0, prompt, config)  # (a dropped handle drops the request)
     while handle.get_status() == genai.GenerationStatus.RUNNING:
         pipe.step()
-    return time.monotonic() - started
+    return {"seconds": time.monotonic() - started, "cpu": _cpu_seconds(os.getpid()) - cpu}
 
 
 def main(model_path: str) -> None:
@@ -247,7 +313,7 @@ def main(model_path: str) -> None:
     for line in sys.stdin:
         grammar = json.loads(line)["grammar"]
         try:
-            answer: dict[str, Any] = {"seconds": _compile_seconds(pipe, prompt, grammar)}
+            answer: dict[str, Any] = _compile_seconds(pipe, prompt, grammar)
         except Exception as exc:  # a failed step leaves the pipeline unusable: say, stop
             out.write(json.dumps({"error": _clean(str(exc))}) + "\n")
             out.flush()

@@ -161,7 +161,7 @@ class PipelineEngine(InProcessEngine):
         prepared = await self._prepared(request)
         structured = prepared.config.structured_output_config
         if structured is not None:  # OpenVINO's own compiler accepts it first (probe.py)
-            probe = shared_probe(self._local.model_cache_dir)
+            probe = shared_probe(self._local.model_cache_dir, self._settings.grammar_limit)
             await probe.check(structured.grammar, self._vocab_size, "response_format")
         async for chunk in self._relay(self._bridge.stream(prepared, deadline=request.deadline)):
             yield chunk
