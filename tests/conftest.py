@@ -197,6 +197,9 @@ def redis_server(tmp_path_factory) -> Iterator[RedisServer]:
 # refused for its size or its count; servers with settings of their own (one slot, a bad
 # model) are started by their modules.
 EMBEDDED_OPEN = {
+    # Room for CI's two test workers on two cores: a grammar check (the probe runs at a low
+    # priority) and the serving step's compile of it can take minutes there, not seconds.
+    "REQUEST_TIMEOUT": "300",
     "RATE_LIMIT_PER_MINUTE": "100000",
     "RATE_LIMIT_PER_HOUR": "100000",
     "MAX_TOKENS_AVIBE": "4000",
