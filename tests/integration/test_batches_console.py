@@ -93,6 +93,12 @@ def test_cancel_on_a_phone(browser: Any, server: ServerProcess) -> None:
     # running when a busy machine's browser gets to the button.
     batch_id = submit(tab, [chat_line(f"p{i}", max_tokens=12) for i in range(120)])
     wait_until(tab, f"{item(batch_id)}.querySelector('progress').value >= 1")
+    # The list refreshes every second while the batch runs; the button stays the same node,
+    # so a click begun as it refreshes is not lost.
+    tab.page.evaluate(f"{item(batch_id)}.querySelector('.batch-cancel').dataset.seen = 'yes'")
+    seen = int(tab.page.evaluate(f"{item(batch_id)}.querySelector('progress').value"))
+    wait_until(tab, f"{item(batch_id)}.querySelector('progress').value > {seen}")
+    assert tab.page.evaluate(f"{item(batch_id)}.querySelector('.batch-cancel').dataset.seen")
     tab.page.locator(f'#batch-list > li[data-id="{batch_id}"] .batch-cancel').click()
     wait_until(tab, f"{item(batch_id)}.dataset.status === 'cancelled'")
     bar = tab.page.locator(f'#batch-list > li[data-id="{batch_id}"] progress')

@@ -95,7 +95,10 @@
     }
     const actions = document.createElement("div");
     actions.className = "buttons";
-    if (!FINISHED.includes(batch.status) && batch.status !== "cancelling") {
+    const cancellable = !FINISHED.includes(batch.status) && batch.status !== "cancelling";
+    // Which buttons the item has: while it stays the same, the buttons on the page stay.
+    item.dataset.actions = [cancellable, batch.output_file_id || "", batch.error_file_id || ""].join("|");
+    if (cancellable) {
       actions.appendChild(button("Отменить", "secondary batch-cancel", async () => {
         try { await call("POST", "/v1/batches/" + batch.id + "/cancel"); refresh(); }
         catch (e) { say("Не удалось отменить: " + e.message, true); }
@@ -111,13 +114,32 @@
     return item;
   }
 
+  // An item drawn again in place: its figures are new, its buttons the same nodes while
+  // they are the same buttons (a click begun as the list refreshes lands on what it began on).
+  function patch(item, fresh) {
+    item.className = fresh.className;
+    item.dataset.status = fresh.dataset.status;
+    const keep = item.dataset.actions === fresh.dataset.actions ? item.querySelector(":scope > .buttons") : null;
+    item.dataset.actions = fresh.dataset.actions;
+    for (const child of [...item.children]) if (child !== keep) child.remove();
+    for (const child of [...fresh.children]) {
+      if (!(keep && child.classList.contains("buttons"))) item.insertBefore(child, keep);
+    }
+  }
+
   let timer = null;
   async function refresh() {
     clearTimeout(timer);
     try {
       const page = await (await call("GET", "/v1/batches?limit=20")).json();
       const list = $("batch-list");
-      list.replaceChildren(...page.data.map(render));
+      const shown = [...list.children];
+      const same = shown.length === page.data.length && shown.every((li, i) => li.dataset.id === page.data[i].id);
+      if (same) {
+        page.data.forEach((batch, i) => patch(shown[i], render(batch)));
+      } else {
+        list.replaceChildren(...page.data.map(render));
+      }
       $("batch-empty").hidden = page.data.length > 0;
       const busy = page.data.some((b) => !FINISHED.includes(b.status));
       timer = setTimeout(refresh, busy ? 1000 : 5000);
