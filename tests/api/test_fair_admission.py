@@ -150,11 +150,16 @@ async def dashboard(client: httpx.AsyncClient) -> dict[str, int]:
 
 
 async def until_dashboard(client: httpx.AsyncClient, check: Any) -> dict[str, int]:
+    shown: list[dict[str, int]] = []
+
     async def reached() -> dict[str, int] | None:
         now = await dashboard(client)
+        shown.append(now)
         return now if check(now) else None
 
-    seen: dict[str, int] = await wait_until_async(reached, 5, "the dashboard's counts")
+    seen: dict[str, int] = await wait_until_async(
+        reached, 5, lambda: f"the dashboard's counts (it showed {shown[-5:]})"
+    )
     return seen
 
 
