@@ -21,7 +21,7 @@ __all__ = ["browser"]  # the fixture, imported
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
-    """The fake engine, 40 ms a token: a 12-token line takes half a second."""
+    """The fake engine, 40 ms a token."""
     folder = tmp_path_factory.mktemp("batch-console")
     env = {
         "AVIBE_BACKEND": "fake",
@@ -89,9 +89,11 @@ def test_upload_progress_and_downloads_on_the_desktop(
 
 def test_cancel_on_a_phone(browser: Any, server: ServerProcess) -> None:
     tab = open_tab(browser, server.url, viewport={"width": 390, "height": 844}, is_mobile=True)
-    # 120 lines of half a second, two at a time: half a minute of work, so the batch is still
-    # running when a busy machine's browser gets to the button.
-    batch_id = submit(tab, [chat_line(f"p{i}", max_tokens=12) for i in range(120)])
+    # The fake engine echoes the prompt: 30 words at 40 ms a token make a line of 1.2 s, and
+    # 60 lines two at a time half a minute of work, so the batch is still running when a busy
+    # machine's browser gets to the button.
+    words = " ".join(f"w{n}" for n in range(30))
+    batch_id = submit(tab, [chat_line(f"p{i}", words, max_tokens=30) for i in range(60)])
     wait_until(tab, f"{item(batch_id)}.querySelector('progress').value >= 1")
     # The list refreshes every second while the batch runs; the button stays the same node,
     # so a click begun as it refreshes is not lost.
@@ -103,9 +105,9 @@ def test_cancel_on_a_phone(browser: Any, server: ServerProcess) -> None:
     wait_until(tab, f"{item(batch_id)}.dataset.status === 'cancelled'")
     bar = tab.page.locator(f'#batch-list > li[data-id="{batch_id}"] progress')
     done = int(bar.get_attribute("value") or 0)
-    assert done == 120  # every line accounted for: finished, or cancelled into the errors
+    assert done == 60  # every line accounted for: finished, or cancelled into the errors
     counts = tab.page.locator(f'#batch-list > li[data-id="{batch_id}"] .batch-counts').inner_text()
-    assert "с ошибкой" in counts and not counts.startswith("120 готово")
+    assert "с ошибкой" in counts and not counts.startswith("60 готово")
     assert tab.page.evaluate("document.documentElement.scrollWidth <= window.innerWidth")
     box = tab.page.locator("#batches").bounding_box()
     assert box is not None and box["width"] <= 390
