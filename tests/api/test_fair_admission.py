@@ -158,7 +158,7 @@ async def until_dashboard(client: httpx.AsyncClient, check: Any) -> dict[str, in
         return now if check(now) else None
 
     seen: dict[str, int] = await wait_until_async(
-        reached, 5, lambda: f"the dashboard's counts (it showed {shown[-5:]})"
+        reached, 30, lambda: f"the dashboard's counts (it showed {shown[-5:]})"
     )
     return seen
 
