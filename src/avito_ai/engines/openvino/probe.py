@@ -223,12 +223,11 @@ class GrammarProbe:
         return process
 
     async def close(self) -> None:
-        process, self._process = self._process, None
-        if process is None or process.returncode is not None:
-            return
-        with contextlib.suppress(ProcessLookupError):
-            process.kill()
-        await process.wait()
+        """Kill the probe and wait for its exit."""
+        process = self._process
+        self._discard()
+        if process is not None:
+            await process.wait()
 
 
 # One probe per event loop (its pipes belong to the loop that started it): a server has one.
