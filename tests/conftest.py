@@ -50,7 +50,8 @@ def _file_of(nodeid: str) -> str:
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    known: dict[str, float] = config.cache.get(DURATIONS_KEY, {}) if config.cache else {}
+    cache = getattr(config, "cache", None)  # absent under -p no:cacheprovider
+    known: dict[str, float] = cache.get(DURATIONS_KEY, {}) if cache else {}
     heavy = {_file_of(item.nodeid) for item in items if item.get_closest_marker("integration")}
 
     def length(item: pytest.Item) -> float:
@@ -70,14 +71,15 @@ def pytest_sessionfinish(session: pytest.Session) -> None:
     order, from the process that saw every file (xdist's controller, or the only one),
     unless tests were picked from inside files (-k, -m, file::test): then files ran part."""
     config = session.config
-    if hasattr(config, "workerinput") or config.cache is None or not _measured:
+    cache = getattr(config, "cache", None)
+    if hasattr(config, "workerinput") or cache is None or not _measured:
         return
     args = config.invocation_params.args
     if config.option.keyword or config.option.markexpr or any("::" in str(a) for a in args):
         return
-    known: dict[str, float] = config.cache.get(DURATIONS_KEY, {})
+    known: dict[str, float] = cache.get(DURATIONS_KEY, {})
     known.update({file: round(seconds, 1) for file, seconds in _measured.items()})
-    config.cache.set(DURATIONS_KEY, known)
+    cache.set(DURATIONS_KEY, known)
 
 
 SETTINGS_VARS = env_names()

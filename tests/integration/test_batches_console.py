@@ -44,15 +44,20 @@ def wait_until(tab: Tab, expression: str, timeout: float = 60.0) -> None:
 
 
 def submit(tab: Tab, lines: list[dict[str, Any]]) -> str:
+    """The batch's id, from the page's own POST /v1/batches, once the list shows it (the
+    list's length says nothing: the page may still be loading the batches made before)."""
     page = tab.page
-    before = page.locator("#batch-list > li").count()
     page.set_input_files(
         "#batch-file",
         files=[{"name": "in.jsonl", "mimeType": "application/jsonl", "buffer": jsonl(lines)}],
     )
-    page.click("#batch-send")
-    wait_until(tab, f"document.querySelectorAll('#batch-list > li').length > {before}")
-    return str(page.locator("#batch-list > li").first.get_attribute("data-id"))
+    with page.expect_response(
+        lambda r: r.request.method == "POST" and r.url.endswith("/v1/batches")
+    ) as created:
+        page.click("#batch-send")
+    batch_id = str(created.value.json()["id"])
+    wait_until(tab, f"{item(batch_id)} !== null")
+    return batch_id
 
 
 def item(batch_id: str) -> str:
