@@ -117,3 +117,51 @@ print('ok')
 """
     done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True)
     assert done.stdout.strip() == "ok", done.stderr[-2000:]
+
+
+WARM_UP = """
+import asyncio, importlib.util, sys
+{block}
+from avito_ai.services import constraints
+
+async def start() -> None:
+    constraints.warm_compiler()
+
+asyncio.run(start())
+constraints._COMPILER.shutdown(wait=True)  # the warm-up, if it was started, is over
+print('torch' in sys.modules, 'xgrammar.grammar' in sys.modules)
+"""
+
+NO_TORCH = """
+real = importlib.util.find_spec
+importlib.util.find_spec = lambda n, *a: None if n.split('.')[0] == 'torch' else real(n, *a)
+class NoTorch:
+    def find_spec(self, name, path=None, target=None):
+        if name.split('.')[0] == 'torch':
+            raise ImportError('no torch on the light install')
+sys.meta_path.insert(0, NoTorch())
+"""
+
+
+@pytest.mark.parametrize(
+    ("block", "after"),
+    [
+        # Torch installed, no engine of the process loads it (OpenVINO, remote, fake): a
+        # start does not pay seconds of CPU for it; the first schema does.
+        ("", "False False"),
+        # The light install (no torch): the compiler alone, at start.
+        (NO_TORCH, "False True"),
+        # Torch there already (a transformers engine): nothing more to pay, so at start.
+        ("import torch", "True True"),
+    ],
+    ids=["torch-installed-unused", "light-install", "torch-loaded"],
+)
+def test_the_start_up_warms_the_compiler_only_where_it_costs_no_torch(
+    block: str, after: str
+) -> None:
+    import subprocess
+    import sys
+
+    script = WARM_UP.format(block=block)
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True)
+    assert done.stdout.strip() == after, done.stderr[-2000:]

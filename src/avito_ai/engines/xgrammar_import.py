@@ -1,4 +1,4 @@
-"""xgrammar's grammar compiler without torch; the whole package for the engines that need it.
+"""xgrammar's grammar compiler without its matcher; the whole package for the engines that need it.
 
 Checked for xgrammar 0.2.9 (the pinned version): its `__init__` imports `testing`,
 `matcher` and `contrib.hf`, each of which runs `import torch` at module level
@@ -6,9 +6,9 @@ Checked for xgrammar 0.2.9 (the pinned version): its `__init__` imports `testing
 (`load_binding`) and `xgrammar.grammar` imports no torch. So the services, which only
 compile schemas to grammar text, take `grammar_class()`: the package registered from its
 real spec without running its `__init__`, then `load_binding` and `grammar` alone. That
-works in the light install, which has no torch (xgrammar is installed --no-deps there),
-and spares a process with torch installed its import (seconds, hundreds of MB) when no
-engine of its uses torch. The transformers engines, which mask logits with xgrammar's
+works in the light install, which has no torch (xgrammar is installed --no-deps there).
+Where torch is installed, the binding's tvm_ffi imports it all the same (`imports_torch`).
+The transformers engines, which mask logits with xgrammar's
 matcher, take `full()`: it runs the package's own `__init__` into the same module, so
 both callers share one `xgrammar` in `sys.modules`, whichever came first; a plain
 `import xgrammar` elsewhere completes it on its first use.
@@ -49,7 +49,8 @@ def _completing(name: str) -> Any:
 
 
 def grammar_class() -> Any:
-    """xgrammar's `Grammar` (schema, regex and EBNF to grammar text), torch not imported."""
+    """xgrammar's `Grammar` (schema, regex and EBNF to grammar text), without xgrammar's
+    matcher; torch only where `imports_torch()` says."""
     with _LOCK:
         _package()
         # The C++ library first, as the package's __init__ loads it.
@@ -57,6 +58,15 @@ def grammar_class() -> Any:
         from xgrammar.grammar import Grammar
 
         return Grammar
+
+
+def imports_torch() -> bool:
+    """Whether `grammar_class()` would import torch now: xgrammar's binding loads tvm_ffi,
+    whose `__init__` imports torch whenever torch is installed (tvm_ffi/__init__.py, for
+    DLPack), seconds of CPU and hundreds of MB in a process that may never use torch."""
+    if "torch" in sys.modules or "xgrammar.grammar" in sys.modules:
+        return False
+    return importlib.util.find_spec("torch") is not None
 
 
 def full() -> ModuleType:

@@ -28,6 +28,7 @@ from typing import Any
 
 from cachetools import LRUCache
 
+from avito_ai.engines import xgrammar_import
 from avito_ai.engines.base import (
     ConstraintKind,
     Engine,
@@ -35,7 +36,6 @@ from avito_ai.engines.base import (
     capabilities_of,
 )
 from avito_ai.engines.grammar import expand_regex_rules, matches_nothing, openvino_dialect
-from avito_ai.engines.xgrammar_import import grammar_class
 from avito_ai.errors import ValidationFailed
 from avito_ai.services.output import FieldNames, OutputSpec
 
@@ -188,8 +188,8 @@ def _check_keywords(node: Any, param: str, where: str, depth: int) -> None:
 
 @functools.cache
 def _grammar_class() -> Any:
-    """xgrammar's `Grammar`, without importing torch."""
-    return grammar_class()
+    """xgrammar's `Grammar`: its compiler alone, not its matcher (xgrammar_import)."""
+    return xgrammar_import.grammar_class()
 
 
 def _clean(exc: Exception) -> str:
@@ -219,9 +219,13 @@ _CACHE: LRUCache[tuple[ConstraintKind, str], str] = LRUCache(CACHE_SIZE)
 
 
 def warm_compiler() -> None:
-    """Import the grammar compiler in the background at start-up: its first import (with
-    torch installed, torch's too) takes seconds, which the first schema should not wait
-    for. A failure here is the first compile's to report."""
+    """Import the grammar compiler in the background at start-up, so that the first schema
+    does not wait for it; a failure here is the first compile's to report. Not where that
+    import would bring torch into a process that does not otherwise load it (torch
+    installed, an OpenVINO or remote engine): seconds of CPU and hundreds of MB that every
+    start would pay, and many starts never see a schema; there the first schema waits."""
+    if xgrammar_import.imports_torch():
+        return
     future = asyncio.get_running_loop().run_in_executor(_COMPILER, _grammar_class)
     future.add_done_callback(lambda done: done.cancelled() or done.exception())
 
