@@ -553,3 +553,34 @@ def test_the_command_lines_in_docs_engines_md_are_the_codes() -> None:
     assert '\'{"backend":"xgrammar","disable_any_whitespace":true}\'' in block
     assert "~/.cache/avito-ai/engines/vllm-0.33.0/bin/vllm serve AvitoTech/avibe" in block
     assert "--otlp-traces-endpoint http://collector:4318/v1/traces" in block
+
+
+def test_a_fork_waits_while_an_engine_is_being_spawned() -> None:
+    """The gunicorn master forks workers from its main thread while a thread of it spawns an
+    engine: a worker forked inside Popen would hold Popen's error pipe open, and the spawn
+    (the engine "starting") would wait until that worker exits."""
+    import os
+    import threading
+
+    from avito_ai.engines.process import supervisor
+
+    order: list[str] = []
+    forking, forked = threading.Event(), threading.Event()
+
+    def fork() -> None:
+        forking.set()
+        pid = os.fork()
+        if pid == 0:
+            os._exit(0)
+        order.append("forked")
+        forked.set()
+        os.waitpid(pid, 0)
+
+    with supervisor.SPAWNING:  # what the supervisor holds around Popen
+        forker = threading.Thread(target=fork)
+        forker.start()
+        assert forking.wait(10)
+        forked.wait(1.0)  # the behaviour under test: the fork is held back meanwhile
+        order.append("spawned")
+    forker.join(10)
+    assert order == ["spawned", "forked"]

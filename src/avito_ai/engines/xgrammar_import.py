@@ -66,7 +66,10 @@ def imports_torch() -> bool:
     DLPack), seconds of CPU and hundreds of MB in a process that may never use torch."""
     if "torch" in sys.modules or "xgrammar.grammar" in sys.modules:
         return False
-    return importlib.util.find_spec("torch") is not None
+    try:
+        return importlib.util.find_spec("torch") is not None
+    except (ImportError, ValueError):  # an import hook refuses it; torch.__spec__ unset
+        return False
 
 
 def full() -> ModuleType:

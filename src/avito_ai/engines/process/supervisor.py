@@ -72,6 +72,18 @@ PR_SET_PDEATHSIG = 1
 USAGE_EXIT = 2
 USAGE_LINE = re.compile(r"(^|\s|:)error: ", re.IGNORECASE)
 
+# An engine is spawned from a thread of the gunicorn master, which forks workers from its main
+# thread. A worker forked while Popen runs inherits Popen's pipes: Popen then waits for its
+# error pipe to close at the engine's exec, and the worker holds it open until it exits (a
+# CI run saw the engine up, the spawn stuck and "starting" for 90 s, freed by the SIGTERM
+# that ended the workers). So a spawn and a fork in this process exclude each other.
+SPAWNING = threading.RLock()  # re-entrant: Popen's own fork (preexec_fn) runs the hooks
+os.register_at_fork(
+    before=SPAWNING.acquire,
+    after_in_parent=SPAWNING.release,
+    after_in_child=SPAWNING.release,
+)
+
 
 @dataclass
 class EngineRecord:
@@ -285,15 +297,16 @@ class EngineSupervisor:
     def _spawn(self) -> subprocess.Popen[bytes]:
         self._tail.clear()
         env = child_environment(env_names(), self.spec.environment)
-        proc = subprocess.Popen(
-            self.spec.argv,
-            stdin=subprocess.DEVNULL,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.STDOUT,
-            env=env,
-            start_new_session=True,  # its own process group: stopped as a whole
-            preexec_fn=_die_with_parent,  # one prctl call between fork and exec
-        )
+        with SPAWNING:
+            proc = subprocess.Popen(
+                self.spec.argv,
+                stdin=subprocess.DEVNULL,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.STDOUT,
+                env=env,
+                start_new_session=True,  # its own process group: stopped as a whole
+                preexec_fn=_die_with_parent,  # one prctl call between fork and exec
+            )
         self._proc = proc
         logger.info("%s pid %d on 127.0.0.1:%d", self.prefix, proc.pid, self.spec.port)
         self._set("restarting" if self.state.restarts else "starting", pid=proc.pid)
