@@ -100,21 +100,17 @@ def test_grammars_compile_without_torch_as_on_the_light_install() -> None:
     import subprocess
     import sys
 
-    script = """
-import importlib.util, sys
-real = importlib.util.find_spec
-importlib.util.find_spec = lambda n, *a: None if n.split('.')[0] == 'torch' else real(n, *a)
-class NoTorch:
-    def find_spec(self, name, path=None, target=None):
-        if name.split('.')[0] == 'torch':
-            raise ImportError('no torch on the light install')
-sys.meta_path.insert(0, NoTorch())
+    script = (
+        "import importlib.util, sys"
+        + NO_TORCH
+        + """
 import asyncio
 from avito_ai.services.constraints import compiled
 grammar = asyncio.run(compiled('json_schema', '{"type": "object"}', 'p'))
 assert 'root ::=' in grammar and 'torch' not in sys.modules
 print('ok')
 """
+    )
     done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True)
     assert done.stdout.strip() == "ok", done.stderr[-2000:]
 
