@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import socket
 import statistics
 import subprocess
 import sys
@@ -22,19 +21,12 @@ import time
 from pathlib import Path
 
 import httpx
+import psutil
 
 ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
 
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def cpu_seconds(pid: int) -> float:
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+from tests.servers import free_port  # noqa: E402
 
 
 def start(tree: Path, env: dict[str, str], settle: float) -> tuple[float, float, float]:
@@ -64,7 +56,8 @@ def start(tree: Path, env: dict[str, str], settle: float) -> tuple[float, float,
                 elif httpx.get(f"http://127.0.0.1:{port}/api/health/ready").status_code == 200:
                     ready = time.monotonic() - began
                     time.sleep(settle)  # the start-up's background work, if any
-                    return live, ready, cpu_seconds(proc.pid)
+                    cpu = psutil.Process(proc.pid).cpu_times()
+                    return live, ready, cpu.user + cpu.system
             except httpx.HTTPError:
                 pass
             time.sleep(0.05)  # the poll's pace

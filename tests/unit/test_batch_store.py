@@ -8,17 +8,10 @@ import sys
 from pathlib import Path
 
 from alembic import command
-from alembic.config import Config
 from alembic.script import ScriptDirectory
 from sqlalchemy import create_engine, inspect, text
 
-from avito_ai.batches.store import HEAD, MIGRATIONS, migrate
-
-
-def alembic_config() -> Config:
-    config = Config()
-    config.set_main_option("script_location", str(MIGRATIONS))
-    return config
+from avito_ai.batches.store import HEAD, alembic_config, migrate
 
 
 def version(url: str) -> list[str]:

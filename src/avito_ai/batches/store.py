@@ -21,7 +21,7 @@ import time
 from collections.abc import AsyncIterator, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import delete, event, func, insert, select, text, update
 from sqlalchemy.engine import URL, Engine, make_url
@@ -29,6 +29,9 @@ from sqlalchemy.exc import IntegrityError, SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
 from avito_ai.batches.tables import batches, file_chunks, files, lines
+
+if TYPE_CHECKING:
+    from alembic.config import Config
 
 logger = logging.getLogger("avito_ai.batches")
 
@@ -82,12 +85,19 @@ def migrate(url: str) -> None:
         engine.dispose()
 
 
-def _upgrade(engine: Engine, *, postgresql: bool) -> None:
-    from alembic import command
+def alembic_config() -> Config:
+    """alembic's configuration for the migrations here (imports alembic)."""
     from alembic.config import Config
 
     config = Config()
     config.set_main_option("script_location", str(MIGRATIONS))
+    return config
+
+
+def _upgrade(engine: Engine, *, postgresql: bool) -> None:
+    from alembic import command
+
+    config = alembic_config()
     for attempt in range(10):
         try:
             with engine.begin() as connection:
